@@ -1,0 +1,85 @@
+/* config.h - the configuration model shared by usherd and ushersim, and its validation.
+ *
+ * Parsing works on bytes already in memory (GKeyFile format); reading the file is the driver's
+ * job (common/config-file.c), so libcore stays free of file access. Every error names the source
+ * (file name), the [group] and key, and the problem. Unknown groups and keys are errors.
+ * doc/configuration.md documents every setting with its default and unit.
+ */
+#pragma once
+
+#include "libcore/ip.h"
+#include "libcore/user-hash.h"
+
+G_BEGIN_DECLS
+
+#define USHER_CONFIG_ERROR (usher_config_error_quark())
+GQuark usher_config_error_quark(void);
+
+typedef enum {
+  USHER_CONFIG_ERROR_SYNTAX,        /* not a valid key file */
+  USHER_CONFIG_ERROR_UNKNOWN_GROUP, /* a [group] Usher does not know */
+  USHER_CONFIG_ERROR_UNKNOWN_KEY,   /* a key Usher does not know in a known group */
+  USHER_CONFIG_ERROR_INVALID,       /* a value that does not parse or is out of range */
+  USHER_CONFIG_ERROR_CONFLICT,      /* values that contradict each other (e.g. duplicate backend) */
+} UsherConfigError;
+
+#define USHER_DIRECTOR_PORT_DEFAULT 9090
+#define USHER_CONFIG_MAX_DIRECTORS 256
+
+typedef struct {
+  UsherIp ip;
+  guint16 port;
+} UsherDirectorAddr;
+
+typedef struct {
+  UsherIp ip;
+  char *tag;      /* never NULL; "" = default tag */
+  char *hostname; /* NULL when not set */
+  guint vhost_count;
+  gboolean down;
+} UsherBackendConfig;
+
+typedef struct {
+  /* [director] */
+  char *username_hash;          /* format text, default "%Lu" */
+  UsherHashFormat *hash_format; /* compiled username_hash */
+  guint user_expire_secs;       /* default 900, minimum 10 */
+  guint user_kick_delay_secs;   /* default 2 */
+  guint max_parallel_moves;     /* default 100, >= 1 */
+  guint max_parallel_kicks;     /* default 100, >= 1 */
+  char *flush_socket;           /* "" = none; else unix:PATH, tcp:HOST:PORT or exec:PATH */
+  guint ping_idle_timeout_secs; /* default 30 */
+  guint ping_max_timeout_secs;  /* default 60 */
+  guint64 output_buffer_size;   /* bytes, default 10 MiB */
+  char *master_user_separator;  /* "" = none; else one character */
+  /* [ring] */
+  GArray *directors; /* UsherDirectorAddr, sorted by (ip, port), no duplicates */
+  /* [backends] hosts = ..., and [backend IP] groups */
+  GPtrArray *backends; /* UsherBackendConfig*, sorted by ip, no duplicates */
+} UsherConfig;
+
+/* The defaults, with no backends and no directors. */
+UsherConfig *usher_config_new(void);
+void usher_config_free(UsherConfig *config);
+
+/* Parse and validate key-file text. source names the input in error messages (a file name). */
+UsherConfig *usher_config_parse(const char *data, gsize len, const char *source, GError **error);
+
+/* The backend list grammar shared by "[backends] hosts" and "ushersim map --backends":
+ * elements separated by commas and/or whitespace, each IP[-IP][=VHOSTS][@TAG]. IP-IP is a range
+ * (IPv4: same first three octets; IPv6: same first 112 bits). VHOSTS is 0..1000 (default 100).
+ * Appends UsherBackendConfig* to out (which must free with usher_backend_config_free). Errors
+ * quote the bad element and its position. */
+gboolean usher_backends_parse(const char *text, GPtrArray *out, GError **error);
+
+UsherBackendConfig *usher_backend_config_new(const UsherIp *ip, const char *tag, guint vhosts);
+void usher_backend_config_free(UsherBackendConfig *backend);
+
+/* Durations ("15m", "900", "2 s", "1h30m") and sizes ("10M", "64k", "1048576"). */
+gboolean usher_parse_duration_secs(const char *text, guint64 *secs_out);
+gboolean usher_parse_size_bytes(const char *text, guint64 *bytes_out);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherConfig, usher_config_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherBackendConfig, usher_backend_config_free)
+
+G_END_DECLS

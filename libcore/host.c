@@ -1,0 +1,354 @@
+/* host.c - backends, tags and placement (see host.h). */
+#include "libcore/host.h"
+
+#include <string.h>
+
+struct UsherHostTable {
+  guint user_expire_secs;
+  GPtrArray *hosts;    /* UsherHost*, sorted by IP; owns the hosts */
+  GPtrArray *by_id;    /* index id-1 -> UsherHost* or NULL */
+  GArray *free_ids;    /* UsherHostId, reused lowest-last */
+  GPtrArray *tags;     /* UsherTag*, sorted by name; owns the tags */
+  guint64 generation;
+};
+
+static void
+tag_free(gpointer p)
+{
+  UsherTag *tag = p;
+  usher_user_dir_free(tag->users);
+  usher_vhost_ring_free(tag->ring);
+  g_free(tag->name);
+  g_free(tag);
+}
+
+static void
+host_free(gpointer p)
+{
+  UsherHost *host = p;
+  g_free(host->hostname);
+  g_free(host);
+}
+
+UsherHostTable *
+usher_host_table_new(guint user_expire_secs)
+{
+  UsherHostTable *t = g_new0(UsherHostTable, 1);
+  t->user_expire_secs = user_expire_secs;
+  t->hosts = g_ptr_array_new_with_free_func(host_free);
+  t->by_id = g_ptr_array_new();
+  t->free_ids = g_array_new(FALSE, FALSE, sizeof(UsherHostId));
+  t->tags = g_ptr_array_new_with_free_func(tag_free);
+  usher_host_table_ensure_tag(t, "");
+  return t;
+}
+
+void
+usher_host_table_free(UsherHostTable *table)
+{
+  if (table == NULL)
+    return;
+  /* Directories first: they point at hosts for their counts. */
+  g_ptr_array_unref(table->tags);
+  g_ptr_array_unref(table->hosts);
+  g_ptr_array_unref(table->by_id);
+  g_array_unref(table->free_ids);
+  g_free(table);
+}
+
+guint
+usher_host_table_get_user_expire_secs(const UsherHostTable *table)
+{
+  return table->user_expire_secs;
+}
+
+/* Binary search: index of ip, or where it would be inserted (found_out tells which). */
+static guint
+host_search(const UsherHostTable *table, const UsherIp *ip, gboolean *found_out)
+{
+  guint lo = 0, hi = table->hosts->len;
+  while (lo < hi) {
+    guint mid = lo + (hi - lo) / 2;
+    const UsherHost *h = g_ptr_array_index(table->hosts, mid);
+    int c = usher_ip_cmp(&h->ip, ip);
+    if (c == 0) {
+      *found_out = TRUE;
+      return mid;
+    }
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *found_out = FALSE;
+  return lo;
+}
+
+static guint
+tag_search(const UsherHostTable *table, const char *name, gboolean *found_out)
+{
+  guint lo = 0, hi = table->tags->len;
+  while (lo < hi) {
+    guint mid = lo + (hi - lo) / 2;
+    const UsherTag *t = g_ptr_array_index(table->tags, mid);
+    int c = strcmp(t->name, name);
+    if (c == 0) {
+      *found_out = TRUE;
+      return mid;
+    }
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *found_out = FALSE;
+  return lo;
+}
+
+UsherTag *
+usher_host_table_find_tag(UsherHostTable *table, const char *name)
+{
+  gboolean found;
+  guint idx = tag_search(table, name != NULL ? name : "", &found);
+  return found ? g_ptr_array_index(table->tags, idx) : NULL;
+}
+
+UsherTag *
+usher_host_table_ensure_tag(UsherHostTable *table, const char *name)
+{
+  if (name == NULL)
+    name = "";
+  gboolean found;
+  guint idx = tag_search(table, name, &found);
+  if (found)
+    return g_ptr_array_index(table->tags, idx);
+  UsherTag *tag = g_new0(UsherTag, 1);
+  tag->name = g_strdup(name);
+  tag->ring = usher_vhost_ring_new();
+  tag->users = usher_user_dir_new(table, table->user_expire_secs);
+  tag->ring_dirty = TRUE;
+  g_ptr_array_insert(table->tags, (gint)idx, tag);
+  return tag;
+}
+
+guint
+usher_host_table_n_tags(const UsherHostTable *table)
+{
+  return table->tags->len;
+}
+
+UsherTag *
+usher_host_table_nth_tag(const UsherHostTable *table, guint idx)
+{
+  g_assert(idx < table->tags->len);
+  return g_ptr_array_index(table->tags, idx);
+}
+
+static void
+changed(UsherHostTable *table, UsherTag *tag)
+{
+  table->generation++;
+  if (tag != NULL)
+    tag->ring_dirty = TRUE;
+}
+
+UsherHost *
+usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag, guint vhost_count,
+                     const char *hostname)
+{
+  g_assert(ip->family == USHER_IP_V4 || ip->family == USHER_IP_V6);
+  gboolean found;
+  guint idx = host_search(table, ip, &found);
+  if (found || table->hosts->len >= USHER_HOSTS_MAX)
+    return NULL;
+
+  UsherHost *host = g_new0(UsherHost, 1);
+  if (table->free_ids->len > 0) {
+    host->id = g_array_index(table->free_ids, UsherHostId, table->free_ids->len - 1);
+    g_array_set_size(table->free_ids, table->free_ids->len - 1);
+    g_ptr_array_index(table->by_id, host->id - 1) = host;
+  } else {
+    g_ptr_array_add(table->by_id, host);
+    host->id = table->by_id->len;
+  }
+  host->ip = *ip;
+  usher_ip_to_string(ip, host->ip_str);
+  host->hostname = hostname != NULL && hostname[0] != '\0' ? g_strdup(hostname) : NULL;
+  host->tag = usher_host_table_ensure_tag(table, tag);
+  host->vhost_count = vhost_count;
+  g_ptr_array_insert(table->hosts, (gint)idx, host);
+  changed(table, host->tag);
+  return host;
+}
+
+UsherHost *
+usher_host_table_lookup(UsherHostTable *table, const UsherIp *ip)
+{
+  gboolean found;
+  guint idx = host_search(table, ip, &found);
+  return found ? g_ptr_array_index(table->hosts, idx) : NULL;
+}
+
+UsherHost *
+usher_host_table_get(UsherHostTable *table, UsherHostId id)
+{
+  if (id == USHER_HOST_ID_NONE || id > table->by_id->len)
+    return NULL;
+  return g_ptr_array_index(table->by_id, id - 1);
+}
+
+void
+usher_host_table_set_vhost_count(UsherHostTable *table, UsherHost *host, guint vhost_count)
+{
+  if (host->vhost_count == vhost_count)
+    return;
+  host->vhost_count = vhost_count;
+  changed(table, host->tag);
+}
+
+void
+usher_host_table_set_down(UsherHostTable *table, UsherHost *host, gboolean down,
+                          gint64 change_time)
+{
+  host->last_updown_change = MAX(host->last_updown_change, change_time);
+  if (host->down == down)
+    return;
+  host->down = down;
+  changed(table, host->tag);
+}
+
+void
+usher_host_table_set_tag(UsherHostTable *table, UsherHost *host, const char *tag)
+{
+  UsherTag *new_tag = usher_host_table_ensure_tag(table, tag);
+  if (new_tag == host->tag)
+    return;
+  usher_user_dir_remove_host(host->tag->users, host->id);
+  changed(table, host->tag);
+  host->tag = new_tag;
+  changed(table, new_tag);
+}
+
+void
+usher_host_table_set_hostname(UsherHostTable *table, UsherHost *host, const char *hostname)
+{
+  g_free(host->hostname);
+  host->hostname = hostname != NULL && hostname[0] != '\0' ? g_strdup(hostname) : NULL;
+  table->generation++;
+}
+
+guint
+usher_host_table_flush(UsherHostTable *table, UsherHost *host)
+{
+  table->generation++;
+  return usher_user_dir_remove_host(host->tag->users, host->id);
+}
+
+void
+usher_host_table_remove(UsherHostTable *table, UsherHost *host)
+{
+  usher_user_dir_remove_host(host->tag->users, host->id);
+  g_assert(host->user_count == 0);
+  changed(table, host->tag);
+  g_ptr_array_index(table->by_id, host->id - 1) = NULL;
+  g_array_append_val(table->free_ids, host->id);
+  gboolean found;
+  guint idx = host_search(table, &host->ip, &found);
+  g_assert(found);
+  g_ptr_array_remove_index(table->hosts, idx); /* frees host */
+}
+
+guint
+usher_host_table_n_hosts(const UsherHostTable *table)
+{
+  return table->hosts->len;
+}
+
+UsherHost *
+usher_host_table_nth(const UsherHostTable *table, guint idx)
+{
+  g_assert(idx < table->hosts->len);
+  return g_ptr_array_index(table->hosts, idx);
+}
+
+static void
+rebuild_ring(UsherHostTable *table, UsherTag *tag)
+{
+  usher_vhost_ring_clear(tag->ring);
+  for (guint i = 0; i < table->hosts->len; i++) {
+    const UsherHost *h = g_ptr_array_index(table->hosts, i);
+    if (h->tag == tag && !h->down)
+      usher_vhost_ring_add_host(tag->ring, &h->ip, h->id, h->vhost_count);
+  }
+  usher_vhost_ring_finish(tag->ring);
+  tag->ring_dirty = FALSE;
+}
+
+const UsherVhostRing *
+usher_tag_get_ring(UsherHostTable *table, UsherTag *tag)
+{
+  if (tag->ring_dirty)
+    rebuild_ring(table, tag);
+  return tag->ring;
+}
+
+UsherHost *
+usher_tag_place(UsherHostTable *table, UsherTag *tag, guint32 user_hash)
+{
+  const UsherVhostRing *ring = usher_tag_get_ring(table, tag);
+  return usher_host_table_get(table, usher_vhost_ring_lookup(ring, user_hash));
+}
+
+/* CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), chained like zlib's crc32(). Bitwise:
+ * it runs once per SYNC over a few bytes per host, so a table buys nothing. */
+static guint32
+crc32_update(guint32 crc, const void *data, gsize len)
+{
+  const guint8 *p = data;
+  crc = ~crc;
+  for (gsize i = 0; i < len; i++) {
+    crc ^= p[i];
+    for (int k = 0; k < 8; k++)
+      crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+static void
+put_le32(guint8 out[4], guint32 v)
+{
+  out[0] = (guint8)v;
+  out[1] = (guint8)(v >> 8);
+  out[2] = (guint8)(v >> 16);
+  out[3] = (guint8)(v >> 24);
+}
+
+guint32
+usher_host_table_hosts_hash(const UsherHostTable *table)
+{
+  /* Dovecot hashes these integers as their in-memory bytes; on the little-endian machines it
+   * runs on, that is little-endian. We always use little-endian, so a big-endian Usher still
+   * agrees with an x86-64 Dovecot. */
+  guint32 crc = 0;
+  for (guint i = 0; i < table->hosts->len; i++) {
+    const UsherHost *h = g_ptr_array_index(table->hosts, i);
+    guint8 buf[4];
+    put_le32(buf, (h->down ? 1u : 0u) ^ h->vhost_count);
+    crc = crc32_update(crc, buf, 4);
+    if (h->ip.family == USHER_IP_V4) {
+      crc = crc32_update(crc, h->ip.addr, 4);
+    } else {
+      /* The ELF hash value as its in-memory (little-endian) bytes. */
+      put_le32(buf, usher_ip_dovecot_hash(&h->ip));
+      crc = crc32_update(crc, buf, 4);
+    }
+    crc = crc32_update(crc, h->tag->name, strlen(h->tag->name));
+  }
+  return crc == 0 ? 1 : crc;
+}
+
+guint64
+usher_host_table_get_generation(const UsherHostTable *table)
+{
+  return table->generation;
+}

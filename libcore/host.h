@@ -1,0 +1,88 @@
+/* host.h - the backend (mail host) table, its tags, and placement.
+ *
+ * The table owns every host and one UsherTag per distinct tag name ("" is the default tag). Each
+ * tag owns its vhost ring and its user directory. Hosts are kept sorted by IP (Dovecot's order),
+ * and the rings are rebuilt lazily, on the first placement after any change that affects them.
+ */
+#pragma once
+
+#include "libcore/user-dir.h"
+
+G_BEGIN_DECLS
+
+#define USHER_VHOST_DEFAULT 100
+#define USHER_VHOST_MAX_ADMIN 1000 /* the highest vhost count an operator may set */
+#define USHER_HOSTS_MAX 4096       /* hard cap on backends in one table */
+#define USHER_TAG_MAX_LEN 255
+#define USHER_HOSTNAME_MAX_LEN 255
+
+typedef struct UsherTag UsherTag;
+
+typedef struct {
+  UsherHostId id; /* stable while the host exists */
+  UsherIp ip;
+  char ip_str[USHER_IP_STRLEN];
+  char *hostname; /* NULL when not known */
+  UsherTag *tag;
+  guint vhost_count;
+  gboolean down;
+  gint64 last_updown_change; /* UNIX seconds; 0 = never */
+  guint user_count;          /* users in the tag's directory that point here */
+  gboolean desynced;         /* changed locally since the last completed ring sync */
+} UsherHost;
+
+struct UsherTag {
+  char *name;
+  UsherVhostRing *ring;
+  UsherUserDir *users;
+  gboolean ring_dirty;
+};
+
+UsherHostTable *usher_host_table_new(guint user_expire_secs);
+void usher_host_table_free(UsherHostTable *table);
+
+guint usher_host_table_get_user_expire_secs(const UsherHostTable *table);
+
+/* NULL (and no change) if the IP exists already or the table is full. tag may be NULL for "". */
+UsherHost *usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag,
+                                guint vhost_count, const char *hostname);
+UsherHost *usher_host_table_lookup(UsherHostTable *table, const UsherIp *ip);
+UsherHost *usher_host_table_get(UsherHostTable *table, UsherHostId id);
+
+void usher_host_table_set_vhost_count(UsherHostTable *table, UsherHost *host, guint vhost_count);
+/* change_time: UNIX seconds of the change; it never goes backwards. */
+void usher_host_table_set_down(UsherHostTable *table, UsherHost *host, gboolean down,
+                               gint64 change_time);
+/* Changing the tag drops every user assigned to the host (Dovecot does the same). */
+void usher_host_table_set_tag(UsherHostTable *table, UsherHost *host, const char *tag);
+void usher_host_table_set_hostname(UsherHostTable *table, UsherHost *host, const char *hostname);
+/* Drops the host's users (no kick); returns how many. */
+guint usher_host_table_flush(UsherHostTable *table, UsherHost *host);
+/* Removes the host and drops its users. host is freed. */
+void usher_host_table_remove(UsherHostTable *table, UsherHost *host);
+
+/* Hosts in IP order. */
+guint usher_host_table_n_hosts(const UsherHostTable *table);
+UsherHost *usher_host_table_nth(const UsherHostTable *table, guint idx);
+
+/* Tags in name order ("" first). _find returns NULL for an unknown tag; _ensure creates it. */
+guint usher_host_table_n_tags(const UsherHostTable *table);
+UsherTag *usher_host_table_nth_tag(const UsherHostTable *table, guint idx);
+UsherTag *usher_host_table_find_tag(UsherHostTable *table, const char *name);
+UsherTag *usher_host_table_ensure_tag(UsherHostTable *table, const char *name);
+
+/* The host the vhost ring gives this user hash in this tag, or NULL when the tag has no usable
+ * host. Rebuilds the tag's ring first if it is stale. */
+UsherHost *usher_tag_place(UsherHostTable *table, UsherTag *tag, guint32 user_hash);
+/* The tag's ring, rebuilt if stale. */
+const UsherVhostRing *usher_tag_get_ring(UsherHostTable *table, UsherTag *tag);
+
+/* Dovecot's host-list fingerprint sent in SYNC (bit-exact with a little-endian Dovecot 2.3). */
+guint32 usher_host_table_hosts_hash(const UsherHostTable *table);
+
+/* Changes bump this counter; drivers use it to notice that anything changed. */
+guint64 usher_host_table_get_generation(const UsherHostTable *table);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherHostTable, usher_host_table_free)
+
+G_END_DECLS
