@@ -1,6 +1,8 @@
 /* host.c - backends, tags and placement (see host.h). */
 #include "libcore/host.h"
 
+#include "libcore/config.h"
+
 #include <string.h>
 
 struct UsherHostTable {
@@ -351,4 +353,34 @@ guint64
 usher_host_table_get_generation(const UsherHostTable *table)
 {
   return table->generation;
+}
+
+gboolean
+usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends, GError **error)
+{
+  if (table->hosts->len + backends->len > USHER_HOSTS_MAX) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_INVALID,
+                "%u backends is over the limit of %u", table->hosts->len + backends->len,
+                USHER_HOSTS_MAX);
+    return FALSE;
+  }
+  g_autoptr(GHashTable) seen = g_hash_table_new(usher_ip_table_hash, usher_ip_table_equal);
+  for (guint i = 0; i < backends->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(backends, i);
+    if (usher_host_table_lookup(table, &b->ip) != NULL ||
+        !g_hash_table_add(seen, (gpointer)&b->ip)) {
+      char buf[USHER_IP_STRLEN];
+      g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
+                  "backend %s is listed twice", usher_ip_to_string(&b->ip, buf));
+      return FALSE;
+    }
+  }
+  for (guint i = 0; i < backends->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(backends, i);
+    UsherHost *h = usher_host_table_add(table, &b->ip, b->tag, b->vhost_count, b->hostname);
+    g_assert(h != NULL);
+    if (b->down)
+      usher_host_table_set_down(table, h, TRUE, 0);
+  }
+  return TRUE;
 }

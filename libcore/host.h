@@ -77,6 +77,12 @@ UsherHost *usher_tag_place(UsherHostTable *table, UsherTag *tag, guint32 user_ha
 /* The tag's ring, rebuilt if stale. */
 const UsherVhostRing *usher_tag_get_ring(UsherHostTable *table, UsherTag *tag);
 
+/* Adds configured backends (UsherBackendConfig*, see config.h) as a freshly started director
+ * does: each with its vhost count, tag, hostname and up/down state (change time 0). Fails,
+ * adding nothing, if an IP is already present or the table would overflow. */
+gboolean usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends,
+                                       GError **error);
+
 /* Dovecot's host-list fingerprint sent in SYNC (bit-exact with a little-endian Dovecot 2.3). */
 guint32 usher_host_table_hosts_hash(const UsherHostTable *table);
 

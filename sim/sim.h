@@ -1,0 +1,12 @@
+/* sim.h - ushersim subcommands. Each returns the process exit status:
+ * 0 success, 1 a check failed, 2 bad input or usage. */
+#pragma once
+
+#include <glib.h>
+
+#define USHERSIM_EXIT_OK 0
+#define USHERSIM_EXIT_CHECK_FAILED 1
+#define USHERSIM_EXIT_USAGE 2
+
+int ushersim_cmd_map(int argc, char **argv);
+int ushersim_cmd_bench_core(int argc, char **argv);
