@@ -21,7 +21,7 @@ usher_config_load_file(const char *path, GError **error)
     return NULL;
   }
   if (st.st_size > USHER_CONFIG_FILE_MAX_BYTES) {
-    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FBIG,
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED,
                 "%s: %lld bytes is over the limit of %d bytes for a configuration file", path,
                 (long long)st.st_size, USHER_CONFIG_FILE_MAX_BYTES);
     return NULL;

@@ -6,7 +6,7 @@
 G_BEGIN_DECLS
 
 /* Largest configuration file accepted (a fleet of thousands of backends fits easily). */
-#define USHER_CONFIG_FILE_MAX_BYTES (16 * 1024 * 1024)
+#define USHER_CONFIG_FILE_MAX_BYTES USHER_CONFIG_MAX_BYTES
 
 /* Errors name the path. */
 UsherConfig *usher_config_load_file(const char *path, GError **error);

@@ -25,6 +25,7 @@ typedef enum {
 
 #define USHER_DIRECTOR_PORT_DEFAULT 9090
 #define USHER_CONFIG_MAX_DIRECTORS 256
+#define USHER_CONFIG_MAX_BYTES (16 * 1024 * 1024) /* larger input is refused unparsed */
 
 typedef struct {
   UsherIp ip;
