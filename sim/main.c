@@ -46,7 +46,8 @@ main(int argc, char **argv)
   }
   for (gsize i = 0; i < G_N_ELEMENTS(commands); i++) {
     if (strcmp(argv[1], commands[i].name) == 0) {
-      g_set_prgname(g_strdup_printf("ushersim %s", commands[i].name));
+      g_autofree char *prgname = g_strdup_printf("ushersim %s", commands[i].name);
+      g_set_prgname(prgname); /* copies */
       return commands[i].run(argc - 1, argv + 1);
     }
   }

@@ -1,0 +1,286 @@
+/* director-private.h - the director's internal state, shared by director*.c only. */
+#pragma once
+
+#include "libcore/director.h"
+#include "libcore/rng.h"
+
+/* ---- Constants (Dovecot 2.3 values; spec section 9) ------------------------------------------ */
+
+#define SEC_US G_GINT64_CONSTANT(1000000)
+
+#define RECONNECT_RETRY_SECS 60        /* skip a member after a network failure */
+#define PROTOCOL_FAILURE_RETRY_SECS 60 /* skip / refuse a member after a protocol failure */
+#define PREFERRED_RIGHT_RECONNECT_SECS 30
+#define USER_MOVE_TIMEOUT_SECS 30
+#define SYNC_RESEND_SECS 5
+#define ALONE_GRACE_SECS 20
+#define ALONE_RETRY_SECS 1
+#define REMOVED_PURGE_SECS 30
+#define REQUEST_WARN_SECS 2
+#define CONNECT_TIMEOUT_SECS 10
+#define ME_TIMEOUT_SECS 10
+#define SEND_USERS_TIMEOUT_SECS 30
+#define DONE_TIMEOUT_SECS 40
+#define PING_INTERVAL_SECS 15
+#define PING_INTERVAL_UNSYNCED_SECS 1
+#define PING_WARN_SECS 5
+#define SHORT_LIVED_SECS 40
+#define OLD_USER_REFRESH_SKIP_CAP_SECS 15
+#define WRONG_CONNECT_RECONNECT_SECS 1
+#define WAIT_DISCONNECT_SECS 10
+#define HANDSHAKE_SLOW_WARN_SECS 29
+#define SYNC_MAX_DUPLICATES 4
+#define SYNC_STALE_RESET_SECS 120
+#define CLOCK_SKEW_WARN_SECS 1
+#define HANDSHAKE_USERS_PER_PASS 10000
+#define STATE_MAX_MEMBERS USHER_CONFIG_MAX_DIRECTORS
+#define STATE_MAX_CONNECTIONS 64    /* connections of any kind at once; more are refused */
+#define STATE_MAX_PENDING_REQUESTS 100000
+#define VHOST_MAX_FROM_RING 100000 /* a peer claiming more vhosts is lying */
+
+/* ---- Members (director hosts) ---------------------------------------------------------------- */
+
+typedef struct {
+  UsherRingAddr addr;
+  char name[USHER_IP_STRLEN + 8]; /* "ip:port" for logs */
+  gboolean self;
+  gboolean removed;
+  gint64 removed_mono_us;
+  guint32 last_seq;      /* newest sequenced command seen from this origin */
+  guint32 last_sync_seq; /* SYNC bookkeeping for this origin */
+  guint32 last_sync_timestamp;
+  guint last_sync_seq_counter;
+  guint32 desynced_hosts_hash;
+  gint64 last_network_failure;  /* wall seconds, 0 = never */
+  gint64 last_protocol_failure; /* wall seconds, 0 = never */
+} Member;
+
+/* ---- Connections ------------------------------------------------------------------------------ */
+
+typedef struct Conn Conn;
+
+struct Conn {
+  UsherConnId id;
+  gboolean incoming;
+  Member *host; /* outgoing: the dialled member; incoming: set by ME */
+  UsherIp remote_ip;
+  char name[64];
+
+  gboolean connected; /* outgoing: TCP established */
+  gboolean version_received;
+  gboolean me_received;
+  guint peer_minor;
+
+  /* Handshake, receiving side */
+  gboolean handshake_sending_hosts; /* between HOST-HAND-START and HOST-HAND-END */
+  gboolean ignore_host_events;      /* the peer is joining our completed ring */
+  gboolean handshake_received;      /* the peer's DONE arrived */
+  guint64 users_received;
+
+  /* Handshake, sending side (outgoing) */
+  gboolean handshake_sent; /* our DONE went out */
+  GArray *users_to_send;   /* snapshot of (tag index, hash), oldest first */
+  guint users_sent_idx;
+  guint64 users_sent;
+
+  /* Life */
+  gboolean is_left, is_right;
+  gboolean synced;       /* the ring is synced as far as this link is concerned (ping rate) */
+  gboolean verifying;    /* a PING checks that our current left is alive */
+  gboolean closing;      /* CONNECT sent: discard input, close after WAIT_DISCONNECT_SECS */
+  gint64 closing_deadline_us;
+  gint64 send_more_us; /* outgoing handshake: continue sending users at this time, 0 = no */
+  gint64 created_us;
+  gint64 handshake_start_us;
+  gint64 last_input_us;
+  gint64 last_output_us;
+  gint64 ping_sent_us; /* 0: no PING outstanding */
+  gint64 ping_sent_wall_us;
+  gint64 timeout_base_us; /* restarts on input; handshake timeouts count from here */
+  gboolean slow_warned;
+  guint64 bytes_in, bytes_out;
+
+  UsherLineReader *reader;
+};
+
+/* ---- Moves and kicks ------------------------------------------------------------------------- */
+
+typedef struct {
+  UsherTag *tag; /* key, with hash */
+  guint32 hash;
+  UsherKillState state;
+  gboolean self_initiated;
+  gboolean has_old_host;
+  UsherIp old_ip;
+  gboolean old_down;
+  guint old_vhost_count;
+  guint64 kick_id;  /* outstanding local kick, 0 = none */
+  guint64 flush_id; /* outstanding flush hook, 0 = none */
+  gint64 deadline_us; /* move timeout, or the end of DELAY */
+} Move;
+
+typedef struct {
+  guint64 id;
+  gboolean for_move;
+  UsherTag *tag;
+  guint32 hash;
+} Kick;
+
+/* ---- Requests --------------------------------------------------------------------------------- */
+
+typedef struct {
+  guint64 id;
+  char *username;
+  char *tag;
+  guint32 hash;
+  gint64 created_us;
+  gboolean warned;
+  const char *reason; /* why it waits (static string) */
+} Request;
+
+/* ---- The director ----------------------------------------------------------------------------- */
+
+struct UsherDirector {
+  /* Settings */
+  UsherHashFormat *hash_format;
+  guint user_expire_secs;
+  guint user_kick_delay_secs;
+  guint max_parallel_moves;
+  guint max_parallel_kicks;
+  char *flush_socket;
+  guint ping_idle_timeout_secs;
+  guint ping_max_timeout_secs;
+  char master_user_separator; /* 0: none */
+  UsherRng rng;
+
+  /* Members: sorted by (ip, port); owns the Members */
+  GPtrArray *members;
+  Member *self;
+
+  /* Connections: by id; owns the Conns */
+  GHashTable *conns;
+  UsherConnId next_conn_id;
+  Conn *left, *right;
+
+  /* Ring state */
+  gboolean started;
+  gboolean ring_handshaked;
+  gboolean ring_synced;
+  guint ring_min_version;
+  guint32 sync_seq;
+  guint64 ring_change_counter;
+  guint64 last_sync_sent_ring_change_counter;
+  gint64 last_sync_start_us;
+  gint64 last_sync_msecs;
+  gint64 last_resend_sync_wall; /* seconds */
+  gint sync_frozen;
+  gboolean sync_pending;
+  gint64 sync_timer_us;          /* SYNC resend, 0 = off */
+  gint64 connect_timer_us;       /* retry director_connect, 0 = off */
+  gint64 alone_since_us;         /* no reachable member since, 0 = not alone-searching */
+  gint64 preferred_right_timer_us; /* 0 = off */
+  gint64 purge_timer_us;
+  gint64 handshake_start_us;     /* for the slow-handshake warning, 0 = done */
+  gint64 wall_minus_mono_us;     /* from the latest input: converts wall deadlines to mono */
+  /* A SYNC from another director that arrived while we had no right: forward it later. */
+  gboolean have_pending_sync;
+  UsherRingMsg pending_sync;
+
+  /* Hosts and users */
+  UsherHostTable *hosts;
+  GHashTable *moves; /* Move* (keyed by tag and hash) -> itself; owns */
+  guint users_moving_count;
+  guint users_kicking_count;
+  GHashTable *kicks; /* id -> Kick*; owns */
+  guint64 next_effect_id;
+
+  /* Requests: FIFO */
+  GQueue requests;
+  gboolean requests_running, requests_again;
+  GHashTable *request_ids; /* id -> Request* (membership only) */
+
+  /* Outbox */
+  GArray *effects;
+  GString *scratch;
+
+  UsherDirectorStats stats;
+};
+
+/* director.c */
+void dir_log(UsherDirector *d, GLogLevelFlags level, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+void dir_send(UsherDirector *d, Conn *conn, const char *data, gsize len);
+void dir_send_msg(UsherDirector *d, Conn *conn, const UsherRingMsg *msg, guint minor);
+void dir_sync(UsherDirector *d, UsherNow now);
+gboolean dir_resend_sync(UsherDirector *d, UsherNow now);
+void dir_set_ring_synced(UsherDirector *d, UsherNow now);
+void dir_set_ring_unsynced(UsherDirector *d, UsherNow now);
+void dir_set_ring_handshaked(UsherDirector *d, UsherNow now);
+void dir_state_changed(UsherDirector *d, UsherNow now);
+void dir_connect(UsherDirector *d, UsherNow now, const char *reason);
+Member *dir_member_lookup(UsherDirector *d, const UsherIp *ip, guint16 port);
+Member *dir_member_get(UsherDirector *d, const UsherIp *ip, guint16 port);
+int dir_member_cmp_to_self(UsherDirector *d, const Member *b1, const Member *b2);
+void dir_member_restarted(Member *m);
+Member *dir_preferred_right(UsherDirector *d);
+void dir_remove_member(UsherDirector *d, UsherNow now, Member *src, Member *orig, Member *target);
+gint64 dir_wall_secs(UsherNow now);
+
+/* director-conn.c */
+Conn *conn_new_outgoing(UsherDirector *d, UsherNow now, Member *host);
+void conn_input(UsherDirector *d, UsherNow now, Conn *conn, const void *data, gsize len);
+void conn_connected(UsherDirector *d, UsherNow now, Conn *conn);
+typedef enum {
+  CLOSE_QUIET = 0,
+  CLOSE_SEND_DISCONNECT = 1 << 0, /* we close it: emit a DISCONNECT effect */
+  CLOSE_FAILURE = 1 << 1,         /* a network-level failure: mark the member if short-lived */
+} CloseFlags;
+void conn_close(UsherDirector *d, UsherNow now, Conn *conn, const char *reason, CloseFlags flags);
+GArray *dir_conn_ids_sorted(UsherDirector *d);
+Conn *dir_conn_by_id(UsherDirector *d, UsherConnId id);
+void conn_protocol_error(UsherDirector *d, UsherNow now, Conn *conn, const char *reason);
+void conn_ping(UsherDirector *d, UsherNow now, Conn *conn);
+void conn_adopt_waiting_left(UsherDirector *d, UsherNow now);
+void conn_set_synced(Conn *conn, gboolean synced);
+void conn_send_connect(UsherDirector *d, UsherNow now, Conn *conn, Member *target);
+void conn_timers(UsherDirector *d, UsherNow now, Conn *conn);
+gint64 conn_next_deadline(UsherDirector *d, Conn *conn);
+void conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *conn);
+gboolean conn_try_adopt_left(UsherDirector *d, UsherNow now, Conn *conn);
+Conn *conn_outgoing_to(UsherDirector *d, Member *host);
+void flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg,
+           gboolean host_form_by_ring);
+gboolean cmd_is_seen(UsherDirector *d, const UsherRingOrigin *origin, Member **origin_out);
+void origin_fill(UsherDirector *d, Member *orig, UsherRingOrigin *out);
+
+/* director-users.c */
+void users_update_user(UsherDirector *d, Member *src, UsherTag *tag, UsherUser *user);
+void users_update_user_weak(UsherDirector *d, Member *src, Conn *src_conn,
+                            const UsherRingOrigin *origin, UsherTag *tag, UsherUser *user);
+gboolean users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHost *host,
+                       gint64 timestamp, gboolean has_timestamp, gboolean weak,
+                       gboolean *forced_out, UsherUser **user_out);
+void users_move(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 hash,
+                UsherHost *host);
+void users_killed(UsherDirector *d, UsherNow now, guint32 hash);
+void users_killed_everywhere(UsherDirector *d, UsherNow now, Member *src, Member *orig,
+                             guint32 hash);
+void users_kick_hash(UsherDirector *d, Member *src, Member *orig, guint32 hash,
+                     const UsherIp *except);
+void users_kick_name(UsherDirector *d, Member *src, Member *orig, const char *name);
+void users_kick_alt(UsherDirector *d, Member *src, Member *orig, const char *field,
+                    const char *value);
+void users_remove_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
+                       UsherHost *host);
+void users_flush_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
+                      UsherHost *host);
+void users_update_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
+                       UsherHost *host);
+void users_resend_hosts(UsherDirector *d, UsherNow now);
+void users_timers(UsherDirector *d, UsherNow now);
+gint64 users_next_deadline(UsherDirector *d);
+void dir_observe_now(UsherDirector *d, UsherNow now);
+void requests_continue(UsherDirector *d, UsherNow now);
+void requests_timers(UsherDirector *d, UsherNow now);
+gint64 requests_next_deadline(UsherDirector *d);
+Move *move_lookup(UsherDirector *d, UsherTag *tag, guint32 hash);
+void users_free_all(UsherDirector *d);
