@@ -138,6 +138,8 @@ typedef struct {
   const char *reason; /* why it waits (static string) */
 } Request;
 
+typedef struct AdminOp AdminOp;
+
 /* ---- The director ----------------------------------------------------------------------------- */
 
 struct UsherDirector {
@@ -198,6 +200,10 @@ struct UsherDirector {
   GQueue requests;
   gboolean requests_running, requests_again;
   GHashTable *request_ids; /* id -> Request* (membership only) */
+
+  /* Admin operations waiting for the ring, for moves or for kick slots: FIFO */
+  GQueue admin_ops;
+  gboolean admin_running, admin_again;
 
   /* Outbox */
   GArray *effects;
@@ -284,3 +290,11 @@ void requests_timers(UsherDirector *d, UsherNow now);
 gint64 requests_next_deadline(UsherDirector *d);
 Move *move_lookup(UsherDirector *d, UsherTag *tag, guint32 hash);
 void users_free_all(UsherDirector *d);
+void users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser *user,
+                UsherHost *old_host, gboolean force_kick);
+
+/* director-admin.c */
+void admin_continue(UsherDirector *d, UsherNow now);
+gint64 admin_next_deadline(UsherDirector *d);
+void admin_timers(UsherDirector *d, UsherNow now);
+void admin_op_free(AdminOp *a);

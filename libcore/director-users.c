@@ -393,9 +393,9 @@ move_finish_kill(UsherDirector *d, UsherNow now, Move *m, gboolean self)
   }
 }
 
-static void
-kill_user(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser *user,
-          UsherHost *old_host, gboolean force_kick)
+void
+users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser *user,
+           UsherHost *old_host, gboolean force_kick)
 {
   if (user->kill_state != USHER_KILL_NONE) {
     /* Moved again before the last move finished: carry on from where it is. */
@@ -448,7 +448,7 @@ users_move(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 ha
   msg.user_ref.hash = hash;
   msg.user_ref.ip = host->ip;
   flood(d, src, 0, &msg, FALSE);
-  kill_user(d, now, src, host->tag, user, old_host, FALSE);
+  users_kill(d, now, src, host->tag, user, old_host, FALSE);
 }
 
 void
@@ -509,8 +509,10 @@ usher_director_kick_done(UsherDirector *d, UsherNow now, guint64 id)
   guint32 hash = k->hash;
   g_hash_table_remove(d->kicks, &id); /* frees k */
   d->users_kicking_count--;
-  if (!for_move)
+  if (!for_move) {
+    admin_continue(d, now); /* a kick slot is free */
     return;
+  }
   Move *m = move_lookup(d, tag, hash);
   if (m == NULL || m->kick_id != id ||
       (m->state != USHER_KILL_KILLING && m->state != USHER_KILL_KILLING_NOTIFY_RECEIVED))
@@ -851,4 +853,10 @@ usher_director_user_refresh(UsherDirector *d, UsherNow now, const char *username
     usher_user_dir_refresh(tag->users, u, wall, wall);
     users_update_user(d, d->self, tag, u);
   }
+}
+
+guint32
+usher_director_user_hash(UsherDirector *d, const char *username)
+{
+  return usher_hash_format_user(d->hash_format, username, (gssize)hashed_name_len(d, username));
 }

@@ -446,6 +446,7 @@ void
 dir_state_changed(UsherDirector *d, UsherNow now)
 {
   requests_continue(d, now);
+  admin_continue(d, now);
 }
 
 /* ---- Removing a ring member ------------------------------------------------------------------ */
@@ -544,6 +545,7 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
   d->kicks = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
   d->next_effect_id = 1;
   g_queue_init(&d->requests);
+  g_queue_init(&d->admin_ops);
   d->request_ids = g_hash_table_new(g_int64_hash, g_int64_equal);
   d->effects = new_outbox();
   d->scratch = g_string_sized_new(1024);
@@ -585,6 +587,7 @@ usher_director_free(UsherDirector *d)
   if (d == NULL)
     return;
   users_free_all(d);
+  g_queue_clear_full(&d->admin_ops, (GDestroyNotify)admin_op_free);
   g_hash_table_unref(d->conns);
   g_ptr_array_unref(d->members);
   g_hash_table_unref(d->moves);
@@ -742,6 +745,7 @@ usher_director_next_deadline(UsherDirector *d)
     t = min_deadline(t, conn_next_deadline(d, v));
   t = min_deadline(t, users_next_deadline(d));
   t = min_deadline(t, requests_next_deadline(d));
+  t = min_deadline(t, admin_next_deadline(d));
   return t == 0 ? G_MAXINT64 : t;
 }
 
@@ -785,6 +789,7 @@ usher_director_on_deadline(UsherDirector *d, UsherNow now)
   }
   users_timers(d, now);
   requests_timers(d, now);
+  admin_timers(d, now);
   d->sync_frozen--;
   if (d->sync_frozen == 0 && d->sync_pending)
     dir_sync(d, now);

@@ -172,6 +172,55 @@ void usher_director_kick_done(UsherDirector *director, UsherNow now, guint64 kic
 void usher_director_flush_done(UsherDirector *director, UsherNow now, guint64 flush,
                                gboolean success);
 
+/* ---- Admin operations ----------------------------------------------------------------------- *
+ * The operations of Dovecot's director-admin protocol. Each is answered by one ADMIN_REPLY effect
+ * carrying op, whose text is Dovecot's reply line: "OK\n", "NOTFOUND\n", "TRYAGAIN\n" or an
+ * error sentence. Operations that change hosts or ring members first wait until the ring is
+ * synced, and the ones whose effect must travel the ring reply only once it is synced again;
+ * each wait is capped at USHER_ADMIN_SYNC_WAIT_SECS ("Ring sync timed out"). Unlike Dovecot, a
+ * waiting operation never makes a later one get lost. */
+
+#define USHER_ADMIN_SYNC_WAIT_SECS 30
+#define USHER_ADMIN_MAX_PENDING 1000
+
+/* HOST-SET: add a backend or set its vhost count (vhost_count < 0: leave it; a new backend gets
+ * 100). tag NULL: not given. */
+void usher_director_admin_host_set(UsherDirector *director, UsherNow now, guint64 op,
+                                   const UsherIp *ip, const char *tag, gint vhost_count);
+/* HOST-UPDATE: like HOST-SET for an existing backend only. */
+void usher_director_admin_host_update(UsherDirector *director, UsherNow now, guint64 op,
+                                      const UsherIp *ip, guint vhost_count);
+/* HOST-UP / HOST-DOWN. */
+void usher_director_admin_host_set_down(UsherDirector *director, UsherNow now, guint64 op,
+                                        const UsherIp *ip, gboolean down);
+/* HOST-REMOVE: forget the backend and its users (no kick). */
+void usher_director_admin_host_remove(UsherDirector *director, UsherNow now, guint64 op,
+                                      const UsherIp *ip);
+/* HOST-FLUSH (doveadm director flush -F): drop the backend's users without kicking them; ip NULL
+ * for every backend. */
+void usher_director_admin_host_flush(UsherDirector *director, UsherNow now, guint64 op,
+                                     const UsherIp *ip);
+/* HOST-RESET-USERS (doveadm director flush): move every user of the backend (ip NULL: of every
+ * backend) whose hashed backend differs, at most max_moves at a time (0: max_parallel_moves).
+ * Replies once every move has started. */
+void usher_director_admin_host_reset_users(UsherDirector *director, UsherNow now, guint64 op,
+                                           const UsherIp *ip, guint max_moves);
+/* USER-MOVE: move the user with this hash to the backend. */
+void usher_director_admin_user_move(UsherDirector *director, UsherNow now, guint64 op,
+                                    guint32 user_hash, const UsherIp *ip);
+/* USER-KICK / USER-KICK-ALT: kick sessions ring-wide. With nowait, TRYAGAIN instead of waiting
+ * when max_parallel_kicks kicks are already running. field NULL: kick by login name. */
+void usher_director_admin_user_kick(UsherDirector *director, UsherNow now, guint64 op,
+                                    const char *field, const char *value, gboolean nowait);
+/* DIRECTOR-ADD / DIRECTOR-REMOVE (port 0: the default port / the first member with that IP). */
+void usher_director_admin_director_add(UsherDirector *director, UsherNow now, guint64 op,
+                                       const UsherIp *ip, guint16 port);
+void usher_director_admin_director_remove(UsherDirector *director, UsherNow now, guint64 op,
+                                          const UsherIp *ip, guint16 port);
+
+/* The user hash for a name, as this director computes it (username_hash, separator). */
+guint32 usher_director_user_hash(UsherDirector *director, const char *username);
+
 /* ---- State --------------------------------------------------------------------------------- */
 
 typedef struct {

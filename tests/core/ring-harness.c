@@ -67,6 +67,8 @@ struct Harness {
   guint64 partition_a, partition_b;
   gboolean partition_reset;
   GHashTable *logins; /* request id -> HarnessLogin* */
+  GHashTable *admin_replies; /* op id -> reply text */
+  guint64 next_op;
   guint64 next_request;
   gboolean recording;
   GString *transcript;
@@ -299,7 +301,13 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
     if (g_test_verbose())
       g_test_message("[%.3f] node %u: %s", h->now_us / 1e6, node_idx, e->log.message);
     break;
-  case USHER_EFFECT_ADMIN_REPLY:
+  case USHER_EFFECT_ADMIN_REPLY: {
+    g_autofree char *text = g_strndup(e->admin.text, strcspn(e->admin.text, "\n"));
+    guint64 *key = g_new(guint64, 1);
+    *key = e->admin.op;
+    g_hash_table_replace(h->admin_replies, key, g_steal_pointer(&text));
+    break;
+  }
   case USHER_EFFECT_STATE:
     break;
   }
@@ -403,6 +411,9 @@ void
 harness_run(Harness *h, gint64 duration_us)
 {
   gint64 end = h->now_us + duration_us;
+  /* Effects of calls made directly on a node since the last run. */
+  for (guint i = 0; i < h->n; i++)
+    drain(h, i);
   for (;;) {
     gint64 best = G_MAXINT64;
     guint best_node = 0;
@@ -446,6 +457,8 @@ harness_new(guint n, const char *backends, const char *extra_config)
   h->heap = g_ptr_array_new();
   h->links = g_ptr_array_new();
   h->logins = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
+  h->admin_replies = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
+  h->next_op = 1;
   h->next_request = 1;
   h->transcript = g_string_new(NULL);
 
@@ -496,6 +509,7 @@ harness_free(Harness *h)
   }
   g_ptr_array_unref(h->links);
   g_hash_table_unref(h->logins);
+  g_hash_table_unref(h->admin_replies);
   g_string_free(h->transcript, TRUE);
   usher_config_free(h->config);
   g_free(h);
@@ -734,4 +748,30 @@ guint64
 harness_kicks(Harness *h, guint i)
 {
   return h->nodes[i].kicks;
+}
+
+guint64
+harness_new_op(Harness *h)
+{
+  return h->next_op++;
+}
+
+const char *
+harness_admin_reply(Harness *h, guint64 op)
+{
+  return g_hash_table_lookup(h->admin_replies, &op);
+}
+
+void
+harness_drain(Harness *h, guint i)
+{
+  drain(h, i);
+}
+
+UsherIp
+harness_ip(const char *text)
+{
+  UsherIp ip;
+  g_assert_true(usher_ip_parse(text, -1, &ip));
+  return ip;
 }

@@ -57,3 +57,10 @@ const char *harness_user_host(Harness *h, guint i, const char *username);
 /* Ring order check: node i's right is the next started node (wrapping). */
 gboolean harness_ring_formed(Harness *h);
 guint64 harness_kicks(Harness *h, guint i);
+
+/* Admin operations: a fresh op id, and the reply text (without "\n") once it came, else NULL. */
+guint64 harness_new_op(Harness *h);
+const char *harness_admin_reply(Harness *h, guint64 op);
+/* After an admin call made directly on harness_node(h, i): handle its effects. */
+void harness_drain(Harness *h, guint i);
+UsherIp harness_ip(const char *text);

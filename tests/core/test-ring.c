@@ -170,7 +170,8 @@ test_large_handshake(void)
     g_snprintf(name, sizeof(name), "u%u@example.com", u);
     usher_director_login_request(harness_node(h, 0), harness_now(h), u + 1000000, name, NULL);
   }
-  g_autoptr(GArray) ignored = usher_director_take_effects(harness_node(h, 0));
+  /* Alone: the answers are the only effects, and nobody waits for them. */
+  g_array_unref(usher_director_take_effects(harness_node(h, 0)));
   harness_start(h, 1);
   g_assert_true(harness_run_until_synced(h, 120 * SEC));
   assert_ring(h);
@@ -209,6 +210,253 @@ test_split_merge(void)
   harness_free(h);
 }
 
+/* ---- Admin operations propagate ---------------------------------------------------------------- */
+
+static Harness *
+synced_ring(guint n)
+{
+  Harness *h = harness_new(n, BACKENDS, NULL);
+  harness_start_all(h);
+  g_assert_true(harness_run_until_synced(h, 120 * SEC));
+  return h;
+}
+
+static UsherHost *
+host_of(Harness *h, guint i, const char *ip)
+{
+  UsherIp a = harness_ip(ip);
+  return usher_host_table_lookup(usher_director_get_hosts(harness_node(h, i)), &a);
+}
+
+static const char *
+login_now(Harness *h, guint i, const char *name)
+{
+  guint64 r = harness_login(h, i, name, NULL);
+  harness_run(h, SEC / 10);
+  const HarnessLogin *res = harness_login_result(h, r);
+  g_assert_true(res->answered);
+  g_assert_cmpint(res->status, ==, USHER_LOGIN_OK);
+  return res->host;
+}
+
+/* Changing vhosts on one director reaches every director; new users then land exactly where the
+ * real Dovecot ring puts them with vhosts 50/100/200 (tests/data, table 2). */
+static void
+test_vhost_change(void)
+{
+  Harness *h = synced_ring(3);
+  UsherIp a = harness_ip("127.0.2.1"), c = harness_ip("127.0.2.3");
+  guint64 op1 = harness_new_op(h), op2 = harness_new_op(h);
+  usher_director_admin_host_update(harness_node(h, 0), harness_now(h), op1, &a, 50);
+  usher_director_admin_host_set(harness_node(h, 2), harness_now(h), op2, &c, NULL, 200);
+  harness_drain(h, 0);
+  harness_drain(h, 2);
+  g_assert_null(harness_admin_reply(h, op1)); /* waits for the ring */
+  g_assert_true(harness_run_until_synced(h, 60 * SEC));
+  harness_run(h, SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op1), ==, "OK");
+  g_assert_cmpstr(harness_admin_reply(h, op2), ==, "OK");
+  for (guint i = 0; i < 3; i++) {
+    g_assert_cmpuint(host_of(h, i, "127.0.2.1")->vhost_count, ==, 50);
+    g_assert_cmpuint(host_of(h, i, "127.0.2.3")->vhost_count, ==, 200);
+  }
+  g_assert_true(harness_converged(h));
+  /* Dovecot's table 2 (tests/data): user1 -> .2, user6 -> .3, user17 -> .1. */
+  static const char *const want[][2] = {
+    {"user1", "127.0.2.2"}, {"user6", "127.0.2.3"}, {"user17", "127.0.2.1"}};
+  for (guint k = 0; k < G_N_ELEMENTS(want); k++)
+    g_assert_cmpstr(login_now(h, k % 3, want[k][0]), ==, want[k][1]);
+  /* Limits and errors, answered as Dovecot answers them. */
+  guint64 bad = harness_new_op(h);
+  usher_director_admin_host_update(harness_node(h, 1), harness_now(h), bad, &a, 1001);
+  harness_run(h, SEC);
+  g_assert_cmpstr(harness_admin_reply(h, bad), ==, "vhost count too large");
+  UsherIp nope = harness_ip("127.0.9.9");
+  bad = harness_new_op(h);
+  usher_director_admin_host_update(harness_node(h, 1), harness_now(h), bad, &nope, 5);
+  harness_run(h, SEC);
+  g_assert_cmpstr(harness_admin_reply(h, bad), ==, "NOTFOUND");
+  bad = harness_new_op(h);
+  usher_director_admin_host_set(harness_node(h, 1), harness_now(h), bad, &a, "other", 5);
+  harness_run(h, SEC);
+  g_assert_cmpstr(harness_admin_reply(h, bad), ==, "host tag can't be changed");
+  harness_free(h);
+}
+
+static void
+test_down_up_remove_flush(void)
+{
+  Harness *h = synced_ring(3);
+  /* user1 lives on .2 (Dovecot's answer). */
+  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  UsherIp b = harness_ip("127.0.2.2");
+  guint64 op = harness_new_op(h);
+  usher_director_admin_host_set_down(harness_node(h, 1), harness_now(h), op, &b, TRUE);
+  g_assert_true(harness_run_until_synced(h, 60 * SEC));
+  harness_run(h, SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  for (guint i = 0; i < 3; i++)
+    g_assert_true(host_of(h, i, "127.0.2.2")->down);
+  /* Existing users stay on a down host; new users avoid it (user5 -> .3, as in Dovecot). */
+  g_assert_cmpstr(login_now(h, 2, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(login_now(h, 2, "user5"), ==, "127.0.2.3");
+  op = harness_new_op(h);
+  usher_director_admin_host_set_down(harness_node(h, 2), harness_now(h), op, &b, FALSE);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  for (guint i = 0; i < 3; i++)
+    g_assert_false(host_of(h, i, "127.0.2.2")->down);
+  /* Flush (-F): the user entries go everywhere, the host stays. */
+  op = harness_new_op(h);
+  usher_director_admin_host_flush(harness_node(h, 0), harness_now(h), op, &b);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  for (guint i = 0; i < 3; i++) {
+    g_assert_null(harness_user_host(h, i, "user1"));
+    g_assert_nonnull(host_of(h, i, "127.0.2.2"));
+  }
+  /* Remove: the host and its users go everywhere. */
+  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  op = harness_new_op(h);
+  usher_director_admin_host_remove(harness_node(h, 2), harness_now(h), op, &b);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  for (guint i = 0; i < 3; i++) {
+    g_assert_null(host_of(h, i, "127.0.2.2"));
+    g_assert_null(harness_user_host(h, i, "user1"));
+  }
+  g_assert_cmpstr(login_now(h, 1, "user1"), ==, "127.0.2.3");
+  g_assert_true(harness_converged(h));
+  harness_free(h);
+}
+
+/* A move kicks the user on every director, holds its logins until the move is done, and leaves
+ * every director agreeing on the new backend. */
+static void
+test_move_and_kick(void)
+{
+  Harness *h = synced_ring(3);
+  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  UsherIp c = harness_ip("127.0.2.3");
+  guint32 hash = usher_director_user_hash(harness_node(h, 1), "user1");
+  guint64 kicks_before[3];
+  for (guint i = 0; i < 3; i++)
+    kicks_before[i] = harness_kicks(h, i);
+  guint64 op = harness_new_op(h);
+  usher_director_admin_user_move(harness_node(h, 1), harness_now(h), op, hash, &c);
+  harness_drain(h, 1);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  /* A login during the move waits. */
+  harness_run(h, SEC / 100);
+  guint64 r = harness_login(h, 2, "user1", NULL);
+  g_assert_false(harness_login_result(h, r)->answered);
+  op = harness_new_op(h);
+  usher_director_admin_user_move(harness_node(h, 0), harness_now(h), op, hash, &c);
+  harness_drain(h, 0);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "TRYAGAIN");
+  harness_run(h, 5 * SEC);
+  const HarnessLogin *res = harness_login_result(h, r);
+  g_assert_true(res->answered);
+  g_assert_cmpstr(res->host, ==, "127.0.2.3");
+  for (guint i = 0; i < 3; i++) {
+    g_assert_cmpstr(harness_user_host(h, i, "user1"), ==, "127.0.2.3");
+    g_assert_cmpuint(harness_kicks(h, i), >, kicks_before[i]);
+    g_assert_cmpuint(usher_director_count_moving_users(harness_node(h, i)), ==, 0);
+    g_assert_cmpuint(usher_director_get_stats(harness_node(h, i))->moves_timed_out, ==, 0);
+  }
+  /* Kick by name reaches every director. */
+  for (guint i = 0; i < 3; i++)
+    kicks_before[i] = harness_kicks(h, i);
+  op = harness_new_op(h);
+  usher_director_admin_user_kick(harness_node(h, 2), harness_now(h), op, NULL, "user1", FALSE);
+  harness_run(h, SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  for (guint i = 0; i < 3; i++)
+    g_assert_cmpuint(harness_kicks(h, i), ==, kicks_before[i] + 1);
+  harness_free(h);
+}
+
+/* doveadm director flush: users whose hashed backend changed are moved, with kicks. */
+static void
+test_reset_users(void)
+{
+  Harness *h = synced_ring(3);
+  for (guint u = 1; u <= 60; u++) {
+    g_autofree char *name = g_strdup_printf("user%u", u);
+    (void)login_now(h, u % 3, name);
+  }
+  UsherIp c = harness_ip("127.0.2.3");
+  guint64 op = harness_new_op(h);
+  usher_director_admin_host_update(harness_node(h, 0), harness_now(h), op, &c, 0);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  guint on_c = host_of(h, 0, "127.0.2.3")->user_count;
+  g_assert_cmpuint(on_c, >, 0);
+  op = harness_new_op(h);
+  usher_director_admin_host_reset_users(harness_node(h, 1), harness_now(h), op, &c, 5);
+  harness_run(h, 60 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  for (guint i = 0; i < 3; i++) {
+    g_assert_cmpuint(host_of(h, i, "127.0.2.3")->user_count, ==, 0);
+    g_assert_cmpuint(usher_director_count_moving_users(harness_node(h, i)), ==, 0);
+    g_assert_cmpuint(usher_director_get_stats(harness_node(h, i))->moves_timed_out, ==, 0);
+  }
+  g_assert_cmpuint(usher_director_get_stats(harness_node(h, 1))->moves_started, >=, on_c);
+  g_assert_true(harness_converged(h));
+  harness_free(h);
+}
+
+/* A director removed by the admin leaves the ring; the others close it without him. */
+static void
+test_director_remove(void)
+{
+  Harness *h = synced_ring(4);
+  UsherIp d3 = harness_ip("127.0.1.4");
+  guint64 op = harness_new_op(h);
+  usher_director_admin_director_remove(harness_node(h, 0), harness_now(h), op, &d3, 9090);
+  harness_run(h, 20 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  /* 0 -> 1 -> 2 -> 0 */
+  const UsherRingAddr *r = usher_director_get_right(harness_node(h, 2));
+  g_assert_nonnull(r);
+  UsherIp d0 = harness_ip("127.0.1.1");
+  g_assert_true(usher_ip_equal(&r->ip, &d0));
+  for (guint i = 0; i < 3; i++)
+    g_assert_true(usher_director_is_ring_synced(harness_node(h, i)));
+  harness_free(h);
+}
+
+/* Split brain: each arc changes on its own; after the merge every director agrees again and a
+ * user that was placed on two backends ends on the lower IP (Dovecot's rule). */
+static void
+test_split_diverge_merge(void)
+{
+  Harness *h = synced_ring(4);
+  harness_partition(h, 0x3, 0xc, TRUE);
+  g_assert_true(harness_run_until_synced(h, 120 * SEC));
+  /* Side A takes .2 down, so user1 (hashed to .2) goes to .3 there; side B keeps .2. */
+  UsherIp b = harness_ip("127.0.2.2");
+  guint64 op = harness_new_op(h);
+  usher_director_admin_host_set_down(harness_node(h, 0), harness_now(h), op, &b, TRUE);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  g_assert_cmpstr(login_now(h, 1, "user1"), ==, "127.0.2.3");
+  g_assert_cmpstr(login_now(h, 2, "user1"), ==, "127.0.2.2");
+  harness_heal(h);
+  g_assert_true(harness_run_until_synced(h, 180 * SEC));
+  harness_run(h, 120 * SEC);
+  g_assert_true(harness_converged(h));
+  g_assert_true(harness_ring_formed(h));
+  /* The lower IP wins the user conflict. */
+  for (guint i = 0; i < 4; i++)
+    g_assert_cmpstr(harness_user_host(h, i, "user1"), ==, "127.0.2.2");
+  guint64 conflicts = 0;
+  for (guint i = 0; i < 4; i++)
+    conflicts += usher_director_get_stats(harness_node(h, i))->user_conflicts;
+  g_assert_cmpuint(conflicts, >, 0);
+  harness_free(h);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -222,5 +470,11 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring/crash-rejoin", test_crash_rejoin);
   g_test_add_func("/core/ring/large-handshake", test_large_handshake);
   g_test_add_func("/core/ring/split-merge", test_split_merge);
+  g_test_add_func("/core/ring/vhost-change", test_vhost_change);
+  g_test_add_func("/core/ring/down-up-remove-flush", test_down_up_remove_flush);
+  g_test_add_func("/core/ring/move-and-kick", test_move_and_kick);
+  g_test_add_func("/core/ring/reset-users", test_reset_users);
+  g_test_add_func("/core/ring/director-remove", test_director_remove);
+  g_test_add_func("/core/ring/split-diverge-merge", test_split_diverge_merge);
   return g_test_run();
 }

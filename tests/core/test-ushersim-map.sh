@@ -70,5 +70,12 @@ check "--username-hash %Ld hashes the lowercased domain" '[ "$(cut -f2 "$tmp/fmt
 echo x | "$sim" map --backends 127.0.2.1 --username-hash %q > /dev/null 2>&1
 check "bad --username-hash exits 2" '[ $? -eq 2 ]'
 
+# bench-core runs end to end and prints its figures as JSON (figures are not judged here:
+# speed is a benchmark, not a test).
+"$sim" bench-core --users 2000 --large-users 0 --json > "$tmp/bench.json" 2> "$tmp/bench.err"
+check "bench-core --json runs" '[ $? -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d[\"placements_per_sec\"] > 0 and d[\"directory\"][0][\"users\"] == 2000 and d[\"directory\"][0][\"bytes_per_user\"] > 0" "$tmp/bench.json"'
+"$sim" bench-core --users 5 > /dev/null 2>&1
+check "bench-core refuses a tiny --users" '[ $? -eq 2 ]'
+
 echo "1..$n"
 [ $failed -eq 0 ]
