@@ -745,8 +745,12 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   if (update && host->desynced) {
     /* Two directors changed this host at once: settle locally, then flood the result as ours. */
     d->stats.host_conflicts++;
-    if (host->down != down && host->last_updown_change > updown)
-      down = host->down; /* our change is newer */
+    /* The newer up/down change wins. On a tie Dovecot takes the incoming one, which lets two
+     * directors flip the host back and forth forever; Usher lets "down" win a tie, so every
+     * director settles on the same answer. */
+    if (host->down != down &&
+        (host->last_updown_change > updown || (host->last_updown_change == updown && host->down)))
+      down = host->down;
     vhost_count = MIN(vhost_count, host->vhost_count);
     updown = MAX(updown, host->last_updown_change);
     dir_log(d, G_LOG_LEVEL_WARNING,

@@ -212,10 +212,10 @@ void
 usher_host_table_set_down(UsherHostTable *table, UsherHost *host, gboolean down,
                           gint64 change_time)
 {
-  host->last_updown_change = MAX(host->last_updown_change, change_time);
   if (host->down == down)
     return;
   host->down = down;
+  host->last_updown_change = change_time;
   changed(table, host->tag);
 }
 

@@ -50,7 +50,7 @@ UsherHost *usher_host_table_lookup(UsherHostTable *table, const UsherIp *ip);
 UsherHost *usher_host_table_get(UsherHostTable *table, UsherHostId id);
 
 void usher_host_table_set_vhost_count(UsherHostTable *table, UsherHost *host, guint vhost_count);
-/* change_time: UNIX seconds of the change; it never goes backwards. */
+/* change_time: UNIX seconds of the change, recorded only when the state changes (as Dovecot). */
 void usher_host_table_set_down(UsherHostTable *table, UsherHost *host, gboolean down,
                                gint64 change_time);
 /* Changing the tag drops every user assigned to the host (Dovecot does the same). */

@@ -55,8 +55,10 @@ test_lifecycle(void)
   usher_host_table_set_down(t, d, TRUE, 500);
   g_assert_true(d->down);
   g_assert_cmpint(d->last_updown_change, ==, 500);
-  usher_host_table_set_down(t, d, FALSE, 400); /* change time never goes backwards */
+  usher_host_table_set_down(t, d, TRUE, 600); /* no change: the time stays */
   g_assert_cmpint(d->last_updown_change, ==, 500);
+  usher_host_table_set_down(t, d, FALSE, 400); /* a change records its own time */
+  g_assert_cmpint(d->last_updown_change, ==, 400);
   usher_host_table_set_hostname(t, d, "imap1.example.com");
   g_assert_cmpstr(d->hostname, ==, "imap1.example.com");
   usher_host_table_set_hostname(t, d, "");

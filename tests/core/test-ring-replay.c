@@ -1,0 +1,318 @@
+/* test-ring-replay.c - one Usher director against a scripted peer that plays the lines a real
+ * Dovecot 2.3.19.1 director sent in the lab (spec sections 4.3, 4.6.2 and 5.1); the bytes Usher
+ * sends are compared with what the real director sent in the same situation. */
+#include "libcore/config.h"
+#include "libcore/director.h"
+
+#include <string.h>
+
+#define T0 G_GINT64_CONSTANT(1795393974)
+#define SEC G_GINT64_CONSTANT(1000000)
+
+typedef struct {
+  UsherDirector *d;
+  gint64 mono_us, wall_us;
+  UsherConnId out;   /* our connection to the peer (from CONNECT) */
+  UsherConnId in;    /* the peer's connection to us */
+  GString *sent_out; /* bytes sent on out */
+  GString *sent_in;  /* bytes sent on in */
+  guint kicks;
+  GPtrArray *kick_ids;
+} Replay;
+
+static UsherNow
+now(Replay *r)
+{
+  return (UsherNow){r->mono_us, r->wall_us};
+}
+
+static void
+collect(Replay *r)
+{
+  g_autoptr(GArray) effects = usher_director_take_effects(r->d);
+  for (guint i = 0; i < effects->len; i++) {
+    UsherEffect *e = &g_array_index(effects, UsherEffect, i);
+    switch (e->type) {
+    case USHER_EFFECT_CONNECT:
+      r->out = e->connect.conn;
+      break;
+    case USHER_EFFECT_SEND:
+      g_string_append_len(e->send.conn == r->out ? r->sent_out : r->sent_in, e->send.data,
+                          (gssize)e->send.len);
+      break;
+    case USHER_EFFECT_KICK:
+      r->kicks++;
+      g_ptr_array_add(r->kick_ids, g_memdup2(&e->kick.id, sizeof(guint64)));
+      break;
+    default:
+      break;
+    }
+  }
+}
+
+static Replay *
+replay_new(const char *extra)
+{
+  Replay *r = g_new0(Replay, 1);
+  r->mono_us = 10 * SEC;
+  r->wall_us = T0 * SEC;
+  r->sent_out = g_string_new(NULL);
+  r->sent_in = g_string_new(NULL);
+  r->kick_ids = g_ptr_array_new_with_free_func(g_free);
+  g_autofree char *text = g_strdup_printf(
+    "[ring]\ndirectors = 127.0.5.1:19190 127.0.5.2:19190\n[backends]\n"
+    "hosts = 127.0.2.1 127.0.2.2 127.0.2.3\n%s",
+    extra != NULL ? extra : "");
+  g_autoptr(GError) error = NULL;
+  g_autoptr(UsherConfig) config = usher_config_parse(text, strlen(text), "replay.conf", &error);
+  g_assert_no_error(error);
+  UsherRingAddr self;
+  g_assert_true(usher_ip_parse("127.0.5.1", -1, &self.ip));
+  self.port = 19190;
+  r->d = usher_director_new(config, &self, 1, now(r), &error);
+  g_assert_no_error(error);
+  return r;
+}
+
+static void
+replay_free(Replay *r)
+{
+  usher_director_free(r->d);
+  g_string_free(r->sent_out, TRUE);
+  g_string_free(r->sent_in, TRUE);
+  g_ptr_array_unref(r->kick_ids);
+  g_free(r);
+}
+
+static void
+feed(Replay *r, UsherConnId conn, const char *text)
+{
+  usher_director_peer_bytes(r->d, now(r), conn, text, strlen(text));
+  collect(r);
+}
+
+static char *
+take(GString *s)
+{
+  char *out = g_strdup(s->str);
+  g_string_truncate(s, 0);
+  return out;
+}
+
+/* Lines of text that start with prefix, in order. */
+static char *
+grep(const char *text, const char *prefix)
+{
+  GString *out = g_string_new(NULL);
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++)
+    if (g_str_has_prefix(lines[i], prefix))
+      g_string_append_printf(out, "%s\n", lines[i]);
+  return g_string_free(out, FALSE);
+}
+
+/* Spec 4.3: the outgoing handshake of a fresh director, byte for byte as Dovecot sent it. */
+static void
+handshake_out(Replay *r)
+{
+  usher_director_start(r->d, now(r));
+  collect(r);
+  g_assert_cmpuint(r->out, !=, USHER_CONN_ID_NONE);
+  usher_director_peer_connected(r->d, now(r), r->out);
+  collect(r);
+  g_autofree char *hello = take(r->sent_out);
+  g_assert_cmpstr(hello, ==,
+                  "VERSION\tdirector\t1\t9\n"
+                  "ME\t127.0.5.1\t19190\t1795393974\n"
+                  "DIRECTOR\t127.0.5.1\t19190\n"
+                  "DIRECTOR\t127.0.5.2\t19190\n");
+  feed(r, r->out, "VERSION\tdirector\t1\t9\n");
+  g_autofree char *state = take(r->sent_out);
+  g_assert_cmpstr(state, ==,
+                  "HOST-HAND-START\t0\n"
+                  "HOST\t127.0.2.1\t100\t\tU0\t\n"
+                  "HOST\t127.0.2.2\t100\t\tU0\t\n"
+                  "HOST\t127.0.2.3\t100\t\tU0\t\n"
+                  "HOST-HAND-END\t0\n"
+                  "OPTIONS\tconsistent-hashing\n"
+                  "DONE\n");
+  r->wall_us += 6 * SEC;
+  r->mono_us += 6 * SEC;
+  feed(r, r->out, "ME\t127.0.5.2\t19190\t1795393974\nDONE\n");
+  /* Now our right: the first SYNC goes out (spec 4.8 lab line), then a PING. */
+  g_autofree char *after = take(r->sent_out);
+  g_autofree char *sync = grep(after, "SYNC");
+  g_assert_cmpstr(sync, ==, "SYNC\t127.0.5.1\t19190\t1\t9\t1795393980\t2123223524\n");
+  g_assert_true(g_str_has_prefix(after, "SYNC\t"));
+  g_assert_nonnull(strstr(after, "PING\t1795393980\t"));
+}
+
+static void
+test_handshake_out(void)
+{
+  Replay *r = replay_new(NULL);
+  handshake_out(r);
+  replay_free(r);
+}
+
+/* The peer connects to us as well (a two-member ring uses both links to the same peer) and the
+ * ring completes when our SYNC comes back. */
+static void
+complete_two_member_ring(Replay *r)
+{
+  handshake_out(r);
+  UsherIp peer;
+  g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
+  r->in = usher_director_peer_accepted(r->d, now(r), &peer);
+  g_assert_cmpuint(r->in, !=, USHER_CONN_ID_NONE);
+  collect(r);
+  g_autofree char *hello = take(r->sent_in);
+  g_assert_cmpstr(hello, ==, "VERSION\tdirector\t1\t9\nME\t127.0.5.1\t19190\t1795393980\n");
+  feed(r, r->in,
+       "VERSION\tdirector\t1\t9\n"
+       "ME\t127.0.5.2\t19190\t1795393980\n"
+       "DIRECTOR\t127.0.5.1\t19190\n"
+       "DIRECTOR\t127.0.5.2\t19190\n"
+       "HOST-HAND-START\t0\n"
+       "HOST\t127.0.2.1\t100\t\tU0\t\n"
+       "HOST\t127.0.2.2\t100\t\tU0\t\n"
+       "HOST\t127.0.2.3\t100\t\tU0\t\n"
+       "HOST-HAND-END\t0\n"
+       "OPTIONS\tconsistent-hashing\n"
+       "DONE\n");
+  g_autofree char *done = take(r->sent_in);
+  g_assert_true(g_str_has_prefix(done, "DONE\n"));
+  g_assert_cmpstr(usher_director_get_left(r->d) != NULL ? "left" : "none", ==, "left");
+  /* Our SYNC, forwarded by the peer, returns on the left link: the ring is handshaked. The seq
+   * is whatever we sent last (adopting the left started a new round). */
+  g_autofree char *syncs = grep(r->sent_out->str, "SYNC");
+  g_strchomp(syncs);
+  const char *last = strrchr(syncs, '\n') != NULL ? strrchr(syncs, '\n') + 1 : syncs;
+  g_autofree char *line = g_strdup_printf("%s\n", last);
+  feed(r, r->in, line);
+  g_assert_true(usher_director_is_ring_handshaked(r->d));
+  g_assert_true(usher_director_is_ring_synced(r->d));
+  g_string_truncate(r->sent_out, 0);
+  g_string_truncate(r->sent_in, 0);
+}
+
+/* Spec 4.6.2 [lab]: user1 is on .2 here; a USER claims .1. The lower IP wins: we kick the user's
+ * sessions on other backends and send the corrected USER both ways, the sender included. */
+static void
+test_user_conflict(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  guint64 login = 7;
+  usher_director_login_request(r->d, now(r), login, "user1", NULL);
+  collect(r);
+  g_string_truncate(r->sent_out, 0);
+  g_string_truncate(r->sent_in, 0);
+  r->wall_us += SEC;
+  g_autofree char *claim =
+    g_strdup_printf("USER\t617210206\t127.0.2.1\t%" G_GINT64_FORMAT "\n", r->wall_us / SEC);
+  guint kicks = r->kicks;
+  feed(r, r->in, claim);
+  g_autofree char *want = g_strdup_printf(
+    "USER-KICK-HASH\t127.0.5.1\t19190\t1\t617210206\t127.0.2.1\n"
+    "USER\t617210206\t127.0.2.1\t%" G_GINT64_FORMAT "\n",
+    r->wall_us / SEC);
+  g_autofree char *got_out = take(r->sent_out);
+  g_autofree char *got_in = take(r->sent_in);
+  g_assert_cmpstr(got_out, ==, want);
+  g_assert_cmpstr(got_in, ==, want);
+  g_assert_cmpuint(r->kicks, ==, kicks + 1);
+
+  /* user2 is on .1; a claim for .3 is refused: .1 stays, sessions elsewhere are kicked. */
+  usher_director_login_request(r->d, now(r), 8, "user2", NULL);
+  collect(r);
+  g_string_truncate(r->sent_out, 0);
+  g_string_truncate(r->sent_in, 0);
+  feed(r, r->in, "USER\t2119751227\t127.0.2.3\t1795393981\n");
+  g_autofree char *refused = take(r->sent_out);
+  g_assert_true(g_str_has_prefix(refused, "USER-KICK-HASH\t127.0.5.1\t19190\t2\t2119751227\t127.0.2.1\n"));
+  replay_free(r);
+}
+
+/* Spec 5.1 [lab]: a move we start floods USER-MOVE, sends USER-KILLED to the right once our own
+ * kick is done, and floods USER-KILLED-EVERYWHERE when USER-KILLED comes back from the left. */
+static void
+test_move_flow(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  usher_director_login_request(r->d, now(r), 1, "user1", NULL); /* on .2 */
+  collect(r);
+  g_string_truncate(r->sent_out, 0);
+  g_string_truncate(r->sent_in, 0);
+  UsherIp to;
+  g_assert_true(usher_ip_parse("127.0.2.3", -1, &to));
+  usher_director_admin_user_move(r->d, now(r), 1, 617210206, &to);
+  collect(r);
+  g_autofree char *moves_out = take(r->sent_out);
+  g_autofree char *moves_in = take(r->sent_in);
+  g_assert_cmpstr(moves_out, ==, "USER-MOVE\t127.0.5.1\t19190\t1\t617210206\t127.0.2.3\n");
+  g_assert_cmpstr(moves_in, ==, "USER-MOVE\t127.0.5.1\t19190\t1\t617210206\t127.0.2.3\n");
+  g_assert_cmpuint(r->kick_ids->len, ==, 1);
+  usher_director_kick_done(r->d, now(r), *(guint64 *)g_ptr_array_index(r->kick_ids, 0));
+  collect(r);
+  g_autofree char *killed = take(r->sent_out);
+  g_assert_cmpstr(killed, ==, "USER-KILLED\t617210206\n");
+  feed(r, r->in, "USER-KILLED\t617210206\n");
+  g_autofree char *everywhere_out = take(r->sent_out);
+  g_autofree char *everywhere_in = take(r->sent_in);
+  g_assert_cmpstr(everywhere_out, ==, "USER-KILLED-EVERYWHERE\t127.0.5.1\t19190\t2\t617210206\n");
+  g_assert_cmpstr(everywhere_in, ==, "USER-KILLED-EVERYWHERE\t127.0.5.1\t19190\t2\t617210206\n");
+  /* The user waits the kick delay (2 s), then the move is over. */
+  g_assert_cmpuint(usher_director_count_moving_users(r->d), ==, 1);
+  r->mono_us += 2 * SEC;
+  r->wall_us += 2 * SEC;
+  usher_director_on_deadline(r->d, now(r));
+  collect(r);
+  g_assert_cmpuint(usher_director_count_moving_users(r->d), ==, 0);
+  replay_free(r);
+}
+
+/* Bad input from a peer: an unknown command gets QUIT with a reason and a disconnect
+ * (spec 4.1 [lab]: "BOGUS\tx" -> "QUIT\tInvalid input: BOGUS"... Usher names the parse error). */
+static void
+test_bad_input(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  feed(r, r->in, "BOGUS\tx\n");
+  g_autofree char *quit = take(r->sent_in);
+  g_assert_true(g_str_has_prefix(quit, "QUIT\t"));
+  g_assert_cmpuint(usher_director_get_stats(r->d)->protocol_errors, ==, 1);
+  g_assert_null(usher_director_get_left(r->d));
+  /* A peer that just failed is refused for 60 s, even if it reconnects. */
+  UsherIp peer;
+  g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
+  UsherConnId again = usher_director_peer_accepted(r->d, now(r), &peer);
+  collect(r);
+  feed(r, again, "VERSION\tdirector\t1\t9\nME\t127.0.5.2\t19190\t1795393980\n");
+  g_assert_cmpuint(usher_director_get_stats(r->d)->refused_connections, ==, 1);
+  /* An overlong line (1024 bytes before the newline) is a protocol error too. */
+  replay_free(r);
+  r = replay_new(NULL);
+  complete_two_member_ring(r);
+  g_autofree char *big = g_strnfill(1024, 'A');
+  feed(r, r->in, big);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->protocol_errors, ==, 1);
+  /* Strangers are refused at accept time. */
+  UsherIp stranger;
+  g_assert_true(usher_ip_parse("10.9.9.9", -1, &stranger));
+  g_assert_cmpuint(usher_director_peer_accepted(r->d, now(r), &stranger), ==, USHER_CONN_ID_NONE);
+  replay_free(r);
+}
+
+int
+main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+  g_test_add_func("/core/ring-replay/handshake-out", test_handshake_out);
+  g_test_add_func("/core/ring-replay/user-conflict", test_user_conflict);
+  g_test_add_func("/core/ring-replay/move-flow", test_move_flow);
+  g_test_add_func("/core/ring-replay/bad-input", test_bad_input);
+  return g_test_run();
+}
