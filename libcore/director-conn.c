@@ -339,6 +339,7 @@ assign_left(UsherDirector *d, UsherNow now, Conn *c)
 {
   d->left = c;
   c->is_left = TRUE;
+  d->alone = FALSE;
   dir_log(d, G_LOG_LEVEL_INFO, "%s is now our left neighbour", c->name);
   UsherEffect e = {.type = USHER_EFFECT_STATE};
   g_array_append_val(d->effects, e);
@@ -405,6 +406,7 @@ adopt_right(UsherDirector *d, UsherNow now, Conn *c)
   d->right = c;
   c->is_right = TRUE;
   d->alone_since_us = 0;
+  d->alone = FALSE;
   d->connect_timer_us = 0;
   dir_log(d, G_LOG_LEVEL_INFO, "%s is now our right neighbour", c->name);
   UsherEffect e = {.type = USHER_EFFECT_STATE};

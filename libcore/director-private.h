@@ -180,6 +180,7 @@ struct UsherDirector {
   gint64 sync_timer_us;          /* SYNC resend, 0 = off */
   gint64 connect_timer_us;       /* retry director_connect, 0 = off */
   gint64 alone_since_us;         /* no reachable member since, 0 = not alone-searching */
+  gboolean alone;                /* declared ourselves the only director; retrying quietly */
   gint64 preferred_right_timer_us; /* 0 = off */
   gint64 purge_timer_us;
   gint64 handshake_start_us;     /* for the slow-handshake warning, 0 = done */

@@ -67,6 +67,11 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
   *forced_out = FALSE;
   *user_out = NULL;
 
+  if (hash == 0) {
+    /* Hash 0 means "no hash" to Dovecot; no real user has it. Ignore what a peer says of it. */
+    d->stats.ignored_updates++;
+    return FALSE;
+  }
   if (!has_timestamp)
     timestamp = wall;
   if (timestamp + (gint64)d->user_expire_secs <= wall)
@@ -432,6 +437,10 @@ users_move(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 ha
   gint64 wall = dir_wall_secs(now);
   UsherUserDir *users = host->tag->users;
   UsherHost *old_host = NULL;
+  if (hash == 0) {
+    d->stats.ignored_updates++;
+    return;
+  }
   UsherUser *user = usher_user_dir_lookup(users, hash);
   if (user == NULL) {
     user = usher_user_dir_add(users, hash, host->id, wall, wall);

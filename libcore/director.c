@@ -299,6 +299,13 @@ dir_connect(UsherDirector *d, UsherNow now, const char *reason)
     if (!m->self && !m->removed)
       others = TRUE;
   }
+  if (others && d->alone) {
+    /* Already alone: keep trying the others now and then (their failure marks expire after
+     * RECONNECT_RETRY_SECS), quietly. Dovecot never retries here, so an isolated director
+     * stays apart until someone else connects to it. */
+    d->connect_timer_us = now.mono_us + RECONNECT_RETRY_SECS * SEC_US;
+    return;
+  }
   if (others) {
     if (d->alone_since_us == 0)
       d->alone_since_us = now.mono_us;
@@ -317,6 +324,10 @@ dir_connect(UsherDirector *d, UsherNow now, const char *reason)
             ALONE_GRACE_SECS);
   }
   d->alone_since_us = 0;
+  if (others) {
+    d->alone = TRUE;
+    d->connect_timer_us = now.mono_us + RECONNECT_RETRY_SECS * SEC_US;
+  }
   if (d->left != NULL) {
     /* Alone: the left connection cannot be part of a ring any more. */
     conn_close(d, now, d->left, "we are alone in the ring", CLOSE_SEND_DISCONNECT);
@@ -769,12 +780,17 @@ usher_director_on_deadline(UsherDirector *d, UsherNow now)
   if (d->preferred_right_timer_us != 0 && d->preferred_right_timer_us <= now.mono_us) {
     d->preferred_right_timer_us = 0;
     Member *pref = dir_preferred_right(d);
-    if (pref != NULL && (d->right == NULL || d->right->host != pref) &&
-        conn_outgoing_to(d, pref) == NULL) {
-      dir_log(d, G_LOG_LEVEL_INFO, "trying to reconnect to our preferred right %s", pref->name);
-      pref->last_network_failure = 0;
-      pref->last_protocol_failure = 0;
-      (void)conn_new_outgoing(d, now, pref);
+    if (pref != NULL && d->right != NULL && d->right->host != pref) {
+      if (conn_outgoing_to(d, pref) == NULL) {
+        dir_log(d, G_LOG_LEVEL_INFO, "trying to reconnect to our preferred right %s",
+                pref->name);
+        pref->last_network_failure = 0;
+        pref->last_protocol_failure = 0;
+        (void)conn_new_outgoing(d, now, pref);
+      }
+      /* Unlike Dovecot (one attempt per synced ring), keep trying while the right is not the
+       * preferred one, so a healed partition rejoins without waiting for another change. */
+      d->preferred_right_timer_us = now.mono_us + PREFERRED_RIGHT_RECONNECT_SECS * SEC_US;
     }
   }
   if (d->purge_timer_us != 0 && d->purge_timer_us <= now.mono_us)

@@ -28,6 +28,7 @@ struct Link {
   gboolean open[2];
   gint64 last_delivery_us[2]; /* keeps each direction in order */
   gboolean clogged;
+  gboolean syn_pending; /* connect attempted into a silent partition */
   GQueue clogged_data[2]; /* GBytes* held while clogged, per direction (sender side index) */
 };
 
@@ -250,8 +251,10 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
       l->node[1] = node_idx;
       schedule_close(h, l, 0, "connection refused");
     } else if (blocked(h, node_idx, peer->index)) {
-      /* A silent network: the SYN is lost; the dialler's connect timeout will fire. */
+      /* A silent network: the SYN is lost. TCP retransmits it, so it gets through once the
+       * network heals, unless the dialler's connect timeout fires first. */
       l->node[1] = peer->index;
+      l->syn_pending = TRUE;
     } else {
       l->node[1] = peer->index;
       Event *ev = event_new(h, h->now_us + h->latency_us, EV_ACCEPT, peer->index);
@@ -678,6 +681,14 @@ harness_heal(Harness *h)
   h->partition_a = h->partition_b = 0;
   for (guint k = 0; k < h->links->len; k++) {
     Link *l = h->links->pdata[k];
+    if (l->syn_pending) {
+      l->syn_pending = FALSE;
+      if (l->open[0]) {
+        Event *ev = event_new(h, h->now_us + h->latency_us, EV_ACCEPT, l->node[1]);
+        ev->link = l;
+        heap_push(h, ev);
+      }
+    }
     if (!l->clogged)
       continue;
     l->clogged = FALSE;

@@ -462,6 +462,96 @@ test_split_diverge_merge(void)
   harness_free(h);
 }
 
+/* A director that goes silent (a hung network, not a reset) is detected by the PING timeouts and
+ * the others reform the ring; once the network heals it comes back. */
+static void
+test_silent_partition(void)
+{
+  Harness *h = synced_ring(3);
+  harness_partition(h, 0x4, 0x3, FALSE);
+  /* Within the PONG timeout (60 s) plus a reconnect the two others form a ring. */
+  harness_run(h, 90 * SEC);
+  const UsherRingAddr *r0 = usher_director_get_right(harness_node(h, 0));
+  const UsherRingAddr *r1 = usher_director_get_right(harness_node(h, 1));
+  UsherIp d0 = harness_ip("127.0.1.1"), d1 = harness_ip("127.0.1.2");
+  g_assert_nonnull(r0);
+  g_assert_nonnull(r1);
+  g_assert_true(usher_ip_equal(&r0->ip, &d1));
+  g_assert_true(usher_ip_equal(&r1->ip, &d0));
+  g_assert_true(usher_director_is_ring_synced(harness_node(h, 0)));
+  harness_heal(h);
+  g_assert_true(harness_run_until_synced(h, 240 * SEC));
+  harness_run(h, 120 * SEC);
+  g_assert_true(harness_ring_formed(h));
+  g_assert_true(harness_converged(h));
+  harness_free(h);
+}
+
+/* Every wait is bounded: with no usable backend a login fails (temporarily) after 30 s. */
+static void
+test_login_timeout(void)
+{
+  Harness *h = harness_new(2, "127.0.2.1=0", NULL);
+  harness_start_all(h);
+  g_assert_true(harness_run_until_synced(h, 60 * SEC));
+  guint64 r = harness_login(h, 0, "user1", NULL);
+  harness_run(h, 29 * SEC);
+  g_assert_false(harness_login_result(h, r)->answered);
+  harness_run(h, 2 * SEC);
+  const HarnessLogin *res = harness_login_result(h, r);
+  g_assert_true(res->answered);
+  g_assert_cmpint(res->status, ==, USHER_LOGIN_TEMPFAIL);
+  g_assert_cmpuint(usher_director_count_pending_requests(harness_node(h, 0)), ==, 0);
+  harness_free(h);
+}
+
+/* Before the ring was ever handshaked every login waits; a director that finds nobody declares
+ * itself alone after the grace period and then answers. */
+static void
+test_login_waits_for_handshake(void)
+{
+  Harness *h = harness_new(3, BACKENDS, NULL);
+  harness_start(h, 0);
+  guint64 r = harness_login(h, 0, "user1", NULL);
+  harness_run(h, 10 * SEC);
+  g_assert_false(harness_login_result(h, r)->answered);
+  harness_run(h, 15 * SEC);
+  const HarnessLogin *res = harness_login_result(h, r);
+  g_assert_true(res->answered);
+  g_assert_cmpstr(res->host, ==, "127.0.2.2");
+  g_assert_cmpuint(usher_director_get_stats(harness_node(h, 0))->alone_declared, ==, 1);
+  harness_free(h);
+}
+
+/* Spec 4.6.3: a user about to expire whose hashed backend changed is confirmed ring-wide
+ * (USER-WEAK) and keeps its backend; every director's copy is refreshed. */
+static void
+test_weak_user(void)
+{
+  Harness *h = harness_new(3, BACKENDS, "[director]\nuser_expire = 60s\n");
+  harness_start_all(h);
+  g_assert_true(harness_run_until_synced(h, 120 * SEC));
+  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  UsherIp b = harness_ip("127.0.2.2");
+  guint64 op = harness_new_op(h);
+  usher_director_admin_host_update(harness_node(h, 1), harness_now(h), op, &b, 0);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  /* Into the last 6 s of the entry's 60 s life. */
+  harness_run(h, 50 * SEC);
+  guint64 r = harness_login(h, 2, "user1", NULL);
+  g_assert_false(harness_login_result(h, r)->answered); /* waits for the USER-WEAK round */
+  harness_run(h, SEC);
+  const HarnessLogin *res = harness_login_result(h, r);
+  g_assert_true(res->answered);
+  g_assert_cmpstr(res->host, ==, "127.0.2.2");
+  /* Refreshed everywhere: it outlives its original expiry on every director. */
+  harness_run(h, 20 * SEC);
+  for (guint i = 0; i < 3; i++)
+    g_assert_cmpstr(harness_user_host(h, i, "user1"), ==, "127.0.2.2");
+  harness_free(h);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -481,5 +571,9 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring/reset-users", test_reset_users);
   g_test_add_func("/core/ring/director-remove", test_director_remove);
   g_test_add_func("/core/ring/split-diverge-merge", test_split_diverge_merge);
+  g_test_add_func("/core/ring/silent-partition", test_silent_partition);
+  g_test_add_func("/core/ring/login-timeout", test_login_timeout);
+  g_test_add_func("/core/ring/login-waits-for-handshake", test_login_waits_for_handshake);
+  g_test_add_func("/core/ring/weak-user", test_weak_user);
   return g_test_run();
 }
