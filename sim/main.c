@@ -14,6 +14,8 @@ typedef struct {
 static const Command commands[] = {
   {"map", ushersim_cmd_map,
    "print the backend each user gets from a freshly started ring (Dovecot's \"Hashed\")"},
+  {"plan", ushersim_cmd_plan,
+   "what a configuration change moves, and whether it is safe to apply in one step"},
   {"bench-core", ushersim_cmd_bench_core,
    "measure placement, user directory speed and memory per user"},
 };

@@ -10,3 +10,4 @@
 
 int ushersim_cmd_map(int argc, char **argv);
 int ushersim_cmd_bench_core(int argc, char **argv);
+int ushersim_cmd_plan(int argc, char **argv);

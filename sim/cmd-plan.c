@@ -1,0 +1,379 @@
+/* cmd-plan.c - "ushersim plan": what a configuration change does to user placement, before it is
+ * rolled out. For every user: its backend on a freshly started ring under the current
+ * configuration and under the proposed one (the same answer "ushersim map" gives for each). */
+#include "common/config-file.h"
+#include "libcore/host.h"
+#include "sim/sim.h"
+
+#include <json-glib/json-glib.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+  UsherConfig *config;
+  UsherHostTable *table;
+  UsherHashFormat *format;
+  UsherTag *tag;
+} Side;
+
+static gboolean
+side_load(Side *s, const char *path, const char *tag, GError **error)
+{
+  s->config = usher_config_load_file(path, error);
+  if (s->config == NULL)
+    return FALSE;
+  s->format = usher_hash_format_new(s->config->username_hash, error);
+  if (s->format == NULL)
+    return FALSE;
+  s->table = usher_host_table_new(s->config->user_expire_secs);
+  if (!usher_host_table_add_backends(s->table, s->config->backends, error))
+    return FALSE;
+  s->tag = usher_host_table_ensure_tag(s->table, tag != NULL ? tag : "");
+  return TRUE;
+}
+
+static void
+side_clear(Side *s)
+{
+  usher_host_table_free(s->table);
+  usher_hash_format_free(s->format);
+  usher_config_free(s->config);
+}
+
+/* Backends of both sides, by address, merged: index into the rows of the report. */
+typedef struct {
+  UsherIp ip;
+  char ip_str[USHER_IP_STRLEN];
+  UsherHost *before, *after;
+  guint64 users_before, users_after;
+  guint64 moved_out, moved_in;
+} Row;
+
+static int
+cmp_row(gconstpointer a, gconstpointer b)
+{
+  return usher_ip_cmp(&((const Row *)a)->ip, &((const Row *)b)->ip);
+}
+
+static guint
+row_of(GArray *rows, const UsherIp *ip)
+{
+  for (guint i = 0; i < rows->len; i++)
+    if (usher_ip_equal(&g_array_index(rows, Row, i).ip, ip))
+      return i;
+  g_assert_not_reached();
+}
+
+static void
+add_rows(GArray *rows, Side *s, gboolean before)
+{
+  for (guint i = 0; i < usher_host_table_n_hosts(s->table); i++) {
+    UsherHost *h = usher_host_table_nth(s->table, i);
+    if (h->tag != s->tag)
+      continue;
+    guint idx = G_MAXUINT;
+    for (guint k = 0; k < rows->len; k++)
+      if (usher_ip_equal(&g_array_index(rows, Row, k).ip, &h->ip))
+        idx = k;
+    if (idx == G_MAXUINT) {
+      Row r = {0};
+      r.ip = h->ip;
+      memcpy(r.ip_str, h->ip_str, sizeof(r.ip_str));
+      g_array_append_val(rows, r);
+      idx = rows->len - 1;
+    }
+    Row *r = &g_array_index(rows, Row, idx);
+    if (before)
+      r->before = h;
+    else
+      r->after = h;
+  }
+}
+
+/* Percent with two decimals as an integer number of hundredths, rounded. */
+static guint64
+hundredths(guint64 part, guint64 whole)
+{
+  return whole == 0 ? 0 : (part * 10000 + whole / 2) / whole;
+}
+
+int
+ushersim_cmd_plan(int argc, char **argv)
+{
+  g_autofree char *current = NULL, *proposed = NULL, *users_path = NULL, *tag = NULL;
+  gint64 user_count = 0;
+  gdouble max_moved = -1, max_share = -1;
+  gboolean json = FALSE;
+  GOptionEntry entries[] = {
+    {"config", 'c', 0, G_OPTION_ARG_FILENAME, &current, "The configuration in use", "FILE"},
+    {"proposed", 'p', 0, G_OPTION_ARG_FILENAME, &proposed, "The configuration to roll out", "FILE"},
+    {"users", 'u', 0, G_OPTION_ARG_FILENAME, &users_path,
+     "Usernames, one per line (- for standard input)", "FILE"},
+    {"user-count", 'n', 0, G_OPTION_ARG_INT64, &user_count,
+     "Use the synthetic users user1 .. userN instead (default 100000)", "N"},
+    {"tag", 't', 0, G_OPTION_ARG_STRING, &tag, "Plan for this tag's ring (default: untagged)",
+     "TAG"},
+    {"max-moved", 0, 0, G_OPTION_ARG_DOUBLE, &max_moved,
+     "Fail (exit 1) if more than PCT percent of the users change backend", "PCT"},
+    {"max-share", 0, 0, G_OPTION_ARG_DOUBLE, &max_share,
+     "Fail (exit 1) if any backend would get more than PCT percent of the users", "PCT"},
+    {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print the plan as JSON", NULL},
+    {NULL},
+  };
+  g_autoptr(GOptionContext) ctx = g_option_context_new("- what a configuration change moves");
+  g_option_context_set_summary(
+    ctx,
+    "Compares user placement under the current and the proposed configuration: how many users\n"
+    "each backend loses to each other, every backend's share before and after, and whether the\n"
+    "change can be applied in one step. Exit status: 0 within the thresholds, 1 a threshold is\n"
+    "crossed (or username_hash changes), 2 bad input. Placement is a freshly started ring's, as\n"
+    "in 'ushersim map'; users that are already assigned keep their backend until they expire or\n"
+    "are flushed.");
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
+    fprintf(stderr, "ushersim plan: %s\n", error->message);
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (argc > 1) {
+    fprintf(stderr, "ushersim plan: unexpected argument \"%s\"\n", argv[1]);
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (current == NULL || proposed == NULL) {
+    fprintf(stderr, "ushersim plan: --config FILE and --proposed FILE are both required\n");
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (users_path != NULL && user_count != 0) {
+    fprintf(stderr, "ushersim plan: give --users or --user-count, not both\n");
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (user_count < 0 || user_count > 100000000) {
+    fprintf(stderr, "ushersim plan: --user-count must be 1..100000000\n");
+    return USHERSIM_EXIT_USAGE;
+  }
+  if ((max_moved != -1 && (max_moved < 0 || max_moved > 100)) ||
+      (max_share != -1 && (max_share < 0 || max_share > 100))) {
+    fprintf(stderr, "ushersim plan: --max-moved and --max-share are percentages (0..100)\n");
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (users_path == NULL && user_count == 0)
+    user_count = 100000;
+
+  Side before = {0}, after = {0};
+  if (!side_load(&before, current, tag, &error) || !side_load(&after, proposed, tag, &error)) {
+    fprintf(stderr, "ushersim plan: %s\n", error->message);
+    side_clear(&before);
+    side_clear(&after);
+    return USHERSIM_EXIT_USAGE;
+  }
+
+  g_autoptr(GArray) rows = g_array_new(FALSE, TRUE, sizeof(Row));
+  add_rows(rows, &before, TRUE);
+  add_rows(rows, &after, FALSE);
+  g_array_sort(rows, cmp_row);
+  guint n = rows->len;
+  /* moved[from * (n + 1) + to]; index n stands for "no usable backend". */
+  guint64 *moved = g_new0(guint64, (gsize)(n + 1) * (n + 1));
+  guint64 total = 0, total_moved = 0, none_before = 0, none_after = 0, empty = 0;
+
+  FILE *in = NULL;
+  if (users_path != NULL) {
+    in = strcmp(users_path, "-") == 0 ? stdin : fopen(users_path, "rb");
+    if (in == NULL) {
+      fprintf(stderr, "ushersim plan: %s: %s\n", users_path, g_strerror(errno));
+      g_free(moved);
+      side_clear(&before);
+      side_clear(&after);
+      return USHERSIM_EXIT_USAGE;
+    }
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  guint64 lineno = 0;
+  for (guint64 k = 1;; k++) {
+    gsize len;
+    char name[32];
+    const char *user;
+    if (in != NULL) {
+      ssize_t got = getline(&line, &cap, in);
+      if (got <= 0)
+        break;
+      lineno++;
+      len = (gsize)got;
+      if (line[len - 1] == '\n') {
+        len--;
+        if (len > 0 && line[len - 1] == '\r')
+          len--;
+      }
+      if (len == 0) {
+        fprintf(stderr, "ushersim plan: %s:%" G_GUINT64_FORMAT ": empty line skipped\n",
+                users_path, lineno);
+        empty++;
+        continue;
+      }
+      user = line;
+    } else {
+      if (k > (guint64)user_count)
+        break;
+      len = (gsize)g_snprintf(name, sizeof(name), "user%" G_GUINT64_FORMAT, k);
+      user = name;
+    }
+    UsherHost *hb = usher_tag_place(before.table, before.tag,
+                                    usher_hash_format_user(before.format, user, (gssize)len));
+    UsherHost *ha = usher_tag_place(after.table, after.tag,
+                                    usher_hash_format_user(after.format, user, (gssize)len));
+    guint from = hb != NULL ? row_of(rows, &hb->ip) : n;
+    guint to = ha != NULL ? row_of(rows, &ha->ip) : n;
+    total++;
+    if (from < n)
+      g_array_index(rows, Row, from).users_before++;
+    else
+      none_before++;
+    if (to < n)
+      g_array_index(rows, Row, to).users_after++;
+    else
+      none_after++;
+    if (from != to) {
+      moved[(gsize)from * (n + 1) + to]++;
+      total_moved++;
+      if (from < n)
+        g_array_index(rows, Row, from).moved_out++;
+      if (to < n)
+        g_array_index(rows, Row, to).moved_in++;
+    }
+  }
+  free(line);
+  if (in != NULL && in != stdin)
+    fclose(in);
+
+  guint64 max_share_after = 0;
+  const char *max_share_host = "-";
+  for (guint i = 0; i < n; i++) {
+    Row *r = &g_array_index(rows, Row, i);
+    guint64 sh = hundredths(r->users_after, total);
+    if (sh > max_share_after) {
+      max_share_after = sh;
+      max_share_host = r->ip_str;
+    }
+  }
+  guint64 moved_pct = hundredths(total_moved, total);
+  gboolean hash_changes = strcmp(usher_hash_format_get_text(before.format),
+                                 usher_hash_format_get_text(after.format)) != 0;
+  gboolean over_moved = max_moved >= 0 && (double)moved_pct > max_moved * 100.0 + 1e-9;
+  gboolean over_share = max_share >= 0 && (double)max_share_after > max_share * 100.0 + 1e-9;
+  gboolean safe = !over_moved && !over_share && !hash_changes && none_after == 0;
+
+  if (json) {
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "users");
+    json_builder_add_int_value(b, (gint64)total);
+    json_builder_set_member_name(b, "moved");
+    json_builder_add_int_value(b, (gint64)total_moved);
+    json_builder_set_member_name(b, "moved_percent");
+    json_builder_add_double_value(b, moved_pct / 100.0);
+    json_builder_set_member_name(b, "max_share_percent");
+    json_builder_add_double_value(b, max_share_after / 100.0);
+    json_builder_set_member_name(b, "username_hash_changes");
+    json_builder_add_boolean_value(b, hash_changes);
+    json_builder_set_member_name(b, "unplaced_before");
+    json_builder_add_int_value(b, (gint64)none_before);
+    json_builder_set_member_name(b, "unplaced_after");
+    json_builder_add_int_value(b, (gint64)none_after);
+    json_builder_set_member_name(b, "safe");
+    json_builder_add_boolean_value(b, safe);
+    json_builder_set_member_name(b, "backends");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < n; i++) {
+      Row *r = &g_array_index(rows, Row, i);
+      json_builder_begin_object(b);
+      json_builder_set_member_name(b, "backend");
+      json_builder_add_string_value(b, r->ip_str);
+      json_builder_set_member_name(b, "users_before");
+      json_builder_add_int_value(b, (gint64)r->users_before);
+      json_builder_set_member_name(b, "users_after");
+      json_builder_add_int_value(b, (gint64)r->users_after);
+      json_builder_set_member_name(b, "share_before_percent");
+      json_builder_add_double_value(b, hundredths(r->users_before, total) / 100.0);
+      json_builder_set_member_name(b, "share_after_percent");
+      json_builder_add_double_value(b, hundredths(r->users_after, total) / 100.0);
+      json_builder_set_member_name(b, "moved_out");
+      json_builder_add_int_value(b, (gint64)r->moved_out);
+      json_builder_set_member_name(b, "moved_in");
+      json_builder_add_int_value(b, (gint64)r->moved_in);
+      json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+    json_builder_set_member_name(b, "moves");
+    json_builder_begin_array(b);
+    for (guint f = 0; f <= n; f++) {
+      for (guint t = 0; t <= n; t++) {
+        guint64 c = moved[(gsize)f * (n + 1) + t];
+        if (c == 0)
+          continue;
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "from");
+        json_builder_add_string_value(b, f < n ? g_array_index(rows, Row, f).ip_str : "");
+        json_builder_set_member_name(b, "to");
+        json_builder_add_string_value(b, t < n ? g_array_index(rows, Row, t).ip_str : "");
+        json_builder_set_member_name(b, "users");
+        json_builder_add_int_value(b, (gint64)c);
+        json_builder_end_object(b);
+      }
+    }
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+    g_autoptr(JsonGenerator) gen = json_generator_new();
+    g_autoptr(JsonNode) root = json_builder_get_root(b);
+    json_generator_set_root(gen, root);
+    json_generator_set_pretty(gen, TRUE);
+    g_autofree char *text = json_generator_to_data(gen, NULL);
+    printf("%s\n", text);
+  } else {
+    printf("%" G_GUINT64_FORMAT " users; %" G_GUINT64_FORMAT " change backend (%" G_GUINT64_FORMAT
+           ".%02u%%)\n\n",
+           total, total_moved, moved_pct / 100, (guint)(moved_pct % 100));
+    printf("%-40s %10s %10s %8s %8s %9s %9s\n", "backend", "before", "after", "share", "after",
+           "moves out", "moves in");
+    for (guint i = 0; i < n; i++) {
+      Row *r = &g_array_index(rows, Row, i);
+      guint64 sb = hundredths(r->users_before, total), sa = hundredths(r->users_after, total);
+      printf("%-40s %10" G_GUINT64_FORMAT " %10" G_GUINT64_FORMAT " %5" G_GUINT64_FORMAT
+             ".%02u%% %5" G_GUINT64_FORMAT ".%02u%% %9" G_GUINT64_FORMAT " %9" G_GUINT64_FORMAT
+             "\n",
+             r->ip_str, r->users_before, r->users_after, sb / 100, (guint)(sb % 100), sa / 100,
+             (guint)(sa % 100), r->moved_out, r->moved_in);
+    }
+    if (none_before > 0 || none_after > 0)
+      printf("%-40s %10" G_GUINT64_FORMAT " %10" G_GUINT64_FORMAT "\n", "(no usable backend)",
+             none_before, none_after);
+    printf("\nmoves (from -> to: users)\n");
+    for (guint f = 0; f <= n; f++)
+      for (guint t = 0; t <= n; t++) {
+        guint64 c = moved[(gsize)f * (n + 1) + t];
+        if (c > 0)
+          printf("  %s -> %s: %" G_GUINT64_FORMAT "\n",
+                 f < n ? g_array_index(rows, Row, f).ip_str : "(none)",
+                 t < n ? g_array_index(rows, Row, t).ip_str : "(none)", c);
+      }
+    printf("\nlargest share after the change: %s %" G_GUINT64_FORMAT ".%02u%%\n", max_share_host,
+           max_share_after / 100, (guint)(max_share_after % 100));
+    if (hash_changes)
+      printf("username_hash changes (%s -> %s): every user is hashed differently\n",
+             usher_hash_format_get_text(before.format), usher_hash_format_get_text(after.format));
+    if (none_after > 0)
+      printf("%" G_GUINT64_FORMAT " users would have no usable backend\n", none_after);
+    if (over_moved)
+      printf("over --max-moved %.2f%%\n", max_moved);
+    if (over_share)
+      printf("over --max-share %.2f%%\n", max_share);
+    printf("safe to apply in one step: %s\n", safe ? "yes" : "no");
+  }
+  g_free(moved);
+  side_clear(&before);
+  side_clear(&after);
+  if (empty > 0)
+    fprintf(stderr, "ushersim plan: %" G_GUINT64_FORMAT " empty lines skipped\n", empty);
+  return safe ? USHERSIM_EXIT_OK : USHERSIM_EXIT_CHECK_FAILED;
+}
