@@ -370,8 +370,11 @@ conn_try_adopt_left(UsherDirector *d, UsherNow now, Conn *c)
     conn_send_connect(d, now, c, d->left->host);
     return FALSE;
   }
-  /* The newcomer is closer; it takes over once the old left goes (we told it to connect to the
-   * newcomer when its ME arrived). */
+  /* The newcomer is closer; it takes over once the old left goes. The old left should connect
+   * to the newcomer: tell it now, in case it was not our left yet when the newcomer's ME arrived
+   * (two directors connecting to us at the same moment). */
+  if (!d->left->closing)
+    conn_send_connect(d, now, d->left, c->host);
   return FALSE;
 }
 

@@ -384,3 +384,35 @@ usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends, 
   }
   return TRUE;
 }
+
+gboolean
+usher_host_table_check_counts(UsherHostTable *table, char **why_out)
+{
+  guint n = table->by_id->len;
+  guint *counts = g_new0(guint, n + 1);
+  gboolean ok = TRUE;
+  for (guint t = 0; t < table->tags->len && ok; t++) {
+    UsherTag *tag = g_ptr_array_index(table->tags, t);
+    for (UsherUser *u = usher_user_dir_oldest(tag->users); u != NULL;
+         u = usher_user_dir_next(tag->users, u)) {
+      UsherHost *h = usher_host_table_get(table, u->host);
+      if (h == NULL || h->tag != tag) {
+        *why_out = g_strdup_printf("user hash %u in tag \"%s\" points to a host %s", u->hash,
+                                   tag->name, h == NULL ? "that does not exist" : "of another tag");
+        ok = FALSE;
+        break;
+      }
+      counts[u->host]++;
+    }
+  }
+  for (guint i = 0; i < table->hosts->len && ok; i++) {
+    UsherHost *h = g_ptr_array_index(table->hosts, i);
+    if (counts[h->id] != h->user_count) {
+      *why_out = g_strdup_printf("host %s counts %u users, its directory holds %u", h->ip_str,
+                                 h->user_count, counts[h->id]);
+      ok = FALSE;
+    }
+  }
+  g_free(counts);
+  return ok;
+}

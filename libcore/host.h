@@ -83,6 +83,10 @@ const UsherVhostRing *usher_tag_get_ring(UsherHostTable *table, UsherTag *tag);
 gboolean usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends,
                                        GError **error);
 
+/* Recounts every tag's users per host and compares with user_count; FALSE (and *why_out, a
+ * newly allocated message) on the first mismatch. For tests and the simulator's invariants. */
+gboolean usher_host_table_check_counts(UsherHostTable *table, char **why_out);
+
 /* Dovecot's host-list fingerprint sent in SYNC (bit-exact with a little-endian Dovecot 2.3). */
 guint32 usher_host_table_hosts_hash(const UsherHostTable *table);
 

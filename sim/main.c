@@ -1,5 +1,4 @@
-/* main.c - ushersim: offline placement preview and core benchmarks (the simulator proper
- * arrives with its own issue). */
+/* main.c - ushersim: the cluster simulator, placement preview, change planning, benchmarks. */
 #include "sim/sim.h"
 
 #include <stdio.h>
@@ -12,6 +11,8 @@ typedef struct {
 } Command;
 
 static const Command commands[] = {
+  {"run", ushersim_cmd_run, "replay a scenario against real directors and check it"},
+  {"replay", ushersim_cmd_replay, "run a recorded trace again and compare its fingerprint"},
   {"map", ushersim_cmd_map,
    "print the backend each user gets from a freshly started ring (Dovecot's \"Hashed\")"},
   {"plan", ushersim_cmd_plan,

@@ -11,3 +11,10 @@
 int ushersim_cmd_map(int argc, char **argv);
 int ushersim_cmd_bench_core(int argc, char **argv);
 int ushersim_cmd_plan(int argc, char **argv);
+int ushersim_cmd_run(int argc, char **argv);
+int ushersim_cmd_replay(int argc, char **argv);
+
+/* Runs scenario text (seed < 0: the scenario's own); returns the exit status. */
+int ushersim_run_scenario_text(const char *text, const char *source, gint64 seed,
+                               const char *report, const char *chart, const char *trace,
+                               gboolean quiet, guint64 *fingerprint_out);

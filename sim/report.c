@@ -1,0 +1,287 @@
+/* report.c - what a run shows: the readable summary, the JSON report and the SVG chart. */
+#include "sim/world-private.h"
+
+#include <cairo-svg.h>
+#include <string.h>
+
+static void
+print_ms(FILE *out, gint64 us)
+{
+  fprintf(out, "%" G_GINT64_FORMAT ".%03d ms", us / 1000, (int)(us % 1000));
+}
+
+void
+sim_world_print_summary(SimWorld *w, FILE *out)
+{
+  const SimScenario *sc = w->sc;
+  g_autofree char *dur = world_time(sc->duration_us);
+  fprintf(out, "scenario %s: %u directors, %u backends, %" G_GUINT64_FORMAT " users, %s\n",
+          sc->name, sc->directors, sc->backends->len, sc->users, dur);
+  fprintf(out, "seed %" G_GUINT64_FORMAT " (network 0x%016" G_GINT64_MODIFIER "x, workload 0x%016" G_GINT64_MODIFIER
+               "x, directors 0x%016" G_GINT64_MODIFIER "x)\n",
+          w->seed, w->seed_net, w->seed_workload, w->seed_directors);
+
+  /* Live sessions per backend over time (at most 13 rows). */
+  fprintf(out, "\nlive sessions per backend\n%-13s", "time");
+  for (guint b = 0; b < w->backends->len; b++)
+    fprintf(out, " %15s", g_array_index(w->backends, SimBackend, b).ip_str);
+  fprintf(out, "\n");
+  guint step = MAX(1, w->samples->len / 12);
+  for (guint i = 0; i < w->samples->len; i += step) {
+    SimSample *s = &g_array_index(w->samples, SimSample, i);
+    g_autofree char *t = world_time(s->t_us);
+    fprintf(out, "%-13s", t);
+    for (guint b = 0; b < w->backends->len; b++)
+      fprintf(out, " %15u", s->live[b]);
+    fprintf(out, "\n");
+  }
+  fprintf(out, "\nlogins: %" G_GUINT64_FORMAT " ok, %" G_GUINT64_FORMAT
+               " failed after retries; %" G_GUINT64_FORMAT " attempts, %" G_GUINT64_FORMAT
+               " retries, %" G_GUINT64_FORMAT " temporary failures, %" G_GUINT64_FORMAT
+               " refused by a full backend, %" G_GUINT64_FORMAT " by a failed one\n",
+          w->logins_ok, w->logins_failed, w->login_attempts, w->retries, w->tempfails,
+          w->backend_full, w->backend_refused);
+  fprintf(out, "login latency: p50 ");
+  print_ms(out, world_latency_percentile(w, 50));
+  fprintf(out, ", p90 ");
+  print_ms(out, world_latency_percentile(w, 90));
+  fprintf(out, ", p99 ");
+  print_ms(out, world_latency_percentile(w, 99));
+  fprintf(out, ", max ");
+  print_ms(out, w->latency_max_us);
+  fprintf(out, "\nusers that changed backend: %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT
+               " changes); sessions kicked: %" G_GUINT64_FORMAT
+               "; sessions cut by a failure: %" G_GUINT64_FORMAT "\n",
+          w->users_moved, w->backend_changes, w->sessions_kicked, w->sessions_cut);
+  guint64 open_windows = g_hash_table_size(w->windows);
+  fprintf(out, "users on two backends at once: %" G_GUINT64_FORMAT " in split brain, %" G_GUINT64_FORMAT
+               " after unsafe host changes, %" G_GUINT64_FORMAT " violations, %" G_GUINT64_FORMAT
+               " still open; longest %" G_GINT64_FORMAT " s\n",
+          w->windows_split_brain, w->windows_unsafe, w->windows_violation, open_windows,
+          w->window_longest_us / SEC_US);
+  for (guint i = 0; i < w->convergences->len; i++) {
+    SimConvergence *c = &g_array_index(w->convergences, SimConvergence, i);
+    if (c->took_us >= 0) {
+      fprintf(out, "converged after %s in ", c->after);
+      print_ms(out, c->took_us);
+      fprintf(out, "\n");
+    } else {
+      fprintf(out, "did NOT converge after %s\n", c->after);
+    }
+  }
+  double secs = w->wall_elapsed_us > 0 ? w->wall_elapsed_us / 1e6 : 0;
+  fprintf(out, "\n%" G_GUINT64_FORMAT " events in %.2f s of host time (%.2f M events/s)\n",
+          w->events, secs, secs > 0 ? w->events / secs / 1e6 : 0);
+  fprintf(out, "fingerprint %016" G_GINT64_MODIFIER "x\n", w->fingerprint);
+  for (guint i = 0; i < w->sc->checks->len; i++) {
+    const SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+    gboolean failed = FALSE;
+    for (guint f = 0; f < w->failures->len; f++)
+      failed |= strstr(g_ptr_array_index(w->failures, f), c->text) != NULL;
+    fprintf(out, "check %s %s\n", c->text, failed ? "FAILED" : "ok");
+  }
+  if (w->failures_total > 0) {
+    fprintf(out, "\n%" G_GUINT64_FORMAT " failures:\n", w->failures_total);
+    for (guint i = 0; i < w->failures->len; i++)
+      fprintf(out, "  %s\n", (const char *)g_ptr_array_index(w->failures, i));
+    if (w->failures_total > w->failures->len)
+      fprintf(out, "  ... and %" G_GUINT64_FORMAT " more\n",
+              w->failures_total - w->failures->len);
+    fprintf(out, "RESULT: FAIL\n");
+  } else {
+    fprintf(out, "RESULT: PASS\n");
+  }
+}
+
+JsonNode *
+sim_world_report_json(SimWorld *w)
+{
+  g_autoptr(JsonBuilder) b = json_builder_new();
+  json_builder_begin_object(b);
+#define INT(k, v)                                                                                 \
+  do {                                                                                            \
+    json_builder_set_member_name(b, k);                                                           \
+    json_builder_add_int_value(b, (gint64)(v));                                                   \
+  } while (0)
+  json_builder_set_member_name(b, "scenario");
+  json_builder_add_string_value(b, w->sc->name);
+  INT("seed", w->seed);
+  json_builder_set_member_name(b, "fingerprint");
+  g_autofree char *fp = g_strdup_printf("%016" G_GINT64_MODIFIER "x", w->fingerprint);
+  json_builder_add_string_value(b, fp);
+  json_builder_set_member_name(b, "passed");
+  json_builder_add_boolean_value(b, w->failures_total == 0);
+  INT("events", w->events);
+  INT("logins_ok", w->logins_ok);
+  INT("logins_failed", w->logins_failed);
+  INT("login_attempts", w->login_attempts);
+  INT("tempfails", w->tempfails);
+  INT("retries", w->retries);
+  INT("backend_full", w->backend_full);
+  INT("users_moved", w->users_moved);
+  INT("backend_changes", w->backend_changes);
+  INT("sessions_started", w->sessions_started);
+  INT("sessions_kicked", w->sessions_kicked);
+  INT("sessions_cut", w->sessions_cut);
+  INT("windows_split_brain", w->windows_split_brain);
+  INT("windows_unsafe", w->windows_unsafe);
+  INT("windows_violation", w->windows_violation);
+  INT("window_longest_us", w->window_longest_us);
+  json_builder_set_member_name(b, "login_latency_us");
+  json_builder_begin_object(b);
+  INT("p50", world_latency_percentile(w, 50));
+  INT("p90", world_latency_percentile(w, 90));
+  INT("p99", world_latency_percentile(w, 99));
+  INT("max", w->latency_max_us);
+  json_builder_end_object(b);
+  json_builder_set_member_name(b, "convergence");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->convergences->len; i++) {
+    SimConvergence *c = &g_array_index(w->convergences, SimConvergence, i);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "after");
+    json_builder_add_string_value(b, c->after);
+    INT("took_us", c->took_us);
+    json_builder_end_object(b);
+  }
+  json_builder_end_array(b);
+  json_builder_set_member_name(b, "samples");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->samples->len; i++) {
+    SimSample *s = &g_array_index(w->samples, SimSample, i);
+    json_builder_begin_object(b);
+    INT("t_us", s->t_us);
+    json_builder_set_member_name(b, "backends");
+    json_builder_begin_array(b);
+    for (guint k = 0; k < w->backends->len; k++) {
+      json_builder_begin_object(b);
+      json_builder_set_member_name(b, "ip");
+      json_builder_add_string_value(b, g_array_index(w->backends, SimBackend, k).ip_str);
+      INT("sessions", s->live[k]);
+      INT("users", s->users[k]);
+      json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+  }
+  json_builder_end_array(b);
+  json_builder_set_member_name(b, "failures");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->failures->len; i++)
+    json_builder_add_string_value(b, g_ptr_array_index(w->failures, i));
+  json_builder_end_array(b);
+#undef INT
+  json_builder_end_object(b);
+  return json_builder_get_root(b);
+}
+
+/* ---- Chart ------------------------------------------------------------------------------------------ */
+
+static const double palette[][3] = {
+  {0.12, 0.47, 0.71}, {1.00, 0.50, 0.05}, {0.17, 0.63, 0.17}, {0.84, 0.15, 0.16},
+  {0.58, 0.40, 0.74}, {0.55, 0.34, 0.29}, {0.89, 0.47, 0.76}, {0.50, 0.50, 0.50},
+};
+
+gboolean
+sim_world_write_chart(SimWorld *w, const char *path, GError **error)
+{
+  const double width = 960, height = 480, left = 70, right = 190, top = 40, bottom = 50;
+  cairo_surface_t *surface = cairo_svg_surface_create(path, width, height);
+  if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS) {
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s: cannot write the chart: %s", path,
+                cairo_status_to_string(cairo_surface_status(surface)));
+    cairo_surface_destroy(surface);
+    return FALSE;
+  }
+  cairo_t *cr = cairo_create(surface);
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  double pw = width - left - right, ph = height - top - bottom;
+  guint32 maxv = 1;
+  for (guint i = 0; i < w->samples->len; i++)
+    for (guint k = 0; k < w->backends->len; k++)
+      maxv = MAX(maxv, g_array_index(w->samples, SimSample, i).live[k]);
+  gint64 dur = MAX(w->sc->duration_us, 1);
+
+  /* Title and axes. */
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_BOLD);
+  cairo_set_font_size(cr, 15);
+  cairo_move_to(cr, left, 24);
+  g_autofree char *title = g_strdup_printf("%s: live sessions per backend (seed %" G_GUINT64_FORMAT ")",
+                                           w->sc->name, w->seed);
+  cairo_show_text(cr, title);
+  cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr, 11);
+  cairo_set_line_width(cr, 1);
+  cairo_rectangle(cr, left, top, pw, ph);
+  cairo_stroke(cr);
+  for (int i = 0; i <= 4; i++) {
+    double y = top + ph - ph * i / 4;
+    char label[32];
+    g_snprintf(label, sizeof(label), "%u", (guint)((guint64)maxv * (guint)i / 4));
+    cairo_move_to(cr, 8, y + 4);
+    cairo_show_text(cr, label);
+    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
+    cairo_move_to(cr, left, y);
+    cairo_line_to(cr, left + pw, y);
+    cairo_stroke(cr);
+    cairo_set_source_rgb(cr, 0, 0, 0);
+  }
+  for (int i = 0; i <= 6; i++) {
+    double x = left + pw * i / 6;
+    g_autofree char *t = world_time(dur * i / 6);
+    t[8] = '\0'; /* hh:mm:ss */
+    cairo_move_to(cr, x - 22, top + ph + 18);
+    cairo_show_text(cr, t);
+  }
+  /* Event marks. */
+  cairo_set_font_size(cr, 9);
+  for (guint i = 0; i < w->marks->len; i++) {
+    SimMark *m = &g_array_index(w->marks, SimMark, i);
+    double x = left + pw * (double)m->t_us / (double)dur;
+    cairo_set_source_rgba(cr, 0.6, 0, 0, 0.6);
+    double dashes[] = {3, 3};
+    cairo_set_dash(cr, dashes, 2, 0);
+    cairo_move_to(cr, x, top);
+    cairo_line_to(cr, x, top + ph);
+    cairo_stroke(cr);
+    cairo_set_dash(cr, NULL, 0, 0);
+    cairo_save(cr);
+    cairo_move_to(cr, x + 3, top + 4 + (i % 4) * 11);
+    cairo_show_text(cr, m->text);
+    cairo_restore(cr);
+  }
+  /* One line per backend. */
+  cairo_set_line_width(cr, 1.6);
+  cairo_set_font_size(cr, 11);
+  for (guint k = 0; k < w->backends->len; k++) {
+    const double *c = palette[k % G_N_ELEMENTS(palette)];
+    cairo_set_source_rgb(cr, c[0], c[1], c[2]);
+    for (guint i = 0; i < w->samples->len; i++) {
+      SimSample *s = &g_array_index(w->samples, SimSample, i);
+      double x = left + pw * (double)s->t_us / (double)dur;
+      double y = top + ph - ph * (double)s->live[k] / (double)maxv;
+      if (i == 0)
+        cairo_move_to(cr, x, y);
+      else
+        cairo_line_to(cr, x, y);
+    }
+    cairo_stroke(cr);
+    cairo_rectangle(cr, left + pw + 15, top + 10 + k * 18, 12, 3);
+    cairo_fill(cr);
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    cairo_move_to(cr, left + pw + 32, top + 15 + k * 18);
+    cairo_show_text(cr, g_array_index(w->backends, SimBackend, k).ip_str);
+  }
+  cairo_destroy(cr);
+  cairo_surface_finish(surface);
+  cairo_status_t st = cairo_surface_status(surface);
+  cairo_surface_destroy(surface);
+  if (st != CAIRO_STATUS_SUCCESS) {
+    g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s: cannot write the chart: %s", path,
+                cairo_status_to_string(st));
+    return FALSE;
+  }
+  return TRUE;
+}

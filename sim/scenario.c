@@ -1,0 +1,1081 @@
+/* scenario.c - loading and validating simulator scenarios (see scenario.h, doc/scenarios.md). */
+#include "sim/scenario.h"
+
+#include <string.h>
+
+G_DEFINE_QUARK(sim-scenario-error-quark, sim_scenario_error)
+
+/* ---- Errors with field paths ------------------------------------------------------------------- */
+
+typedef struct {
+  const char *source;
+  GError **error;
+  gboolean failed;
+} Ctx;
+
+static gboolean fail(Ctx *ctx, const char *path, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+
+static gboolean
+fail(Ctx *ctx, const char *path, const char *fmt, ...)
+{
+  if (ctx->failed)
+    return FALSE;
+  va_list args;
+  va_start(args, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, args);
+  va_end(args);
+  g_set_error(ctx->error, SIM_SCENARIO_ERROR, 0, "%s: %s: %s", ctx->source, path, msg);
+  ctx->failed = TRUE;
+  return FALSE;
+}
+
+static char *
+sub(const char *path, const char *member)
+{
+  return path[0] != '\0' ? g_strdup_printf("%s.%s", path, member) : g_strdup(member);
+}
+
+/* Every member of obj must be in allowed (NULL-terminated). */
+static gboolean
+only_members(Ctx *ctx, const char *path, JsonObject *obj, const char *const *allowed)
+{
+  g_autoptr(GList) members = json_object_get_members(obj);
+  members = g_list_sort(members, (GCompareFunc)strcmp);
+  for (GList *l = members; l != NULL; l = l->next) {
+    gboolean ok = FALSE;
+    for (guint i = 0; allowed[i] != NULL && !ok; i++)
+      ok = strcmp(l->data, allowed[i]) == 0;
+    if (!ok) {
+      g_autofree char *p = sub(path, l->data);
+      g_autofree char *known = g_strjoinv(", ", (char **)allowed);
+      return fail(ctx, p, "unknown field (known here: %s)", known);
+    }
+  }
+  return TRUE;
+}
+
+static JsonObject *
+get_object(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboolean required)
+{
+  g_autofree char *p = sub(path, member);
+  JsonNode *n = json_object_get_member(obj, member);
+  if (n == NULL) {
+    if (required)
+      fail(ctx, p, "missing");
+    return NULL;
+  }
+  if (!JSON_NODE_HOLDS_OBJECT(n)) {
+    fail(ctx, p, "must be an object");
+    return NULL;
+  }
+  return json_node_get_object(n);
+}
+
+static gboolean
+get_uint(Ctx *ctx, const char *path, JsonObject *obj, const char *member, guint64 lo, guint64 hi,
+         guint64 *out)
+{
+  JsonNode *n = json_object_get_member(obj, member);
+  if (n == NULL)
+    return TRUE;
+  g_autofree char *p = sub(path, member);
+  if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64)
+    return fail(ctx, p, "must be a whole number");
+  gint64 v = json_node_get_int(n);
+  if (v < 0 || (guint64)v < lo || (guint64)v > hi)
+    return fail(ctx, p, "%" G_GINT64_FORMAT " is out of range (%" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT ")",
+                v, lo, hi);
+  *out = (guint64)v;
+  return TRUE;
+}
+
+static gboolean
+get_bool(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboolean *out)
+{
+  JsonNode *n = json_object_get_member(obj, member);
+  if (n == NULL)
+    return TRUE;
+  g_autofree char *p = sub(path, member);
+  if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_BOOLEAN)
+    return fail(ctx, p, "must be true or false");
+  *out = json_node_get_boolean(n);
+  return TRUE;
+}
+
+static const char *
+get_string(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboolean required)
+{
+  JsonNode *n = json_object_get_member(obj, member);
+  g_autofree char *p = sub(path, member);
+  if (n == NULL) {
+    if (required)
+      fail(ctx, p, "missing");
+    return NULL;
+  }
+  if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING) {
+    fail(ctx, p, "must be a string");
+    return NULL;
+  }
+  return json_node_get_string(n);
+}
+
+/* A number that may have a fraction, as thousandths (logins per second, percentages). */
+static gboolean
+get_milli(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gint64 lo_milli,
+          gint64 hi_milli, gint64 *out)
+{
+  JsonNode *n = json_object_get_member(obj, member);
+  if (n == NULL)
+    return TRUE;
+  g_autofree char *p = sub(path, member);
+  if (!JSON_NODE_HOLDS_VALUE(n))
+    return fail(ctx, p, "must be a number");
+  gint64 v;
+  GType t = json_node_get_value_type(n);
+  if (t == G_TYPE_INT64) {
+    gint64 i = json_node_get_int(n);
+    if (i > G_MAXINT64 / 1000 || i < G_MININT64 / 1000)
+      return fail(ctx, p, "out of range");
+    v = i * 1000;
+  } else if (t == G_TYPE_DOUBLE) {
+    /* Thousandths, rounded: the only place a float is read, and it becomes an integer at once. */
+    gdouble d = json_node_get_double(n) * 1000.0;
+    if (!(d >= -9.2e18 && d <= 9.2e18))
+      return fail(ctx, p, "out of range");
+    v = (gint64)(d + (d >= 0 ? 0.5 : -0.5));
+  } else {
+    return fail(ctx, p, "must be a number");
+  }
+  if (v < lo_milli || v > hi_milli)
+    return fail(ctx, p, "out of range (%.3f to %.3f)", lo_milli / 1000.0, hi_milli / 1000.0);
+  *out = v;
+  return TRUE;
+}
+
+gboolean
+sim_parse_duration_us(const char *text, gint64 *us_out)
+{
+  const char *p = text;
+  gboolean neg = FALSE;
+  if (*p == '+' || *p == '-') {
+    neg = *p == '-';
+    p++;
+  }
+  if (!g_ascii_isdigit(*p))
+    return FALSE;
+  guint64 v = 0;
+  while (g_ascii_isdigit(*p)) {
+    if (v > G_MAXINT64 / 10 - 10)
+      return FALSE;
+    v = v * 10 + (guint64)(*p - '0');
+    p++;
+  }
+  while (*p == ' ')
+    p++;
+  guint64 mult;
+  if (*p == '\0' || strcmp(p, "s") == 0 || strcmp(p, "sec") == 0 || strcmp(p, "secs") == 0)
+    mult = 1000000;
+  else if (strcmp(p, "us") == 0)
+    mult = 1;
+  else if (strcmp(p, "ms") == 0)
+    mult = 1000;
+  else if (strcmp(p, "m") == 0 || strcmp(p, "min") == 0 || strcmp(p, "mins") == 0)
+    mult = G_GUINT64_CONSTANT(60000000);
+  else if (strcmp(p, "h") == 0 || strcmp(p, "hour") == 0 || strcmp(p, "hours") == 0)
+    mult = G_GUINT64_CONSTANT(3600000000);
+  else if (strcmp(p, "d") == 0 || strcmp(p, "day") == 0 || strcmp(p, "days") == 0)
+    mult = G_GUINT64_CONSTANT(86400000000);
+  else
+    return FALSE;
+  if (v > (guint64)G_MAXINT64 / mult)
+    return FALSE;
+  gint64 us = (gint64)(v * mult);
+  *us_out = neg ? -us : us;
+  return TRUE;
+}
+
+static gboolean
+get_duration(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gint64 lo, gint64 hi,
+             gint64 *out)
+{
+  const char *s = get_string(ctx, path, obj, member, FALSE);
+  if (s == NULL)
+    return !ctx->failed;
+  g_autofree char *p = sub(path, member);
+  gint64 v;
+  if (!sim_parse_duration_us(s, &v))
+    return fail(ctx, p, "\"%s\" is not a duration (for example 500us, 20ms, 30s, 15m, 2h, 1d)",
+                s);
+  if (v < lo || v > hi)
+    return fail(ctx, p, "\"%s\" is out of range", s);
+  *out = v;
+  return TRUE;
+}
+
+/* A distribution: a duration string (fixed), or {"kind": ..., ...}. */
+static gboolean
+get_dist(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gint64 lo, gint64 hi,
+         SimDist *out)
+{
+  JsonNode *n = json_object_get_member(obj, member);
+  if (n == NULL)
+    return TRUE;
+  g_autofree char *p = sub(path, member);
+  if (JSON_NODE_HOLDS_VALUE(n)) {
+    out->kind = SIM_DIST_FIXED;
+    out->b_us = 0;
+    return get_duration(ctx, path, obj, member, lo, hi, &out->a_us);
+  }
+  if (!JSON_NODE_HOLDS_OBJECT(n))
+    return fail(ctx, p, "must be a duration or an object with \"kind\"");
+  JsonObject *o = json_node_get_object(n);
+  const char *kind = get_string(ctx, p, o, "kind", TRUE);
+  if (kind == NULL)
+    return FALSE;
+  static const char *const fixed[] = {"kind", "value", NULL};
+  static const char *const range[] = {"kind", "min", "max", NULL};
+  static const char *const mean[] = {"kind", "mean", NULL};
+  SimDist d = {0};
+  if (strcmp(kind, "fixed") == 0) {
+    d.kind = SIM_DIST_FIXED;
+    if (!only_members(ctx, p, o, fixed) || !get_duration(ctx, p, o, "value", lo, hi, &d.a_us))
+      return FALSE;
+    if (json_object_get_member(o, "value") == NULL)
+      return fail(ctx, p, "\"value\" is missing");
+  } else if (strcmp(kind, "uniform") == 0 || strcmp(kind, "log-uniform") == 0) {
+    d.kind = kind[0] == 'u' ? SIM_DIST_UNIFORM : SIM_DIST_LOG_UNIFORM;
+    if (!only_members(ctx, p, o, range) || !get_duration(ctx, p, o, "min", lo, hi, &d.a_us) ||
+        !get_duration(ctx, p, o, "max", lo, hi, &d.b_us))
+      return FALSE;
+    if (json_object_get_member(o, "min") == NULL || json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "\"min\" and \"max\" are required");
+    if (d.a_us > d.b_us)
+      return fail(ctx, p, "min is above max");
+    if (d.kind == SIM_DIST_LOG_UNIFORM && d.a_us == 0)
+      return fail(ctx, p, "a log-uniform min must be above 0");
+  } else if (strcmp(kind, "exponential") == 0) {
+    d.kind = SIM_DIST_EXPONENTIAL;
+    if (!only_members(ctx, p, o, mean) || !get_duration(ctx, p, o, "mean", lo, hi, &d.a_us))
+      return FALSE;
+    if (json_object_get_member(o, "mean") == NULL)
+      return fail(ctx, p, "\"mean\" is missing");
+  } else {
+    g_autofree char *kp = sub(p, "kind");
+    return fail(ctx, kp, "\"%s\" is not a kind (fixed, uniform, exponential, log-uniform)", kind);
+  }
+  *out = d;
+  return TRUE;
+}
+
+static gboolean
+get_ip(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboolean required,
+       UsherIp *out, gboolean *present_out)
+{
+  const char *s = get_string(ctx, path, obj, member, required);
+  if (present_out != NULL)
+    *present_out = s != NULL;
+  if (s == NULL)
+    return !ctx->failed;
+  if (!usher_ip_parse(s, -1, out)) {
+    g_autofree char *p = sub(path, member);
+    return fail(ctx, p, "\"%s\" is not an IP address", s);
+  }
+  return TRUE;
+}
+
+/* ---- Sections ---------------------------------------------------------------------------------- */
+
+static gboolean
+load_cluster(Ctx *ctx, SimScenario *sc, JsonObject *root)
+{
+  JsonObject *cl = get_object(ctx, "", root, "cluster", TRUE);
+  if (cl == NULL)
+    return FALSE;
+  static const char *const allowed[] = {"directors", "backends", "settings", "capacity", NULL};
+  if (!only_members(ctx, "cluster", cl, allowed))
+    return FALSE;
+  guint64 n = 3, capacity = 0;
+  if (!get_uint(ctx, "cluster", cl, "directors", 1, SIM_MAX_DIRECTORS, &n) ||
+      !get_uint(ctx, "cluster", cl, "capacity", 0, G_MAXUINT32, &capacity))
+    return FALSE;
+  sc->directors = (guint)n;
+
+  GString *conf = g_string_new("[ring]\ndirectors =");
+  for (guint i = 0; i < sc->directors; i++)
+    g_string_append_printf(conf, " 127.0.1.%u:9090", i + 1);
+  g_string_append(conf, "\n[director]\n");
+  JsonObject *settings = get_object(ctx, "cluster", cl, "settings", FALSE);
+  if (settings != NULL) {
+    g_autoptr(GList) members = json_object_get_members(settings);
+    members = g_list_sort(members, (GCompareFunc)strcmp);
+    for (GList *l = members; l != NULL; l = l->next) {
+      JsonNode *v = json_object_get_member(settings, l->data);
+      g_autofree char *p = g_strdup_printf("cluster.settings.%s", (char *)l->data);
+      if (!JSON_NODE_HOLDS_VALUE(v) || (json_node_get_value_type(v) != G_TYPE_STRING &&
+                                        json_node_get_value_type(v) != G_TYPE_INT64)) {
+        g_string_free(conf, TRUE);
+        return fail(ctx, p, "must be a string or a whole number");
+      }
+      if (json_node_get_value_type(v) == G_TYPE_STRING)
+        g_string_append_printf(conf, "%s = %s\n", (char *)l->data, json_node_get_string(v));
+      else
+        g_string_append_printf(conf, "%s = %" G_GINT64_FORMAT "\n", (char *)l->data,
+                               json_node_get_int(v));
+    }
+  }
+
+  /* Backends: list-grammar strings, or objects with details. */
+  JsonNode *bn = json_object_get_member(cl, "backends");
+  if (bn == NULL || !JSON_NODE_HOLDS_ARRAY(bn)) {
+    g_string_free(conf, TRUE);
+    return fail(ctx, "cluster.backends", "must be an array of backends");
+  }
+  JsonArray *ba = json_node_get_array(bn);
+  GString *hosts = g_string_new(NULL);
+  GString *groups = g_string_new(NULL);
+  g_autoptr(GHashTable) caps = g_hash_table_new_full(usher_ip_table_hash, usher_ip_table_equal,
+                                                     g_free, NULL);
+  for (guint i = 0; i < json_array_get_length(ba); i++) {
+    JsonNode *e = json_array_get_element(ba, i);
+    g_autofree char *p = g_strdup_printf("cluster.backends[%u]", i);
+    if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING) {
+      g_string_append_printf(hosts, " %s", json_node_get_string(e));
+      continue;
+    }
+    if (!JSON_NODE_HOLDS_OBJECT(e)) {
+      g_string_free(conf, TRUE);
+      g_string_free(hosts, TRUE);
+      g_string_free(groups, TRUE);
+      return fail(ctx, p, "must be a string like \"10.0.0.1-10.0.0.4=100\" or an object");
+    }
+    JsonObject *o = json_node_get_object(e);
+    static const char *const ballowed[] = {"ip", "vhosts", "tag", "down", "capacity", NULL};
+    UsherIp ip;
+    guint64 vhosts = 100, cap = capacity;
+    gboolean down = FALSE;
+    const char *tag = NULL;
+    if (!only_members(ctx, p, o, ballowed) || !get_ip(ctx, p, o, "ip", TRUE, &ip, NULL) ||
+        !get_uint(ctx, p, o, "vhosts", 0, 1000, &vhosts) || !get_bool(ctx, p, o, "down", &down) ||
+        !get_uint(ctx, p, o, "capacity", 0, G_MAXUINT32, &cap) ||
+        ((tag = get_string(ctx, p, o, "tag", FALSE)) == NULL && ctx->failed)) {
+      g_string_free(conf, TRUE);
+      g_string_free(hosts, TRUE);
+      g_string_free(groups, TRUE);
+      return FALSE;
+    }
+    char ip_str[USHER_IP_STRLEN];
+    usher_ip_to_string(&ip, ip_str);
+    g_string_append_printf(hosts, " %s%s%s=%u%s%s", ip.family == USHER_IP_V6 ? "[" : "", ip_str,
+                           ip.family == USHER_IP_V6 ? "]" : "", (guint)vhosts,
+                           tag != NULL && tag[0] != '\0' ? "@" : "", tag != NULL ? tag : "");
+    if (down)
+      g_string_append_printf(groups, "[backend %s]\ndown = true\n", ip_str);
+    UsherIp *key = g_memdup2(&ip, sizeof(ip));
+    g_hash_table_replace(caps, key, GUINT_TO_POINTER((guint)cap + 1));
+  }
+  g_string_append_printf(conf, "[backends]\nhosts =%s\n%s", hosts->str, groups->str);
+  g_string_free(hosts, TRUE);
+  g_string_free(groups, TRUE);
+
+  g_autoptr(GError) local = NULL;
+  g_autofree char *src = g_strdup_printf("%s: cluster", ctx->source);
+  sc->config = usher_config_parse(conf->str, conf->len, src, &local);
+  g_string_free(conf, TRUE);
+  if (sc->config == NULL) {
+    g_set_error(ctx->error, SIM_SCENARIO_ERROR, 0, "%s", local->message);
+    ctx->failed = TRUE;
+    return FALSE;
+  }
+  if (sc->config->backends->len == 0)
+    return fail(ctx, "cluster.backends", "at least one backend is needed");
+  for (guint i = 0; i < sc->config->backends->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(sc->config->backends, i);
+    SimBackendSpec *s = g_new0(SimBackendSpec, 1);
+    s->ip = b->ip;
+    s->vhosts = b->vhost_count;
+    s->tag = g_strdup(b->tag);
+    s->down = b->down;
+    gpointer c = g_hash_table_lookup(caps, &b->ip);
+    s->capacity = c != NULL ? GPOINTER_TO_UINT(c) - 1 : (guint)capacity;
+    g_ptr_array_add(sc->backends, s);
+  }
+  return TRUE;
+}
+
+static gboolean
+load_network(Ctx *ctx, SimScenario *sc, JsonObject *root)
+{
+  sc->latency = (SimDist){SIM_DIST_UNIFORM, 200, 1000};
+  JsonObject *net = get_object(ctx, "", root, "network", FALSE);
+  if (net == NULL)
+    return !ctx->failed;
+  static const char *const allowed[] = {"latency", "bandwidth", NULL};
+  if (!only_members(ctx, "network", net, allowed) ||
+      !get_dist(ctx, "network", net, "latency", 1, 10 * G_GINT64_CONSTANT(1000000), &sc->latency))
+    return FALSE;
+  const char *bw = get_string(ctx, "network", net, "bandwidth", FALSE);
+  if (bw != NULL) {
+    guint64 v;
+    if (!usher_parse_size_bytes(bw, &v) || v == 0)
+      return fail(ctx, "network.bandwidth", "\"%s\" is not a size in bytes per second (64k, 10M, 1G)",
+                  bw);
+    sc->bandwidth = v;
+  }
+  return !ctx->failed;
+}
+
+static gboolean
+load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
+{
+  JsonObject *w = get_object(ctx, "", root, "workload", TRUE);
+  if (w == NULL)
+    return FALSE;
+  static const char *const allowed[] = {"users",        "user_format",      "logins_per_second",
+                                        "daily_curve",  "session_duration", "protocols",
+                                        "retry",        "lmtp_duration",    "kick_duration",
+                                        NULL};
+  if (!only_members(ctx, "workload", w, allowed))
+    return FALSE;
+  guint64 users = 1000;
+  if (!get_uint(ctx, "workload", w, "users", 1, SIM_MAX_USERS, &users))
+    return FALSE;
+  sc->users = users;
+  const char *fmt = get_string(ctx, "workload", w, "user_format", FALSE);
+  if (fmt == NULL && ctx->failed)
+    return FALSE;
+  fmt = fmt != NULL ? fmt : "user%u@example.com";
+  const char *pct = strstr(fmt, "%u");
+  if (pct == NULL || strstr(pct + 2, "%") != NULL || memchr(fmt, '%', (gsize)(pct - fmt)) != NULL ||
+      strlen(fmt) > 200)
+    return fail(ctx, "workload.user_format", "must contain %%u exactly once and no other %%");
+  sc->user_prefix = g_strndup(fmt, (gsize)(pct - fmt));
+  sc->user_suffix = g_strdup(pct + 2);
+  sc->rate_milli = 10000;
+  if (!get_milli(ctx, "workload", w, "logins_per_second", 0, G_GINT64_CONSTANT(100000000),
+                 &sc->rate_milli))
+    return FALSE;
+  JsonNode *curve = json_object_get_member(w, "daily_curve");
+  for (guint h = 0; h < 24; h++)
+    sc->daily_curve[h] = 100;
+  if (curve != NULL) {
+    if (!JSON_NODE_HOLDS_ARRAY(curve) || json_array_get_length(json_node_get_array(curve)) != 24)
+      return fail(ctx, "workload.daily_curve", "must be an array of 24 numbers (one per hour)");
+    JsonArray *a = json_node_get_array(curve);
+    guint64 sum = 0;
+    for (guint h = 0; h < 24; h++) {
+      JsonNode *e = json_array_get_element(a, h);
+      if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_INT64 ||
+          json_node_get_int(e) < 0 || json_node_get_int(e) > 1000000) {
+        g_autofree char *p = g_strdup_printf("workload.daily_curve[%u]", h);
+        return fail(ctx, p, "must be a whole number from 0 to 1000000");
+      }
+      sc->daily_curve[h] = (guint)json_node_get_int(e);
+      sum += sc->daily_curve[h];
+    }
+    if (sum == 0)
+      return fail(ctx, "workload.daily_curve", "all weights are 0");
+    sc->has_daily_curve = TRUE;
+  }
+  sc->session = (SimDist){SIM_DIST_LOG_UNIFORM, 30 * G_GINT64_CONSTANT(1000000),
+                          2 * 3600 * G_GINT64_CONSTANT(1000000)};
+  if (!get_dist(ctx, "workload", w, "session_duration", 1000,
+                7 * 86400 * G_GINT64_CONSTANT(1000000), &sc->session))
+    return FALSE;
+  sc->mix_imap = 80;
+  sc->mix_pop3 = 10;
+  sc->mix_lmtp = 10;
+  JsonObject *proto = get_object(ctx, "workload", w, "protocols", FALSE);
+  if (proto != NULL) {
+    static const char *const pallowed[] = {"imap", "pop3", "lmtp", NULL};
+    guint64 a = 0, b = 0, c = 0;
+    if (!only_members(ctx, "workload.protocols", proto, pallowed) ||
+        !get_uint(ctx, "workload.protocols", proto, "imap", 0, 100, &a) ||
+        !get_uint(ctx, "workload.protocols", proto, "pop3", 0, 100, &b) ||
+        !get_uint(ctx, "workload.protocols", proto, "lmtp", 0, 100, &c))
+      return FALSE;
+    if (a + b + c != 100)
+      return fail(ctx, "workload.protocols", "the shares add up to %u, not 100", (guint)(a + b + c));
+    sc->mix_imap = (guint)a;
+    sc->mix_pop3 = (guint)b;
+    sc->mix_lmtp = (guint)c;
+  }
+  sc->retry_attempts = 3;
+  sc->retry_delay_us = 5 * G_GINT64_CONSTANT(1000000);
+  JsonObject *retry = get_object(ctx, "workload", w, "retry", FALSE);
+  if (retry != NULL) {
+    static const char *const rallowed[] = {"attempts", "delay", NULL};
+    guint64 att = sc->retry_attempts;
+    if (!only_members(ctx, "workload.retry", retry, rallowed) ||
+        !get_uint(ctx, "workload.retry", retry, "attempts", 0, 100, &att) ||
+        !get_duration(ctx, "workload.retry", retry, "delay", 0, 3600 * G_GINT64_CONSTANT(1000000),
+                      &sc->retry_delay_us))
+      return FALSE;
+    sc->retry_attempts = (guint)att;
+  }
+  sc->lmtp_duration_us = 200000;
+  sc->kick_delay_us = 1000;
+  if (!get_duration(ctx, "workload", w, "lmtp_duration", 0, 3600 * G_GINT64_CONSTANT(1000000),
+                    &sc->lmtp_duration_us) ||
+      !get_duration(ctx, "workload", w, "kick_duration", 0, 60 * G_GINT64_CONSTANT(1000000),
+                    &sc->kick_delay_us))
+    return FALSE;
+  return !ctx->failed;
+}
+
+static const struct {
+  const char *name;
+  SimEventKind kind;
+} event_names[] = {
+  {"host-add", SIM_EV_HOST_ADD},
+  {"host-remove", SIM_EV_HOST_REMOVE},
+  {"host-down", SIM_EV_HOST_DOWN},
+  {"host-up", SIM_EV_HOST_UP},
+  {"host-vhosts", SIM_EV_HOST_VHOSTS},
+  {"flush", SIM_EV_FLUSH},
+  {"move", SIM_EV_MOVE},
+  {"kick", SIM_EV_KICK},
+  {"director-crash", SIM_EV_DIRECTOR_CRASH},
+  {"director-restart", SIM_EV_DIRECTOR_RESTART},
+  {"partition", SIM_EV_PARTITION},
+  {"heal", SIM_EV_HEAL},
+  {"link-delay", SIM_EV_LINK_DELAY},
+  {"link-loss", SIM_EV_LINK_LOSS},
+  {"link-reset", SIM_EV_LINK_RESET},
+  {"clock-step", SIM_EV_CLOCK_STEP},
+  {"clock-drift", SIM_EV_CLOCK_DRIFT},
+  {"backend-fail", SIM_EV_BACKEND_FAIL},
+  {"backend-recover", SIM_EV_BACKEND_RECOVER},
+  {"workload-rate", SIM_EV_WORKLOAD_RATE},
+};
+
+const char *
+sim_event_kind_name(SimEventKind kind)
+{
+  for (guint i = 0; i < G_N_ELEMENTS(event_names); i++)
+    if (event_names[i].kind == kind)
+      return event_names[i].name;
+  return "?";
+}
+
+static gboolean
+get_director(Ctx *ctx, SimScenario *sc, const char *path, JsonObject *o, const char *member,
+             guint *out)
+{
+  guint64 v = 0;
+  if (json_object_get_member(o, member) == NULL) {
+    g_autofree char *p = sub(path, member);
+    return fail(ctx, p, "missing");
+  }
+  if (!get_uint(ctx, path, o, member, 0, G_MAXUINT32, &v))
+    return FALSE;
+  if (v >= sc->directors) {
+    g_autofree char *p = sub(path, member);
+    return fail(ctx, p, "%" G_GUINT64_FORMAT " is not a director (the cluster has %u: 0 to %u)", v,
+                sc->directors, sc->directors - 1);
+  }
+  *out = (guint)v;
+  return TRUE;
+}
+
+static gboolean
+load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioEvent *ev)
+{
+  const char *type = get_string(ctx, p, o, "type", TRUE);
+  if (type == NULL)
+    return FALSE;
+  gboolean found = FALSE;
+  for (guint k = 0; k < G_N_ELEMENTS(event_names) && !found; k++)
+    if (strcmp(type, event_names[k].name) == 0) {
+      ev->kind = event_names[k].kind;
+      found = TRUE;
+    }
+  if (!found) {
+    g_autofree char *tp = sub(p, "type");
+    return fail(ctx, tp, "\"%s\" is not an event type", type);
+  }
+  if (json_object_get_member(o, "at") == NULL) {
+    g_autofree char *ap = sub(p, "at");
+    return fail(ctx, ap, "missing");
+  }
+  if (!get_duration(ctx, p, o, "at", 0, sc->duration_us, &ev->at_us))
+    return FALSE;
+  guint64 v = 0;
+  switch (ev->kind) {
+  case SIM_EV_HOST_ADD: {
+    static const char *const a[] = {"at", "type", "director", "host", "vhosts", "tag", NULL};
+    v = 100;
+    const char *tag = NULL;
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director) ||
+        !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host) ||
+        !get_uint(ctx, p, o, "vhosts", 0, 1000, &v) ||
+        ((tag = get_string(ctx, p, o, "tag", FALSE)) == NULL && ctx->failed))
+      return FALSE;
+    ev->vhosts = (guint)v;
+    ev->tag = g_strdup(tag != NULL ? tag : "");
+    break;
+  }
+  case SIM_EV_HOST_REMOVE:
+  case SIM_EV_HOST_DOWN:
+  case SIM_EV_HOST_UP: {
+    static const char *const a[] = {"at", "type", "director", "host", NULL};
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director) ||
+        !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host))
+      return FALSE;
+    break;
+  }
+  case SIM_EV_HOST_VHOSTS: {
+    static const char *const a[] = {"at", "type", "director", "host", "vhosts", NULL};
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director) ||
+        !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host))
+      return FALSE;
+    if (json_object_get_member(o, "vhosts") == NULL) {
+      g_autofree char *vp = sub(p, "vhosts");
+      return fail(ctx, vp, "missing");
+    }
+    if (!get_uint(ctx, p, o, "vhosts", 0, 1000, &v))
+      return FALSE;
+    ev->vhosts = (guint)v;
+    break;
+  }
+  case SIM_EV_FLUSH: {
+    static const char *const a[] = {"at", "type", "director", "host", "force", "max_parallel",
+                                    NULL};
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director) ||
+        !get_ip(ctx, p, o, "host", FALSE, &ev->host, &ev->has_host) ||
+        !get_bool(ctx, p, o, "force", &ev->force) ||
+        !get_uint(ctx, p, o, "max_parallel", 0, 1000000, &v))
+      return FALSE;
+    ev->max_parallel = (guint)v;
+    break;
+  }
+  case SIM_EV_MOVE:
+  case SIM_EV_KICK: {
+    static const char *const m[] = {"at", "type", "director", "user", "host", NULL};
+    static const char *const k[] = {"at", "type", "director", "user", NULL};
+    const char *user;
+    if (!only_members(ctx, p, o, ev->kind == SIM_EV_MOVE ? m : k) ||
+        !get_director(ctx, sc, p, o, "director", &ev->director) ||
+        (user = get_string(ctx, p, o, "user", TRUE)) == NULL)
+      return FALSE;
+    ev->user = g_strdup(user);
+    if (ev->kind == SIM_EV_MOVE && !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host))
+      return FALSE;
+    break;
+  }
+  case SIM_EV_DIRECTOR_CRASH:
+  case SIM_EV_DIRECTOR_RESTART: {
+    static const char *const a[] = {"at", "type", "director", NULL};
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director))
+      return FALSE;
+    break;
+  }
+  case SIM_EV_PARTITION: {
+    static const char *const a[] = {"at", "type", "groups", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    JsonNode *g = json_object_get_member(o, "groups");
+    g_autofree char *gp = sub(p, "groups");
+    if (g == NULL || !JSON_NODE_HOLDS_ARRAY(g) || json_array_get_length(json_node_get_array(g)) < 2)
+      return fail(ctx, gp, "must be an array of at least two arrays of directors");
+    ev->groups = g_array_new(FALSE, TRUE, sizeof(guint64));
+    guint64 seen = 0;
+    JsonArray *ga = json_node_get_array(g);
+    for (guint i = 0; i < json_array_get_length(ga); i++) {
+      JsonNode *e = json_array_get_element(ga, i);
+      g_autofree char *ep = g_strdup_printf("%s[%u]", gp, i);
+      if (!JSON_NODE_HOLDS_ARRAY(e) || json_array_get_length(json_node_get_array(e)) == 0)
+        return fail(ctx, ep, "must be a non-empty array of director numbers");
+      guint64 mask = 0;
+      JsonArray *ea = json_node_get_array(e);
+      for (guint j = 0; j < json_array_get_length(ea); j++) {
+        JsonNode *x = json_array_get_element(ea, j);
+        if (!JSON_NODE_HOLDS_VALUE(x) || json_node_get_value_type(x) != G_TYPE_INT64 ||
+            json_node_get_int(x) < 0 || json_node_get_int(x) >= sc->directors)
+          return fail(ctx, ep, "element %u is not a director (0 to %u)", j, sc->directors - 1);
+        guint64 bit = G_GUINT64_CONSTANT(1) << json_node_get_int(x);
+        if (seen & bit)
+          return fail(ctx, ep, "director %" G_GINT64_FORMAT " is in two groups",
+                      json_node_get_int(x));
+        seen |= bit;
+        mask |= bit;
+      }
+      g_array_append_val(ev->groups, mask);
+    }
+    break;
+  }
+  case SIM_EV_HEAL: {
+    static const char *const a[] = {"at", "type", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    break;
+  }
+  case SIM_EV_LINK_DELAY:
+  case SIM_EV_LINK_LOSS:
+  case SIM_EV_LINK_RESET: {
+    static const char *const d[] = {"at", "type", "a", "b", "delay", NULL};
+    static const char *const l[] = {"at", "type", "a", "b", "percent", NULL};
+    static const char *const r[] = {"at", "type", "a", "b", NULL};
+    const char *const *a = ev->kind == SIM_EV_LINK_DELAY ? d : ev->kind == SIM_EV_LINK_LOSS ? l : r;
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "a", &ev->a) ||
+        !get_director(ctx, sc, p, o, "b", &ev->b))
+      return FALSE;
+    if (ev->a == ev->b) {
+      g_autofree char *bp = sub(p, "b");
+      return fail(ctx, bp, "a link joins two different directors");
+    }
+    if (ev->kind == SIM_EV_LINK_DELAY &&
+        !get_duration(ctx, p, o, "delay", 0, 600 * G_GINT64_CONSTANT(1000000), &ev->value_us))
+      return FALSE;
+    if (ev->kind == SIM_EV_LINK_LOSS) {
+      if (!get_uint(ctx, p, o, "percent", 0, 100, &v))
+        return FALSE;
+      ev->percent = (guint)v;
+    }
+    break;
+  }
+  case SIM_EV_CLOCK_STEP:
+  case SIM_EV_CLOCK_DRIFT: {
+    static const char *const s[] = {"at", "type", "director", "step", NULL};
+    static const char *const dr[] = {"at", "type", "director", "ppm", NULL};
+    if (!only_members(ctx, p, o, ev->kind == SIM_EV_CLOCK_STEP ? s : dr) ||
+        !get_director(ctx, sc, p, o, "director", &ev->director))
+      return FALSE;
+    if (ev->kind == SIM_EV_CLOCK_STEP) {
+      const char *step = get_string(ctx, p, o, "step", TRUE);
+      g_autofree char *sp = sub(p, "step");
+      if (step == NULL)
+        return FALSE;
+      if (!sim_parse_duration_us(step, &ev->value_us) ||
+          ev->value_us > 86400 * G_GINT64_CONSTANT(1000000) ||
+          ev->value_us < -86400 * G_GINT64_CONSTANT(1000000))
+        return fail(ctx, sp, "\"%s\" is not a step like \"+5s\" or \"-2m\" (at most a day)", step);
+    } else {
+      gint64 ppm = 0;
+      if (!get_milli(ctx, p, o, "ppm", -1000000000, 1000000000, &ppm))
+        return FALSE;
+      ev->ppm = (gint)(ppm / 1000);
+    }
+    break;
+  }
+  case SIM_EV_BACKEND_FAIL:
+  case SIM_EV_BACKEND_RECOVER: {
+    static const char *const a[] = {"at", "type", "host", NULL};
+    if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host))
+      return FALSE;
+    break;
+  }
+  case SIM_EV_WORKLOAD_RATE: {
+    static const char *const a[] = {"at", "type", "logins_per_second", NULL};
+    ev->rate_milli = -1;
+    if (!only_members(ctx, p, o, a) ||
+        !get_milli(ctx, p, o, "logins_per_second", 0, G_GINT64_CONSTANT(100000000),
+                   &ev->rate_milli))
+      return FALSE;
+    if (ev->rate_milli < 0) {
+      g_autofree char *rp = sub(p, "logins_per_second");
+      return fail(ctx, rp, "missing");
+    }
+    break;
+  }
+  }
+  /* Events that name a backend must name a known one (host-add: a new one). */
+  gboolean names_host = ev->has_host && ev->kind != SIM_EV_HOST_ADD;
+  if (names_host) {
+    gboolean known = FALSE;
+    for (guint i = 0; i < sc->backends->len; i++)
+      known |= usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip,
+                              &ev->host);
+    for (guint i = 0; i < sc->events->len && !known; i++) {
+      SimScenarioEvent *e = &g_array_index(sc->events, SimScenarioEvent, i);
+      known = e->kind == SIM_EV_HOST_ADD && usher_ip_equal(&e->host, &ev->host);
+    }
+    if (!known) {
+      g_autofree char *hp = sub(p, "host");
+      char ip[USHER_IP_STRLEN];
+      return fail(ctx, hp, "%s is not a backend of this scenario",
+                  usher_ip_to_string(&ev->host, ip));
+    }
+  }
+  return TRUE;
+}
+
+static const struct {
+  const char *name;
+  SimCheckKind kind;
+} check_names[] = {
+  {"max-moved", SIM_CHECK_MAX_MOVED},
+  {"share", SIM_CHECK_SHARE},
+  {"no-double-backend", SIM_CHECK_NO_DOUBLE_BACKEND},
+  {"converged", SIM_CHECK_CONVERGED},
+  {"no-pending-logins", SIM_CHECK_NO_PENDING_LOGINS},
+  {"login-latency", SIM_CHECK_LOGIN_LATENCY},
+  {"max-kicked", SIM_CHECK_MAX_KICKED},
+  {"min-logins", SIM_CHECK_MIN_LOGINS},
+};
+
+static gboolean
+load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
+{
+  const char *type = get_string(ctx, p, o, "type", TRUE);
+  if (type == NULL)
+    return FALSE;
+  gboolean found = FALSE;
+  for (guint k = 0; k < G_N_ELEMENTS(check_names) && !found; k++)
+    if (strcmp(type, check_names[k].name) == 0) {
+      c->kind = check_names[k].kind;
+      found = TRUE;
+    }
+  if (!found) {
+    g_autofree char *tp = sub(p, "type");
+    return fail(ctx, tp, "\"%s\" is not a check type", type);
+  }
+  c->at_us = -1;
+  if (!get_duration(ctx, p, o, "at", 0, sc->duration_us, &c->at_us))
+    return FALSE;
+  guint64 v = 0;
+  switch (c->kind) {
+  case SIM_CHECK_MAX_MOVED:
+  case SIM_CHECK_MAX_KICKED: {
+    static const char *const a[] = {"type", "at", "max", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    if (json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "\"max\" is missing");
+    if (!get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_MIN_LOGINS: {
+    static const char *const a[] = {"type", "at", "min", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    if (json_object_get_member(o, "min") == NULL)
+      return fail(ctx, p, "\"min\" is missing");
+    if (!get_uint(ctx, p, o, "min", 0, G_MAXINT64, &c->max))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_SHARE: {
+    static const char *const a[] = {"type", "at", "host", "min", "max", NULL};
+    gint64 lo = 0, hi = 100000;
+    if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &c->host, NULL) ||
+        !get_milli(ctx, p, o, "min", 0, 100000, &lo) ||
+        !get_milli(ctx, p, o, "max", 0, 100000, &hi))
+      return FALSE;
+    if (lo > hi)
+      return fail(ctx, p, "min is above max");
+    c->min_x100 = (guint)(lo / 10);
+    c->max_x100 = (guint)(hi / 10);
+    break;
+  }
+  case SIM_CHECK_NO_DOUBLE_BACKEND: {
+    static const char *const a[] = {"type", "at", "allow_split_brain", NULL};
+    c->allow_split_brain = TRUE;
+    if (!only_members(ctx, p, o, a) ||
+        !get_bool(ctx, p, o, "allow_split_brain", &c->allow_split_brain))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_CONVERGED: {
+    static const char *const a[] = {"type", "at", "within", NULL};
+    c->within_us = 5 * 60 * G_GINT64_CONSTANT(1000000);
+    if (!only_members(ctx, p, o, a) ||
+        !get_duration(ctx, p, o, "within", 0, sc->duration_us, &c->within_us))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_NO_PENDING_LOGINS: {
+    static const char *const a[] = {"type", "at", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_LOGIN_LATENCY: {
+    static const char *const a[] = {"type", "at", "percentile", "max", NULL};
+    v = 99;
+    if (!only_members(ctx, p, o, a) || !get_uint(ctx, p, o, "percentile", 1, 100, &v))
+      return FALSE;
+    c->percentile = (guint)v;
+    if (json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "\"max\" is missing");
+    if (!get_duration(ctx, p, o, "max", 0, G_MAXINT64, &c->max_us))
+      return FALSE;
+    break;
+  }
+  }
+  g_autoptr(JsonGenerator) gen = json_generator_new();
+  g_autoptr(JsonNode) node = json_node_new(JSON_NODE_OBJECT);
+  json_node_set_object(node, o);
+  json_generator_set_root(gen, node);
+  c->text = json_generator_to_data(gen, NULL);
+  return TRUE;
+}
+
+static int
+cmp_event_time(gconstpointer a, gconstpointer b)
+{
+  const SimScenarioEvent *x = a, *y = b;
+  return x->at_us < y->at_us ? -1 : x->at_us > y->at_us ? 1 : 0;
+}
+
+static void
+event_clear(gpointer p)
+{
+  SimScenarioEvent *e = p;
+  g_free(e->tag);
+  g_free(e->user);
+  if (e->groups != NULL)
+    g_array_unref(e->groups);
+}
+
+static void
+check_clear(gpointer p)
+{
+  g_free(((SimCheck *)p)->text);
+}
+
+static void
+backend_free(gpointer p)
+{
+  SimBackendSpec *b = p;
+  g_free(b->tag);
+  g_free(b);
+}
+
+SimScenario *
+sim_scenario_load_data(const char *data, gssize len, const char *source, GError **error)
+{
+  g_autoptr(SimScenario) sc = g_new0(SimScenario, 1);
+  sc->source = g_strdup(source);
+  sc->backends = g_ptr_array_new_with_free_func(backend_free);
+  sc->events = g_array_new(FALSE, TRUE, sizeof(SimScenarioEvent));
+  g_array_set_clear_func(sc->events, event_clear);
+  sc->checks = g_array_new(FALSE, TRUE, sizeof(SimCheck));
+  g_array_set_clear_func(sc->checks, check_clear);
+  Ctx ctx = {source, error, FALSE};
+
+  g_autoptr(JsonParser) parser = json_parser_new();
+  g_autoptr(GError) local = NULL;
+  if (!json_parser_load_from_data(parser, data, len, &local)) {
+    g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s: not valid JSON: %s", source, local->message);
+    return NULL;
+  }
+  JsonNode *rootn = json_parser_get_root(parser);
+  if (rootn == NULL || !JSON_NODE_HOLDS_OBJECT(rootn)) {
+    g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s: the scenario must be a JSON object", source);
+    return NULL;
+  }
+  JsonObject *root = json_node_get_object(rootn);
+  static const char *const allowed[] = {"name",     "description",      "seed",
+                                        "duration", "max_events",       "sample_interval",
+                                        "cluster",  "network",          "workload",
+                                        "events",   "checks",           "convergence_budget",
+                                        NULL};
+  if (!only_members(&ctx, "", root, allowed))
+    return NULL;
+  const char *name = get_string(&ctx, "", root, "name", TRUE);
+  if (name == NULL)
+    return NULL;
+  sc->name = g_strdup(name);
+  const char *desc = get_string(&ctx, "", root, "description", FALSE);
+  if (ctx.failed)
+    return NULL;
+  sc->description = g_strdup(desc != NULL ? desc : "");
+  guint64 seed = 1, max_events = 500000000;
+  sc->duration_us = 3600 * G_GINT64_CONSTANT(1000000);
+  if (!get_uint(&ctx, "", root, "seed", 0, G_MAXINT64, &seed) ||
+      !get_uint(&ctx, "", root, "max_events", 1000, G_MAXINT64, &max_events) ||
+      !get_duration(&ctx, "", root, "duration", G_GINT64_CONSTANT(1000000),
+                    30 * 86400 * G_GINT64_CONSTANT(1000000), &sc->duration_us))
+    return NULL;
+  sc->seed = seed;
+  sc->max_events = max_events;
+  sc->sample_us = MAX(sc->duration_us / 48, G_GINT64_CONSTANT(1000000));
+  sc->convergence_budget_us = 5 * 60 * G_GINT64_CONSTANT(1000000);
+  if (!get_duration(&ctx, "", root, "sample_interval", G_GINT64_CONSTANT(1000000), sc->duration_us,
+                    &sc->sample_us) ||
+      !get_duration(&ctx, "", root, "convergence_budget", G_GINT64_CONSTANT(1000000),
+                    sc->duration_us, &sc->convergence_budget_us))
+    return NULL;
+  if (!load_cluster(&ctx, sc, root) || !load_network(&ctx, sc, root) ||
+      !load_workload(&ctx, sc, root))
+    return NULL;
+
+  JsonNode *evn = json_object_get_member(root, "events");
+  if (evn != NULL) {
+    if (!JSON_NODE_HOLDS_ARRAY(evn)) {
+      fail(&ctx, "events", "must be an array");
+      return NULL;
+    }
+    JsonArray *ea = json_node_get_array(evn);
+    for (guint i = 0; i < json_array_get_length(ea); i++) {
+      JsonNode *e = json_array_get_element(ea, i);
+      g_autofree char *p = g_strdup_printf("events[%u]", i);
+      if (!JSON_NODE_HOLDS_OBJECT(e)) {
+        fail(&ctx, p, "must be an object");
+        return NULL;
+      }
+      SimScenarioEvent ev = {0};
+      if (!load_event(&ctx, sc, p, json_node_get_object(e), &ev)) {
+        event_clear(&ev);
+        return NULL;
+      }
+      g_array_append_val(sc->events, ev);
+    }
+    /* Stable sort: events at the same time keep their order in the file. */
+    g_array_sort(sc->events, cmp_event_time);
+  }
+  JsonNode *chn = json_object_get_member(root, "checks");
+  if (chn != NULL) {
+    if (!JSON_NODE_HOLDS_ARRAY(chn)) {
+      fail(&ctx, "checks", "must be an array");
+      return NULL;
+    }
+    JsonArray *ca = json_node_get_array(chn);
+    for (guint i = 0; i < json_array_get_length(ca); i++) {
+      JsonNode *e = json_array_get_element(ca, i);
+      g_autofree char *p = g_strdup_printf("checks[%u]", i);
+      if (!JSON_NODE_HOLDS_OBJECT(e)) {
+        fail(&ctx, p, "must be an object");
+        return NULL;
+      }
+      SimCheck c = {0};
+      if (!load_check(&ctx, sc, p, json_node_get_object(e), &c)) {
+        check_clear(&c);
+        return NULL;
+      }
+      g_array_append_val(sc->checks, c);
+    }
+  }
+  return g_steal_pointer(&sc);
+}
+
+SimScenario *
+sim_scenario_load_file(const char *path, GError **error)
+{
+  g_autofree char *data = NULL;
+  gsize len = 0;
+  g_autoptr(GError) local = NULL;
+  if (!g_file_get_contents(path, &data, &len, &local)) {
+    g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s: cannot read: %s", path, local->message);
+    return NULL;
+  }
+  return sim_scenario_load_data(data, (gssize)len, path, error);
+}
+
+void
+sim_scenario_free(SimScenario *sc)
+{
+  if (sc == NULL)
+    return;
+  g_free(sc->name);
+  g_free(sc->description);
+  g_free(sc->source);
+  g_ptr_array_unref(sc->backends);
+  usher_config_free(sc->config);
+  g_free(sc->user_prefix);
+  g_free(sc->user_suffix);
+  g_array_unref(sc->events);
+  g_array_unref(sc->checks);
+  g_free(sc);
+}

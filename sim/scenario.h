@@ -1,0 +1,152 @@
+/* scenario.h - a simulator scenario: cluster, network, workload, timed events and checks.
+ *
+ * Loaded from JSON (doc/scenarios.md documents every field). Loading is strict: an unknown field,
+ * a wrong type or an impossible value is an error that names the field by its path, e.g.
+ * "events[3].director: 7 is not a director (the cluster has 3)".
+ */
+#pragma once
+
+#include "libcore/config.h"
+
+#include <json-glib/json-glib.h>
+
+G_BEGIN_DECLS
+
+#define SIM_SCENARIO_ERROR (sim_scenario_error_quark())
+GQuark sim_scenario_error_quark(void);
+
+#define SIM_MAX_DIRECTORS 32
+#define SIM_MAX_USERS 20000000
+
+/* Integer-only random durations (microseconds). */
+typedef enum {
+  SIM_DIST_FIXED,       /* a */
+  SIM_DIST_UNIFORM,     /* a .. b */
+  SIM_DIST_EXPONENTIAL, /* mean a */
+  SIM_DIST_LOG_UNIFORM, /* a .. b, uniform in log scale */
+} SimDistKind;
+
+typedef struct {
+  SimDistKind kind;
+  gint64 a_us, b_us;
+} SimDist;
+
+typedef struct {
+  UsherIp ip;
+  guint vhosts;
+  char *tag;
+  gboolean down;
+  guint capacity; /* live sessions the backend accepts; 0 = unlimited */
+} SimBackendSpec;
+
+typedef enum {
+  SIM_EV_HOST_ADD,
+  SIM_EV_HOST_REMOVE,
+  SIM_EV_HOST_DOWN,
+  SIM_EV_HOST_UP,
+  SIM_EV_HOST_VHOSTS,
+  SIM_EV_FLUSH,
+  SIM_EV_MOVE,
+  SIM_EV_KICK,
+  SIM_EV_DIRECTOR_CRASH,
+  SIM_EV_DIRECTOR_RESTART,
+  SIM_EV_PARTITION,
+  SIM_EV_HEAL,
+  SIM_EV_LINK_DELAY,
+  SIM_EV_LINK_LOSS,
+  SIM_EV_LINK_RESET,
+  SIM_EV_CLOCK_STEP,
+  SIM_EV_CLOCK_DRIFT,
+  SIM_EV_BACKEND_FAIL,
+  SIM_EV_BACKEND_RECOVER,
+  SIM_EV_WORKLOAD_RATE,
+} SimEventKind;
+
+typedef struct {
+  gint64 at_us;
+  SimEventKind kind;
+  guint director;   /* the director an admin event is sent to, or the one crashing */
+  gboolean has_host;
+  UsherIp host;     /* host events, flush (absent: all), move target */
+  guint vhosts;     /* host-add, host-vhosts */
+  char *tag;        /* host-add */
+  char *user;       /* move, kick */
+  gboolean force;   /* flush: drop without kicking (doveadm director flush -F) */
+  guint max_parallel; /* flush */
+  GArray *groups;   /* partition: guint64 bit masks of directors, at least two */
+  guint a, b;       /* link-*: the two directors */
+  gint64 value_us;  /* link-delay: extra latency; clock-step: step (may be negative) */
+  gint ppm;         /* clock-drift */
+  guint percent;    /* link-loss: share of deliveries that need a retransmission */
+  gint64 rate_milli; /* workload-rate: logins per second x 1000 */
+} SimScenarioEvent;
+
+typedef enum {
+  SIM_CHECK_MAX_MOVED,
+  SIM_CHECK_SHARE,
+  SIM_CHECK_NO_DOUBLE_BACKEND,
+  SIM_CHECK_CONVERGED,
+  SIM_CHECK_NO_PENDING_LOGINS,
+  SIM_CHECK_LOGIN_LATENCY,
+  SIM_CHECK_MAX_KICKED,
+  SIM_CHECK_MIN_LOGINS,
+} SimCheckKind;
+
+typedef struct {
+  SimCheckKind kind;
+  gint64 at_us;     /* -1: at the end */
+  guint64 max;      /* max-moved, max-kicked; min-logins: the minimum */
+  UsherIp host;     /* share */
+  guint min_x100, max_x100; /* share, in hundredths of a percent */
+  gboolean allow_split_brain; /* no-double-backend: windows the ring rules allow do not fail */
+  gint64 within_us; /* converged */
+  guint percentile; /* login-latency */
+  gint64 max_us;    /* login-latency */
+  char *text;       /* the check as written, for reports */
+} SimCheck;
+
+typedef struct {
+  char *name;
+  char *description;
+  char *source; /* file name, for messages */
+  guint64 seed;
+  gint64 duration_us;
+  guint64 max_events;
+  gint64 sample_us;
+  gint64 convergence_budget_us;
+
+  guint directors;
+  GPtrArray *backends; /* SimBackendSpec* */
+  UsherConfig *config; /* [director] settings, directors and backends as the directors see them */
+
+  SimDist latency;
+  guint64 bandwidth; /* bytes per second per link; 0 = unlimited */
+
+  guint64 users;
+  char *user_prefix, *user_suffix; /* user_format split at its %u */
+  gint64 rate_milli;               /* logins per second x 1000 */
+  guint daily_curve[24];           /* weights per hour of the day; all equal if not given */
+  gboolean has_daily_curve;
+  SimDist session;
+  guint mix_imap, mix_pop3, mix_lmtp; /* percent */
+  guint retry_attempts;
+  gint64 retry_delay_us;
+  gint64 lmtp_duration_us;
+  gint64 kick_delay_us; /* how long a kick takes on a director */
+
+  GArray *events; /* SimScenarioEvent, sorted by time (stable) */
+  GArray *checks; /* SimCheck */
+} SimScenario;
+
+SimScenario *sim_scenario_load_file(const char *path, GError **error);
+SimScenario *sim_scenario_load_data(const char *data, gssize len, const char *source,
+                                    GError **error);
+void sim_scenario_free(SimScenario *sc);
+
+/* "250us", "2ms", "1.5s" is refused; "90s", "15m", "2h", "1d", plain numbers are seconds. */
+gboolean sim_parse_duration_us(const char *text, gint64 *us_out);
+const char *sim_event_kind_name(SimEventKind kind);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(SimScenario, sim_scenario_free)
+
+G_END_DECLS

@@ -1,0 +1,199 @@
+/* world-private.h - the simulator's state, shared by world.c, report.c and chart.c. */
+#pragma once
+
+#include "libcore/director.h"
+#include "libcore/rng.h"
+#include "sim/world.h"
+
+#define SEC_US G_GINT64_CONSTANT(1000000)
+#define WALL_BASE_US (G_GINT64_CONSTANT(1795392000) * SEC_US) /* a fixed, plausible epoch */
+#define LOGIN_COMPLETION_SLACK_US (SEC_US)
+#define PROBE_INTERVAL_US (SEC_US)
+#define LOSS_RETRANSMIT_US (200000)
+#define FLUSH_HOOK_US (10000)
+#define MAX_FAILURES_KEPT 50
+
+typedef enum {
+  EV_DELIVER,
+  EV_ACCEPT,
+  EV_CONNECTED,
+  EV_CLOSE,
+  EV_KICK_DONE,
+  EV_FLUSH_DONE,
+  EV_ARRIVAL,
+  EV_LOGIN_ATTEMPT,
+  EV_SESSION_END,
+  EV_SESSION_REFRESH,
+  EV_SCENARIO,
+  EV_SAMPLE,
+  EV_PROBE,
+  EV_CHECK,
+} SimEvKind;
+
+typedef struct Link Link;
+
+typedef struct {
+  gint64 t;
+  guint64 seq;
+  SimEvKind kind;
+  guint node;
+  guint incarnation;
+  guint64 a;
+  guint64 b;
+  gpointer p;
+} SimEv;
+
+typedef struct {
+  guint index;
+  UsherRingAddr addr;
+  UsherDirector *d;
+  gboolean up;
+  guint incarnation;
+  GHashTable *conns; /* UsherConnId -> Link* */
+  gint64 deadline;   /* cached next_deadline; recomputed after each call into d */
+  gint64 wall_offset_us;
+  gint drift_ppm;
+  gint64 drift_since_us;
+  gint64 drift_base_us;
+} SimNode;
+
+struct Link {
+  guint node[2];
+  UsherConnId conn[2];
+  guint incarnation[2];
+  gboolean open[2];
+  gint64 last_delivery_us[2];
+  gboolean clogged;
+  gboolean syn_pending;
+  GQueue clogged_data[2];
+};
+
+typedef struct {
+  guint32 hash;
+  guint32 sessions; /* first live session (index + 1), 0 = none */
+  guint16 last_backend; /* backend index + 1 of the last successful login, 0 = none */
+  guint8 live_backends; /* distinct backends with live sessions */
+  guint8 moved;         /* counted in users_moved */
+} SimUser;
+
+typedef struct {
+  guint32 user;
+  guint32 next;  /* next session of the same user (index + 1) */
+  guint32 gen;
+  guint16 backend;
+  guint8 director;
+  guint8 proto;
+  gboolean alive;
+  guint director_incarnation;
+  gint64 start_us;
+  guint refresh_secs;
+} SimSession;
+
+typedef struct {
+  UsherIp ip;
+  char ip_str[USHER_IP_STRLEN];
+  guint capacity;
+  guint live;
+  gboolean failed;
+  gint64 last_unsafe_us; /* last host-remove / forced flush of this backend */
+  guint64 sessions_total;
+} SimBackend;
+
+typedef struct {
+  guint64 id;
+  guint32 user;
+  guint8 proto;
+  guint8 attempt;
+  guint director;
+  guint director_incarnation;
+  gint64 first_us;
+  gint64 sent_us;
+} SimLogin;
+
+typedef struct {
+  gint64 start_us;
+  gboolean allowed;
+  const char *cause;
+} SimWindow;
+
+typedef struct {
+  gint64 t_us;
+  guint32 *live;  /* per backend */
+  guint32 *users; /* per backend, from the first director that is up */
+} SimSample;
+
+typedef struct {
+  gint64 t_us;
+  char *text;
+} SimMark;
+
+typedef struct {
+  gint64 since_us;
+  gint64 took_us; /* -1: did not converge within the budget */
+  char *after;
+} SimConvergence;
+
+struct SimWorld {
+  const SimScenario *sc;
+  guint64 seed;
+  guint64 seed_net, seed_workload, seed_directors;
+  UsherRng rng_net, rng_workload;
+
+  gint64 now_us;
+  guint64 seq;
+  GArray *heap; /* SimEv */
+  guint64 events;
+  gboolean budget_exhausted;
+
+  guint n_nodes;
+  SimNode nodes[64];
+  GPtrArray *links; /* Link*, owned */
+  guint64 partition_groups[64];
+  guint n_partition_groups;
+  gint64 link_delay_us[64][64];
+  guint link_loss[64][64];
+
+  GArray *backends; /* SimBackend */
+  SimUser *users;
+  guint64 n_users;
+  guint64 *hash_index; /* sorted (hash << 32 | user) */
+  GArray *sessions;    /* SimSession */
+  GArray *free_sessions; /* guint32 indexes */
+  GHashTable *logins;  /* id -> SimLogin* */
+  guint64 next_login;
+  GHashTable *windows; /* user -> SimWindow* */
+  gint64 rate_milli;
+
+  /* Faults: while active, and for a grace period after, double-backend windows are "split
+   * brain" the ring rules allow. */
+  guint faults_active;
+  gint64 fault_grace_until_us;
+
+  gboolean probing;
+  gint64 probe_since_us;
+  char *probe_after;
+  GArray *convergences; /* SimConvergence */
+
+  /* Figures */
+  guint64 login_attempts, logins_ok, logins_failed, tempfails, retries, backend_full;
+  guint64 backend_refused, director_unavailable;
+  guint64 sessions_started, sessions_kicked, sessions_cut;
+  guint64 users_moved, backend_changes;
+  guint64 windows_split_brain, windows_unsafe, windows_violation;
+  gint64 window_total_us, window_longest_us;
+  guint64 latency_hist[64 * 16];
+  guint64 latency_count;
+  gint64 latency_max_us;
+  GArray *samples; /* SimSample */
+  GArray *marks;   /* SimMark */
+  GPtrArray *failures;
+  guint64 failures_total;
+  guint64 fingerprint;
+  FILE *log;
+  gint64 wall_started_us; /* host clock, only for the events-per-second figure */
+  gint64 wall_elapsed_us;
+};
+
+void world_fail(SimWorld *w, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+char *world_time(gint64 us);
+gint64 world_latency_percentile(SimWorld *w, guint pct);

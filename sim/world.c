@@ -1,0 +1,1528 @@
+/* world.c - the simulator engine (see world.h). */
+#include "sim/world-private.h"
+
+#include "sim/dist.h"
+
+#include <string.h>
+
+/* ---- Small helpers ---------------------------------------------------------------------------- */
+
+static guint64
+fnv(guint64 h, const void *data, gsize len)
+{
+  const guint8 *p = data;
+  for (gsize i = 0; i < len; i++) {
+    h ^= p[i];
+    h *= G_GUINT64_CONSTANT(0x100000001b3);
+  }
+  return h;
+}
+
+static void
+mix(SimWorld *w, guint64 v)
+{
+  w->fingerprint = fnv(w->fingerprint, &v, sizeof(v));
+}
+
+char *
+world_time(gint64 us)
+{
+  gint64 s = us / SEC_US;
+  return g_strdup_printf("%02" G_GINT64_FORMAT ":%02d:%02d.%03d", s / 3600, (int)(s / 60 % 60),
+                         (int)(s % 60), (int)(us % SEC_US / 1000));
+}
+
+void
+world_fail(SimWorld *w, const char *fmt, ...)
+{
+  w->failures_total++;
+  if (w->failures->len >= MAX_FAILURES_KEPT)
+    return;
+  va_list args;
+  va_start(args, fmt);
+  g_autofree char *msg = g_strdup_vprintf(fmt, args);
+  va_end(args);
+  g_autofree char *t = world_time(w->now_us);
+  g_ptr_array_add(w->failures, g_strdup_printf("%s: %s", t, msg));
+}
+
+static void
+add_mark(SimWorld *w, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static void
+add_mark(SimWorld *w, const char *fmt, ...)
+{
+  va_list args;
+  va_start(args, fmt);
+  SimMark m = {w->now_us, g_strdup_vprintf(fmt, args)};
+  va_end(args);
+  g_array_append_val(w->marks, m);
+}
+
+/* ---- Event heap ------------------------------------------------------------------------------- */
+
+static gboolean
+ev_before(const SimEv *a, const SimEv *b)
+{
+  return a->t < b->t || (a->t == b->t && a->seq < b->seq);
+}
+
+static void
+push(SimWorld *w, SimEv ev)
+{
+  ev.seq = w->seq++;
+  g_array_append_val(w->heap, ev);
+  SimEv *h = (SimEv *)w->heap->data;
+  guint i = w->heap->len - 1;
+  while (i > 0) {
+    guint p = (i - 1) / 2;
+    if (!ev_before(&h[i], &h[p]))
+      break;
+    SimEv tmp = h[i];
+    h[i] = h[p];
+    h[p] = tmp;
+    i = p;
+  }
+}
+
+static SimEv
+pop(SimWorld *w)
+{
+  SimEv *h = (SimEv *)w->heap->data;
+  SimEv top = h[0];
+  guint n = w->heap->len - 1;
+  h[0] = h[n];
+  g_array_set_size(w->heap, n);
+  guint i = 0;
+  for (;;) {
+    guint l = 2 * i + 1, r = l + 1, m = i;
+    if (l < n && ev_before(&h[l], &h[m]))
+      m = l;
+    if (r < n && ev_before(&h[r], &h[m]))
+      m = r;
+    if (m == i)
+      break;
+    SimEv tmp = h[i];
+    h[i] = h[m];
+    h[m] = tmp;
+    i = m;
+  }
+  return top;
+}
+
+static void
+schedule(SimWorld *w, gint64 t, SimEvKind kind, guint node, guint64 a, guint64 b, gpointer p)
+{
+  SimEv ev = {.t = t, .kind = kind, .node = node, .a = a, .b = b, .p = p};
+  if (kind != EV_ARRIVAL && kind != EV_SCENARIO && kind != EV_SAMPLE && kind != EV_PROBE &&
+      kind != EV_CHECK)
+    ev.incarnation = w->nodes[node].incarnation;
+  push(w, ev);
+}
+
+/* ---- Clocks ------------------------------------------------------------------------------------ */
+
+static UsherNow
+node_now(SimWorld *w, SimNode *n)
+{
+  gint64 drift = n->drift_base_us + (w->now_us - n->drift_since_us) * n->drift_ppm / 1000000;
+  UsherNow now = {w->now_us, WALL_BASE_US + w->now_us + n->wall_offset_us + drift};
+  return now;
+}
+
+/* ---- Network ----------------------------------------------------------------------------------- */
+
+static gboolean
+blocked(SimWorld *w, guint x, guint y)
+{
+  if (w->n_partition_groups == 0)
+    return FALSE;
+  guint64 bx = G_GUINT64_CONSTANT(1) << x, by = G_GUINT64_CONSTANT(1) << y;
+  for (guint g = 0; g < w->n_partition_groups; g++) {
+    gboolean in_x = (w->partition_groups[g] & bx) != 0, in_y = (w->partition_groups[g] & by) != 0;
+    if (in_x || in_y)
+      return in_x != in_y;
+  }
+  return FALSE; /* directors in no group talk to everyone not in a group */
+}
+
+static gint64
+latency(SimWorld *w, guint from, guint to)
+{
+  gint64 l = sim_dist_sample(&w->sc->latency, &w->rng_net) + w->link_delay_us[from][to];
+  if (w->link_loss[from][to] > 0 && usher_rng_below(&w->rng_net, 100) < w->link_loss[from][to])
+    l += LOSS_RETRANSMIT_US;
+  return MAX(l, 1);
+}
+
+static void drain(SimWorld *w, guint node);
+
+static void
+schedule_close(SimWorld *w, Link *l, guint side, const char *reason)
+{
+  gint64 t = MAX(w->now_us + latency(w, l->node[1 - side], l->node[side]),
+                 l->last_delivery_us[side]);
+  SimEv ev = {.t = t, .kind = EV_CLOSE, .node = l->node[side], .incarnation = l->incarnation[side],
+              .a = side, .p = l};
+  (void)reason;
+  push(w, ev);
+}
+
+static void
+send_bytes(SimWorld *w, Link *l, guint from, const char *data, gsize len)
+{
+  guint to = 1 - from;
+  if (!l->open[from] || !l->open[to])
+    return;
+  if (l->clogged) {
+    g_queue_push_tail(&l->clogged_data[from], g_bytes_new(data, len));
+    return;
+  }
+  gint64 t = w->now_us + latency(w, l->node[from], l->node[to]);
+  if (w->sc->bandwidth > 0)
+    t += (gint64)((guint64)len * 1000000 / w->sc->bandwidth);
+  t = MAX(t, l->last_delivery_us[to]); /* TCP keeps the order */
+  l->last_delivery_us[to] = t;
+  SimEv ev = {.t = t, .kind = EV_DELIVER, .node = l->node[to], .incarnation = l->incarnation[to],
+              .a = to, .p = l, .b = 0};
+  ev.b = (guint64)(gsize)g_bytes_new(data, len);
+  push(w, ev);
+}
+
+static guint
+link_side(Link *l, guint node, UsherConnId conn)
+{
+  return l->node[0] == node && l->conn[0] == conn ? 0 : 1;
+}
+
+/* ---- Users and sessions ------------------------------------------------------------------------- */
+
+static char *
+user_name(SimWorld *w, guint32 user, char *buf, gsize size)
+{
+  g_snprintf(buf, size, "%s%u%s", w->sc->user_prefix, user + 1, w->sc->user_suffix);
+  return buf;
+}
+
+/* The user index for a login name, or -1. */
+static gint64
+user_by_name(SimWorld *w, const char *name)
+{
+  gsize pl = strlen(w->sc->user_prefix), sl = strlen(w->sc->user_suffix), nl = strlen(name);
+  if (nl <= pl + sl || strncmp(name, w->sc->user_prefix, pl) != 0 ||
+      strcmp(name + nl - sl, w->sc->user_suffix) != 0)
+    return -1;
+  guint64 v = 0;
+  for (gsize i = pl; i < nl - sl; i++) {
+    if (!g_ascii_isdigit(name[i]) || v > w->n_users)
+      return -1;
+    v = v * 10 + (guint64)(name[i] - '0');
+  }
+  return v >= 1 && v <= w->n_users ? (gint64)(v - 1) : -1;
+}
+
+static guint
+backend_index(SimWorld *w, const UsherIp *ip)
+{
+  for (guint i = 0; i < w->backends->len; i++)
+    if (usher_ip_equal(&g_array_index(w->backends, SimBackend, i).ip, ip))
+      return i;
+  return G_MAXUINT;
+}
+
+static SimSession *
+session_at(SimWorld *w, guint32 idx)
+{
+  return &g_array_index(w->sessions, SimSession, idx);
+}
+
+static guint
+distinct_backends(SimWorld *w, SimUser *u, guint *first_out)
+{
+  guint seen[4] = {0}, n = 0;
+  for (guint32 s = u->sessions; s != 0; s = session_at(w, s - 1)->next) {
+    SimSession *ss = session_at(w, s - 1);
+    gboolean dup = FALSE;
+    for (guint i = 0; i < n && i < 4; i++)
+      dup |= seen[i] == ss->backend;
+    if (!dup) {
+      if (n < 4)
+        seen[n] = ss->backend;
+      n++;
+    }
+  }
+  if (first_out != NULL)
+    *first_out = n > 0 ? seen[0] : 0;
+  return n;
+}
+
+/* Re-evaluates the user's double-backend state after its sessions changed. */
+static void
+track_backends(SimWorld *w, guint32 user)
+{
+  SimUser *u = &w->users[user];
+  guint n = distinct_backends(w, u, NULL);
+  guint before = u->live_backends;
+  u->live_backends = (guint8)MIN(n, 255);
+  if (before < 2 && n >= 2) {
+    SimWindow *win = g_new0(SimWindow, 1);
+    win->start_us = w->now_us;
+    if (w->faults_active > 0 || w->now_us < w->fault_grace_until_us) {
+      win->allowed = TRUE;
+      win->cause = "split brain";
+    } else {
+      for (guint32 s = u->sessions; s != 0; s = session_at(w, s - 1)->next) {
+        SimSession *ss = session_at(w, s - 1);
+        SimBackend *b = &g_array_index(w->backends, SimBackend, ss->backend);
+        if (b->last_unsafe_us > 0 && ss->start_us <= b->last_unsafe_us) {
+          win->allowed = TRUE;
+          win->cause = "unsafe host change";
+        }
+      }
+    }
+    if (!win->allowed) {
+      win->cause = "violation";
+      char name[256];
+      world_fail(w, "user %s has live sessions on %u backends at once, outside any fault",
+                 user_name(w, user, name, sizeof(name)), n);
+    }
+    g_hash_table_insert(w->windows, GUINT_TO_POINTER(user + 1), win);
+  } else if (before >= 2 && n < 2) {
+    SimWindow *win = g_hash_table_lookup(w->windows, GUINT_TO_POINTER(user + 1));
+    if (win != NULL) {
+      gint64 d = w->now_us - win->start_us;
+      w->window_total_us += d;
+      w->window_longest_us = MAX(w->window_longest_us, d);
+      if (!win->allowed)
+        w->windows_violation++;
+      else if (strcmp(win->cause, "split brain") == 0)
+        w->windows_split_brain++;
+      else
+        w->windows_unsafe++;
+      g_hash_table_remove(w->windows, GUINT_TO_POINTER(user + 1));
+    }
+  }
+}
+
+static void
+session_end(SimWorld *w, guint32 idx, gboolean kicked)
+{
+  SimSession *s = session_at(w, idx);
+  if (!s->alive)
+    return;
+  s->alive = FALSE;
+  s->gen++;
+  SimUser *u = &w->users[s->user];
+  /* Unlink from the user's list. */
+  guint32 *pp = &u->sessions;
+  while (*pp != 0 && *pp != idx + 1)
+    pp = &session_at(w, *pp - 1)->next;
+  if (*pp == idx + 1)
+    *pp = s->next;
+  s->next = 0;
+  SimBackend *b = &g_array_index(w->backends, SimBackend, s->backend);
+  g_assert(b->live > 0);
+  b->live--;
+  if (kicked)
+    w->sessions_kicked++;
+  guint32 user = s->user;
+  g_array_append_val(w->free_sessions, idx);
+  track_backends(w, user);
+}
+
+static void
+session_start(SimWorld *w, SimLogin *lg, guint backend, guint refresh_secs)
+{
+  guint32 idx;
+  if (w->free_sessions->len > 0) {
+    idx = g_array_index(w->free_sessions, guint32, w->free_sessions->len - 1);
+    g_array_set_size(w->free_sessions, w->free_sessions->len - 1);
+  } else {
+    SimSession blank = {0};
+    g_array_append_val(w->sessions, blank);
+    idx = w->sessions->len - 1;
+  }
+  SimSession *s = session_at(w, idx);
+  guint32 gen = s->gen;
+  *s = (SimSession){0};
+  s->gen = gen + 1;
+  s->user = lg->user;
+  s->backend = (guint16)backend;
+  s->director = (guint8)lg->director;
+  s->director_incarnation = lg->director_incarnation;
+  s->proto = lg->proto;
+  s->alive = TRUE;
+  s->start_us = w->now_us;
+  s->refresh_secs = refresh_secs;
+  SimUser *u = &w->users[lg->user];
+  s->next = u->sessions;
+  u->sessions = idx + 1;
+  SimBackend *b = &g_array_index(w->backends, SimBackend, backend);
+  b->live++;
+  b->sessions_total++;
+  w->sessions_started++;
+  if (u->last_backend != 0 && u->last_backend != backend + 1) {
+    w->backend_changes++;
+    if (!u->moved) {
+      u->moved = 1;
+      w->users_moved++;
+    }
+  }
+  u->last_backend = (guint16)(backend + 1);
+  track_backends(w, lg->user);
+  gint64 duration = lg->proto == 2 ? w->sc->lmtp_duration_us
+                                   : sim_dist_sample(&w->sc->session, &w->rng_workload);
+  schedule(w, w->now_us + MAX(duration, 1), EV_SESSION_END, 0, idx, s->gen, NULL);
+  if (lg->proto != 2 && refresh_secs > 0)
+    schedule(w, w->now_us + (gint64)refresh_secs * SEC_US, EV_SESSION_REFRESH, 0, idx, s->gen,
+             NULL);
+}
+
+/* ---- Logins ------------------------------------------------------------------------------------- */
+
+static void login_attempt(SimWorld *w, SimLogin *lg);
+
+static void
+login_retry_or_fail(SimWorld *w, SimLogin *lg, const char *why)
+{
+  g_hash_table_steal(w->logins, &lg->id); /* lg is ours again */
+  if (lg->attempt < w->sc->retry_attempts) {
+    lg->attempt++;
+    w->retries++;
+    schedule(w, w->now_us + w->sc->retry_delay_us, EV_LOGIN_ATTEMPT, 0, 0, 0, lg);
+    return;
+  }
+  (void)why;
+  w->logins_failed++;
+  g_free(lg);
+}
+
+static void
+latency_record(SimWorld *w, gint64 us)
+{
+  guint64 v = (guint64)MAX(us, 0);
+  guint msb = v < 16 ? 0 : 63 - (guint)__builtin_clzll(v);
+  guint bucket = v < 16 ? (guint)v : (msb - 3) * 16 + (guint)((v >> (msb - 4)) & 15);
+  w->latency_hist[MIN(bucket, G_N_ELEMENTS(w->latency_hist) - 1)]++;
+  w->latency_count++;
+  w->latency_max_us = MAX(w->latency_max_us, us);
+}
+
+gint64
+world_latency_percentile(SimWorld *w, guint pct)
+{
+  if (w->latency_count == 0)
+    return 0;
+  guint64 want = (w->latency_count * pct + 99) / 100, seen = 0;
+  for (guint b = 0; b < G_N_ELEMENTS(w->latency_hist); b++) {
+    seen += w->latency_hist[b];
+    if (seen >= want) {
+      if (b < 16)
+        return b;
+      guint msb = b / 16 + 3, sub = b % 16;
+      /* The bucket's upper bound. */
+      return (gint64)(((guint64)(16 + sub + 1)) << (msb - 4)) - 1;
+    }
+  }
+  return w->latency_max_us;
+}
+
+static void
+login_result(SimWorld *w, guint node, const UsherEffect *e)
+{
+  SimLogin *lg = g_hash_table_lookup(w->logins, &e->login.request);
+  if (lg == NULL)
+    return;
+  if (w->now_us - lg->sent_us > USHER_REQUEST_TIMEOUT_SECS * SEC_US + LOGIN_COMPLETION_SLACK_US)
+    world_fail(w, "login request %" G_GUINT64_FORMAT " on director %u took %" G_GINT64_FORMAT
+                  " ms to be answered (the bound is %d s)",
+               lg->id, node, (w->now_us - lg->sent_us) / 1000, USHER_REQUEST_TIMEOUT_SECS);
+  if (e->login.status != USHER_LOGIN_OK) {
+    w->tempfails++;
+    login_retry_or_fail(w, lg, "temporary failure");
+    return;
+  }
+  guint b = backend_index(w, &e->login.host);
+  if (b == G_MAXUINT) {
+    world_fail(w, "director %u sent a login to %s, which is not a backend", node,
+               e->login.hostname != NULL ? e->login.hostname : "?");
+    login_retry_or_fail(w, lg, "unknown backend");
+    return;
+  }
+  SimBackend *be = &g_array_index(w->backends, SimBackend, b);
+  if (be->failed) {
+    w->backend_refused++;
+    login_retry_or_fail(w, lg, "backend down");
+    return;
+  }
+  if (be->capacity > 0 && be->live >= be->capacity) {
+    w->backend_full++;
+    login_retry_or_fail(w, lg, "backend full");
+    return;
+  }
+  g_hash_table_steal(w->logins, &lg->id);
+  w->logins_ok++;
+  latency_record(w, w->now_us - lg->first_us);
+  session_start(w, lg, b, e->login.refresh_secs);
+  g_free(lg);
+}
+
+static guint
+pick_director(SimWorld *w)
+{
+  guint up[64], n = 0;
+  for (guint i = 0; i < w->n_nodes; i++)
+    if (w->nodes[i].up)
+      up[n++] = i;
+  if (n == 0)
+    return G_MAXUINT;
+  return up[usher_rng_below(&w->rng_workload, n)];
+}
+
+static void
+login_attempt(SimWorld *w, SimLogin *lg)
+{
+  w->login_attempts++;
+  guint d = pick_director(w);
+  if (d == G_MAXUINT) {
+    w->director_unavailable++;
+    lg->id = w->next_login++;
+    g_hash_table_insert(w->logins, &lg->id, lg);
+    login_retry_or_fail(w, lg, "no director up");
+    return;
+  }
+  SimNode *n = &w->nodes[d];
+  lg->id = w->next_login++;
+  lg->director = d;
+  lg->director_incarnation = n->incarnation;
+  lg->sent_us = w->now_us;
+  g_hash_table_insert(w->logins, &lg->id, lg);
+  char name[256];
+  mix(w, lg->id);
+  mix(w, lg->user);
+  usher_director_login_request(n->d, node_now(w, n), lg->id,
+                               user_name(w, lg->user, name, sizeof(name)), NULL);
+  drain(w, d);
+}
+
+/* Arrivals follow the current rate, scaled by the daily curve (weights per hour). */
+static gint64
+next_arrival_gap(SimWorld *w)
+{
+  guint hour = (guint)((w->now_us / (3600 * SEC_US)) % 24);
+  guint64 sum = 0;
+  for (guint h = 0; h < 24; h++)
+    sum += w->sc->daily_curve[h];
+  /* rate per second (x1000) at this hour = rate * weight * 24 / sum */
+  guint64 rate = (guint64)w->rate_milli * w->sc->daily_curve[hour] * 24 / MAX(sum, 1);
+  if (rate == 0)
+    return 3600 * SEC_US - w->now_us % (3600 * SEC_US); /* try again next hour */
+  /* mean gap in us = 1e9 / rate_milli */
+  guint64 mean = G_GUINT64_CONSTANT(1000000000) / rate;
+  guint64 gap = (sim_exp_fixed(&w->rng_workload) * MAX(mean, 1)) >> 16;
+  /* Memoryless: a gap that crosses the hour boundary is redrawn from there at the new rate. */
+  gint64 to_hour = 3600 * SEC_US - w->now_us % (3600 * SEC_US);
+  if ((gint64)gap > to_hour && w->sc->has_daily_curve)
+    return to_hour;
+  return MAX((gint64)gap, 1);
+}
+
+static void
+arrival(SimWorld *w, gboolean is_arrival)
+{
+  if (is_arrival) {
+    SimLogin *lg = g_new0(SimLogin, 1);
+    lg->user = (guint32)usher_rng_below(&w->rng_workload, w->n_users);
+    guint r = (guint)usher_rng_below(&w->rng_workload, 100);
+    lg->proto = r < w->sc->mix_imap ? 0 : r < w->sc->mix_imap + w->sc->mix_pop3 ? 1 : 2;
+    lg->first_us = w->now_us;
+    login_attempt(w, lg);
+  }
+  gint64 gap = next_arrival_gap(w);
+  gint64 t = w->now_us + gap;
+  gint64 to_hour = 3600 * SEC_US - w->now_us % (3600 * SEC_US);
+  gboolean boundary = w->sc->has_daily_curve && gap == to_hour;
+  schedule(w, t, EV_ARRIVAL, 0, boundary ? 0 : 1, 0, NULL);
+}
+
+/* ---- Directors --------------------------------------------------------------------------------- */
+
+static void
+kick(SimWorld *w, guint node, const UsherEffect *e)
+{
+  g_autoptr(GArray) victims = g_array_new(FALSE, FALSE, sizeof(guint32));
+  if (e->kick.kind == USHER_KICK_HASH) {
+    /* Every user with this hash (collisions share it). */
+    guint64 key = (guint64)e->kick.hash << 32;
+    guint64 lo = 0, hi = w->n_users;
+    while (lo < hi) {
+      guint64 mid = (lo + hi) / 2;
+      if (w->hash_index[mid] < key)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (guint64 i = lo; i < w->n_users && (w->hash_index[i] >> 32) == e->kick.hash; i++) {
+      guint32 user = (guint32)w->hash_index[i];
+      g_array_append_val(victims, user);
+    }
+  } else if (e->kick.kind == USHER_KICK_NAME) {
+    gint64 user = user_by_name(w, e->kick.name);
+    if (user >= 0) {
+      guint32 u32 = (guint32)user;
+      g_array_append_val(victims, u32);
+    }
+  }
+  for (guint v = 0; v < victims->len; v++) {
+    SimUser *u = &w->users[g_array_index(victims, guint32, v)];
+    guint32 s = u->sessions;
+    while (s != 0) {
+      SimSession *ss = session_at(w, s - 1);
+      guint32 next = ss->next;
+      SimBackend *b = &g_array_index(w->backends, SimBackend, ss->backend);
+      if (ss->director == node && ss->director_incarnation == w->nodes[node].incarnation &&
+          (e->kick.except.family == 0 || !usher_ip_equal(&e->kick.except, &b->ip)))
+        session_end(w, s - 1, TRUE);
+      s = next;
+    }
+  }
+  schedule(w, w->now_us + w->sc->kick_delay_us, EV_KICK_DONE, node, e->kick.id, 0, NULL);
+}
+
+static void
+handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
+{
+  SimNode *node = &w->nodes[node_idx];
+  mix(w, e->type);
+  switch (e->type) {
+  case USHER_EFFECT_SEND: {
+    w->fingerprint = fnv(w->fingerprint, e->send.data, e->send.len);
+    Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->send.conn));
+    if (l != NULL)
+      send_bytes(w, l, link_side(l, node_idx, e->send.conn), e->send.data, e->send.len);
+    break;
+  }
+  case USHER_EFFECT_CONNECT: {
+    Link *l = g_new0(Link, 1);
+    l->node[0] = node_idx;
+    l->conn[0] = e->connect.conn;
+    l->incarnation[0] = node->incarnation;
+    l->open[0] = TRUE;
+    g_ptr_array_add(w->links, l);
+    g_hash_table_insert(node->conns, GUINT_TO_POINTER(e->connect.conn), l);
+    SimNode *peer = NULL;
+    for (guint i = 0; i < w->n_nodes; i++)
+      if (usher_ip_equal(&w->nodes[i].addr.ip, &e->connect.addr.ip) &&
+          w->nodes[i].addr.port == e->connect.addr.port)
+        peer = &w->nodes[i];
+    if (peer == NULL || !peer->up) {
+      l->node[1] = node_idx;
+      schedule_close(w, l, 0, "connection refused");
+    } else if (blocked(w, node_idx, peer->index)) {
+      l->node[1] = peer->index;
+      l->syn_pending = TRUE; /* the SYN is lost until the partition heals */
+    } else {
+      l->node[1] = peer->index;
+      SimEv ev = {.t = w->now_us + latency(w, node_idx, peer->index), .kind = EV_ACCEPT,
+                  .node = peer->index, .incarnation = peer->incarnation, .p = l};
+      push(w, ev);
+    }
+    break;
+  }
+  case USHER_EFFECT_DISCONNECT: {
+    Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->disconnect.conn));
+    if (l == NULL)
+      break;
+    guint side = link_side(l, node_idx, e->disconnect.conn);
+    g_hash_table_remove(node->conns, GUINT_TO_POINTER(e->disconnect.conn));
+    l->open[side] = FALSE;
+    if (l->open[1 - side] && l->conn[1 - side] != 0 && !l->clogged)
+      schedule_close(w, l, 1 - side, "closed by peer");
+    break;
+  }
+  case USHER_EFFECT_LOGIN_RESULT:
+    mix(w, e->login.request);
+    mix(w, e->login.status);
+    w->fingerprint = fnv(w->fingerprint, &e->login.host, sizeof(e->login.host));
+    login_result(w, node_idx, e);
+    break;
+  case USHER_EFFECT_KICK:
+    mix(w, e->kick.hash);
+    kick(w, node_idx, e);
+    break;
+  case USHER_EFFECT_FLUSH:
+    schedule(w, w->now_us + FLUSH_HOOK_US, EV_FLUSH_DONE, node_idx, e->flush.id, 0, NULL);
+    break;
+  case USHER_EFFECT_ADMIN_REPLY:
+    if (!g_str_has_prefix(e->admin.text, "OK"))
+      add_mark(w, "director %u: admin reply %.*s", node_idx,
+               (int)strcspn(e->admin.text, "\n"), e->admin.text);
+    break;
+  case USHER_EFFECT_LOG:
+    if (w->log != NULL) {
+      g_autofree char *t = world_time(w->now_us);
+      fprintf(w->log, "%s director %u: %s\n", t, node_idx, e->log.message);
+    }
+    break;
+  case USHER_EFFECT_STATE:
+    break;
+  }
+}
+
+static void
+drain(SimWorld *w, guint node_idx)
+{
+  SimNode *n = &w->nodes[node_idx];
+  if (n->d == NULL)
+    return;
+  for (;;) {
+    GArray *effects = usher_director_take_effects(n->d);
+    guint len = effects->len;
+    for (guint i = 0; i < len; i++)
+      handle_effect(w, node_idx, &g_array_index(effects, UsherEffect, i));
+    g_array_unref(effects);
+    if (len == 0)
+      break;
+  }
+  n->deadline = usher_director_next_deadline(n->d);
+}
+
+static void
+node_start(SimWorld *w, guint i)
+{
+  SimNode *n = &w->nodes[i];
+  guint64 sm = w->seed_directors + i;
+  guint64 seed = usher_splitmix64(&sm);
+  n->incarnation++;
+  n->d = usher_director_new(w->sc->config, &n->addr, seed, node_now(w, n), NULL);
+  g_assert(n->d != NULL);
+  n->up = TRUE;
+  usher_director_start(n->d, node_now(w, n));
+  drain(w, i);
+}
+
+static int
+cmp_login_id(gconstpointer a, gconstpointer b)
+{
+  const SimLogin *x = *(SimLogin *const *)a, *y = *(SimLogin *const *)b;
+  return x->id < y->id ? -1 : x->id > y->id ? 1 : 0;
+}
+
+static void
+node_crash(SimWorld *w, guint i)
+{
+  SimNode *n = &w->nodes[i];
+  if (!n->up)
+    return;
+  for (guint k = 0; k < w->links->len; k++) {
+    Link *l = g_ptr_array_index(w->links, k);
+    for (guint s = 0; s < 2; s++) {
+      if (l->node[s] != i || !l->open[s] || l->incarnation[s] != n->incarnation)
+        continue;
+      l->open[s] = FALSE;
+      if (l->open[1 - s] && l->conn[1 - s] != 0)
+        schedule_close(w, l, 1 - s, "connection reset");
+    }
+  }
+  g_clear_pointer(&n->d, usher_director_free);
+  g_hash_table_remove_all(n->conns);
+  n->up = FALSE;
+  n->deadline = G_MAXINT64;
+  /* Its proxied sessions die with it; logins it had not answered fail and are retried. */
+  for (guint32 s = 0; s < w->sessions->len; s++) {
+    SimSession *ss = session_at(w, s);
+    if (ss->alive && ss->director == i && ss->director_incarnation == n->incarnation) {
+      w->sessions_cut++;
+      session_end(w, s, FALSE);
+    }
+  }
+  GPtrArray *lost = g_ptr_array_new();
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->logins);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    SimLogin *lg = v;
+    if (lg->director == i && lg->director_incarnation == n->incarnation)
+      g_ptr_array_add(lost, lg);
+  }
+  g_ptr_array_sort(lost, cmp_login_id); /* deterministic: never hash-table order */
+  for (guint k = 0; k < lost->len; k++)
+    login_retry_or_fail(w, lost->pdata[k], "director crashed");
+  g_ptr_array_unref(lost);
+}
+
+/* ---- Faults ------------------------------------------------------------------------------------ */
+
+static void
+fault_begin(SimWorld *w)
+{
+  w->faults_active++;
+}
+
+static void
+fault_end(SimWorld *w, gint64 grace_us)
+{
+  if (w->faults_active > 0)
+    w->faults_active--;
+  w->fault_grace_until_us = MAX(w->fault_grace_until_us, w->now_us + grace_us);
+}
+
+static void
+start_probe(SimWorld *w, const char *after)
+{
+  if (!w->probing) {
+    w->probing = TRUE;
+    schedule(w, w->now_us + PROBE_INTERVAL_US, EV_PROBE, 0, 0, 0, NULL);
+  }
+  w->probe_since_us = w->now_us;
+  g_free(w->probe_after);
+  g_autofree char *t = world_time(w->now_us);
+  w->probe_after = g_strdup_printf("%s at %s", after, t);
+}
+
+static void
+partition(SimWorld *w, const SimScenarioEvent *ev)
+{
+  w->n_partition_groups = MIN(ev->groups->len, G_N_ELEMENTS(w->partition_groups));
+  for (guint g = 0; g < w->n_partition_groups; g++)
+    w->partition_groups[g] = g_array_index(ev->groups, guint64, g);
+  /* Established links between the groups stop carrying data (a hung network, not a reset):
+   * the directors notice through their PING timeouts. */
+  for (guint k = 0; k < w->links->len; k++) {
+    Link *l = g_ptr_array_index(w->links, k);
+    if ((l->open[0] || l->open[1]) && blocked(w, l->node[0], l->node[1]))
+      l->clogged = TRUE;
+  }
+}
+
+static void
+heal(SimWorld *w)
+{
+  w->n_partition_groups = 0;
+  for (guint k = 0; k < w->links->len; k++) {
+    Link *l = g_ptr_array_index(w->links, k);
+    if (l->syn_pending) {
+      l->syn_pending = FALSE;
+      if (l->open[0] && w->nodes[l->node[1]].up) {
+        SimEv ev = {.t = w->now_us + latency(w, l->node[0], l->node[1]), .kind = EV_ACCEPT,
+                    .node = l->node[1], .incarnation = w->nodes[l->node[1]].incarnation, .p = l};
+        push(w, ev);
+      }
+    }
+    if (!l->clogged)
+      continue;
+    l->clogged = FALSE;
+    for (guint s = 0; s < 2; s++) {
+      GBytes *b;
+      while ((b = g_queue_pop_head(&l->clogged_data[s])) != NULL) {
+        gsize len;
+        const char *data = g_bytes_get_data(b, &len);
+        send_bytes(w, l, s, data, len);
+        g_bytes_unref(b);
+      }
+      if (!l->open[s] && l->open[1 - s] && l->conn[1 - s] != 0)
+        schedule_close(w, l, 1 - s, "closed while partitioned");
+    }
+  }
+}
+
+static void
+link_reset(SimWorld *w, guint a, guint b)
+{
+  for (guint k = 0; k < w->links->len; k++) {
+    Link *l = g_ptr_array_index(w->links, k);
+    if (!((l->node[0] == a && l->node[1] == b) || (l->node[0] == b && l->node[1] == a)))
+      continue;
+    for (guint s = 0; s < 2; s++)
+      if (l->open[s] && l->conn[s] != 0)
+        schedule_close(w, l, s, "connection reset");
+  }
+}
+
+/* ---- Scenario events --------------------------------------------------------------------------- */
+
+static void
+apply_event(SimWorld *w, const SimScenarioEvent *ev)
+{
+  SimNode *n = &w->nodes[ev->director];
+  char ip[USHER_IP_STRLEN] = "";
+  if (ev->has_host)
+    usher_ip_to_string(&ev->host, ip);
+  add_mark(w, "%s%s%s", sim_event_kind_name(ev->kind), ev->has_host ? " " : "", ip);
+  mix(w, ev->kind);
+  guint64 op = w->events; /* admin op ids: unique per run */
+  gboolean admin = FALSE;
+  switch (ev->kind) {
+  case SIM_EV_HOST_ADD:
+    if (n->up) {
+      if (backend_index(w, &ev->host) == G_MAXUINT) {
+        SimBackend b = {0};
+        b.ip = ev->host;
+        usher_ip_to_string(&ev->host, b.ip_str);
+        g_array_append_val(w->backends, b);
+      }
+      usher_director_admin_host_set(n->d, node_now(w, n), op, &ev->host, ev->tag,
+                                    (gint)ev->vhosts);
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_HOST_REMOVE:
+    if (n->up) {
+      guint b = backend_index(w, &ev->host);
+      if (b != G_MAXUINT)
+        g_array_index(w->backends, SimBackend, b).last_unsafe_us = w->now_us;
+      usher_director_admin_host_remove(n->d, node_now(w, n), op, &ev->host);
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_HOST_DOWN:
+  case SIM_EV_HOST_UP:
+    if (n->up) {
+      usher_director_admin_host_set_down(n->d, node_now(w, n), op, &ev->host,
+                                         ev->kind == SIM_EV_HOST_DOWN);
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_HOST_VHOSTS:
+    if (n->up) {
+      usher_director_admin_host_update(n->d, node_now(w, n), op, &ev->host, ev->vhosts);
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_FLUSH:
+    if (n->up) {
+      if (ev->force) {
+        for (guint b = 0; b < w->backends->len; b++) {
+          SimBackend *be = &g_array_index(w->backends, SimBackend, b);
+          if (!ev->has_host || usher_ip_equal(&be->ip, &ev->host))
+            be->last_unsafe_us = w->now_us;
+        }
+        usher_director_admin_host_flush(n->d, node_now(w, n), op,
+                                        ev->has_host ? &ev->host : NULL);
+      } else {
+        usher_director_admin_host_reset_users(n->d, node_now(w, n), op,
+                                              ev->has_host ? &ev->host : NULL, ev->max_parallel);
+      }
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_MOVE:
+    if (n->up) {
+      usher_director_admin_user_move(n->d, node_now(w, n), op,
+                                     usher_director_user_hash(n->d, ev->user), &ev->host);
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_KICK:
+    if (n->up) {
+      usher_director_admin_user_kick(n->d, node_now(w, n), op, NULL, ev->user, FALSE);
+      admin = TRUE;
+    }
+    break;
+  case SIM_EV_DIRECTOR_CRASH:
+    if (n->up) {
+      node_crash(w, ev->director);
+      fault_begin(w);
+    }
+    break;
+  case SIM_EV_DIRECTOR_RESTART:
+    if (!n->up) {
+      node_start(w, ev->director);
+      fault_end(w, w->sc->convergence_budget_us);
+      start_probe(w, "director restart");
+    }
+    break;
+  case SIM_EV_PARTITION:
+    if (w->n_partition_groups == 0)
+      fault_begin(w);
+    partition(w, ev);
+    break;
+  case SIM_EV_HEAL:
+    if (w->n_partition_groups > 0) {
+      heal(w);
+      fault_end(w, w->sc->convergence_budget_us);
+      start_probe(w, "heal");
+    }
+    break;
+  case SIM_EV_LINK_DELAY:
+    w->link_delay_us[ev->a][ev->b] = w->link_delay_us[ev->b][ev->a] = ev->value_us;
+    break;
+  case SIM_EV_LINK_LOSS:
+    w->link_loss[ev->a][ev->b] = w->link_loss[ev->b][ev->a] = ev->percent;
+    break;
+  case SIM_EV_LINK_RESET:
+    link_reset(w, ev->a, ev->b);
+    w->fault_grace_until_us = MAX(w->fault_grace_until_us, w->now_us + w->sc->convergence_budget_us);
+    start_probe(w, "link reset");
+    break;
+  case SIM_EV_CLOCK_STEP:
+    n->wall_offset_us += ev->value_us;
+    /* Skewed timestamps change when entries expire: allow split-brain windows for a while. */
+    w->fault_grace_until_us =
+      MAX(w->fault_grace_until_us, w->now_us + 2 * (gint64)w->sc->config->user_expire_secs * SEC_US);
+    break;
+  case SIM_EV_CLOCK_DRIFT:
+    n->drift_base_us += (w->now_us - n->drift_since_us) * n->drift_ppm / 1000000;
+    n->drift_since_us = w->now_us;
+    n->drift_ppm = ev->ppm;
+    break;
+  case SIM_EV_BACKEND_FAIL: {
+    guint b = backend_index(w, &ev->host);
+    SimBackend *be = &g_array_index(w->backends, SimBackend, b);
+    be->failed = TRUE;
+    for (guint32 s = 0; s < w->sessions->len; s++) {
+      SimSession *ss = session_at(w, s);
+      if (ss->alive && ss->backend == b) {
+        w->sessions_cut++;
+        session_end(w, s, FALSE);
+      }
+    }
+    break;
+  }
+  case SIM_EV_BACKEND_RECOVER: {
+    guint b = backend_index(w, &ev->host);
+    g_array_index(w->backends, SimBackend, b).failed = FALSE;
+    break;
+  }
+  case SIM_EV_WORKLOAD_RATE:
+    w->rate_milli = ev->rate_milli;
+    break;
+  }
+  if (admin) {
+    drain(w, ev->director);
+    start_probe(w, sim_event_kind_name(ev->kind));
+  }
+}
+
+/* ---- Probes, samples, checks --------------------------------------------------------------------- */
+
+static gboolean
+converged_now(SimWorld *w)
+{
+  gboolean have = FALSE;
+  guint64 fp = 0;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    SimNode *n = &w->nodes[i];
+    if (!n->up)
+      continue;
+    if (!usher_director_is_ring_handshaked(n->d) || !usher_director_is_ring_synced(n->d) ||
+        usher_director_count_moving_users(n->d) > 0)
+      return FALSE;
+    guint64 f = usher_director_state_fingerprint(n->d);
+    if (have && f != fp)
+      return FALSE;
+    fp = f;
+    have = TRUE;
+  }
+  return TRUE;
+}
+
+static void
+check_counts(SimWorld *w)
+{
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    g_autofree char *why = NULL;
+    if (!usher_host_table_check_counts(usher_director_get_hosts(w->nodes[i].d), &why))
+      world_fail(w, "director %u: per-host user counts disagree with its directory: %s", i, why);
+  }
+}
+
+static void
+probe(SimWorld *w)
+{
+  if (!w->probing)
+    return;
+  if (w->faults_active == 0 && converged_now(w)) {
+    SimConvergence c = {w->probe_since_us, w->now_us - w->probe_since_us,
+                        g_strdup(w->probe_after)};
+    g_array_append_val(w->convergences, c);
+    w->probing = FALSE;
+    check_counts(w);
+    return;
+  }
+  if (w->faults_active == 0 && w->now_us - w->probe_since_us > w->sc->convergence_budget_us) {
+    SimConvergence c = {w->probe_since_us, -1, g_strdup(w->probe_after)};
+    g_array_append_val(w->convergences, c);
+    world_fail(w, "the directors did not converge within %" G_GINT64_FORMAT " s after %s",
+               w->sc->convergence_budget_us / SEC_US, w->probe_after);
+    w->probing = FALSE;
+    return;
+  }
+  schedule(w, w->now_us + PROBE_INTERVAL_US, EV_PROBE, 0, 0, 0, NULL);
+}
+
+static void
+sample(SimWorld *w)
+{
+  SimSample s = {w->now_us, g_new0(guint32, w->backends->len + 16),
+                 g_new0(guint32, w->backends->len + 16)};
+  for (guint b = 0; b < w->backends->len; b++)
+    s.live[b] = g_array_index(w->backends, SimBackend, b).live;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    UsherHostTable *t = usher_director_get_hosts(w->nodes[i].d);
+    for (guint b = 0; b < w->backends->len; b++) {
+      UsherHost *h = usher_host_table_lookup(t, &g_array_index(w->backends, SimBackend, b).ip);
+      s.users[b] = h != NULL ? h->user_count : 0;
+    }
+    break;
+  }
+  g_array_append_val(w->samples, s);
+  if (w->now_us + w->sc->sample_us <= w->sc->duration_us)
+    schedule(w, w->now_us + w->sc->sample_us, EV_SAMPLE, 0, 0, 0, NULL);
+}
+
+/* Evaluates one check now; returns FALSE (and records why) if it fails. */
+static gboolean
+evaluate_check(SimWorld *w, const SimCheck *c)
+{
+  switch (c->kind) {
+  case SIM_CHECK_MAX_MOVED:
+    if (w->users_moved > c->max) {
+      world_fail(w, "check %s: %" G_GUINT64_FORMAT " users changed backend (max %" G_GUINT64_FORMAT ")",
+                 c->text, w->users_moved, c->max);
+      return FALSE;
+    }
+    return TRUE;
+  case SIM_CHECK_MAX_KICKED:
+    if (w->sessions_kicked > c->max) {
+      world_fail(w, "check %s: %" G_GUINT64_FORMAT " sessions were kicked (max %" G_GUINT64_FORMAT ")",
+                 c->text, w->sessions_kicked, c->max);
+      return FALSE;
+    }
+    return TRUE;
+  case SIM_CHECK_MIN_LOGINS:
+    if (w->logins_ok < c->max) {
+      world_fail(w, "check %s: only %" G_GUINT64_FORMAT " logins succeeded (min %" G_GUINT64_FORMAT ")",
+                 c->text, w->logins_ok, c->max);
+      return FALSE;
+    }
+    return TRUE;
+  case SIM_CHECK_SHARE: {
+    guint64 total = 0, mine = 0;
+    for (guint i = 0; i < w->n_nodes; i++) {
+      if (!w->nodes[i].up)
+        continue;
+      UsherHostTable *t = usher_director_get_hosts(w->nodes[i].d);
+      for (guint h = 0; h < usher_host_table_n_hosts(t); h++) {
+        UsherHost *host = usher_host_table_nth(t, h);
+        total += host->user_count;
+        if (usher_ip_equal(&host->ip, &c->host))
+          mine = host->user_count;
+      }
+      break;
+    }
+    guint64 share = total > 0 ? (mine * 10000 + total / 2) / total : 0;
+    if (share < c->min_x100 || share > c->max_x100) {
+      world_fail(w, "check %s: the backend holds %" G_GUINT64_FORMAT ".%02u%% of the users",
+                 c->text, share / 100, (guint)(share % 100));
+      return FALSE;
+    }
+    return TRUE;
+  }
+  case SIM_CHECK_NO_DOUBLE_BACKEND: {
+    guint64 bad = w->windows_violation;
+    GHashTableIter it;
+    gpointer v;
+    g_hash_table_iter_init(&it, w->windows);
+    while (g_hash_table_iter_next(&it, NULL, &v))
+      bad += ((SimWindow *)v)->allowed ? (c->allow_split_brain ? 0 : 1) : 1;
+    if (!c->allow_split_brain)
+      bad += w->windows_split_brain + w->windows_unsafe;
+    if (bad > 0) {
+      world_fail(w, "check %s: %" G_GUINT64_FORMAT " times a user had live sessions on two backends",
+                 c->text, bad);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  case SIM_CHECK_CONVERGED: {
+    gboolean ok = TRUE;
+    for (guint i = 0; i < w->convergences->len; i++) {
+      SimConvergence *cv = &g_array_index(w->convergences, SimConvergence, i);
+      if (cv->took_us < 0 || cv->took_us > c->within_us) {
+        world_fail(w, "check %s: after %s the directors %s", c->text, cv->after,
+                   cv->took_us < 0 ? "never converged" : "converged too late");
+        ok = FALSE;
+      }
+    }
+    if (w->probing && w->now_us - w->probe_since_us > c->within_us) {
+      world_fail(w, "check %s: not converged %" G_GINT64_FORMAT " s after %s", c->text,
+                 (w->now_us - w->probe_since_us) / SEC_US, w->probe_after);
+      ok = FALSE;
+    }
+    return ok;
+  }
+  case SIM_CHECK_NO_PENDING_LOGINS: {
+    guint pending = 0;
+    for (guint i = 0; i < w->n_nodes; i++)
+      if (w->nodes[i].up)
+        pending += usher_director_count_pending_requests(w->nodes[i].d);
+    if (pending > 0) {
+      world_fail(w, "check %s: %u login requests are waiting in the directors", c->text, pending);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  case SIM_CHECK_LOGIN_LATENCY: {
+    gint64 p = world_latency_percentile(w, c->percentile);
+    if (p > c->max_us) {
+      world_fail(w, "check %s: the %u%% login latency is %" G_GINT64_FORMAT " ms", c->text,
+                 c->percentile, p / 1000);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  }
+  return TRUE;
+}
+
+/* ---- The loop ------------------------------------------------------------------------------------ */
+
+static void
+process(SimWorld *w, SimEv *ev)
+{
+  SimNode *n = &w->nodes[ev->node];
+  gboolean node_event = ev->kind <= EV_FLUSH_DONE;
+  if (node_event && (!n->up || n->incarnation != ev->incarnation)) {
+    if (ev->kind == EV_DELIVER)
+      g_bytes_unref((GBytes *)(gsize)ev->b);
+    return;
+  }
+  switch (ev->kind) {
+  case EV_ACCEPT: {
+    Link *l = ev->p;
+    if (!l->open[0] || blocked(w, l->node[0], l->node[1])) {
+      if (l->open[0] && !blocked(w, l->node[0], l->node[1]))
+        schedule_close(w, l, 0, "connection refused");
+      else if (l->open[0])
+        l->syn_pending = TRUE;
+      return;
+    }
+    gint64 t = w->now_us + latency(w, l->node[1], l->node[0]);
+    SimEv c = {.t = t, .kind = EV_CONNECTED, .node = l->node[0], .incarnation = l->incarnation[0],
+               .p = l};
+    push(w, c);
+    l->last_delivery_us[0] = t;
+    UsherConnId id =
+      usher_director_peer_accepted(n->d, node_now(w, n), &w->nodes[l->node[0]].addr.ip);
+    if (id == USHER_CONN_ID_NONE) {
+      drain(w, ev->node);
+      schedule_close(w, l, 0, "refused");
+      return;
+    }
+    l->conn[1] = id;
+    l->incarnation[1] = n->incarnation;
+    l->open[1] = TRUE;
+    g_hash_table_insert(n->conns, GUINT_TO_POINTER(id), l);
+    drain(w, ev->node);
+    break;
+  }
+  case EV_CONNECTED: {
+    Link *l = ev->p;
+    if (!l->open[0])
+      return;
+    usher_director_peer_connected(n->d, node_now(w, n), l->conn[0]);
+    drain(w, ev->node);
+    break;
+  }
+  case EV_DELIVER: {
+    Link *l = ev->p;
+    GBytes *b = (GBytes *)(gsize)ev->b;
+    if (l->open[ev->a] && l->conn[ev->a] != 0) {
+      gsize len;
+      const char *data = g_bytes_get_data(b, &len);
+      usher_director_peer_bytes(n->d, node_now(w, n), l->conn[ev->a], data, len);
+      drain(w, ev->node);
+    }
+    g_bytes_unref(b);
+    break;
+  }
+  case EV_CLOSE: {
+    Link *l = ev->p;
+    if (!l->open[ev->a])
+      return;
+    l->open[ev->a] = FALSE;
+    if (l->conn[ev->a] != 0) {
+      g_hash_table_remove(n->conns, GUINT_TO_POINTER(l->conn[ev->a]));
+      usher_director_peer_closed(n->d, node_now(w, n), l->conn[ev->a], "connection closed");
+      drain(w, ev->node);
+    }
+    break;
+  }
+  case EV_KICK_DONE:
+    usher_director_kick_done(n->d, node_now(w, n), ev->a);
+    drain(w, ev->node);
+    break;
+  case EV_FLUSH_DONE:
+    usher_director_flush_done(n->d, node_now(w, n), ev->a, TRUE);
+    drain(w, ev->node);
+    break;
+  case EV_ARRIVAL:
+    arrival(w, ev->a != 0);
+    break;
+  case EV_LOGIN_ATTEMPT:
+    login_attempt(w, ev->p);
+    break;
+  case EV_SESSION_END: {
+    SimSession *s = session_at(w, (guint32)ev->a);
+    if (s->alive && s->gen == ev->b)
+      session_end(w, (guint32)ev->a, FALSE);
+    break;
+  }
+  case EV_SESSION_REFRESH: {
+    SimSession *s = session_at(w, (guint32)ev->a);
+    if (!s->alive || s->gen != ev->b)
+      break;
+    SimNode *d = &w->nodes[s->director];
+    if (d->up && d->incarnation == s->director_incarnation) {
+      char name[256];
+      usher_director_user_refresh(d->d, node_now(w, d), user_name(w, s->user, name, sizeof(name)));
+      drain(w, s->director);
+    }
+    schedule(w, w->now_us + (gint64)s->refresh_secs * SEC_US, EV_SESSION_REFRESH, 0, ev->a, ev->b,
+             NULL);
+    break;
+  }
+  case EV_SCENARIO:
+    apply_event(w, &g_array_index(w->sc->events, SimScenarioEvent, ev->a));
+    break;
+  case EV_SAMPLE:
+    sample(w);
+    break;
+  case EV_PROBE:
+    probe(w);
+    break;
+  case EV_CHECK:
+    (void)evaluate_check(w, &g_array_index(w->sc->checks, SimCheck, ev->a));
+    break;
+  }
+}
+
+void
+sim_world_run(SimWorld *w)
+{
+  gint64 end = w->sc->duration_us;
+  gint64 t0 = g_get_monotonic_time();
+  for (;;) {
+    gint64 best = G_MAXINT64;
+    guint best_node = 0;
+    for (guint i = 0; i < w->n_nodes; i++) {
+      SimNode *n = &w->nodes[i];
+      if (n->up && n->deadline < best) {
+        best = n->deadline;
+        best_node = i;
+      }
+    }
+    gint64 top = w->heap->len > 0 ? g_array_index(w->heap, SimEv, 0).t : G_MAXINT64;
+    gint64 next = MIN(best, top);
+    if (next > end)
+      break;
+    if (w->events >= w->sc->max_events) {
+      w->budget_exhausted = TRUE;
+      world_fail(w, "the event budget (%" G_GUINT64_FORMAT " events) is spent", w->sc->max_events);
+      break;
+    }
+    w->events++;
+    w->now_us = MAX(w->now_us, next);
+    if (top <= best) {
+      SimEv ev = pop(w);
+      process(w, &ev);
+    } else {
+      SimNode *n = &w->nodes[best_node];
+      usher_director_on_deadline(n->d, node_now(w, n));
+      drain(w, best_node);
+    }
+  }
+  w->now_us = MAX(w->now_us, end);
+  w->wall_elapsed_us = g_get_monotonic_time() - t0;
+
+  /* The end: every invariant once more, then the checks. */
+  gboolean faulty = w->faults_active > 0 || w->now_us < w->fault_grace_until_us;
+  if (!faulty && !converged_now(w))
+    world_fail(w, "the directors disagree at the end of the run");
+  check_counts(w);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, w->logins);
+  guint64 late = 0;
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (w->now_us - ((SimLogin *)v)->sent_us >
+        USHER_REQUEST_TIMEOUT_SECS * SEC_US + LOGIN_COMPLETION_SLACK_US)
+      late++;
+  if (late > 0)
+    world_fail(w, "%" G_GUINT64_FORMAT " login requests were never answered", late);
+  for (guint i = 0; i < w->sc->checks->len; i++) {
+    SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+    if (c->at_us < 0)
+      (void)evaluate_check(w, c);
+  }
+  mix(w, w->logins_ok);
+  mix(w, w->sessions_kicked);
+}
+
+/* ---- Life cycle ----------------------------------------------------------------------------------- */
+
+static int
+cmp_u64(gconstpointer a, gconstpointer b)
+{
+  guint64 x = *(const guint64 *)a, y = *(const guint64 *)b;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+static void
+login_free(gpointer p)
+{
+  g_free(p);
+}
+
+SimWorld *
+sim_world_new(const SimScenario *sc, guint64 seed)
+{
+  SimWorld *w = g_new0(SimWorld, 1);
+  w->sc = sc;
+  w->seed = seed;
+  guint64 sm = seed;
+  w->seed_net = usher_splitmix64(&sm);
+  w->seed_workload = usher_splitmix64(&sm);
+  w->seed_directors = usher_splitmix64(&sm);
+  usher_rng_seed(&w->rng_net, w->seed_net);
+  usher_rng_seed(&w->rng_workload, w->seed_workload);
+  w->fingerprint = G_GUINT64_CONSTANT(0xcbf29ce484222325);
+  mix(w, seed);
+  w->heap = g_array_new(FALSE, FALSE, sizeof(SimEv));
+  w->links = g_ptr_array_new();
+  w->backends = g_array_new(FALSE, TRUE, sizeof(SimBackend));
+  w->sessions = g_array_new(FALSE, TRUE, sizeof(SimSession));
+  w->free_sessions = g_array_new(FALSE, FALSE, sizeof(guint32));
+  w->logins = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, login_free);
+  w->windows = g_hash_table_new_full(NULL, NULL, NULL, g_free);
+  w->convergences = g_array_new(FALSE, TRUE, sizeof(SimConvergence));
+  w->samples = g_array_new(FALSE, TRUE, sizeof(SimSample));
+  w->marks = g_array_new(FALSE, TRUE, sizeof(SimMark));
+  w->failures = g_ptr_array_new_with_free_func(g_free);
+  w->next_login = 1;
+  w->rate_milli = sc->rate_milli;
+
+  for (guint i = 0; i < sc->backends->len; i++) {
+    const SimBackendSpec *spec = g_ptr_array_index(sc->backends, i);
+    SimBackend b = {0};
+    b.ip = spec->ip;
+    usher_ip_to_string(&spec->ip, b.ip_str);
+    b.capacity = spec->capacity;
+    g_array_append_val(w->backends, b);
+  }
+  w->n_users = sc->users;
+  w->users = g_new0(SimUser, w->n_users);
+  w->hash_index = g_new(guint64, w->n_users);
+  g_autoptr(UsherHashFormat) format = usher_hash_format_new(sc->config->username_hash, NULL);
+  for (guint64 u = 0; u < w->n_users; u++) {
+    char name[256];
+    user_name(w, (guint32)u, name, sizeof(name));
+    w->users[u].hash = usher_hash_format_user(format, name, -1);
+    w->hash_index[u] = (guint64)w->users[u].hash << 32 | u;
+  }
+  qsort(w->hash_index, w->n_users, sizeof(guint64), cmp_u64);
+
+  w->n_nodes = sc->directors;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    SimNode *n = &w->nodes[i];
+    n->index = i;
+    n->addr = *(const UsherRingAddr *)&g_array_index(sc->config->directors, UsherDirectorAddr, i);
+    n->conns = g_hash_table_new(NULL, NULL);
+    n->deadline = G_MAXINT64;
+  }
+  for (guint i = 0; i < w->n_nodes; i++)
+    node_start(w, i);
+  for (guint i = 0; i < sc->events->len; i++)
+    schedule(w, g_array_index(sc->events, SimScenarioEvent, i).at_us, EV_SCENARIO, 0, i, 0, NULL);
+  for (guint i = 0; i < sc->checks->len; i++) {
+    SimCheck *c = &g_array_index(sc->checks, SimCheck, i);
+    if (c->at_us >= 0)
+      schedule(w, c->at_us, EV_CHECK, 0, i, 0, NULL);
+  }
+  schedule(w, 0, EV_SAMPLE, 0, 0, 0, NULL);
+  arrival(w, FALSE);
+  start_probe(w, "start");
+  return w;
+}
+
+void
+sim_world_free(SimWorld *w)
+{
+  if (w == NULL)
+    return;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    usher_director_free(w->nodes[i].d);
+    g_hash_table_unref(w->nodes[i].conns);
+  }
+  for (guint i = 0; i < w->heap->len; i++) {
+    SimEv *ev = &g_array_index(w->heap, SimEv, i);
+    if (ev->kind == EV_DELIVER)
+      g_bytes_unref((GBytes *)(gsize)ev->b);
+    if (ev->kind == EV_LOGIN_ATTEMPT)
+      g_free(ev->p);
+  }
+  g_array_unref(w->heap);
+  for (guint i = 0; i < w->links->len; i++) {
+    Link *l = g_ptr_array_index(w->links, i);
+    for (guint s = 0; s < 2; s++)
+      g_queue_clear_full(&l->clogged_data[s], (GDestroyNotify)g_bytes_unref);
+    g_free(l);
+  }
+  g_ptr_array_unref(w->links);
+  g_array_unref(w->backends);
+  g_free(w->users);
+  g_free(w->hash_index);
+  g_array_unref(w->sessions);
+  g_array_unref(w->free_sessions);
+  g_hash_table_unref(w->logins);
+  g_hash_table_unref(w->windows);
+  for (guint i = 0; i < w->convergences->len; i++)
+    g_free(g_array_index(w->convergences, SimConvergence, i).after);
+  g_array_unref(w->convergences);
+  for (guint i = 0; i < w->samples->len; i++) {
+    g_free(g_array_index(w->samples, SimSample, i).live);
+    g_free(g_array_index(w->samples, SimSample, i).users);
+  }
+  g_array_unref(w->samples);
+  for (guint i = 0; i < w->marks->len; i++)
+    g_free(g_array_index(w->marks, SimMark, i).text);
+  g_array_unref(w->marks);
+  g_ptr_array_unref(w->failures);
+  g_free(w->probe_after);
+  g_free(w);
+}
+
+void
+sim_world_set_log(SimWorld *w, FILE *out)
+{
+  w->log = out;
+}
+
+gboolean
+sim_world_passed(const SimWorld *w)
+{
+  return w->failures_total == 0;
+}
+
+const GPtrArray *
+sim_world_failures(const SimWorld *w)
+{
+  return w->failures;
+}
+
+guint64
+sim_world_fingerprint(const SimWorld *w)
+{
+  return w->fingerprint;
+}
+
+guint64
+sim_world_events(const SimWorld *w)
+{
+  return w->events;
+}
