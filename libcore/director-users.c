@@ -602,6 +602,8 @@ users_timers(UsherDirector *d, UsherNow now)
     if (((Move *)k)->deadline_us <= now.mono_us)
       g_ptr_array_add(due, k);
   g_ptr_array_sort(due, cmp_move_due);
+  /* Free them all first and tell the rest of the director afterwards: what runs on a state
+   * change (admin flushes) may end other moves, including ones in this list. */
   for (guint i = 0; i < due->len; i++) {
     Move *m = g_ptr_array_index(due, i);
     if (m->state == USHER_KILL_DELAY) {
@@ -612,8 +614,10 @@ users_timers(UsherDirector *d, UsherNow now)
               "move of user hash %u timed out in state %s: the state may be inconsistent",
               m->hash, usher_kill_state_name(m->state));
     }
-    move_free(d, now, m, TRUE);
+    move_free(d, now, m, FALSE);
   }
+  if (due->len > 0)
+    dir_state_changed(d, now);
   gint64 wall = dir_wall_secs(now);
   for (guint i = 0; i < usher_host_table_n_tags(d->hosts); i++) {
     UsherUserDir *users = usher_host_table_nth_tag(d->hosts, i)->users;

@@ -152,45 +152,73 @@ get_milli(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gint6
   return TRUE;
 }
 
+/* One or more terms NUMBER[UNIT] ("90s", "1h30m", "10m 5s", "250us"); a bare number is seconds and
+ * must stand alone. An optional leading sign applies to the whole (clock steps). */
 gboolean
 sim_parse_duration_us(const char *text, gint64 *us_out)
 {
+  static const struct {
+    const char *unit;
+    guint64 mult;
+  } units[] = {
+    {"us", 1},
+    {"ms", 1000},
+    {"secs", 1000000},
+    {"sec", 1000000},
+    {"s", 1000000},
+    {"mins", G_GUINT64_CONSTANT(60000000)},
+    {"min", G_GUINT64_CONSTANT(60000000)},
+    {"m", G_GUINT64_CONSTANT(60000000)},
+    {"hours", G_GUINT64_CONSTANT(3600000000)},
+    {"hour", G_GUINT64_CONSTANT(3600000000)},
+    {"h", G_GUINT64_CONSTANT(3600000000)},
+    {"days", G_GUINT64_CONSTANT(86400000000)},
+    {"day", G_GUINT64_CONSTANT(86400000000)},
+    {"d", G_GUINT64_CONSTANT(86400000000)},
+  };
   const char *p = text;
   gboolean neg = FALSE;
   if (*p == '+' || *p == '-') {
     neg = *p == '-';
     p++;
   }
-  if (!g_ascii_isdigit(*p))
-    return FALSE;
-  guint64 v = 0;
-  while (g_ascii_isdigit(*p)) {
-    if (v > G_MAXINT64 / 10 - 10)
+  guint64 total = 0;
+  guint terms = 0;
+  gboolean bare = FALSE;
+  while (*p != '\0') {
+    if (!g_ascii_isdigit(*p))
       return FALSE;
-    v = v * 10 + (guint64)(*p - '0');
-    p++;
+    guint64 v = 0;
+    while (g_ascii_isdigit(*p)) {
+      if (v > G_MAXINT64 / 10 - 10)
+        return FALSE;
+      v = v * 10 + (guint64)(*p - '0');
+      p++;
+    }
+    guint64 mult = 0;
+    for (guint i = 0; i < G_N_ELEMENTS(units) && mult == 0; i++) {
+      gsize len = strlen(units[i].unit);
+      if (strncmp(p, units[i].unit, len) == 0 && !g_ascii_isalpha(p[len])) {
+        mult = units[i].mult;
+        p += len;
+      }
+    }
+    if (mult == 0) {
+      if (*p != '\0')
+        return FALSE;
+      mult = 1000000;
+      bare = TRUE;
+    }
+    if (v > (guint64)G_MAXINT64 / mult || total + v * mult > (guint64)G_MAXINT64)
+      return FALSE;
+    total += v * mult;
+    terms++;
+    while (*p == ' ')
+      p++;
   }
-  while (*p == ' ')
-    p++;
-  guint64 mult;
-  if (*p == '\0' || strcmp(p, "s") == 0 || strcmp(p, "sec") == 0 || strcmp(p, "secs") == 0)
-    mult = 1000000;
-  else if (strcmp(p, "us") == 0)
-    mult = 1;
-  else if (strcmp(p, "ms") == 0)
-    mult = 1000;
-  else if (strcmp(p, "m") == 0 || strcmp(p, "min") == 0 || strcmp(p, "mins") == 0)
-    mult = G_GUINT64_CONSTANT(60000000);
-  else if (strcmp(p, "h") == 0 || strcmp(p, "hour") == 0 || strcmp(p, "hours") == 0)
-    mult = G_GUINT64_CONSTANT(3600000000);
-  else if (strcmp(p, "d") == 0 || strcmp(p, "day") == 0 || strcmp(p, "days") == 0)
-    mult = G_GUINT64_CONSTANT(86400000000);
-  else
+  if (terms == 0 || (bare && terms > 1))
     return FALSE;
-  if (v > (guint64)G_MAXINT64 / mult)
-    return FALSE;
-  gint64 us = (gint64)(v * mult);
-  *us_out = neg ? -us : us;
+  *us_out = neg ? -(gint64)total : (gint64)total;
   return TRUE;
 }
 

@@ -1,0 +1,136 @@
+/* test-scenarios.c - every scenario in scenarios/ is a test case; determinism; scenario errors. */
+#include "sim/world.h"
+
+#include <string.h>
+
+static const char *
+scenario_dir(void)
+{
+  const char *dir = g_getenv("USHER_SCENARIOS");
+  if (dir == NULL)
+    g_error("USHER_SCENARIOS is not set; run the tests through meson test");
+  return dir;
+}
+
+static SimScenario *
+load(const char *path)
+{
+  g_autoptr(GError) error = NULL;
+  SimScenario *sc = sim_scenario_load_file(path, &error);
+  g_assert_no_error(error);
+  return sc;
+}
+
+static void
+run_scenario(gconstpointer data)
+{
+  const char *path = data;
+  g_autoptr(SimScenario) sc = load(path);
+  g_autoptr(SimWorld) w = sim_world_new(sc, sc->seed);
+  sim_world_run(w);
+  const GPtrArray *f = sim_world_failures(w);
+  for (guint i = 0; i < f->len; i++)
+    g_test_message("%s", (const char *)g_ptr_array_index(f, i));
+  g_test_message("%s: %" G_GUINT64_FORMAT " events, fingerprint %016" G_GINT64_MODIFIER "x", sc->name,
+                 sim_world_events(w), sim_world_fingerprint(w));
+  g_assert_true(sim_world_passed(w));
+}
+
+/* Same scenario, same seed: the same fingerprint (hash of every input and effect); another seed:
+ * another run. */
+static void
+determinism(gconstpointer data)
+{
+  const char *path = data;
+  g_autoptr(SimScenario) sc = load(path);
+  guint64 fp[3];
+  guint64 seeds[3] = {7, 7, 8};
+  for (int i = 0; i < 3; i++) {
+    g_autoptr(SimWorld) w = sim_world_new(sc, seeds[i]);
+    sim_world_run(w);
+    fp[i] = sim_world_fingerprint(w);
+  }
+  g_assert_cmpuint(fp[0], ==, fp[1]);
+  g_assert_cmpuint(fp[0], !=, fp[2]);
+}
+
+static void
+expect_error(const char *json, const char *fragment)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(SimScenario) sc = sim_scenario_load_data(json, -1, "bad.json", &error);
+  g_assert_null(sc);
+  g_assert_nonnull(error);
+  if (strstr(error->message, fragment) == NULL)
+    g_error("error \"%s\" does not mention \"%s\"", error->message, fragment);
+  g_assert_true(g_str_has_prefix(error->message, "bad.json: "));
+}
+
+#define BASE                                                                                      \
+  "\"name\": \"x\", \"cluster\": {\"directors\": 3, \"backends\": [\"10.0.2.1-10.0.2.3\"]}, "    \
+  "\"workload\": {\"users\": 10}"
+
+static void
+test_errors(void)
+{
+  expect_error("{" BASE ", \"bogus\": 1}", "bogus: unknown field");
+  expect_error("{" BASE ", \"duration\": \"ten minutes\"}", "duration: \"ten minutes\" is not a duration");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"directors\": 40, \"backends\": [\"10.0.2.1\"]}, "
+               "\"workload\": {}}",
+               "cluster.directors: 40 is out of range");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"director-crash\", \"director\": 7}]}",
+               "events[0].director: 7 is not a director (the cluster has 3: 0 to 2)");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"explode\"}]}",
+               "events[0].type: \"explode\" is not an event type");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"host-down\", \"director\": 0, "
+               "\"host\": \"10.9.9.9\"}]}",
+               "events[0].host: 10.9.9.9 is not a backend of this scenario");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"heal\", \"director\": 0}]}",
+               "events[0].director: unknown field");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"2h\", \"type\": \"heal\"}]}",
+               "events[0].at: \"2h\" is out of range");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"partition\", \"groups\": [[0, 1], [1, 2]]}]}",
+               "director 1 is in two groups");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"share\", \"host\": \"10.0.2.1\", \"min\": 50, \"max\": 20}]}",
+               "checks[0]: min is above max");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"max-moved\"}]}", "\"max\" is missing");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.x\"]}, \"workload\": {}}",
+               "[backends] hosts");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"], \"settings\": "
+               "{\"user_expire\": \"5s\"}}, \"workload\": {}}",
+               "user_expire");
+  expect_error("{" BASE ", \"network\": {\"latency\": {\"kind\": \"gaussian\"}}}",
+               "network.latency.kind: \"gaussian\" is not a kind");
+  expect_error("{" BASE ", \"workload\": {\"protocols\": {\"imap\": 50}}}", "add up to 50, not 100");
+  expect_error("[1, 2]", "must be a JSON object");
+  expect_error("{", "not valid JSON");
+}
+
+int
+main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+  g_test_add_func("/sim/scenario-errors", test_errors);
+  g_autoptr(GDir) dir = g_dir_open(scenario_dir(), 0, NULL);
+  g_assert_nonnull(dir);
+  g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+  const char *name;
+  while ((name = g_dir_read_name(dir)) != NULL)
+    if (g_str_has_suffix(name, ".json"))
+      g_ptr_array_add(names, g_strdup(name));
+  g_ptr_array_sort(names, (GCompareFunc)g_strcmp0);
+  g_assert_cmpuint(names->len, >=, 13);
+  for (guint i = 0; i < names->len; i++) {
+    const char *n = g_ptr_array_index(names, i);
+    char *path = g_build_filename(scenario_dir(), n, NULL); /* lives as long as the test */
+    g_autofree char *base = g_strndup(n, strlen(n) - 5);
+    g_autofree char *test = g_strdup_printf("/sim/scenario/%s", base);
+    g_test_add_data_func(test, path, run_scenario);
+    /* Determinism on every scenario but the one with a million users (it runs above). */
+    if (strcmp(base, "large-handshake") != 0) {
+      g_autofree char *dtest = g_strdup_printf("/sim/determinism/%s", base);
+      g_test_add_data_func(dtest, path, determinism);
+    }
+  }
+  return g_test_run();
+}
