@@ -49,6 +49,7 @@ struct AdminOp {
   GArray *users; /* TagHash: the current host's users, oldest first */
   guint user_idx;
   guint moved;
+  gboolean users_killed; /* some users of the current host had no backend to go to */
 };
 
 void
@@ -223,11 +224,15 @@ run_reset(UsherDirector *d, UsherNow now, AdminOp *a)
       } else {
         /* No usable backend left in this tag: kick the user's sessions instead. */
         users_kill(d, now, d->self, th.tag, u, host, TRUE);
+        a->users_killed = TRUE;
       }
       a->moved++;
     }
-    /* Done with this host: drop what is left of its entries ring-wide. */
-    users_flush_host(d, now, d->self, NULL, host);
+    /* Users that could only be kicked (no usable backend) are dropped ring-wide once their
+     * kicks are out; users already on their hashed backend keep their entries. */
+    if (a->users_killed)
+      users_flush_host(d, now, d->self, NULL, host);
+    a->users_killed = FALSE;
     a->host_idx++;
     g_clear_pointer(&a->users, g_array_unref);
   }

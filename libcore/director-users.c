@@ -74,8 +74,15 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
   }
   if (!has_timestamp)
     timestamp = wall;
-  if (timestamp + (gint64)d->user_expire_secs <= wall)
-    return FALSE; /* already expired: ignore entirely */
+  if (timestamp + (gint64)d->user_expire_secs <= wall) {
+    /* Already expired by our clock: ignore entirely (Dovecot does the same). */
+    dir_log(d, G_LOG_LEVEL_DEBUG,
+            "ignoring an update for user hash %u from %s: its timestamp is %" G_GINT64_FORMAT
+            " s past expiry by our clock",
+            hash, conn != NULL ? conn->name : "?",
+            wall - (timestamp + (gint64)d->user_expire_secs));
+    return FALSE;
+  }
 
   UsherUser *user = usher_user_dir_lookup(users, hash);
   if (user == NULL) {
@@ -106,6 +113,8 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
     ret = TRUE;
   } else if (user->kill_state != USHER_KILL_NONE) {
     /* Being moved: the sender has not seen the move yet. */
+    dir_log(d, G_LOG_LEVEL_DEBUG, "user hash %u is being moved: keeping %s, not %s", hash,
+            cur->ip_str, host->ip_str);
     host = cur;
   } else {
     /* A true conflict. Everyone must pick the same host without fighting over it: the lower
@@ -115,10 +124,12 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
             "user hash %u is being sent to two backends: %s and %s (via %s%s); the lower IP wins",
             hash, cur->ip_str, host->ip_str, conn != NULL ? conn->name : "?",
             conn != NULL && !conn->handshake_received ? ", handshaking" : "");
-    if (usher_ip_cmp(&cur->ip, &host->ip) > 0)
-      *forced_out = TRUE;
-    else
-      host = cur;
+    if (usher_ip_cmp(&cur->ip, &host->ip) <= 0)
+      host = cur; /* ours is the lower one */
+    /* Send the winner back to the sender too. Dovecot does that only when it switches; when it
+     * keeps its own (lower) host, the sender never hears that it lost and keeps the user on the
+     * other backend until the entry expires (found by ushersim swarm, seed 227). */
+    *forced_out = TRUE;
     users_kick_hash(d, d->self, NULL, hash, &host->ip);
     ret = TRUE;
   }

@@ -13,6 +13,8 @@ typedef struct {
 static const Command commands[] = {
   {"run", ushersim_cmd_run, "replay a scenario against real directors and check it"},
   {"replay", ushersim_cmd_replay, "run a recorded trace again and compare its fingerprint"},
+  {"swarm", ushersim_cmd_swarm, "random clusters, workloads and faults with every invariant"},
+  {"shrink", ushersim_cmd_shrink, "cut a failing trace down to a small regression scenario"},
   {"map", ushersim_cmd_map,
    "print the backend each user gets from a freshly started ring (Dovecot's \"Hashed\")"},
   {"plan", ushersim_cmd_plan,

@@ -144,6 +144,7 @@ struct SimWorld {
   GArray *heap; /* SimEv */
   guint64 events;
   gboolean budget_exhausted;
+  gboolean quiescing; /* after the end: no new logins, let in-flight updates settle */
 
   guint n_nodes;
   SimNode nodes[64];

@@ -767,12 +767,21 @@ fault_end(SimWorld *w, gint64 grace_us)
   w->fault_grace_until_us = MAX(w->fault_grace_until_us, w->now_us + grace_us);
 }
 
+/* Probes land half-way between whole seconds: user timestamps are whole seconds, so entries
+ * expire on whole seconds, and a probe at exactly that instant would see some directors before
+ * and some after their expiry timer ran. */
+static gint64
+next_probe_time(SimWorld *w)
+{
+  return (w->now_us / SEC_US + 1) * SEC_US + SEC_US / 2;
+}
+
 static void
 start_probe(SimWorld *w, const char *after)
 {
   if (!w->probing) {
     w->probing = TRUE;
-    schedule(w, w->now_us + PROBE_INTERVAL_US, EV_PROBE, 0, 0, 0, NULL);
+    schedule(w, next_probe_time(w), EV_PROBE, 0, 0, 0, NULL);
   }
   w->probe_since_us = w->now_us;
   g_free(w->probe_after);
@@ -996,11 +1005,94 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
 
 /* ---- Probes, samples, checks --------------------------------------------------------------------- */
 
+static gint64
+node_wall_us(SimWorld *w, SimNode *n)
+{
+  return node_now(w, n).wall_us;
+}
+
+/* The largest difference between two directors' wall clocks, in seconds, rounded up. */
+static gint64
+max_skew_secs(SimWorld *w)
+{
+  gint64 lo = G_MAXINT64, hi = G_MININT64;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    gint64 t = node_wall_us(w, &w->nodes[i]);
+    lo = MIN(lo, t);
+    hi = MAX(hi, t);
+  }
+  return hi >= lo ? (hi - lo + SEC_US - 1) / SEC_US : 0;
+}
+
+/* Users that count for agreement: not within margin seconds of expiring on this director.
+ * Directors expire entries by their own clocks, so entries about to expire may legitimately be
+ * gone on one director and not yet on another. */
+static gboolean
+settled(const UsherUser *u, guint expire_secs, gint64 wall_secs, gint64 margin)
+{
+  return (gint64)u->timestamp + expire_secs > wall_secs + margin;
+}
+
+/* Compares b's hosts and settled users with a's; counts differences; describes the first. */
+static guint
+compare_directors(SimWorld *w, SimNode *na, SimNode *nb, GString *first)
+{
+  UsherHostTable *a = usher_director_get_hosts(na->d), *b = usher_director_get_hosts(nb->d);
+  guint differ = 0;
+  if (usher_host_table_n_hosts(a) != usher_host_table_n_hosts(b))
+    differ++;
+  for (guint h = 0; h < usher_host_table_n_hosts(a); h++) {
+    UsherHost *ha = usher_host_table_nth(a, h);
+    UsherHost *hb = usher_host_table_lookup(b, &ha->ip);
+    if (hb == NULL || hb->vhost_count != ha->vhost_count || hb->down != ha->down ||
+        strcmp(hb->tag->name, ha->tag->name) != 0) {
+      if (differ == 0 && first != NULL)
+        g_string_append_printf(first, " (first: backend %s)", ha->ip_str);
+      differ++;
+    }
+  }
+  gint64 margin = max_skew_secs(w) + 2;
+  guint expire = w->sc->config->user_expire_secs;
+  for (int pass = 0; pass < 2; pass++) {
+    SimNode *nx = pass == 0 ? na : nb, *ny = pass == 0 ? nb : na;
+    UsherHostTable *x = usher_director_get_hosts(nx->d), *y = usher_director_get_hosts(ny->d);
+    gint64 wx = node_wall_us(w, nx) / SEC_US, wy = node_wall_us(w, ny) / SEC_US;
+    for (guint t = 0; t < usher_host_table_n_tags(x); t++) {
+      UsherTag *tx = usher_host_table_nth_tag(x, t);
+      UsherTag *ty = usher_host_table_find_tag(y, tx->name);
+      for (UsherUser *u = usher_user_dir_oldest(tx->users); u != NULL;
+           u = usher_user_dir_next(tx->users, u)) {
+        if (!settled(u, expire, wx, margin))
+          continue;
+        UsherUser *v = ty != NULL ? usher_user_dir_lookup(ty->users, u->hash) : NULL;
+        gboolean missing = v == NULL || !settled(v, expire, wy, -margin - 2);
+        gboolean other = !missing && pass == 0 &&
+                         !usher_ip_equal(&usher_host_table_get(x, u->host)->ip,
+                                         &usher_host_table_get(y, v->host)->ip);
+        if (!missing && !other)
+          continue;
+        if (differ == 0 && first != NULL)
+          g_string_append_printf(first,
+                                 " (first: user hash %u on director %u: %s ts %u%s%s; on director "
+                                 "%u: %s)",
+                                 u->hash, nx->index, usher_host_table_get(x, u->host)->ip_str,
+                                 u->timestamp, u->weak ? " weak" : "",
+                                 u->kill_state ? " moving" : "", ny->index,
+                                 v == NULL ? "absent"
+                                           : usher_host_table_get(y, v->host)->ip_str);
+        differ++;
+      }
+    }
+  }
+  return differ;
+}
+
 static gboolean
 converged_now(SimWorld *w)
 {
-  gboolean have = FALSE;
-  guint64 fp = 0;
+  SimNode *ref = NULL;
   for (guint i = 0; i < w->n_nodes; i++) {
     SimNode *n = &w->nodes[i];
     if (!n->up)
@@ -1008,13 +1100,43 @@ converged_now(SimWorld *w)
     if (!usher_director_is_ring_handshaked(n->d) || !usher_director_is_ring_synced(n->d) ||
         usher_director_count_moving_users(n->d) > 0)
       return FALSE;
-    guint64 f = usher_director_state_fingerprint(n->d);
-    if (have && f != fp)
+    if (ref == NULL)
+      ref = n;
+    else if (compare_directors(w, ref, n, NULL) > 0)
       return FALSE;
-    fp = f;
-    have = TRUE;
   }
   return TRUE;
+}
+
+/* Why the directors do not agree, in a sentence (for failure messages). */
+static char *
+describe_divergence(SimWorld *w)
+{
+  GString *s = g_string_new(NULL);
+  SimNode *ref = NULL;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    SimNode *n = &w->nodes[i];
+    if (!n->up)
+      continue;
+    const UsherRingAddr *l = usher_director_get_left(n->d), *r = usher_director_get_right(n->d);
+    g_string_append_printf(s, "[director %u: %s%s, left %s, right %s, %u moving, %u waiting", i,
+                           usher_director_is_ring_handshaked(n->d) ? "" : "not handshaked, ",
+                           usher_director_is_ring_synced(n->d) ? "synced" : "unsynced",
+                           l != NULL ? "yes" : "none", r != NULL ? "yes" : "none",
+                           usher_director_count_moving_users(n->d),
+                           usher_director_count_pending_requests(n->d));
+    if (ref == NULL) {
+      ref = n;
+    } else {
+      GString *first = g_string_new(NULL);
+      guint differ = compare_directors(w, ref, n, first);
+      g_string_append_printf(s, ", %u differences from director %u%s", differ, ref->index,
+                             first->str);
+      g_string_free(first, TRUE);
+    }
+    g_string_append(s, "] ");
+  }
+  return g_string_free(s, FALSE);
 }
 
 static void
@@ -1045,12 +1167,13 @@ probe(SimWorld *w)
   if (w->faults_active == 0 && w->now_us - w->probe_since_us > w->sc->convergence_budget_us) {
     SimConvergence c = {w->probe_since_us, -1, g_strdup(w->probe_after)};
     g_array_append_val(w->convergences, c);
-    world_fail(w, "the directors did not converge within %" G_GINT64_FORMAT " s after %s",
-               w->sc->convergence_budget_us / SEC_US, w->probe_after);
+    g_autofree char *why = describe_divergence(w);
+    world_fail(w, "the directors did not converge within %" G_GINT64_FORMAT " s after %s: %s",
+               w->sc->convergence_budget_us / SEC_US, w->probe_after, why);
     w->probing = FALSE;
     return;
   }
-  schedule(w, w->now_us + PROBE_INTERVAL_US, EV_PROBE, 0, 0, 0, NULL);
+  schedule(w, next_probe_time(w), EV_PROBE, 0, 0, 0, NULL);
 }
 
 static void
@@ -1262,10 +1385,14 @@ process(SimWorld *w, SimEv *ev)
     drain(w, ev->node);
     break;
   case EV_ARRIVAL:
-    arrival(w, ev->a != 0);
+    if (!w->quiescing)
+      arrival(w, ev->a != 0);
     break;
   case EV_LOGIN_ATTEMPT:
-    login_attempt(w, ev->p);
+    if (w->quiescing)
+      g_free(ev->p);
+    else
+      login_attempt(w, ev->p);
     break;
   case EV_SESSION_END: {
     SimSession *s = session_at(w, (guint32)ev->a);
@@ -1275,7 +1402,7 @@ process(SimWorld *w, SimEv *ev)
   }
   case EV_SESSION_REFRESH: {
     SimSession *s = session_at(w, (guint32)ev->a);
-    if (!s->alive || s->gen != ev->b)
+    if (!s->alive || s->gen != ev->b || w->quiescing)
       break;
     SimNode *d = &w->nodes[s->director];
     if (d->up && d->incarnation == s->director_incarnation) {
@@ -1302,11 +1429,10 @@ process(SimWorld *w, SimEv *ev)
   }
 }
 
-void
-sim_world_run(SimWorld *w)
+/* Runs events and director timers up to and including time end. */
+static void
+run_until(SimWorld *w, gint64 end)
 {
-  gint64 end = w->sc->duration_us;
-  gint64 t0 = g_get_monotonic_time();
   for (;;) {
     gint64 best = G_MAXINT64;
     guint best_node = 0;
@@ -1338,12 +1464,36 @@ sim_world_run(SimWorld *w)
     }
   }
   w->now_us = MAX(w->now_us, end);
+}
+
+void
+sim_world_run(SimWorld *w)
+{
+  gint64 end = w->sc->duration_us;
+  gint64 t0 = g_get_monotonic_time();
+  run_until(w, end);
   w->wall_elapsed_us = g_get_monotonic_time() - t0;
 
-  /* The end: every invariant once more, then the checks. */
-  gboolean faulty = w->faults_active > 0 || w->now_us < w->fault_grace_until_us;
-  if (!faulty && !converged_now(w))
-    world_fail(w, "the directors disagree at the end of the run");
+  /* The end: every invariant once more, then the checks. The checks and figures are taken at
+   * the end of the run. For the final agreement, new logins stop and the directors get up to the
+   * convergence budget to settle what is still in flight. */
+  for (guint i = 0; i < w->sc->checks->len; i++) {
+    SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+    if (c->at_us < 0)
+      (void)evaluate_check(w, c);
+  }
+  gboolean faulty = w->faults_active > 0;
+  if (!faulty) {
+    w->quiescing = TRUE;
+    gint64 limit = end + MAX(w->sc->convergence_budget_us, w->fault_grace_until_us - end);
+    while (!converged_now(w) && w->now_us < limit && !w->budget_exhausted)
+      run_until(w, w->now_us + SEC_US / 10);
+    if (!converged_now(w)) {
+      g_autofree char *why = describe_divergence(w);
+      world_fail(w, "the directors still disagree %" G_GINT64_FORMAT " s after the end of the run: %s",
+                 (w->now_us - end) / SEC_US, why);
+    }
+  }
   check_counts(w);
   GHashTableIter it;
   gpointer v;
@@ -1355,11 +1505,6 @@ sim_world_run(SimWorld *w)
       late++;
   if (late > 0)
     world_fail(w, "%" G_GUINT64_FORMAT " login requests were never answered", late);
-  for (guint i = 0; i < w->sc->checks->len; i++) {
-    SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
-    if (c->at_us < 0)
-      (void)evaluate_check(w, c);
-  }
   mix(w, w->logins_ok);
   mix(w, w->sessions_kicked);
 }

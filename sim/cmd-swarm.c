@@ -1,0 +1,381 @@
+/* cmd-swarm.c - "ushersim swarm" (random clusters, workloads and faults, every invariant on) and
+ * "ushersim shrink" (cut a failing run down to a small regression scenario). */
+#include "sim/sim.h"
+#include "sim/world.h"
+
+#include "libcore/rng.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* ---- Random scenarios ------------------------------------------------------------------------- */
+
+static guint
+pick(UsherRng *r, guint lo, guint hi)
+{
+  return (guint)usher_rng_range(r, lo, hi);
+}
+
+static void
+json_dur(GString *s, gint64 secs)
+{
+  g_string_append_printf(s, "\"%" G_GINT64_FORMAT "s\"", secs);
+}
+
+/* A scenario in JSON text, drawn from the seed. Faults always end well before the end of the run,
+ * so the final convergence check is meaningful. */
+char *
+ushersim_swarm_scenario(guint64 seed)
+{
+  UsherRng r;
+  usher_rng_seed(&r, seed ^ G_GUINT64_CONSTANT(0x5157a7d5eed5eed5));
+  guint directors = pick(&r, 2, 6), backends = pick(&r, 2, 6);
+  guint users = pick(&r, 50, 3000);
+  gint64 duration = pick(&r, 20, 40) * 60;
+  guint expire = pick(&r, 2, 15) * 60;
+  GString *s = g_string_new("{\n");
+  g_string_append_printf(s, "  \"name\": \"swarm-%" G_GUINT64_FORMAT "\",\n", seed);
+  g_string_append_printf(s, "  \"seed\": %" G_GUINT64_FORMAT ",\n  \"duration\": ", seed);
+  json_dur(s, duration);
+  g_string_append(s, ",\n  \"convergence_budget\": \"5m\",\n");
+  g_string_append_printf(s, "  \"cluster\": {\"directors\": %u, \"backends\": [", directors);
+  for (guint b = 0; b < backends; b++)
+    g_string_append_printf(s, "%s{\"ip\": \"10.0.2.%u\", \"vhosts\": %u}", b > 0 ? ", " : "", b + 1,
+                           pick(&r, 0, 9) == 0 ? 0 : pick(&r, 20, 300));
+  g_string_append_printf(s, "], \"settings\": {\"user_expire\": \"%us\", \"user_kick_delay\": \"%us\", "
+                            "\"max_parallel_moves\": %u}},\n",
+                         expire, pick(&r, 0, 3), pick(&r, 1, 50));
+  guint lat_max = pick(&r, 0, 4) == 0 ? 20000 : 2000;
+  g_string_append_printf(s, "  \"network\": {\"latency\": {\"kind\": \"uniform\", \"min\": \"100us\", "
+                            "\"max\": \"%uus\"}},\n",
+                         lat_max);
+  g_string_append_printf(s, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
+                            "\"session_duration\": {\"kind\": \"log-uniform\", \"min\": \"5s\", "
+                            "\"max\": \"%um\"}, \"protocols\": {\"imap\": 70, \"pop3\": 10, "
+                            "\"lmtp\": 20}},\n",
+                         users, pick(&r, 1, 8), pick(&r, 2, 40));
+  g_string_append(s, "  \"events\": [");
+  guint n_events = pick(&r, 1, 7);
+  gint64 last = duration - 8 * 60; /* faults end before this */
+  gboolean first = TRUE;
+  for (guint e = 0; e < n_events; e++) {
+    gint64 at = pick(&r, 120, (guint)MAX(last - 60, 121));
+    guint d = pick(&r, 0, directors - 1);
+    guint host = pick(&r, 1, backends);
+    GString *ev = g_string_new(NULL);
+    switch (pick(&r, 0, 10)) {
+    case 0: { /* partition into two groups, healed later */
+      guint64 mask = 0;
+      while (mask == 0 || mask == (G_GUINT64_CONSTANT(1) << directors) - 1)
+        mask = usher_rng_below(&r, G_GUINT64_CONSTANT(1) << directors);
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"partition\", \"groups\": [[", at);
+      gboolean f1 = TRUE, f2 = TRUE;
+      GString *other = g_string_new(NULL);
+      for (guint i = 0; i < directors; i++) {
+        if (mask & (G_GUINT64_CONSTANT(1) << i)) {
+          g_string_append_printf(ev, "%s%u", f1 ? "" : ", ", i);
+          f1 = FALSE;
+        } else {
+          g_string_append_printf(other, "%s%u", f2 ? "" : ", ", i);
+          f2 = FALSE;
+        }
+      }
+      g_string_append_printf(ev, "], [%s]]}, {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"heal\"}",
+                             other->str, MIN(at + pick(&r, 30, 480), last));
+      g_string_free(other, TRUE);
+      break;
+    }
+    case 1:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"director-crash\", \"director\": %u}, "
+                                 "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"director-restart\", \"director\": %u}",
+                             at, d, MIN(at + pick(&r, 10, 300), last), d);
+      break;
+    case 2:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-down\", \"director\": %u, "
+                                 "\"host\": \"10.0.2.%u\"}, {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-up\", "
+                                 "\"director\": %u, \"host\": \"10.0.2.%u\"}",
+                             at, d, host, MIN(at + pick(&r, 10, 600), last),
+                             pick(&r, 0, directors - 1), host);
+      break;
+    case 3:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-vhosts\", \"director\": %u, "
+                                 "\"host\": \"10.0.2.%u\", \"vhosts\": %u}",
+                             at, d, host, pick(&r, 0, 300));
+      break;
+    case 4: {
+      g_autofree char *target =
+        pick(&r, 0, 1) ? g_strdup("") : g_strdup_printf(", \"host\": \"10.0.2.%u\"", host);
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"flush\", \"director\": %u%s, "
+                                 "\"max_parallel\": %u}",
+                             at, d, target, pick(&r, 1, 100));
+      break;
+    }
+    case 5:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"move\", \"director\": %u, "
+                                 "\"user\": \"user%u@example.com\", \"host\": \"10.0.2.%u\"}",
+                             at, d, pick(&r, 1, users), host);
+      break;
+    case 6:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"kick\", \"director\": %u, "
+                                 "\"user\": \"user%u@example.com\"}",
+                             at, d, pick(&r, 1, users));
+      break;
+    case 7:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"clock-step\", \"director\": %u, "
+                                 "\"step\": \"%s%us\"}",
+                             at, d, pick(&r, 0, 1) ? "+" : "-", pick(&r, 1, 60));
+      break;
+    case 8:
+      if (directors >= 2) {
+        guint a = pick(&r, 0, directors - 1), b = (a + pick(&r, 1, directors - 1)) % directors;
+        g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"link-reset\", \"a\": %u, \"b\": %u}",
+                               at, a, b);
+      }
+      break;
+    case 9:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-fail\", \"host\": \"10.0.2.%u\"}, "
+                                 "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-recover\", \"host\": \"10.0.2.%u\"}",
+                             at, host, MIN(at + pick(&r, 10, 600), last), host);
+      break;
+    default:
+      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-add\", \"director\": %u, "
+                                 "\"host\": \"10.0.3.%u\", \"vhosts\": %u}",
+                             at, d, e + 1, pick(&r, 1, 200));
+      break;
+    }
+    if (ev->len > 0) {
+      g_string_append_printf(s, "%s\n    %s", first ? "" : ",", ev->str);
+      first = FALSE;
+    }
+    g_string_free(ev, TRUE);
+  }
+  g_string_append(s, "\n  ],\n  \"checks\": [\n"
+                     "    {\"type\": \"no-double-backend\", \"allow_split_brain\": true},\n"
+                     "    {\"type\": \"converged\", \"within\": \"5m\"},\n"
+                     "    {\"type\": \"no-pending-logins\"}\n  ]\n}\n");
+  return g_string_free(s, FALSE);
+}
+
+/* ---- swarm --------------------------------------------------------------------------------------- */
+
+typedef struct {
+  guint64 seed;
+  char *scenario;
+  int status;
+  char *first_failure;
+  guint64 fingerprint;
+  guint64 events;
+} SwarmJob;
+
+static void
+swarm_run_one(gpointer data, gpointer user_data)
+{
+  SwarmJob *job = data;
+  (void)user_data;
+  job->scenario = ushersim_swarm_scenario(job->seed);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *source = g_strdup_printf("swarm seed %" G_GUINT64_FORMAT, job->seed);
+  g_autoptr(SimScenario) sc = sim_scenario_load_data(job->scenario, -1, source, &error);
+  if (sc == NULL) {
+    job->status = USHERSIM_EXIT_USAGE;
+    job->first_failure = g_strdup(error->message);
+    return;
+  }
+  g_autoptr(SimWorld) w = sim_world_new(sc, job->seed);
+  sim_world_run(w);
+  job->fingerprint = sim_world_fingerprint(w);
+  job->events = sim_world_events(w);
+  job->status = sim_world_passed(w) ? USHERSIM_EXIT_OK : USHERSIM_EXIT_CHECK_FAILED;
+  const GPtrArray *f = sim_world_failures(w);
+  if (f->len > 0)
+    job->first_failure = g_strdup(g_ptr_array_index(f, 0));
+}
+
+int
+ushersim_cmd_swarm(int argc, char **argv)
+{
+  gint64 seeds = 100, start = 1, jobs = 2;
+  g_autofree char *trace_dir = NULL;
+  gboolean print_scenario = FALSE;
+  GOptionEntry entries[] = {
+    {"seeds", 'n', 0, G_OPTION_ARG_INT64, &seeds, "How many seeds to run (default 100)", "N"},
+    {"start", 's', 0, G_OPTION_ARG_INT64, &start, "The first seed (default 1)", "S"},
+    {"jobs", 'j', 0, G_OPTION_ARG_INT64, &jobs, "Runs at the same time (default 2)", "J"},
+    {"trace-dir", 't', 0, G_OPTION_ARG_FILENAME, &trace_dir,
+     "Write a trace of every failing seed here (for replay and shrink)", "DIR"},
+    {"print-scenario", 0, 0, G_OPTION_ARG_NONE, &print_scenario,
+     "Print the scenario of the first seed and stop", NULL},
+    {NULL},
+  };
+  g_autoptr(GOptionContext) ctx = g_option_context_new("- random scenarios with every invariant");
+  g_option_context_set_summary(
+    ctx, "Each seed draws a cluster (2-6 directors, 2-6 backends), a workload and up to seven\n"
+         "faults (partitions, crashes, host changes, flushes, moves, kicks, clock steps, link\n"
+         "resets, backend failures), runs it and checks every invariant. Prints the failing seeds;\n"
+         "exit status 1 if any fails.");
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 1) {
+    fprintf(stderr, "ushersim swarm: %s\n", error != NULL ? error->message : "unexpected argument");
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (seeds < 1 || seeds > 10000000 || start < 0 || jobs < 1 || jobs > 64) {
+    fprintf(stderr, "ushersim swarm: --seeds 1..10000000, --start >= 0, --jobs 1..64\n");
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (print_scenario) {
+    g_autofree char *text = ushersim_swarm_scenario((guint64)start);
+    fputs(text, stdout);
+    return USHERSIM_EXIT_OK;
+  }
+  SwarmJob *all = g_new0(SwarmJob, seeds);
+  GThreadPool *pool = g_thread_pool_new(swarm_run_one, NULL, (gint)jobs, TRUE, NULL);
+  for (gint64 i = 0; i < seeds; i++) {
+    all[i].seed = (guint64)(start + i);
+    g_thread_pool_push(pool, &all[i], NULL);
+  }
+  g_thread_pool_free(pool, FALSE, TRUE);
+  guint failed = 0;
+  guint64 events = 0;
+  for (gint64 i = 0; i < seeds; i++) {
+    SwarmJob *job = &all[i];
+    events += job->events;
+    if (job->status != USHERSIM_EXIT_OK) {
+      failed++;
+      printf("seed %" G_GUINT64_FORMAT " FAILED: %s\n", job->seed,
+             job->first_failure != NULL ? job->first_failure : "?");
+      if (trace_dir != NULL) {
+        g_mkdir_with_parents(trace_dir, 0755);
+        g_autofree char *path =
+          g_strdup_printf("%s/swarm-%" G_GUINT64_FORMAT ".trace.json", trace_dir, job->seed);
+        int st = ushersim_run_scenario_text(job->scenario, path, (gint64)job->seed, NULL, NULL,
+                                            path, TRUE, NULL);
+        (void)st;
+        printf("  trace: %s\n", path);
+      }
+    }
+    g_free(job->scenario);
+    g_free(job->first_failure);
+  }
+  g_free(all);
+  printf("swarm: %" G_GINT64_FORMAT " seeds from %" G_GINT64_FORMAT ", %" G_GUINT64_FORMAT
+         " events, %u failed\n",
+         seeds, start, events, failed);
+  return failed == 0 ? USHERSIM_EXIT_OK : USHERSIM_EXIT_CHECK_FAILED;
+}
+
+/* ---- shrink -------------------------------------------------------------------------------------- */
+
+static gboolean
+still_fails(JsonNode *scenario, guint64 seed)
+{
+  g_autoptr(JsonGenerator) gen = json_generator_new();
+  json_generator_set_root(gen, scenario);
+  g_autofree char *text = json_generator_to_data(gen, NULL);
+  g_autoptr(SimScenario) sc = sim_scenario_load_data(text, -1, "shrink candidate", NULL);
+  if (sc == NULL)
+    return FALSE; /* a cut that makes the scenario invalid does not count */
+  g_autoptr(SimWorld) w = sim_world_new(sc, seed);
+  sim_world_run(w);
+  return !sim_world_passed(w);
+}
+
+int
+ushersim_cmd_shrink(int argc, char **argv)
+{
+  g_autofree char *out = NULL;
+  GOptionEntry entries[] = {
+    {"out", 'o', 0, G_OPTION_ARG_FILENAME, &out, "Where to write the small scenario", "FILE"},
+    {NULL},
+  };
+  g_autoptr(GOptionContext) ctx = g_option_context_new("TRACE - cut a failing run down");
+  g_option_context_set_summary(
+    ctx, "Removes events one by one, then halves the users, the login rate and the duration, as\n"
+         "long as the run still fails with the trace's seed. Writes the result as a scenario for\n"
+         "scenarios/regressions/. Exit status 0 when done, 1 if the trace does not fail, 2 on bad\n"
+         "input.");
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2 || out == NULL) {
+    fprintf(stderr, "ushersim shrink: %s\n",
+            error != NULL ? error->message : "give one trace file and --out FILE");
+    return USHERSIM_EXIT_USAGE;
+  }
+  g_autoptr(JsonParser) parser = json_parser_new();
+  if (!json_parser_load_from_file(parser, argv[1], &error)) {
+    fprintf(stderr, "ushersim shrink: %s: %s\n", argv[1], error->message);
+    return USHERSIM_EXIT_USAGE;
+  }
+  JsonNode *root = json_parser_get_root(parser);
+  JsonObject *o = root != NULL && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+  if (o == NULL || !json_object_has_member(o, "usher_trace") ||
+      !json_object_has_member(o, "scenario")) {
+    fprintf(stderr, "ushersim shrink: %s: not an Usher trace\n", argv[1]);
+    return USHERSIM_EXIT_USAGE;
+  }
+  guint64 seed = (guint64)json_object_get_int_member(o, "seed");
+  g_autoptr(JsonNode) sc = json_node_copy(json_object_get_member(o, "scenario"));
+  if (!JSON_NODE_HOLDS_OBJECT(sc)) {
+    fprintf(stderr, "ushersim shrink: %s: the scenario is not an object\n", argv[1]);
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (!still_fails(sc, seed)) {
+    printf("shrink: the trace's run passes: nothing to shrink\n");
+    return USHERSIM_EXIT_CHECK_FAILED;
+  }
+  JsonObject *so = json_node_get_object(sc);
+  guint runs = 1;
+  /* 1. Drop events while it still fails. */
+  if (json_object_has_member(so, "events")) {
+    JsonArray *ev = json_object_get_array_member(so, "events");
+    for (gint i = (gint)json_array_get_length(ev) - 1; i >= 0; i--) {
+      g_autoptr(JsonNode) removed = json_node_copy(json_array_get_element(ev, (guint)i));
+      json_array_remove_element(ev, (guint)i);
+      runs++;
+      if (!still_fails(sc, seed)) {
+        /* Needed: put it back where it was. */
+        g_autoptr(JsonArray) rebuilt = json_array_new();
+        for (guint k = 0; k < json_array_get_length(ev) + 1; k++) {
+          if (k == (guint)i)
+            json_array_add_element(rebuilt, json_node_copy(removed));
+          if (k < json_array_get_length(ev))
+            json_array_add_element(rebuilt, json_node_copy(json_array_get_element(ev, k)));
+        }
+        json_object_set_array_member(so, "events", json_array_ref(rebuilt));
+        ev = json_object_get_array_member(so, "events");
+      }
+    }
+  }
+  /* 2. Halve the workload while it still fails. */
+  JsonObject *wl = json_object_get_object_member(so, "workload");
+  const char *knobs[] = {"users", "logins_per_second"};
+  for (guint k = 0; k < G_N_ELEMENTS(knobs) && wl != NULL; k++) {
+    while (json_object_has_member(wl, knobs[k])) {
+      JsonNode *n = json_object_get_member(wl, knobs[k]);
+      if (json_node_get_value_type(n) != G_TYPE_INT64 || json_node_get_int(n) <= 1)
+        break;
+      gint64 v = json_node_get_int(n);
+      json_object_set_int_member(wl, knobs[k], v / 2);
+      runs++;
+      if (!still_fails(sc, seed)) {
+        json_object_set_int_member(wl, knobs[k], v);
+        break;
+      }
+    }
+  }
+  g_autofree char *name = g_strdup_printf("regression-%" G_GUINT64_FORMAT, seed);
+  json_object_set_string_member(so, "name", name);
+  json_object_set_int_member(so, "seed", (gint64)seed);
+  g_autoptr(JsonGenerator) gen = json_generator_new();
+  json_generator_set_root(gen, sc);
+  json_generator_set_pretty(gen, TRUE);
+  if (!json_generator_to_file(gen, out, &error)) {
+    fprintf(stderr, "ushersim shrink: %s: %s\n", out, error->message);
+    return USHERSIM_EXIT_USAGE;
+  }
+  printf("shrink: %u runs; wrote %s (%u events left)\n", runs, out,
+         json_object_has_member(so, "events")
+           ? json_array_get_length(json_object_get_array_member(so, "events"))
+           : 0);
+  return USHERSIM_EXIT_OK;
+}
