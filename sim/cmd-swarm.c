@@ -1,160 +1,13 @@
 /* cmd-swarm.c - "ushersim swarm" (random clusters, workloads and faults, every invariant on) and
  * "ushersim shrink" (cut a failing run down to a small regression scenario). */
 #include "sim/sim.h"
+#include "sim/sim-swarm.h"
 #include "sim/world.h"
 
 #include "libcore/rng.h"
 
 #include <stdio.h>
 #include <string.h>
-
-/* ---- Random scenarios ------------------------------------------------------------------------- */
-
-static guint
-pick(UsherRng *r, guint lo, guint hi)
-{
-  return (guint)usher_rng_range(r, lo, hi);
-}
-
-static void
-json_dur(GString *s, gint64 secs)
-{
-  g_string_append_printf(s, "\"%" G_GINT64_FORMAT "s\"", secs);
-}
-
-/* A scenario in JSON text, drawn from the seed. Faults always end well before the end of the run,
- * so the final convergence check is meaningful. */
-char *
-ushersim_swarm_scenario(guint64 seed)
-{
-  UsherRng r;
-  usher_rng_seed(&r, seed ^ G_GUINT64_CONSTANT(0x5157a7d5eed5eed5));
-  guint directors = pick(&r, 2, 6), backends = pick(&r, 2, 6);
-  guint users = pick(&r, 50, 3000);
-  gint64 duration = pick(&r, 20, 40) * 60;
-  guint expire = pick(&r, 2, 15) * 60;
-  GString *s = g_string_new("{\n");
-  g_string_append_printf(s, "  \"name\": \"swarm-%" G_GUINT64_FORMAT "\",\n", seed);
-  g_string_append_printf(s, "  \"seed\": %" G_GUINT64_FORMAT ",\n  \"duration\": ", seed);
-  json_dur(s, duration);
-  g_string_append(s, ",\n  \"convergence_budget\": \"5m\",\n");
-  g_string_append_printf(s, "  \"cluster\": {\"directors\": %u, \"backends\": [", directors);
-  for (guint b = 0; b < backends; b++)
-    g_string_append_printf(s, "%s{\"ip\": \"10.0.2.%u\", \"vhosts\": %u}", b > 0 ? ", " : "", b + 1,
-                           pick(&r, 0, 9) == 0 ? 0 : pick(&r, 20, 300));
-  g_string_append_printf(s, "], \"settings\": {\"user_expire\": \"%us\", \"user_kick_delay\": \"%us\", "
-                            "\"max_parallel_moves\": %u}},\n",
-                         expire, pick(&r, 0, 3), pick(&r, 1, 50));
-  guint lat_max = pick(&r, 0, 4) == 0 ? 20000 : 2000;
-  g_string_append_printf(s, "  \"network\": {\"latency\": {\"kind\": \"uniform\", \"min\": \"100us\", "
-                            "\"max\": \"%uus\"}},\n",
-                         lat_max);
-  g_string_append_printf(s, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
-                            "\"session_duration\": {\"kind\": \"log-uniform\", \"min\": \"5s\", "
-                            "\"max\": \"%um\"}, \"protocols\": {\"imap\": 70, \"pop3\": 10, "
-                            "\"lmtp\": 20}},\n",
-                         users, pick(&r, 1, 8), pick(&r, 2, 40));
-  g_string_append(s, "  \"events\": [");
-  guint n_events = pick(&r, 1, 7);
-  gint64 last = duration - 8 * 60; /* faults end before this */
-  gboolean first = TRUE;
-  for (guint e = 0; e < n_events; e++) {
-    gint64 at = pick(&r, 120, (guint)MAX(last - 60, 121));
-    guint d = pick(&r, 0, directors - 1);
-    guint host = pick(&r, 1, backends);
-    GString *ev = g_string_new(NULL);
-    switch (pick(&r, 0, 10)) {
-    case 0: { /* partition into two groups, healed later */
-      guint64 mask = 0;
-      while (mask == 0 || mask == (G_GUINT64_CONSTANT(1) << directors) - 1)
-        mask = usher_rng_below(&r, G_GUINT64_CONSTANT(1) << directors);
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"partition\", \"groups\": [[", at);
-      gboolean f1 = TRUE, f2 = TRUE;
-      GString *other = g_string_new(NULL);
-      for (guint i = 0; i < directors; i++) {
-        if (mask & (G_GUINT64_CONSTANT(1) << i)) {
-          g_string_append_printf(ev, "%s%u", f1 ? "" : ", ", i);
-          f1 = FALSE;
-        } else {
-          g_string_append_printf(other, "%s%u", f2 ? "" : ", ", i);
-          f2 = FALSE;
-        }
-      }
-      g_string_append_printf(ev, "], [%s]]}, {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"heal\"}",
-                             other->str, MIN(at + pick(&r, 30, 480), last));
-      g_string_free(other, TRUE);
-      break;
-    }
-    case 1:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"director-crash\", \"director\": %u}, "
-                                 "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"director-restart\", \"director\": %u}",
-                             at, d, MIN(at + pick(&r, 10, 300), last), d);
-      break;
-    case 2:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-down\", \"director\": %u, "
-                                 "\"host\": \"10.0.2.%u\"}, {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-up\", "
-                                 "\"director\": %u, \"host\": \"10.0.2.%u\"}",
-                             at, d, host, MIN(at + pick(&r, 10, 600), last),
-                             pick(&r, 0, directors - 1), host);
-      break;
-    case 3:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-vhosts\", \"director\": %u, "
-                                 "\"host\": \"10.0.2.%u\", \"vhosts\": %u}",
-                             at, d, host, pick(&r, 0, 300));
-      break;
-    case 4: {
-      g_autofree char *target =
-        pick(&r, 0, 1) ? g_strdup("") : g_strdup_printf(", \"host\": \"10.0.2.%u\"", host);
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"flush\", \"director\": %u%s, "
-                                 "\"max_parallel\": %u}",
-                             at, d, target, pick(&r, 1, 100));
-      break;
-    }
-    case 5:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"move\", \"director\": %u, "
-                                 "\"user\": \"user%u@example.com\", \"host\": \"10.0.2.%u\"}",
-                             at, d, pick(&r, 1, users), host);
-      break;
-    case 6:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"kick\", \"director\": %u, "
-                                 "\"user\": \"user%u@example.com\"}",
-                             at, d, pick(&r, 1, users));
-      break;
-    case 7:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"clock-step\", \"director\": %u, "
-                                 "\"step\": \"%s%us\"}",
-                             at, d, pick(&r, 0, 1) ? "+" : "-", pick(&r, 1, 60));
-      break;
-    case 8:
-      if (directors >= 2) {
-        guint a = pick(&r, 0, directors - 1), b = (a + pick(&r, 1, directors - 1)) % directors;
-        g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"link-reset\", \"a\": %u, \"b\": %u}",
-                               at, a, b);
-      }
-      break;
-    case 9:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-fail\", \"host\": \"10.0.2.%u\"}, "
-                                 "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-recover\", \"host\": \"10.0.2.%u\"}",
-                             at, host, MIN(at + pick(&r, 10, 600), last), host);
-      break;
-    default:
-      g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-add\", \"director\": %u, "
-                                 "\"host\": \"10.0.3.%u\", \"vhosts\": %u}",
-                             at, d, e + 1, pick(&r, 1, 200));
-      break;
-    }
-    if (ev->len > 0) {
-      g_string_append_printf(s, "%s\n    %s", first ? "" : ",", ev->str);
-      first = FALSE;
-    }
-    g_string_free(ev, TRUE);
-  }
-  g_string_append(s, "\n  ],\n  \"checks\": [\n"
-                     "    {\"type\": \"no-double-backend\", \"allow_split_brain\": true},\n"
-                     "    {\"type\": \"converged\", \"within\": \"5m\"},\n"
-                     "    {\"type\": \"no-pending-logins\"}\n  ]\n}\n");
-  return g_string_free(s, FALSE);
-}
 
 /* ---- swarm --------------------------------------------------------------------------------------- */
 
@@ -172,7 +25,7 @@ swarm_run_one(gpointer data, gpointer user_data)
 {
   SwarmJob *job = data;
   (void)user_data;
-  job->scenario = ushersim_swarm_scenario(job->seed);
+  job->scenario = sim_swarm_scenario(job->seed);
   g_autoptr(GError) error = NULL;
   g_autofree char *source = g_strdup_printf("swarm seed %" G_GUINT64_FORMAT, job->seed);
   g_autoptr(SimScenario) sc = sim_scenario_load_data(job->scenario, -1, source, &error);
@@ -224,7 +77,7 @@ ushersim_cmd_swarm(int argc, char **argv)
     return USHERSIM_EXIT_USAGE;
   }
   if (print_scenario) {
-    g_autofree char *text = ushersim_swarm_scenario((guint64)start);
+    g_autofree char *text = sim_swarm_scenario((guint64)start);
     fputs(text, stdout);
     return USHERSIM_EXIT_OK;
   }

@@ -69,6 +69,31 @@ sim_world_print_summary(SimWorld *w, FILE *out)
       fprintf(out, "did NOT converge after %s\n", c->after);
     }
   }
+  UsherDirectorStats sum = {0};
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    const UsherDirectorStats *st = usher_director_get_stats(w->nodes[i].d);
+    sum.moves_started += st->moves_started;
+    sum.moves_finished += st->moves_finished;
+    sum.moves_timed_out += st->moves_timed_out;
+    sum.user_conflicts += st->user_conflicts;
+    sum.host_conflicts += st->host_conflicts;
+    sum.protocol_errors += st->protocol_errors;
+    sum.logins_delayed += st->logins_delayed;
+    sum.kicks_sent += st->kicks_sent;
+    sum.users_expired += st->users_expired;
+    sum.sync_resends += st->sync_resends;
+  }
+  fprintf(out, "directors (all that are up, since their last start): %" G_GUINT64_FORMAT
+               " moves started, %" G_GUINT64_FORMAT " finished, %" G_GUINT64_FORMAT
+               " timed out; %" G_GUINT64_FORMAT " user conflicts, %" G_GUINT64_FORMAT
+               " host conflicts; %" G_GUINT64_FORMAT " logins waited; %" G_GUINT64_FORMAT
+               " kicks; %" G_GUINT64_FORMAT " users expired; %" G_GUINT64_FORMAT
+               " SYNC resends; %" G_GUINT64_FORMAT " protocol errors\n",
+          sum.moves_started, sum.moves_finished, sum.moves_timed_out, sum.user_conflicts,
+          sum.host_conflicts, sum.logins_delayed, sum.kicks_sent, sum.users_expired,
+          sum.sync_resends, sum.protocol_errors);
   double secs = w->wall_elapsed_us > 0 ? w->wall_elapsed_us / 1e6 : 0;
   fprintf(out, "\n%" G_GUINT64_FORMAT " events in %.2f s of host time (%.2f M events/s)\n",
           w->events, secs, secs > 0 ? w->events / secs / 1e6 : 0);
@@ -142,6 +167,34 @@ sim_world_report_json(SimWorld *w)
     json_builder_set_member_name(b, "after");
     json_builder_add_string_value(b, c->after);
     INT("took_us", c->took_us);
+    json_builder_end_object(b);
+  }
+  json_builder_end_array(b);
+  json_builder_set_member_name(b, "directors");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->n_nodes; i++) {
+    json_builder_begin_object(b);
+    INT("director", i);
+    json_builder_set_member_name(b, "up");
+    json_builder_add_boolean_value(b, w->nodes[i].up);
+    if (w->nodes[i].up) {
+      const UsherDirectorStats *st = usher_director_get_stats(w->nodes[i].d);
+      INT("moves_started", st->moves_started);
+      INT("moves_finished", st->moves_finished);
+      INT("moves_timed_out", st->moves_timed_out);
+      INT("user_conflicts", st->user_conflicts);
+      INT("host_conflicts", st->host_conflicts);
+      INT("logins_ok", st->logins_ok);
+      INT("logins_delayed", st->logins_delayed);
+      INT("logins_tempfail", st->logins_tempfail);
+      INT("kicks_sent", st->kicks_sent);
+      INT("users_expired", st->users_expired);
+      INT("sync_resends", st->sync_resends);
+      INT("protocol_errors", st->protocol_errors);
+      INT("duplicate_commands", st->duplicate_commands);
+      INT("lines_in", st->lines_in);
+      INT("lines_out", st->lines_out);
+    }
     json_builder_end_object(b);
   }
   json_builder_end_array(b);

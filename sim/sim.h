@@ -15,8 +15,7 @@ int ushersim_cmd_run(int argc, char **argv);
 int ushersim_cmd_replay(int argc, char **argv);
 int ushersim_cmd_swarm(int argc, char **argv);
 int ushersim_cmd_shrink(int argc, char **argv);
-/* The random scenario (JSON text) that swarm runs for a seed. */
-char *ushersim_swarm_scenario(guint64 seed);
+
 
 /* Runs scenario text (seed < 0: the scenario's own); returns the exit status. */
 int ushersim_run_scenario_text(const char *text, const char *source, gint64 seed,

@@ -1,4 +1,5 @@
 /* test-scenarios.c - every scenario in scenarios/ is a test case; determinism; scenario errors. */
+#include "sim/sim-swarm.h"
 #include "sim/world.h"
 
 #include <string.h>
@@ -52,6 +53,28 @@ determinism(gconstpointer data)
   }
   g_assert_cmpuint(fp[0], ==, fp[1]);
   g_assert_cmpuint(fp[0], !=, fp[2]);
+}
+
+/* Swarm seeds run twice give the same fingerprint (the generator and the run are both
+ * deterministic). */
+static void
+test_swarm_determinism(void)
+{
+  for (guint64 seed = 1; seed <= 6; seed++) {
+    g_autofree char *a = sim_swarm_scenario(seed);
+    g_autofree char *b = sim_swarm_scenario(seed);
+    g_assert_cmpstr(a, ==, b);
+    guint64 fp[2];
+    for (int i = 0; i < 2; i++) {
+      g_autoptr(GError) error = NULL;
+      g_autoptr(SimScenario) sc = sim_scenario_load_data(a, -1, "swarm", &error);
+      g_assert_no_error(error);
+      g_autoptr(SimWorld) w = sim_world_new(sc, seed);
+      sim_world_run(w);
+      fp[i] = sim_world_fingerprint(w);
+    }
+    g_assert_cmpuint(fp[0], ==, fp[1]);
+  }
 }
 
 static void
@@ -117,6 +140,7 @@ main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/sim/scenario-errors", test_errors);
+  g_test_add_func("/sim/swarm-determinism", test_swarm_determinism);
   g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
   const char *subdirs[] = {"", "regressions"};
   for (guint k = 0; k < G_N_ELEMENTS(subdirs); k++) {

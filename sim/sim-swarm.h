@@ -1,0 +1,9 @@
+/* sim-swarm.h - random scenarios for "ushersim swarm". */
+#pragma once
+
+#include <glib.h>
+
+/* The scenario (JSON text, transfer full) drawn from seed: 2-6 directors, 2-6 backends, a
+ * workload and up to seven faults that all end well before the run does, with the invariant
+ * checks. The same seed always gives the same text. */
+char *sim_swarm_scenario(guint64 seed);
