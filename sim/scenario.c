@@ -461,7 +461,7 @@ load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
   static const char *const allowed[] = {"users",        "user_format",      "logins_per_second",
                                         "daily_curve",  "session_duration", "protocols",
                                         "retry",        "lmtp_duration",    "kick_duration",
-                                        NULL};
+                                        "tag",          NULL};
   if (!only_members(ctx, "workload", w, allowed))
     return FALSE;
   guint64 users = 1000;
@@ -478,6 +478,15 @@ load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
     return fail(ctx, "workload.user_format", "must contain %%u exactly once and no other %%");
   sc->user_prefix = g_strndup(fmt, (gsize)(pct - fmt));
   sc->user_suffix = g_strdup(pct + 2);
+  const char *tag = get_string(ctx, "workload", w, "tag", FALSE);
+  if (tag == NULL && ctx->failed)
+    return FALSE;
+  sc->tag = g_strdup(tag != NULL ? tag : "");
+  gboolean tag_known = sc->tag[0] == '\0';
+  for (guint i = 0; i < sc->backends->len && !tag_known; i++)
+    tag_known = strcmp(((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->tag, sc->tag) == 0;
+  if (!tag_known)
+    return fail(ctx, "workload.tag", "no backend has tag \"%s\"", sc->tag);
   sc->rate_milli = 10000;
   if (!get_milli(ctx, "workload", w, "logins_per_second", 0, G_GINT64_CONSTANT(100000000),
                  &sc->rate_milli))
@@ -1103,6 +1112,7 @@ sim_scenario_free(SimScenario *sc)
   usher_config_free(sc->config);
   g_free(sc->user_prefix);
   g_free(sc->user_suffix);
+  g_free(sc->tag);
   g_array_unref(sc->events);
   g_array_unref(sc->checks);
   g_free(sc);

@@ -124,6 +124,7 @@ typedef struct {
 
   guint64 users;
   char *user_prefix, *user_suffix; /* user_format split at its %u */
+  char *tag;                       /* the tag every login asks for ("" = untagged ring) */
   gint64 rate_milli;               /* logins per second x 1000 */
   guint daily_curve[24];           /* weights per hour of the day; all equal if not given */
   gboolean has_daily_curve;

@@ -501,7 +501,7 @@ login_attempt(SimWorld *w, SimLogin *lg)
   mix(w, lg->id);
   mix(w, lg->user);
   usher_director_login_request(n->d, node_now(w, n), lg->id,
-                               user_name(w, lg->user, name, sizeof(name)), NULL);
+                               user_name(w, lg->user, name, sizeof(name)), w->sc->tag);
   drain(w, d);
 }
 
