@@ -1,0 +1,55 @@
+#!/bin/bash
+# test-ushersim-run.sh - run, trace, replay, shrink, reports and charts end to end (TAP output).
+set -u
+sim=${USHERSIM:?run through meson test}
+scen=${USHER_SCENARIOS:?run through meson test}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+n=0
+failed=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; }
+check() { if eval "$2"; then ok "$1"; else not_ok "$1"; fi; }
+
+"$sim" run "$scen/kick-storm.json" --trace "$tmp/t.json" --report "$tmp/r.json" --chart "$tmp/c.svg" > "$tmp/out.txt"
+check "a passing scenario exits 0" '[ $? -eq 0 ] && grep -q "RESULT: PASS" "$tmp/out.txt"'
+check "the report is JSON and says passed" 'python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d[\"passed\"] and d[\"logins_ok\"] > 0 and len(d[\"samples\"]) > 0 and len(d[\"directors\"]) == 3" "$tmp/r.json"'
+check "the chart is an SVG" 'head -c 200 "$tmp/c.svg" | grep -q "<svg"'
+"$sim" replay "$tmp/t.json" > "$tmp/replay.txt"
+check "replay reproduces the fingerprint" '[ $? -eq 0 ] && grep -q "reproduced fingerprint" "$tmp/replay.txt"'
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["fingerprint"]="0000000000000000"; json.dump(d, open(sys.argv[2],"w"))' "$tmp/t.json" "$tmp/t2.json"
+"$sim" replay "$tmp/t2.json" > "$tmp/replay2.txt"
+check "a different recorded fingerprint is reported" '[ $? -eq 1 ] && grep -q "did not reproduce" "$tmp/replay2.txt"'
+
+a=$("$sim" run "$scen/clock-step.json" | grep ^fingerprint)
+b=$("$sim" run "$scen/clock-step.json" | grep ^fingerprint)
+c=$("$sim" run "$scen/clock-step.json" --seed 99 | grep ^fingerprint)
+check "same seed, same fingerprint; another seed, another" '[ "$a" = "$b" ] && [ "$a" != "$c" ]'
+
+cat > "$tmp/fails.json" <<'JSON'
+{"name": "fails", "duration": "10m",
+ "cluster": {"directors": 2, "backends": ["10.0.2.1-10.0.2.2"]},
+ "workload": {"users": 64, "logins_per_second": 2},
+ "events": [{"at": "1m", "type": "host-down", "director": 0, "host": "10.0.2.1"},
+            {"at": "2m", "type": "host-up", "director": 1, "host": "10.0.2.1"},
+            {"at": "3m", "type": "link-delay", "a": 0, "b": 1, "delay": "5ms"}],
+ "checks": [{"type": "min-logins", "min": 1000000}]}
+JSON
+"$sim" run "$tmp/fails.json" --trace "$tmp/ft.json" > "$tmp/fout.txt"
+check "a failing check exits 1 and says which" '[ $? -eq 1 ] && grep -q "RESULT: FAIL" "$tmp/fout.txt" && grep -q "min-logins" "$tmp/fout.txt"'
+"$sim" shrink "$tmp/ft.json" --out "$tmp/small.json" > "$tmp/shrink.txt"
+check "shrink writes a smaller scenario" '[ $? -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d.get(\"events\", [])) == 0 and d[\"workload\"][\"users\"] < 64" "$tmp/small.json"'
+"$sim" run -q "$tmp/small.json"
+check "the shrunk scenario still fails" '[ $? -eq 1 ]'
+"$sim" shrink "$tmp/t.json" --out "$tmp/none.json" > /dev/null
+check "shrinking a passing trace exits 1" '[ $? -eq 1 ]'
+
+echo '{"name": "x", "cluster": {"backends": ["10.0.2.1"]}, "workload": {}, "extra": 1}' > "$tmp/bad.json"
+"$sim" run "$tmp/bad.json" 2> "$tmp/bad.txt"
+check "a bad scenario exits 2 naming the field" '[ $? -eq 2 ] && grep -q "extra: unknown field" "$tmp/bad.txt"'
+"$sim" run /nonexistent.json 2> /dev/null
+check "a missing scenario exits 2" '[ $? -eq 2 ]'
+"$sim" swarm --seeds 4 --start 10 > "$tmp/swarm.txt"
+check "swarm runs seeds and reports" '[ $? -eq 0 ] && grep -q "swarm: 4 seeds from 10" "$tmp/swarm.txt"'
+echo "1..$n"
+[ $failed -eq 0 ]
