@@ -331,6 +331,7 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
   cairo_surface_finish(surface);
   cairo_status_t st = cairo_surface_status(surface);
   cairo_surface_destroy(surface);
+  cairo_debug_reset_static_data(); /* drop cairo's font caches: one chart per run */
   if (st != CAIRO_STATUS_SUCCESS) {
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s: cannot write the chart: %s", path,
                 cairo_status_to_string(st));
