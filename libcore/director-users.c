@@ -431,6 +431,8 @@ users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser
   g_hash_table_add(d->moves, m);
   d->users_moving_count++;
   d->stats.moves_started++;
+  if (m->self_initiated)
+    d->stats.moves_initiated++;
   move_set_state(d, m, USHER_KILL_KILLING);
   if ((old_host != NULL && old_host->id != user->host) || force_kick) {
     m->kick_id = new_kick(d, TRUE, tag, user->hash);

@@ -234,7 +234,8 @@ typedef struct {
   guint64 hosts_hash_mismatches; /* SYNCs with a different host list */
   guint64 sync_resends;
   guint64 logins_ok, logins_tempfail, logins_delayed;
-  guint64 moves_started, moves_finished, moves_timed_out;
+  guint64 moves_started, moves_finished, moves_timed_out; /* every move this director took part in */
+  guint64 moves_initiated; /* moves this director started (admin USER-MOVE, flushes) */
   guint64 kicks_sent;
   guint64 users_expired;
   guint64 alone_declared;

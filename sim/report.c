@@ -75,6 +75,7 @@ sim_world_print_summary(SimWorld *w, FILE *out)
       continue;
     const UsherDirectorStats *st = usher_director_get_stats(w->nodes[i].d);
     sum.moves_started += st->moves_started;
+    sum.moves_initiated += st->moves_initiated;
     sum.moves_finished += st->moves_finished;
     sum.moves_timed_out += st->moves_timed_out;
     sum.user_conflicts += st->user_conflicts;
@@ -86,12 +87,14 @@ sim_world_print_summary(SimWorld *w, FILE *out)
     sum.sync_resends += st->sync_resends;
   }
   fprintf(out, "directors (all that are up, since their last start): %" G_GUINT64_FORMAT
-               " moves started, %" G_GUINT64_FORMAT " finished, %" G_GUINT64_FORMAT
+               " users moved by admin commands and flushes; every director's moves: %" G_GUINT64_FORMAT
+               " started, %" G_GUINT64_FORMAT " finished, %" G_GUINT64_FORMAT
                " timed out; %" G_GUINT64_FORMAT " user conflicts, %" G_GUINT64_FORMAT
                " host conflicts; %" G_GUINT64_FORMAT " logins waited; %" G_GUINT64_FORMAT
                " kicks; %" G_GUINT64_FORMAT " users expired; %" G_GUINT64_FORMAT
                " SYNC resends; %" G_GUINT64_FORMAT " protocol errors\n",
-          sum.moves_started, sum.moves_finished, sum.moves_timed_out, sum.user_conflicts,
+          sum.moves_initiated, sum.moves_started, sum.moves_finished, sum.moves_timed_out,
+          sum.user_conflicts,
           sum.host_conflicts, sum.logins_delayed, sum.kicks_sent, sum.users_expired,
           sum.sync_resends, sum.protocol_errors);
   double secs = w->wall_elapsed_us > 0 ? w->wall_elapsed_us / 1e6 : 0;
@@ -179,6 +182,7 @@ sim_world_report_json(SimWorld *w)
     json_builder_add_boolean_value(b, w->nodes[i].up);
     if (w->nodes[i].up) {
       const UsherDirectorStats *st = usher_director_get_stats(w->nodes[i].d);
+      INT("moves_initiated", st->moves_initiated);
       INT("moves_started", st->moves_started);
       INT("moves_finished", st->moves_finished);
       INT("moves_timed_out", st->moves_timed_out);
