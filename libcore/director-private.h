@@ -116,6 +116,7 @@ typedef struct {
   guint old_vhost_count;
   guint64 kick_id;  /* outstanding local kick, 0 = none */
   guint64 flush_id; /* outstanding flush hook, 0 = none */
+  gboolean ignored_update; /* a conflicting USER arrived mid-move and was ignored */
   gint64 deadline_us; /* move timeout, or the end of DELAY */
 } Move;
 

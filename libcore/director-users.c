@@ -112,9 +112,14 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
     /* The other side has probably let it expire already; take its host. */
     ret = TRUE;
   } else if (user->kill_state != USHER_KILL_NONE) {
-    /* Being moved: the sender has not seen the move yet. */
+    /* Being moved: the sender has not seen the move yet. Remember it: when the move ends we
+     * announce where the user is, or a sender that never saw the move (a ring that was split
+     * while it ran) keeps the other backend (found by ushersim swarm, seed 1425). */
     dir_log(d, G_LOG_LEVEL_DEBUG, "user hash %u is being moved: keeping %s, not %s", hash,
             cur->ip_str, host->ip_str);
+    Move *m = move_lookup(d, cur->tag, hash);
+    if (m != NULL)
+      m->ignored_update = TRUE;
     host = cur;
   } else {
     /* A true conflict. Everyone must pick the same host without fighting over it: the lower
@@ -339,6 +344,8 @@ move_free(UsherDirector *d, UsherNow now, Move *m, gboolean notify)
   UsherUser *u = usher_user_dir_lookup(m->tag->users, m->hash);
   if (u != NULL)
     u->kill_state = USHER_KILL_NONE;
+  if (u != NULL && m->ignored_update)
+    users_update_user(d, d->self, m->tag, u); /* settle what we ignored during the move */
   g_assert(d->users_moving_count > 0);
   d->users_moving_count--;
   g_hash_table_remove(d->moves, m); /* frees m */
