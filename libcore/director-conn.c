@@ -693,10 +693,13 @@ cmd_host_hand_start(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg 
   gboolean remote = msg->host_hand.ring_handshaked;
   c->handshake_sending_hosts = TRUE;
   if (remote && !d->ring_handshaked) {
-    /* We are joining a complete ring: its hosts replace ours. */
+    /* We are joining a complete ring: its hosts replace ours. Dovecot drops all of ours (and
+     * their users) first; Usher applies the ring's list and drops only the hosts it does not
+     * name, at HOST-HAND-END. The users we hold came from ring members (a director that never
+     * completed a ring answers no logins), and dropping them lost users that reached us just
+     * before this handshake (found by ushersim swarm, seed 3778). */
     dir_log(d, G_LOG_LEVEL_INFO, "joining a ring: replacing our hosts with %s's", c->name);
-    while (usher_host_table_n_hosts(d->hosts) > 0)
-      users_remove_host(d, now, NULL, NULL, usher_host_table_nth(d->hosts, 0));
+    c->replacing_hosts = g_array_new(FALSE, FALSE, sizeof(UsherIp));
   } else if (!remote && d->ring_handshaked) {
     /* It is joining our complete ring: its host list does not count. */
     c->ignore_host_events = TRUE;
@@ -747,6 +750,10 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
              strcmp(host->tag->name, tag) != 0;
   }
 
+  if (c->replacing_hosts != NULL) {
+    g_array_append_val(c->replacing_hosts, host->ip);
+    host->desynced = FALSE; /* the ring's word is final here */
+  }
   if (update && host->desynced) {
     /* Two directors changed this host at once: settle locally, then flood the result as ours. */
     d->stats.host_conflicts++;
@@ -777,6 +784,24 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   users_update_host(d, now, src, orig, host);
   dir_state_changed(d, now);
   return TRUE;
+}
+
+/* Joining a ring: drop our hosts that its host list did not name (their users go with them). */
+static void
+finish_replacing_hosts(UsherDirector *d, UsherNow now, Conn *c)
+{
+  g_autoptr(GArray) seen = g_steal_pointer(&c->replacing_hosts);
+  for (guint i = 0; i < usher_host_table_n_hosts(d->hosts);) {
+    UsherHost *h = usher_host_table_nth(d->hosts, i);
+    gboolean named = FALSE;
+    for (guint k = 0; k < seen->len && !named; k++)
+      named = usher_ip_equal(&g_array_index(seen, UsherIp, k), &h->ip);
+    if (named) {
+      i++;
+      continue;
+    }
+    users_remove_host(d, now, NULL, NULL, h); /* not flooded, as in Dovecot */
+  }
 }
 
 static UsherHost *
@@ -1074,6 +1099,10 @@ dispatch(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     }
     c->handshake_sending_hosts = FALSE;
     c->ignore_host_events = FALSE;
+    if (c->replacing_hosts != NULL) {
+      finish_replacing_hosts(d, now, c);
+      return dir_conn_by_id(d, id) != NULL;
+    }
     return TRUE;
   case USHER_RING_MSG_HOST_HANDSHAKE:
     /* A handshake HOST that changes anything is re-flooded as our own. */

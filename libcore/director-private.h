@@ -74,6 +74,7 @@ struct Conn {
   /* Handshake, receiving side */
   gboolean handshake_sending_hosts; /* between HOST-HAND-START and HOST-HAND-END */
   gboolean ignore_host_events;      /* the peer is joining our completed ring */
+  GArray *replacing_hosts;          /* we are joining its ring: IPs its host list named */
   gboolean handshake_received;      /* the peer's DONE arrived */
   guint64 users_received;
 

@@ -502,6 +502,8 @@ conn_free_func(gpointer p)
   usher_line_reader_free(c->reader);
   if (c->users_to_send != NULL)
     g_array_unref(c->users_to_send);
+  if (c->replacing_hosts != NULL)
+    g_array_unref(c->replacing_hosts);
   g_free(c);
 }
 
