@@ -145,6 +145,7 @@ struct SimWorld {
   guint64 events;
   gboolean budget_exhausted;
   gboolean quiescing; /* after the end: no new logins, let in-flight updates settle */
+  gint64 max_skew_seen_secs;
 
   guint n_nodes;
   SimNode nodes[64];

@@ -256,6 +256,9 @@ distinct_backends(SimWorld *w, SimUser *u, guint *first_out)
   return n;
 }
 
+static gint64 skew_now_secs(SimWorld *w);
+static gint64 max_skew_secs(SimWorld *w);
+
 /* Re-evaluates the user's double-backend state after its sessions changed. */
 static void
 track_backends(SimWorld *w, guint32 user)
@@ -268,6 +271,11 @@ track_backends(SimWorld *w, guint32 user)
     SimWindow *win = g_new0(SimWindow, 1);
     win->start_us = w->now_us;
     if (w->faults_active > 0 || w->now_us < w->fault_grace_until_us) {
+      win->allowed = TRUE;
+      win->cause = "split brain";
+    } else if (skew_now_secs(w) > 1) {
+      /* Directors whose clocks disagree expire entries at different times: a user can be placed
+       * afresh on one while another still holds it (spec weakness 7). */
       win->allowed = TRUE;
       win->cause = "split brain";
     } else {
@@ -965,6 +973,7 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
     start_probe(w, "link reset");
     break;
   case SIM_EV_CLOCK_STEP:
+    (void)max_skew_secs(w); /* remember the skew before the step, too */
     n->wall_offset_us += ev->value_us;
     /* Skewed timestamps change when entries expire: allow split-brain windows for a while. */
     w->fault_grace_until_us =
@@ -1011,9 +1020,19 @@ node_wall_us(SimWorld *w, SimNode *n)
   return node_now(w, n).wall_us;
 }
 
-/* The largest difference between two directors' wall clocks, in seconds, rounded up. */
+/* The largest difference between two directors' wall clocks, in seconds, rounded up: now, and
+ * the largest seen so far in the run (timestamps minted under an old skew live on). */
+static gint64 skew_now_secs(SimWorld *w);
+
 static gint64
 max_skew_secs(SimWorld *w)
+{
+  w->max_skew_seen_secs = MAX(w->max_skew_seen_secs, skew_now_secs(w));
+  return w->max_skew_seen_secs;
+}
+
+static gint64
+skew_now_secs(SimWorld *w)
 {
   gint64 lo = G_MAXINT64, hi = G_MININT64;
   for (guint i = 0; i < w->n_nodes; i++) {
