@@ -399,6 +399,8 @@ conn_adopt_waiting_left(UsherDirector *d, UsherNow now)
 static gboolean
 adopt_right(UsherDirector *d, UsherNow now, Conn *c)
 {
+  if (c->closing)
+    return FALSE; /* told to go elsewhere: it closes at its deadline */
   if (d->right != NULL && d->right != c) {
     if (dir_member_cmp_to_self(d, c->host, d->right->host) <= 0) {
       conn_close(d, now, c, "not closer than our current right neighbour", CLOSE_SEND_DISCONNECT);
@@ -774,6 +776,7 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   }
   if (!update)
     return TRUE;
+  updown = MAX(updown, host->last_updown_change); /* never shrinks, or states can flip-flop */
   if (strcmp(host->tag->name, tag) != 0)
     usher_host_table_set_tag(d->hosts, host, tag);
   usher_host_table_set_down(d->hosts, host, down, updown);
@@ -1208,8 +1211,10 @@ conn_input(UsherDirector *d, UsherNow now, Conn *c, const void *data, gsize len)
   c->bytes_in += len;
   c->last_input_us = now.mono_us;
   c->timeout_base_us = now.mono_us;
-  if (c->closing)
-    return; /* we sent CONNECT: just wait for the peer to go */
+  /* Dovecot discards input from a connection it told to go elsewhere (CONNECT sent). Usher keeps
+   * applying it: it is ordinary ring traffic, and dropping it lost user updates that a peer sent
+   * just before it saw our CONNECT, during a merge (found by ushersim swarm, seed 7491). The
+   * connection is never adopted as a neighbour and still closes at its deadline. */
   usher_line_reader_feed(c->reader, data, len);
   for (;;) {
     char *line;
@@ -1237,7 +1242,7 @@ conn_input(UsherDirector *d, UsherNow now, Conn *c, const void *data, gsize len)
     }
     if (!dispatch(d, now, c, &msg))
       return;
-    if ((c = dir_conn_by_id(d, id)) == NULL || c->closing)
+    if ((c = dir_conn_by_id(d, id)) == NULL)
       return;
   }
 }

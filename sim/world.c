@@ -1060,15 +1060,24 @@ compare_directors(SimWorld *w, SimNode *na, SimNode *nb, GString *first)
 {
   UsherHostTable *a = usher_director_get_hosts(na->d), *b = usher_director_get_hosts(nb->d);
   guint differ = 0;
-  if (usher_host_table_n_hosts(a) != usher_host_table_n_hosts(b))
-    differ++;
+  for (guint h = 0; h < usher_host_table_n_hosts(b); h++) {
+    UsherHost *hb = usher_host_table_nth(b, h);
+    if (usher_host_table_lookup(a, &hb->ip) == NULL) {
+      if (differ == 0 && first != NULL)
+        g_string_append_printf(first, " (first: backend %s only on director %u)", hb->ip_str,
+                               nb->index);
+      differ++;
+    }
+  }
   for (guint h = 0; h < usher_host_table_n_hosts(a); h++) {
     UsherHost *ha = usher_host_table_nth(a, h);
     UsherHost *hb = usher_host_table_lookup(b, &ha->ip);
     if (hb == NULL || hb->vhost_count != ha->vhost_count || hb->down != ha->down ||
         strcmp(hb->tag->name, ha->tag->name) != 0) {
       if (differ == 0 && first != NULL)
-        g_string_append_printf(first, " (first: backend %s)", ha->ip_str);
+        g_string_append_printf(first, " (first: backend %s: %u vhosts%s on director %u, %s)",
+                               ha->ip_str, ha->vhost_count, ha->down ? " down" : "", na->index,
+                               hb == NULL ? "absent" : hb->down ? "down" : "up");
       differ++;
     }
   }
