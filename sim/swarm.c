@@ -32,7 +32,7 @@ sim_swarm_scenario(guint64 seed)
   g_string_append_printf(s, "  \"name\": \"swarm-%" G_GUINT64_FORMAT "\",\n", seed);
   g_string_append_printf(s, "  \"seed\": %" G_GUINT64_FORMAT ",\n  \"duration\": ", seed);
   json_dur(s, duration);
-  g_string_append(s, ",\n  \"convergence_budget\": \"5m\",\n");
+  g_string_append(s, ",\n  \"convergence_budget\": \"5m\",\n  \"max_events\": 50000000,\n");
   g_string_append_printf(s, "  \"cluster\": {\"directors\": %u, \"backends\": [", directors);
   for (guint b = 0; b < backends; b++)
     g_string_append_printf(s, "%s{\"ip\": \"10.0.2.%u\", \"vhosts\": %u}", b > 0 ? ", " : "", b + 1,

@@ -12,6 +12,7 @@
 #define LOSS_RETRANSMIT_US (200000)
 #define FLUSH_HOOK_US (10000)
 #define MAX_FAILURES_KEPT 50
+#define MAX_PENDING_EVENTS 20000000 /* a message storm, not a workload */
 
 typedef enum {
   EV_DELIVER,

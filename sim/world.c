@@ -1481,6 +1481,13 @@ run_until(SimWorld *w, gint64 end)
       world_fail(w, "the event budget (%" G_GUINT64_FORMAT " events) is spent", w->sc->max_events);
       break;
     }
+    if (w->heap->len > MAX_PENDING_EVENTS) {
+      /* Messages multiplying faster than they are delivered: a storm. Stop before memory runs
+       * out and say so. */
+      w->budget_exhausted = TRUE;
+      world_fail(w, "%u events are pending: the directors are flooding the network", w->heap->len);
+      break;
+    }
     w->events++;
     w->now_us = MAX(w->now_us, next);
     if (top <= best) {
