@@ -119,8 +119,22 @@ ushersim_cmd_swarm(int argc, char **argv)
 
 /* ---- shrink -------------------------------------------------------------------------------------- */
 
+/* The kind of a failure: its text without the time stamp, up to the first digit, so
+ * "00:18:36.500: the directors did not converge within 300 s after heal ..." gives "the
+ * directors did not converge within " and a failed check gives its type. A cut must keep the first failure's kind, or the
+ * shrinker would happily trade the bug for another (a partition never healed, say). */
+static char *
+failure_kind(const char *failure)
+{
+  const char *p = strstr(failure, ": ");
+  p = p != NULL ? p + 2 : failure;
+  size_t n = strcspn(p, "0123456789");
+  return g_strndup(p, n);
+}
+
+/* Runs the scenario; TRUE when it fails with a failure of kind @kind (any kind if NULL). */
 static gboolean
-still_fails(JsonNode *scenario, guint64 seed)
+still_fails(JsonNode *scenario, guint64 seed, const char *kind)
 {
   g_autoptr(JsonGenerator) gen = json_generator_new();
   json_generator_set_root(gen, scenario);
@@ -130,7 +144,17 @@ still_fails(JsonNode *scenario, guint64 seed)
     return FALSE; /* a cut that makes the scenario invalid does not count */
   g_autoptr(SimWorld) w = sim_world_new(sc, seed);
   sim_world_run(w);
-  return !sim_world_passed(w);
+  if (sim_world_passed(w))
+    return FALSE;
+  if (kind == NULL)
+    return TRUE;
+  const GPtrArray *f = sim_world_failures(w);
+  for (guint i = 0; i < f->len; i++) {
+    g_autofree char *k = failure_kind(g_ptr_array_index(f, i));
+    if (g_str_equal(k, kind))
+      return TRUE;
+  }
+  return FALSE;
 }
 
 int
@@ -172,12 +196,26 @@ ushersim_cmd_shrink(int argc, char **argv)
     fprintf(stderr, "ushersim shrink: %s: the scenario is not an object\n", argv[1]);
     return USHERSIM_EXIT_USAGE;
   }
-  if (!still_fails(sc, seed)) {
+  guint runs = 1;
+  if (!still_fails(sc, seed, NULL)) {
     printf("shrink: the trace's run passes: nothing to shrink\n");
     return USHERSIM_EXIT_CHECK_FAILED;
   }
+  /* Keep the kind of the run's first failure, as the trace recorded it. */
+  g_autofree char *kind = NULL;
+  JsonNode *recorded = json_object_get_member(o, "failures");
+  if (recorded != NULL && JSON_NODE_HOLDS_ARRAY(recorded) &&
+      json_array_get_length(json_node_get_array(recorded)) > 0) {
+    JsonNode *first = json_array_get_element(json_node_get_array(recorded), 0);
+    if (json_node_get_value_type(first) == G_TYPE_STRING)
+      kind = failure_kind(json_node_get_string(first));
+  }
+  runs++;
+  if (kind != NULL && !still_fails(sc, seed, kind))
+    g_clear_pointer(&kind, g_free); /* the rerun fails differently: shrink for any failure */
+  if (kind != NULL)
+    printf("shrink: keeping failures of the kind \"%s\"\n", kind);
   JsonObject *so = json_node_get_object(sc);
-  guint runs = 1;
   /* 1. Drop events while it still fails. */
   if (json_object_has_member(so, "events")) {
     JsonArray *ev = json_object_get_array_member(so, "events");
@@ -185,7 +223,7 @@ ushersim_cmd_shrink(int argc, char **argv)
       g_autoptr(JsonNode) removed = json_node_copy(json_array_get_element(ev, (guint)i));
       json_array_remove_element(ev, (guint)i);
       runs++;
-      if (!still_fails(sc, seed)) {
+      if (!still_fails(sc, seed, kind)) {
         /* Needed: put it back where it was. */
         g_autoptr(JsonArray) rebuilt = json_array_new();
         for (guint k = 0; k < json_array_get_length(ev) + 1; k++) {
@@ -210,7 +248,7 @@ ushersim_cmd_shrink(int argc, char **argv)
       gint64 v = json_node_get_int(n);
       json_object_set_int_member(wl, knobs[k], v / 2);
       runs++;
-      if (!still_fails(sc, seed)) {
+      if (!still_fails(sc, seed, kind)) {
         json_object_set_int_member(wl, knobs[k], v);
         break;
       }

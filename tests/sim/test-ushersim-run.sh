@@ -38,6 +38,7 @@ JSON
 "$sim" run "$tmp/fails.json" --trace "$tmp/ft.json" > "$tmp/fout.txt"
 check "a failing check exits 1 and says which" '[ $? -eq 1 ] && grep -q "RESULT: FAIL" "$tmp/fout.txt" && grep -q "min-logins" "$tmp/fout.txt"'
 "$sim" shrink "$tmp/ft.json" --out "$tmp/small.json" > "$tmp/shrink.txt"
+check "shrink keeps the kind of the first failure" 'grep -q "keeping failures of the kind \"check {\\\"type\\\":\\\"min-logins\\\"" "$tmp/shrink.txt"'
 check "shrink writes a smaller scenario" '[ $? -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d.get(\"events\", [])) == 0 and d[\"workload\"][\"users\"] < 64" "$tmp/small.json"'
 "$sim" run -q "$tmp/small.json"
 check "the shrunk scenario still fails" '[ $? -eq 1 ]'
