@@ -153,9 +153,63 @@ conn_protocol_error(UsherDirector *d, UsherNow now, Conn *c, const char *reason)
 
 /* ---- Flooding and sequence numbers ------------------------------------------------------------ */
 
+/* Holds a flooded command for a connection whose peer has not sent VERSION yet. Dovecot sends it
+ * at once, formatted for minor 0: a USER then loses its timestamp, the peer takes "now", floods
+ * that newer time to everyone but us, and we expire the user early (ushersim swarm, seed 12312).
+ * Returns FALSE if the hold queue is full (the caller sends at once, as Dovecot would). */
+static gboolean
+hold_flood(UsherDirector *d, Conn *c, guint min_minor, const UsherRingMsg *msg,
+           gboolean host_form_by_ring)
+{
+  if (c->held_lines == NULL) {
+    c->held_lines = g_string_new(NULL);
+    c->held_min_minor = g_byte_array_new();
+    c->held_by_ring = g_byte_array_new();
+  }
+  if (c->held_min_minor->len >= CONN_HELD_FLOODS_MAX) {
+    d->stats.floods_held_overflow++;
+    return FALSE;
+  }
+  gsize before = c->held_lines->len;
+  if (usher_ring_msg_format(msg, USHER_RING_VERSION_MINOR, c->held_lines) !=
+      USHER_RING_FORMAT_OK) {
+    g_string_truncate(c->held_lines, before);
+    return TRUE; /* not sendable at any version: nothing to hold */
+  }
+  guint8 mm = (guint8)MIN(min_minor, 255), by_ring = host_form_by_ring ? 1 : 0;
+  g_byte_array_append(c->held_min_minor, &mm, 1);
+  g_byte_array_append(c->held_by_ring, &by_ring, 1);
+  d->stats.floods_held++;
+  return TRUE;
+}
+
+/* VERSION arrived: send what hold_flood() kept, each line in the shape the peer understands. */
+static void
+send_held_floods(UsherDirector *d, Conn *c)
+{
+  if (c->held_lines == NULL)
+    return;
+  g_autoptr(GString) lines = g_steal_pointer(&c->held_lines);
+  g_autoptr(GByteArray) min_minor = g_steal_pointer(&c->held_min_minor);
+  g_autoptr(GByteArray) by_ring = g_steal_pointer(&c->held_by_ring);
+  char *p = lines->str, *end = lines->str + lines->len;
+  for (guint i = 0; i < min_minor->len && p < end; i++) {
+    char *nl = memchr(p, '\n', (gsize)(end - p));
+    g_assert(nl != NULL); /* we formatted these lines ourselves */
+    *nl = '\0';
+    UsherRingMsg msg;
+    UsherRingParseResult r = usher_ring_msg_parse(p, (gsize)(nl - p), 0, &msg);
+    g_assert(r == USHER_RING_PARSE_OK);
+    if (c->peer_minor >= min_minor->data[i])
+      dir_send_msg(d, c, &msg, by_ring->data[i] ? d->ring_min_version : c->peer_minor);
+    p = nl + 1;
+  }
+}
+
 /* Sends msg to every connection except those whose peer is src (Dovecot's director_update_send),
  * skipping peers below min_minor and outgoing connections not yet established. With
- * host_form_by_ring, the HOST shape follows the ring's minimum version, as Dovecot does. */
+ * host_form_by_ring, the HOST shape follows the ring's minimum version, as Dovecot does. A
+ * connection whose peer's VERSION has not arrived gets it when it does. */
 void
 flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg,
       gboolean host_form_by_ring)
@@ -166,6 +220,8 @@ flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg,
     if (src != NULL && c->host == src)
       continue;
     if (!c->incoming && !c->connected)
+      continue;
+    if (!c->version_received && hold_flood(d, c, min_minor, msg, host_form_by_ring))
       continue;
     if (c->peer_minor < min_minor)
       continue;
@@ -547,6 +603,9 @@ cmd_version(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
                  CLOSE_SEND_DISCONNECT);
       return FALSE;
     }
+  }
+  send_held_floods(d, c);
+  if (!c->incoming) {
     send_hosts(d, c);
     conn_continue_sending_users(d, now, c);
   }

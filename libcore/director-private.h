@@ -37,6 +37,7 @@
 #define STATE_MAX_CONNECTIONS 64    /* connections of any kind at once; more are refused */
 #define STATE_MAX_PENDING_REQUESTS 100000
 #define VHOST_MAX_FROM_RING 100000 /* a peer claiming more vhosts is lying */
+#define CONN_HELD_FLOODS_MAX 100000 /* floods held per connection until the peer's VERSION */
 
 /* ---- Members (director hosts) ---------------------------------------------------------------- */
 
@@ -68,6 +69,12 @@ struct Conn {
 
   gboolean connected; /* outgoing: TCP established */
   gboolean version_received;
+  /* Flooded commands that arrived before the peer's VERSION, formatted for our own minor
+   * version, with the minor each needs (one byte per line): re-formatted for the peer's version
+   * when VERSION comes. Sent at minor 0 they would lose fields (USER's timestamp). */
+  GString *held_lines;
+  GByteArray *held_min_minor;
+  GByteArray *held_by_ring; /* 1: HOST shaped by the ring's minimum version */
   gboolean me_received;
   guint peer_minor;
 

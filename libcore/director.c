@@ -504,6 +504,12 @@ conn_free_func(gpointer p)
     g_array_unref(c->users_to_send);
   if (c->replacing_hosts != NULL)
     g_array_unref(c->replacing_hosts);
+  if (c->held_lines != NULL)
+    g_string_free(c->held_lines, TRUE);
+  if (c->held_min_minor != NULL)
+    g_byte_array_unref(c->held_min_minor);
+  if (c->held_by_ring != NULL)
+    g_byte_array_unref(c->held_by_ring);
   g_free(c);
 }
 

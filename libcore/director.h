@@ -228,6 +228,8 @@ typedef struct {
   guint64 protocol_errors;       /* connections closed for bad input */
   guint64 refused_connections;   /* incoming connections refused */
   guint64 duplicate_commands;    /* flooded commands seen before and dropped */
+  guint64 floods_held;           /* flooded commands held until the peer's VERSION arrived */
+  guint64 floods_held_overflow;  /* ... sent at once instead, the hold queue being full */
   guint64 ignored_updates;       /* user updates ignored as impossible (user hash 0) */
   guint64 user_conflicts;        /* USER updates that disagreed with our host */
   guint64 host_conflicts;        /* concurrent host edits resolved locally */

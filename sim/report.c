@@ -196,6 +196,8 @@ sim_world_report_json(SimWorld *w)
       INT("sync_resends", st->sync_resends);
       INT("protocol_errors", st->protocol_errors);
       INT("duplicate_commands", st->duplicate_commands);
+      INT("floods_held", st->floods_held);
+      INT("floods_held_overflow", st->floods_held_overflow);
       INT("lines_in", st->lines_in);
       INT("lines_out", st->lines_out);
     }

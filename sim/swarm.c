@@ -11,6 +11,15 @@ pick(UsherRng *r, guint lo, guint hi)
   return (guint)usher_rng_range(r, lo, hi);
 }
 
+/* The end of a fault that starts at at and lasts lo..hi seconds, but ends by last. (A macro MIN
+ * around pick() would draw twice.) */
+static gint64
+fault_end(UsherRng *r, gint64 at, guint lo, guint hi, gint64 last)
+{
+  gint64 end = at + pick(r, lo, hi);
+  return MIN(end, last);
+}
+
 static void
 json_dur(GString *s, gint64 secs)
 {
@@ -37,18 +46,24 @@ sim_swarm_scenario(guint64 seed)
   for (guint b = 0; b < backends; b++)
     g_string_append_printf(s, "%s{\"ip\": \"10.0.2.%u\", \"vhosts\": %u}", b > 0 ? ", " : "", b + 1,
                            b > 0 && pick(&r, 0, 9) == 0 ? 0 : pick(&r, 20, 300));
+  /* Every draw is its own statement: C leaves the order of function arguments open, and the
+   * same seed must give the same scenario whatever the compiler. */
+  guint kick_delay = pick(&r, 0, 3);
+  guint max_moves = pick(&r, 1, 50);
   g_string_append_printf(s, "], \"settings\": {\"user_expire\": \"%us\", \"user_kick_delay\": \"%us\", "
                             "\"max_parallel_moves\": %u}},\n",
-                         expire, pick(&r, 0, 3), pick(&r, 1, 50));
+                         expire, kick_delay, max_moves);
   guint lat_max = pick(&r, 0, 4) == 0 ? 20000 : 2000;
   g_string_append_printf(s, "  \"network\": {\"latency\": {\"kind\": \"uniform\", \"min\": \"100us\", "
                             "\"max\": \"%uus\"}},\n",
                          lat_max);
+  guint login_rate = pick(&r, 1, 8);
+  guint session_max = pick(&r, 2, 40);
   g_string_append_printf(s, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
                             "\"session_duration\": {\"kind\": \"log-uniform\", \"min\": \"5s\", "
                             "\"max\": \"%um\"}, \"protocols\": {\"imap\": 70, \"pop3\": 10, "
                             "\"lmtp\": 20}},\n",
-                         users, pick(&r, 1, 8), pick(&r, 2, 40));
+                         users, login_rate, session_max);
   g_string_append(s, "  \"events\": [");
   guint n_events = pick(&r, 1, 7);
   gint64 last = duration - 8 * 60; /* faults end before this */
@@ -78,22 +93,26 @@ sim_swarm_scenario(guint64 seed)
         }
       }
       g_string_append_printf(ev, "], [%s]]}, {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"heal\"}",
-                             other->str, MIN(at + pick(&r, 30, 480), last));
+                             other->str, fault_end(&r, at, 30, 480, last));
       g_string_free(other, TRUE);
       break;
     }
-    case 1:
+    case 1: {
+      gint64 end = fault_end(&r, at, 10, 300, last);
       g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"director-crash\", \"director\": %u}, "
                                  "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"director-restart\", \"director\": %u}",
-                             at, d, MIN(at + pick(&r, 10, 300), last), d);
+                             at, d, end, d);
       break;
-    case 2:
+    }
+    case 2: {
+      gint64 end = fault_end(&r, at, 10, 600, last);
+      guint up_at = pick(&r, 0, directors - 1);
       g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-down\", \"director\": %u, "
                                  "\"host\": \"10.0.2.%u\"}, {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-up\", "
                                  "\"director\": %u, \"host\": \"10.0.2.%u\"}",
-                             at, d, host, MIN(at + pick(&r, 10, 600), last),
-                             pick(&r, 0, directors - 1), host);
+                             at, d, host, end, up_at, host);
       break;
+    }
     case 3:
       g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-vhosts\", \"director\": %u, "
                                  "\"host\": \"10.0.2.%u\", \"vhosts\": %u}",
@@ -117,11 +136,14 @@ sim_swarm_scenario(guint64 seed)
                                  "\"user\": \"user%u@example.com\"}",
                              at, d, pick(&r, 1, users));
       break;
-    case 7:
+    case 7: {
+      const char *sign = pick(&r, 0, 1) ? "+" : "-";
+      guint step = pick(&r, 1, 60);
       g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"clock-step\", \"director\": %u, "
                                  "\"step\": \"%s%us\"}",
-                             at, d, pick(&r, 0, 1) ? "+" : "-", pick(&r, 1, 60));
+                             at, d, sign, step);
       break;
+    }
     case 8:
       if (directors >= 2) {
         guint a = pick(&r, 0, directors - 1), b = (a + pick(&r, 1, directors - 1)) % directors;
@@ -129,11 +151,13 @@ sim_swarm_scenario(guint64 seed)
                                at, a, b);
       }
       break;
-    case 9:
+    case 9: {
+      gint64 end = fault_end(&r, at, 10, 600, last);
       g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-fail\", \"host\": \"10.0.2.%u\"}, "
                                  "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-recover\", \"host\": \"10.0.2.%u\"}",
-                             at, host, MIN(at + pick(&r, 10, 600), last), host);
+                             at, host, end, host);
       break;
+    }
     default:
       g_string_append_printf(ev, "{\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"host-add\", \"director\": %u, "
                                  "\"host\": \"10.0.3.%u\", \"vhosts\": %u}",

@@ -236,6 +236,35 @@ test_user_conflict(void)
   replay_free(r);
 }
 
+/* A command flooded to a connection whose peer has not sent VERSION yet waits for it, and then
+ * goes out in the peer's format: a USER keeps its timestamp. Dovecot sends it at once in the
+ * minor-0 shape, without the timestamp (doc/ring-protocol.md; ushersim swarm seed 12312). */
+static void
+test_flood_before_version(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  /* The peer dials us again (say it restarted and its old link has not timed out yet). */
+  UsherIp peer;
+  g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
+  UsherConnId second = usher_director_peer_accepted(r->d, now(r), &peer);
+  g_assert_cmpuint(second, !=, USHER_CONN_ID_NONE);
+  collect(r);
+  g_string_truncate(r->sent_in, 0);
+  usher_director_login_request(r->d, now(r), 9, "user1", NULL);
+  collect(r);
+  g_autofree char *want =
+    g_strdup_printf("USER\t617210206\t127.0.2.2\t%" G_GINT64_FORMAT "\n", r->wall_us / SEC);
+  g_autofree char *before = grep(r->sent_in->str, "USER");
+  g_assert_cmpstr(before, ==, want); /* the established link only */
+  g_assert_cmpuint(usher_director_get_stats(r->d)->floods_held, ==, 1);
+  g_string_truncate(r->sent_in, 0);
+  feed(r, second, "VERSION\tdirector\t1\t9\n");
+  g_autofree char *after = grep(r->sent_in->str, "USER");
+  g_assert_cmpstr(after, ==, want);
+  replay_free(r);
+}
+
 /* Spec 5.1 [lab]: a move we start floods USER-MOVE, sends USER-KILLED to the right once our own
  * kick is done, and floods USER-KILLED-EVERYWHERE when USER-KILLED comes back from the left. */
 static void
@@ -316,5 +345,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring-replay/user-conflict", test_user_conflict);
   g_test_add_func("/core/ring-replay/move-flow", test_move_flow);
   g_test_add_func("/core/ring-replay/bad-input", test_bad_input);
+  g_test_add_func("/core/ring-replay/flood-before-version", test_flood_before_version);
   return g_test_run();
 }
