@@ -68,6 +68,7 @@ test_swarm_scenarios_valid(void)
     g_autoptr(SimScenario) sc = sim_scenario_load_data(text, -1, "swarm", &error);
     if (error != NULL)
       g_error("swarm seed %" G_GUINT64_FORMAT ": %s", seed, error->message);
+    g_assert_nonnull(sc);
   }
 }
 
