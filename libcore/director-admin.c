@@ -305,7 +305,7 @@ admin_run(UsherDirector *d, UsherNow now, AdminOp *a)
       UsherRingMsg msg;
       MSG_INIT(msg, DIRECTOR);
       msg.director = m->addr;
-      flood(d, d->self, 0, &msg, FALSE);
+      flood(d, d->self, 0, &msg);
     }
     reply(d, a->op, "OK");
     return FALSE;

@@ -153,18 +153,24 @@ conn_protocol_error(UsherDirector *d, UsherNow now, Conn *c, const char *reason)
 
 /* ---- Flooding and sequence numbers ------------------------------------------------------------ */
 
+/* The version to format a flooded command for on c: its peer's, except that a flooded HOST takes
+ * the shape of the ring's oldest member, as Dovecot does. */
+static guint
+flood_minor(UsherDirector *d, const Conn *c, const UsherRingMsg *msg)
+{
+  return msg->type == USHER_RING_MSG_HOST ? d->ring_min_version : c->peer_minor;
+}
+
 /* Holds a flooded command for a connection whose peer has not sent VERSION yet. Dovecot sends it
  * at once, formatted for minor 0: a USER then loses its timestamp, the peer takes "now", floods
  * that newer time to everyone but us, and we expire the user early (ushersim swarm, seed 12312).
  * Returns FALSE if the hold queue is full (the caller sends at once, as Dovecot would). */
 static gboolean
-hold_flood(UsherDirector *d, Conn *c, guint min_minor, const UsherRingMsg *msg,
-           gboolean host_form_by_ring)
+hold_flood(UsherDirector *d, Conn *c, guint min_minor, const UsherRingMsg *msg)
 {
   if (c->held_lines == NULL) {
     c->held_lines = g_string_new(NULL);
     c->held_min_minor = g_byte_array_new();
-    c->held_by_ring = g_byte_array_new();
   }
   if (c->held_min_minor->len >= CONN_HELD_FLOODS_MAX) {
     d->stats.floods_held_overflow++;
@@ -176,9 +182,8 @@ hold_flood(UsherDirector *d, Conn *c, guint min_minor, const UsherRingMsg *msg,
     g_string_truncate(c->held_lines, before);
     return TRUE; /* not sendable at any version: nothing to hold */
   }
-  guint8 mm = (guint8)MIN(min_minor, 255), by_ring = host_form_by_ring ? 1 : 0;
+  guint8 mm = (guint8)MIN(min_minor, 255);
   g_byte_array_append(c->held_min_minor, &mm, 1);
-  g_byte_array_append(c->held_by_ring, &by_ring, 1);
   d->stats.floods_held++;
   return TRUE;
 }
@@ -191,7 +196,6 @@ send_held_floods(UsherDirector *d, Conn *c)
     return;
   g_autoptr(GString) lines = g_steal_pointer(&c->held_lines);
   g_autoptr(GByteArray) min_minor = g_steal_pointer(&c->held_min_minor);
-  g_autoptr(GByteArray) by_ring = g_steal_pointer(&c->held_by_ring);
   char *p = lines->str, *end = lines->str + lines->len;
   for (guint i = 0; i < min_minor->len && p < end; i++) {
     char *nl = memchr(p, '\n', (gsize)(end - p));
@@ -201,18 +205,16 @@ send_held_floods(UsherDirector *d, Conn *c)
     UsherRingParseResult r = usher_ring_msg_parse(p, (gsize)(nl - p), 0, &msg);
     g_assert(r == USHER_RING_PARSE_OK);
     if (c->peer_minor >= min_minor->data[i])
-      dir_send_msg(d, c, &msg, by_ring->data[i] ? d->ring_min_version : c->peer_minor);
+      dir_send_msg(d, c, &msg, flood_minor(d, c, &msg));
     p = nl + 1;
   }
 }
 
 /* Sends msg to every connection except those whose peer is src (Dovecot's director_update_send),
- * skipping peers below min_minor and outgoing connections not yet established. With
- * host_form_by_ring, the HOST shape follows the ring's minimum version, as Dovecot does. A
- * connection whose peer's VERSION has not arrived gets it when it does. */
+ * skipping peers below min_minor and outgoing connections not yet established (format:
+ * flood_minor()). A connection whose peer's VERSION has not arrived gets it when it does. */
 void
-flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg,
-      gboolean host_form_by_ring)
+flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg)
 {
   g_autoptr(GArray) ids = dir_conn_ids_sorted(d);
   for (guint i = 0; i < ids->len; i++) {
@@ -221,11 +223,11 @@ flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg,
       continue;
     if (!c->incoming && !c->connected)
       continue;
-    if (!c->version_received && hold_flood(d, c, min_minor, msg, host_form_by_ring))
+    if (!c->version_received && hold_flood(d, c, min_minor, msg))
       continue;
     if (c->peer_minor < min_minor)
       continue;
-    dir_send_msg(d, c, msg, host_form_by_ring ? d->ring_min_version : c->peer_minor);
+    dir_send_msg(d, c, msg, flood_minor(d, c, msg));
   }
 }
 
@@ -726,7 +728,7 @@ cmd_director(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     UsherRingMsg out;
     MSG_INIT(out, DIRECTOR);
     out.director = m->addr;
-    flood(d, c->host, 0, &out, FALSE);
+    flood(d, c->host, 0, &out);
   }
   (void)now;
   return TRUE;
@@ -1110,7 +1112,7 @@ cmd_done(UsherDirector *d, UsherNow now, Conn *c)
     d->ring_change_counter++;
     MSG_INIT(msg, DIRECTOR);
     msg.director = c->host->addr;
-    flood(d, c->host, 0, &msg, FALSE);
+    flood(d, c->host, 0, &msg);
     UsherConnId id = c->id;
     conn_try_adopt_left(d, now, c);
     return dir_conn_by_id(d, id) != NULL;

@@ -74,7 +74,6 @@ struct Conn {
    * when VERSION comes. Sent at minor 0 they would lose fields (USER's timestamp). */
   GString *held_lines;
   GByteArray *held_min_minor;
-  GByteArray *held_by_ring; /* 1: HOST shaped by the ring's minimum version */
   gboolean me_received;
   guint peer_minor;
 
@@ -263,8 +262,7 @@ gint64 conn_next_deadline(UsherDirector *d, Conn *conn);
 void conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *conn);
 gboolean conn_try_adopt_left(UsherDirector *d, UsherNow now, Conn *conn);
 Conn *conn_outgoing_to(UsherDirector *d, Member *host);
-void flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg,
-           gboolean host_form_by_ring);
+void flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg);
 gboolean cmd_is_seen(UsherDirector *d, const UsherRingOrigin *origin, Member **origin_out);
 void origin_fill(UsherDirector *d, Member *orig, UsherRingOrigin *out);
 

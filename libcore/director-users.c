@@ -28,7 +28,7 @@ users_update_user(UsherDirector *d, Member *src, UsherTag *tag, UsherUser *user)
   msg.user.ip = user_host(d, user)->ip;
   msg.user.has_timestamp = TRUE;
   msg.user.timestamp = user->timestamp;
-  flood(d, src, 0, &msg, FALSE);
+  flood(d, src, 0, &msg);
 }
 
 void
@@ -50,7 +50,7 @@ users_update_user_weak(UsherDirector *d, Member *src, Conn *src_conn,
     Conn *out = d->right == src_conn ? d->left : d->right;
     dir_send_msg(d, out, &msg, out->peer_minor);
   } else {
-    flood(d, src, 0, &msg, FALSE);
+    flood(d, src, 0, &msg);
   }
 }
 
@@ -177,7 +177,7 @@ flood_host(UsherDirector *d, Member *src, Member *orig, UsherHost *host)
     dir_log(d, G_LOG_LEVEL_ERROR,
             "cannot send tagged host %s: a director in the ring is too old for tags",
             host->ip_str);
-  flood(d, src, 0, &msg, TRUE);
+  flood(d, src, 0, &msg);
 }
 
 void
@@ -225,7 +225,7 @@ users_remove_host(UsherDirector *d, UsherNow now, Member *src, Member *orig, Ush
     MSG_INIT(msg, HOST_REMOVE);
     origin_fill(d, orig, &msg.host_ref.origin);
     msg.host_ref.ip = host->ip;
-    flood(d, src, 0, &msg, FALSE);
+    flood(d, src, 0, &msg);
   }
   drop_moves_of_host(d, now, host);
   usher_host_table_remove(d->hosts, host);
@@ -240,7 +240,7 @@ users_flush_host(UsherDirector *d, UsherNow now, Member *src, Member *orig, Ushe
     MSG_INIT(msg, HOST_FLUSH);
     origin_fill(d, orig, &msg.host_ref.origin);
     msg.host_ref.ip = host->ip;
-    flood(d, src, 0, &msg, FALSE);
+    flood(d, src, 0, &msg);
   }
   drop_moves_of_host(d, now, host);
   (void)usher_host_table_flush(d->hosts, host);
@@ -284,7 +284,7 @@ users_kick_hash(UsherDirector *d, Member *src, Member *orig, guint32 hash, const
   origin_fill(d, orig, &msg.user_ref.origin);
   msg.user_ref.hash = hash;
   msg.user_ref.ip = *except;
-  flood(d, src, USHER_RING_MINOR_USER_KICK, &msg, FALSE);
+  flood(d, src, USHER_RING_MINOR_USER_KICK, &msg);
 }
 
 void
@@ -299,7 +299,7 @@ users_kick_name(UsherDirector *d, Member *src, Member *orig, const char *name)
   MSG_INIT(msg, USER_KICK);
   origin_fill(d, orig, &msg.user_kick.origin);
   msg.user_kick.username = name;
-  flood(d, src, USHER_RING_MINOR_USER_KICK, &msg, FALSE);
+  flood(d, src, USHER_RING_MINOR_USER_KICK, &msg);
 }
 
 void
@@ -316,7 +316,7 @@ users_kick_alt(UsherDirector *d, Member *src, Member *orig, const char *field, c
   origin_fill(d, orig, &msg.user_kick_alt.origin);
   msg.user_kick_alt.field = field;
   msg.user_kick_alt.value = value;
-  flood(d, src, USHER_RING_MINOR_USER_KICK_ALT, &msg, FALSE);
+  flood(d, src, USHER_RING_MINOR_USER_KICK_ALT, &msg);
 }
 
 /* ---- Moves ------------------------------------------------------------------------------------ */
@@ -395,7 +395,7 @@ send_killed_everywhere(UsherDirector *d, Member *src, Member *orig, guint32 hash
   MSG_INIT(msg, USER_KILLED_EVERYWHERE);
   origin_fill(d, orig, &msg.user_killed_everywhere.origin);
   msg.user_killed_everywhere.hash = hash;
-  flood(d, src, 0, &msg, FALSE);
+  flood(d, src, 0, &msg);
 }
 
 /* The local kick of a moving user has finished (Dovecot's director_finish_user_kill()). */
@@ -476,7 +476,7 @@ users_move(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 ha
   origin_fill(d, orig, &msg.user_ref.origin);
   msg.user_ref.hash = hash;
   msg.user_ref.ip = host->ip;
-  flood(d, src, 0, &msg, FALSE);
+  flood(d, src, 0, &msg);
   users_kill(d, now, src, host->tag, user, old_host, FALSE);
 }
 

@@ -479,7 +479,7 @@ dir_remove_member(UsherDirector *d, UsherNow now, Member *src, Member *orig, Mem
   usher_ring_msg_init(&msg, USHER_RING_MSG_DIRECTOR_REMOVE);
   msg.director = target->addr;
   (void)orig;
-  flood(d, src, USHER_RING_MINOR_RING_REMOVE, &msg, FALSE);
+  flood(d, src, USHER_RING_MINOR_RING_REMOVE, &msg);
 
   /* Close every connection to the removed member. */
   g_autoptr(GArray) ids = dir_conn_ids_sorted(d);
@@ -508,8 +508,6 @@ conn_free_func(gpointer p)
     g_string_free(c->held_lines, TRUE);
   if (c->held_min_minor != NULL)
     g_byte_array_unref(c->held_min_minor);
-  if (c->held_by_ring != NULL)
-    g_byte_array_unref(c->held_by_ring);
   g_free(c);
 }
 
