@@ -167,10 +167,10 @@ ushersim_cmd_shrink(int argc, char **argv)
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("TRACE - cut a failing run down");
   g_option_context_set_summary(
-    ctx, "Removes events one by one, then halves the users, the login rate and the duration, as\n"
-         "long as the run still fails with the trace's seed. Writes the result as a scenario for\n"
-         "scenarios/regressions/. Exit status 0 when done, 1 if the trace does not fail, 2 on bad\n"
-         "input.");
+    ctx, "Removes events one by one, then halves the users and the login rate, as long as the\n"
+         "run still fails with the trace's seed in the same way (a failure of the same kind as the\n"
+         "trace's first). Writes the result as a scenario for scenarios/regressions/. Exit status\n"
+         "0 when done, 1 if the trace does not fail, 2 on bad input.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2 || out == NULL) {

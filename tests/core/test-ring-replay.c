@@ -265,6 +265,29 @@ test_flood_before_version(void)
   replay_free(r);
 }
 
+/* The hold queue is bounded: a peer that never sends VERSION gets at most CONN_HELD_FLOODS_MAX
+ * (100000) commands held; the rest go out at once in the old shape, and both are counted. */
+static void
+test_flood_hold_limit(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  UsherIp peer;
+  g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
+  UsherConnId silent = usher_director_peer_accepted(r->d, now(r), &peer);
+  g_assert_cmpuint(silent, !=, USHER_CONN_ID_NONE);
+  collect(r);
+  for (guint i = 0; i < 100001; i++) {
+    g_autofree char *name = g_strdup_printf("hold%u", i);
+    usher_director_login_request(r->d, now(r), 100 + i, name, NULL);
+    g_autoptr(GArray) effects = usher_director_take_effects(r->d); /* keep memory flat */
+  }
+  const UsherDirectorStats *st = usher_director_get_stats(r->d);
+  g_assert_cmpuint(st->floods_held, ==, 100000);
+  g_assert_cmpuint(st->floods_held_overflow, ==, 1);
+  replay_free(r);
+}
+
 /* Spec 5.1 [lab]: a move we start floods USER-MOVE, sends USER-KILLED to the right once our own
  * kick is done, and floods USER-KILLED-EVERYWHERE when USER-KILLED comes back from the left. */
 static void
@@ -346,5 +369,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring-replay/move-flow", test_move_flow);
   g_test_add_func("/core/ring-replay/bad-input", test_bad_input);
   g_test_add_func("/core/ring-replay/flood-before-version", test_flood_before_version);
+  g_test_add_func("/core/ring-replay/flood-hold-limit", test_flood_hold_limit);
   return g_test_run();
 }
