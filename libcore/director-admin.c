@@ -23,11 +23,6 @@ typedef enum {
   PHASE_RUNNING,  /* reset-users moving users, or a kick waiting for a free slot */
 } AdminPhase;
 
-typedef struct {
-  UsherTag *tag;
-  guint32 hash;
-} TagHash;
-
 struct AdminOp {
   guint64 op;
   AdminKind kind;
@@ -91,6 +86,7 @@ static void
 admin_submit(UsherDirector *d, UsherNow now, AdminOp *a)
 {
   if (d->admin_ops.length >= USHER_ADMIN_MAX_PENDING) {
+    d->stats.admin_refused++;
     reply(d, a->op, "too many admin commands waiting - try again later");
     admin_op_free(a);
     return;
@@ -127,8 +123,14 @@ run_host_change(UsherDirector *d, UsherNow now, AdminOp *a)
       return FALSE;
     }
     if (host == NULL) {
-      host = usher_host_table_add(d->hosts, &a->ip, a->has_tag ? a->tag : "", USHER_VHOST_DEFAULT,
-                                  NULL);
+      const char *tag = a->has_tag ? a->tag : "";
+      if (usher_host_table_find_tag(d->hosts, tag) == NULL &&
+          usher_host_table_n_tags(d->hosts) >= USHER_TAGS_MAX) {
+        d->stats.tags_refused++;
+        reply(d, a->op, "too many tags");
+        return FALSE;
+      }
+      host = usher_host_table_add(d->hosts, &a->ip, tag, USHER_VHOST_DEFAULT, NULL);
       if (host == NULL) {
         reply(d, a->op, "too many backends");
         return FALSE;
@@ -278,7 +280,11 @@ admin_run(UsherDirector *d, UsherNow now, AdminOp *a)
     reply(d, a->op, "OK");
     return FALSE;
   case ADMIN_USER_KICK:
-    if (d->users_kicking_count >= d->max_parallel_kicks) {
+    /* Only kicks started by admin operations here take slots: kicks that arrive from the ring
+     * are not ours to limit, and one that is never reported done frees its slot after
+     * USHER_KICK_TIMEOUT_SECS. A kick waiting for a slot gives up after
+     * USHER_ADMIN_SYNC_WAIT_SECS with TRYAGAIN (admin_timers). */
+    if (d->admin_kicks_running >= d->max_parallel_kicks) {
       if (a->nowait) {
         reply(d, a->op, "TRYAGAIN");
         return FALSE;
@@ -287,9 +293,9 @@ admin_run(UsherDirector *d, UsherNow now, AdminOp *a)
       return TRUE;
     }
     if (a->field != NULL)
-      users_kick_alt(d, d->self, NULL, a->field, a->value);
+      users_kick_alt(d, now, d->self, NULL, a->field, a->value, TRUE);
     else
-      users_kick_name(d, d->self, NULL, a->value);
+      users_kick_name(d, now, d->self, NULL, a->value, TRUE);
     reply(d, a->op, "OK");
     return FALSE;
   case ADMIN_DIRECTOR_ADD: {
@@ -382,8 +388,8 @@ admin_next_deadline(UsherDirector *d)
   gint64 t = 0;
   for (GList *l = d->admin_ops.head; l != NULL; l = l->next) {
     AdminOp *a = l->data;
-    if (a->phase == PHASE_RUNNING)
-      continue;
+    if (a->phase == PHASE_RUNNING && a->kind != ADMIN_USER_KICK)
+      continue; /* a flush: its moves end by their own timeouts, so it always progresses */
     if (t == 0 || a->deadline_us < t)
       t = a->deadline_us;
   }
@@ -397,7 +403,13 @@ admin_timers(UsherDirector *d, UsherNow now)
   while (l != NULL) {
     GList *next = l->next;
     AdminOp *a = l->data;
-    if (a->phase != PHASE_RUNNING && a->deadline_us <= now.mono_us) {
+    if (a->phase == PHASE_RUNNING && a->kind == ADMIN_USER_KICK &&
+        a->deadline_us <= now.mono_us) {
+      /* No kick slot came free in time. */
+      reply(d, a->op, "TRYAGAIN");
+      g_queue_delete_link(&d->admin_ops, l);
+      admin_op_free(a);
+    } else if (a->phase != PHASE_RUNNING && a->deadline_us <= now.mono_us) {
       /* Pre-sync: nothing was changed. Post-sync: the change was made and is on its way. */
       reply(d, a->op, "Ring sync timed out");
       g_queue_delete_link(&d->admin_ops, l);
@@ -413,7 +425,7 @@ void
 usher_director_admin_host_set(UsherDirector *d, UsherNow now, guint64 op, const UsherIp *ip,
                               const char *tag, gint vhost_count)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_HOST_SET);
   a->has_ip = TRUE;
   a->ip = *ip;
@@ -427,7 +439,7 @@ void
 usher_director_admin_host_update(UsherDirector *d, UsherNow now, guint64 op, const UsherIp *ip,
                                  guint vhost_count)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_HOST_UPDATE);
   a->has_ip = TRUE;
   a->ip = *ip;
@@ -439,7 +451,7 @@ void
 usher_director_admin_host_set_down(UsherDirector *d, UsherNow now, guint64 op, const UsherIp *ip,
                                    gboolean down)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_HOST_UPDOWN);
   a->has_ip = TRUE;
   a->ip = *ip;
@@ -450,7 +462,7 @@ usher_director_admin_host_set_down(UsherDirector *d, UsherNow now, guint64 op, c
 void
 usher_director_admin_host_remove(UsherDirector *d, UsherNow now, guint64 op, const UsherIp *ip)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_HOST_REMOVE);
   a->has_ip = TRUE;
   a->ip = *ip;
@@ -460,7 +472,7 @@ usher_director_admin_host_remove(UsherDirector *d, UsherNow now, guint64 op, con
 void
 usher_director_admin_host_flush(UsherDirector *d, UsherNow now, guint64 op, const UsherIp *ip)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_HOST_FLUSH);
   a->has_ip = ip != NULL;
   if (ip != NULL)
@@ -478,7 +490,7 @@ void
 usher_director_admin_host_reset_users(UsherDirector *d, UsherNow now, guint64 op,
                                       const UsherIp *ip, guint max_moves)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_RESET_USERS);
   a->has_ip = ip != NULL;
   if (ip != NULL)
@@ -491,7 +503,7 @@ void
 usher_director_admin_user_move(UsherDirector *d, UsherNow now, guint64 op, guint32 user_hash,
                                const UsherIp *ip)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   UsherHost *host = usher_host_table_lookup(d->hosts, ip);
   if (host == NULL) {
     reply(d, op, "NOTFOUND");
@@ -522,7 +534,7 @@ void
 usher_director_admin_user_kick(UsherDirector *d, UsherNow now, guint64 op, const char *field,
                                const char *value, gboolean nowait)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_USER_KICK);
   a->field = g_strdup(field);
   a->value = g_strdup(value);
@@ -534,7 +546,7 @@ void
 usher_director_admin_director_add(UsherDirector *d, UsherNow now, guint64 op, const UsherIp *ip,
                                   guint16 port)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_DIRECTOR_ADD);
   a->ip = *ip;
   a->port = port;
@@ -545,7 +557,7 @@ void
 usher_director_admin_director_remove(UsherDirector *d, UsherNow now, guint64 op,
                                      const UsherIp *ip, guint16 port)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   AdminOp *a = admin_new(d, now, op, ADMIN_DIRECTOR_REMOVE);
   a->ip = *ip;
   a->port = port;

@@ -61,6 +61,7 @@ conn_new_outgoing(UsherDirector *d, UsherNow now, Member *host)
   c->remote_ip = host->addr.ip;
   c->created_us = c->last_input_us = c->timeout_base_us = c->handshake_start_us = now.mono_us;
   c->reader = usher_line_reader_new(USHER_RING_LINE_MAX);
+  c->ping_rtt_ms = -1;
   conn_set_name(c);
   g_hash_table_insert(d->conns, GUINT_TO_POINTER(c->id), c);
   /* We are about to see this member's commands afresh. */
@@ -172,7 +173,7 @@ hold_flood(UsherDirector *d, Conn *c, guint min_minor, const UsherRingMsg *msg)
     c->held_lines = g_string_new(NULL);
     c->held_min_minor = g_byte_array_new();
   }
-  if (c->held_min_minor->len >= CONN_HELD_FLOODS_MAX) {
+  if (c->held_lines->len >= CONN_HELD_FLOODS_MAX_BYTES) {
     d->stats.floods_held_overflow++;
     return FALSE;
   }
@@ -278,7 +279,7 @@ conn_ping(UsherDirector *d, UsherNow now, Conn *c)
   MSG_INIT(msg, PING);
   msg.ping.has_values = TRUE;
   msg.ping.time = dir_wall_secs(now);
-  msg.ping.buffer_bytes = 0;
+  msg.ping.buffer_bytes = c->output_queued + c->output_unreported;
   dir_send_msg(d, c, &msg, c->peer_minor);
   c->ping_sent_us = now.mono_us;
   c->ping_sent_wall_us = now.wall_us;
@@ -509,13 +510,13 @@ send_hosts(UsherDirector *d, Conn *c)
 
   /* Snapshot the users now, oldest first per tag: the handshake sends those that existed when it
    * began; later refreshes travel as ordinary USER updates. */
-  c->users_to_send = g_array_new(FALSE, FALSE, sizeof(guint64));
+  c->users_to_send = g_array_sized_new(FALSE, FALSE, sizeof(TagHash), dir_count_users(d));
   for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++) {
     UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
     for (UsherUser *u = usher_user_dir_oldest(tag->users); u != NULL;
          u = usher_user_dir_next(tag->users, u)) {
-      guint64 key = (guint64)t << 32 | u->hash;
-      g_array_append_val(c->users_to_send, key);
+      TagHash th = {tag, u->hash};
+      g_array_append_val(c->users_to_send, th);
     }
   }
   c->users_sent_idx = 0;
@@ -525,16 +526,21 @@ void
 conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *c)
 {
   c->send_more_us = 0;
-  if (c->users_to_send == NULL)
+  if (c->users_to_send == NULL || c->users_paused)
     return;
   guint batch = 0;
   while (c->users_sent_idx < c->users_to_send->len && batch < HANDSHAKE_USERS_PER_PASS) {
-    guint64 key = g_array_index(c->users_to_send, guint64, c->users_sent_idx++);
-    guint t = (guint)(key >> 32);
-    if (t >= usher_host_table_n_tags(d->hosts))
-      continue;
-    UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
-    UsherUser *u = usher_user_dir_lookup(tag->users, (guint32)key);
+    if (c->output_queued + c->output_unreported > USHER_OUTPUT_PAUSE_BYTES) {
+      /* The driver has not written what we gave it: wait until it reports the queue drained
+       * (usher_director_peer_output_queued). The send-users timeout still runs. */
+      c->users_paused = TRUE;
+      d->stats.handshake_pauses++;
+      if (batch > 0)
+        c->timeout_base_us = now.mono_us; /* progress: the send-users timeout restarts */
+      return;
+    }
+    TagHash th = g_array_index(c->users_to_send, TagHash, c->users_sent_idx++);
+    UsherUser *u = usher_user_dir_lookup(th.tag->users, th.hash);
     if (u == NULL)
       continue; /* expired or removed meanwhile */
     UsherHost *h = usher_host_table_get(d->hosts, u->host);
@@ -623,7 +629,7 @@ cmd_me(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     return FALSE;
   }
   if (msg->me.has_time) {
-    gint64 skew = msg->me.time - dir_wall_secs(now);
+    gint64 skew = dir_clamp_peer_time(d, msg->me.time) - dir_wall_secs(now);
     if (skew > CLOCK_SKEW_WARN_SECS || skew < -CLOCK_SKEW_WARN_SECS)
       dir_log(d, G_LOG_LEVEL_WARNING, "%s: clock differs from ours by %" G_GINT64_FORMAT " s",
               c->name, skew);
@@ -779,7 +785,7 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   const char *tag = msg->host.tag;
   guint vhost_count = msg->host.vhost_count;
   gboolean down = msg->host.down;
-  gint64 updown = msg->host.last_updown_change;
+  gint64 updown = dir_clamp_peer_time(d, msg->host.last_updown_change);
 
   if (c->ignore_host_events)
     return TRUE;
@@ -801,6 +807,12 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   UsherHost *host = usher_host_table_lookup(d->hosts, &msg->host.ip);
   gboolean update;
   if (host == NULL) {
+    if (usher_host_table_find_tag(d->hosts, tag) == NULL &&
+        usher_host_table_n_tags(d->hosts) >= USHER_TAGS_MAX) {
+      d->stats.tags_refused++;
+      conn_protocol_error(d, now, c, "too many tags");
+      return FALSE;
+    }
     host = usher_host_table_add(d->hosts, &msg->host.ip, tag, USHER_VHOST_DEFAULT,
                                 msg->host.hostname);
     if (host == NULL) {
@@ -838,8 +850,11 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   if (!update)
     return TRUE;
   updown = MAX(updown, host->last_updown_change); /* never shrinks, or states can flip-flop */
-  if (strcmp(host->tag->name, tag) != 0)
-    usher_host_table_set_tag(d->hosts, host, tag);
+  if (strcmp(host->tag->name, tag) != 0 && !usher_host_table_set_tag(d->hosts, host, tag)) {
+    d->stats.tags_refused++;
+    conn_protocol_error(d, now, c, "too many tags");
+    return FALSE;
+  }
   usher_host_table_set_down(d->hosts, host, down, updown);
   usher_host_table_set_vhost_count(d->hosts, host, vhost_count);
   if (msg->host.hostname[0] != '\0' &&
@@ -882,8 +897,9 @@ cmd_user(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     return TRUE; /* the host was probably just removed */
   gboolean forced;
   UsherUser *user;
-  if (users_refresh(d, now, c, msg->user.hash, host, msg->user.timestamp,
-                    msg->user.has_timestamp, FALSE, &forced, &user))
+  gint64 ts = msg->user.has_timestamp ? dir_clamp_peer_time(d, msg->user.timestamp) : 0;
+  if (users_refresh(d, now, c, msg->user.hash, host, ts, msg->user.has_timestamp, FALSE, &forced,
+                    &user))
     users_update_user(d, forced ? d->self : c->host, host->tag, user);
   return dir_conn_by_id(d, c->id) != NULL;
 }
@@ -985,7 +1001,8 @@ cmd_sync(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     return dir_conn_by_id(d, c->id) != NULL;
   } else {
     gboolean drop = FALSE;
-    if (seq < m->last_sync_seq && ts < m->last_sync_timestamp + SYNC_STALE_RESET_SECS) {
+    if (seq < m->last_sync_seq &&
+        (gint64)ts < (gint64)m->last_sync_timestamp + SYNC_STALE_RESET_SECS) {
       drop = TRUE; /* stale */
     } else if (seq < m->last_sync_seq) {
       dir_log(d, G_LOG_LEVEL_WARNING, "SYNC seq from %s went backwards: assuming it restarted",
@@ -1069,6 +1086,7 @@ cmd_pong(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
   if (c->ping_sent_us == 0)
     return TRUE;
   gint64 rtt_ms = (now.mono_us - c->ping_sent_us) / 1000;
+  c->ping_rtt_ms = rtt_ms;
   if (rtt_ms > PING_WARN_SECS * 1000)
     dir_log(d, G_LOG_LEVEL_WARNING, "%s: PING answered after %" G_GINT64_FORMAT " ms", c->name,
             rtt_ms);
@@ -1215,31 +1233,34 @@ dispatch(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
   case USHER_RING_MSG_USER_KICK:
     if (cmd_is_seen(d, &msg->user_kick.origin, &orig))
       return TRUE;
-    users_kick_name(d, c->host, orig, msg->user_kick.username);
+    users_kick_name(d, now, c->host, orig, msg->user_kick.username, FALSE);
     return TRUE;
   case USHER_RING_MSG_USER_KICK_ALT:
     if (cmd_is_seen(d, &msg->user_kick_alt.origin, &orig))
       return TRUE;
-    users_kick_alt(d, c->host, orig, msg->user_kick_alt.field, msg->user_kick_alt.value);
+    users_kick_alt(d, now, c->host, orig, msg->user_kick_alt.field, msg->user_kick_alt.value,
+                   FALSE);
     return TRUE;
   case USHER_RING_MSG_USER_KICK_HASH:
     if (cmd_is_seen(d, &msg->user_ref.origin, &orig))
       return TRUE;
-    users_kick_hash(d, c->host, orig, msg->user_ref.hash, &msg->user_ref.ip);
+    users_kick_hash(d, now, c->host, orig, msg->user_ref.hash, &msg->user_ref.ip);
     return TRUE;
   case USHER_RING_MSG_SYNC:
     return cmd_sync(d, now, c, msg);
   case USHER_RING_MSG_CONNECT:
     return cmd_connect(d, now, c, msg);
   case USHER_RING_MSG_PING: {
-    if (msg->ping.has_values && dir_wall_secs(now) - msg->ping.time >= PING_WARN_SECS)
-      dir_log(d, G_LOG_LEVEL_WARNING, "%s: PING is %" G_GINT64_FORMAT " s old", c->name,
-              dir_wall_secs(now) - msg->ping.time);
+    gint64 age = msg->ping.has_values
+                   ? dir_wall_secs(now) - dir_clamp_peer_time(d, msg->ping.time)
+                   : 0;
+    if (age >= PING_WARN_SECS)
+      dir_log(d, G_LOG_LEVEL_WARNING, "%s: PING is %" G_GINT64_FORMAT " s old", c->name, age);
     UsherRingMsg pong;
     MSG_INIT(pong, PONG);
     pong.ping.has_values = TRUE;
     pong.ping.time = dir_wall_secs(now);
-    pong.ping.buffer_bytes = 0;
+    pong.ping.buffer_bytes = c->output_queued + c->output_unreported;
     dir_send_msg(d, c, &pong, c->peer_minor);
     return TRUE;
   }
@@ -1271,6 +1292,7 @@ conn_input(UsherDirector *d, UsherNow now, Conn *c, const void *data, gsize len)
   UsherConnId id = c->id;
   c->bytes_in += len;
   c->last_input_us = now.mono_us;
+  c->last_input_wall = dir_wall_secs(now);
   c->timeout_base_us = now.mono_us;
   /* Dovecot discards input from a connection it told to go elsewhere (CONNECT sent). Usher keeps
    * applying it: it is ordinary ring traffic, and dropping it lost user updates that a peer sent

@@ -4,6 +4,10 @@
 #include "libcore/director.h"
 #include "libcore/rng.h"
 
+/* Everything declared here is internal to libcore: hidden from other objects (the library is
+ * linked with hidden symbols made local, see libcore/meson.build). */
+#pragma GCC visibility push(hidden)
+
 /* ---- Constants (Dovecot 2.3 values; spec section 9) ------------------------------------------ */
 
 #define SEC_US G_GINT64_CONSTANT(1000000)
@@ -37,7 +41,13 @@
 #define STATE_MAX_CONNECTIONS 64    /* connections of any kind at once; more are refused */
 #define STATE_MAX_PENDING_REQUESTS 100000
 #define VHOST_MAX_FROM_RING 100000 /* a peer claiming more vhosts is lying */
-#define CONN_HELD_FLOODS_MAX 100000 /* floods held per connection until the peer's VERSION */
+/* ---- Bounds (doc/architecture.md, "Bounds"); a refusal at each is counted in the stats -------- */
+#define CONN_HELD_FLOODS_MAX_BYTES (1024 * 1024) /* floods held per connection until VERSION */
+#define STATE_MAX_KICKS 100000  /* kicks tracked at once (beyond: run untracked) */
+#define STATE_MAX_MOVES 100000  /* moves at once (a ring move beyond it is refused) */
+#define STATE_MAX_USERS 50000000 /* directory entries, every tag (about 1.5 GB) */
+#define LOGS_PER_CALL_MAX 1000  /* LOG effects in one input call */
+#define TIME_PEER_MAX G_GINT64_CONSTANT(4294967295) /* peer timestamps are clamped to 0 .. this */
 
 /* ---- Members (director hosts) ---------------------------------------------------------------- */
 
@@ -72,7 +82,7 @@ struct Conn {
   /* Flooded commands that arrived before the peer's VERSION, formatted for our own minor
    * version, with the minor each needs (one byte per line): re-formatted for the peer's version
    * when VERSION comes. Sent at minor 0 they would lose fields (USER's timestamp). */
-  GString *held_lines;
+  GString *held_lines; /* at most CONN_HELD_FLOODS_MAX_BYTES */
   GByteArray *held_min_minor;
   gboolean me_received;
   guint peer_minor;
@@ -86,7 +96,7 @@ struct Conn {
 
   /* Handshake, sending side (outgoing) */
   gboolean handshake_sent; /* our DONE went out */
-  GArray *users_to_send;   /* snapshot of (tag index, hash), oldest first */
+  GArray *users_to_send;   /* snapshot of TagHash, oldest first per tag */
   guint users_sent_idx;
   guint64 users_sent;
 
@@ -103,9 +113,17 @@ struct Conn {
   gint64 last_output_us;
   gint64 ping_sent_us; /* 0: no PING outstanding */
   gint64 ping_sent_wall_us;
+  gint64 ping_rtt_ms; /* latest round trip, -1 = none yet */
   gint64 timeout_base_us; /* restarts on input; handshake timeouts count from here */
   gboolean slow_warned;
   guint64 bytes_in, bytes_out;
+  gint64 last_input_wall, last_output_wall; /* UNIX seconds, for DIRECTOR-LIST */
+
+  /* Backpressure: what the driver last reported still queued, plus what we sent since. */
+  guint64 output_queued;
+  guint64 output_unreported;
+  guint64 output_peak;
+  gboolean users_paused; /* the user stream waits for output_queued to drop */
 
   UsherLineReader *reader;
 };
@@ -123,6 +141,7 @@ typedef struct {
   guint old_vhost_count;
   guint64 kick_id;  /* outstanding local kick, 0 = none */
   guint64 flush_id; /* outstanding flush hook, 0 = none */
+  gint64 flush_deadline_us; /* the hook counts as failed after this */
   gboolean ignored_update; /* a conflicting USER arrived mid-move and was ignored */
   gint64 deadline_us; /* move timeout, or the end of DELAY */
 } Move;
@@ -130,9 +149,18 @@ typedef struct {
 typedef struct {
   guint64 id;
   gboolean for_move;
+  gboolean admin; /* started by an admin operation on this director: takes a kick slot */
   UsherTag *tag;
   guint32 hash;
+  gint64 deadline_us; /* forgotten after USHER_KICK_TIMEOUT_SECS */
+  GList *order_link;  /* in UsherDirector.kick_order */
 } Kick;
+
+/* A user in a tag; tags live as long as the host table, so the pointer is a stable key. */
+typedef struct {
+  UsherTag *tag;
+  guint32 hash;
+} TagHash;
 
 /* ---- Requests --------------------------------------------------------------------------------- */
 
@@ -152,7 +180,7 @@ typedef struct AdminOp AdminOp;
 
 struct UsherDirector {
   /* Settings */
-  UsherHashFormat *hash_format;
+  UsherLoginHasher *hasher;
   guint user_expire_secs;
   guint user_kick_delay_secs;
   guint max_parallel_moves;
@@ -160,7 +188,6 @@ struct UsherDirector {
   char *flush_socket;
   guint ping_idle_timeout_secs;
   guint ping_max_timeout_secs;
-  char master_user_separator; /* 0: none */
   UsherRng rng;
 
   /* Members: sorted by (ip, port); owns the Members */
@@ -201,8 +228,12 @@ struct UsherDirector {
   UsherHostTable *hosts;
   GHashTable *moves; /* Move* (keyed by tag and hash) -> itself; owns */
   guint users_moving_count;
-  guint users_kicking_count;
   GHashTable *kicks; /* id -> Kick*; owns */
+  GQueue kick_order;         /* Kick*, oldest first (= deadline order) */
+  guint admin_kicks_running; /* kicks in d->kicks started by admin operations (the slots) */
+  /* Placement by the configuration the director started with (USER-LOOKUP "initial config",
+   * HOST-LIST-REMOVED); never changed after creation. */
+  UsherHostTable *initial_hosts;
   guint64 next_effect_id;
 
   /* Requests: FIFO */
@@ -216,7 +247,12 @@ struct UsherDirector {
 
   /* Outbox */
   GArray *effects;
+  gsize last_send_cap; /* allocated size of the last SEND effect's data (coalescing) */
+  guint logs_this_call;
   GString *scratch;
+
+  gint64 last_mono_us; /* the time contract: mono time never goes back */
+  gint64 now_wall_secs; /* wall time of the current call, for bookkeeping that has no now */
 
   UsherDirectorStats stats;
 };
@@ -278,11 +314,12 @@ void users_move(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint
 void users_killed(UsherDirector *d, UsherNow now, guint32 hash);
 void users_killed_everywhere(UsherDirector *d, UsherNow now, Member *src, Member *orig,
                              guint32 hash);
-void users_kick_hash(UsherDirector *d, Member *src, Member *orig, guint32 hash,
+void users_kick_hash(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 hash,
                      const UsherIp *except);
-void users_kick_name(UsherDirector *d, Member *src, Member *orig, const char *name);
-void users_kick_alt(UsherDirector *d, Member *src, Member *orig, const char *field,
-                    const char *value);
+void users_kick_name(UsherDirector *d, UsherNow now, Member *src, Member *orig, const char *name,
+                     gboolean admin);
+void users_kick_alt(UsherDirector *d, UsherNow now, Member *src, Member *orig, const char *field,
+                    const char *value, gboolean admin);
 void users_remove_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
                        UsherHost *host);
 void users_flush_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
@@ -292,7 +329,10 @@ void users_update_host(UsherDirector *d, UsherNow now, Member *src, Member *orig
 void users_resend_hosts(UsherDirector *d, UsherNow now);
 void users_timers(UsherDirector *d, UsherNow now);
 gint64 users_next_deadline(UsherDirector *d);
-void dir_observe_now(UsherDirector *d, UsherNow now);
+/* Every public input starts with this: checks the time contract and starts a new call. */
+void dir_enter(UsherDirector *d, UsherNow now);
+gint64 dir_clamp_peer_time(UsherDirector *d, gint64 secs);
+guint dir_count_users(const UsherDirector *d);
 void requests_continue(UsherDirector *d, UsherNow now);
 void requests_timers(UsherDirector *d, UsherNow now);
 gint64 requests_next_deadline(UsherDirector *d);
@@ -306,3 +346,5 @@ void admin_continue(UsherDirector *d, UsherNow now);
 gint64 admin_next_deadline(UsherDirector *d);
 void admin_timers(UsherDirector *d, UsherNow now);
 void admin_op_free(AdminOp *a);
+
+#pragma GCC visibility pop

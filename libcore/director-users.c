@@ -16,6 +16,27 @@ user_host(UsherDirector *d, const UsherUser *u)
   return h;
 }
 
+guint
+dir_count_users(const UsherDirector *d)
+{
+  guint n = 0;
+  for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++)
+    n += usher_user_dir_count(usher_host_table_nth_tag(d->hosts, t)->users);
+  return n;
+}
+
+/* TRUE if one more directory entry fits (STATE_MAX_USERS); counts the refusal otherwise. */
+static gboolean
+users_room(UsherDirector *d)
+{
+  if (dir_count_users(d) < STATE_MAX_USERS)
+    return TRUE;
+  d->stats.users_refused++;
+  dir_log(d, G_LOG_LEVEL_WARNING, "user directory full (%d entries): not adding a user",
+          STATE_MAX_USERS);
+  return FALSE;
+}
+
 /* ---- Propagation ------------------------------------------------------------------------------ */
 
 void
@@ -86,6 +107,8 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
 
   UsherUser *user = usher_user_dir_lookup(users, hash);
   if (user == NULL) {
+    if (!users_room(d))
+      return FALSE;
     user = usher_user_dir_add(users, hash, host->id, timestamp, wall);
     user->weak = weak ? 1 : 0;
     *user_out = user;
@@ -135,7 +158,7 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
      * keeps its own (lower) host, the sender never hears that it lost and keeps the user on the
      * other backend until the entry expires (found by ushersim swarm, seed 227). */
     *forced_out = TRUE;
-    users_kick_hash(d, d->self, NULL, hash, &host->ip);
+    users_kick_hash(d, now, d->self, NULL, hash, &host->ip);
     ret = TRUE;
   }
   if (user->host != host->id) {
@@ -198,6 +221,7 @@ users_resend_hosts(UsherDirector *d, UsherNow now)
 }
 
 static void move_free(UsherDirector *d, UsherNow now, Move *m, gboolean notify);
+static int cmp_move_due(gconstpointer a, gconstpointer b);
 
 /* Moves of users that are about to disappear with their host. */
 static void
@@ -213,6 +237,8 @@ drop_moves_of_host(UsherDirector *d, UsherNow now, UsherHost *host)
     if (u != NULL && u->host == host->id)
       g_ptr_array_add(stale, m);
   }
+  /* Freeing a move may announce its user (ignored_update): never in hash-table order. */
+  g_ptr_array_sort(stale, cmp_move_due);
   for (guint i = 0; i < stale->len; i++)
     move_free(d, now, g_ptr_array_index(stale, i), FALSE);
 }
@@ -249,18 +275,48 @@ users_flush_host(UsherDirector *d, UsherNow now, Member *src, Member *orig, Ushe
 
 /* ---- Kicks ------------------------------------------------------------------------------------ */
 
+/* Records a kick and returns its id. Kicks that are not part of a move are not recorded beyond
+ * STATE_MAX_KICKS (they still run; only their completion is not waited for). Kicks of moves are
+ * bounded by STATE_MAX_MOVES. Every record is forgotten after USHER_KICK_TIMEOUT_SECS. */
 static guint64
-new_kick(UsherDirector *d, gboolean for_move, UsherTag *tag, guint32 hash)
+new_kick(UsherDirector *d, UsherNow now, gboolean for_move, gboolean admin, UsherTag *tag,
+         guint32 hash)
 {
+  guint64 id = d->next_effect_id++;
+  d->stats.kicks_sent++;
+  if (admin)
+    d->stats.admin_kicks++;
+  if (!for_move && g_hash_table_size(d->kicks) >= STATE_MAX_KICKS) {
+    d->stats.kicks_untracked++;
+    return id;
+  }
   Kick *k = g_new0(Kick, 1);
-  k->id = d->next_effect_id++;
+  k->id = id;
   k->for_move = for_move;
+  k->admin = admin;
   k->tag = tag;
   k->hash = hash;
+  k->deadline_us = now.mono_us + USHER_KICK_TIMEOUT_SECS * SEC_US;
   g_hash_table_insert(d->kicks, &k->id, k);
-  d->users_kicking_count++;
-  d->stats.kicks_sent++;
-  return k->id;
+  g_queue_push_tail(&d->kick_order, k);
+  k->order_link = d->kick_order.tail;
+  if (admin)
+    d->admin_kicks_running++;
+  return id;
+}
+
+/* Forgets a kick record; TRUE if it held an admin kick slot. */
+static gboolean
+kick_forget(UsherDirector *d, Kick *k)
+{
+  gboolean admin = k->admin;
+  if (admin) {
+    g_assert(d->admin_kicks_running > 0);
+    d->admin_kicks_running--;
+  }
+  g_queue_delete_link(&d->kick_order, k->order_link);
+  g_hash_table_remove(d->kicks, &k->id); /* frees k */
+  return admin;
 }
 
 static void
@@ -276,9 +332,10 @@ emit_kick_hash(UsherDirector *d, guint64 id, guint32 hash, const UsherIp *except
 }
 
 void
-users_kick_hash(UsherDirector *d, Member *src, Member *orig, guint32 hash, const UsherIp *except)
+users_kick_hash(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 hash,
+                const UsherIp *except)
 {
-  emit_kick_hash(d, new_kick(d, FALSE, NULL, hash), hash, except);
+  emit_kick_hash(d, new_kick(d, now, FALSE, FALSE, NULL, hash), hash, except);
   UsherRingMsg msg;
   MSG_INIT(msg, USER_KICK_HASH);
   origin_fill(d, orig, &msg.user_ref.origin);
@@ -288,10 +345,11 @@ users_kick_hash(UsherDirector *d, Member *src, Member *orig, guint32 hash, const
 }
 
 void
-users_kick_name(UsherDirector *d, Member *src, Member *orig, const char *name)
+users_kick_name(UsherDirector *d, UsherNow now, Member *src, Member *orig, const char *name,
+                gboolean admin)
 {
   UsherEffect e = {.type = USHER_EFFECT_KICK};
-  e.kick.id = new_kick(d, FALSE, NULL, 0);
+  e.kick.id = new_kick(d, now, FALSE, admin, NULL, 0);
   e.kick.kind = USHER_KICK_NAME;
   e.kick.name = g_strdup(name);
   g_array_append_val(d->effects, e);
@@ -303,10 +361,11 @@ users_kick_name(UsherDirector *d, Member *src, Member *orig, const char *name)
 }
 
 void
-users_kick_alt(UsherDirector *d, Member *src, Member *orig, const char *field, const char *value)
+users_kick_alt(UsherDirector *d, UsherNow now, Member *src, Member *orig, const char *field,
+               const char *value, gboolean admin)
 {
   UsherEffect e = {.type = USHER_EFFECT_KICK};
-  e.kick.id = new_kick(d, FALSE, NULL, 0);
+  e.kick.id = new_kick(d, now, FALSE, admin, NULL, 0);
   e.kick.kind = USHER_KICK_ALT;
   e.kick.name = g_strdup(field);
   e.kick.value = g_strdup(value);
@@ -385,6 +444,7 @@ move_flush(UsherDirector *d, UsherNow now, Move *m)
   e.flush.old_vhost_count = m->old_vhost_count;
   e.flush.socket = g_strdup(d->flush_socket);
   g_array_append_val(d->effects, e);
+  m->flush_deadline_us = now.mono_us + USHER_FLUSH_TIMEOUT_SECS * SEC_US;
   move_set_state(d, m, USHER_KILL_FLUSHING);
 }
 
@@ -424,6 +484,14 @@ users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser
     /* Moved again before the last move finished: carry on from where it is. */
     return;
   }
+  if (g_hash_table_size(d->moves) >= STATE_MAX_MOVES) {
+    /* Only a lying or broken peer gets here (admins are held to max_parallel_moves). The user
+     * has its new host; its old sessions are not killed. */
+    d->stats.moves_refused++;
+    dir_log(d, G_LOG_LEVEL_WARNING, "not killing user hash %u for a move: %d moves in flight",
+            user->hash, STATE_MAX_MOVES);
+    return;
+  }
   Move *m = g_new0(Move, 1);
   m->tag = tag;
   m->hash = user->hash;
@@ -442,7 +510,7 @@ users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser
     d->stats.moves_initiated++;
   move_set_state(d, m, USHER_KILL_KILLING);
   if ((old_host != NULL && old_host->id != user->host) || force_kick) {
-    m->kick_id = new_kick(d, TRUE, tag, user->hash);
+    m->kick_id = new_kick(d, now, TRUE, FALSE, tag, user->hash);
     emit_kick_hash(d, m->kick_id, user->hash, NULL);
   } else {
     /* We did not know the user, or it was already where it should be: nothing to kick here. */
@@ -463,6 +531,8 @@ users_move(UsherDirector *d, UsherNow now, Member *src, Member *orig, guint32 ha
   }
   UsherUser *user = usher_user_dir_lookup(users, hash);
   if (user == NULL) {
+    if (!users_room(d))
+      return;
     user = usher_user_dir_add(users, hash, host->id, wall, wall);
   } else {
     /* Even if it is already there, kill it: another director may have it elsewhere. */
@@ -529,19 +599,17 @@ users_killed_everywhere(UsherDirector *d, UsherNow now, Member *src, Member *ori
 void
 usher_director_kick_done(UsherDirector *d, UsherNow now, guint64 id)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   Kick *k = g_hash_table_lookup(d->kicks, &id);
   if (k == NULL)
-    return;
+    return; /* late (timed out), untracked or unknown */
   gboolean for_move = k->for_move;
   UsherTag *tag = k->tag;
   guint32 hash = k->hash;
-  g_hash_table_remove(d->kicks, &id); /* frees k */
-  d->users_kicking_count--;
-  if (!for_move) {
-    admin_continue(d, now); /* a kick slot is free */
+  if (kick_forget(d, k))
+    admin_continue(d, now); /* an admin kick slot is free */
+  if (!for_move)
     return;
-  }
   Move *m = move_lookup(d, tag, hash);
   if (m == NULL || m->kick_id != id ||
       (m->state != USHER_KILL_KILLING && m->state != USHER_KILL_KILLING_NOTIFY_RECEIVED))
@@ -557,7 +625,7 @@ usher_director_kick_done(UsherDirector *d, UsherNow now, guint64 id)
 void
 usher_director_flush_done(UsherDirector *d, UsherNow now, guint64 id, gboolean success)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   GHashTableIter it;
   gpointer k;
   Move *found = NULL;
@@ -574,6 +642,7 @@ usher_director_flush_done(UsherDirector *d, UsherNow now, guint64 id, gboolean s
     d->stats.moves_finished++;
     move_free(d, now, found, TRUE);
   } else {
+    d->stats.flushes_failed++;
     dir_log(d, G_LOG_LEVEL_WARNING, "flush hook failed for user hash %u: waiting %u s instead",
             found->hash, d->user_kick_delay_secs);
     move_delay(d, now, found);
@@ -601,8 +670,15 @@ users_next_deadline(UsherDirector *d)
   GHashTableIter it;
   gpointer k;
   g_hash_table_iter_init(&it, d->moves);
-  while (g_hash_table_iter_next(&it, &k, NULL))
-    t = MIN(t, ((Move *)k)->deadline_us);
+  while (g_hash_table_iter_next(&it, &k, NULL)) {
+    const Move *m = k;
+    t = MIN(t, m->deadline_us);
+    if (m->state == USHER_KILL_FLUSHING && m->flush_id != 0)
+      t = MIN(t, m->flush_deadline_us);
+  }
+  const Kick *oldest = g_queue_peek_head(&d->kick_order);
+  if (oldest != NULL)
+    t = MIN(t, oldest->deadline_us);
   for (guint i = 0; i < usher_host_table_n_tags(d->hosts); i++) {
     gint64 wall = usher_user_dir_next_deadline(usher_host_table_nth_tag(d->hosts, i)->users);
     if (wall != G_MAXINT64)
@@ -611,9 +687,56 @@ users_next_deadline(UsherDirector *d)
   return t == G_MAXINT64 ? 0 : t;
 }
 
+/* Kicks the driver never reported done: forget them, so their slots are free again. A move
+ * whose kick this was ends by its own timeout (they start together and last as long). */
+static void
+kicks_timers(UsherDirector *d, UsherNow now)
+{
+  gboolean freed_slot = FALSE;
+  guint n = 0;
+  Kick *k;
+  while ((k = g_queue_peek_head(&d->kick_order)) != NULL && k->deadline_us <= now.mono_us) {
+    d->stats.kicks_timed_out++;
+    n++;
+    freed_slot |= kick_forget(d, k);
+  }
+  if (n > 0)
+    dir_log(d, G_LOG_LEVEL_WARNING, "%u kicks were not reported done within %d s: forgotten", n,
+            USHER_KICK_TIMEOUT_SECS);
+  if (freed_slot)
+    admin_continue(d, now);
+}
+
+/* Flush hooks that never reported: treat them as failed. */
+static void
+flush_timers(UsherDirector *d, UsherNow now)
+{
+  g_autoptr(GPtrArray) due = g_ptr_array_new();
+  GHashTableIter it;
+  gpointer k;
+  g_hash_table_iter_init(&it, d->moves);
+  while (g_hash_table_iter_next(&it, &k, NULL)) {
+    Move *m = k;
+    if (m->state == USHER_KILL_FLUSHING && m->flush_id != 0 && m->flush_deadline_us <= now.mono_us)
+      g_ptr_array_add(due, m);
+  }
+  g_ptr_array_sort(due, cmp_move_due);
+  for (guint i = 0; i < due->len; i++) {
+    Move *m = g_ptr_array_index(due, i);
+    d->stats.flushes_timed_out++;
+    dir_log(d, G_LOG_LEVEL_WARNING,
+            "flush hook for user hash %u did not report within %d s: waiting %u s instead",
+            m->hash, USHER_FLUSH_TIMEOUT_SECS, d->user_kick_delay_secs);
+    m->flush_id = 0;
+    move_delay(d, now, m);
+  }
+}
+
 void
 users_timers(UsherDirector *d, UsherNow now)
 {
+  kicks_timers(d, now);
+  flush_timers(d, now);
   g_autoptr(GPtrArray) due = g_ptr_array_new();
   GHashTableIter it;
   gpointer k;
@@ -739,6 +862,10 @@ request_try(UsherDirector *d, UsherNow now, Request *r)
       r->reason = "no usable backend";
       return FALSE;
     }
+    if (!users_room(d)) {
+      r->reason = "user directory full";
+      return FALSE;
+    }
     user = usher_user_dir_add(tag->users, r->hash, host->id, wall, wall);
   }
   users_update_user(d, d->self, tag, user);
@@ -822,59 +949,65 @@ requests_timers(UsherDirector *d, UsherNow now)
   }
 }
 
-/* Cuts the login name at the master user separator, as Dovecot does before hashing. */
-static gsize
-hashed_name_len(UsherDirector *d, const char *username)
-{
-  gsize len = strlen(username);
-  if (d->master_user_separator != '\0') {
-    const char *sep = memchr(username, d->master_user_separator, len);
-    if (sep != NULL)
-      len = (gsize)(sep - username);
-  }
-  return len;
-}
-
-void
+gboolean
 usher_director_login_request(UsherDirector *d, UsherNow now, guint64 id, const char *username,
                              const char *tag)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
+  if (g_hash_table_contains(d->request_ids, &id)) {
+    /* Answering it would give the driver two answers for one id. */
+    d->stats.requests_refused++;
+    dir_log(d, G_LOG_LEVEL_WARNING, "login request id %" G_GUINT64_FORMAT " is already waiting: "
+            "refused", id);
+    return FALSE;
+  }
   Request *r = g_new0(Request, 1);
   r->id = id;
   r->username = g_strdup(username);
   r->tag = g_strdup(tag != NULL ? tag : "");
-  r->hash = usher_hash_format_user(d->hash_format, username, (gssize)hashed_name_len(d, username));
+  r->hash = usher_login_hasher_hash(d->hasher, username, -1);
   r->created_us = now.mono_us;
   r->reason = "";
   if (request_try(d, now, r)) {
-    g_free(r->username);
-    g_free(r->tag);
-    g_free(r);
-    return;
+    request_free(d, r);
+    return TRUE;
   }
-  if (d->requests.length >= STATE_MAX_PENDING_REQUESTS ||
-      g_hash_table_contains(d->request_ids, &id)) {
-    answer(d, r,
-           NULL, d->requests.length >= STATE_MAX_PENDING_REQUESTS ? "too many pending requests"
-                                                                  : "duplicate request id");
-    g_free(r->username);
-    g_free(r->tag);
-    g_free(r);
-    return;
+  if (d->requests.length >= STATE_MAX_PENDING_REQUESTS) {
+    d->stats.requests_refused++;
+    answer(d, r, NULL, "too many pending requests");
+    request_free(d, r);
+    return TRUE;
   }
   d->stats.logins_delayed++;
   g_queue_push_tail(&d->requests, r);
   g_hash_table_add(d->request_ids, &r->id);
+  return TRUE;
+}
+
+void
+usher_director_login_cancel(UsherDirector *d, UsherNow now, guint64 id)
+{
+  dir_enter(d, now);
+  if (!g_hash_table_contains(d->request_ids, &id))
+    return;
+  for (GList *l = d->requests.head; l != NULL; l = l->next) {
+    Request *r = l->data;
+    if (r->id == id) {
+      g_queue_delete_link(&d->requests, l);
+      request_free(d, r);
+      d->stats.requests_cancelled++;
+      return;
+    }
+  }
+  g_assert_not_reached();
 }
 
 void
 usher_director_user_refresh(UsherDirector *d, UsherNow now, const char *username)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   gint64 wall = dir_wall_secs(now);
-  guint32 hash =
-    usher_hash_format_user(d->hash_format, username, (gssize)hashed_name_len(d, username));
+  guint32 hash = usher_login_hasher_hash(d->hasher, username, -1);
   for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++) {
     UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
     UsherUser *u = usher_user_dir_lookup(tag->users, hash);
@@ -889,7 +1022,13 @@ usher_director_user_refresh(UsherDirector *d, UsherNow now, const char *username
 }
 
 guint32
-usher_director_user_hash(UsherDirector *d, const char *username)
+usher_director_user_hash(const UsherDirector *d, const char *username)
 {
-  return usher_hash_format_user(d->hash_format, username, (gssize)hashed_name_len(d, username));
+  return usher_login_hasher_hash(d->hasher, username, -1);
+}
+
+const UsherLoginHasher *
+usher_director_get_hasher(const UsherDirector *d)
+{
+  return d->hasher;
 }

@@ -71,12 +71,24 @@ usher_director_take_effects(UsherDirector *d)
 void
 dir_log(UsherDirector *d, GLogLevelFlags level, const char *fmt, ...)
 {
-  va_list args;
-  va_start(args, fmt);
+  /* A peer that sends a flood of bad lines must not make us produce a flood of log lines. */
+  if (d->logs_this_call >= LOGS_PER_CALL_MAX) {
+    d->stats.logs_suppressed++;
+    return;
+  }
   UsherEffect e = {.type = USHER_EFFECT_LOG};
   e.log.level = level;
-  e.log.message = g_strdup_vprintf(fmt, args);
-  va_end(args);
+  if (++d->logs_this_call == LOGS_PER_CALL_MAX) {
+    e.log.level = G_LOG_LEVEL_WARNING;
+    e.log.message = g_strdup_printf("more than %d log lines in one call: the rest are dropped "
+                                    "(counted as logs_suppressed)",
+                                    LOGS_PER_CALL_MAX);
+  } else {
+    va_list args;
+    va_start(args, fmt);
+    e.log.message = g_strdup_vprintf(fmt, args);
+    va_end(args);
+  }
   g_array_append_val(d->effects, e);
 }
 
@@ -86,11 +98,18 @@ dir_send(UsherDirector *d, Conn *conn, const char *data, gsize len)
   if (len == 0)
     return;
   conn->bytes_out += len;
-  /* Consecutive writes to one connection become one effect (the driver writes them at once). */
+  conn->output_unreported += len;
+  conn->output_peak = MAX(conn->output_peak, conn->output_queued + conn->output_unreported);
+  conn->last_output_wall = d->now_wall_secs;
+  /* Consecutive writes to one connection become one effect (the driver writes them at once);
+   * its buffer grows geometrically, not line by line. */
   if (d->effects->len > 0) {
     UsherEffect *last = &g_array_index(d->effects, UsherEffect, d->effects->len - 1);
     if (last->type == USHER_EFFECT_SEND && last->send.conn == conn->id) {
-      last->send.data = g_realloc(last->send.data, last->send.len + len);
+      if (last->send.len + len > d->last_send_cap) {
+        d->last_send_cap = MAX(d->last_send_cap * 2, last->send.len + len);
+        last->send.data = g_realloc(last->send.data, d->last_send_cap);
+      }
       memcpy(last->send.data + last->send.len, data, len);
       last->send.len += len;
       return;
@@ -98,7 +117,9 @@ dir_send(UsherDirector *d, Conn *conn, const char *data, gsize len)
   }
   UsherEffect e = {.type = USHER_EFFECT_SEND};
   e.send.conn = conn->id;
-  e.send.data = g_memdup2(data, len);
+  d->last_send_cap = MAX(len, 256);
+  e.send.data = g_malloc(d->last_send_cap);
+  memcpy(e.send.data, data, len);
   e.send.len = len;
   g_array_append_val(d->effects, e);
 }
@@ -526,23 +547,40 @@ move_equal(gconstpointer a, gconstpointer b)
 }
 
 void
-dir_observe_now(UsherDirector *d, UsherNow now)
+dir_enter(UsherDirector *d, UsherNow now)
 {
+  /* The time contract of director.h. A driver that breaks it has a bug that would otherwise show
+   * up much later as timers firing at random. */
+  g_assert(now.mono_us > 0);
+  g_assert(now.mono_us >= d->last_mono_us);
+  g_assert(now.wall_us >= 0 && now.wall_us <= USHER_WALL_US_MAX);
+  d->last_mono_us = now.mono_us;
   d->wall_minus_mono_us = now.wall_us - now.mono_us;
+  d->now_wall_secs = now.wall_us / SEC_US;
+  d->logs_this_call = 0;
+}
+
+/* A time (UNIX seconds) that a peer sent: anything outside 0 .. 2^32-1 is a lie or a broken
+ * clock; clamp it so that no arithmetic on it can overflow. */
+gint64
+dir_clamp_peer_time(UsherDirector *d, gint64 secs)
+{
+  if (secs >= 0 && secs <= TIME_PEER_MAX)
+    return secs;
+  d->stats.times_clamped++;
+  return secs < 0 ? 0 : TIME_PEER_MAX;
 }
 
 UsherDirector *
 usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64 seed,
                    UsherNow now, GError **error)
 {
-  g_autoptr(GError) local = NULL;
-  UsherHashFormat *format = usher_hash_format_new(config->username_hash, &local);
-  if (format == NULL) {
-    g_propagate_error(error, g_steal_pointer(&local));
+  UsherLoginHasher *hasher =
+    usher_login_hasher_new(config->username_hash, config->master_user_separator, error);
+  if (hasher == NULL)
     return NULL;
-  }
   UsherDirector *d = g_new0(UsherDirector, 1);
-  d->hash_format = format;
+  d->hasher = hasher;
   d->user_expire_secs = config->user_expire_secs;
   d->user_kick_delay_secs = config->user_kick_delay_secs;
   d->max_parallel_moves = config->max_parallel_moves;
@@ -550,8 +588,6 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
   d->flush_socket = g_strdup(config->flush_socket);
   d->ping_idle_timeout_secs = config->ping_idle_timeout_secs;
   d->ping_max_timeout_secs = config->ping_max_timeout_secs;
-  d->master_user_separator =
-    config->master_user_separator != NULL ? config->master_user_separator[0] : '\0';
   usher_rng_seed(&d->rng, seed);
 
   d->members = g_ptr_array_new_with_free_func(g_free);
@@ -573,8 +609,7 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
     (void)dir_member_get(d, &a->ip, a->port);
   }
   if (config->directors->len == 0) {
-    UsherIp lo;
-    g_assert(usher_ip_parse("127.0.0.1", -1, &lo));
+    UsherIp lo = {.family = USHER_IP_V4, .addr = {127, 0, 0, 1}};
     d->self = dir_member_get(d, &lo, 0);
   } else {
     d->self = dir_member_lookup(d, &self->ip, self->port);
@@ -595,12 +630,14 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
    * average, and invisible to Dovecot peers, which only compare. */
   d->self->last_seq = (guint32)CLAMP(dir_wall_secs(now), 0, (gint64)G_MAXUINT32 / 2);
 
-  if (!usher_host_table_add_backends(d->hosts, config->backends, error)) {
+  d->initial_hosts = usher_host_table_new(config->user_expire_secs);
+  if (!usher_host_table_add_backends(d->hosts, config->backends, error) ||
+      !usher_host_table_add_backends(d->initial_hosts, config->backends, NULL)) {
     usher_director_free(d);
     return NULL;
   }
   d->handshake_start_us = now.mono_us;
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   return d;
 }
 
@@ -614,12 +651,14 @@ usher_director_free(UsherDirector *d)
   g_hash_table_unref(d->conns);
   g_ptr_array_unref(d->members);
   g_hash_table_unref(d->moves);
+  g_queue_clear(&d->kick_order); /* the Kicks belong to d->kicks */
   g_hash_table_unref(d->kicks);
   g_hash_table_unref(d->request_ids);
   usher_host_table_free(d->hosts);
+  usher_host_table_free(d->initial_hosts);
   g_array_unref(d->effects);
   g_string_free(d->scratch, TRUE);
-  usher_hash_format_free(d->hash_format);
+  usher_login_hasher_free(d->hasher);
   g_free(d->flush_socket);
   g_free(d);
 }
@@ -627,7 +666,7 @@ usher_director_free(UsherDirector *d)
 void
 usher_director_start(UsherDirector *d, UsherNow now)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   g_return_if_fail(!d->started);
   d->started = TRUE;
   dir_connect(d, now, "starting");
@@ -644,7 +683,7 @@ dir_conn_by_id(UsherDirector *d, UsherConnId id)
 UsherConnId
 usher_director_peer_accepted(UsherDirector *d, UsherNow now, const UsherIp *remote_ip)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   /* Only a configured, non-removed director's IP may connect, from any port. */
   gboolean known = FALSE;
   for (guint i = 0; i < d->members->len; i++) {
@@ -666,6 +705,7 @@ usher_director_peer_accepted(UsherDirector *d, UsherNow now, const UsherIp *remo
   c->remote_ip = *remote_ip;
   c->created_us = c->last_input_us = c->timeout_base_us = c->handshake_start_us = now.mono_us;
   c->reader = usher_line_reader_new(USHER_RING_LINE_MAX);
+  c->ping_rtt_ms = -1;
   g_snprintf(c->name, sizeof(c->name), "in#%u/%s", c->id, usher_ip_to_string(remote_ip, ip));
   g_hash_table_insert(d->conns, GUINT_TO_POINTER(c->id), c);
 
@@ -685,7 +725,7 @@ usher_director_peer_accepted(UsherDirector *d, UsherNow now, const UsherIp *remo
 void
 usher_director_peer_connected(UsherDirector *d, UsherNow now, UsherConnId id)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   Conn *c = dir_conn_by_id(d, id);
   if (c == NULL || c->incoming || c->connected)
     return;
@@ -696,7 +736,7 @@ void
 usher_director_peer_bytes(UsherDirector *d, UsherNow now, UsherConnId id, const void *data,
                           gsize len)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   Conn *c = dir_conn_by_id(d, id);
   if (c == NULL)
     return;
@@ -710,11 +750,28 @@ usher_director_peer_bytes(UsherDirector *d, UsherNow now, UsherConnId id, const 
 void
 usher_director_peer_closed(UsherDirector *d, UsherNow now, UsherConnId id, const char *reason)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   Conn *c = dir_conn_by_id(d, id);
   if (c == NULL)
     return;
   conn_close(d, now, c, reason != NULL ? reason : "connection closed", CLOSE_FAILURE);
+}
+
+void
+usher_director_peer_output_queued(UsherDirector *d, UsherNow now, UsherConnId id,
+                                  gsize queued_bytes)
+{
+  dir_enter(d, now);
+  Conn *c = dir_conn_by_id(d, id);
+  if (c == NULL)
+    return;
+  c->output_queued = queued_bytes;
+  c->output_unreported = 0;
+  c->output_peak = MAX(c->output_peak, c->output_queued);
+  if (c->users_paused && c->output_queued <= USHER_OUTPUT_RESUME_BYTES) {
+    c->users_paused = FALSE;
+    conn_continue_sending_users(d, now, c);
+  }
 }
 
 /* ---- Timers ---------------------------------------------------------------------------------- */
@@ -769,13 +826,13 @@ usher_director_next_deadline(UsherDirector *d)
   t = min_deadline(t, users_next_deadline(d));
   t = min_deadline(t, requests_next_deadline(d));
   t = min_deadline(t, admin_next_deadline(d));
-  return t == 0 ? G_MAXINT64 : t;
+  return t == 0 ? USHER_DEADLINE_NEVER : t;
 }
 
 void
 usher_director_on_deadline(UsherDirector *d, UsherNow now)
 {
-  dir_observe_now(d, now);
+  dir_enter(d, now);
   d->sync_frozen++;
   if (d->connect_timer_us != 0 && d->connect_timer_us <= now.mono_us)
     dir_connect(d, now, "retrying");

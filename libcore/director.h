@@ -5,12 +5,29 @@
  * input functions below; each call appends effects to an outbox that the driver drains with
  * usher_director_take_effects() afterwards. The director never calls back into the driver.
  *
- * Time: every input carries an UsherNow. mono_us is a monotonic clock for local timers; wall_us
- * is the UNIX time that travels between directors (user timestamps, host up/down times). The
- * simulator may step or skew wall time independently of mono time.
+ * Time contract (checked at every entry point; a violation is a driver bug and aborts):
+ *  - every input carries an UsherNow. mono_us is a monotonic clock in microseconds for local
+ *    timers: greater than 0 and never smaller than in the previous call on the same director.
+ *    wall_us is the UNIX time in microseconds that travels between directors (user timestamps,
+ *    host up/down times), between 0 and USHER_WALL_US_MAX; it may step backwards or forwards
+ *    (NTP, the simulator's clock faults) independently of mono_us.
+ *  - usher_director_next_deadline() gives the earliest mono_us at which the director wants
+ *    usher_director_on_deadline(), or USHER_DEADLINE_NEVER; calling it early or late is harmless.
+ *  - times that peers send (ME, PING, USER, HOST) are clamped to 0 .. 2^32-1 UNIX seconds before
+ *    any arithmetic, so a lying peer cannot cause an overflow.
  *
- * Timers: usher_director_next_deadline() gives the earliest mono_us at which the director wants
- * usher_director_on_deadline(); calling it early or late is harmless.
+ * Threads: one thread owns an UsherDirector and makes every call on it; nothing in it is locked.
+ * Other threads (the daemon's proxy workers) must not touch it, not even to read. What they may
+ * use is the immutable UsherLoginHasher (usher_director_get_hasher(), or one built from the same
+ * configuration): it hashes a login name exactly as the director does, from any thread.
+ *
+ * Backpressure: after writing SEND bytes the driver reports how many bytes it still holds for
+ * that connection (usher_director_peer_output_queued()). Bulk streams (the handshake's user list)
+ * pause above USHER_OUTPUT_PAUSE_BYTES and resume when the driver reports
+ * USHER_OUTPUT_RESUME_BYTES or less; PING carries the figure, as Dovecot's does.
+ *
+ * Bounds: every queue the director keeps has a cap (doc/architecture.md, "Bounds"); what is
+ * refused at a cap is counted in UsherDirectorStats.
  *
  * Connections are integer ids chosen by the director: it names the id in a CONNECT effect (an
  * outgoing connection) or returns it from usher_director_peer_accepted() (an incoming one). After
@@ -29,12 +46,28 @@
 G_BEGIN_DECLS
 
 typedef struct {
-  gint64 mono_us; /* monotonic clock, microseconds */
-  gint64 wall_us; /* UNIX time, microseconds */
+  gint64 mono_us; /* monotonic clock, microseconds; > 0, never decreasing */
+  gint64 wall_us; /* UNIX time, microseconds; 0 .. USHER_WALL_US_MAX */
 } UsherNow;
+
+/* The latest wall time the core accepts: 2^32 - 1 UNIX seconds (the year 2106, as the wire's
+ * 32-bit user timestamps). */
+#define USHER_WALL_US_MAX (G_GINT64_CONSTANT(4294967295) * G_GINT64_CONSTANT(1000000))
+/* usher_director_next_deadline() when no timer is armed. */
+#define USHER_DEADLINE_NEVER G_MAXINT64
+
+/* Output backpressure (see above). */
+#define USHER_OUTPUT_PAUSE_BYTES (256 * 1024)
+#define USHER_OUTPUT_RESUME_BYTES (64 * 1024)
 
 /* A login request is answered within this many seconds (TEMPFAIL at the latest). */
 #define USHER_REQUEST_TIMEOUT_SECS 30
+/* A KICK effect not reported done within this time is forgotten (stats.kicks_timed_out): its
+ * slot is free again and a move waiting for it goes on. */
+#define USHER_KICK_TIMEOUT_SECS 30
+/* A FLUSH effect not reported done within this time counts as failed (stats.flushes_timed_out):
+ * the move then waits user_kick_delay instead, as after a failed hook. */
+#define USHER_FLUSH_TIMEOUT_SECS 10
 
 typedef guint32 UsherConnId;
 #define USHER_CONN_ID_NONE ((UsherConnId)0)
@@ -50,6 +83,8 @@ typedef enum {
   USHER_EFFECT_LOGIN_RESULT, /* answer a login request */
   USHER_EFFECT_KICK,         /* disconnect local proxied sessions; report kick_done(id) */
   USHER_EFFECT_FLUSH,        /* run the flush hook for a moved user; report flush_done(id) */
+                             /* (both have deadlines: a driver that never reports cannot wedge
+                              * a move or use up kick slots) */
   USHER_EFFECT_ADMIN_REPLY,  /* the reply to an admin operation */
   USHER_EFFECT_LOG,          /* a log line */
   USHER_EFFECT_STATE,        /* ring state changed (handshaked / synced / neighbours) */
@@ -158,17 +193,30 @@ void usher_director_peer_closed(UsherDirector *director, UsherNow now, UsherConn
 gint64 usher_director_next_deadline(UsherDirector *director);
 void usher_director_on_deadline(UsherDirector *director, UsherNow now);
 
+/* The driver still holds queued_bytes of output for this connection (bytes of SEND effects not
+ * yet written to the socket). Call it after every write attempt on a ring connection, including
+ * when the queue drains to 0. The handshake's user stream waits while the figure is high. */
+void usher_director_peer_output_queued(UsherDirector *director, UsherNow now, UsherConnId conn,
+                                       gsize queued_bytes);
+
 /* A login (or LMTP / doveadm) lookup: which backend serves username in tag (NULL or "" for the
- * untagged ring)? Answered by a LOGIN_RESULT effect, at once or later (the ring is not synced,
- * the user is being moved...), always within USHER_REQUEST_TIMEOUT_SECS. */
-void usher_director_login_request(UsherDirector *director, UsherNow now, guint64 request,
-                                  const char *username, const char *tag);
+ * untagged ring)? Answered by exactly one LOGIN_RESULT effect, at once or later (the ring is not
+ * synced, the user is being moved...), always within USHER_REQUEST_TIMEOUT_SECS, unless the
+ * driver cancels it first. The driver chooses request ids; an id that is still waiting must not
+ * be used again: such a call returns FALSE and produces no effect at all (stats.requests_refused
+ * counts it), so no answer can ever be taken for another request's. Returns TRUE otherwise. */
+gboolean usher_director_login_request(UsherDirector *director, UsherNow now, guint64 request,
+                                      const char *username, const char *tag);
+/* The client of a login request went away: drop the request; no LOGIN_RESULT follows. Unknown
+ * or already answered ids are ignored. */
+void usher_director_login_cancel(UsherDirector *director, UsherNow now, guint64 request);
 /* A proxied session of username is still alive (Dovecot's proxy-notify): refresh the user in
  * every tag that has it and tell the ring. */
 void usher_director_user_refresh(UsherDirector *director, UsherNow now, const char *username);
-/* The kick with this id (from a KICK effect) has finished. */
+/* The kick with this id (from a KICK effect) has finished. Late or unknown ids are ignored. */
 void usher_director_kick_done(UsherDirector *director, UsherNow now, guint64 kick);
-/* The flush hook with this id (from a FLUSH effect) has finished. */
+/* The flush hook with this id (from a FLUSH effect) has finished; success FALSE if the hook
+ * failed. Late or unknown ids are ignored. */
 void usher_director_flush_done(UsherDirector *director, UsherNow now, guint64 flush,
                                gboolean success);
 
@@ -219,7 +267,10 @@ void usher_director_admin_director_remove(UsherDirector *director, UsherNow now,
                                           const UsherIp *ip, guint16 port);
 
 /* The user hash for a name, as this director computes it (username_hash, separator). */
-guint32 usher_director_user_hash(UsherDirector *director, const char *username);
+guint32 usher_director_user_hash(const UsherDirector *director, const char *username);
+/* The director's login hasher: immutable, owned by the director, usable from any thread while
+ * the director lives. */
+const UsherLoginHasher *usher_director_get_hasher(const UsherDirector *director);
 
 /* ---- State --------------------------------------------------------------------------------- */
 
@@ -238,9 +289,24 @@ typedef struct {
   guint64 logins_ok, logins_tempfail, logins_delayed;
   guint64 moves_started, moves_finished, moves_timed_out; /* every move this director took part in */
   guint64 moves_initiated; /* moves this director started (admin USER-MOVE, flushes) */
-  guint64 kicks_sent;
+  guint64 kicks_sent;       /* every kick this director ran locally */
+  guint64 admin_kicks;      /* ... of which started by an admin operation here */
+  guint64 kicks_timed_out;  /* kicks the driver never reported done */
+  guint64 flushes_failed;   /* flush hooks that reported failure */
+  guint64 flushes_timed_out;/* flush hooks that never reported */
   guint64 users_expired;
   guint64 alone_declared;
+  /* Refusals at a bound (doc/architecture.md, "Bounds") */
+  guint64 requests_refused;    /* login requests: too many waiting, or a duplicate id */
+  guint64 requests_cancelled;  /* login requests the driver cancelled */
+  guint64 admin_refused;       /* admin operations: too many waiting */
+  guint64 moves_refused;       /* moves from the ring: too many in flight */
+  guint64 kicks_untracked;     /* kicks run without a slot record: too many in flight */
+  guint64 users_refused;       /* new user entries: the directory is full */
+  guint64 tags_refused;        /* hosts with a new tag: too many tags */
+  guint64 logs_suppressed;     /* log lines dropped: too many in one call */
+  guint64 handshake_pauses;    /* the user stream waited for the driver's output queue */
+  guint64 times_clamped;       /* peer timestamps outside 0 .. 2^32-1 s */
 } UsherDirectorStats;
 
 const UsherRingAddr *usher_director_get_self(const UsherDirector *director);
@@ -254,6 +320,106 @@ UsherHostTable *usher_director_get_hosts(UsherDirector *director);
 const UsherDirectorStats *usher_director_get_stats(const UsherDirector *director);
 guint usher_director_count_pending_requests(const UsherDirector *director);
 guint usher_director_count_moving_users(const UsherDirector *director);
+
+/* ---- Read-only queries ---------------------------------------------------------------------- *
+ * What Dovecot's admin protocol lists (HOST-LIST, HOST-LIST-REMOVED, DIRECTOR-LIST, USER-LOOKUP,
+ * USER-LIST), as snapshots the caller owns. They take a const director and never change it: no
+ * lazy ring rebuild, no expiry, no effect. Call them on the thread that owns the director. */
+
+typedef struct {
+  UsherIp ip;
+  char ip_str[USHER_IP_STRLEN];
+  char *hostname; /* NULL if none */
+  char *tag;      /* "" for the default tag */
+  guint vhost_count;
+  gboolean down;
+  gint64 last_updown_change; /* UNIX seconds; 0 = never */
+  guint user_count;
+  gboolean desynced; /* changed here since the last completed ring sync */
+} UsherHostInfo;
+
+/* Every backend in IP order: an array of UsherHostInfo that frees its strings (transfer full). */
+GArray *usher_director_list_hosts(const UsherDirector *director);
+/* Backends of the configuration the director started with that are no longer in its host table
+ * (an array of UsherIp in IP order; transfer full). */
+GArray *usher_director_list_removed_hosts(const UsherDirector *director);
+
+typedef enum {
+  USHER_LINK_NONE = 0, /* a member with no connection */
+  USHER_LINK_LEFT,
+  USHER_LINK_RIGHT,
+  USHER_LINK_IN,  /* incoming, not (yet) a neighbour */
+  USHER_LINK_OUT, /* outgoing, not (yet) a neighbour */
+} UsherLinkRole;
+
+typedef struct {
+  gboolean has_addr; /* FALSE: an incoming connection whose ME has not arrived yet */
+  UsherRingAddr addr;
+  gboolean self;
+  gboolean removed;
+  gint64 last_failure; /* UNIX seconds of the later network or protocol failure; 0 = never */
+  /* A connection (role != USHER_LINK_NONE): */
+  UsherLinkRole role;
+  UsherConnId conn;
+  gboolean connected;  /* outgoing: TCP established */
+  gboolean handshaked; /* the peer's DONE arrived */
+  gboolean synced;     /* the ring is synced as far as this link knows */
+  guint64 users_received, users_sent, users_to_send;
+  gint64 ping_rtt_ms;  /* the latest PING round trip; -1 before the first PONG */
+  guint64 bytes_in, bytes_out;
+  guint64 buffered, buffered_peak; /* as the driver reported them */
+  gint64 last_input, last_output;  /* UNIX seconds; 0 = never */
+} UsherMemberInfo;
+
+/* DIRECTOR-LIST: for each member in (ip, port) order, one entry per connection it has, or one
+ * entry with role NONE if it has none; then incoming connections whose ME has not arrived, by
+ * id. An array of UsherMemberInfo (transfer full). */
+GArray *usher_director_list_members(const UsherDirector *director);
+
+typedef struct {
+  gboolean handshaked, synced;
+  guint min_version;       /* the ring's lowest protocol minor */
+  gint64 last_sync_msecs;  /* round trip of the last completed SYNC */
+  gint64 unsynced_since_us;/* mono time the ring became unsynced (when !synced) */
+  gboolean alone;          /* declared itself the only reachable director */
+  guint n_members, n_connections;
+  guint pending_requests, moving_users, kicks_running, admin_kicks_running, pending_admin_ops;
+  guint n_users;           /* directory entries, every tag */
+} UsherRingInfo;
+
+void usher_director_get_ring_info(const UsherDirector *director, UsherRingInfo *info_out);
+
+typedef struct {
+  guint32 hash;
+  gboolean tag_known;
+  /* The directory entry. An entry past its expiry that has not been dropped yet counts as absent
+   * (found FALSE), as it does for a login. */
+  gboolean found;
+  UsherIp current;
+  guint32 timestamp;  /* UNIX seconds of the last refresh */
+  gint64 expires;     /* timestamp + user_expire */
+  gboolean weak;
+  UsherKillState kill_state;
+  /* Where the vhost ring puts the user now (family 0: no usable backend). */
+  UsherIp hashed;
+  /* Where a director started with the initial configuration would put it (family 0: none). */
+  UsherIp initial;
+} UsherUserInfo;
+
+/* USER-LOOKUP of a user hash in tag (NULL or "": the default tag) at wall time now_wall_us. */
+void usher_director_lookup_user(const UsherDirector *director, gint64 now_wall_us, guint32 hash,
+                                const char *tag, UsherUserInfo *info_out);
+
+typedef struct {
+  guint32 hash;
+  guint32 timestamp; /* UNIX seconds; expiry is timestamp + user_expire */
+  UsherIp host;
+} UsherUserEntry;
+
+/* USER-LIST: every directory entry (every tag, oldest first), or only those on host (NULL: all).
+ * An array of UsherUserEntry (transfer full). */
+GArray *usher_director_list_users(const UsherDirector *director, const UsherIp *host);
+guint usher_director_get_user_expire_secs(const UsherDirector *director);
 
 /* A fingerprint of the state that must converge across a healed ring: hosts (ip, vhosts, down,
  * tag) and every user entry (tag, hash, host). Timestamps are left out: they may differ by the

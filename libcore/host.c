@@ -124,6 +124,8 @@ usher_host_table_ensure_tag(UsherHostTable *table, const char *name)
   guint idx = tag_search(table, name, &found);
   if (found)
     return g_ptr_array_index(table->tags, idx);
+  if (table->tags->len >= USHER_TAGS_MAX)
+    return NULL;
   UsherTag *tag = g_new0(UsherTag, 1);
   tag->name = g_strdup(name);
   tag->ring = usher_vhost_ring_new();
@@ -163,6 +165,9 @@ usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag, 
   guint idx = host_search(table, ip, &found);
   if (found || table->hosts->len >= USHER_HOSTS_MAX)
     return NULL;
+  UsherTag *host_tag = usher_host_table_ensure_tag(table, tag);
+  if (host_tag == NULL)
+    return NULL;
 
   UsherHost *host = g_new0(UsherHost, 1);
   if (table->free_ids->len > 0) {
@@ -176,7 +181,7 @@ usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag, 
   host->ip = *ip;
   usher_ip_to_string(ip, host->ip_str);
   host->hostname = hostname != NULL && hostname[0] != '\0' ? g_strdup(hostname) : NULL;
-  host->tag = usher_host_table_ensure_tag(table, tag);
+  host->tag = host_tag;
   host->vhost_count = vhost_count;
   g_ptr_array_insert(table->hosts, (gint)idx, host);
   changed(table, host->tag);
@@ -219,16 +224,19 @@ usher_host_table_set_down(UsherHostTable *table, UsherHost *host, gboolean down,
   changed(table, host->tag);
 }
 
-void
+gboolean
 usher_host_table_set_tag(UsherHostTable *table, UsherHost *host, const char *tag)
 {
   UsherTag *new_tag = usher_host_table_ensure_tag(table, tag);
+  if (new_tag == NULL)
+    return FALSE;
   if (new_tag == host->tag)
-    return;
+    return TRUE;
   usher_user_dir_remove_host(host->tag->users, host->id);
   changed(table, host->tag);
   host->tag = new_tag;
   changed(table, new_tag);
+  return TRUE;
 }
 
 void
@@ -273,16 +281,23 @@ usher_host_table_nth(const UsherHostTable *table, guint idx)
   return g_ptr_array_index(table->hosts, idx);
 }
 
+/* Builds the ring of a tag from its usable hosts into ring. */
 static void
-rebuild_ring(UsherHostTable *table, UsherTag *tag)
+fill_ring(const UsherHostTable *table, const UsherTag *tag, UsherVhostRing *ring)
 {
-  usher_vhost_ring_clear(tag->ring);
+  usher_vhost_ring_clear(ring);
   for (guint i = 0; i < table->hosts->len; i++) {
     const UsherHost *h = g_ptr_array_index(table->hosts, i);
     if (h->tag == tag && !h->down)
-      usher_vhost_ring_add_host(tag->ring, &h->ip, h->id, h->vhost_count);
+      usher_vhost_ring_add_host(ring, &h->ip, h->id, h->vhost_count);
   }
-  usher_vhost_ring_finish(tag->ring);
+  usher_vhost_ring_finish(ring);
+}
+
+static void
+rebuild_ring(UsherHostTable *table, UsherTag *tag)
+{
+  fill_ring(table, tag, tag->ring);
   tag->ring_dirty = FALSE;
 }
 
@@ -299,6 +314,40 @@ usher_tag_place(UsherHostTable *table, UsherTag *tag, guint32 user_hash)
 {
   const UsherVhostRing *ring = usher_tag_get_ring(table, tag);
   return usher_host_table_get(table, usher_vhost_ring_lookup(ring, user_hash));
+}
+
+const UsherHost *
+usher_host_table_get_const(const UsherHostTable *table, UsherHostId id)
+{
+  if (id == USHER_HOST_ID_NONE || id > table->by_id->len)
+    return NULL;
+  return g_ptr_array_index(table->by_id, id - 1);
+}
+
+const UsherHost *
+usher_host_table_lookup_const(const UsherHostTable *table, const UsherIp *ip)
+{
+  gboolean found;
+  guint idx = host_search(table, ip, &found);
+  return found ? g_ptr_array_index(table->hosts, idx) : NULL;
+}
+
+const UsherTag *
+usher_host_table_find_tag_const(const UsherHostTable *table, const char *name)
+{
+  gboolean found;
+  guint idx = tag_search(table, name != NULL ? name : "", &found);
+  return found ? g_ptr_array_index(table->tags, idx) : NULL;
+}
+
+const UsherHost *
+usher_tag_place_readonly(const UsherHostTable *table, const UsherTag *tag, guint32 user_hash)
+{
+  if (!tag->ring_dirty)
+    return usher_host_table_get_const(table, usher_vhost_ring_lookup(tag->ring, user_hash));
+  g_autoptr(UsherVhostRing) ring = usher_vhost_ring_new();
+  fill_ring(table, tag, ring);
+  return usher_host_table_get_const(table, usher_vhost_ring_lookup(ring, user_hash));
 }
 
 /* CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), chained like zlib's crc32(). Bitwise:
@@ -365,8 +414,12 @@ usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends, 
     return FALSE;
   }
   g_autoptr(GHashTable) seen = g_hash_table_new(usher_ip_table_hash, usher_ip_table_equal);
+  g_autoptr(GHashTable) new_tags = g_hash_table_new(g_str_hash, g_str_equal);
   for (guint i = 0; i < backends->len; i++) {
     const UsherBackendConfig *b = g_ptr_array_index(backends, i);
+    const char *tag = b->tag != NULL ? b->tag : "";
+    if (usher_host_table_find_tag(table, tag) == NULL)
+      g_hash_table_add(new_tags, (gpointer)tag);
     if (usher_host_table_lookup(table, &b->ip) != NULL ||
         !g_hash_table_add(seen, (gpointer)&b->ip)) {
       char buf[USHER_IP_STRLEN];
@@ -374,6 +427,12 @@ usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends, 
                   "backend %s is listed twice", usher_ip_to_string(&b->ip, buf));
       return FALSE;
     }
+  }
+  if (table->tags->len + g_hash_table_size(new_tags) > USHER_TAGS_MAX) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_INVALID,
+                "%u tags is over the limit of %u", table->tags->len + g_hash_table_size(new_tags),
+                USHER_TAGS_MAX);
+    return FALSE;
   }
   for (guint i = 0; i < backends->len; i++) {
     const UsherBackendConfig *b = g_ptr_array_index(backends, i);

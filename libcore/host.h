@@ -13,6 +13,7 @@ G_BEGIN_DECLS
 #define USHER_VHOST_DEFAULT 100
 #define USHER_VHOST_MAX_ADMIN 1000 /* the highest vhost count an operator may set */
 #define USHER_HOSTS_MAX 4096       /* hard cap on backends in one table */
+#define USHER_TAGS_MAX 1024        /* hard cap on tags ever created in one table */
 #define USHER_TAG_MAX_LEN 255
 #define USHER_HOSTNAME_MAX_LEN 255
 
@@ -43,7 +44,8 @@ void usher_host_table_free(UsherHostTable *table);
 
 guint usher_host_table_get_user_expire_secs(const UsherHostTable *table);
 
-/* NULL (and no change) if the IP exists already or the table is full. tag may be NULL for "". */
+/* NULL (and no change) if the IP exists already, the table is full, or the tag is new and
+ * USHER_TAGS_MAX tags exist. tag may be NULL for "". */
 UsherHost *usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag,
                                 guint vhost_count, const char *hostname);
 UsherHost *usher_host_table_lookup(UsherHostTable *table, const UsherIp *ip);
@@ -53,8 +55,9 @@ void usher_host_table_set_vhost_count(UsherHostTable *table, UsherHost *host, gu
 /* change_time: UNIX seconds of the change, recorded only when the state changes (as Dovecot). */
 void usher_host_table_set_down(UsherHostTable *table, UsherHost *host, gboolean down,
                                gint64 change_time);
-/* Changing the tag drops every user assigned to the host (Dovecot does the same). */
-void usher_host_table_set_tag(UsherHostTable *table, UsherHost *host, const char *tag);
+/* Changing the tag drops every user assigned to the host (Dovecot does the same). FALSE (and no
+ * change) if the tag is new and USHER_TAGS_MAX tags exist. */
+gboolean usher_host_table_set_tag(UsherHostTable *table, UsherHost *host, const char *tag);
 void usher_host_table_set_hostname(UsherHostTable *table, UsherHost *host, const char *hostname);
 /* Drops the host's users (no kick); returns how many. */
 guint usher_host_table_flush(UsherHostTable *table, UsherHost *host);
@@ -65,7 +68,8 @@ void usher_host_table_remove(UsherHostTable *table, UsherHost *host);
 guint usher_host_table_n_hosts(const UsherHostTable *table);
 UsherHost *usher_host_table_nth(const UsherHostTable *table, guint idx);
 
-/* Tags in name order ("" first). _find returns NULL for an unknown tag; _ensure creates it. */
+/* Tags in name order ("" first). _find returns NULL for an unknown tag; _ensure creates it
+ * (NULL if USHER_TAGS_MAX tags exist). Tags live as long as the table. */
 guint usher_host_table_n_tags(const UsherHostTable *table);
 UsherTag *usher_host_table_nth_tag(const UsherHostTable *table, guint idx);
 UsherTag *usher_host_table_find_tag(UsherHostTable *table, const char *name);
@@ -76,6 +80,13 @@ UsherTag *usher_host_table_ensure_tag(UsherHostTable *table, const char *name);
 UsherHost *usher_tag_place(UsherHostTable *table, UsherTag *tag, guint32 user_hash);
 /* The tag's ring, rebuilt if stale. */
 const UsherVhostRing *usher_tag_get_ring(UsherHostTable *table, UsherTag *tag);
+/* Read-only placement: the same answer as usher_tag_place() without changing anything (a stale
+ * ring is rebuilt into a temporary copy). */
+const UsherHost *usher_tag_place_readonly(const UsherHostTable *table, const UsherTag *tag,
+                                          guint32 user_hash);
+const UsherHost *usher_host_table_get_const(const UsherHostTable *table, UsherHostId id);
+const UsherHost *usher_host_table_lookup_const(const UsherHostTable *table, const UsherIp *ip);
+const UsherTag *usher_host_table_find_tag_const(const UsherHostTable *table, const char *name);
 
 /* Adds configured backends (UsherBackendConfig*, see config.h) as a freshly started director
  * does: each with its vhost count, tag, hostname and up/down state (change time 0). Fails,

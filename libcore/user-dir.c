@@ -255,7 +255,7 @@ clamp_ts(gint64 timestamp, gint64 now)
 /* --- public ---------------------------------------------------------------------------------- */
 
 UsherUser *
-usher_user_dir_lookup(UsherUserDir *dir, guint32 hash)
+usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash)
 {
   guint32 ref = dir->slots[find_slot(dir, hash)];
   return ref == NIL ? NULL : entry(dir, ref);

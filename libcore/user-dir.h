@@ -57,7 +57,8 @@ void usher_user_dir_free(UsherUserDir *dir);
 guint usher_user_dir_count(const UsherUserDir *dir);
 guint usher_user_dir_get_expire_secs(const UsherUserDir *dir);
 
-UsherUser *usher_user_dir_lookup(UsherUserDir *dir, guint32 hash);
+/* Takes a const directory (a lookup changes nothing); the entry it returns may be changed. */
+UsherUser *usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash);
 
 /* Adds a new entry (the hash must not be present). timestamp is clamped to now, as Dovecot does:
  * no entry is ever stamped in the future. */

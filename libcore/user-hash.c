@@ -231,3 +231,49 @@ usher_user_hash(const char *name, gssize len, const char *format)
   g_assert_no_error(error);
   return usher_hash_format_user(f, name, len);
 }
+
+/* ---- Login hasher ------------------------------------------------------------------------------ */
+
+struct UsherLoginHasher {
+  UsherHashFormat *format;
+  char separator; /* 0: none */
+};
+
+UsherLoginHasher *
+usher_login_hasher_new(const char *format, const char *master_user_separator, GError **error)
+{
+  UsherHashFormat *f = usher_hash_format_new(format, error);
+  if (f == NULL)
+    return NULL;
+  UsherLoginHasher *h = g_new0(UsherLoginHasher, 1);
+  h->format = f;
+  h->separator = master_user_separator != NULL ? master_user_separator[0] : '\0';
+  return h;
+}
+
+void
+usher_login_hasher_free(UsherLoginHasher *h)
+{
+  if (h == NULL)
+    return;
+  usher_hash_format_free(h->format);
+  g_free(h);
+}
+
+gsize
+usher_login_hasher_cut(const UsherLoginHasher *h, const char *login, gsize len)
+{
+  if (h->separator != '\0') {
+    const char *sep = memchr(login, h->separator, len);
+    if (sep != NULL)
+      return (gsize)(sep - login);
+  }
+  return len;
+}
+
+guint32
+usher_login_hasher_hash(const UsherLoginHasher *h, const char *login, gssize len)
+{
+  gsize n = len < 0 ? strlen(login) : (gsize)len;
+  return usher_hash_format_user(h->format, login, (gssize)usher_login_hasher_cut(h, login, n));
+}

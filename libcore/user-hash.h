@@ -31,6 +31,21 @@ guint32 usher_hash_format_user(const UsherHashFormat *format, const char *name, 
 /* Same result as a one-off compiled format; for tools and tests. */
 guint32 usher_user_hash(const char *name, gssize len, const char *format);
 
+/* A login hasher: the hash format plus the master user separator, exactly as the director
+ * hashes a login name ("user*master" is hashed as "user" when the separator is '*'). Immutable
+ * after creation, so any thread may use it at once without locking. */
+typedef struct UsherLoginHasher UsherLoginHasher;
+
+/* separator: NULL or "" for none, else its first character. */
+UsherLoginHasher *usher_login_hasher_new(const char *format, const char *master_user_separator,
+                                         GError **error);
+void usher_login_hasher_free(UsherLoginHasher *hasher);
+/* The length of the part of a login name that is hashed (cut at the separator). */
+gsize usher_login_hasher_cut(const UsherLoginHasher *hasher, const char *login, gsize len);
+/* The user hash of a login name (len < 0: NUL-terminated). */
+guint32 usher_login_hasher_hash(const UsherLoginHasher *hasher, const char *login, gssize len);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherHashFormat, usher_hash_format_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherLoginHasher, usher_login_hasher_free)
 
 G_END_DECLS

@@ -7,6 +7,8 @@
 
 #define SEC_US G_GINT64_CONSTANT(1000000)
 #define WALL_BASE_US (G_GINT64_CONSTANT(1795392000) * SEC_US) /* a fixed, plausible epoch */
+/* Directors' monotonic clocks read virtual time plus this: the core wants mono_us > 0. */
+#define MONO_BASE_US SEC_US
 #define LOGIN_COMPLETION_SLACK_US (SEC_US)
 #define PROBE_INTERVAL_US (SEC_US)
 #define LOSS_RETRANSMIT_US (200000)

@@ -126,7 +126,7 @@ static UsherNow
 node_now(SimWorld *w, SimNode *n)
 {
   gint64 drift = n->drift_base_us + (w->now_us - n->drift_since_us) * n->drift_ppm / 1000000;
-  UsherNow now = {w->now_us, WALL_BASE_US + w->now_us + n->wall_offset_us + drift};
+  UsherNow now = {MONO_BASE_US + w->now_us, WALL_BASE_US + w->now_us + n->wall_offset_us + drift};
   return now;
 }
 
@@ -608,6 +608,8 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
     Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->send.conn));
     if (l != NULL)
       send_bytes(w, l, link_side(l, node_idx, e->send.conn), e->send.data, e->send.len);
+    /* Sent bytes count as written at once: the link model queues them, not the director. */
+    usher_director_peer_output_queued(node->d, node_now(w, node), e->send.conn, 0);
     break;
   }
   case USHER_EFFECT_CONNECT: {
@@ -692,7 +694,8 @@ drain(SimWorld *w, guint node_idx)
     if (len == 0)
       break;
   }
-  n->deadline = usher_director_next_deadline(n->d);
+  gint64 deadline = usher_director_next_deadline(n->d);
+  n->deadline = deadline == USHER_DEADLINE_NEVER ? G_MAXINT64 : deadline - MONO_BASE_US;
 }
 
 static void

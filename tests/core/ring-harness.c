@@ -234,6 +234,8 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
     Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->send.conn));
     if (l != NULL)
       send_bytes(h, l, link_side_of(l, node_idx, e->send.conn), e->send.data, e->send.len);
+    /* The harness's links take everything at once: nothing stays queued. */
+    usher_director_peer_output_queued(node->d, now_of(h), e->send.conn, 0);
     break;
   }
   case USHER_EFFECT_CONNECT: {
