@@ -455,6 +455,28 @@ conn_adopt_waiting_left(UsherDirector *d, UsherNow now)
     conn_try_adopt_left(d, now, best);
 }
 
+/* SYNCs from other directors that waited for a right neighbour: pass them on, every origin's
+ * latest, in member order (Dovecot's director_send_delayed_syncs()). */
+static void
+send_delayed_syncs(UsherDirector *d, Conn *right)
+{
+  for (guint i = 0; i < d->members->len; i++) {
+    Member *m = g_ptr_array_index(d->members, i);
+    if (m->delayed_sync_seq == 0)
+      continue;
+    UsherRingMsg msg;
+    usher_ring_msg_init(&msg, USHER_RING_MSG_SYNC);
+    msg.sync.addr = m->addr;
+    msg.sync.seq = m->delayed_sync_seq;
+    msg.sync.minor = m->delayed_sync_minor;
+    msg.sync.has_timestamp = TRUE;
+    msg.sync.timestamp = m->delayed_sync_timestamp;
+    msg.sync.hosts_hash = m->delayed_sync_hosts_hash;
+    m->delayed_sync_seq = 0;
+    dir_send_msg(d, right, &msg, right->peer_minor);
+  }
+}
+
 static gboolean
 adopt_right(UsherDirector *d, UsherNow now, Conn *c)
 {
@@ -475,11 +497,7 @@ adopt_right(UsherDirector *d, UsherNow now, Conn *c)
   dir_log(d, G_LOG_LEVEL_INFO, "%s is now our right neighbour", c->name);
   UsherEffect e = {.type = USHER_EFFECT_STATE};
   g_array_append_val(d->effects, e);
-  if (d->have_pending_sync) {
-    /* A SYNC from another director waited for a right neighbour: pass it on. */
-    d->have_pending_sync = FALSE;
-    dir_send_msg(d, c, &d->pending_sync, c->peer_minor);
-  }
+  send_delayed_syncs(d, c);
   dir_sync(d, now);
   return TRUE;
 }
@@ -1039,8 +1057,11 @@ cmd_sync(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
       if (d->right != NULL) {
         dir_send_msg(d, d->right, &fwd, d->right->peer_minor);
       } else {
-        d->pending_sync = fwd;
-        d->have_pending_sync = TRUE;
+        /* Held per origin: a SYNC from another director waiting here must not replace it. */
+        m->delayed_sync_seq = seq;
+        m->delayed_sync_minor = minor;
+        m->delayed_sync_timestamp = ts;
+        m->delayed_sync_hosts_hash = msg->sync.hosts_hash;
       }
     }
   }

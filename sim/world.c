@@ -160,8 +160,10 @@ static void drain(SimWorld *w, guint node);
 static void
 schedule_close(SimWorld *w, Link *l, guint side, const char *reason)
 {
-  gint64 t = MAX(w->now_us + latency(w, l->node[1 - side], l->node[side]),
-                 l->last_delivery_us[side]);
+  /* Not inside MAX(): it evaluates its arguments twice, and a second latency() draw could put
+   * the close before bytes still in flight (TCP delivers them first). */
+  gint64 t = w->now_us + latency(w, l->node[1 - side], l->node[side]);
+  t = MAX(t, l->last_delivery_us[side]);
   SimEv ev = {.t = t, .kind = EV_CLOSE, .node = l->node[side], .incarnation = l->incarnation[side],
               .a = side, .p = l};
   (void)reason;
