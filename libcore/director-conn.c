@@ -844,6 +844,11 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   }
 
   if (c->replacing_hosts != NULL) {
+    /* One entry per HOST line: a peer repeating lines must not grow it without end. */
+    if (c->replacing_hosts->len >= 2 * USHER_HOSTS_MAX) {
+      conn_protocol_error(d, now, c, "handshake host list is too long");
+      return FALSE;
+    }
     g_array_append_val(c->replacing_hosts, host->ip);
     host->desynced = FALSE; /* the ring's word is final here */
   }
