@@ -57,7 +57,19 @@ typedef struct {
   GArray *directors; /* UsherDirectorAddr, sorted by (ip, port), no duplicates */
   /* [backends] hosts = ..., and [backend IP] groups */
   GPtrArray *backends; /* UsherBackendConfig*, sorted by ip, no duplicates */
+  /* [daemon]: usherd only (the simulator ignores it) */
+  gboolean has_ring_address;
+  UsherDirectorAddr ring_address; /* this director; one of directors */
+  char *admin_socket;             /* path, default USHER_ADMIN_SOCKET_DEFAULT */
+  guint admin_socket_mode;        /* default 0600 */
+  char *admin_socket_user;        /* "" = leave as created */
+  char *admin_socket_group;       /* "" = leave as created */
+  gboolean has_admin_listen;
+  UsherDirectorAddr admin_listen; /* an optional TCP admin listener */
+  guint admin_max_clients;        /* default 32 */
 } UsherConfig;
+
+#define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"
 
 /* The defaults, with no backends and no directors. */
 UsherConfig *usher_config_new(void);

@@ -371,9 +371,9 @@ typedef struct {
   gint64 last_input, last_output;  /* UNIX seconds; 0 = never */
 } UsherMemberInfo;
 
-/* DIRECTOR-LIST: for each member in (ip, port) order, one entry per connection it has, or one
- * entry with role NONE if it has none; then incoming connections whose ME has not arrived, by
- * id. An array of UsherMemberInfo (transfer full). */
+/* DIRECTOR-LIST, in Dovecot's order: incoming connections whose ME has not arrived (by id);
+ * then for each member in (ip, port) order one entry per connection it has (by id), or one entry
+ * with role NONE if it has none. An array of UsherMemberInfo (transfer full). */
 GArray *usher_director_list_members(const UsherDirector *director);
 
 typedef struct {
