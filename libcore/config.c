@@ -1240,6 +1240,29 @@ get_address(const KeyRef *ref, guint16 default_port, UsherDirectorAddr *addr_out
   return parse_director_element(ref, &elem, default_port, addr_out, error);
 }
 
+gboolean
+usher_config_parse_address(const char *text, guint16 default_port, UsherDirectorAddr *addr_out,
+                           GError **error)
+{
+  Element elem = {1, text, strlen(text)};
+  KeyRef ref = {"command line", NULL, "option", "address"};
+  memset(addr_out, 0, sizeof(*addr_out));
+  if (elem.len == 0) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_INVALID,
+                "an empty address (write IP or IP:PORT)");
+    return FALSE;
+  }
+  g_autoptr(GError) local = NULL;
+  if (!parse_director_element(&ref, &elem, default_port, addr_out, &local)) {
+    /* Drop the "file: [group] key: element 1" prefix meant for configuration files. */
+    const char *msg = strstr(local->message, ": element 1 ");
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_INVALID, "%s",
+                msg != NULL ? msg + strlen(": element 1 ") : local->message);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 static gboolean
 parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
 {

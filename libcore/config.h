@@ -88,6 +88,11 @@ gboolean usher_backends_parse(const char *text, GPtrArray *out, GError **error);
 UsherBackendConfig *usher_backend_config_new(const UsherIp *ip, const char *tag, guint vhosts);
 void usher_backend_config_free(UsherBackendConfig *backend);
 
+/* A director address as [ring] directors writes one: IP, IP:PORT, [IPv6]:PORT; a bare IP takes
+ * default_port. For command-line options; errors quote the text. */
+gboolean usher_config_parse_address(const char *text, guint16 default_port,
+                                    UsherDirectorAddr *addr_out, GError **error);
+
 /* Durations ("15m", "900", "2 s", "1h30m") and sizes ("10M", "64k", "1048576"). */
 gboolean usher_parse_duration_secs(const char *text, guint64 *secs_out);
 gboolean usher_parse_size_bytes(const char *text, guint64 *bytes_out);
