@@ -197,8 +197,14 @@ main(int argc, char **argv)
     g_message("usherd %s started: ring address %s:%u, %u directors, %u backends, admin socket %s",
               USHER_VERSION, usher_ip_to_string(&u.self.ip, ip), u.self.port,
               u.config->directors->len, u.config->backends->len, u.config->admin_socket);
+    usherd_state_load_users(&u);
     usherd_core_start(&u);
+    usherd_state_start(&u);
     g_main_loop_run(u.loop);
+    usherd_state_stop(&u);
+    g_autoptr(GError) save_error = NULL;
+    if (!usherd_state_save_users(&u, &save_error))
+      g_warning("user snapshot not saved: %s", save_error->message);
     for (int i = 0; i < 3; i++) {
       g_source_destroy(signals[i]);
       g_source_unref(signals[i]);

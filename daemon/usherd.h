@@ -11,6 +11,7 @@
  *   ring-link.c  TCP links to the peer directors (listener, dialling, output queues)
  *   admin.c      the director-admin socket (doveadm director, usherctl)
  *   flush.c      the flush hook (director_flush_socket) of moves this director starts
+ *   state.c      what survives a restart (the user directory snapshot)
  */
 #pragma once
 
@@ -55,6 +56,7 @@ struct _Usherd {
   RingLinks *ring;
   AdminServer *admin;
   GHashTable *flushes; /* flush id -> running hook (flush.c) */
+  GSource *snapshot_timer;
   UsherdStats stats;
   gboolean stopping;
 };
@@ -82,6 +84,13 @@ void admin_server_reply(AdminServer *a, guint64 op, const char *text);
 /* flush.c */
 void flush_hook_start(Usherd *u, const UsherEffect *e);
 void flush_hooks_free(Usherd *u);
+
+/* state.c */
+gboolean usherd_write_file_atomic(const char *path, const char *data, gsize len, GError **error);
+void usherd_state_load_users(Usherd *u);
+gboolean usherd_state_save_users(Usherd *u, GError **error);
+void usherd_state_start(Usherd *u);
+void usherd_state_stop(Usherd *u);
 
 /* Helpers */
 gboolean usherd_ip_from_gaddress(GSocketAddress *address, UsherIp *ip_out);

@@ -558,6 +558,8 @@ usher_config_new(void)
   config->admin_socket_user = g_strdup("");
   config->admin_socket_group = g_strdup("");
   config->admin_max_clients = 32;
+  config->state_dir = g_strdup(USHER_STATE_DIR_DEFAULT);
+  config->users_snapshot_interval_secs = 300;
   return config;
 }
 
@@ -574,6 +576,7 @@ usher_config_free(UsherConfig *config)
   g_free(config->admin_socket);
   g_free(config->admin_socket_user);
   g_free(config->admin_socket_group);
+  g_free(config->state_dir);
   if (config->directors != NULL)
     g_array_unref(config->directors);
   if (config->backends != NULL)
@@ -985,7 +988,8 @@ static const char *const director_keys[] = {
 static const char *const ring_keys[] = {"directors", NULL};
 static const char *const daemon_keys[] = {
     "ring_address",      "admin_socket",  "admin_socket_mode", "admin_socket_user",
-    "admin_socket_group", "admin_listen", "admin_max_clients", NULL,
+    "admin_socket_group", "admin_listen", "admin_max_clients", "state_dir",
+    "users_snapshot_interval", NULL,
 };
 static const char *const backends_keys[] = {"hosts", NULL};
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
@@ -1291,6 +1295,8 @@ parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
   }
   if (strcmp(key, "admin_max_clients") == 0)
     return get_uint(ref, 1, 10000, &config->admin_max_clients, error);
+  if (strcmp(key, "users_snapshot_interval") == 0)
+    return get_duration(ref, 0, &config->users_snapshot_interval_secs, error);
 
   g_autofree char *value = NULL;
   if (!get_value(ref, &value, error))
@@ -1309,6 +1315,15 @@ parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
       return FALSE;
     }
     config->admin_socket_mode = (guint)mode;
+    return TRUE;
+  }
+  if (strcmp(key, "state_dir") == 0) {
+    if (value[0] != '\0' && value[0] != '/') {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s must be empty or an absolute path", q);
+      return FALSE;
+    }
+    g_free(config->state_dir);
+    config->state_dir = g_steal_pointer(&value);
     return TRUE;
   }
   if (strcmp(key, "admin_socket") == 0) {

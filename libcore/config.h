@@ -67,9 +67,12 @@ typedef struct {
   gboolean has_admin_listen;
   UsherDirectorAddr admin_listen; /* an optional TCP admin listener */
   guint admin_max_clients;        /* default 32 */
+  char *state_dir;                /* "" = keep nothing across restarts; default USHER_STATE_DIR_DEFAULT */
+  guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
 } UsherConfig;
 
 #define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"
+#define USHER_STATE_DIR_DEFAULT "/var/lib/usherd"
 
 /* The defaults, with no backends and no directors. */
 UsherConfig *usher_config_new(void);

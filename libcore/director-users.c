@@ -37,6 +37,23 @@ users_room(UsherDirector *d)
   return FALSE;
 }
 
+gboolean
+usher_director_restore_user(UsherDirector *d, UsherNow now, guint32 hash, const UsherIp *ip,
+                            guint32 timestamp)
+{
+  dir_enter(d, now);
+  g_assert(!d->started);
+  gint64 wall = dir_wall_secs(now);
+  UsherHost *host = usher_host_table_lookup(d->hosts, ip);
+  if (host == NULL || hash == 0 || (gint64)timestamp + (gint64)d->user_expire_secs <= wall)
+    return FALSE;
+  UsherUserDir *users = host->tag->users;
+  if (usher_user_dir_lookup(users, hash) != NULL || !users_room(d))
+    return FALSE;
+  (void)usher_user_dir_add(users, hash, host->id, timestamp, wall);
+  return TRUE;
+}
+
 /* ---- Propagation ------------------------------------------------------------------------------ */
 
 void
