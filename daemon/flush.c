@@ -271,6 +271,7 @@ flush_hook_start(Usherd *u, const UsherEffect *e)
   }
   g_string_append_c(h->request, '\n');
   g_autoptr(GSocketClient) client = g_socket_client_new();
+  g_socket_client_set_enable_proxy(client, FALSE);
   g_autoptr(GSocketConnectable) where = NULL;
   if (g_str_has_prefix(target, "unix:")) {
     where = G_SOCKET_CONNECTABLE(g_unix_socket_address_new(target + 5));

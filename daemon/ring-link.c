@@ -372,6 +372,8 @@ ring_links_new(Usherd *u, GError **error)
   r->u = u;
   r->links = g_hash_table_new(NULL, NULL);
   r->client = g_socket_client_new();
+  /* Directors talk directly: no proxy lookups (GIO would ask libproxy or GSettings). */
+  g_socket_client_set_enable_proxy(r->client, FALSE);
   g_autoptr(GSocketAddress) local = usherd_gaddress_from_ip(&u->self.ip, 0);
   g_socket_client_set_local_address(r->client, local);
 

@@ -79,6 +79,7 @@ admin_connect(void)
 {
   Admin *a = g_new0(Admin, 1);
   g_autoptr(GSocketClient) client = g_socket_client_new();
+  g_socket_client_set_enable_proxy(client, FALSE);
   g_socket_client_set_timeout(client, GREETING_TIMEOUT_SECS);
   g_autoptr(GSocketConnectable) where = socket_address(opt_socket);
   g_autoptr(GError) error = NULL;
