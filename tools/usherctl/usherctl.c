@@ -74,10 +74,13 @@ read_line(Admin *a)
   return line;
 }
 
+/* One connection per run; it lives until the process exits. */
 static Admin *
 admin_connect(void)
 {
-  Admin *a = g_new0(Admin, 1);
+  static Admin the_admin;
+  Admin *a = &the_admin;
+  g_assert(a->connection == NULL);
   g_autoptr(GSocketClient) client = g_socket_client_new();
   g_socket_client_set_enable_proxy(client, FALSE);
   g_socket_client_set_timeout(client, GREETING_TIMEOUT_SECS);
