@@ -9,47 +9,14 @@ lines and timings; exits 0 (pass), 1 (fail) or 77 (skipped: no Dovecot 2.3 here)
 """
 
 import os
-import subprocess
 import sys
 import time
-import traceback
 
 sys.dont_write_bytecode = True          # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import usherlab as ul  # noqa: E402
 
 USERS = 20
-SKIP = 77
-
-
-class Tap:
-    def __init__(self):
-        self.n = 0
-        self.failed = 0
-
-    def ok(self, cond, desc, detail=None):
-        self.n += 1
-        if cond:
-            print(f"ok {self.n} - {desc}", flush=True)
-        else:
-            self.failed += 1
-            print(f"not ok {self.n} - {desc}", flush=True)
-            if detail:
-                self.diag(detail)
-        return cond
-
-    @staticmethod
-    def diag(msg):
-        for line in str(msg).splitlines():
-            print(f"# {line}", flush=True)
-
-
-def ps_lab_lines(lab):
-    """Lines of `ps -eo pid,pgid,args` that belong to the lab (by its instance names or root)."""
-    out = subprocess.run(["ps", "-eo", "pid,pgid,args"], capture_output=True, text=True).stdout
-    marks = [f"dovecot-{i.instance_name}/" for i in lab.instances] + [lab.root + "/"]
-    return [line for line in out.splitlines()[1:]
-            if any(m in line for m in marks) and " ps -eo " not in line]
 
 
 def login_all(lab, t, directors, users, label):
@@ -217,41 +184,7 @@ def crash_and_restart(lab, t, directors, users, where, group):
 
 
 def main():
-    reason = ul.dovecot_available()
-    if reason:
-        print(f"1..0 # SKIP {reason}")
-        return SKIP
-    t = Tap()
-    t_total = time.monotonic()
-    lab = ul.Lab(users=USERS)
-    t.diag(f"lab directory {lab.root}")
-    try:
-        run(lab, t)
-    except Exception:
-        t.ok(False, "the test ran to completion", traceback.format_exc())
-        t.diag(lab.log_tails(25))
-    except BaseException as e:      # SIGTERM (meson's timeout) arrives as SystemExit, ^C too
-        t.ok(False, f"the test ran to completion (interrupted: {e!r})")
-        raise
-    finally:
-        if t.failed:
-            lab.keep = True
-            t.diag(f"keeping {lab.root} for its logs")
-        t0 = time.monotonic()
-        try:
-            lab.stop()
-            t.diag(f"timing: lab stopped in {time.monotonic() - t0:.2f}s")
-        except Exception as e:
-            t.ok(False, "the lab stops cleanly", str(e))
-        left = ps_lab_lines(lab) + [f"{p} {c}" for p, c in lab.leftover_processes()]
-        t.ok(not left, "ps shows no process of the lab left running", "\n".join(left))
-    print(f"1..{t.n}")
-    t.diag(f"total {time.monotonic() - t_total:.1f}s")
-    if t.failed:
-        print(f"RESULT: FAIL ({t.failed} of {t.n} checks failed)")
-        return 1
-    print(f"RESULT: PASS ({t.n} checks)")
-    return 0
+    return ul.run_test(run, users=USERS)
 
 
 if __name__ == "__main__":

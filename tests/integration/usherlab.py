@@ -33,6 +33,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import traceback
 
 RING_PORT = 9090
 IMAP_PORT = 10143
@@ -920,6 +921,152 @@ protocol lmtp {{
 
 
 # ---------------------------------------------------------------------------------------------
+# usherd
+
+USHERD = os.environ.get("USHERD")
+
+
+class Usherd:
+    """A usherd ring member: its own directory, usher.conf, admin socket and state_dir, run as
+    `usherd -c FILE` in its own session (stopped by PID like the Dovecot instances).  Offers the
+    same ring_status/status_user/doveadm/admin interface as DovecotDirector, so a test can treat
+    both kinds of member alike; doveadm talks to it with `-a ADMIN_SOCKET`."""
+
+    kind = "usherd"
+
+    def __init__(self, lab, name, ip, ring, backends, ring_port=RING_PORT, extra_conf=""):
+        if USHERD is None or not os.access(USHERD, os.X_OK):
+            raise LabError("set $USHERD to the usherd binary (meson does)")
+        self.lab = lab
+        self.name = name
+        self.ip = ip
+        self.ring_port = ring_port
+        self.ring = [_ring_entry(e) for e in ring]
+        self.backends = [_backend_entry(b) for b in backends]
+        self.extra_conf = extra_conf
+        self.dir = os.path.join(lab.root, name)
+        os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        self.conf_path = os.path.join(self.dir, "usher.conf")
+        self.admin_socket = os.path.join(self.dir, "admin")
+        self.state_dir = os.path.join(self.dir, "state")
+        self.log_path = os.path.join(self.dir, "usherd.log")
+        self.proc = None
+        self.starts = 0
+        self.write_config()
+
+    def write_config(self):
+        with open(self.conf_path, "w") as f:
+            f.write(f"""# written by usherlab for {self.name}
+[ring]
+directors = {' '.join(self.ring)}
+[backends]
+hosts = {' '.join(self.backends)}
+[daemon]
+ring_address = {self.ip}:{self.ring_port}
+admin_socket = {self.admin_socket}
+state_dir = {self.state_dir}
+{self.extra_conf}
+""")
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines=30):
+        return f"--- {self.name} {self.log_path} (last {lines} lines) ---\n" + _tail(
+            self.log_path, lines)
+
+    def start(self, wait=True, timeout=20.0):
+        if self.proc is not None:
+            raise LabError(f"{self.name}: already started (pid {self.proc.pid}); stop() first")
+        check_port_free(self.ip, self.ring_port)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [USHERD, "-c", self.conf_path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=self.dir, start_new_session=True, preexec_fn=_set_pdeathsig, close_fds=True)
+        self.starts += 1
+        self.started_at = time.monotonic()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=20.0):
+        def ready():
+            if self.proc.poll() is not None:
+                raise LabError(f"{self.name}: usherd exited during start-up "
+                               f"(status {self.proc.returncode})\n{self.log_tail()}")
+            if not os.path.exists(self.admin_socket):
+                return False
+            try:
+                with AdminClient(self.admin_socket, timeout=2.0) as a:
+                    a.command_multi("DIRECTOR-LIST")
+                return True
+            except (OSError, LabError):
+                return False
+        wait_for(f"{self.name} to answer on its admin socket", ready, timeout,
+                 on_timeout=self.log_tail)
+        self.ready_after = time.monotonic() - self.started_at
+
+    def kill9(self, group=False):
+        if self.proc is None:
+            raise LabError(f"{self.name}: not running")
+        os.kill(self.proc.pid, signal.SIGKILL)
+        return [self.proc.pid]
+
+    def send_stop(self):
+        if self.running():
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout=10.0):
+        """SIGTERM (a clean stop: usherd saves its user snapshot), SIGKILL after timeout."""
+        if self.proc is None:
+            return None
+        self.send_stop()
+        try:
+            status = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.lab.note(f"{self.name}: usherd ignored SIGTERM for {timeout}s; SIGKILL")
+            self.proc.kill()
+            status = self.proc.wait(timeout=5)
+        self.proc = None
+        return status
+
+    def restart(self, wait=True, timeout=20.0):
+        self.stop()
+        return self.start(wait=wait, timeout=timeout)
+
+    def doveadm(self, *args, timeout=30.0, fmt=None):
+        """`doveadm [-f FMT] -c /dev/null director ... -a ADMIN_SOCKET ...`: the real doveadm,
+        pointed at usherd's admin socket."""
+        args = [str(a) for a in args]
+        words = 3 if len(args) >= 2 and args[0] == "director" and args[1] == "ring" else 2
+        cmd = [DOVEADM] + (["-f", fmt] if fmt is not None else []) + ["-c", "/dev/null"]
+        cmd += args[:words] + ["-a", self.admin_socket] + args[words:]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise LabError(f"{self.name}: {' '.join(cmd)} did not finish in {timeout}s") from e
+        return r.returncode, r.stdout, r.stderr
+
+    # The same read-side interface as DovecotDirector.
+    admin = DovecotDirector.admin
+    ring_status = DovecotDirector.ring_status
+    ring_synced = DovecotDirector.ring_synced
+    status_user = DovecotDirector.status_user
+    host_list = DovecotDirector.host_list
+
+    def __repr__(self):
+        return f"<usherd {self.name} {self.ip}:{self.ring_port} pid={self.pid}>"
+
+
+# ---------------------------------------------------------------------------------------------
 # the lab
 
 class Lab:
@@ -1013,6 +1160,21 @@ class Lab:
         self.instances.append(d)
         return d
 
+    def usherd(self, ip, ring, backends, name=None, **kw):
+        """A usherd ring member on ip (see Usherd); named u1, u2, ... Not started yet."""
+        u = Usherd(self, name or self._name("u", Usherd), ip, ring, backends, **kw)
+        self.instances.append(u)
+        return u
+
+    @property
+    def usherds(self):
+        return [i for i in self.instances if isinstance(i, Usherd)]
+
+    @property
+    def members(self):
+        """Every director of either kind."""
+        return [i for i in self.instances if isinstance(i, (DovecotDirector, Usherd))]
+
     @property
     def backends(self):
         return [i for i in self.instances if isinstance(i, DovecotBackend)]
@@ -1023,7 +1185,7 @@ class Lab:
 
     def start_all(self, timeout=30.0):
         """Start every instance not yet running (backends first), then wait for all."""
-        todo = [i for i in self.backends + self.directors if i.proc is None]
+        todo = [i for i in self.backends + self.members if i.proc is None]
         for i in todo:
             i.start(wait=False)
         for i in todo:
@@ -1067,10 +1229,11 @@ class Lab:
         its config files (as `ps` would show them).  Empty after a clean stop()."""
         found = {}
         for i in self.instances:
-            if i.pgid is not None:
+            if getattr(i, "pgid", None) is not None:
                 for p in group_members(i.pgid):
                     found[p] = _cmdline(p)
-        marks = [f"dovecot-{i.instance_name}/" for i in self.instances] + [self.root + "/"]
+        marks = [f"dovecot-{i.instance_name}/" for i in self.instances
+                 if hasattr(i, "instance_name")] + [self.root + "/"]
         for name in os.listdir("/proc"):
             if name.isdigit() and int(name) != os.getpid():
                 cmd = _cmdline(int(name))
@@ -1241,3 +1404,80 @@ class _POP3(poplib.POP3):
     def _create_socket(self, timeout):
         src = (self._source_ip, 0) if self._source_ip else None
         return socket.create_connection((self.host, self.port), timeout, source_address=src)
+
+
+# ---------------------------------------------------------------------------------------------
+# test scaffolding shared by the integration tests
+
+SKIP_STATUS = 77
+
+
+class Tap:
+    def __init__(self):
+        self.n = 0
+        self.failed = 0
+
+    def ok(self, cond, desc, detail=None):
+        self.n += 1
+        if cond:
+            print(f"ok {self.n} - {desc}", flush=True)
+        else:
+            self.failed += 1
+            print(f"not ok {self.n} - {desc}", flush=True)
+            if detail:
+                self.diag(detail)
+        return cond
+
+    @staticmethod
+    def diag(msg):
+        for line in str(msg).splitlines():
+            print(f"# {line}", flush=True)
+
+
+def ps_lab_lines(lab):
+    """Lines of `ps -eo pid,pgid,args` that belong to the lab (by its instance names or root)."""
+    out = subprocess.run(["ps", "-eo", "pid,pgid,args"], capture_output=True, text=True).stdout
+    marks = [f"dovecot-{i.instance_name}/" for i in lab.instances
+             if hasattr(i, "instance_name")] + [lab.root + "/"]
+    return [line for line in out.splitlines()[1:]
+            if any(m in line for m in marks) and " ps -eo " not in line]
+
+
+def run_test(run, users=100, **lab_kw):
+    """Runs run(lab, tap) in a new Lab with the TAP bookkeeping every integration test shares;
+    returns the exit status (0 pass, 1 fail, 77 skipped: no Dovecot here)."""
+    reason = dovecot_available()
+    if reason:
+        print(f"1..0 # SKIP {reason}")
+        return SKIP_STATUS
+    t = Tap()
+    t_total = time.monotonic()
+    lab = Lab(users=users, **lab_kw)
+    t.diag(f"lab directory {lab.root}")
+    try:
+        run(lab, t)
+    except Exception:
+        t.ok(False, "the test ran to completion", traceback.format_exc())
+        t.diag(lab.log_tails(25))
+    except BaseException as e:      # SIGTERM (meson's timeout) arrives as SystemExit, ^C too
+        t.ok(False, f"the test ran to completion (interrupted: {e!r})")
+        raise
+    finally:
+        if t.failed:
+            lab.keep = True
+            t.diag(f"keeping {lab.root} for its logs")
+        t0 = time.monotonic()
+        try:
+            lab.stop()
+            t.diag(f"timing: lab stopped in {time.monotonic() - t0:.2f}s")
+        except Exception as e:
+            t.ok(False, "the lab stops cleanly", str(e))
+        left = ps_lab_lines(lab) + [f"{p} {c}" for p, c in lab.leftover_processes()]
+        t.ok(not left, "ps shows no process of the lab left running", "\n".join(left))
+    print(f"1..{t.n}")
+    t.diag(f"total {time.monotonic() - t_total:.1f}s")
+    if t.failed:
+        print(f"RESULT: FAIL ({t.failed} of {t.n} checks failed)")
+        return 1
+    print(f"RESULT: PASS ({t.n} checks)")
+    return 0
