@@ -110,74 +110,53 @@ usherd_state_save_users(Usherd *u, GError **error)
   return ok;
 }
 
+/* The last line of a snapshot, "end <count>": a file cut short lacks it and is refused whole. */
+static gboolean
+snapshot_complete(const char *data, gsize len, guint *count_out)
+{
+  if (len < 2 || data[len - 1] != '\n')
+    return FALSE;
+  const char *last = g_strrstr_len(data, (gssize)len - 1, "\n");
+  last = last != NULL ? last + 1 : data;
+  return sscanf(last, "end %u\n", count_out) == 1;
+}
+
 /* Reads the snapshot back before the director starts. A missing file is normal (first start);
- * a broken or stale one is reported and ignored. */
+ * a broken or stale one is reported and ignored. The file is mapped, not copied, and each line
+ * goes straight into the director, so loading 1M users needs no memory beyond the directory. */
 void
 usherd_state_load_users(Usherd *u)
 {
   if (u->config->state_dir[0] == '\0')
     return;
   g_autofree char *path = snapshot_path(u);
-  g_autofree char *data = NULL;
-  gsize len;
   g_autoptr(GError) error = NULL;
-  if (!g_file_get_contents(path, &data, &len, &error)) {
+  g_autoptr(GMappedFile) file = g_mapped_file_new(path, FALSE, &error);
+  if (file == NULL) {
     if (!g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
       g_warning("user snapshot %s not read: %s", path, error->message);
     return;
   }
-  UsherNow now = usherd_now();
-  gint64 now_secs = now.wall_us / G_USEC_PER_SEC;
-  char *line = data, *end = data + len;
-  guint lineno = 0, restored = 0, skipped = 0, count = 0;
-  gboolean complete = FALSE;
-  gint64 written = 0;
-  g_autoptr(GArray) entries = g_array_new(FALSE, FALSE, sizeof(UsherUserEntry));
-  while (line < end) {
-    char *nl = memchr(line, '\n', (gsize)(end - line));
-    if (nl == NULL)
-      break; /* a last line without "\n": cut short */
-    *nl = '\0';
-    lineno++;
-    if (lineno == 1) {
-      if (strcmp(line, SNAPSHOT_MAGIC) != 0) {
-        g_warning("user snapshot %s: not a usherd users snapshot (version 1): ignored", path);
-        return;
-      }
-    } else if (lineno == 2) {
-      if (sscanf(line, "written %" G_GINT64_FORMAT, &written) != 1) {
-        g_warning("user snapshot %s: line 2 is not \"written <time>\": ignored", path);
-        return;
-      }
-    } else if (g_str_has_prefix(line, "end ")) {
-      complete = sscanf(line, "end %u", &count) == 1 && count == entries->len;
-      break;
-    } else {
-      char **f = g_strsplit(line, "\t", 4);
-      UsherUserEntry e = {0};
-      guint64 hash, ts;
-      gboolean ok = g_strv_length(f) == 3 && g_ascii_string_to_unsigned(f[0], 10, 1, G_MAXUINT32,
-                                                                         &hash, NULL) &&
-                    usher_ip_parse(f[1], -1, &e.host) &&
-                    g_ascii_string_to_unsigned(f[2], 10, 0, G_MAXUINT32, &ts, NULL);
-      g_strfreev(f);
-      if (!ok) {
-        g_warning("user snapshot %s: line %u is not \"hash<TAB>ip<TAB>timestamp\": ignored",
-                  path, lineno);
-        return;
-      }
-      e.hash = (guint32)hash;
-      e.timestamp = (guint32)ts;
-      g_array_append_val(entries, e);
-    }
-    line = nl + 1;
+  const char *data = g_mapped_file_get_contents(file);
+  gsize len = g_mapped_file_get_length(file);
+  guint count;
+  gint64 written;
+  const char *header_end = NULL;
+  if (len < sizeof(SNAPSHOT_MAGIC) || memcmp(data, SNAPSHOT_MAGIC "\n", sizeof(SNAPSHOT_MAGIC)) != 0 ||
+      sscanf(data + sizeof(SNAPSHOT_MAGIC), "written %" G_GINT64_FORMAT, &written) != 1 ||
+      (header_end = memchr(data + sizeof(SNAPSHOT_MAGIC), '\n', len - sizeof(SNAPSHOT_MAGIC))) ==
+        NULL) {
+    g_warning("user snapshot %s: not a usherd users snapshot (version 1): ignored", path);
+    return;
   }
-  if (!complete) {
-    g_warning("user snapshot %s is incomplete (no matching \"end\" line; a crash while it was "
-              "written?): ignored",
+  if (!snapshot_complete(data, len, &count)) {
+    g_warning("user snapshot %s is incomplete (no \"end\" line; a crash while it was written?): "
+              "ignored",
               path);
     return;
   }
+  UsherNow now = usherd_now();
+  gint64 now_secs = now.wall_us / G_USEC_PER_SEC;
   guint expire = usher_director_get_user_expire_secs(u->director);
   if (written + expire <= now_secs) {
     g_message("user snapshot %s is %" G_GINT64_FORMAT " s old, more than user_expire (%u s): "
@@ -185,13 +164,38 @@ usherd_state_load_users(Usherd *u)
               path, now_secs - written, expire);
     return;
   }
-  for (guint i = 0; i < entries->len; i++) {
-    const UsherUserEntry *e = &g_array_index(entries, UsherUserEntry, i);
-    if (usher_director_restore_user(u->director, now, e->hash, &e->host, e->timestamp))
+  guint restored = 0, skipped = 0, seen = 0, lineno = 2;
+  const char *line = header_end + 1, *end = data + len;
+  while (line < end && !g_str_has_prefix(line, "end ")) {
+    const char *nl = memchr(line, '\n', (gsize)(end - line));
+    lineno++;
+    char buf[128];
+    gsize n = (gsize)(nl - line);
+    UsherIp ip;
+    guint32 hash, ts;
+    char ip_text[USHER_IP_STRLEN];
+    gboolean ok = n < sizeof(buf);
+    if (ok) {
+      memcpy(buf, line, n);
+      buf[n] = '\0';
+      ok = sscanf(buf, "%u\t%45[0-9a-fA-F.:]\t%u", &hash, ip_text, &ts) == 3 &&
+           usher_ip_parse(ip_text, -1, &ip);
+    }
+    if (!ok) {
+      g_warning("user snapshot %s: line %u is not \"hash<TAB>ip<TAB>timestamp\": the rest is "
+                "ignored",
+                path, lineno);
+      break;
+    }
+    seen++;
+    if (usher_director_restore_user(u->director, now, hash, &ip, ts))
       restored++;
     else
       skipped++;
+    line = nl + 1;
   }
+  if (seen != count && restored + skipped == seen)
+    g_warning("user snapshot %s: %u entries where its end line says %u", path, seen, count);
   usherd_core_after_call(u);
   g_message("restored %u users from %s (written %" G_GINT64_FORMAT " s ago; %u skipped: expired, "
             "or on a backend that is gone)",

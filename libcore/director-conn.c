@@ -5,6 +5,7 @@
  */
 #include "libcore/director-private.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define MSG_INIT(msg, t) usher_ring_msg_init(&(msg), USHER_RING_MSG_##t)
@@ -214,12 +215,30 @@ send_held_floods(UsherDirector *d, Conn *c)
 /* Sends msg to every connection except those whose peer is src (Dovecot's director_update_send),
  * skipping peers below min_minor and outgoing connections not yet established (format:
  * flood_minor()). A connection whose peer's VERSION has not arrived gets it when it does. */
+static int
+cmp_conn_ptr(const void *a, const void *b)
+{
+  UsherConnId x = (*(Conn *const *)a)->id, y = (*(Conn *const *)b)->id;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
 void
 flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg)
 {
-  g_autoptr(GArray) ids = dir_conn_ids_sorted(d);
-  for (guint i = 0; i < ids->len; i++) {
-    Conn *c = dir_conn_by_id(d, g_array_index(ids, UsherConnId, i));
+  /* Runs for every user of a handshake: no allocation, and sending cannot close a connection
+   * (a DISCONNECT is only queued), so the pointers stay valid. */
+  /* At most STATE_MAX_CONNECTIONS incoming and one outgoing per member. */
+  Conn *conns[STATE_MAX_CONNECTIONS + STATE_MAX_MEMBERS];
+  guint n = 0;
+  GHashTableIter it;
+  gpointer v;
+  g_assert(g_hash_table_size(d->conns) <= G_N_ELEMENTS(conns));
+  g_hash_table_iter_init(&it, d->conns);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    conns[n++] = v;
+  qsort(conns, n, sizeof(conns[0]), cmp_conn_ptr);
+  for (guint i = 0; i < n; i++) {
+    Conn *c = conns[i];
     if (src != NULL && c->host == src)
       continue;
     if (!c->incoming && !c->connected)

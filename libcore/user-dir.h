@@ -6,7 +6,8 @@
  * clock. Per-host user counts in the host table are kept in step with every change.
  *
  * Memory: a fixed 24-byte entry in chunked slabs (entries never move, so UsherUser pointers stay
- * valid until the entry is removed) plus a 4-byte open-addressing index slot per 1.3..2.7 users.
+ * valid until the entry is removed) plus an 8-byte open-addressing index slot (hash and entry
+ * reference) per 1.3..2.7 users.
  */
 #pragma once
 
