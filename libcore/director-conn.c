@@ -236,7 +236,8 @@ flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg)
   g_hash_table_iter_init(&it, d->conns);
   while (g_hash_table_iter_next(&it, NULL, &v))
     conns[n++] = v;
-  qsort(conns, n, sizeof(conns[0]), cmp_conn_ptr);
+  if (n > 1)
+    qsort(conns, n, sizeof(conns[0]), cmp_conn_ptr);
   for (guint i = 0; i < n; i++) {
     Conn *c = conns[i];
     if (src != NULL && c->host == src)
@@ -547,13 +548,13 @@ send_hosts(UsherDirector *d, Conn *c)
 
   /* Snapshot the users now, oldest first per tag: the handshake sends those that existed when it
    * began; later refreshes travel as ordinary USER updates. */
-  c->users_to_send = g_array_sized_new(FALSE, FALSE, sizeof(TagHash), dir_count_users(d));
+  c->users_to_send = g_array_sized_new(FALSE, FALSE, sizeof(SnapshotUser), dir_count_users(d));
   for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++) {
     UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
     for (UsherUser *u = usher_user_dir_oldest(tag->users); u != NULL;
          u = usher_user_dir_next(tag->users, u)) {
-      TagHash th = {tag, u->hash};
-      g_array_append_val(c->users_to_send, th);
+      SnapshotUser su = {u, u->hash};
+      g_array_append_val(c->users_to_send, su);
     }
   }
   c->users_sent_idx = 0;
@@ -576,9 +577,13 @@ conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *c)
         c->timeout_base_us = now.mono_us; /* progress: the send-users timeout restarts */
       return;
     }
-    TagHash th = g_array_index(c->users_to_send, TagHash, c->users_sent_idx++);
-    UsherUser *u = usher_user_dir_lookup(th.tag->users, th.hash);
-    if (u == NULL)
+    SnapshotUser su = g_array_index(c->users_to_send, SnapshotUser, c->users_sent_idx++);
+    /* Entries stay readable while the directory lives (user-dir.h): a removed one reads hash 0,
+     * a reused one another hash. Either way it is not ours any more (a user created since the
+     * snapshot reaches the peer as an ordinary USER update). No index lookup: the entries are
+     * visited nearly in memory order, which makes a large handshake twice as fast. */
+    UsherUser *u = su.user;
+    if (u->hash != su.hash)
       continue; /* expired or removed meanwhile */
     UsherHost *h = usher_host_table_get(d->hosts, u->host);
     UsherRingMsg msg;

@@ -103,7 +103,7 @@ struct Conn {
 
   /* Handshake, sending side (outgoing) */
   gboolean handshake_sent; /* our DONE went out */
-  GArray *users_to_send;   /* snapshot of TagHash, oldest first per tag */
+  GArray *users_to_send;   /* snapshot of SnapshotUser, oldest first per tag */
   guint users_sent_idx;
   guint64 users_sent;
 
@@ -134,6 +134,13 @@ struct Conn {
 
   UsherLineReader *reader;
 };
+
+/* A user in a handshake snapshot: the entry and the hash it had then (see
+ * conn_continue_sending_users). */
+typedef struct {
+  UsherUser *user;
+  guint32 hash;
+} SnapshotUser;
 
 /* ---- Moves and kicks ------------------------------------------------------------------------- */
 

@@ -268,17 +268,10 @@ usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash)
   return ref == NIL ? NULL : entry(dir, ref);
 }
 
-UsherUser *
-usher_user_dir_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 timestamp,
-                   gint64 now)
+static UsherUser *
+insert_at(UsherUserDir *dir, guint32 slot, guint32 hash, UsherHostId host, gint64 timestamp,
+          gint64 now)
 {
-  g_assert(hash != 0);
-  g_assert(dir->count < G_MAXUINT32 / 2);
-  if ((guint64)(dir->count + 1) * 4 > (guint64)(dir->slot_mask + 1) * 3)
-    index_resize(dir, (dir->slot_mask + 1) * 2);
-
-  guint32 slot = find_slot(dir, hash);
-  g_assert(SLOT_REF(dir->slots[slot]) == NIL);
   guint32 ref = alloc_ref(dir);
   UsherUser *u = entry(dir, ref);
   memset(u, 0, sizeof(*u));
@@ -290,6 +283,40 @@ usher_user_dir_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 tim
   dir->count++;
   count_host(dir, host, 1);
   return u;
+}
+
+/* Makes room for one more entry. */
+static void
+index_reserve_one(UsherUserDir *dir)
+{
+  g_assert(dir->count < G_MAXUINT32 / 2);
+  if ((guint64)(dir->count + 1) * 4 > (guint64)(dir->slot_mask + 1) * 3)
+    index_resize(dir, (dir->slot_mask + 1) * 2);
+}
+
+UsherUser *
+usher_user_dir_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 timestamp,
+                   gint64 now)
+{
+  g_assert(hash != 0);
+  index_reserve_one(dir);
+  guint32 slot = find_slot(dir, hash);
+  g_assert(SLOT_REF(dir->slots[slot]) == NIL);
+  return insert_at(dir, slot, hash, host, timestamp, now);
+}
+
+UsherUser *
+usher_user_dir_find_or_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 timestamp,
+                           gint64 now, gboolean *added_out)
+{
+  g_assert(hash != 0);
+  index_reserve_one(dir);
+  guint32 slot = find_slot(dir, hash);
+  guint32 ref = SLOT_REF(dir->slots[slot]);
+  *added_out = ref == NIL;
+  if (ref != NIL)
+    return entry(dir, ref);
+  return insert_at(dir, slot, hash, host, timestamp, now);
 }
 
 void
