@@ -166,21 +166,6 @@ client_append(AdminClient *c, const char *text, gsize len)
 
 /* ---- Usher's JSON commands --------------------------------------------------------------------------- */
 
-#define DIRECTOR_STATS(X)                                                                          \
-  X(lines_in) X(lines_out) X(protocol_errors) X(refused_connections) X(duplicate_commands)         \
-  X(floods_held) X(floods_held_overflow) X(ignored_updates) X(user_conflicts) X(host_conflicts)   \
-  X(hosts_hash_mismatches) X(sync_resends) X(logins_ok) X(logins_tempfail) X(logins_delayed)     \
-  X(moves_started) X(moves_finished) X(moves_timed_out) X(moves_initiated) X(kicks_sent)         \
-  X(admin_kicks) X(kicks_timed_out) X(flushes_failed) X(flushes_timed_out) X(users_expired)      \
-  X(alone_declared) X(requests_refused) X(requests_cancelled) X(admin_refused) X(moves_refused)   \
-  X(kicks_untracked) X(users_refused) X(tags_refused) X(logs_suppressed) X(handshake_pauses)     \
-  X(times_clamped)
-
-#define DAEMON_STATS(X)                                                                            \
-  X(ring_refused) X(ring_output_overflows) X(ring_connect_failures) X(ring_bytes_in)              \
-  X(ring_bytes_out) X(admin_clients) X(admin_refused) X(admin_protocol_errors) X(admin_overflows) \
-  X(admin_commands) X(flushes_run) X(flushes_failed)
-
 static void
 add_ring_info(JsonBuilder *b, const UsherRingInfo *ring, gint64 now_mono_us)
 {

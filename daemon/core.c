@@ -89,8 +89,9 @@ handle_effect(gpointer data, UsherEffect *e)
     flush_hook_start(u, e);
     break;
   case USHER_EFFECT_LOGIN_RESULT:
-    /* No component makes login requests yet. */
-    g_debug("login request %" G_GUINT64_FORMAT " answered", e->login.request);
+    /* The HTTP lookups are the only requesters so far (the proxy comes next). */
+    if (u->http != NULL)
+      http_server_login_result(u->http, e);
     break;
   case USHER_EFFECT_LOG:
     log_effect(e);

@@ -183,7 +183,8 @@ main(int argc, char **argv)
   u.started_wall_us = g_get_real_time();
   int status = 0;
   if (!usherd_core_init(&u, &error) || (u.ring = ring_links_new(&u, &error)) == NULL ||
-      (u.admin = admin_server_new(&u, &error)) == NULL) {
+      (u.admin = admin_server_new(&u, &error)) == NULL ||
+      ((u.http = http_server_new(&u, &error)) == NULL && error != NULL)) {
     g_critical("cannot start: %s", error->message);
     status = 1;
   } else {
@@ -210,6 +211,7 @@ main(int argc, char **argv)
       g_source_unref(signals[i]);
     }
   }
+  http_server_free(u.http);
   admin_server_free(u.admin);
   ring_links_free(u.ring);
   usherd_core_free(&u);

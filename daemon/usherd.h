@@ -12,6 +12,8 @@
  *   admin.c      the director-admin socket (doveadm director, usherctl)
  *   flush.c      the flush hook (director_flush_socket) of moves this director starts
  *   state.c      what survives a restart (the user directory snapshot)
+ *   http.c       /metrics, placement lookups for nginx and Dovecot proxies (libsoup)
+ *   metrics.c    the Prometheus text
  */
 #pragma once
 
@@ -38,11 +40,31 @@ typedef struct {
   guint64 admin_overflows;      /* closed: too many queued commands or too much unread output */
   guint64 admin_commands;
   guint64 flushes_run, flushes_failed;
+  guint64 http_requests, http_bad_requests;
+  guint64 http_lookups, http_lookups_refused, http_lookups_failed;
 } UsherdStats;
+
+/* Every counter, by name: usherctl stats (admin.c) and /metrics (metrics.c) list the same. */
+#define DIRECTOR_STATS(X)                                                                          \
+  X(lines_in) X(lines_out) X(protocol_errors) X(refused_connections) X(duplicate_commands)         \
+  X(floods_held) X(floods_held_overflow) X(ignored_updates) X(user_conflicts) X(host_conflicts)   \
+  X(hosts_hash_mismatches) X(sync_resends) X(logins_ok) X(logins_tempfail) X(logins_delayed)     \
+  X(moves_started) X(moves_finished) X(moves_timed_out) X(moves_initiated) X(kicks_sent)         \
+  X(admin_kicks) X(kicks_timed_out) X(flushes_failed) X(flushes_timed_out) X(users_expired)      \
+  X(alone_declared) X(requests_refused) X(requests_cancelled) X(admin_refused) X(moves_refused)   \
+  X(kicks_untracked) X(users_refused) X(tags_refused) X(logs_suppressed) X(handshake_pauses)     \
+  X(times_clamped)
+
+#define DAEMON_STATS(X)                                                                            \
+  X(ring_refused) X(ring_output_overflows) X(ring_connect_failures) X(ring_bytes_in)              \
+  X(ring_bytes_out) X(admin_clients) X(admin_refused) X(admin_protocol_errors) X(admin_overflows) \
+  X(admin_commands) X(flushes_run) X(flushes_failed) X(http_requests) X(http_bad_requests)        \
+  X(http_lookups) X(http_lookups_refused) X(http_lookups_failed)
 
 typedef struct _Usherd Usherd;
 typedef struct _RingLinks RingLinks;
 typedef struct _AdminServer AdminServer;
+typedef struct _HttpServer HttpServer;
 
 struct _Usherd {
   UsherConfig *config;
@@ -55,6 +77,8 @@ struct _Usherd {
   gint64 started_wall_us;
   RingLinks *ring;
   AdminServer *admin;
+  HttpServer *http;      /* NULL without [http] listen */
+  guint64 next_request;  /* login request ids */
   GHashTable *flushes; /* flush id -> running hook (flush.c) */
   GSource *snapshot_timer;
   UsherdStats stats;
@@ -80,6 +104,14 @@ void ring_links_disconnect(RingLinks *r, UsherConnId conn);
 AdminServer *admin_server_new(Usherd *u, GError **error);
 void admin_server_free(AdminServer *a);
 void admin_server_reply(AdminServer *a, guint64 op, const char *text);
+
+/* http.c */
+HttpServer *http_server_new(Usherd *u, GError **error); /* NULL and no error: not configured */
+void http_server_free(HttpServer *h);
+void http_server_login_result(HttpServer *h, const UsherEffect *e);
+
+/* metrics.c */
+char *usherd_metrics_text(Usherd *u);
 
 /* flush.c */
 void flush_hook_start(Usherd *u, const UsherEffect *e);

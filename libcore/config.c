@@ -560,6 +560,10 @@ usher_config_new(void)
   config->admin_max_clients = 32;
   config->state_dir = g_strdup(USHER_STATE_DIR_DEFAULT);
   config->users_snapshot_interval_secs = 300;
+  config->backend_imap_port = 143;
+  config->backend_pop3_port = 110;
+  config->backend_smtp_port = 25;
+  config->http_max_pending_lookups = 10000;
   return config;
 }
 
@@ -992,6 +996,10 @@ static const char *const daemon_keys[] = {
     "users_snapshot_interval", NULL,
 };
 static const char *const backends_keys[] = {"hosts", NULL};
+static const char *const http_keys[] = {
+    "listen", "backend_imap_port", "backend_pop3_port", "backend_smtp_port", "max_pending_lookups",
+    NULL,
+};
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
 /* Refuses locale suffixes and unknown keys, with a hint for Dovecot's director_ prefix. */
@@ -1354,6 +1362,39 @@ parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
   g_assert_not_reached();
 }
 
+static gboolean
+parse_http_key(UsherConfig *config, const KeyRef *ref, GError **error)
+{
+  const char *key = ref->key;
+  if (strcmp(key, "listen") == 0) {
+    g_autofree char *value = NULL;
+    if (!get_value(ref, &value, error))
+      return FALSE;
+    config->has_http_listen = *value != '\0';
+    if (!config->has_http_listen)
+      return TRUE;
+    if (!get_address(ref, 0, &config->http_listen, error))
+      return FALSE;
+    if (config->http_listen.port == 0) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "needs a port: IP:PORT");
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (strcmp(key, "max_pending_lookups") == 0)
+    return get_uint(ref, 1, 1000000, &config->http_max_pending_lookups, error);
+  guint port;
+  if (!get_uint(ref, 1, 65535, &port, error))
+    return FALSE;
+  if (strcmp(key, "backend_imap_port") == 0)
+    config->backend_imap_port = (guint16)port;
+  else if (strcmp(key, "backend_pop3_port") == 0)
+    config->backend_pop3_port = (guint16)port;
+  else
+    config->backend_smtp_port = (guint16)port;
+  return TRUE;
+}
+
 /* One [backend IP] group: which keys it sets. */
 typedef struct {
   char *group;
@@ -1509,6 +1550,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
       known = director_keys;
     } else if (strcmp(group, "daemon") == 0) {
       known = daemon_keys;
+    } else if (strcmp(group, "http") == 0) {
+      known = http_keys;
     } else if (strcmp(group, "ring") == 0) {
       known = ring_keys;
     } else if (strcmp(group, "backends") == 0) {
@@ -1542,7 +1585,7 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
     } else {
       group_error(error, USHER_CONFIG_ERROR_UNKNOWN_GROUP, source, group,
                   "unknown group (known groups: [director], [ring], [backends], "
-                  "[backend IP] and [daemon])");
+                  "[backend IP], [daemon] and [http])");
       return NULL;
     }
 
@@ -1558,6 +1601,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
         ok = parse_directors(config, &ref, error);
       else if (known == daemon_keys)
         ok = parse_daemon_key(config, &ref, error);
+      else if (known == http_keys)
+        ok = parse_http_key(config, &ref, error);
       else if (known == backend_keys)
         ok = parse_backend_group_key(bg, &ref, error);
       else {

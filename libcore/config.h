@@ -69,6 +69,11 @@ typedef struct {
   guint admin_max_clients;        /* default 32 */
   char *state_dir;                /* "" = keep nothing across restarts; default USHER_STATE_DIR_DEFAULT */
   guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
+  /* [http]: usherd's HTTP listener (metrics, placement lookups); the simulator ignores it */
+  gboolean has_http_listen;
+  UsherDirectorAddr http_listen;
+  guint16 backend_imap_port, backend_pop3_port, backend_smtp_port; /* for nginx's auth_http */
+  guint http_max_pending_lookups; /* default 10000 */
 } UsherConfig;
 
 #define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"
