@@ -77,7 +77,9 @@ handle_effect(gpointer data, UsherEffect *e)
     ring_links_disconnect(u->ring, e->disconnect.conn);
     break;
   case USHER_EFFECT_ADMIN_REPLY:
-    if (u->admin != NULL)
+    if (usherd_reload_owns_op(e->admin.op))
+      usherd_reload_reply(u, e->admin.op, e->admin.text);
+    else if (u->admin != NULL)
       admin_server_reply(u->admin, e->admin.op, e->admin.text);
     break;
   case USHER_EFFECT_KICK:

@@ -57,10 +57,7 @@ on_stop_signal(gpointer data)
 static gboolean
 on_hup(gpointer data)
 {
-  (void)data;
-  g_warning("SIGHUP: reloading the configuration at run time is not implemented yet; restart "
-            "usherd to apply changes (runtime changes made with doveadm/usherctl are kept by the "
-            "ring while at least one director runs)");
+  usherd_reload(data);
   return G_SOURCE_CONTINUE;
 }
 
@@ -177,6 +174,8 @@ main(int argc, char **argv)
     return 0;
   }
 
+  u.file_directors = g_array_copy(u.config->directors);
+  usherd_state_apply_runtime(&u);
   u.context = g_main_context_new();
   g_main_context_push_thread_default(u.context);
   u.loop = g_main_loop_new(u.context, FALSE);
@@ -201,9 +200,14 @@ main(int argc, char **argv)
     usherd_state_load_users(&u);
     usherd_core_start(&u);
     usherd_state_start(&u);
+    usherd_state_watch_runtime(&u);
     g_main_loop_run(u.loop);
     usherd_state_stop(&u);
     g_autoptr(GError) save_error = NULL;
+    if (!usherd_state_save_runtime(&u, &save_error)) {
+      g_warning("runtime state not saved: %s", save_error->message);
+      g_clear_error(&save_error);
+    }
     if (!usherd_state_save_users(&u, &save_error))
       g_warning("user snapshot not saved: %s", save_error->message);
     for (int i = 0; i < 3; i++) {
@@ -223,5 +227,8 @@ main(int argc, char **argv)
   g_main_context_unref(u.context);
   usher_config_free(u.config);
   g_free(u.config_path);
+  g_free(u.runtime_written);
+  g_free(u.config_checksum);
+  g_array_unref(u.file_directors);
   return status;
 }

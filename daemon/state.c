@@ -229,4 +229,267 @@ usherd_state_stop(Usherd *u)
     g_source_destroy(u->snapshot_timer);
     g_clear_pointer(&u->snapshot_timer, g_source_unref);
   }
+  if (u->runtime_timer != NULL) {
+    g_source_destroy(u->runtime_timer);
+    g_clear_pointer(&u->runtime_timer, g_source_unref);
+  }
+}
+
+/* ---- Runtime state: backends and ring members changed at run time --------------------------------- *
+ *
+ * runtime.state holds the ring's backends (with vhosts, tag, up/down state and its time,
+ * hostname) and ring members as this director last saw them, so that admin changes survive a
+ * restart of the whole ring (Dovecot falls back to its configuration file). It is written within
+ * a second of any change (made here or arriving from the ring) and at a clean stop:
+ *
+ *   usherd runtime state 1
+ *   written <UNIX seconds>
+ *   config <SHA-256 of the configuration file's [ring] directors and backend list>
+ *   director <ip>\t<port>
+ *   backend <ip>\t<tag>\t<vhosts>\t<U|D>\t<up/down time>\t<hostname>
+ *   end
+ *
+ * Precedence: at start the state replaces [ring] directors and the backends of the file only if
+ * the file's lists are unchanged since the state was written (the "config" line). An operator
+ * who edits those lists means them: the file then wins, and the state is ignored (logged). */
+
+#define RUNTIME_NAME "runtime.state"
+#define RUNTIME_MAGIC "usherd runtime state 1"
+#define RUNTIME_CHECK_SECS 1
+
+static char *
+runtime_path(const Usherd *u)
+{
+  return g_build_filename(u->config->state_dir, RUNTIME_NAME, NULL);
+}
+
+static void
+append_addr(GString *out, const UsherIp *ip, guint16 port)
+{
+  char text[USHER_IP_STRLEN];
+  g_string_append_printf(out, "director %s\t%u\n", usher_ip_to_string(ip, text), port);
+}
+
+static void
+append_backend(GString *out, const UsherIp *ip, const char *tag, guint vhosts, gboolean down,
+               gint64 updown, const char *hostname)
+{
+  char text[USHER_IP_STRLEN];
+  g_string_append_printf(out, "backend %s\t", usher_ip_to_string(ip, text));
+  usher_ring_escape_append(out, tag, -1);
+  g_string_append_printf(out, "\t%u\t%c\t%" G_GINT64_FORMAT "\t", vhosts, down ? 'D' : 'U',
+                         updown);
+  usher_ring_escape_append(out, hostname != NULL ? hostname : "", -1);
+  g_string_append_c(out, '\n');
+}
+
+/* The configuration file's lists, as the "config" line's checksum covers them. */
+static char *
+config_lists_checksum(const Usherd *u)
+{
+  const UsherConfig *c = u->config;
+  g_autoptr(GString) text = g_string_new(NULL);
+  for (guint i = 0; i < u->file_directors->len; i++) {
+    const UsherDirectorAddr *a = &g_array_index(u->file_directors, UsherDirectorAddr, i);
+    append_addr(text, &a->ip, a->port);
+  }
+  const GPtrArray *backends = c->initial_backends != NULL ? c->initial_backends : c->backends;
+  for (guint i = 0; i < backends->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(backends, i);
+    append_backend(text, &b->ip, b->tag, b->vhost_count, b->down, 0, b->hostname);
+  }
+  return g_compute_checksum_for_string(G_CHECKSUM_SHA256, text->str, (gssize)text->len);
+}
+
+/* The ring members and backends as the director has them now. */
+static char *
+runtime_lists(Usherd *u)
+{
+  GString *text = g_string_new(NULL);
+  g_autoptr(GArray) members = usher_director_list_members(u->director);
+  UsherRingAddr last = {0};
+  for (guint i = 0; i < members->len; i++) {
+    const UsherMemberInfo *m = &g_array_index(members, UsherMemberInfo, i);
+    if (!m->has_addr || m->removed || m->addr.port == 0)
+      continue; /* port 0: a standalone director's own identity, not a ring member */
+    if (usher_ip_equal(&m->addr.ip, &last.ip) && m->addr.port == last.port)
+      continue; /* one line per member, not per connection */
+    last = m->addr;
+    append_addr(text, &m->addr.ip, m->addr.port);
+  }
+  g_autoptr(GArray) hosts = usher_director_list_hosts(u->director);
+  for (guint i = 0; i < hosts->len; i++) {
+    const UsherHostInfo *h = &g_array_index(hosts, UsherHostInfo, i);
+    append_backend(text, &h->ip, h->tag, h->vhost_count, h->down, h->last_updown_change,
+                   h->hostname);
+  }
+  return g_string_free(text, FALSE);
+}
+
+gboolean
+usherd_state_save_runtime(Usherd *u, GError **error)
+{
+  if (u->config->state_dir[0] == '\0')
+    return TRUE;
+  g_autofree char *lists = runtime_lists(u);
+  if (g_strcmp0(lists, u->runtime_written) == 0)
+    return TRUE;
+  if (u->config_checksum == NULL)
+    u->config_checksum = config_lists_checksum(u);
+  const char *checksum = u->config_checksum;
+  g_autofree char *text = g_strdup_printf(RUNTIME_MAGIC "\nwritten %" G_GINT64_FORMAT
+                                          "\nconfig %s\n%send\n",
+                                          usherd_now().wall_us / G_USEC_PER_SEC, checksum, lists);
+  g_autofree char *path = runtime_path(u);
+  if (!usherd_write_file_atomic(path, text, strlen(text), error))
+    return FALSE;
+  g_free(u->runtime_written);
+  u->runtime_written = g_steal_pointer(&lists);
+  g_debug("runtime state saved to %s", path);
+  return TRUE;
+}
+
+static gboolean
+parse_field_uint(const char *s, guint64 max, guint64 *out)
+{
+  return g_ascii_string_to_unsigned(s, 10, 0, max, out, NULL);
+}
+
+/* Parses a runtime.state text into directors and backends; FALSE with a reason on any error. */
+static gboolean
+parse_runtime(char *text, const char *expect_checksum, GArray *directors, GPtrArray *backends,
+              char **why_out)
+{
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  guint n = g_strv_length(lines);
+  if (n < 4 || strcmp(lines[0], RUNTIME_MAGIC) != 0) {
+    *why_out = g_strdup("not a usherd runtime state (version 1)");
+    return FALSE;
+  }
+  if (!g_str_has_prefix(lines[2], "config ")) {
+    *why_out = g_strdup("line 3 is not \"config <checksum>\"");
+    return FALSE;
+  }
+  if (strcmp(lines[2] + 7, expect_checksum) != 0) {
+    *why_out = g_strdup("the configuration file's [ring] directors or backends changed since it "
+                        "was written: the file wins");
+    return FALSE;
+  }
+  gboolean ended = FALSE;
+  for (guint i = 3; i < n && !ended; i++) {
+    char *line = lines[i];
+    if (strcmp(line, "end") == 0) {
+      ended = TRUE;
+    } else if (g_str_has_prefix(line, "director ")) {
+      g_auto(GStrv) f = g_strsplit(line + 9, "\t", -1);
+      UsherDirectorAddr a = {0};
+      guint64 port;
+      if (g_strv_length(f) != 2 || !usher_ip_parse(f[0], -1, &a.ip) ||
+          !parse_field_uint(f[1], 65535, &port)) {
+        *why_out = g_strdup_printf("line %u is not \"director <ip>\\t<port>\"", i + 1);
+        return FALSE;
+      }
+      a.port = (guint16)port;
+      g_array_append_val(directors, a);
+    } else if (g_str_has_prefix(line, "backend ")) {
+      g_auto(GStrv) f = g_strsplit(line + 8, "\t", -1);
+      UsherIp ip;
+      guint64 vhosts, updown;
+      if (g_strv_length(f) != 6 || !usher_ip_parse(f[0], -1, &ip) ||
+          !parse_field_uint(f[2], USHER_VHOST_MAX_ADMIN, &vhosts) ||
+          (strcmp(f[3], "U") != 0 && strcmp(f[3], "D") != 0) ||
+          !parse_field_uint(f[4], G_MAXUINT32, &updown)) {
+        *why_out = g_strdup_printf("line %u is not a backend line", i + 1);
+        return FALSE;
+      }
+      for (guint k = 1; k <= 5; k += 4)
+        f[k][usher_ring_unescape_inplace(f[k], strlen(f[k]))] = '\0';
+      UsherBackendConfig *b = usher_backend_config_new(&ip, f[1], (guint)vhosts);
+      b->down = f[3][0] == 'D';
+      b->updown_change = (gint64)updown;
+      b->hostname = f[5][0] != '\0' ? g_strdup(f[5]) : NULL;
+      g_ptr_array_add(backends, b);
+    } else {
+      *why_out = g_strdup_printf("line %u is not understood", i + 1);
+      return FALSE;
+    }
+  }
+  if (!ended) {
+    *why_out = g_strdup("it has no \"end\" line (cut short)");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static int
+backend_cmp(gconstpointer a, gconstpointer b)
+{
+  const UsherBackendConfig *x = *(UsherBackendConfig *const *)a;
+  const UsherBackendConfig *y = *(UsherBackendConfig *const *)b;
+  return usher_ip_cmp(&x->ip, &y->ip);
+}
+
+void
+usherd_state_apply_runtime(Usherd *u)
+{
+  if (u->config->state_dir[0] == '\0')
+    return;
+  /* Of the file's lists, before the state replaces them. */
+  u->config_checksum = config_lists_checksum(u);
+  const char *checksum = u->config_checksum;
+  g_autofree char *path = runtime_path(u);
+  g_autofree char *text = NULL;
+  g_autoptr(GError) error = NULL;
+  if (!g_file_get_contents(path, &text, NULL, &error)) {
+    if (!g_error_matches(error, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+      g_warning("runtime state %s not read: %s", path, error->message);
+    return;
+  }
+  g_autoptr(GArray) directors = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  g_autoptr(GPtrArray) backends =
+    g_ptr_array_new_with_free_func((GDestroyNotify)usher_backend_config_free);
+  g_autofree char *why = NULL;
+  if (!parse_runtime(text, checksum, directors, backends, &why)) {
+    g_message("runtime state %s not used: %s", path, why);
+    return;
+  }
+  gboolean self_listed = u->config->directors->len == 0 && directors->len == 0;
+  for (guint i = 0; i < directors->len && !self_listed; i++) {
+    const UsherDirectorAddr *a = &g_array_index(directors, UsherDirectorAddr, i);
+    self_listed = usher_ip_equal(&a->ip, &u->self.ip) && a->port == u->self.port;
+  }
+  if (!self_listed) {
+    g_warning("runtime state %s not used: this director was removed from the ring it records; "
+              "starting from the configuration file",
+              path);
+    return;
+  }
+  g_ptr_array_sort(backends, backend_cmp);
+  /* The file's backends stay the "initial configuration". */
+  u->config->initial_backends = g_steal_pointer(&u->config->backends);
+  u->config->backends = g_steal_pointer(&backends);
+  g_array_unref(u->config->directors);
+  u->config->directors = g_steal_pointer(&directors);
+  g_message("runtime state %s applied: %u ring members and %u backends as the ring had them",
+            path, u->config->directors->len, u->config->backends->len);
+}
+
+static gboolean
+on_runtime_check(gpointer data)
+{
+  Usherd *u = data;
+  g_autoptr(GError) error = NULL;
+  if (!usherd_state_save_runtime(u, &error))
+    g_warning("runtime state not saved: %s", error->message);
+  return G_SOURCE_CONTINUE;
+}
+
+void
+usherd_state_watch_runtime(Usherd *u)
+{
+  if (u->config->state_dir[0] == '\0')
+    return;
+  u->runtime_timer = g_timeout_source_new_seconds(RUNTIME_CHECK_SECS);
+  g_source_set_callback(u->runtime_timer, on_runtime_check, u, NULL);
+  g_source_attach(u->runtime_timer, u->context);
 }

@@ -81,6 +81,11 @@ struct _Usherd {
   guint64 next_request;  /* login request ids */
   GHashTable *flushes; /* flush id -> running hook (flush.c) */
   GSource *snapshot_timer;
+  GSource *runtime_timer;
+  char *runtime_written; /* the lists last written to runtime.state */
+  char *config_checksum; /* of the configuration file's lists (runtime.state's "config") */
+  GArray *file_directors; /* [ring] directors as the file last read lists them */
+  guint64 reload_ops;
   UsherdStats stats;
   gboolean stopping;
 };
@@ -123,6 +128,14 @@ void usherd_state_load_users(Usherd *u);
 gboolean usherd_state_save_users(Usherd *u, GError **error);
 void usherd_state_start(Usherd *u);
 void usherd_state_stop(Usherd *u);
+void usherd_state_apply_runtime(Usherd *u);
+void usherd_state_watch_runtime(Usherd *u);
+gboolean usherd_state_save_runtime(Usherd *u, GError **error);
+
+/* reload.c */
+void usherd_reload(Usherd *u);
+gboolean usherd_reload_owns_op(guint64 op);
+void usherd_reload_reply(Usherd *u, guint64 op, const char *text);
 
 /* Helpers */
 gboolean usherd_ip_from_gaddress(GSocketAddress *address, UsherIp *ip_out);

@@ -585,6 +585,8 @@ usher_config_free(UsherConfig *config)
     g_array_unref(config->directors);
   if (config->backends != NULL)
     g_ptr_array_unref(config->backends);
+  if (config->initial_backends != NULL)
+    g_ptr_array_unref(config->initial_backends);
   g_free(config);
 }
 

@@ -38,6 +38,7 @@ typedef struct {
   char *hostname; /* NULL when not set */
   guint vhost_count;
   gboolean down;
+  gint64 updown_change; /* UNIX seconds of the last up/down change; 0 from a configuration file */
 } UsherBackendConfig;
 
 typedef struct {
@@ -57,6 +58,9 @@ typedef struct {
   GArray *directors; /* UsherDirectorAddr, sorted by (ip, port), no duplicates */
   /* [backends] hosts = ..., and [backend IP] groups */
   GPtrArray *backends; /* UsherBackendConfig*, sorted by ip, no duplicates */
+  /* The backends USER-LOOKUP's "initial config" answer and HOST-LIST-REMOVED compare with:
+   * NULL means backends. usherd sets it when runtime state replaces backends at start. */
+  GPtrArray *initial_backends;
   /* [daemon]: usherd only (the simulator ignores it) */
   gboolean has_ring_address;
   UsherDirectorAddr ring_address; /* this director; one of directors */

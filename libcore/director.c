@@ -632,13 +632,29 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
 
   d->initial_hosts = usher_host_table_new(config->user_expire_secs);
   if (!usher_host_table_add_backends(d->hosts, config->backends, error) ||
-      !usher_host_table_add_backends(d->initial_hosts, config->backends, NULL)) {
+      !usher_host_table_add_backends(d->initial_hosts,
+                                     config->initial_backends != NULL ? config->initial_backends
+                                                                      : config->backends,
+                                     NULL)) {
     usher_director_free(d);
     return NULL;
   }
   d->handshake_start_us = now.mono_us;
   dir_enter(d, now);
   return d;
+}
+
+gboolean
+usher_director_set_initial_backends(UsherDirector *d, const GPtrArray *backends, GError **error)
+{
+  UsherHostTable *fresh = usher_host_table_new(d->user_expire_secs);
+  if (!usher_host_table_add_backends(fresh, backends, error)) {
+    usher_host_table_free(fresh);
+    return FALSE;
+  }
+  usher_host_table_free(d->initial_hosts);
+  d->initial_hosts = fresh;
+  return TRUE;
 }
 
 void

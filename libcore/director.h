@@ -274,6 +274,13 @@ void usher_director_admin_director_add(UsherDirector *director, UsherNow now, gu
 void usher_director_admin_director_remove(UsherDirector *director, UsherNow now, guint64 op,
                                           const UsherIp *ip, guint16 port);
 
+/* The "initial configuration" (USER-LOOKUP's third answer, HOST-LIST-REMOVED) is now this
+ * backend list (UsherBackendConfig*): a daemon that re-read its configuration file says so, as
+ * Dovecot re-reads director_mail_servers for these answers. Nothing else changes. FALSE (and no
+ * change) if the list is invalid. */
+gboolean usher_director_set_initial_backends(UsherDirector *director, const GPtrArray *backends,
+                                             GError **error);
+
 /* The user hash for a name, as this director computes it (username_hash, separator). */
 guint32 usher_director_user_hash(const UsherDirector *director, const char *username);
 /* The director's login hasher: immutable, owned by the director, usable from any thread while

@@ -439,7 +439,9 @@ usher_host_table_add_backends(UsherHostTable *table, const GPtrArray *backends, 
     UsherHost *h = usher_host_table_add(table, &b->ip, b->tag, b->vhost_count, b->hostname);
     g_assert(h != NULL);
     if (b->down)
-      usher_host_table_set_down(table, h, TRUE, 0);
+      usher_host_table_set_down(table, h, TRUE, b->updown_change);
+    else
+      h->last_updown_change = b->updown_change;
   }
   return TRUE;
 }

@@ -1,0 +1,200 @@
+/* reload.c - SIGHUP: read the configuration file again and apply what changed.
+ *
+ * What can change while running: the backend list ([backends] and [backend IP]) and the ring
+ * members ([ring] directors), and [http]'s backend ports. Their difference between the file
+ * read before and the file read now is applied as the admin operations an operator would type
+ * (HOST-SET, HOST-UPDATE, HOST-UP/DOWN, HOST-REMOVE, DIRECTOR-ADD/REMOVE), so it travels the ring
+ * like any admin change, and a change made at run time that the file does not touch stays. Every
+ * other key needs a restart; a reload says which ones changed. A file that does not load is
+ * reported and changes nothing. */
+#include "common/config-file.h"
+#include "daemon/usherd.h"
+
+#include <string.h>
+
+#define RELOAD_OP_FLAG (G_GUINT64_CONSTANT(1) << 63)
+
+static const UsherBackendConfig *
+find_backend(const GPtrArray *list, const UsherIp *ip)
+{
+  for (guint i = 0; i < list->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(list, i);
+    if (usher_ip_equal(&b->ip, ip))
+      return b;
+  }
+  return NULL;
+}
+
+static gboolean
+has_director(const GArray *list, const UsherDirectorAddr *a)
+{
+  for (guint i = 0; i < list->len; i++) {
+    const UsherDirectorAddr *x = &g_array_index(list, UsherDirectorAddr, i);
+    if (usher_ip_equal(&x->ip, &a->ip) && x->port == a->port)
+      return TRUE;
+  }
+  return FALSE;
+}
+
+static guint64
+next_op(Usherd *u)
+{
+  return RELOAD_OP_FLAG | ++u->reload_ops;
+}
+
+gboolean
+usherd_reload_owns_op(guint64 op)
+{
+  return (op & RELOAD_OP_FLAG) != 0;
+}
+
+/* Keys that only a restart applies: name those that differ. */
+static void
+note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
+{
+#define DIFF(field, name)                                                                          \
+  if (a->field != b->field)                                                                        \
+    g_string_append(out, " " name);
+#define DIFF_STR(field, name)                                                                      \
+  if (g_strcmp0(a->field, b->field) != 0)                                                          \
+    g_string_append(out, " " name);
+  DIFF_STR(username_hash, "[director]username_hash")
+  DIFF(user_expire_secs, "[director]user_expire")
+  DIFF(user_kick_delay_secs, "[director]user_kick_delay")
+  DIFF(max_parallel_moves, "[director]max_parallel_moves")
+  DIFF(max_parallel_kicks, "[director]max_parallel_kicks")
+  DIFF_STR(flush_socket, "[director]flush_socket")
+  DIFF(ping_idle_timeout_secs, "[director]ping_idle_timeout")
+  DIFF(ping_max_timeout_secs, "[director]ping_max_timeout")
+  DIFF(output_buffer_size, "[director]output_buffer_size")
+  DIFF_STR(master_user_separator, "[director]master_user_separator")
+  DIFF_STR(admin_socket, "[daemon]admin_socket")
+  DIFF(admin_socket_mode, "[daemon]admin_socket_mode")
+  DIFF_STR(admin_socket_user, "[daemon]admin_socket_user")
+  DIFF_STR(admin_socket_group, "[daemon]admin_socket_group")
+  DIFF(has_admin_listen, "[daemon]admin_listen")
+  DIFF(admin_max_clients, "[daemon]admin_max_clients")
+  DIFF_STR(state_dir, "[daemon]state_dir")
+  DIFF(users_snapshot_interval_secs, "[daemon]users_snapshot_interval")
+  DIFF(has_http_listen, "[http]listen")
+  DIFF(http_max_pending_lookups, "[http]max_pending_lookups")
+#undef DIFF
+#undef DIFF_STR
+  if (a->has_ring_address != b->has_ring_address ||
+      (a->has_ring_address && (!usher_ip_equal(&a->ring_address.ip, &b->ring_address.ip) ||
+                               a->ring_address.port != b->ring_address.port)))
+    g_string_append(out, " [daemon]ring_address");
+  if (a->has_http_listen && b->has_http_listen &&
+      (!usher_ip_equal(&a->http_listen.ip, &b->http_listen.ip) ||
+       a->http_listen.port != b->http_listen.port))
+    g_string_append(out, " [http]listen");
+}
+
+void
+usherd_reload(Usherd *u)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(UsherConfig) fresh = usher_config_load_file(u->config_path, &error);
+  if (fresh == NULL) {
+    g_warning("SIGHUP: configuration not reloaded, nothing changed: %s", error->message);
+    return;
+  }
+  UsherConfig *cur = u->config;
+  const GPtrArray *old_backends = cur->initial_backends != NULL ? cur->initial_backends
+                                                                : cur->backends;
+  UsherNow now = usherd_now();
+  UsherDirector *d = u->director;
+  guint changes = 0;
+  char ip[USHER_IP_STRLEN];
+
+  for (guint i = 0; i < fresh->backends->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(fresh->backends, i);
+    const UsherBackendConfig *was = find_backend(old_backends, &b->ip);
+    usher_ip_to_string(&b->ip, ip);
+    if (was == NULL) {
+      g_message("SIGHUP: adding backend %s%s%s with %u vhosts%s", ip, b->tag[0] ? "@" : "",
+                b->tag, b->vhost_count, b->down ? ", down" : "");
+      usher_director_admin_host_set(d, now, next_op(u), &b->ip, b->tag, (gint)b->vhost_count);
+      if (b->down)
+        usher_director_admin_host_set_down(d, now, next_op(u), &b->ip, TRUE);
+      changes++;
+      continue;
+    }
+    if (strcmp(was->tag, b->tag) != 0)
+      g_warning("SIGHUP: backend %s: its tag changed in the file (\"%s\" -> \"%s\"); a tag "
+                "cannot change at run time: remove the backend, reload, then add it",
+                ip, was->tag, b->tag);
+    if (was->vhost_count != b->vhost_count) {
+      g_message("SIGHUP: backend %s: vhosts %u -> %u", ip, was->vhost_count, b->vhost_count);
+      usher_director_admin_host_update(d, now, next_op(u), &b->ip, b->vhost_count);
+      changes++;
+    }
+    if (was->down != b->down) {
+      g_message("SIGHUP: backend %s: %s", ip, b->down ? "down" : "up");
+      usher_director_admin_host_set_down(d, now, next_op(u), &b->ip, b->down);
+      changes++;
+    }
+  }
+  for (guint i = 0; i < old_backends->len; i++) {
+    const UsherBackendConfig *was = g_ptr_array_index(old_backends, i);
+    if (find_backend(fresh->backends, &was->ip) != NULL)
+      continue;
+    g_message("SIGHUP: removing backend %s", usher_ip_to_string(&was->ip, ip));
+    usher_director_admin_host_remove(d, now, next_op(u), &was->ip);
+    changes++;
+  }
+  for (guint i = 0; i < fresh->directors->len; i++) {
+    const UsherDirectorAddr *a = &g_array_index(fresh->directors, UsherDirectorAddr, i);
+    if (has_director(u->file_directors, a))
+      continue;
+    g_message("SIGHUP: adding director %s:%u", usher_ip_to_string(&a->ip, ip), a->port);
+    usher_director_admin_director_add(d, now, next_op(u), &a->ip, a->port);
+    changes++;
+  }
+  for (guint i = 0; i < u->file_directors->len; i++) {
+    const UsherDirectorAddr *a = &g_array_index(u->file_directors, UsherDirectorAddr, i);
+    if (has_director(fresh->directors, a))
+      continue;
+    if (usher_ip_equal(&a->ip, &u->self.ip) && a->port == u->self.port) {
+      g_warning("SIGHUP: the file no longer lists this director; remove it with `usherctl ring "
+                "remove` on another member, then stop it");
+      continue;
+    }
+    g_message("SIGHUP: removing director %s:%u", usher_ip_to_string(&a->ip, ip), a->port);
+    usher_director_admin_director_remove(d, now, next_op(u), &a->ip, a->port);
+    changes++;
+  }
+  usherd_core_after_call(u);
+
+  g_autoptr(GString) restart = g_string_new(NULL);
+  note_restart_keys(cur, fresh, restart);
+  if (restart->len > 0)
+    g_warning("SIGHUP: changed in the file but applied only by a restart:%s", restart->str);
+  cur->backend_imap_port = fresh->backend_imap_port;
+  cur->backend_pop3_port = fresh->backend_pop3_port;
+  cur->backend_smtp_port = fresh->backend_smtp_port;
+
+  /* The file read now is the base of the next reload, and the new "initial configuration". */
+  g_autoptr(GError) initial_error = NULL;
+  if (!usher_director_set_initial_backends(d, fresh->backends, &initial_error))
+    g_warning("SIGHUP: initial configuration not updated: %s", initial_error->message);
+  if (cur->initial_backends != NULL)
+    g_ptr_array_unref(cur->initial_backends);
+  cur->initial_backends = g_ptr_array_ref(fresh->backends);
+  g_array_unref(u->file_directors);
+  u->file_directors = g_array_ref(fresh->directors);
+  g_clear_pointer(&u->config_checksum, g_free);
+  g_message("SIGHUP: configuration reloaded: %u change%s applied as admin operations", changes,
+            changes == 1 ? "" : "s");
+}
+
+void
+usherd_reload_reply(Usherd *u, guint64 op, const char *text)
+{
+  (void)u;
+  if (g_str_has_prefix(text, "OK"))
+    g_debug("SIGHUP change %" G_GUINT64_FORMAT ": OK", op & ~RELOAD_OP_FLAG);
+  else
+    g_warning("SIGHUP change %" G_GUINT64_FORMAT " was refused: %.*s", op & ~RELOAD_OP_FLAG,
+              (int)strcspn(text, "\n"), text);
+}
