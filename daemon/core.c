@@ -98,14 +98,9 @@ handle_effect(gpointer data, UsherEffect *e)
   case USHER_EFFECT_LOG:
     log_effect(e);
     break;
-  case USHER_EFFECT_STATE: {
-    UsherRingInfo ring;
-    usher_director_get_ring_info(u->director, &ring);
-    g_debug("ring state: %s", !ring.handshaked ? "handshaking"
-                              : ring.synced    ? "synced"
-                                               : "syncing");
+  case USHER_EFFECT_STATE:
+    usherd_notify_status(u);
     break;
-  }
   }
 }
 

@@ -57,7 +57,9 @@ on_stop_signal(gpointer data)
 static gboolean
 on_hup(gpointer data)
 {
+  usherd_notify_reloading(FALSE);
   usherd_reload(data);
+  usherd_notify_reloading(TRUE);
   return G_SOURCE_CONTINUE;
 }
 
@@ -201,7 +203,9 @@ main(int argc, char **argv)
     usherd_core_start(&u);
     usherd_state_start(&u);
     usherd_state_watch_runtime(&u);
+    usherd_notify_ready(&u);
     g_main_loop_run(u.loop);
+    usherd_notify_stopping(&u);
     usherd_state_stop(&u);
     g_autoptr(GError) save_error = NULL;
     if (!usherd_state_save_runtime(&u, &save_error)) {

@@ -85,6 +85,8 @@ struct _Usherd {
   char *runtime_written; /* the lists last written to runtime.state */
   char *config_checksum; /* of the configuration file's lists (runtime.state's "config") */
   GArray *file_directors; /* [ring] directors as the file last read lists them */
+  GSource *watchdog;
+  char *last_status;
   guint64 reload_ops;
   UsherdStats stats;
   gboolean stopping;
@@ -131,6 +133,12 @@ void usherd_state_stop(Usherd *u);
 void usherd_state_apply_runtime(Usherd *u);
 void usherd_state_watch_runtime(Usherd *u);
 gboolean usherd_state_save_runtime(Usherd *u, GError **error);
+
+/* notify.c (systemd) */
+void usherd_notify_ready(Usherd *u);
+void usherd_notify_status(Usherd *u);
+void usherd_notify_stopping(Usherd *u);
+void usherd_notify_reloading(gboolean done);
 
 /* reload.c */
 void usherd_reload(Usherd *u);

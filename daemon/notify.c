@@ -1,0 +1,71 @@
+/* notify.c - systemd: readiness (Type=notify), STATUS= lines, and the watchdog, through
+ * libsystemd's sd_notify. Without NOTIFY_SOCKET (not started by systemd) every call is a no-op. */
+#include "daemon/usherd.h"
+
+#include <systemd/sd-daemon.h>
+
+static gboolean
+on_watchdog(gpointer data)
+{
+  (void)data;
+  sd_notify(0, "WATCHDOG=1");
+  return G_SOURCE_CONTINUE;
+}
+
+/* A one-line summary for `systemctl status`. */
+static char *
+status_line(Usherd *u)
+{
+  UsherRingInfo ring;
+  usher_director_get_ring_info(u->director, &ring);
+  return g_strdup_printf("ring %s, %u of %u members linked, %u users, %u backends",
+                         !ring.handshaked ? "handshaking"
+                         : ring.synced    ? "synced"
+                                          : "syncing",
+                         ring.n_connections > 0 ? MIN(ring.n_connections, ring.n_members - 1) : 0,
+                         ring.n_members > 0 ? ring.n_members - 1 : 0, ring.n_users,
+                         usher_host_table_n_hosts(usher_director_get_hosts(u->director)));
+}
+
+void
+usherd_notify_ready(Usherd *u)
+{
+  g_autofree char *status = status_line(u);
+  g_autofree char *msg = g_strdup_printf("READY=1\nSTATUS=%s", status);
+  sd_notify(0, msg);
+  guint64 usec = 0;
+  if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+    u->watchdog = g_timeout_source_new((guint)MAX(usec / 2000, 1));
+    g_source_set_callback(u->watchdog, on_watchdog, u, NULL);
+    g_source_attach(u->watchdog, u->context);
+  }
+}
+
+void
+usherd_notify_status(Usherd *u)
+{
+  g_autofree char *status = status_line(u);
+  if (g_strcmp0(status, u->last_status) == 0)
+    return;
+  g_free(u->last_status);
+  u->last_status = g_strdup(status);
+  g_autofree char *msg = g_strdup_printf("STATUS=%s", status);
+  sd_notify(0, msg);
+}
+
+void
+usherd_notify_stopping(Usherd *u)
+{
+  sd_notify(0, "STOPPING=1\nSTATUS=stopping");
+  if (u->watchdog != NULL) {
+    g_source_destroy(u->watchdog);
+    g_clear_pointer(&u->watchdog, g_source_unref);
+  }
+  g_clear_pointer(&u->last_status, g_free);
+}
+
+void
+usherd_notify_reloading(gboolean done)
+{
+  sd_notify(0, done ? "READY=1" : "RELOADING=1");
+}
