@@ -544,7 +544,7 @@ on_incoming(GSocketService *service, GSocketConnection *connection, GObject *sou
                g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(remote)));
   }
   if (g_hash_table_size(a->clients) >= u->config->admin_max_clients) {
-    u->stats.admin_refused++;
+    u->stats.admin_clients_refused++;
     g_warning("admin client from %s refused: %u clients connected (admin_max_clients)", where,
               g_hash_table_size(a->clients));
     g_io_stream_close(G_IO_STREAM(connection), NULL, NULL);

@@ -59,7 +59,7 @@ hook_done(Hook *h, gboolean success, const char *detail)
   if (success) {
     g_debug("flush hook %s: done", h->what);
   } else {
-    u->stats.flushes_failed++;
+    u->stats.flush_hooks_failed++;
     g_warning("flush hook %s failed: %s", h->what, detail);
   }
   guint64 id = h->id;
@@ -241,7 +241,7 @@ flush_hook_start(Usherd *u, const UsherEffect *e)
   h->what = g_strdup_printf("%s for user hash %u (%s -> %s)", target, e->flush.hash, old_ip,
                             new_ip);
   g_hash_table_insert(u->flushes, g_memdup2(&h->id, sizeof(h->id)), h);
-  u->stats.flushes_run++;
+  u->stats.flush_hooks_run++;
   h->timeout = g_timeout_source_new_seconds(USHER_FLUSH_TIMEOUT_SECS);
   g_source_set_callback(h->timeout, on_hook_timeout, h, NULL);
   g_source_attach(h->timeout, u->context);

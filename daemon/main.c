@@ -100,6 +100,7 @@ main(int argc, char **argv)
 {
   setlocale(LC_ALL, "");
   g_autofree char *config_path = NULL, *ring_address = NULL, *admin_socket = NULL;
+  g_autofree char *state_dir = NULL;
   gboolean check = FALSE, debug = FALSE, version = FALSE;
   GOptionEntry entries[] = {
     {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
@@ -108,6 +109,8 @@ main(int argc, char **argv)
      "This director's IP:PORT in [ring] directors (overrides [daemon] ring_address)", "IP:PORT"},
     {"admin-socket", 0, 0, G_OPTION_ARG_FILENAME, &admin_socket,
      "The director-admin socket (overrides [daemon] admin_socket)", "PATH"},
+    {"state-dir", 0, 0, G_OPTION_ARG_FILENAME, &state_dir,
+     "Where state survives restarts (overrides [daemon] state_dir; \"\" keeps nothing)", "DIR"},
     {"check", 0, 0, G_OPTION_ARG_NONE, &check,
      "Check the configuration and exit (0 if it is valid)", NULL},
     {"debug", 'd', 0, G_OPTION_ARG_NONE, &debug, "Log debug messages too", NULL},
@@ -157,6 +160,15 @@ main(int argc, char **argv)
     }
     g_free(u.config->admin_socket);
     u.config->admin_socket = g_strdup(admin_socket);
+  }
+  if (state_dir != NULL) {
+    if (state_dir[0] != '\0' && state_dir[0] != '/') {
+      fprintf(stderr, "usherd: --state-dir: \"%s\" must be empty or an absolute path\n",
+              state_dir);
+      return 1;
+    }
+    g_free(u.config->state_dir);
+    u.config->state_dir = g_strdup(state_dir);
   }
   if (!choose_self(&u, ring_address, &error)) {
     fprintf(stderr, "usherd: %s\n", error->message);

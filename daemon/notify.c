@@ -33,6 +33,7 @@ usherd_notify_ready(Usherd *u)
   g_autofree char *status = status_line(u);
   g_autofree char *msg = g_strdup_printf("READY=1\nSTATUS=%s", status);
   sd_notify(0, msg);
+  u->last_status = g_steal_pointer(&status);
   guint64 usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
     u->watchdog = g_timeout_source_new((guint)MAX(usec / 2000, 1));
@@ -44,6 +45,8 @@ usherd_notify_ready(Usherd *u)
 void
 usherd_notify_status(Usherd *u)
 {
+  if (u->last_status == NULL)
+    return; /* not ready yet: READY=1 carries the first status */
   g_autofree char *status = status_line(u);
   if (g_strcmp0(status, u->last_status) == 0)
     return;

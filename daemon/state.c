@@ -47,8 +47,22 @@ usherd_write_file_atomic(const char *path, const char *data, gsize len, GError *
                 g_strerror(errno));
     return FALSE;
   }
+  /* A test hook (tests/daemon): stop half-way for this many milliseconds, so that a test can
+   * kill the process in the middle of a write. */
+  static gint64 pause_ms = -1;
+  if (pause_ms < 0) {
+    const char *env = g_getenv("USHERD_TEST_WRITE_PAUSE_MS");
+    pause_ms = env != NULL ? g_ascii_strtoll(env, NULL, 10) : 0;
+  }
   gsize done = 0;
   while (done < len) {
+    if (pause_ms > 0 && done == 0 && len > 1) {
+      ssize_t half = write(fd, data, len / 2);
+      if (half > 0)
+        done += (gsize)half;
+      g_usleep((gulong)pause_ms * 1000);
+      continue;
+    }
     ssize_t n = write(fd, data + done, len - done);
     if (n < 0 && errno == EINTR)
       continue;

@@ -35,11 +35,11 @@ typedef struct {
   guint64 ring_connect_failures; /* outgoing connects that failed or timed out */
   guint64 ring_bytes_in, ring_bytes_out;
   guint64 admin_clients;        /* accepted */
-  guint64 admin_refused;        /* over admin_max_clients */
+  guint64 admin_clients_refused; /* over admin_max_clients */
   guint64 admin_protocol_errors;/* closed for a bad VERSION, bad command or overlong line */
   guint64 admin_overflows;      /* closed: too many queued commands or too much unread output */
   guint64 admin_commands;
-  guint64 flushes_run, flushes_failed;
+  guint64 flush_hooks_run, flush_hooks_failed;
   guint64 http_requests, http_bad_requests;
   guint64 http_lookups, http_lookups_refused, http_lookups_failed;
 } UsherdStats;
@@ -57,8 +57,10 @@ typedef struct {
 
 #define DAEMON_STATS(X)                                                                            \
   X(ring_refused) X(ring_output_overflows) X(ring_connect_failures) X(ring_bytes_in)              \
-  X(ring_bytes_out) X(admin_clients) X(admin_refused) X(admin_protocol_errors) X(admin_overflows) \
-  X(admin_commands) X(flushes_run) X(flushes_failed) X(http_requests) X(http_bad_requests)        \
+  X(ring_bytes_out) X(admin_clients) X(admin_clients_refused) X(admin_protocol_errors)            \
+  X(admin_overflows)                                                                               \
+  X(admin_commands) X(flush_hooks_run) X(flush_hooks_failed) X(http_requests)                    \
+  X(http_bad_requests)                                                                             \
   X(http_lookups) X(http_lookups_refused) X(http_lookups_failed)
 
 typedef struct _Usherd Usherd;

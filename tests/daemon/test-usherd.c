@@ -24,11 +24,14 @@ typedef struct {
   char *admin;
   char *log;
   char *addr;
+  char *config;
+  char *state;
+  char *http; /* "127.0.4.x:8080" */
+  char **env; /* extra environment for the next start, or NULL */
 } Node;
 
 typedef struct {
   char *dir;
-  char *config;
   Node nodes[8];
   guint n;
   guint block; /* 127.0.4.<block*10 + i> */
@@ -49,9 +52,13 @@ node_start(Ring *r, guint i)
   g_subprocess_launcher_set_child_setup(l, die_with_parent, NULL, NULL);
   g_subprocess_launcher_set_stdout_file_path(l, n->log);
   g_subprocess_launcher_set_stderr_file_path(l, n->log);
+  for (guint k = 0; n->env != NULL && n->env[k] != NULL; k++) {
+    g_auto(GStrv) kv = g_strsplit(n->env[k], "=", 2);
+    g_subprocess_launcher_setenv(l, kv[0], kv[1], TRUE);
+  }
   g_autoptr(GError) error = NULL;
-  n->proc = g_subprocess_launcher_spawn(l, &error, usherd_path, "-c", r->config, "--ring-address",
-                                        n->addr, "--admin-socket", n->admin, NULL);
+  (void)r;
+  n->proc = g_subprocess_launcher_spawn(l, &error, usherd_path, "-c", n->config, NULL);
   g_assert_no_error(error);
 }
 
@@ -65,30 +72,48 @@ node_stop(Node *n, int sig)
   g_clear_object(&n->proc);
 }
 
+/* Writes node i's configuration: the ring's shared part (ring, backends, extra_groups), then its
+ * own [daemon] group (ring address, admin socket, state dir, extra_daemon) and [http] listener. */
+static void
+node_write_config(Ring *r, guint i, const char *hosts, const char *extra_groups,
+                  const char *extra_daemon)
+{
+  Node *node = &r->nodes[i];
+  GString *members = g_string_new(NULL);
+  for (guint k = 0; k < r->n; k++)
+    g_string_append_printf(members, "%s ", r->nodes[k].addr);
+  g_autofree char *text = g_strdup_printf(
+    "[ring]\ndirectors = %s\n[backends]\nhosts = %s\n%s"
+    "[daemon]\nring_address = %s\nadmin_socket = %s\nstate_dir = %s\n"
+    "users_snapshot_interval = 0\n%s[http]\nlisten = %s\n",
+    members->str, hosts, extra_groups != NULL ? extra_groups : "", node->addr, node->admin,
+    node->state, extra_daemon != NULL ? extra_daemon : "", node->http);
+  g_string_free(members, TRUE);
+  g_assert_true(g_file_set_contents(node->config, text, -1, NULL));
+}
+
+#define HOSTS_DEFAULT "127.0.2.1 127.0.2.2 127.0.2.3"
+
 /* n directors 127.0.4.<block*10+1..n>; members beyond `running` are listed but not started.
- * extra: more configuration text. */
+ * extra_daemon: more [daemon] keys. */
 static Ring *
-ring_new(guint block, guint n, guint running, const char *extra)
+ring_new(guint block, guint n, guint running, const char *extra_daemon)
 {
   Ring *r = g_new0(Ring, 1);
   r->dir = g_dir_make_tmp("usherd-test-XXXXXX", NULL);
   r->n = n;
   r->block = block;
-  GString *members = g_string_new(NULL);
   for (guint i = 0; i < n; i++) {
     Node *node = &r->nodes[i];
     node->addr = g_strdup_printf("127.0.4.%u:9090", block * 10 + i + 1);
+    node->http = g_strdup_printf("127.0.4.%u:8080", block * 10 + i + 1);
     node->admin = g_strdup_printf("%s/admin%u", r->dir, i + 1);
     node->log = g_strdup_printf("%s/usherd%u.log", r->dir, i + 1);
-    g_string_append_printf(members, "%s ", node->addr);
+    node->config = g_strdup_printf("%s/usher%u.conf", r->dir, i + 1);
+    node->state = g_strdup_printf("%s/state%u", r->dir, i + 1);
   }
-  g_autofree char *text = g_strdup_printf(
-    "[ring]\ndirectors = %s\n[backends]\nhosts = 127.0.2.1 127.0.2.2 127.0.2.3\n"
-    "[daemon]\nstate_dir = %s/state\n%s",
-    members->str, r->dir, extra != NULL ? extra : "");
-  g_string_free(members, TRUE);
-  r->config = g_strdup_printf("%s/usher.conf", r->dir);
-  g_assert_true(g_file_set_contents(r->config, text, -1, NULL));
+  for (guint i = 0; i < n; i++)
+    node_write_config(r, i, HOSTS_DEFAULT, NULL, extra_daemon);
   for (guint i = 0; i < running; i++)
     node_start(r, i);
   return r;
@@ -119,11 +144,14 @@ ring_free(Ring *r)
     g_free(r->nodes[i].addr);
     g_free(r->nodes[i].admin);
     g_free(r->nodes[i].log);
+    g_free(r->nodes[i].config);
+    g_free(r->nodes[i].state);
+    g_free(r->nodes[i].http);
+    g_strfreev(r->nodes[i].env);
   }
   g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", r->dir);
   g_assert_cmpint(system(cmd), ==, 0);
   g_free(r->dir);
-  g_free(r->config);
   g_free(r);
 }
 
@@ -368,7 +396,7 @@ test_admin_bad_clients(void)
   /* Still serving, and every rejection counted. */
   g_usleep(100000);
   g_assert_cmpint(stat_of(path, "daemon", "admin_protocol_errors"), ==, 4);
-  g_assert_cmpint(stat_of(path, "daemon", "admin_refused"), ==, 1);
+  g_assert_cmpint(stat_of(path, "daemon", "admin_clients_refused"), ==, 1);
   ring_free(r);
 }
 
@@ -488,6 +516,311 @@ test_usherctl_and_check(void)
   g_assert_cmpint(system(cmd), ==, 0);
 }
 
+/* ---- HTTP, state, reload, systemd (usherd in operation) ---------------------------------------------- */
+
+/* GET path on addr ("ip:port") over HTTP/1.0 with extra header lines; returns the whole
+ * response (status line, headers, body). */
+static char *
+http_get(const char *addr, const char *path, const char *headers)
+{
+  g_autoptr(GSocketClient) client = g_socket_client_new();
+  g_socket_client_set_enable_proxy(client, FALSE);
+  g_socket_client_set_timeout(client, WAIT_SECS);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GSocketConnection) c = g_socket_client_connect_to_host(client, addr, 0, NULL, &error);
+  g_assert_no_error(error);
+  g_autofree char *req = g_strdup_printf("GET %s HTTP/1.0\r\nHost: usherd\r\n%s\r\n", path,
+                                         headers != NULL ? headers : "");
+  GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(c));
+  g_assert_true(g_output_stream_write_all(out, req, strlen(req), NULL, NULL, NULL));
+  return read_until_closed(c);
+}
+
+/* Every sample line's metric belongs to a family announced by # TYPE (with _total for
+ * counters); returns the number of samples. */
+static guint
+check_prometheus_text(const char *text)
+{
+  g_autoptr(GHashTable) types = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+  guint samples = 0;
+  for (guint i = 0; lines[i] != NULL; i++) {
+    const char *l = lines[i];
+    if (l[0] == '\0' || g_str_has_prefix(l, "# HELP "))
+      continue;
+    if (g_str_has_prefix(l, "# TYPE ")) {
+      g_auto(GStrv) f = g_strsplit(l + 7, " ", 2);
+      g_assert_true(g_strv_contains((const char *const[]){"counter", "gauge", NULL}, f[1]));
+      g_assert_false(g_hash_table_contains(types, f[0]));
+      g_hash_table_insert(types, g_strdup(f[0]), g_strdup(f[1]));
+      continue;
+    }
+    gsize n = strcspn(l, "{ ");
+    g_autofree char *name = g_strndup(l, n);
+    const char *type = g_hash_table_lookup(types, name);
+    if (type == NULL)
+      g_error("metric %s has no # TYPE line", name);
+    if (strcmp(type, "counter") == 0)
+      g_assert_true(g_str_has_suffix(name, "_total"));
+    const char *value = strrchr(l, ' ');
+    g_assert_nonnull(value);
+    char *end;
+    g_ascii_strtod(value + 1, &end);
+    g_assert_true(*end == '\0');
+    samples++;
+  }
+  return samples;
+}
+
+static char *
+header_value(const char *response, const char *name)
+{
+  g_autofree char *needle = g_strdup_printf("\r\n%s: ", name);
+  const char *p = strstr(response, needle);
+  if (p == NULL)
+    return NULL;
+  p += strlen(needle);
+  return g_strndup(p, strcspn(p, "\r"));
+}
+
+static void
+test_http(void)
+{
+  Ring *r = ring_new(7, 2, 2, NULL);
+  wait_synced(r, 2);
+  g_autofree char *metrics = http_get(r->nodes[0].http, "/metrics", NULL);
+  g_assert_true(g_str_has_prefix(metrics, "HTTP/1.0 200") || g_str_has_prefix(metrics, "HTTP/1.1 200"));
+  const char *body = strstr(metrics, "\r\n\r\n") + 4;
+  guint samples = check_prometheus_text(body);
+  g_assert_cmpuint(samples, >, 60);
+  g_assert_nonnull(strstr(body, "usher_ring_synced 1\n"));
+  g_assert_nonnull(strstr(body, "usher_backend_up{backend=\"127.0.2.2\",tag=\"\",hostname=\"\"} 1"));
+  g_assert_nonnull(strstr(body, "usher_ring_link_bytes_in_total{peer=\"127.0.4.72:9090\""));
+
+  /* A lookup through node 1 (JSON, for Dovecot's Lua passdb) and an nginx auth_http request
+   * through node 2 place the user on the same backend: both are ring login requests. */
+  g_autofree char *json = http_get(r->nodes[0].http, "/lookup?user=alice%40example.com", NULL);
+  g_assert_nonnull(strstr(json, "\"user\":\"alice@example.com\""));
+  const char *host = strstr(json, "\"host\":\"");
+  g_assert_nonnull(host);
+  g_autofree char *ip = g_strndup(host + 8, strcspn(host + 8, "\""));
+  g_autofree char *nginx = http_get(r->nodes[1].http, "/nginx-auth",
+                                    "Auth-Method: plain\r\nAuth-User: alice%40example.com\r\n"
+                                    "Auth-Pass: secret\r\nAuth-Protocol: imap\r\n"
+                                    "Auth-Login-Attempt: 1\r\nClient-IP: 127.0.0.1\r\n");
+  g_autofree char *status = header_value(nginx, "Auth-Status");
+  g_autofree char *server = header_value(nginx, "Auth-Server");
+  g_autofree char *port = header_value(nginx, "Auth-Port");
+  g_assert_cmpstr(status, ==, "OK");
+  g_assert_cmpstr(server, ==, ip);
+  g_assert_cmpstr(port, ==, "143");
+  g_autofree char *pop3 = http_get(r->nodes[1].http, "/nginx-auth",
+                                   "Auth-User: alice@example.com\r\nAuth-Protocol: pop3\r\n");
+  g_autofree char *pop3_port = header_value(pop3, "Auth-Port");
+  g_assert_cmpstr(pop3_port, ==, "110");
+  g_autofree char *out = NULL;
+  g_assert_cmpint(run_usherctl(r->nodes[1].admin, &out, "status", "alice@example.com", NULL), ==,
+                  0);
+  g_autofree char *current = g_strdup_printf("Current: %s ", ip);
+  g_assert_nonnull(strstr(out, current));
+  g_autofree char *refresh = http_get(r->nodes[0].http, "/refresh?user=alice@example.com", NULL);
+  g_assert_nonnull(strstr(refresh, " 204 "));
+  g_autofree char *bad = http_get(r->nodes[0].http, "/lookup", NULL);
+  g_assert_nonnull(strstr(bad, " 400 "));
+  g_autofree char *nouser = http_get(r->nodes[0].http, "/nginx-auth", "Auth-Protocol: imap\r\n");
+  g_autofree char *nostatus = header_value(nouser, "Auth-Status");
+  g_assert_cmpstr(nostatus, ==, "Invalid login or password");
+  g_autofree char *missing = http_get(r->nodes[0].http, "/nothing", NULL);
+  g_assert_nonnull(strstr(missing, " 404 "));
+  g_assert_cmpint(stat_of(r->nodes[0].admin, "daemon", "http_bad_requests"), ==, 3);
+  /* usherctl stats shows what /metrics shows. */
+  g_autofree char *m2 = http_get(r->nodes[0].http, "/metrics", NULL);
+  gint64 lookups = stat_of(r->nodes[0].admin, "daemon", "http_lookups");
+  g_autofree char *line = g_strdup_printf("usher_http_lookups_total %" G_GINT64_FORMAT "\n", lookups);
+  g_assert_nonnull(strstr(m2, line));
+  ring_free(r);
+}
+
+static char *
+host_list(const char *admin)
+{
+  Admin *a = admin_open(admin, FALSE);
+  admin_send(a, "HOST-LIST\n");
+  GString *all = g_string_new(NULL);
+  char *l;
+  while ((l = admin_line(a)) != NULL && l[0] != '\0') {
+    g_string_append_printf(all, "%s\n", l);
+    g_free(l);
+  }
+  g_free(l);
+  admin_close(a);
+  return g_string_free(all, FALSE);
+}
+
+static void
+test_full_ring_restart(void)
+{
+  Ring *r = ring_new(8, 3, 3, NULL);
+  wait_synced(r, 2);
+  const char *admin = r->nodes[0].admin;
+  g_assert_cmpint(run_usherctl(admin, NULL, "add", "127.0.2.9@eu", "30", NULL), ==, 0);
+  g_assert_cmpint(run_usherctl(r->nodes[1].admin, NULL, "down", "127.0.2.1", NULL), ==, 0);
+  g_assert_cmpint(run_usherctl(r->nodes[2].admin, NULL, "update", "127.0.2.2", "7", NULL), ==, 0);
+  g_assert_cmpint(run_usherctl(admin, NULL, "remove", "127.0.2.3", NULL), ==, 0);
+  for (int i = 1; i <= 30; i++) {
+    g_autofree char *user = g_strdup_printf("user%d", i);
+    g_autofree char *ip = g_strdup_printf("127.0.2.%d", 1 + i % 2);
+    g_assert_cmpint(run_usherctl(r->nodes[i % 3].admin, NULL, "move", user, ip, NULL), ==, 0);
+  }
+  g_usleep(1500000); /* the runtime state is written within a second of a change */
+  g_autofree char *hosts_before = host_list(admin);
+  g_autofree char *users_before = NULL;
+  g_assert_cmpint(run_usherctl(admin, &users_before, "users", NULL), ==, 0);
+  for (guint i = 0; i < 3; i++)
+    node_stop_clean(&r->nodes[i]);
+  for (guint i = 0; i < 3; i++)
+    node_start(r, i);
+  wait_synced(r, 2);
+  for (guint i = 0; i < 3; i++) {
+    g_autofree char *hosts = host_list(r->nodes[i].admin);
+    g_assert_cmpstr(hosts, ==, hosts_before);
+    g_autofree char *users = NULL;
+    g_assert_cmpint(run_usherctl(r->nodes[i].admin, &users, "users", NULL), ==, 0);
+    g_assert_cmpstr(users, ==, users_before);
+  }
+  g_assert_nonnull(strstr(hosts_before, "127.0.2.9\t30\t0\teu\tU"));
+  g_assert_null(strstr(hosts_before, "127.0.2.3"));
+  ring_free(r);
+}
+
+static gboolean
+file_contains(const char *path, const char *needle)
+{
+  g_autofree char *text = NULL;
+  return g_file_get_contents(path, &text, NULL, NULL) && strstr(text, needle) != NULL;
+}
+
+static gboolean
+temp_file_exists(const char *dir)
+{
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  const char *name;
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL)
+    if (g_str_has_prefix(name, "runtime.state.tmp."))
+      return TRUE;
+  return FALSE;
+}
+
+static void
+test_crash_while_writing(void)
+{
+  Ring *r = ring_new(9, 1, 1, NULL);
+  Node *n = &r->nodes[0];
+  wait_synced(r, 0);
+  g_autofree char *path = g_build_filename(n->state, "runtime.state", NULL);
+  g_assert_cmpint(run_usherctl(n->admin, NULL, "add", "127.0.2.8", "11", NULL), ==, 0);
+  for (int i = 0; i < WAIT_SECS * 10 && !file_contains(path, "backend 127.0.2.8\t\t11\t"); i++)
+    g_usleep(100000);
+  g_assert_true(file_contains(path, "backend 127.0.2.8\t\t11\t"));
+  /* Again, with writes that stop half-way: kill -9 right then. */
+  node_stop_clean(n);
+  n->env = g_strdupv((char *[]){"USHERD_TEST_WRITE_PAUSE_MS=5000", NULL});
+  node_start(r, 0);
+  wait_synced(r, 0);
+  g_assert_cmpint(run_usherctl(n->admin, NULL, "update", "127.0.2.8", "22", NULL), ==, 0);
+  for (int i = 0; i < WAIT_SECS * 10 && !temp_file_exists(n->state); i++)
+    g_usleep(100000);
+  g_assert_true(temp_file_exists(n->state));
+  node_stop(n, SIGKILL);
+  /* The old state is whole; the half-written one is only a temporary file. */
+  g_autofree char *text = NULL;
+  g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+  g_assert_true(g_str_has_suffix(text, "end\n"));
+  g_assert_nonnull(strstr(text, "backend 127.0.2.8\t\t11\t"));
+  g_clear_pointer(&n->env, g_strfreev);
+  node_start(r, 0);
+  wait_synced(r, 0);
+  g_autofree char *hosts = host_list(n->admin);
+  g_assert_nonnull(strstr(hosts, "127.0.2.8\t11\t"));
+  /* A user snapshot cut short is refused whole, with a log line. */
+  node_stop_clean(n);
+  g_autofree char *snap = g_build_filename(n->state, "users.snapshot", NULL);
+  g_assert_true(g_file_set_contents(snap, "usherd users snapshot 1\nwritten 1796137575\n"
+                                          "617210206\t127.0.2.2\t1796137575\n", -1, NULL));
+  node_start(r, 0);
+  wait_synced(r, 0);
+  g_autofree char *log = NULL;
+  g_assert_true(g_file_get_contents(n->log, &log, NULL, NULL));
+  g_assert_nonnull(strstr(log, "is incomplete"));
+  ring_free(r);
+}
+
+static void
+test_reload(void)
+{
+  Ring *r = ring_new(10, 1, 1, NULL);
+  Node *n = &r->nodes[0];
+  wait_synced(r, 0);
+  /* A runtime change the file will not touch, and one it will override. */
+  g_assert_cmpint(run_usherctl(n->admin, NULL, "down", "127.0.2.2", NULL), ==, 0);
+  g_assert_cmpint(run_usherctl(n->admin, NULL, "update", "127.0.2.3", "9", NULL), ==, 0);
+  node_write_config(r, 0, "127.0.2.1=50 127.0.2.2 127.0.2.4@eu", "[director]\nuser_expire = 20m\n",
+                    NULL);
+  g_subprocess_send_signal(n->proc, SIGHUP);
+  g_autofree char *hosts = NULL;
+  for (int i = 0; i < WAIT_SECS * 10; i++) {
+    g_free(hosts);
+    hosts = host_list(n->admin);
+    if (strstr(hosts, "127.0.2.4") != NULL && strstr(hosts, "127.0.2.3") == NULL)
+      break;
+    g_usleep(100000);
+  }
+  g_assert_nonnull(strstr(hosts, "127.0.2.1\t50\t"));      /* changed in the file */
+  g_assert_nonnull(strstr(hosts, "127.0.2.2\t100\t0\t\tD")); /* runtime change kept */
+  g_assert_null(strstr(hosts, "127.0.2.3"));                /* removed from the file */
+  g_assert_nonnull(strstr(hosts, "127.0.2.4\t100\t0\teu\tU")); /* added */
+  g_autofree char *log = NULL;
+  g_assert_true(g_file_get_contents(n->log, &log, NULL, NULL));
+  g_assert_nonnull(strstr(log, "applied only by a restart: [director]user_expire"));
+  /* A file that does not load changes nothing. */
+  g_assert_true(g_file_set_contents(n->config, "[ring]\ndirectors = x\n", -1, NULL));
+  g_subprocess_send_signal(n->proc, SIGHUP);
+  g_usleep(300000);
+  g_autofree char *after = host_list(n->admin);
+  g_assert_cmpstr(after, ==, hosts);
+  node_write_config(r, 0, "127.0.2.1=50 127.0.2.2 127.0.2.4@eu", NULL, NULL);
+  ring_free(r);
+}
+
+static void
+test_notify(void)
+{
+  Ring *r = ring_new(11, 1, 0, NULL);
+  Node *n = &r->nodes[0];
+  g_autofree char *path = g_build_filename(r->dir, "notify", NULL);
+  g_autoptr(GSocket) sock =
+    g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_DATAGRAM, G_SOCKET_PROTOCOL_DEFAULT, NULL);
+  g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(path);
+  g_assert_true(g_socket_bind(sock, addr, TRUE, NULL));
+  g_socket_set_timeout(sock, WAIT_SECS);
+  g_autofree char *env = g_strdup_printf("NOTIFY_SOCKET=%s", path);
+  n->env = g_strdupv((char *[]){env, "WATCHDOG_USEC=400000", NULL});
+  node_start(r, 0);
+  char buf[512];
+  gssize len = g_socket_receive(sock, buf, sizeof(buf) - 1, NULL, NULL);
+  g_assert_cmpint(len, >, 0);
+  buf[len] = '\0';
+  /* Nothing before readiness: the first message says READY=1. */
+  g_assert_nonnull(strstr(buf, "READY=1"));
+  g_assert_nonnull(strstr(buf, "STATUS=ring synced"));
+  /* The watchdog pings at half the interval. */
+  len = g_socket_receive(sock, buf, sizeof(buf) - 1, NULL, NULL);
+  g_assert_cmpint(len, >, 0);
+  buf[len] = '\0';
+  g_assert_nonnull(strstr(buf, "WATCHDOG=1"));
+  ring_free(r);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -502,5 +835,10 @@ main(int argc, char **argv)
   g_test_add_func("/daemon/ring/strangers-and-liars", test_ring_strangers_and_liars);
   g_test_add_func("/daemon/state/restart-keeps-users", test_restart_keeps_users);
   g_test_add_func("/daemon/usherctl-and-check", test_usherctl_and_check);
+  g_test_add_func("/daemon/http/metrics-and-lookups", test_http);
+  g_test_add_func("/daemon/state/full-ring-restart", test_full_ring_restart);
+  g_test_add_func("/daemon/state/crash-while-writing", test_crash_while_writing);
+  g_test_add_func("/daemon/reload/sighup", test_reload);
+  g_test_add_func("/daemon/notify/ready-and-watchdog", test_notify);
   return g_test_run();
 }
