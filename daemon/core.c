@@ -2,6 +2,7 @@
  * dispatch of its effects to the rest of the daemon. */
 
 
+#include "daemon/proxy.h"
 #include "daemon/usherd.h"
 
 #include <sys/random.h>
@@ -83,16 +84,20 @@ handle_effect(gpointer data, UsherEffect *e)
       admin_server_reply(u->admin, e->admin.op, e->admin.text);
     break;
   case USHER_EFFECT_KICK:
-    /* This daemon proxies no sessions yet (the IMAP/POP3 proxy comes with the proxy workers):
-     * there is nothing local to disconnect, so the kick is complete at once. */
-    usher_director_kick_done(u->director, usherd_now(), e->kick.id);
+    /* The proxy's workers close the matching sessions and report the kick done; without a
+     * proxy there is nothing local to disconnect. */
+    if (u->proxy != NULL)
+      proxy_kick(u->proxy, e);
+    else
+      usher_director_kick_done(u->director, usherd_now(), e->kick.id);
     break;
   case USHER_EFFECT_FLUSH:
     flush_hook_start(u, e);
     break;
   case USHER_EFFECT_LOGIN_RESULT:
-    /* The HTTP lookups are the only requesters so far (the proxy comes next). */
-    if (u->http != NULL)
+    if (proxy_owns_request(u->proxy, e->login.request))
+      proxy_login_result(u->proxy, e);
+    else if (u->http != NULL)
       http_server_login_result(u->http, e);
     break;
   case USHER_EFFECT_LOG:

@@ -2,6 +2,7 @@
 
 
 #include "common/config-file.h"
+#include "daemon/proxy.h"
 #include "daemon/usherd.h"
 
 #include <glib-unix.h>
@@ -197,7 +198,8 @@ main(int argc, char **argv)
   int status = 0;
   if (!usherd_core_init(&u, &error) || (u.ring = ring_links_new(&u, &error)) == NULL ||
       (u.admin = admin_server_new(&u, &error)) == NULL ||
-      ((u.http = http_server_new(&u, &error)) == NULL && error != NULL)) {
+      ((u.http = http_server_new(&u, &error)) == NULL && error != NULL) ||
+      ((u.proxy = proxy_new(&u, &error)) == NULL && error != NULL)) {
     g_critical("cannot start: %s", error->message);
     status = 1;
   } else {
@@ -231,6 +233,7 @@ main(int argc, char **argv)
       g_source_unref(signals[i]);
     }
   }
+  proxy_free(u.proxy);
   http_server_free(u.http);
   admin_server_free(u.admin);
   ring_links_free(u.ring);

@@ -80,6 +80,7 @@ struct _Usherd {
   RingLinks *ring;
   AdminServer *admin;
   HttpServer *http;      /* NULL without [http] listen */
+  struct Proxy *proxy;   /* NULL without [proxy] listeners */
   guint64 next_request;  /* login request ids */
   GHashTable *flushes; /* flush id -> running hook (flush.c) */
   GSource *snapshot_timer;

@@ -564,6 +564,13 @@ usher_config_new(void)
   config->backend_pop3_port = 110;
   config->backend_smtp_port = 25;
   config->http_max_pending_lookups = 10000;
+  config->imap_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->pop3_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->proxy_max_connections = 100000;
+  config->proxy_max_connections_per_ip = 10000;
+  config->proxy_login_timeout_secs = 60;
+  config->proxy_max_bad_commands = 10;
+  config->proxy_greeting = g_strdup("Usher ready.");
   return config;
 }
 
@@ -581,6 +588,11 @@ usher_config_free(UsherConfig *config)
   g_free(config->admin_socket_user);
   g_free(config->admin_socket_group);
   g_free(config->state_dir);
+  g_free(config->proxy_greeting);
+  if (config->imap_listen != NULL)
+    g_array_unref(config->imap_listen);
+  if (config->pop3_listen != NULL)
+    g_array_unref(config->pop3_listen);
   if (config->directors != NULL)
     g_array_unref(config->directors);
   if (config->backends != NULL)
@@ -997,9 +1009,12 @@ static const char *const daemon_keys[] = {
     "admin_socket_group", "admin_listen", "admin_max_clients", "state_dir",
     "users_snapshot_interval", NULL,
 };
-static const char *const backends_keys[] = {"hosts", NULL};
-static const char *const http_keys[] = {
-    "listen", "backend_imap_port", "backend_pop3_port", "backend_smtp_port", "max_pending_lookups",
+static const char *const backends_keys[] = {"hosts", "imap_port", "pop3_port", "smtp_port",
+                                             NULL};
+static const char *const http_keys[] = {"listen", "max_pending_lookups", NULL};
+static const char *const proxy_keys[] = {
+    "imap_listen",         "pop3_listen",   "workers",          "max_connections",
+    "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
     NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
@@ -1383,17 +1398,80 @@ parse_http_key(UsherConfig *config, const KeyRef *ref, GError **error)
     }
     return TRUE;
   }
-  if (strcmp(key, "max_pending_lookups") == 0)
-    return get_uint(ref, 1, 1000000, &config->http_max_pending_lookups, error);
+  g_assert(strcmp(key, "max_pending_lookups") == 0);
+  return get_uint(ref, 1, 1000000, &config->http_max_pending_lookups, error);
+}
+
+static gboolean
+parse_backend_port(UsherConfig *config, const KeyRef *ref, GError **error)
+{
   guint port;
   if (!get_uint(ref, 1, 65535, &port, error))
     return FALSE;
-  if (strcmp(key, "backend_imap_port") == 0)
+  if (strcmp(ref->key, "imap_port") == 0)
     config->backend_imap_port = (guint16)port;
-  else if (strcmp(key, "backend_pop3_port") == 0)
+  else if (strcmp(ref->key, "pop3_port") == 0)
     config->backend_pop3_port = (guint16)port;
   else
     config->backend_smtp_port = (guint16)port;
+  return TRUE;
+}
+
+/* A list of listener addresses (IP:PORT, separated by spaces or commas). */
+static gboolean
+get_listen_list(const KeyRef *ref, GArray *out, GError **error)
+{
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  g_array_set_size(out, 0);
+  g_auto(GStrv) parts = g_strsplit_set(value, " ,", -1);
+  guint number = 0;
+  for (guint i = 0; parts[i] != NULL; i++) {
+    if (parts[i][0] == '\0')
+      continue;
+    Element elem = {++number, parts[i], strlen(parts[i])};
+    UsherDirectorAddr addr;
+    memset(&addr, 0, sizeof(addr));
+    if (!parse_director_element(ref, &elem, 0, &addr, error))
+      return FALSE;
+    if (addr.port == 0) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "element %u needs a port: IP:PORT",
+                number);
+      return FALSE;
+    }
+    g_array_append_val(out, addr);
+  }
+  return TRUE;
+}
+
+static gboolean
+parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
+{
+  const char *key = ref->key;
+  if (strcmp(key, "imap_listen") == 0)
+    return get_listen_list(ref, config->imap_listen, error);
+  if (strcmp(key, "pop3_listen") == 0)
+    return get_listen_list(ref, config->pop3_listen, error);
+  if (strcmp(key, "workers") == 0)
+    return get_uint(ref, 0, 256, &config->proxy_workers, error);
+  if (strcmp(key, "max_connections") == 0)
+    return get_uint(ref, 1, 10000000, &config->proxy_max_connections, error);
+  if (strcmp(key, "max_connections_per_ip") == 0)
+    return get_uint(ref, 1, 10000000, &config->proxy_max_connections_per_ip, error);
+  if (strcmp(key, "login_timeout") == 0)
+    return get_duration(ref, 1, &config->proxy_login_timeout_secs, error);
+  if (strcmp(key, "max_bad_commands") == 0)
+    return get_uint(ref, 1, 1000, &config->proxy_max_bad_commands, error);
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  if (strlen(value) > 200 || strpbrk(value, "\r\n") != NULL) {
+    key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "must be one line of at most 200 bytes");
+    return FALSE;
+  }
+  g_free(config->proxy_greeting);
+  config->proxy_greeting = g_steal_pointer(&value);
   return TRUE;
 }
 
@@ -1554,6 +1632,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
       known = daemon_keys;
     } else if (strcmp(group, "http") == 0) {
       known = http_keys;
+    } else if (strcmp(group, "proxy") == 0) {
+      known = proxy_keys;
     } else if (strcmp(group, "ring") == 0) {
       known = ring_keys;
     } else if (strcmp(group, "backends") == 0) {
@@ -1587,7 +1667,7 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
     } else {
       group_error(error, USHER_CONFIG_ERROR_UNKNOWN_GROUP, source, group,
                   "unknown group (known groups: [director], [ring], [backends], "
-                  "[backend IP], [daemon] and [http])");
+                  "[backend IP], [daemon], [http] and [proxy])");
       return NULL;
     }
 
@@ -1605,8 +1685,12 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
         ok = parse_daemon_key(config, &ref, error);
       else if (known == http_keys)
         ok = parse_http_key(config, &ref, error);
+      else if (known == proxy_keys)
+        ok = parse_proxy_key(config, &ref, error);
       else if (known == backend_keys)
         ok = parse_backend_group_key(bg, &ref, error);
+      else if (strcmp(keys[k], "hosts") != 0) /* [backends] imap_port, ... */
+        ok = parse_backend_port(config, &ref, error);
       else {
         g_autofree char *value = NULL;
         ok = get_value(&ref, &value, error);

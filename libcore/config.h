@@ -73,11 +73,21 @@ typedef struct {
   guint admin_max_clients;        /* default 32 */
   char *state_dir;                /* "" = keep nothing across restarts; default USHER_STATE_DIR_DEFAULT */
   guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
+  /* [backends] ports: where the backends' services listen (usherd's proxy, nginx auth_http) */
+  guint16 backend_imap_port, backend_pop3_port, backend_smtp_port;
   /* [http]: usherd's HTTP listener (metrics, placement lookups); the simulator ignores it */
   gboolean has_http_listen;
   UsherDirectorAddr http_listen;
-  guint16 backend_imap_port, backend_pop3_port, backend_smtp_port; /* for nginx's auth_http */
   guint http_max_pending_lookups; /* default 10000 */
+  /* [proxy]: usherd's IMAP/POP3 proxy */
+  GArray *imap_listen; /* UsherDirectorAddr */
+  GArray *pop3_listen; /* UsherDirectorAddr */
+  guint proxy_workers; /* 0 = one per CPU */
+  guint proxy_max_connections;
+  guint proxy_max_connections_per_ip;
+  guint proxy_login_timeout_secs;
+  guint proxy_max_bad_commands;
+  char *proxy_greeting;
 } UsherConfig;
 
 #define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"

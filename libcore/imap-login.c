@@ -89,6 +89,13 @@ usher_imap_reader_pending(const UsherImapReader *r)
   return r->buf->len - r->pos;
 }
 
+const guint8 *
+usher_imap_reader_peek_pending(const UsherImapReader *r, gsize *len_out)
+{
+  *len_out = r->buf->len - r->pos;
+  return r->buf->data + r->pos;
+}
+
 /* ---- Lexing ------------------------------------------------------------------------------------ */
 
 /* atom-specials of RFC 9051, minus "]" (allowed in ASTRING) and plus nothing for bytes >= 0x80,

@@ -91,6 +91,10 @@ void usher_imap_reader_expect_sasl(UsherImapReader *reader);
  * pipeline plaintext behind it: that is an attack, RFC 9051 section 11.1). */
 gsize usher_imap_reader_pending(const UsherImapReader *reader);
 
+/* The bytes fed and not consumed yet (borrowed until the next feed or next call): what a client
+ * pipelined behind its login, which the proxy hands to the backend once the login succeeded. */
+const guint8 *usher_imap_reader_peek_pending(const UsherImapReader *reader, gsize *len_out);
+
 /* The login name and password of a LOGIN command (args 0 and 1, atoms or strings); FALSE if the
  * command does not have exactly two such arguments. Borrowed from cmd. */
 gboolean usher_imap_login_args(const UsherImapCmd *cmd, const char **user_out,

@@ -44,8 +44,7 @@ def run(lab, t):
     ring = [lab.director_ip(i) for i in (1, 2, 3)]
     d1 = lab.dovecot_director(ring[0], ring=ring, backends=bs)
     us = [lab.usherd(ip, ring=ring, backends=bs,
-                     extra_conf=f"[http]\nlisten = {ip}:{HTTP_PORT}\nbackend_imap_port = "
-                                f"{ul.IMAP_PORT}\n")
+                     extra_conf=f"[http]\nlisten = {ip}:{HTTP_PORT}\n")
           for ip in ring[1:]]
     members = [d1] + us
     lab.start_all()

@@ -961,6 +961,8 @@ class Usherd:
 directors = {' '.join(self.ring)}
 [backends]
 hosts = {' '.join(self.backends)}
+imap_port = {IMAP_PORT}
+pop3_port = {POP3_PORT}
 [daemon]
 ring_address = {self.ip}:{self.ring_port}
 admin_socket = {self.admin_socket}

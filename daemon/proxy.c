@@ -1,0 +1,1360 @@
+/* proxy.c - worker threads and IMAP sessions of usherd's proxy (see proxy.h).
+ *
+ * Threads: the core thread owns the director; each worker owns its sessions. They talk only by
+ * messages posted to each other's GMainContext (g_main_context_invoke_full): a worker asks for a
+ * route (user -> backend) with a session id; the core answers with the same id; the core posts
+ * kicks to every worker and learns when all are done; workers post the names of users with live
+ * sessions for refreshes. A session that is gone when its answer arrives is simply not found.
+ *
+ * Memory per session is the struct, the client and backend sockets, and output queues that exist
+ * only while bytes wait (released when they drain). Every limit is a constant or a setting:
+ * pre-login line and literal sizes (libcore), bad commands, the login timeout, connections in
+ * total and per client address, output queued per direction. */
+#include "daemon/proxy.h"
+
+#include "daemon/poller.h"
+#include "libcore/imap-login.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 64
+#define READ_CHUNK 16384
+#define OUT_HIGH_WATER (256 * 1024) /* stop reading the other side above this */
+#define OUT_MAX (4 * 1024 * 1024)   /* a peer that never reads is dropped */
+#define TICK_MS 500
+#define BACKEND_CONNECT_TIMEOUT_SECS 10
+#define BACKEND_LOGIN_TIMEOUT_SECS 30
+#define BACKEND_RETRY_DELAY_MS 500
+#define BACKEND_LINE_MAX 65536
+#define REFRESH_MIN_SECS 30
+
+typedef struct Worker Worker;
+typedef struct Session Session;
+
+typedef enum {
+  S_PRELOGIN = 0,
+  S_ROUTING,
+  S_CONNECTING,
+  S_BACKEND_LOGIN,
+  S_PROXYING,
+} SessState;
+
+typedef enum {
+  LOGIN_PLAIN_CMD = 0, /* LOGIN user pass */
+  LOGIN_SASL,          /* AUTHENTICATE mech ir */
+} LoginKind;
+
+struct Session {
+  Worker *w;
+  guint64 id;
+  SessState state;
+  GList link; /* in w->sessions */
+  /* Client */
+  int cfd;
+  PollerWatch *cwatch;
+  char cip[USHER_IP_STRLEN], lip[USHER_IP_STRLEN];
+  guint16 cport, lport;
+  GByteArray *cout; /* to the client */
+  gsize cout_off;
+  gboolean client_eol; /* the last byte sent to the client ended a line */
+  UsherImapReader *reader;
+  guint bad_commands;
+  gint64 deadline_us; /* pre-login / backend timeouts (mono) */
+  /* The login being routed */
+  char *ctag;
+  char *user;
+  LoginKind kind;
+  UsherSaslMech mech;
+  char *secret;     /* LOGIN: the password; SASL: the base64 initial response */
+  gsize secret_len;
+  gboolean sasl_pending; /* AUTHENTICATE without SASL-IR: waiting for the response line */
+  gboolean login_step;   /* AUTHENTICATE LOGIN: 0 = name next, 1 = password next */
+  guint64 request;
+  UsherIp backend;
+  gboolean retried;
+  guint32 user_hash;
+  /* Backend */
+  int bfd;
+  PollerWatch *bwatch;
+  GByteArray *bout; /* to the backend */
+  gsize bout_off;
+  GString *bline; /* a backend response line being read during the login */
+  gboolean counted_ip;
+};
+
+struct Worker {
+  Proxy *proxy;
+  guint index;
+  GThread *thread;
+  GMainContext *context;
+  GMainLoop *loop;
+  Poller *poller;
+  GPtrArray *listen_fds;
+  GPtrArray *listen_watches;
+  GQueue sessions;
+  GHashTable *by_id; /* session id -> Session* */
+  guint64 next_session;
+  GSource *tick;
+  gint64 next_refresh_us;
+};
+
+struct Proxy {
+  Usherd *u;
+  Worker **workers;
+  guint n_workers;
+  GHashTable *routes; /* core thread: request id -> RouteRef* */
+  GMutex lock;        /* guards per_ip and stats */
+  GHashTable *per_ip; /* client IP text -> count */
+  guint total;
+  ProxyStats stats;
+  const UsherLoginHasher *hasher;
+  guint refresh_secs;
+  gint next_request; /* atomic */
+};
+
+typedef struct {
+  Worker *w;
+  guint64 session;
+} RouteRef;
+
+static void session_close(Session *s, const char *why);
+static void session_flush_client(Session *s);
+static void session_flush_backend(Session *s);
+
+static void
+stat_add(Proxy *p, guint64 *field, gint64 delta)
+{
+  g_mutex_lock(&p->lock);
+  *field += (guint64)delta;
+  g_mutex_unlock(&p->lock);
+}
+
+void
+proxy_get_stats(Proxy *p, ProxyStats *out)
+{
+  g_mutex_lock(&p->lock);
+  *out = p->stats;
+  g_mutex_unlock(&p->lock);
+}
+
+/* ---- Output ------------------------------------------------------------------------------------- */
+
+static void
+update_interest(Session *s)
+{
+  Poller *poller = s->w->poller;
+  gsize cq = s->cout != NULL ? s->cout->len - s->cout_off : 0;
+  gsize bq = s->bout != NULL ? s->bout->len - s->bout_off : 0;
+  if (s->cwatch != NULL) {
+    guint32 ev = 0;
+    /* Read the client unless the backend is behind (backpressure), or while routing. */
+    if (s->state != S_PROXYING || bq < OUT_HIGH_WATER)
+      ev |= EPOLLIN;
+    if (s->state == S_ROUTING || s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN)
+      ev &= ~(guint32)EPOLLIN; /* the client waits for its login's answer */
+    if (cq > 0)
+      ev |= EPOLLOUT;
+    poller_modify(poller, s->cwatch, ev);
+  }
+  if (s->bwatch != NULL) {
+    guint32 ev = 0;
+    if (s->state == S_CONNECTING)
+      ev = EPOLLOUT;
+    else {
+      if (cq < OUT_HIGH_WATER)
+        ev |= EPOLLIN;
+      if (bq > 0)
+        ev |= EPOLLOUT;
+    }
+    poller_modify(poller, s->bwatch, ev);
+  }
+}
+
+static void
+queue(GByteArray **buf, gsize *off, const void *data, gsize len)
+{
+  if (*buf == NULL)
+    *buf = g_byte_array_sized_new((guint)MAX(len, 512));
+  else if (*off > 0 && *off == (*buf)->len) {
+    g_byte_array_set_size(*buf, 0);
+    *off = 0;
+  }
+  g_byte_array_append(*buf, data, (guint)len);
+}
+
+static void
+to_client(Session *s, const char *text, gssize len)
+{
+  gsize n = len < 0 ? strlen(text) : (gsize)len;
+  if (n == 0)
+    return;
+  queue(&s->cout, &s->cout_off, text, n);
+  s->client_eol = text[n - 1] == '\n';
+}
+
+static G_GNUC_PRINTF(2, 3) void to_client_fmt(Session *s, const char *fmt, ...)
+{
+  va_list args;
+  va_start(args, fmt);
+  g_autofree char *text = g_strdup_vprintf(fmt, args);
+  va_end(args);
+  to_client(s, text, -1);
+}
+
+static void
+to_backend(Session *s, const void *data, gsize len)
+{
+  queue(&s->bout, &s->bout_off, data, len);
+}
+
+/* Writes what the socket takes; FALSE if the session was closed. */
+static gboolean
+flush_fd(Session *s, int fd, GByteArray **buf, gsize *off, const char *side)
+{
+  while (*buf != NULL && *off < (*buf)->len) {
+    ssize_t n = send(fd, (*buf)->data + *off, (*buf)->len - *off, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      break;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      g_autofree char *why = g_strdup_printf("%s write failed: %s", side, g_strerror(errno));
+      session_close(s, why);
+      return FALSE;
+    }
+    *off += (gsize)n;
+  }
+  if (*buf != NULL && *off == (*buf)->len) {
+    /* Idle sessions hold no output buffer at all. */
+    g_clear_pointer(buf, g_byte_array_unref);
+    *off = 0;
+  } else if (*buf != NULL && (*buf)->len - *off > OUT_MAX) {
+    g_autofree char *why = g_strdup_printf("%s does not read its data", side);
+    session_close(s, why);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void
+session_flush_client(Session *s)
+{
+  if (flush_fd(s, s->cfd, &s->cout, &s->cout_off, "client"))
+    update_interest(s);
+}
+
+static void
+session_flush_backend(Session *s)
+{
+  if (s->bfd >= 0 && flush_fd(s, s->bfd, &s->bout, &s->bout_off, "backend"))
+    update_interest(s);
+}
+
+/* ---- Life cycle ------------------------------------------------------------------------------------ */
+
+static void
+forget_ip(Session *s)
+{
+  if (!s->counted_ip)
+    return;
+  Proxy *p = s->w->proxy;
+  g_mutex_lock(&p->lock);
+  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, s->cip));
+  if (n <= 1)
+    g_hash_table_remove(p->per_ip, s->cip);
+  else
+    g_hash_table_insert(p->per_ip, g_strdup(s->cip), GUINT_TO_POINTER(n - 1));
+  p->total--;
+  p->stats.sessions_now--;
+  if (s->state == S_PROXYING)
+    p->stats.proxying_now--;
+  g_mutex_unlock(&p->lock);
+  s->counted_ip = FALSE;
+}
+
+static void
+backend_close(Session *s)
+{
+  if (s->bwatch != NULL) {
+    poller_remove(s->w->poller, s->bwatch);
+    s->bwatch = NULL;
+  }
+  if (s->bfd >= 0) {
+    close(s->bfd);
+    s->bfd = -1;
+  }
+  g_clear_pointer(&s->bout, g_byte_array_unref);
+  s->bout_off = 0;
+  if (s->bline != NULL) {
+    g_string_free(s->bline, TRUE);
+    s->bline = NULL;
+  }
+}
+
+typedef struct {
+  Proxy *proxy;
+  guint64 request;
+} CancelJob;
+
+static gboolean
+cancel_on_core(gpointer data)
+{
+  CancelJob *j = data;
+  Usherd *u = j->proxy->u;
+  if (g_hash_table_remove(j->proxy->routes, &j->request)) {
+    usher_director_login_cancel(u->director, usherd_now(), j->request);
+    usherd_core_after_call(u);
+  }
+  return G_SOURCE_REMOVE;
+}
+
+static void
+forget_secret(Session *s)
+{
+  if (s->secret != NULL) {
+    memset(s->secret, 0, s->secret_len); /* never left behind in freed memory */
+    g_free(s->secret);
+    s->secret = NULL;
+  }
+}
+
+static void
+forget_login(Session *s)
+{
+  forget_secret(s);
+  g_clear_pointer(&s->user, g_free);
+  g_clear_pointer(&s->ctag, g_free);
+}
+
+static void
+session_close(Session *s, const char *why)
+{
+  Worker *w = s->w;
+  g_debug("session %u/%" G_GUINT64_FORMAT " from %s:%u closed: %s", w->index, s->id, s->cip,
+          s->cport, why);
+  if (s->state == S_ROUTING) {
+    CancelJob *j = g_new0(CancelJob, 1);
+    j->proxy = w->proxy;
+    j->request = s->request;
+    g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, cancel_on_core, j,
+                               g_free);
+  }
+  backend_close(s);
+  if (s->cwatch != NULL)
+    poller_remove(w->poller, s->cwatch);
+  close(s->cfd);
+  forget_ip(s);
+  forget_login(s);
+  g_clear_pointer(&s->cout, g_byte_array_unref);
+  usher_imap_reader_free(s->reader);
+  g_queue_unlink(&w->sessions, &s->link);
+  g_hash_table_remove(w->by_id, &s->id);
+  g_free(s);
+}
+
+/* Sends what is queued, then closes (best effort: a client that does not read loses it). */
+static void
+session_end(Session *s, const char *why)
+{
+  if (s->cout != NULL) {
+    (void)flush_fd(s, s->cfd, &s->cout, &s->cout_off, "client");
+    /* flush_fd may have closed it: only look s up through the id below. */
+  }
+  guint64 id = s->id;
+  Worker *w = s->w;
+  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
+    session_close(s, why);
+}
+
+/* ---- Routing (worker -> core -> worker) ---------------------------------------------------------- */
+
+typedef struct {
+  Proxy *proxy;
+  Worker *w;
+  guint64 session;
+  char *user;
+  /* answer */
+  guint64 request;
+  UsherLoginStatus status;
+  UsherIp host;
+  char *reason;
+} RouteJob;
+
+static void
+route_job_free(gpointer data)
+{
+  RouteJob *j = data;
+  g_free(j->user);
+  g_free(j->reason);
+  g_free(j);
+}
+
+static void backend_connect(Session *s);
+static void client_prelogin_input(Session *s);
+
+static gboolean
+route_answer_on_worker(gpointer data)
+{
+  RouteJob *j = data;
+  Session *s = g_hash_table_lookup(j->w->by_id, &j->session);
+  if (s == NULL || s->state != S_ROUTING || s->request != j->request)
+    return G_SOURCE_REMOVE; /* the client went away meanwhile */
+  if (j->status != USHER_LOGIN_OK) {
+    stat_add(j->proxy, &j->proxy->stats.backend_unavailable, 1);
+    to_client_fmt(s, "%s NO [UNAVAILABLE] No backend available for you right now, try again "
+                     "later\r\n",
+                  s->ctag);
+    forget_login(s);
+    s->state = S_PRELOGIN;
+    session_flush_client(s);
+    return G_SOURCE_REMOVE;
+  }
+  s->backend = j->host;
+  backend_connect(s);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+route_on_core(gpointer data)
+{
+  RouteJob *j = data;
+  Proxy *p = j->proxy;
+  Usherd *u = p->u;
+  RouteRef *ref = g_new0(RouteRef, 1);
+  ref->w = j->w;
+  ref->session = j->session;
+  g_hash_table_insert(p->routes, g_memdup2(&j->request, sizeof(j->request)), ref);
+  if (!usher_director_login_request(u->director, usherd_now(), j->request, j->user, NULL))
+    g_assert_not_reached(); /* proxy ids are never reused */
+  usherd_core_after_call(u);
+  return G_SOURCE_REMOVE;
+}
+
+gboolean
+proxy_owns_request(Proxy *p, guint64 request)
+{
+  return p != NULL && g_hash_table_contains(p->routes, &request);
+}
+
+void
+proxy_login_result(Proxy *p, const UsherEffect *e)
+{
+  RouteRef *ref = g_hash_table_lookup(p->routes, &e->login.request);
+  if (ref == NULL)
+    return;
+  RouteJob *j = g_new0(RouteJob, 1);
+  j->proxy = p;
+  j->w = ref->w;
+  j->session = ref->session;
+  j->request = e->login.request;
+  j->status = e->login.status;
+  j->host = e->login.host;
+  j->reason = g_strdup(e->login.reason);
+  g_hash_table_remove(p->routes, &e->login.request);
+  g_main_context_invoke_full(j->w->context, G_PRIORITY_DEFAULT, route_answer_on_worker, j,
+                             route_job_free);
+}
+
+/* Asks the core for the user's backend. The request id is made on the core thread; the session
+ * keeps the one the answer carries (see route_answer_on_worker). */
+static void
+session_route(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  s->state = S_ROUTING;
+  s->user_hash = usher_login_hasher_hash(p->hasher, s->user, -1);
+  /* Request ids of the proxy live above 2^62, apart from the HTTP lookups' (u->next_request). */
+  s->request = (G_GUINT64_CONSTANT(1) << 62) | (guint64)g_atomic_int_add(&p->next_request, 1);
+  RouteJob *j = g_new0(RouteJob, 1);
+  j->proxy = p;
+  j->w = s->w;
+  j->session = s->id;
+  j->request = s->request;
+  j->user = g_strdup(s->user);
+  g_main_context_invoke_full(p->u->context, G_PRIORITY_DEFAULT, route_on_core, j, route_job_free);
+  update_interest(s);
+}
+
+/* ---- The backend ------------------------------------------------------------------------------------ */
+
+static void on_backend(gpointer data, guint32 events);
+
+static gboolean
+retry_connect(gpointer data)
+{
+  RouteJob *j = data; /* reused as a (worker, session) reference */
+  Session *s = g_hash_table_lookup(j->w->by_id, &j->session);
+  if (s != NULL && s->state == S_CONNECTING && s->bfd < 0)
+    backend_connect(s);
+  return G_SOURCE_REMOVE;
+}
+
+/* The backend cannot be reached: retry once on the same backend (never another one: that would
+ * break the one-backend rule), then tell the client to come back later. */
+static void
+backend_failed(Session *s, const char *why)
+{
+  char ip[USHER_IP_STRLEN];
+  g_message("backend %s unavailable for %s (session from %s:%u): %s",
+            usher_ip_to_string(&s->backend, ip), s->user, s->cip, s->cport, why);
+  backend_close(s);
+  if (!s->retried) {
+    s->retried = TRUE;
+    s->state = S_CONNECTING;
+    RouteJob *j = g_new0(RouteJob, 1);
+    j->w = s->w;
+    j->session = s->id;
+    GSource *t = g_timeout_source_new(BACKEND_RETRY_DELAY_MS);
+    g_source_set_callback(t, retry_connect, j, route_job_free);
+    g_source_attach(t, s->w->context);
+    g_source_unref(t);
+    update_interest(s);
+    return;
+  }
+  stat_add(s->w->proxy, &s->w->proxy->stats.backend_unavailable, 1);
+  to_client_fmt(s, "%s NO [UNAVAILABLE] Your mail server is not available, try again later\r\n",
+                s->ctag);
+  forget_login(s);
+  s->retried = FALSE;
+  s->state = S_PRELOGIN;
+  session_flush_client(s);
+}
+
+static void
+backend_connect(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  s->state = S_CONNECTING;
+  s->deadline_us = g_get_monotonic_time() + BACKEND_CONNECT_TIMEOUT_SECS * G_USEC_PER_SEC;
+  g_autoptr(GSocketAddress) addr =
+    usherd_gaddress_from_ip(&s->backend, p->u->config->backend_imap_port);
+  struct sockaddr_storage ss;
+  gsize sslen = g_socket_address_get_native_size(addr);
+  g_socket_address_to_native(addr, &ss, sizeof(ss), NULL);
+  s->bfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->bfd < 0) {
+    backend_failed(s, g_strerror(errno));
+    return;
+  }
+  int one = 1;
+  setsockopt(s->bfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (connect(s->bfd, (struct sockaddr *)&ss, (socklen_t)sslen) != 0 && errno != EINPROGRESS) {
+    backend_failed(s, g_strerror(errno));
+    return;
+  }
+  s->bwatch = poller_add(s->w->poller, s->bfd, EPOLLOUT, on_backend, s);
+}
+
+/* IMAP quoted string for the ID fields (the values are addresses and numbers). */
+static void
+send_backend_login(Session *s)
+{
+  GString *out = g_string_new(NULL);
+  g_string_append_printf(out,
+                         "U1 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
+                         "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" \"x-session-id\" "
+                         "\"usher-%u-%" G_GUINT64_FORMAT "\")\r\n",
+                         s->cip, s->cport, s->lip, s->lport, s->w->index, s->id);
+  if (s->kind == LOGIN_PLAIN_CMD) {
+    /* LITERAL+ (Dovecot has it): any bytes, no round trip. */
+    g_string_append_printf(out, "U2 LOGIN {%zu+}\r\n", strlen(s->user));
+    g_string_append(out, s->user);
+    g_string_append_printf(out, " {%zu+}\r\n", s->secret_len);
+    g_string_append_len(out, s->secret, (gssize)s->secret_len);
+    g_string_append(out, "\r\n");
+  } else {
+    g_string_append_printf(out, "U2 AUTHENTICATE %s %s\r\n", usher_sasl_mech_name(s->mech),
+                           s->secret_len > 0 ? s->secret : "=");
+  }
+  to_backend(s, out->str, out->len);
+  memset(out->str, 0, out->len); /* the password does not outlive the queue */
+  g_string_free(out, TRUE);
+}
+
+/* A backend response line during the login; FALSE if the session was closed or done. */
+static gboolean
+backend_login_line(Session *s, const char *line)
+{
+  if (line[0] == '\0')
+    return TRUE;
+  if (g_str_has_prefix(line, "* ")) {
+    if (s->state == S_BACKEND_LOGIN && g_str_has_prefix(line, "* BYE")) {
+      backend_failed(s, line);
+      return FALSE;
+    }
+    return TRUE; /* the greeting, ID's answer, CAPABILITY: not for the client */
+  }
+  if (g_str_has_prefix(line, "U1 "))
+    return TRUE; /* ID answered */
+  if (g_str_has_prefix(line, "U2 ")) {
+    const char *rest = line + 3;
+    Proxy *p = s->w->proxy;
+    if (g_str_has_prefix(rest, "OK")) {
+      to_client_fmt(s, "%s %s\r\n", s->ctag, rest);
+      s->state = S_PROXYING;
+      stat_add(p, &p->stats.logins_ok, 1);
+      stat_add(p, &p->stats.proxying_now, 1);
+      forget_secret(s);
+      g_clear_pointer(&s->ctag, g_free);
+      /* Commands the client pipelined behind its login belong to the backend now. */
+      gsize pending = 0;
+      const guint8 *rest_bytes = usher_imap_reader_peek_pending(s->reader, &pending);
+      if (pending > 0)
+        to_backend(s, rest_bytes, pending);
+      g_clear_pointer(&s->reader, usher_imap_reader_free);
+      session_flush_backend(s);
+      return TRUE;
+    }
+    /* NO or BAD: the backend said why (a wrong password, usually); so does the client. */
+    stat_add(p, &p->stats.logins_failed, 1);
+    to_client_fmt(s, "%s %s\r\n", s->ctag, rest);
+    backend_close(s);
+    forget_login(s);
+    s->state = S_PRELOGIN;
+    Worker *w = s->w;
+    guint64 id = s->id;
+    client_prelogin_input(s); /* commands pipelined behind the failed login */
+    if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
+      session_flush_client(s);
+    return FALSE;
+  }
+  if (g_str_has_prefix(line, "+")) {
+    /* A continuation we did not ask for (the backend lacks SASL-IR or LITERAL+). */
+    backend_failed(s, "the backend wants continuations (no LITERAL+ / SASL-IR?)");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Moves what `from` has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup). */
+static void
+proxy_bytes(Session *s, int from, GByteArray **to_buf, gsize *to_off, gboolean to_client_side)
+{
+  char buf[READ_CHUNK];
+  for (int i = 0; i < 4; i++) {
+    ssize_t n = recv(from, buf, sizeof(buf), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      break;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      session_end(s, n == 0 ? (to_client_side ? "backend closed" : "client closed")
+                            : g_strerror(errno));
+      return;
+    }
+    queue(to_buf, to_off, buf, (gsize)n);
+    if (to_client_side)
+      s->client_eol = buf[n - 1] == '\n';
+    if ((*to_buf)->len - *to_off >= OUT_HIGH_WATER)
+      break;
+  }
+  if (to_client_side)
+    session_flush_client(s);
+  else
+    session_flush_backend(s);
+}
+
+static void
+on_backend(gpointer data, guint32 events)
+{
+  Session *s = data;
+  Worker *w = s->w;
+  guint64 id = s->id;
+  if (s->state == S_CONNECTING) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(s->bfd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+      backend_failed(s, g_strerror(err != 0 ? err : ECONNREFUSED));
+      return;
+    }
+    s->state = S_BACKEND_LOGIN;
+    s->deadline_us = g_get_monotonic_time() + BACKEND_LOGIN_TIMEOUT_SECS * G_USEC_PER_SEC;
+    s->bline = g_string_new(NULL);
+    send_backend_login(s);
+    session_flush_backend(s);
+    return;
+  }
+  if (events & EPOLLOUT) {
+    session_flush_backend(s);
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
+      return;
+  }
+  if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
+    return;
+  if (s->state == S_PROXYING) {
+    proxy_bytes(s, s->bfd, &s->cout, &s->cout_off, TRUE);
+    return;
+  }
+  /* The login conversation: read lines. */
+  char buf[4096];
+  ssize_t n = recv(s->bfd, buf, sizeof(buf), 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    return;
+  if (n <= 0) {
+    backend_failed(s, n == 0 ? "the backend closed the connection" : g_strerror(errno));
+    return;
+  }
+  for (ssize_t i = 0; i < n; i++) {
+    if (s->state == S_PROXYING) {
+      /* Bytes after the login's OK line: the client's from now on. */
+      to_client(s, buf + i, n - i);
+      break;
+    }
+    if (buf[i] != '\n') {
+      if (s->bline->len >= BACKEND_LINE_MAX) {
+        backend_failed(s, "a line from the backend is too long");
+        return;
+      }
+      g_string_append_c(s->bline, buf[i]);
+      continue;
+    }
+    if (s->bline->len > 0 && s->bline->str[s->bline->len - 1] == '\r')
+      g_string_truncate(s->bline, s->bline->len - 1);
+    g_autofree char *line = g_strdup(s->bline->str);
+    g_string_truncate(s->bline, 0);
+    if (!backend_login_line(s, line))
+      return;
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
+      return;
+  }
+  if (s->state == S_PROXYING && s->bline != NULL) {
+    g_string_free(s->bline, TRUE);
+    s->bline = NULL;
+  }
+  session_flush_client(s);
+}
+
+/* ---- The client before login ---------------------------------------------------------------------- */
+
+#define PRELOGIN_CAPABILITIES                                                                      \
+  "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN AUTH=LOGIN "             \
+  "AUTH=OAUTHBEARER AUTH=XOAUTH2"
+
+static gboolean
+take_string(const UsherImapArg *a, char **out, gsize *len_out)
+{
+  if (a->type != USHER_IMAP_ARG_ATOM && a->type != USHER_IMAP_ARG_STRING)
+    return FALSE;
+  *out = g_malloc(a->len + 1);
+  memcpy(*out, a->value, a->len);
+  (*out)[a->len] = '\0';
+  *len_out = a->len;
+  return TRUE;
+}
+
+/* A SASL message (base64) from the client: find the user; route. */
+static void
+sasl_message(Session *s, const char *b64)
+{
+  gsize len = 0;
+  g_autofree guint8 *raw = NULL;
+  if (strcmp(b64, "=") != 0)
+    raw = g_base64_decode(b64, &len);
+  const char *why = NULL;
+  char *user = usher_sasl_login_name(s->mech, raw != NULL ? raw : (const guint8 *)"", len, &why);
+  if (raw != NULL)
+    memset(raw, 0, len);
+  if (user == NULL) {
+    to_client_fmt(s, "%s BAD [AUTHENTICATIONFAILED] %s\r\n", s->ctag, why);
+    forget_login(s);
+    return;
+  }
+  s->user = user;
+  s->kind = LOGIN_SASL;
+  s->secret = g_strdup(b64);
+  s->secret_len = strlen(b64);
+  session_route(s);
+}
+
+static void
+imap_command(Session *s, UsherImapCmd *cmd)
+{
+  switch (cmd->type) {
+  case USHER_IMAP_CMD_CAPABILITY:
+    to_client_fmt(s, "* CAPABILITY " PRELOGIN_CAPABILITIES "\r\n%s OK Capability completed.\r\n",
+                  cmd->tag);
+    return;
+  case USHER_IMAP_CMD_NOOP:
+    to_client_fmt(s, "%s OK NOOP completed.\r\n", cmd->tag);
+    return;
+  case USHER_IMAP_CMD_ID:
+    to_client_fmt(s, "* ID (\"name\" \"Usher\")\r\n%s OK ID completed.\r\n", cmd->tag);
+    return;
+  case USHER_IMAP_CMD_LOGOUT:
+    to_client_fmt(s, "* BYE Logging out\r\n%s OK Logout completed.\r\n", cmd->tag);
+    session_end(s, "logout");
+    return;
+  case USHER_IMAP_CMD_STARTTLS:
+    to_client_fmt(s, "%s BAD TLS is not configured on this listener.\r\n", cmd->tag);
+    return;
+  case USHER_IMAP_CMD_LOGIN: {
+    char *user = NULL, *pass = NULL;
+    gsize ulen, plen;
+    if (cmd->args->len != 2 ||
+        !take_string(&g_array_index(cmd->args, UsherImapArg, 0), &user, &ulen) ||
+        !take_string(&g_array_index(cmd->args, UsherImapArg, 1), &pass, &plen) ||
+        strlen(user) != ulen || ulen == 0) {
+      g_free(user);
+      if (pass != NULL)
+        memset(pass, 0, plen);
+      g_free(pass);
+      to_client_fmt(s, "%s BAD Error in IMAP command LOGIN: needs a user name and a password\r\n",
+                    cmd->tag);
+      s->bad_commands++;
+      return;
+    }
+    s->ctag = g_strdup(cmd->tag);
+    s->user = user;
+    s->secret = pass;
+    s->secret_len = plen;
+    s->kind = LOGIN_PLAIN_CMD;
+    session_route(s);
+    return;
+  }
+  case USHER_IMAP_CMD_AUTHENTICATE: {
+    const UsherImapArg *mech_arg = cmd->args->len >= 1 ? &g_array_index(cmd->args, UsherImapArg, 0)
+                                                       : NULL;
+    UsherSaslMech mech = mech_arg != NULL && mech_arg->type == USHER_IMAP_ARG_ATOM
+                           ? usher_sasl_mech_from_name(mech_arg->value)
+                           : 0;
+    if (mech == 0 || cmd->args->len > 2) {
+      to_client_fmt(s, "%s NO [CANNOT] Unsupported authentication mechanism.\r\n", cmd->tag);
+      s->bad_commands++;
+      return;
+    }
+    s->ctag = g_strdup(cmd->tag);
+    s->mech = mech;
+    if (cmd->args->len == 2) {
+      const UsherImapArg *ir = &g_array_index(cmd->args, UsherImapArg, 1);
+      if (ir->type != USHER_IMAP_ARG_ATOM) {
+        to_client_fmt(s, "%s BAD Error in IMAP command AUTHENTICATE: bad initial response\r\n",
+                      cmd->tag);
+        forget_login(s);
+        return;
+      }
+      if (mech == USHER_SASL_LOGIN) {
+        to_client(s, "+ UGFzc3dvcmQ6\r\n", -1); /* "Password:" */
+        s->login_step = TRUE;
+        g_autofree char *b64 = g_strdup(ir->value);
+        gsize len;
+        g_autofree guint8 *name = g_base64_decode(b64, &len);
+        s->user = g_strndup((const char *)name, len);
+        s->sasl_pending = TRUE;
+        usher_imap_reader_expect_sasl(s->reader);
+        return;
+      }
+      sasl_message(s, ir->value);
+      return;
+    }
+    s->sasl_pending = TRUE;
+    s->login_step = FALSE;
+    to_client(s, mech == USHER_SASL_LOGIN ? "+ VXNlcm5hbWU6\r\n" : "+ \r\n", -1);
+    usher_imap_reader_expect_sasl(s->reader);
+    return;
+  }
+  case USHER_IMAP_CMD_OTHER:
+    break;
+  }
+  s->bad_commands++;
+  to_client_fmt(s, "%s BAD Please log in first (command %s is not available yet).\r\n", cmd->tag,
+                cmd->name);
+}
+
+/* A SASL response line from the client. */
+static void
+imap_sasl_line(Session *s, const char *line)
+{
+  s->sasl_pending = FALSE;
+  if (strcmp(line, "*") == 0) {
+    to_client_fmt(s, "%s BAD Authentication aborted by client.\r\n", s->ctag);
+    forget_login(s);
+    return;
+  }
+  if (s->mech != USHER_SASL_LOGIN) {
+    sasl_message(s, line);
+    return;
+  }
+  gsize len;
+  g_autofree guint8 *raw = g_base64_decode(line, &len);
+  if (!s->login_step) {
+    s->user = g_strndup((const char *)raw, len);
+    s->login_step = TRUE;
+    s->sasl_pending = TRUE;
+    to_client(s, "+ UGFzc3dvcmQ6\r\n", -1);
+    usher_imap_reader_expect_sasl(s->reader);
+    return;
+  }
+  /* LOGIN: name and password; log in at the backend with LOGIN (same credentials). */
+  const char *why;
+  g_autofree char *checked =
+    usher_sasl_login_name(USHER_SASL_LOGIN, (const guint8 *)s->user, strlen(s->user), &why);
+  if (checked == NULL) {
+    to_client_fmt(s, "%s BAD [AUTHENTICATIONFAILED] %s\r\n", s->ctag, why);
+    memset(raw, 0, len);
+    forget_login(s);
+    return;
+  }
+  s->secret = g_malloc(len + 1);
+  memcpy(s->secret, raw, len);
+  s->secret[len] = '\0';
+  s->secret_len = len;
+  memset(raw, 0, len);
+  s->kind = LOGIN_PLAIN_CMD;
+  session_route(s);
+}
+
+static void
+client_prelogin_input(Session *s)
+{
+  Worker *w = s->w;
+  guint64 id = s->id;
+  while (s->state == S_PRELOGIN) {
+    g_auto(UsherImapCmd) cmd = {0};
+    char *tag = NULL;
+    const char *why = NULL;
+    UsherImapEvent ev = usher_imap_reader_next(s->reader, &cmd, &tag, &why);
+    switch (ev) {
+    case USHER_IMAP_NEED_MORE:
+      return;
+    case USHER_IMAP_CONTINUE:
+      to_client(s, "+ OK\r\n", -1);
+      continue;
+    case USHER_IMAP_BAD:
+      to_client_fmt(s, "%s BAD %s\r\n", tag, why);
+      g_free(tag);
+      s->bad_commands++;
+      break;
+    case USHER_IMAP_FAIL:
+      to_client_fmt(s, "* BYE %s\r\n", why);
+      g_free(tag);
+      session_end(s, why);
+      return;
+    case USHER_IMAP_COMMAND:
+      imap_command(s, &cmd);
+      break;
+    case USHER_IMAP_SASL_LINE:
+      imap_sasl_line(s, g_array_index(cmd.args, UsherImapArg, 0).value);
+      break;
+    }
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
+      return;
+    if (s->bad_commands >= w->proxy->u->config->proxy_max_bad_commands) {
+      stat_add(w->proxy, &w->proxy->stats.bad_commands_closed, 1);
+      to_client(s, "* BYE Too many invalid commands.\r\n", -1);
+      session_end(s, "too many invalid commands");
+      return;
+    }
+  }
+}
+
+static void
+on_client(gpointer data, guint32 events)
+{
+  Session *s = data;
+  Worker *w = s->w;
+  guint64 id = s->id;
+  if (events & EPOLLOUT) {
+    session_flush_client(s);
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
+      return;
+  }
+  if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
+    return;
+  if (s->state == S_PROXYING) {
+    proxy_bytes(s, s->cfd, &s->bout, &s->bout_off, FALSE);
+    return;
+  }
+  char buf[READ_CHUNK];
+  ssize_t n = recv(s->cfd, buf, sizeof(buf), 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    return;
+  if (n <= 0) {
+    session_close(s, n == 0 ? "client closed before login" : g_strerror(errno));
+    return;
+  }
+  usher_imap_reader_feed(s->reader, buf, (gsize)n);
+  client_prelogin_input(s);
+  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
+    session_flush_client(s);
+}
+
+/* ---- Accepting -------------------------------------------------------------------------------------- */
+
+static gboolean
+admit(Proxy *p, const char *ip)
+{
+  const UsherConfig *c = p->u->config;
+  g_mutex_lock(&p->lock);
+  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, ip));
+  gboolean ok = p->total < c->proxy_max_connections && n < c->proxy_max_connections_per_ip;
+  if (ok) {
+    g_hash_table_insert(p->per_ip, g_strdup(ip), GUINT_TO_POINTER(n + 1));
+    p->total++;
+    p->stats.accepted++;
+    p->stats.sessions_now++;
+  } else if (p->total >= c->proxy_max_connections) {
+    p->stats.refused_total++;
+  } else {
+    p->stats.refused_per_ip++;
+  }
+  g_mutex_unlock(&p->lock);
+  return ok;
+}
+
+static void
+address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN], guint16 *port)
+{
+  g_autoptr(GSocketAddress) a =
+    g_socket_address_new_from_native((gpointer)ss, sizeof(*ss));
+  UsherIp uip = {0};
+  if (a != NULL && usherd_ip_from_gaddress(a, &uip)) {
+    usher_ip_to_string(&uip, ip);
+    *port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(a));
+  } else {
+    g_strlcpy(ip, "?", USHER_IP_STRLEN);
+    *port = 0;
+  }
+}
+
+static void
+on_listener(gpointer data, guint32 events)
+{
+  Worker *w = data;
+  (void)events;
+  Proxy *p = w->proxy;
+  const UsherConfig *c = p->u->config;
+  /* Every listener fd shares this handler: accept from all, a batch each. */
+  for (guint k = 0; k < w->listen_fds->len; k++) {
+    int lfd = GPOINTER_TO_INT(g_ptr_array_index(w->listen_fds, k));
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof(ss);
+      int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0)
+        break;
+      char ip[USHER_IP_STRLEN];
+      guint16 port;
+      address_text(&ss, ip, &port);
+      if (!admit(p, ip)) {
+        static const char busy[] = "* BYE Too many connections, try again later.\r\n";
+        (void)send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        close(fd);
+        continue;
+      }
+      Session *s = g_new0(Session, 1);
+      s->w = w;
+      s->id = ++w->next_session;
+      s->cfd = fd;
+      s->bfd = -1;
+      s->counted_ip = TRUE;
+      g_strlcpy(s->cip, ip, sizeof(s->cip));
+      s->cport = port;
+      struct sockaddr_storage ls;
+      socklen_t ll = sizeof(ls);
+      if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
+        address_text(&ls, s->lip, &s->lport);
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      s->reader = usher_imap_reader_new();
+      s->deadline_us = g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
+      s->link.data = s;
+      g_queue_push_tail_link(&w->sessions, &s->link);
+      g_hash_table_insert(w->by_id, &s->id, s);
+      s->cwatch = poller_add(w->poller, fd, EPOLLIN, on_client, s);
+      to_client_fmt(s, "* OK [CAPABILITY " PRELOGIN_CAPABILITIES "] %s\r\n", c->proxy_greeting);
+      session_flush_client(s);
+    }
+  }
+}
+
+/* ---- Timers: login timeouts, refreshes ----------------------------------------------------------- */
+
+typedef struct {
+  Proxy *proxy;
+  GPtrArray *users;
+} RefreshJob;
+
+static void
+refresh_job_free(gpointer data)
+{
+  RefreshJob *j = data;
+  g_ptr_array_unref(j->users);
+  g_free(j);
+}
+
+static gboolean
+refresh_on_core(gpointer data)
+{
+  RefreshJob *j = data;
+  Usherd *u = j->proxy->u;
+  UsherNow now = usherd_now();
+  for (guint i = 0; i < j->users->len; i++)
+    usher_director_user_refresh(u->director, now, g_ptr_array_index(j->users, i));
+  usherd_core_after_call(u);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+on_tick(gpointer data)
+{
+  Worker *w = data;
+  gint64 now = g_get_monotonic_time();
+  for (GList *l = w->sessions.head; l != NULL;) {
+    Session *s = l->data;
+    l = l->next;
+    if (s->state == S_PROXYING || s->deadline_us > now)
+      continue;
+    if (s->state == S_PRELOGIN) {
+      stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
+      to_client(s, "* BYE Disconnected for inactivity before login.\r\n", -1);
+      session_end(s, "login timeout");
+    } else if (s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN) {
+      backend_failed(s, "timed out");
+    }
+  }
+  if (now >= w->next_refresh_us) {
+    w->next_refresh_us = now + (gint64)w->proxy->refresh_secs * G_USEC_PER_SEC;
+    /* Live sessions keep their users from expiring (Dovecot's proxy-notify), in one batch. */
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
+    RefreshJob *j = g_new0(RefreshJob, 1);
+    j->proxy = w->proxy;
+    j->users = g_ptr_array_new_with_free_func(g_free);
+    for (GList *l = w->sessions.head; l != NULL; l = l->next) {
+      Session *s = l->data;
+      if (s->state == S_PROXYING && s->user != NULL && g_hash_table_add(seen, s->user))
+        g_ptr_array_add(j->users, g_strdup(s->user));
+    }
+    if (j->users->len > 0)
+      g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, refresh_on_core, j,
+                                 refresh_job_free);
+    else
+      refresh_job_free(j);
+  }
+  return G_SOURCE_CONTINUE;
+}
+
+/* ---- Kicks -------------------------------------------------------------------------------------------- */
+
+typedef struct {
+  Proxy *proxy;
+  guint64 kick;
+  UsherKickKind kind;
+  guint32 hash;
+  UsherIp except;
+  char *name;
+  gint pending; /* workers still working on it */
+} KickJob;
+
+static gboolean
+kick_done_on_core(gpointer data)
+{
+  KickJob *j = data;
+  Usherd *u = j->proxy->u;
+  usher_director_kick_done(u->director, usherd_now(), j->kick);
+  usherd_core_after_call(u);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+kick_job_free_all(gpointer data)
+{
+  KickJob *j = data;
+  g_free(j->name);
+  g_free(j);
+}
+
+static gboolean
+kick_on_worker(gpointer data)
+{
+  KickJob *j = data;
+  guint me = 0;
+  for (guint i = 0; i < j->proxy->n_workers; i++)
+    if (g_main_context_is_owner(j->proxy->workers[i]->context))
+      me = i;
+  Worker *w = j->proxy->workers[me];
+  guint kicked = 0;
+  for (GList *l = w->sessions.head; l != NULL;) {
+    Session *s = l->data;
+    l = l->next;
+    if (s->state != S_PROXYING || s->user == NULL)
+      continue;
+    gboolean match = FALSE;
+    if (j->kind == USHER_KICK_HASH)
+      match = s->user_hash == j->hash &&
+              (j->except.family == 0 || !usher_ip_equal(&j->except, &s->backend));
+    else if (j->kind == USHER_KICK_NAME)
+      match = strcmp(s->user, j->name) == 0;
+    if (!match)
+      continue;
+    kicked++;
+    /* A BYE only where it cannot cut a line the backend was sending. */
+    if (s->client_eol)
+      to_client(s, "* BYE Your session is moving to another server (Usher director).\r\n", -1);
+    session_end(s, "kicked by the director");
+  }
+  if (kicked > 0)
+    stat_add(j->proxy, &j->proxy->stats.kicked, kicked);
+  if (g_atomic_int_dec_and_test(&j->pending))
+    g_main_context_invoke_full(j->proxy->u->context, G_PRIORITY_DEFAULT, kick_done_on_core, j,
+                               kick_job_free_all);
+  return G_SOURCE_REMOVE;
+}
+
+void
+proxy_kick(Proxy *p, const UsherEffect *e)
+{
+  KickJob *j = g_new0(KickJob, 1);
+  j->proxy = p;
+  j->kick = e->kick.id;
+  j->kind = e->kick.kind;
+  j->hash = e->kick.hash;
+  j->except = e->kick.except;
+  j->name = g_strdup(e->kick.name);
+  j->pending = (gint)p->n_workers;
+  for (guint i = 0; i < p->n_workers; i++)
+    g_main_context_invoke(p->workers[i]->context, kick_on_worker, j);
+}
+
+/* ---- Workers -------------------------------------------------------------------------------------- */
+
+static int
+open_listener(const UsherDirectorAddr *a, GError **error)
+{
+  g_autoptr(GSocketAddress) addr = usherd_gaddress_from_ip(&a->ip, a->port);
+  struct sockaddr_storage ss;
+  gsize sl = g_socket_address_get_native_size(addr);
+  g_socket_address_to_native(addr, &ss, sizeof(ss), NULL);
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      bind(fd, (struct sockaddr *)&ss, (socklen_t)sl) != 0 || listen(fd, 1024) != 0) {
+    int saved = errno;
+    char ip[USHER_IP_STRLEN];
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(saved), "[proxy] listener %s:%u: %s",
+                usher_ip_to_string(&a->ip, ip), a->port, g_strerror(saved));
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static gpointer
+worker_main(gpointer data)
+{
+  Worker *w = data;
+  g_main_context_push_thread_default(w->context);
+  g_main_loop_run(w->loop);
+  /* Stopping: close every session. */
+  while (w->sessions.head != NULL)
+    session_close(w->sessions.head->data, "usherd is stopping");
+  g_main_context_pop_thread_default(w->context);
+  return NULL;
+}
+
+static void
+worker_free(Worker *w)
+{
+  for (guint i = 0; i < w->listen_watches->len; i++)
+    poller_remove(w->poller, g_ptr_array_index(w->listen_watches, i));
+  for (guint i = 0; i < w->listen_fds->len; i++)
+    close(GPOINTER_TO_INT(g_ptr_array_index(w->listen_fds, i)));
+  g_ptr_array_unref(w->listen_watches);
+  g_ptr_array_unref(w->listen_fds);
+  if (w->tick != NULL) {
+    g_source_destroy(w->tick);
+    g_source_unref(w->tick);
+  }
+  poller_free(w->poller);
+  g_hash_table_unref(w->by_id);
+  g_main_loop_unref(w->loop);
+  g_main_context_unref(w->context);
+  g_free(w);
+}
+
+static gboolean
+quit_worker(gpointer data)
+{
+  g_main_loop_quit(((Worker *)data)->loop);
+  return G_SOURCE_REMOVE;
+}
+
+Proxy *
+proxy_new(Usherd *u, GError **error)
+{
+  const UsherConfig *c = u->config;
+  if (c->imap_listen->len == 0)
+    return NULL;
+  Proxy *p = g_new0(Proxy, 1);
+  p->u = u;
+  g_mutex_init(&p->lock);
+  p->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  p->routes = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
+  p->hasher = usher_director_get_hasher(u->director);
+  p->refresh_secs = MAX(usher_director_get_user_expire_secs(u->director) / 4, REFRESH_MIN_SECS);
+  p->n_workers = c->proxy_workers != 0 ? c->proxy_workers : MAX(g_get_num_processors(), 1);
+  p->workers = g_new0(Worker *, p->n_workers);
+  for (guint i = 0; i < p->n_workers; i++) {
+    Worker *w = g_new0(Worker, 1);
+    p->workers[i] = w;
+    w->proxy = p;
+    w->index = i;
+    w->context = g_main_context_new();
+    w->loop = g_main_loop_new(w->context, FALSE);
+    w->poller = poller_new(w->context);
+    w->by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
+    w->listen_fds = g_ptr_array_new();
+    w->listen_watches = g_ptr_array_new();
+    g_queue_init(&w->sessions);
+    w->next_refresh_us = g_get_monotonic_time() + (gint64)p->refresh_secs * G_USEC_PER_SEC;
+    for (guint k = 0; k < c->imap_listen->len; k++) {
+      int fd = open_listener(&g_array_index(c->imap_listen, UsherDirectorAddr, k), error);
+      if (fd < 0) {
+        proxy_free(p);
+        return NULL;
+      }
+      g_ptr_array_add(w->listen_fds, GINT_TO_POINTER(fd));
+      g_ptr_array_add(w->listen_watches, poller_add(w->poller, fd, EPOLLIN, on_listener, w));
+    }
+    w->tick = g_timeout_source_new(TICK_MS);
+    g_source_set_callback(w->tick, on_tick, w, NULL);
+    g_source_attach(w->tick, w->context);
+  }
+  for (guint i = 0; i < p->n_workers; i++) {
+    g_autofree char *name = g_strdup_printf("usherd-worker%u", i);
+    p->workers[i]->thread = g_thread_new(name, worker_main, p->workers[i]);
+  }
+  g_message("IMAP proxy: %u worker threads on %u listener%s", p->n_workers, c->imap_listen->len,
+            c->imap_listen->len == 1 ? "" : "s");
+  return p;
+}
+
+void
+proxy_free(Proxy *p)
+{
+  if (p == NULL)
+    return;
+  for (guint i = 0; i < p->n_workers; i++) {
+    Worker *w = p->workers[i];
+    if (w == NULL)
+      continue;
+    if (w->thread != NULL) {
+      g_main_context_invoke(w->context, quit_worker, w);
+      g_thread_join(w->thread);
+    }
+    worker_free(w);
+  }
+  g_free(p->workers);
+  g_hash_table_unref(p->routes);
+  g_hash_table_unref(p->per_ip);
+  g_mutex_clear(&p->lock);
+  g_free(p);
+}

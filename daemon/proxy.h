@@ -1,0 +1,38 @@
+/* proxy.h - the IMAP/POP3 proxy: worker threads, sessions, and the bridge to the core thread.
+ *
+ * Each worker thread runs its own GMainContext with one poller (one epoll fd) and accepts on its
+ * own SO_REUSEPORT listeners, so the kernel spreads connections over the workers and nothing is
+ * shared on the data path. A session reads the client's login (libcore's pre-login readers),
+ * asks the core thread where the user lives (a login request by id: the one place placement is
+ * decided), connects to that backend, passes the client's identity (IMAP ID) and logs in there
+ * with the client's own credentials, relays the backend's answer, and then moves bytes both ways
+ * with bounded buffers and backpressure. Kicks from the core close exactly the matching
+ * sessions (with an IMAP BYE when a line boundary allows); live sessions refresh their users. */
+#pragma once
+
+#include "daemon/usherd.h"
+
+G_BEGIN_DECLS
+
+typedef struct Proxy Proxy;
+
+/* NULL and no error when no listener is configured. Called on the core thread. */
+Proxy *proxy_new(Usherd *u, GError **error);
+/* Stops accepting, closes every session, joins the workers. */
+void proxy_free(Proxy *proxy);
+
+/* Core-thread side of the bridge (called from core.c's effect dispatch). */
+gboolean proxy_owns_request(Proxy *proxy, guint64 request);
+void proxy_login_result(Proxy *proxy, const UsherEffect *e);
+/* A KICK effect: every worker closes its matching sessions; kick_done when all have. */
+void proxy_kick(Proxy *proxy, const UsherEffect *e);
+
+typedef struct {
+  guint64 accepted, refused_total, refused_per_ip, prelogin_timeouts, bad_commands_closed;
+  guint64 logins_ok, logins_failed, backend_unavailable, kicked;
+  guint64 sessions_now, proxying_now;
+} ProxyStats;
+
+void proxy_get_stats(Proxy *proxy, ProxyStats *out);
+
+G_END_DECLS
