@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""test_imap_proxy.py - real IMAP clients through usherd's proxy to real Dovecot backends.
+
+A ring of three usherd, each proxying IMAP on its own address, in front of three Dovecot 2.3
+backends (which name themselves in their ID reply). Python's imaplib is the client.
+
+Checked: LOGIN (atoms, quoted strings, synchronising and LITERAL+ literals), AUTHENTICATE PLAIN
+with and without SASL-IR, AUTHENTICATE LOGIN; a user's logins through any of the three usherd
+reach one backend, the one `doveadm director status` (usherd's admin socket) shows; a wrong
+password is refused as the backend said; the backend sees the real client address (IMAP ID, in
+its log); commands pipelined behind LOGIN reach the backend; a kick from the admin ends the
+session with a BYE; a stopped backend gives a temporary failure (NO [UNAVAILABLE]); bad input:
+an overlong line and too many bad commands close the connection with a BYE, and usherd keeps
+serving. Exits 0 pass, 1 fail, 77 skipped.
+"""
+
+import imaplib
+import os
+import socket
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import usherlab as ul  # noqa: E402
+
+
+def raw(host, lines, read_until=b"\r\n", timeout=10, source_ip=None):
+    """Sends raw lines after the greeting; returns everything read until `read_until` appears
+    (or the connection closes)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if source_ip:
+        s.bind((source_ip, 0))
+    s.connect((host, ul.IMAP_PORT))
+    data = b""
+    while b"\r\n" not in data:
+        data += s.recv(4096)
+    greeting, data = data.split(b"\r\n", 1)
+    for chunk in lines:
+        s.sendall(chunk)
+    try:
+        while read_until not in data:
+            part = s.recv(65536)
+            if not part:
+                break
+            data += part
+    except socket.timeout:
+        pass
+    s.close()
+    return greeting, data
+
+
+def run(lab, t):
+    bs = [lab.dovecot_backend(lab.backend_ip(i)) for i in (1, 2, 3)]
+    ring = [lab.director_ip(i) for i in (1, 2, 3)]
+    us = [lab.usherd(ip, ring=ring, backends=bs,
+                     extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\nworkers = 2\n"
+                                f"max_bad_commands = 3\n")
+          for ip in ring]
+    lab.start_all()
+    lab.wait_ring_synced(us, timeout=30, via="admin")
+
+    # -- one backend per user, through any usherd
+    where = {}
+    bad = []
+    for n in range(1, 31):
+        user = f"user{n}"
+        seen = {lab.imap_login(u.ip, ul.IMAP_PORT, user).backend for u in us}
+        cur = us[(n + 1) % 3].status_user(user)[0]
+        if len(seen) != 1 or None in seen or cur not in seen:
+            bad.append(f"{user}: {seen}, doveadm says {cur}")
+        where[user] = seen.pop() if len(seen) == 1 else None
+    t.ok(not bad, "30 users logged in through each of three usherd: each reaches one backend, "
+         "the one doveadm director status shows", "\n".join(bad))
+    t.ok(len(set(where.values())) == 3, f"users spread over the three backends")
+
+    # -- the login forms
+    c = imaplib.IMAP4(us[0].ip, ul.IMAP_PORT)
+    t.ok("SASL-IR" in c.capabilities and "AUTH=PLAIN" in c.capabilities,
+         "pre-login capabilities offer SASL-IR and AUTH=PLAIN", str(c.capabilities))
+    c.authenticate("PLAIN", lambda _: b"\0user7\0" + ul.PASSWORD.encode())
+    typ, data = c.select("INBOX")
+    t.ok(typ == "OK", "AUTHENTICATE PLAIN with a continuation, then SELECT on the backend")
+    c.logout()
+    g, out = raw(us[1].ip, [b"a AUTHENTICATE PLAIN AHVzZXI3AHBhc3M=\r\n"], b"a OK")
+    t.ok(b"a OK" in out and b"Logged in" in out, "AUTHENTICATE PLAIN with SASL-IR", out[-200:])
+    g, out = raw(us[2].ip, [b"a AUTHENTICATE LOGIN\r\n", b"dXNlcjc=\r\n", b"cGFzcw==\r\n"], b"a OK")
+    t.ok(b"+ VXNlcm5hbWU6" in out and b"a OK" in out, "AUTHENTICATE LOGIN (Outlook's)", out[-200:])
+    g, out = raw(us[0].ip, [b"a LOGIN {5}\r\n"], b"+ OK")
+    t.ok(b"+ OK" in out, "a synchronising literal gets its continuation")
+    g, out = raw(us[0].ip, [b"a LOGIN {5}\r\n", b"user7 {4}\r\n", b"pass\r\n"], b"a OK")
+    t.ok(out.count(b"+ OK") == 2 and b"a OK" in out, "LOGIN with two synchronising literals",
+         out[-200:])
+    g, out = raw(us[0].ip, [b"a LOGIN {5+}\r\nuser7 {4+}\r\npass\r\nb ID NIL\r\nc LOGOUT\r\n"],
+                 b"c OK")
+    t.ok(b"a OK" in out and b"x-lab-backend" in out and b"c OK" in out,
+         "LITERAL+ login with commands pipelined behind it: they reach the backend", out[-300:])
+    g, out = raw(us[0].ip, [b'a LOGIN "user7" "wrong"\r\n'], b"a NO")
+    t.ok(b"a NO [AUTHENTICATIONFAILED]" in out, "a wrong password: NO as the backend said it",
+         out)
+
+    # -- the backend sees the client's own address
+    off = [b.log_size() for b in bs]
+    s = lab.imap_login(us[1].ip, ul.IMAP_PORT, "user9", source_ip=f"127.{lab.net}.5.7")
+    logs = "".join(b.log_since(o) for b, o in zip(bs, off))
+    t.ok(f"x-originating-ip=127.{lab.net}.5.7" in logs and f"rip=127.{lab.net}.5.7" in logs,
+         "the backend logs the client's address (IMAP ID x-originating-ip), not usherd's",
+         logs[-600:])
+
+    # -- a kick from the admin ends the session with BYE
+    held = lab.imap_login(us[2].ip, ul.IMAP_PORT, "user11", keep=True)
+    r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[0].admin_socket, "kick",
+                        "user11"], capture_output=True, text=True)
+    t.ok(r.returncode == 0, "usherctl kick user11 on another usherd", r.stderr)
+    bye = b""
+    try:
+        held.client.sock.settimeout(10)
+        while True:
+            part = held.client.sock.recv(4096)
+            if not part:
+                break
+            bye += part
+    except OSError:
+        pass
+    t.ok(b"* BYE" in bye, "the kicked session got an IMAP BYE before the close", bye)
+
+    # -- a stopped backend: a temporary failure, no other backend
+    victim_user = next(u for u, b in where.items() if b == bs[2].ip)
+    bs[2].stop()
+    g, out = raw(us[0].ip, [f"a LOGIN {victim_user} pass\r\n".encode()], b"a ", timeout=15)
+    t.ok(b"a NO [UNAVAILABLE]" in out, f"{victim_user}'s backend stopped: NO [UNAVAILABLE]", out)
+    bs[2].start()
+
+    # -- bad input
+    g, out = raw(us[0].ip, [b"a LOGIN " + b"x" * 20000 + b"\r\n"], b"BYE")
+    t.ok(b"* BYE Line too long" in out, "an overlong line: BYE and close", out[:100])
+    g, out = raw(us[0].ip, [b"a FOO\r\n", b"b BAR\r\n", b"c BAZ\r\n"], b"* BYE")
+    t.ok(b"Please log in first" in out and b"* BYE Too many invalid commands" in out,
+         "too many bad commands: BYE and close", out)
+    g, out = raw(us[0].ip, [b"\x00\xff\r\n"], b"BAD")
+    t.ok(b"BAD" in out, "binary garbage: BAD, the connection stays", out)
+    s = lab.imap_login(us[0].ip, ul.IMAP_PORT, "user12")
+    t.ok(s.backend == where["user12"], "usherd still serves logins after the bad input")
+
+
+def main():
+    if ul.USHERD is None:
+        print("1..0 # SKIP set $USHERD")
+        return ul.SKIP_STATUS
+    return ul.run_test(run, users=40)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
