@@ -7,6 +7,7 @@
 #pragma once
 
 #include "libcore/config.h"
+#include "sim/dist.h"
 
 #include <json-glib/json-glib.h>
 
@@ -17,19 +18,6 @@ GQuark sim_scenario_error_quark(void);
 
 #define SIM_MAX_DIRECTORS 32
 #define SIM_MAX_USERS 20000000
-
-/* Integer-only random durations (microseconds). */
-typedef enum {
-  SIM_DIST_FIXED,       /* a */
-  SIM_DIST_UNIFORM,     /* a .. b */
-  SIM_DIST_EXPONENTIAL, /* mean a */
-  SIM_DIST_LOG_UNIFORM, /* a .. b, uniform in log scale */
-} SimDistKind;
-
-typedef struct {
-  SimDistKind kind;
-  gint64 a_us, b_us;
-} SimDist;
 
 typedef struct {
   UsherIp ip;

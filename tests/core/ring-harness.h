@@ -1,8 +1,9 @@
-/* ring-harness.h - N real directors wired through an in-memory network with a virtual clock.
+/* ring-harness.h - N real directors wired through the simulator's network (sim/net.h) with a
+ * virtual clock.
  *
  * Deterministic: one event queue ordered by (time, sequence); no real clock, no sockets. Links
  * deliver bytes in order with a fixed latency. Nodes can crash and restart, links can be cut
- * (reset) or partitioned (silently dropping traffic, as a hung network does).
+ * (reset) or partitioned (holding traffic until the heal, as a hung network does).
  */
 #pragma once
 
@@ -45,8 +46,10 @@ const HarnessLogin *harness_login_result(Harness *h, guint64 request);
 /* Crash (state lost, links reset) and restart with a fresh director. */
 void harness_crash(Harness *h, guint i);
 void harness_restart(Harness *h, guint i);
-/* Partition: nodes in group A cannot reach nodes in group B (bit masks); existing links between
- * them silently drop traffic (reset = FALSE) or are reset (reset = TRUE). heal() undoes all. */
+/* Partition: nodes in group A cannot reach nodes in group B (bit masks; a node in neither group
+ * reaches only other nodes in neither). Existing links between them hang, holding their traffic
+ * until the heal, and connects wait (reset = FALSE), or they are reset and connects are refused
+ * (reset = TRUE). heal() undoes all. */
 void harness_partition(Harness *h, guint64 group_a, guint64 group_b, gboolean reset);
 void harness_heal(Harness *h);
 
