@@ -10,6 +10,11 @@ typedef struct {
   gboolean clogged;           /* hung by a partition */
   gboolean syn_pending;       /* a connect waiting in a partition */
   GQueue clogged_data[2];     /* GBytes* held while clogged, per sending side */
+  /* Per sending side: */
+  guint64 held_bytes[2];  /* the bytes in clogged_data */
+  gint64 tx_end_us[2];    /* when the last byte written so far will have been transmitted */
+  gint64 report_us[2];    /* the pending progress report (SIM_NET_EV_TX), 0 = none */
+  gboolean overflow[2];   /* closed for a full output buffer: nothing more is sent */
 } Link;
 
 typedef struct {
@@ -25,6 +30,8 @@ struct SimNet {
   UsherRng rng;
   SimDist latency;
   guint64 bandwidth; /* bytes per second per link and direction; 0 = unlimited */
+  guint64 output_limit; /* bytes a side may have queued; 0 = unlimited */
+  SimNetStats stats;
   guint64 seq;
   GArray *heap; /* SimEvent */
   NetNode nodes[SIM_NET_MAX_NODES];
@@ -153,16 +160,48 @@ schedule_accept(SimNet *net, Link *l)
   sim_net_schedule(net, ev);
 }
 
+/* Bytes written on `side` and not yet transmitted: held by a partition, or waiting for the
+ * bandwidth. */
+static guint64
+queued(const SimNet *net, const Link *l, guint side)
+{
+  guint64 q = l->held_bytes[side];
+  if (net->bandwidth > 0 && l->tx_end_us[side] > NOW(net))
+    q += ((guint64)(l->tx_end_us[side] - NOW(net)) * net->bandwidth + 999999) / 1000000;
+  return q;
+}
+
+/* Makes sure a progress report is pending while `side` has bytes in transmission: when the
+ * queue drains to USHER_OUTPUT_RESUME_BYTES (if it is above), else when it is empty. */
+static void
+arm_report(SimNet *net, Link *l, guint side)
+{
+  if (net->bandwidth == 0 || l->tx_end_us[side] <= NOW(net) || l->report_us[side] != 0)
+    return;
+  gint64 resume_us = l->tx_end_us[side] -
+                     (gint64)((guint64)USHER_OUTPUT_RESUME_BYTES * 1000000 / net->bandwidth);
+  gint64 t = resume_us > NOW(net) ? resume_us : l->tx_end_us[side];
+  l->report_us[side] = t;
+  push_link_event(net, t, SIM_NET_EV_TX, l, side, 0);
+}
+
+/* A write from `from` goes on the wire: after the bytes queued before it have been transmitted,
+ * it takes len / bandwidth, and arrives a latency later (never before the previous write). */
 static void
 transmit(SimNet *net, Link *l, guint from, const char *data, gsize len)
 {
   guint to = 1 - from;
   gint64 t = NOW(net) + latency(net, l->node[from], l->node[to]);
-  if (net->bandwidth > 0)
-    t += (gint64)((guint64)len * 1000000 / net->bandwidth);
+  if (net->bandwidth > 0) {
+    gint64 start = MAX(NOW(net), l->tx_end_us[from]);
+    l->tx_end_us[from] =
+      start + (gint64)(((guint64)len * 1000000 + net->bandwidth - 1) / net->bandwidth);
+    t += l->tx_end_us[from] - NOW(net);
+  }
   t = MAX(t, l->last_delivery_us[to]); /* TCP keeps the order */
   l->last_delivery_us[to] = t;
   push_link_event(net, t, SIM_NET_EV_DELIVER, l, to, (guint64)(gsize)g_bytes_new(data, len));
+  arm_report(net, l, from);
 }
 
 static Link *
@@ -199,16 +238,36 @@ sim_net_connect(SimNet *net, guint node, UsherConnId conn, guint peer)
 }
 
 gboolean
-sim_net_send(SimNet *net, guint node, UsherConnId conn, const char *data, gsize len)
+sim_net_send(SimNet *net, guint node, UsherConnId conn, const char *data, gsize len,
+             gsize *queued_out)
 {
   guint from;
   Link *l = link_of(net, node, conn, &from);
-  if (l == NULL || !l->open[from] || !l->open[1 - from])
+  *queued_out = 0;
+  if (l == NULL || !l->open[from] || !l->open[1 - from] || l->overflow[from])
     return FALSE;
-  if (l->clogged)
+  guint64 before = queued(net, l, from);
+  /* What stays queued after this write: an unlimited link takes it at once. */
+  guint64 after = l->clogged || net->bandwidth > 0 ? before + len : 0;
+  if (net->output_limit > 0 && after > net->output_limit) {
+    /* The driver closes a connection whose output buffer would overflow, as Dovecot's director
+     * does: the director hears it at once, the peer after what is already on its way. */
+    l->overflow[from] = TRUE;
+    net->stats.output_overflows++;
+    push_link_event(net, NOW(net), SIM_NET_EV_CLOSE, l, from, (guint64)(gsize) "output buffer full");
+    if (l->conn[1 - from] != 0 && !l->clogged)
+      schedule_close(net, l, 1 - from, "connection reset by peer");
+    *queued_out = before;
+    return FALSE;
+  }
+  if (l->clogged) {
     g_queue_push_tail(&l->clogged_data[from], g_bytes_new(data, len));
-  else
+    l->held_bytes[from] += len;
+  } else {
     transmit(net, l, from, data, len);
+  }
+  *queued_out = queued(net, l, from);
+  net->stats.peak_queued = MAX(net->stats.peak_queued, *queued_out);
   return TRUE;
 }
 
@@ -310,6 +369,7 @@ sim_net_heal(SimNet *net)
       continue;
     l->clogged = FALSE;
     for (guint s = 0; s < 2; s++) {
+      gboolean held = l->held_bytes[s] > 0;
       GBytes *b;
       while ((b = g_queue_pop_head(&l->clogged_data[s])) != NULL) {
         if (l->open[s] && l->open[1 - s]) {
@@ -319,8 +379,11 @@ sim_net_heal(SimNet *net)
         }
         g_bytes_unref(b);
       }
+      l->held_bytes[s] = 0;
       if (!l->open[s] && l->open[1 - s] && l->conn[1 - s] != 0)
         schedule_close(net, l, 1 - s, "closed while partitioned");
+      if (held && l->open[s] && l->conn[s] != 0)
+        push_link_event(net, NOW(net), SIM_NET_EV_TX, l, s, 0); /* the held bytes are moving */
     }
   }
 }
@@ -406,6 +469,15 @@ sim_net_process(SimNet *net, SimEvent *ev)
     g_bytes_unref(b);
     break;
   }
+  case SIM_NET_EV_TX:
+    if (l->report_us[side] == ev->t)
+      l->report_us[side] = 0;
+    if (!l->open[side] || l->conn[side] == 0 || l->overflow[side])
+      break;
+    net->cb.output_queued(net->user, ev->node, l->conn[side], queued(net, l, side));
+    net->cb.drain(net->user, ev->node);
+    arm_report(net, l, side);
+    break;
   case SIM_NET_EV_CLOSE:
     if (!l->open[side])
       break;
@@ -474,6 +546,18 @@ void
 sim_net_set_bandwidth(SimNet *net, guint64 bytes_per_sec)
 {
   net->bandwidth = bytes_per_sec;
+}
+
+void
+sim_net_set_output_limit(SimNet *net, guint64 bytes)
+{
+  net->output_limit = bytes;
+}
+
+const SimNetStats *
+sim_net_get_stats(const SimNet *net)
+{
+  return &net->stats;
 }
 
 void

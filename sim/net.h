@@ -11,7 +11,14 @@
  * network's and returns FALSE for the driver's (kinds from SIM_NET_EV_DRIVER up).
  *
  * Links deliver each direction in order after a sampled latency (plus a per-pair extra delay and
- * retransmission loss). Partitions either hang links (bytes are held until the heal, a SYN into
+ * retransmission loss). With a bandwidth, each direction is a transmit queue: a write finishes
+ * transmitting at max(now, the previous write's end) + len / bandwidth and arrives a latency
+ * later. The bytes a side has written and not yet transmitted (still in the queue, or held by a
+ * partition) are its queued output: the driver reports them to the director after every write
+ * (sim_net_send()), and the network reports them again as the queue drains (when it falls to
+ * USHER_OUTPUT_RESUME_BYTES and when it is empty) and when a heal releases held bytes. A write
+ * that would take the queued output above the output limit closes the connection instead
+ * ("output buffer full"), as the daemon does. Partitions either hang links (bytes are held until the heal, a SYN into
  * the partition is retried like TCP does) or reset them. A node that goes down resets its links.
  *
  * Deterministic: randomness comes only from the generator the driver seeds (sim_net_new()), and
@@ -37,6 +44,7 @@ enum {
   SIM_NET_EV_ACCEPT,
   SIM_NET_EV_CONNECTED,
   SIM_NET_EV_CLOSE,
+  SIM_NET_EV_TX, /* transmission progressed: report the queued output */
   SIM_NET_EV_DRIVER = 16,
 };
 
@@ -60,6 +68,8 @@ typedef struct {
   void (*connected)(gpointer user, guint node, UsherConnId conn);
   void (*bytes)(gpointer user, guint node, UsherConnId conn, const char *data, gsize len);
   void (*closed)(gpointer user, guint node, UsherConnId conn, const char *reason);
+  /* usher_director_peer_output_queued() */
+  void (*output_queued)(gpointer user, guint node, UsherConnId conn, gsize queued_bytes);
   void (*drain)(gpointer user, guint node);
   /* sim_net_free() found a driver event still pending: free what it owns (may be NULL). */
   void (*discard)(gpointer user, SimEvent *ev);
@@ -88,6 +98,9 @@ gboolean sim_net_process(SimNet *net, SimEvent *ev);
 void sim_net_set_latency(SimNet *net, const SimDist *latency);
 /* Bytes per second per link and direction; 0 (the default): unlimited. */
 void sim_net_set_bandwidth(SimNet *net, guint64 bytes_per_sec);
+/* The most output one side of a connection may have queued (the director's
+ * output_buffer_size); 0 (the default): unlimited. */
+void sim_net_set_output_limit(SimNet *net, guint64 bytes);
 /* Extra one-way delay and retransmission loss (percent) between two nodes, both directions. */
 void sim_net_set_link_delay(SimNet *net, guint a, guint b, gint64 delay_us);
 void sim_net_set_link_loss(SimNet *net, guint a, guint b, guint percent);
@@ -103,8 +116,12 @@ void sim_net_node_down(SimNet *net, guint node);
 
 /* CONNECT from node (conn) to peer (G_MAXUINT: nobody listens at that address). */
 void sim_net_connect(SimNet *net, guint node, UsherConnId conn, guint peer);
-/* SEND: TRUE if the bytes went onto an open link (both ends open). */
-gboolean sim_net_send(SimNet *net, guint node, UsherConnId conn, const char *data, gsize len);
+/* SEND: TRUE if the bytes went onto an open link (both ends open). *queued_out is what the
+ * driver reports to the director now (usher_director_peer_output_queued()): the connection's
+ * queued output, 0 if it has no link. A write that would overflow the output limit is not sent
+ * (FALSE): the connection closes, the director hears it at once ("output buffer full"). */
+gboolean sim_net_send(SimNet *net, guint node, UsherConnId conn, const char *data, gsize len,
+                      gsize *queued_out);
 /* DISCONNECT: the peer sees the close after the bytes already sent. */
 void sim_net_disconnect(SimNet *net, guint node, UsherConnId conn);
 /* The node at the other end of a connection, or G_MAXUINT. */
@@ -121,6 +138,13 @@ gboolean sim_net_partitioned(const SimNet *net);
 void sim_net_heal(SimNet *net);
 /* Resets the connections between two nodes. */
 void sim_net_reset_links(SimNet *net, guint a, guint b);
+
+typedef struct {
+  guint64 output_overflows; /* connections closed for a full output buffer */
+  guint64 peak_queued;      /* the most output one side had queued after a write */
+} SimNetStats;
+
+const SimNetStats *sim_net_get_stats(const SimNet *net);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(SimNet, sim_net_free)
 

@@ -97,6 +97,10 @@ sim_world_print_summary(SimWorld *w, FILE *out)
           sum.user_conflicts,
           sum.host_conflicts, sum.logins_delayed, sum.kicks_sent, sum.users_expired,
           sum.sync_resends, sum.protocol_errors);
+  const SimNetStats *ns = sim_net_get_stats(w->net);
+  fprintf(out, "network: %" G_GUINT64_FORMAT " connections closed with a full output buffer; "
+               "the most output queued on one: %" G_GUINT64_FORMAT " bytes\n",
+          ns->output_overflows, ns->peak_queued);
   double secs = w->wall_elapsed_us > 0 ? w->wall_elapsed_us / 1e6 : 0;
   fprintf(out, "\n%" G_GUINT64_FORMAT " events in %.2f s of host time (%.2f M events/s)\n",
           w->events, secs, secs > 0 ? w->events / secs / 1e6 : 0);
@@ -155,6 +159,8 @@ sim_world_report_json(SimWorld *w)
   INT("windows_unsafe", w->windows_unsafe);
   INT("windows_violation", w->windows_violation);
   INT("window_longest_us", w->window_longest_us);
+  INT("output_overflows", sim_net_get_stats(w->net)->output_overflows);
+  INT("peak_queued_bytes", sim_net_get_stats(w->net)->peak_queued);
   json_builder_set_member_name(b, "login_latency_us");
   json_builder_begin_object(b);
   INT("p50", world_latency_percentile(w, 50));
@@ -198,6 +204,11 @@ sim_world_report_json(SimWorld *w)
       INT("duplicate_commands", st->duplicate_commands);
       INT("floods_held", st->floods_held);
       INT("floods_held_overflow", st->floods_held_overflow);
+      INT("handshake_pauses", st->handshake_pauses);
+      INT("kicks_timed_out", st->kicks_timed_out);
+      INT("flushes_failed", st->flushes_failed);
+      INT("flushes_timed_out", st->flushes_timed_out);
+      INT("requests_cancelled", st->requests_cancelled);
       INT("lines_in", st->lines_in);
       INT("lines_out", st->lines_out);
     }

@@ -493,10 +493,13 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
   switch (e->type) {
   case USHER_EFFECT_SEND:
     w->fingerprint = fnv(w->fingerprint, e->send.data, e->send.len);
-    (void)sim_net_send(w->net, node_idx, e->send.conn, e->send.data, e->send.len);
-    /* Sent bytes count as written at once: the link model queues them, not the director. */
-    usher_director_peer_output_queued(node->d, node_now(w, node), e->send.conn, 0);
+  {
+    gsize queued;
+    (void)sim_net_send(w->net, node_idx, e->send.conn, e->send.data, e->send.len, &queued);
+    /* After every write, what the link still holds (the daemon reports its output buffer). */
+    usher_director_peer_output_queued(node->d, node_now(w, node), e->send.conn, queued);
     break;
+  }
   case USHER_EFFECT_CONNECT: {
     guint peer = G_MAXUINT;
     for (guint i = 0; i < w->n_nodes; i++)
@@ -1163,6 +1166,14 @@ net_closed(gpointer user, guint node, UsherConnId conn, const char *reason)
 }
 
 static void
+net_output_queued(gpointer user, guint node, UsherConnId conn, gsize queued_bytes)
+{
+  SimWorld *w = user;
+  SimNode *n = &w->nodes[node];
+  usher_director_peer_output_queued(n->d, node_now(w, n), conn, queued_bytes);
+}
+
+static void
 net_drain(gpointer user, guint node)
 {
   drain(user, node);
@@ -1357,11 +1368,13 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   usher_rng_seed(&w->rng_workload, w->seed_workload);
   w->fingerprint = G_GUINT64_CONSTANT(0xcbf29ce484222325);
   mix(w, seed);
-  static const SimNetCallbacks callbacks = {net_accept, net_connected, net_bytes, net_closed,
-                                            net_drain, net_discard};
+  static const SimNetCallbacks callbacks = {net_accept,        net_connected, net_bytes,
+                                            net_closed,        net_output_queued,
+                                            net_drain,         net_discard};
   w->net = sim_net_new(&w->now_us, w->seed_net, &callbacks, w);
   sim_net_set_latency(w->net, &sc->latency);
   sim_net_set_bandwidth(w->net, sc->bandwidth);
+  sim_net_set_output_limit(w->net, sc->config->output_buffer_size);
   w->backends = g_array_new(FALSE, TRUE, sizeof(SimBackend));
   w->sessions = g_array_new(FALSE, TRUE, sizeof(SimSession));
   w->free_sessions = g_array_new(FALSE, FALSE, sizeof(guint32));

@@ -72,8 +72,9 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
 {
   Node *node = &h->nodes[node_idx];
   switch (e->type) {
-  case USHER_EFFECT_SEND:
-    if (sim_net_send(h->net, node_idx, e->send.conn, e->send.data, e->send.len) &&
+  case USHER_EFFECT_SEND: {
+    gsize queued;
+    if (sim_net_send(h->net, node_idx, e->send.conn, e->send.data, e->send.len, &queued) &&
         h->recording) {
       guint peer = sim_net_peer(h->net, node_idx, e->send.conn);
       g_autofree char *text = g_strndup(e->send.data, e->send.len);
@@ -81,9 +82,10 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
       for (guint i = 0; lines[i] != NULL && lines[i][0] != '\0'; i++)
         g_string_append_printf(h->transcript, "%u>%u: %s\n", node_idx, peer, lines[i]);
     }
-    /* The harness's links take everything at once: nothing stays queued. */
-    usher_director_peer_output_queued(node->d, now_of(h), e->send.conn, 0);
+    /* What the link still holds (a hung partition holds everything sent into it). */
+    usher_director_peer_output_queued(node->d, now_of(h), e->send.conn, queued);
     break;
+  }
   case USHER_EFFECT_CONNECT: {
     Node *peer = node_by_addr(h, &e->connect.addr);
     sim_net_connect(h->net, node_idx, e->connect.conn, peer != NULL ? peer->index : G_MAXUINT);
@@ -175,6 +177,13 @@ net_closed(gpointer user, guint node, UsherConnId conn, const char *reason)
 }
 
 static void
+net_output_queued(gpointer user, guint node, UsherConnId conn, gsize queued_bytes)
+{
+  Harness *h = user;
+  usher_director_peer_output_queued(h->nodes[node].d, now_of(h), conn, queued_bytes);
+}
+
+static void
 net_drain(gpointer user, guint node)
 {
   drain(user, node);
@@ -247,8 +256,8 @@ harness_new(guint n, const char *backends, const char *extra_config)
   Harness *h = g_new0(Harness, 1);
   h->n = n;
   h->now_us = 1000000;
-  static const SimNetCallbacks callbacks = {net_accept, net_connected, net_bytes, net_closed,
-                                            net_drain, NULL};
+  static const SimNetCallbacks callbacks = {net_accept, net_connected,     net_bytes, net_closed,
+                                            net_output_queued, net_drain, NULL};
   h->net = sim_net_new(&h->now_us, 1, &callbacks, h); /* fixed latency: no random draw */
   harness_set_latency_us(h, 500);
   h->logins = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
@@ -266,6 +275,7 @@ harness_new(guint n, const char *backends, const char *extra_config)
   h->config = usher_config_parse(conf->str, conf->len, "harness.conf", &error);
   g_assert_no_error(error);
   g_string_free(conf, TRUE);
+  sim_net_set_output_limit(h->net, h->config->output_buffer_size);
   for (guint i = 0; i < n; i++) {
     Node *node = &h->nodes[i];
     node->index = i;
@@ -321,6 +331,12 @@ harness_set_latency_us(Harness *h, gint64 latency_us)
 {
   SimDist fixed = {SIM_DIST_FIXED, latency_us, latency_us};
   sim_net_set_latency(h->net, &fixed);
+}
+
+void
+harness_set_bandwidth(Harness *h, guint64 bytes_per_sec)
+{
+  sim_net_set_bandwidth(h->net, bytes_per_sec);
 }
 
 void

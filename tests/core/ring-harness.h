@@ -27,6 +27,9 @@ UsherDirector *harness_node(Harness *h, guint i);
 gint64 harness_now_us(Harness *h);
 UsherNow harness_now(Harness *h);
 void harness_set_latency_us(Harness *h, gint64 latency_us);
+/* Bytes per second per link and direction (0, the default: unlimited). Writes queue behind each
+ * other, and the directors hear how much output is still queued (sim/net.h). */
+void harness_set_bandwidth(Harness *h, guint64 bytes_per_sec);
 /* Every byte any node sends, as "<node>><peer node>: line" text, when recording is on. */
 void harness_record(Harness *h, gboolean on);
 GString *harness_transcript(Harness *h);
