@@ -12,7 +12,6 @@
 #define MONO_BASE_US SEC_US
 #define LOGIN_COMPLETION_SLACK_US (SEC_US)
 #define PROBE_INTERVAL_US (SEC_US)
-#define FLUSH_HOOK_US (10000)
 #define MAX_FAILURES_KEPT 50
 #define MAX_PENDING_EVENTS 20000000 /* a message storm, not a workload */
 
@@ -20,6 +19,7 @@
 typedef enum {
   EV_KICK_DONE = SIM_NET_EV_DRIVER,
   EV_FLUSH_DONE,
+  EV_LOGIN_CANCEL,
   EV_ARRIVAL,
   EV_LOGIN_ATTEMPT,
   EV_SESSION_END,
@@ -111,8 +111,9 @@ typedef struct {
 struct SimWorld {
   const SimScenario *sc;
   guint64 seed;
-  guint64 seed_net, seed_workload, seed_directors;
+  guint64 seed_net, seed_workload, seed_directors, seed_driver;
   UsherRng rng_workload;
+  UsherRng rng_driver; /* the driver's faults: late, lost and failed kicks and flushes, cancels */
 
   gint64 now_us;
   SimNet *net; /* the event heap and the links between directors */
@@ -131,6 +132,7 @@ struct SimWorld {
   GArray *sessions;    /* SimSession */
   GArray *free_sessions; /* guint32 indexes */
   GHashTable *logins;  /* id -> SimLogin* */
+  GHashTable *cancelled; /* ids (guint64*) of login requests the client cancelled */
   guint64 next_login;
   GHashTable *windows; /* user -> SimWindow* */
   gint64 rate_milli;
@@ -148,6 +150,8 @@ struct SimWorld {
   /* Figures */
   guint64 login_attempts, logins_ok, logins_failed, tempfails, retries, backend_full;
   guint64 backend_refused, director_unavailable;
+  guint64 logins_cancelled;
+  guint64 kicks_lost, flushes_lost, flushes_failed; /* the driver's faults */
   guint64 sessions_started, sessions_kicked, sessions_cut;
   guint64 users_moved, backend_changes;
   guint64 windows_split_brain, windows_unsafe, windows_violation;

@@ -327,8 +327,13 @@ static void
 login_result(SimWorld *w, guint node, const UsherEffect *e)
 {
   SimLogin *lg = g_hash_table_lookup(w->logins, &e->login.request);
-  if (lg == NULL)
+  if (lg == NULL) {
+    if (g_hash_table_contains(w->cancelled, &e->login.request))
+      world_fail(w, "director %u answered login request %" G_GUINT64_FORMAT
+                    " after the client cancelled it",
+                 node, e->login.request);
     return;
+  }
   if (w->now_us - lg->sent_us > USHER_REQUEST_TIMEOUT_SECS * SEC_US + LOGIN_COMPLETION_SLACK_US)
     world_fail(w, "login request %" G_GUINT64_FORMAT " on director %u took %" G_GINT64_FORMAT
                   " ms to be answered (the bound is %d s)",
@@ -398,6 +403,31 @@ login_attempt(SimWorld *w, SimLogin *lg)
   mix(w, lg->user);
   usher_director_login_request(n->d, node_now(w, n), lg->id,
                                user_name(w, lg->user, name, sizeof(name)), w->sc->tag);
+  /* Some clients give up on a login that has not been answered after a while. */
+  if (w->sc->login_cancel_milli > 0 &&
+      usher_rng_below(&w->rng_driver, 100000) < w->sc->login_cancel_milli) {
+    gint64 after = sim_dist_sample(&w->sc->login_cancel_after, &w->rng_driver);
+    schedule(w, w->now_us + MAX(after, 1), EV_LOGIN_CANCEL, 0, lg->id, 0, NULL);
+  }
+  drain(w, d);
+}
+
+/* The client of login request id gives up if it is still waiting: the director drops it and
+ * must not answer it. A cancelled login is neither a success nor a failure, and is not retried. */
+static void
+login_cancel(SimWorld *w, guint64 id)
+{
+  SimLogin *lg = g_hash_table_lookup(w->logins, &id);
+  if (lg == NULL)
+    return; /* answered, or retried under another id */
+  guint d = lg->director;
+  SimNode *n = &w->nodes[d];
+  g_assert(n->up && n->incarnation == lg->director_incarnation); /* a crash retries its logins */
+  mix(w, id);
+  usher_director_login_cancel(n->d, node_now(w, n), id);
+  g_hash_table_add(w->cancelled, g_memdup2(&id, sizeof(id)));
+  g_hash_table_remove(w->logins, &id); /* frees lg */
+  w->logins_cancelled++;
   drain(w, d);
 }
 
@@ -482,7 +512,35 @@ kick(SimWorld *w, guint node, const UsherEffect *e)
       s = next;
     }
   }
-  schedule(w, w->now_us + w->sc->kick_delay_us, EV_KICK_DONE, node, e->kick.id, 0, NULL);
+  /* The driver reports the kick done after kick_duration, unless it loses the report. */
+  if (w->sc->kick_lost_milli > 0 && usher_rng_below(&w->rng_driver, 100000) < w->sc->kick_lost_milli) {
+    w->kicks_lost++;
+    return;
+  }
+  gint64 took = sim_dist_sample(&w->sc->kick_duration, &w->rng_driver);
+  schedule(w, w->now_us + took, EV_KICK_DONE, node, e->kick.id, 0, NULL);
+}
+
+/* The flush hook runs for flush_duration and reports success, or failure, or never reports. */
+static void
+flush(SimWorld *w, guint node, const UsherEffect *e)
+{
+  const SimScenario *sc = w->sc;
+  if (sc->flush_lost_milli > 0 || sc->flush_failed_milli > 0) {
+    guint64 r = usher_rng_below(&w->rng_driver, 100000);
+    if (r < sc->flush_lost_milli) {
+      w->flushes_lost++;
+      return;
+    }
+    if (r < (guint64)sc->flush_lost_milli + sc->flush_failed_milli) {
+      w->flushes_failed++;
+      gint64 took = sim_dist_sample(&sc->flush_duration, &w->rng_driver);
+      schedule(w, w->now_us + took, EV_FLUSH_DONE, node, e->flush.id, 1, NULL);
+      return;
+    }
+  }
+  gint64 took = sim_dist_sample(&sc->flush_duration, &w->rng_driver);
+  schedule(w, w->now_us + took, EV_FLUSH_DONE, node, e->flush.id, 0, NULL);
 }
 
 static void
@@ -523,7 +581,7 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
     kick(w, node_idx, e);
     break;
   case USHER_EFFECT_FLUSH:
-    schedule(w, w->now_us + FLUSH_HOOK_US, EV_FLUSH_DONE, node_idx, e->flush.id, 0, NULL);
+    flush(w, node_idx, e);
     break;
   case USHER_EFFECT_ADMIN_REPLY:
     if (!g_str_has_prefix(e->admin.text, "OK"))
@@ -1026,6 +1084,64 @@ sample(SimWorld *w)
     schedule(w, w->now_us + w->sc->sample_us, EV_SAMPLE, 0, 0, 0, NULL);
 }
 
+static guint64
+counter_value(SimWorld *w, SimCounter counter)
+{
+  switch (counter) {
+  case SIM_COUNTER_LOGINS_OK:
+    return w->logins_ok;
+  case SIM_COUNTER_LOGINS_FAILED:
+    return w->logins_failed;
+  case SIM_COUNTER_LOGINS_CANCELLED:
+    return w->logins_cancelled;
+  case SIM_COUNTER_KICKS_LOST:
+    return w->kicks_lost;
+  case SIM_COUNTER_FLUSHES_LOST:
+    return w->flushes_lost;
+  case SIM_COUNTER_FLUSHES_FAILED:
+    return w->flushes_failed;
+  case SIM_COUNTER_OUTPUT_OVERFLOWS:
+    return sim_net_get_stats(w->net)->output_overflows;
+  default:
+    break;
+  }
+  guint64 sum = 0;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    const UsherDirectorStats *st = usher_director_get_stats(w->nodes[i].d);
+    switch (counter) {
+    case SIM_COUNTER_DIR_KICKS_SENT:
+      sum += st->kicks_sent;
+      break;
+    case SIM_COUNTER_DIR_KICKS_TIMED_OUT:
+      sum += st->kicks_timed_out;
+      break;
+    case SIM_COUNTER_DIR_FLUSHES_FAILED:
+      sum += st->flushes_failed;
+      break;
+    case SIM_COUNTER_DIR_FLUSHES_TIMED_OUT:
+      sum += st->flushes_timed_out;
+      break;
+    case SIM_COUNTER_DIR_REQUESTS_CANCELLED:
+      sum += st->requests_cancelled;
+      break;
+    case SIM_COUNTER_DIR_HANDSHAKE_PAUSES:
+      sum += st->handshake_pauses;
+      break;
+    case SIM_COUNTER_DIR_MOVES_FINISHED:
+      sum += st->moves_finished;
+      break;
+    case SIM_COUNTER_DIR_MOVES_TIMED_OUT:
+      sum += st->moves_timed_out;
+      break;
+    default:
+      break;
+    }
+  }
+  return sum;
+}
+
 /* Evaluates one check now; returns FALSE (and records why) if it fails. */
 static gboolean
 evaluate_check(SimWorld *w, const SimCheck *c)
@@ -1052,6 +1168,14 @@ evaluate_check(SimWorld *w, const SimCheck *c)
       return FALSE;
     }
     return TRUE;
+  case SIM_CHECK_COUNTER: {
+    guint64 v = counter_value(w, c->counter);
+    if (v < c->min || v > c->max) {
+      world_fail(w, "check %s: %s is %" G_GUINT64_FORMAT, c->text, sim_counter_name(c->counter), v);
+      return FALSE;
+    }
+    return TRUE;
+  }
   case SIM_CHECK_SHARE: {
     guint64 total = 0, mine = 0;
     for (guint i = 0; i < w->n_nodes; i++) {
@@ -1202,8 +1326,11 @@ process(SimWorld *w, SimEvent *ev)
     drain(w, ev->node);
     break;
   case EV_FLUSH_DONE:
-    usher_director_flush_done(n->d, node_now(w, n), ev->a, TRUE);
+    usher_director_flush_done(n->d, node_now(w, n), ev->a, ev->b == 0);
     drain(w, ev->node);
+    break;
+  case EV_LOGIN_CANCEL:
+    login_cancel(w, ev->a);
     break;
   case EV_ARRIVAL:
     if (!w->quiescing)
@@ -1365,6 +1492,8 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   w->seed_net = usher_splitmix64(&sm);
   w->seed_workload = usher_splitmix64(&sm);
   w->seed_directors = usher_splitmix64(&sm);
+  w->seed_driver = usher_splitmix64(&sm);
+  usher_rng_seed(&w->rng_driver, w->seed_driver);
   usher_rng_seed(&w->rng_workload, w->seed_workload);
   w->fingerprint = G_GUINT64_CONSTANT(0xcbf29ce484222325);
   mix(w, seed);
@@ -1379,6 +1508,7 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   w->sessions = g_array_new(FALSE, TRUE, sizeof(SimSession));
   w->free_sessions = g_array_new(FALSE, FALSE, sizeof(guint32));
   w->logins = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, login_free);
+  w->cancelled = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
   w->windows = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->convergences = g_array_new(FALSE, TRUE, sizeof(SimConvergence));
   w->samples = g_array_new(FALSE, TRUE, sizeof(SimSample));
@@ -1443,6 +1573,7 @@ sim_world_free(SimWorld *w)
   g_array_unref(w->sessions);
   g_array_unref(w->free_sessions);
   g_hash_table_unref(w->logins);
+  g_hash_table_unref(w->cancelled);
   g_hash_table_unref(w->windows);
   for (guint i = 0; i < w->convergences->len; i++)
     g_free(g_array_index(w->convergences, SimConvergence, i).after);
