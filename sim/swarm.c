@@ -42,8 +42,8 @@ sim_swarm_scenario(guint64 seed)
   g_string_append_printf(s, "  \"seed\": %" G_GUINT64_FORMAT ",\n  \"duration\": ", seed);
   json_dur(s, duration);
   g_string_append(s, ",\n  \"convergence_budget\": \"5m\",\n  \"max_events\": 50000000,\n");
-  /* The cluster and the network are written after the events: their driver-fault parts are
-   * drawn last. */
+  /* The cluster and the network are written after the events are drawn: their driver-fault parts
+   * are drawn last. */
   GString *cluster = g_string_new(NULL);
   g_string_append_printf(cluster, "\"directors\": %u, \"backends\": [", directors);
   for (guint b = 0; b < backends; b++)
@@ -64,12 +64,13 @@ sim_swarm_scenario(guint64 seed)
                          lat_max);
   guint login_rate = pick(&r, 1, 8);
   guint session_max = pick(&r, 2, 40);
-  g_string_append_printf(s, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
+  GString *rest = g_string_new(NULL); /* the workload and the events */
+  g_string_append_printf(rest, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
                             "\"session_duration\": {\"kind\": \"log-uniform\", \"min\": \"5s\", "
                             "\"max\": \"%um\"}, \"protocols\": {\"imap\": 70, \"pop3\": 10, "
                             "\"lmtp\": 20}},\n",
                          users, login_rate, session_max);
-  g_string_append(s, "  \"events\": [");
+  g_string_append(rest, "  \"events\": [");
   guint n_events = pick(&r, 1, 7);
   gint64 last = duration - 8 * 60; /* faults end before this */
   gboolean first = TRUE;
@@ -170,12 +171,12 @@ sim_swarm_scenario(guint64 seed)
       break;
     }
     if (ev->len > 0) {
-      g_string_append_printf(s, "%s\n    %s", first ? "" : ",", ev->str);
+      g_string_append_printf(rest, "%s\n    %s", first ? "" : ",", ev->str);
       first = FALSE;
     }
     g_string_free(ev, TRUE);
   }
-  g_string_append(s, "\n  ],\n");
+  g_string_append(rest, "\n  ],\n");
   /* Driver faults, drawn after everything above so that a seed draws the same cluster, workload
    * and events as before they existed. Each is on in about one seed in ten, independently; its
    * parameters are drawn whether it is on or not, so the order never changes. */
@@ -220,6 +221,7 @@ sim_swarm_scenario(guint64 seed)
   g_string_append_printf(s, "  \"cluster\": {%s], \"settings\": {%s}},\n", cluster->str,
                          settings->str);
   g_string_append_printf(s, "  \"network\": {%s},\n", network->str);
+  g_string_append(s, rest->str);
   if (driver->len > 0)
     g_string_append_printf(s, "  \"driver\": {%s},\n", driver->str);
   g_string_append(s, "  \"checks\": [\n"
@@ -227,6 +229,7 @@ sim_swarm_scenario(guint64 seed)
                      "    {\"type\": \"converged\", \"within\": \"5m\"},\n"
                      "    {\"type\": \"no-pending-logins\"}\n  ]\n}\n");
   g_string_free(cluster, TRUE);
+  g_string_free(rest, TRUE);
   g_string_free(settings, TRUE);
   g_string_free(network, TRUE);
   g_string_free(driver, TRUE);
