@@ -553,6 +553,13 @@ usher_config_new(void)
   config->master_user_separator = g_strdup("");
   config->directors = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   config->backends = g_ptr_array_new_with_free_func(backend_config_free_void);
+  config->admin_socket = g_strdup(USHER_ADMIN_SOCKET_DEFAULT);
+  config->admin_socket_mode = 0600;
+  config->admin_socket_user = g_strdup("");
+  config->admin_socket_group = g_strdup("");
+  config->admin_max_clients = 32;
+  config->state_dir = g_strdup(USHER_STATE_DIR_DEFAULT);
+  config->users_snapshot_interval_secs = 300;
   return config;
 }
 
@@ -566,6 +573,10 @@ usher_config_free(UsherConfig *config)
     usher_hash_format_free(config->hash_format);
   g_free(config->flush_socket);
   g_free(config->master_user_separator);
+  g_free(config->admin_socket);
+  g_free(config->admin_socket_user);
+  g_free(config->admin_socket_group);
+  g_free(config->state_dir);
   if (config->directors != NULL)
     g_array_unref(config->directors);
   if (config->backends != NULL)
@@ -975,6 +986,11 @@ static const char *const director_keys[] = {
     NULL,
 };
 static const char *const ring_keys[] = {"directors", NULL};
+static const char *const daemon_keys[] = {
+    "ring_address",      "admin_socket",  "admin_socket_mode", "admin_socket_user",
+    "admin_socket_group", "admin_listen", "admin_max_clients", "state_dir",
+    "users_snapshot_interval", NULL,
+};
 static const char *const backends_keys[] = {"hosts", NULL};
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1110,10 +1126,10 @@ director_error(GError **error, int code, const KeyRef *ref, const Element *elem,
   key_error(error, code, ref, "element %u %s: %s", elem->number, q, detail);
 }
 
-/* IP, IP:PORT, [IPv6] or [IPv6]:PORT; a bare IPv6 address takes the default port. */
+/* IP, IP:PORT, [IPv6] or [IPv6]:PORT; a bare IP takes default_port. */
 static gboolean
-parse_director_element(const KeyRef *ref, const Element *elem, UsherDirectorAddr *addr_out,
-                       GError **error)
+parse_director_element(const KeyRef *ref, const Element *elem, guint16 default_port,
+                       UsherDirectorAddr *addr_out, GError **error)
 {
   const char *s = elem->text;
   gsize len = elem->len;
@@ -1152,7 +1168,7 @@ parse_director_element(const KeyRef *ref, const Element *elem, UsherDirectorAddr
                    looks_like_hostname(s, ip_len) ? " (host names are not resolved)" : "");
     return FALSE;
   }
-  addr_out->port = USHER_DIRECTOR_PORT_DEFAULT;
+  addr_out->port = default_port;
   if (port_text != NULL) {
     guint64 port;
     if (!parse_decimal(port_text, port_len, G_MAXUINT64, &port) || port == 0 || port > 65535) {
@@ -1188,7 +1204,7 @@ parse_directors(UsherConfig *config, const KeyRef *ref, GError **error)
     Element elem = {++number, start, (gsize)(p - start)};
     UsherDirectorAddr addr;
     memset(&addr, 0, sizeof(addr));
-    if (!parse_director_element(ref, &elem, &addr, error))
+    if (!parse_director_element(ref, &elem, USHER_DIRECTOR_PORT_DEFAULT, &addr, error))
       return FALSE;
     for (guint i = 0; i < list->len; i++) {
       if (director_cmp(&g_array_index(list, UsherDirectorAddr, i), &addr) == 0) {
@@ -1210,6 +1226,132 @@ parse_directors(UsherConfig *config, const KeyRef *ref, GError **error)
   g_array_unref(config->directors);
   config->directors = g_steal_pointer(&list);
   return TRUE;
+}
+
+/* An address for [daemon]: IP, IP:PORT, [IPv6]:PORT (the port of a bare IP is default_port). */
+static gboolean
+get_address(const KeyRef *ref, guint16 default_port, UsherDirectorAddr *addr_out, GError **error)
+{
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  Element elem = {1, value, strlen(value)};
+  if (elem.len == 0) {
+    key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "needs an address (IP or IP:PORT)");
+    return FALSE;
+  }
+  memset(addr_out, 0, sizeof(*addr_out));
+  return parse_director_element(ref, &elem, default_port, addr_out, error);
+}
+
+gboolean
+usher_config_parse_address(const char *text, guint16 default_port, UsherDirectorAddr *addr_out,
+                           GError **error)
+{
+  Element elem = {1, text, strlen(text)};
+  KeyRef ref = {"command line", NULL, "option", "address"};
+  memset(addr_out, 0, sizeof(*addr_out));
+  if (elem.len == 0) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_INVALID,
+                "an empty address (write IP or IP:PORT)");
+    return FALSE;
+  }
+  g_autoptr(GError) local = NULL;
+  if (!parse_director_element(&ref, &elem, default_port, addr_out, &local)) {
+    /* Drop the "file: [group] key: element 1" prefix meant for configuration files. */
+    const char *msg = strstr(local->message, ": element 1 ");
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_INVALID, "%s",
+                msg != NULL ? msg + strlen(": element 1 ") : local->message);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
+{
+  const char *key = ref->key;
+  if (strcmp(key, "ring_address") == 0) {
+    config->has_ring_address = TRUE;
+    return get_address(ref, USHER_DIRECTOR_PORT_DEFAULT, &config->ring_address, error);
+  }
+  if (strcmp(key, "admin_listen") == 0) {
+    g_autofree char *value = NULL;
+    if (!get_value(ref, &value, error))
+      return FALSE;
+    if (*value == '\0') {
+      config->has_admin_listen = FALSE;
+      return TRUE;
+    }
+    config->has_admin_listen = TRUE;
+    if (!get_address(ref, 0, &config->admin_listen, error))
+      return FALSE;
+    if (config->admin_listen.port == 0) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "needs a port: IP:PORT (there is no default admin port)");
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (strcmp(key, "admin_max_clients") == 0)
+    return get_uint(ref, 1, 10000, &config->admin_max_clients, error);
+  if (strcmp(key, "users_snapshot_interval") == 0)
+    return get_duration(ref, 0, &config->users_snapshot_interval_secs, error);
+
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  g_autofree char *q = quote(value, -1);
+  if (strcmp(key, "admin_socket_mode") == 0) {
+    guint64 mode = 0;
+    gboolean ok = *value != '\0' && strlen(value) <= 4;
+    for (const char *c = value; ok && *c != '\0'; c++) {
+      ok = *c >= '0' && *c <= '7';
+      mode = mode * 8 + (guint64)(*c - '0');
+    }
+    if (!ok || mode > 0777) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "%s is not an octal file mode from 0 to 0777 (such as 0600 or 0660)", q);
+      return FALSE;
+    }
+    config->admin_socket_mode = (guint)mode;
+    return TRUE;
+  }
+  if (strcmp(key, "state_dir") == 0) {
+    if (value[0] != '\0' && value[0] != '/') {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s must be empty or an absolute path", q);
+      return FALSE;
+    }
+    g_free(config->state_dir);
+    config->state_dir = g_steal_pointer(&value);
+    return TRUE;
+  }
+  if (strcmp(key, "admin_socket") == 0) {
+    if (value[0] != '/') {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s must be an absolute path", q);
+      return FALSE;
+    }
+    if (strlen(value) >= 108) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "%s is too long for a UNIX socket path (at most 107 bytes)", q);
+      return FALSE;
+    }
+    g_free(config->admin_socket);
+    config->admin_socket = g_steal_pointer(&value);
+    return TRUE;
+  }
+  if (strcmp(key, "admin_socket_user") == 0 || strcmp(key, "admin_socket_group") == 0) {
+    if (*value != '\0' && !valid_hostname(value)) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "%s is not a user or group name (letters, digits, . _ -)", q);
+      return FALSE;
+    }
+    char **slot = key[13] == 'u' ? &config->admin_socket_user : &config->admin_socket_group;
+    g_free(*slot);
+    *slot = g_steal_pointer(&value);
+    return TRUE;
+  }
+  g_assert_not_reached();
 }
 
 /* One [backend IP] group: which keys it sets. */
@@ -1365,6 +1507,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
 
     if (strcmp(group, "director") == 0) {
       known = director_keys;
+    } else if (strcmp(group, "daemon") == 0) {
+      known = daemon_keys;
     } else if (strcmp(group, "ring") == 0) {
       known = ring_keys;
     } else if (strcmp(group, "backends") == 0) {
@@ -1397,8 +1541,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
       g_ptr_array_add(backend_groups, bg);
     } else {
       group_error(error, USHER_CONFIG_ERROR_UNKNOWN_GROUP, source, group,
-                  "unknown group (known groups: [director], [ring], [backends] and "
-                  "[backend IP])");
+                  "unknown group (known groups: [director], [ring], [backends], "
+                  "[backend IP] and [daemon])");
       return NULL;
     }
 
@@ -1412,6 +1556,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
         ok = parse_director_key(config, &ref, &seen, error);
       else if (known == ring_keys)
         ok = parse_directors(config, &ref, error);
+      else if (known == daemon_keys)
+        ok = parse_daemon_key(config, &ref, error);
       else if (known == backend_keys)
         ok = parse_backend_group_key(bg, &ref, error);
       else {
@@ -1442,6 +1588,21 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
                   source, idle, max);
     }
     return NULL;
+  }
+
+  if (config->has_ring_address && config->directors->len > 0) {
+    gboolean listed = FALSE;
+    for (guint i = 0; i < config->directors->len && !listed; i++)
+      listed = director_cmp(&g_array_index(config->directors, UsherDirectorAddr, i),
+                            &config->ring_address) == 0;
+    if (!listed) {
+      g_autofree char *text = format_director(&config->ring_address);
+      g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
+                  "%s: [daemon] ring_address: %s is not in [ring] directors; list every director "
+                  "of the ring there, this one included",
+                  source, text);
+      return NULL;
+    }
   }
 
   if (!merge_backend_groups(hosts, backend_groups, source, error))

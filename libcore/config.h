@@ -57,7 +57,22 @@ typedef struct {
   GArray *directors; /* UsherDirectorAddr, sorted by (ip, port), no duplicates */
   /* [backends] hosts = ..., and [backend IP] groups */
   GPtrArray *backends; /* UsherBackendConfig*, sorted by ip, no duplicates */
+  /* [daemon]: usherd only (the simulator ignores it) */
+  gboolean has_ring_address;
+  UsherDirectorAddr ring_address; /* this director; one of directors */
+  char *admin_socket;             /* path, default USHER_ADMIN_SOCKET_DEFAULT */
+  guint admin_socket_mode;        /* default 0600 */
+  char *admin_socket_user;        /* "" = leave as created */
+  char *admin_socket_group;       /* "" = leave as created */
+  gboolean has_admin_listen;
+  UsherDirectorAddr admin_listen; /* an optional TCP admin listener */
+  guint admin_max_clients;        /* default 32 */
+  char *state_dir;                /* "" = keep nothing across restarts; default USHER_STATE_DIR_DEFAULT */
+  guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
 } UsherConfig;
+
+#define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"
+#define USHER_STATE_DIR_DEFAULT "/var/lib/usherd"
 
 /* The defaults, with no backends and no directors. */
 UsherConfig *usher_config_new(void);
@@ -75,6 +90,11 @@ gboolean usher_backends_parse(const char *text, GPtrArray *out, GError **error);
 
 UsherBackendConfig *usher_backend_config_new(const UsherIp *ip, const char *tag, guint vhosts);
 void usher_backend_config_free(UsherBackendConfig *backend);
+
+/* A director address as [ring] directors writes one: IP, IP:PORT, [IPv6]:PORT; a bare IP takes
+ * default_port. For command-line options; errors quote the text. */
+gboolean usher_config_parse_address(const char *text, guint16 default_port,
+                                    UsherDirectorAddr *addr_out, GError **error);
 
 /* Durations ("15m", "900", "2 s", "1h30m") and sizes ("10M", "64k", "1048576"). */
 gboolean usher_parse_duration_secs(const char *text, guint64 *secs_out);

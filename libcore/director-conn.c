@@ -5,6 +5,7 @@
  */
 #include "libcore/director-private.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define MSG_INIT(msg, t) usher_ring_msg_init(&(msg), USHER_RING_MSG_##t)
@@ -214,12 +215,31 @@ send_held_floods(UsherDirector *d, Conn *c)
 /* Sends msg to every connection except those whose peer is src (Dovecot's director_update_send),
  * skipping peers below min_minor and outgoing connections not yet established (format:
  * flood_minor()). A connection whose peer's VERSION has not arrived gets it when it does. */
+static int
+cmp_conn_ptr(const void *a, const void *b)
+{
+  UsherConnId x = (*(Conn *const *)a)->id, y = (*(Conn *const *)b)->id;
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
 void
 flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg)
 {
-  g_autoptr(GArray) ids = dir_conn_ids_sorted(d);
-  for (guint i = 0; i < ids->len; i++) {
-    Conn *c = dir_conn_by_id(d, g_array_index(ids, UsherConnId, i));
+  /* Runs for every user of a handshake: no allocation, and sending cannot close a connection
+   * (a DISCONNECT is only queued), so the pointers stay valid. */
+  /* At most STATE_MAX_CONNECTIONS incoming and one outgoing per member. */
+  Conn *conns[STATE_MAX_CONNECTIONS + STATE_MAX_MEMBERS];
+  guint n = 0;
+  GHashTableIter it;
+  gpointer v;
+  g_assert(g_hash_table_size(d->conns) <= G_N_ELEMENTS(conns));
+  g_hash_table_iter_init(&it, d->conns);
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    conns[n++] = v;
+  if (n > 1)
+    qsort(conns, n, sizeof(conns[0]), cmp_conn_ptr);
+  for (guint i = 0; i < n; i++) {
+    Conn *c = conns[i];
     if (src != NULL && c->host == src)
       continue;
     if (!c->incoming && !c->connected)
@@ -455,6 +475,28 @@ conn_adopt_waiting_left(UsherDirector *d, UsherNow now)
     conn_try_adopt_left(d, now, best);
 }
 
+/* SYNCs from other directors that waited for a right neighbour: pass them on, every origin's
+ * latest, in member order (Dovecot's director_send_delayed_syncs()). */
+static void
+send_delayed_syncs(UsherDirector *d, Conn *right)
+{
+  for (guint i = 0; i < d->members->len; i++) {
+    Member *m = g_ptr_array_index(d->members, i);
+    if (m->delayed_sync_seq == 0)
+      continue;
+    UsherRingMsg msg;
+    usher_ring_msg_init(&msg, USHER_RING_MSG_SYNC);
+    msg.sync.addr = m->addr;
+    msg.sync.seq = m->delayed_sync_seq;
+    msg.sync.minor = m->delayed_sync_minor;
+    msg.sync.has_timestamp = TRUE;
+    msg.sync.timestamp = m->delayed_sync_timestamp;
+    msg.sync.hosts_hash = m->delayed_sync_hosts_hash;
+    m->delayed_sync_seq = 0;
+    dir_send_msg(d, right, &msg, right->peer_minor);
+  }
+}
+
 static gboolean
 adopt_right(UsherDirector *d, UsherNow now, Conn *c)
 {
@@ -475,11 +517,7 @@ adopt_right(UsherDirector *d, UsherNow now, Conn *c)
   dir_log(d, G_LOG_LEVEL_INFO, "%s is now our right neighbour", c->name);
   UsherEffect e = {.type = USHER_EFFECT_STATE};
   g_array_append_val(d->effects, e);
-  if (d->have_pending_sync) {
-    /* A SYNC from another director waited for a right neighbour: pass it on. */
-    d->have_pending_sync = FALSE;
-    dir_send_msg(d, c, &d->pending_sync, c->peer_minor);
-  }
+  send_delayed_syncs(d, c);
   dir_sync(d, now);
   return TRUE;
 }
@@ -510,13 +548,13 @@ send_hosts(UsherDirector *d, Conn *c)
 
   /* Snapshot the users now, oldest first per tag: the handshake sends those that existed when it
    * began; later refreshes travel as ordinary USER updates. */
-  c->users_to_send = g_array_sized_new(FALSE, FALSE, sizeof(TagHash), dir_count_users(d));
+  c->users_to_send = g_array_sized_new(FALSE, FALSE, sizeof(SnapshotUser), dir_count_users(d));
   for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++) {
     UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
     for (UsherUser *u = usher_user_dir_oldest(tag->users); u != NULL;
          u = usher_user_dir_next(tag->users, u)) {
-      TagHash th = {tag, u->hash};
-      g_array_append_val(c->users_to_send, th);
+      SnapshotUser su = {u, u->hash};
+      g_array_append_val(c->users_to_send, su);
     }
   }
   c->users_sent_idx = 0;
@@ -539,9 +577,13 @@ conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *c)
         c->timeout_base_us = now.mono_us; /* progress: the send-users timeout restarts */
       return;
     }
-    TagHash th = g_array_index(c->users_to_send, TagHash, c->users_sent_idx++);
-    UsherUser *u = usher_user_dir_lookup(th.tag->users, th.hash);
-    if (u == NULL)
+    SnapshotUser su = g_array_index(c->users_to_send, SnapshotUser, c->users_sent_idx++);
+    /* Entries stay readable while the directory lives (user-dir.h): a removed one reads hash 0,
+     * a reused one another hash. Either way it is not ours any more (a user created since the
+     * snapshot reaches the peer as an ordinary USER update). No index lookup: the entries are
+     * visited nearly in memory order, which makes a large handshake twice as fast. */
+    UsherUser *u = su.user;
+    if (u->hash != su.hash)
       continue; /* expired or removed meanwhile */
     UsherHost *h = usher_host_table_get(d->hosts, u->host);
     UsherRingMsg msg;
@@ -826,6 +868,11 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   }
 
   if (c->replacing_hosts != NULL) {
+    /* One entry per HOST line: a peer repeating lines must not grow it without end. */
+    if (c->replacing_hosts->len >= 2 * USHER_HOSTS_MAX) {
+      conn_protocol_error(d, now, c, "handshake host list is too long");
+      return FALSE;
+    }
     g_array_append_val(c->replacing_hosts, host->ip);
     host->desynced = FALSE; /* the ring's word is final here */
   }
@@ -1039,8 +1086,11 @@ cmd_sync(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
       if (d->right != NULL) {
         dir_send_msg(d, d->right, &fwd, d->right->peer_minor);
       } else {
-        d->pending_sync = fwd;
-        d->have_pending_sync = TRUE;
+        /* Held per origin: a SYNC from another director waiting here must not replace it. */
+        m->delayed_sync_seq = seq;
+        m->delayed_sync_minor = minor;
+        m->delayed_sync_timestamp = ts;
+        m->delayed_sync_hosts_hash = msg->sync.hosts_hash;
       }
     }
   }

@@ -62,6 +62,13 @@ typedef struct {
   guint32 last_sync_timestamp;
   guint last_sync_seq_counter;
   guint32 desynced_hosts_hash;
+  /* This origin's SYNC that arrived while we had no right: forwarded once a right is adopted
+   * (Dovecot's delayed_sync_*). One per origin, so SYNCs of different origins held at the same
+   * time are all passed on; 0 = none (seqs start at 1). */
+  guint32 delayed_sync_seq;
+  guint32 delayed_sync_minor;
+  guint32 delayed_sync_timestamp;
+  guint32 delayed_sync_hosts_hash;
   gint64 last_network_failure;  /* wall seconds, 0 = never */
   gint64 last_protocol_failure; /* wall seconds, 0 = never */
 } Member;
@@ -96,7 +103,7 @@ struct Conn {
 
   /* Handshake, sending side (outgoing) */
   gboolean handshake_sent; /* our DONE went out */
-  GArray *users_to_send;   /* snapshot of TagHash, oldest first per tag */
+  GArray *users_to_send;   /* snapshot of SnapshotUser, oldest first per tag */
   guint users_sent_idx;
   guint64 users_sent;
 
@@ -127,6 +134,13 @@ struct Conn {
 
   UsherLineReader *reader;
 };
+
+/* A user in a handshake snapshot: the entry and the hash it had then (see
+ * conn_continue_sending_users). */
+typedef struct {
+  UsherUser *user;
+  guint32 hash;
+} SnapshotUser;
 
 /* ---- Moves and kicks ------------------------------------------------------------------------- */
 
@@ -220,9 +234,6 @@ struct UsherDirector {
   gint64 purge_timer_us;
   gint64 handshake_start_us;     /* for the slow-handshake warning, 0 = done */
   gint64 wall_minus_mono_us;     /* from the latest input: converts wall deadlines to mono */
-  /* A SYNC from another director that arrived while we had no right: forward it later. */
-  gboolean have_pending_sync;
-  UsherRingMsg pending_sync;
 
   /* Hosts and users */
   UsherHostTable *hosts;

@@ -107,6 +107,15 @@ usher_director_list_members(const UsherDirector *d)
   g_ptr_array_sort(conns, cmp_conn_ptr_id);
 
   GArray *out = g_array_new(FALSE, TRUE, sizeof(UsherMemberInfo));
+  /* First the incoming connections whose ME has not arrived (Dovecot's order). */
+  for (guint k = 0; k < conns->len; k++) {
+    const Conn *c = g_ptr_array_index(conns, k);
+    if (c->host != NULL)
+      continue;
+    UsherMemberInfo info = {0};
+    conn_info(d, c, &info);
+    g_array_append_val(out, info);
+  }
   for (guint i = 0; i < d->members->len; i++) {
     const Member *m = g_ptr_array_index(d->members, i);
     gboolean any = FALSE;
@@ -126,14 +135,6 @@ usher_director_list_members(const UsherDirector *d)
       info.ping_rtt_ms = -1;
       g_array_append_val(out, info);
     }
-  }
-  for (guint k = 0; k < conns->len; k++) {
-    const Conn *c = g_ptr_array_index(conns, k);
-    if (c->host != NULL)
-      continue;
-    UsherMemberInfo info = {0};
-    conn_info(d, c, &info);
-    g_array_append_val(out, info);
   }
   return out;
 }

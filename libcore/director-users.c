@@ -37,6 +37,23 @@ users_room(UsherDirector *d)
   return FALSE;
 }
 
+gboolean
+usher_director_restore_user(UsherDirector *d, UsherNow now, guint32 hash, const UsherIp *ip,
+                            guint32 timestamp)
+{
+  dir_enter(d, now);
+  g_assert(!d->started);
+  gint64 wall = dir_wall_secs(now);
+  UsherHost *host = usher_host_table_lookup(d->hosts, ip);
+  if (host == NULL || hash == 0 || (gint64)timestamp + (gint64)d->user_expire_secs <= wall)
+    return FALSE;
+  UsherUserDir *users = host->tag->users;
+  if (usher_user_dir_lookup(users, hash) != NULL || !users_room(d))
+    return FALSE;
+  (void)usher_user_dir_add(users, hash, host->id, timestamp, wall);
+  return TRUE;
+}
+
 /* ---- Propagation ------------------------------------------------------------------------------ */
 
 void
@@ -105,14 +122,18 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
     return FALSE;
   }
 
-  UsherUser *user = usher_user_dir_lookup(users, hash);
-  if (user == NULL) {
-    if (!users_room(d))
-      return FALSE;
-    user = usher_user_dir_add(users, hash, host->id, timestamp, wall);
-    user->weak = weak ? 1 : 0;
-    *user_out = user;
-    return TRUE;
+  UsherUser *user;
+  if (dir_count_users(d) < STATE_MAX_USERS) {
+    gboolean added;
+    user = usher_user_dir_find_or_add(users, hash, host->id, timestamp, wall, &added);
+    if (added) {
+      user->weak = weak ? 1 : 0;
+      *user_out = user;
+      return TRUE;
+    }
+  } else if ((user = usher_user_dir_lookup(users, hash)) == NULL) {
+    (void)users_room(d); /* counts and logs the refusal */
+    return FALSE;
   }
 
   UsherHost *cur = user_host(d, user);

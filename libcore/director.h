@@ -173,6 +173,14 @@ GArray *usher_director_take_effects(UsherDirector *director);
 
 /* ---- Inputs -------------------------------------------------------------------------------- */
 
+/* Before usher_director_start(): puts back a user entry from a snapshot that this director
+ * wrote (a full-ring restart then moves no user). The entry goes to host's tag. It is skipped
+ * (FALSE) if host is not a backend, hash is 0, the entry has expired by now, the user is already
+ * present, or the directory is full. Nothing is sent: the ring learns the entry in the
+ * handshake, as any other. */
+gboolean usher_director_restore_user(UsherDirector *director, UsherNow now, guint32 hash,
+                                     const UsherIp *host, guint32 timestamp);
+
 /* Starts the director: connects to its right neighbour (or declares itself alone). */
 void usher_director_start(UsherDirector *director, UsherNow now);
 
@@ -371,9 +379,9 @@ typedef struct {
   gint64 last_input, last_output;  /* UNIX seconds; 0 = never */
 } UsherMemberInfo;
 
-/* DIRECTOR-LIST: for each member in (ip, port) order, one entry per connection it has, or one
- * entry with role NONE if it has none; then incoming connections whose ME has not arrived, by
- * id. An array of UsherMemberInfo (transfer full). */
+/* DIRECTOR-LIST, in Dovecot's order: incoming connections whose ME has not arrived (by id);
+ * then for each member in (ip, port) order one entry per connection it has (by id), or one entry
+ * with role NONE if it has none. An array of UsherMemberInfo (transfer full). */
 GArray *usher_director_list_members(const UsherDirector *director);
 
 typedef struct {

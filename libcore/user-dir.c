@@ -17,6 +17,13 @@
 #define INDEX_MIN_SLOTS 16u
 #define NIL 0u
 
+/* An index slot holds the user hash beside the entry reference, so that probing compares hashes
+ * without touching the entries: one cache miss per probe instead of two (about twice as fast
+ * for handshakes and snapshots of millions of users, for 4 more bytes per slot). */
+#define SLOT_REF(s) ((guint32)(s))
+#define SLOT_HASH(s) ((guint32)((s) >> 32))
+#define MAKE_SLOT(hash, ref) (((guint64)(hash) << 32) | (guint64)(ref))
+
 G_STATIC_ASSERT(sizeof(UsherUser) == 24);
 
 struct UsherUserDir {
@@ -31,7 +38,7 @@ struct UsherUserDir {
   guint32 head, tail;
   guint count;
 
-  guint32 *slots; /* index: refs, 0 = empty */
+  guint64 *slots; /* index: hash << 32 | ref (ref 0 = empty); see SLOT_* */
   guint32 slot_mask;
 
   gint64 last_expire_now;
@@ -86,7 +93,7 @@ usher_user_dir_new(UsherHostTable *hosts, guint expire_secs)
   UsherUserDir *dir = g_new0(UsherUserDir, 1);
   dir->hosts = hosts;
   dir->expire_secs = expire_secs;
-  dir->slots = g_new0(guint32, INDEX_MIN_SLOTS);
+  dir->slots = g_new0(guint64, INDEX_MIN_SLOTS);
   dir->slot_mask = INDEX_MIN_SLOTS - 1;
   dir->last_expire_now = G_MININT64;
   return dir;
@@ -123,8 +130,8 @@ find_slot(const UsherUserDir *dir, guint32 hash)
 {
   guint32 i = mix32(hash) & dir->slot_mask;
   for (;;) {
-    guint32 ref = dir->slots[i];
-    if (ref == NIL || entry(dir, ref)->hash == hash)
+    guint64 slot = dir->slots[i];
+    if (SLOT_REF(slot) == NIL || SLOT_HASH(slot) == hash)
       return i;
     i = (i + 1) & dir->slot_mask;
   }
@@ -133,14 +140,14 @@ find_slot(const UsherUserDir *dir, guint32 hash)
 static void
 index_resize(UsherUserDir *dir, guint32 n_slots)
 {
-  guint32 *old = dir->slots;
+  guint64 *old = dir->slots;
   guint32 old_n = dir->slot_mask + 1;
-  dir->slots = g_new0(guint32, n_slots);
+  dir->slots = g_new0(guint64, n_slots);
   dir->slot_mask = n_slots - 1;
   for (guint32 i = 0; i < old_n; i++) {
-    if (old[i] == NIL)
+    if (SLOT_REF(old[i]) == NIL)
       continue;
-    guint32 s = find_slot(dir, entry(dir, old[i])->hash);
+    guint32 s = find_slot(dir, SLOT_HASH(old[i]));
     dir->slots[s] = old[i];
   }
   g_free(old);
@@ -154,18 +161,18 @@ index_delete_slot(UsherUserDir *dir, guint32 i)
   guint32 j = i;
   for (;;) {
     j = (j + 1) & mask;
-    guint32 ref = dir->slots[j];
-    if (ref == NIL)
+    guint64 slot = dir->slots[j];
+    if (SLOT_REF(slot) == NIL)
       break;
-    guint32 home = mix32(entry(dir, ref)->hash) & mask;
+    guint32 home = mix32(SLOT_HASH(slot)) & mask;
     /* Move slots[j] into the hole at i unless its home lies cyclically in (i, j]. */
     gboolean home_in_range = i <= j ? (home > i && home <= j) : (home > i || home <= j);
     if (!home_in_range) {
-      dir->slots[i] = ref;
+      dir->slots[i] = slot;
       i = j;
     }
   }
-  dir->slots[i] = NIL;
+  dir->slots[i] = 0;
 }
 
 /* --- entries and list ------------------------------------------------------------------------ */
@@ -229,7 +236,7 @@ list_insert_sorted(UsherUserDir *dir, guint32 ref)
 static guint32
 ref_of(const UsherUserDir *dir, const UsherUser *user)
 {
-  guint32 ref = dir->slots[find_slot(dir, user->hash)];
+  guint32 ref = SLOT_REF(dir->slots[find_slot(dir, user->hash)]);
   g_assert(ref != NIL && entry(dir, ref) == user);
   return ref;
 }
@@ -257,8 +264,34 @@ clamp_ts(gint64 timestamp, gint64 now)
 UsherUser *
 usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash)
 {
-  guint32 ref = dir->slots[find_slot(dir, hash)];
+  guint32 ref = SLOT_REF(dir->slots[find_slot(dir, hash)]);
   return ref == NIL ? NULL : entry(dir, ref);
+}
+
+static UsherUser *
+insert_at(UsherUserDir *dir, guint32 slot, guint32 hash, UsherHostId host, gint64 timestamp,
+          gint64 now)
+{
+  guint32 ref = alloc_ref(dir);
+  UsherUser *u = entry(dir, ref);
+  memset(u, 0, sizeof(*u));
+  u->hash = hash;
+  u->timestamp = clamp_ts(timestamp, now);
+  u->host = host;
+  dir->slots[slot] = MAKE_SLOT(hash, ref);
+  list_insert_sorted(dir, ref);
+  dir->count++;
+  count_host(dir, host, 1);
+  return u;
+}
+
+/* Makes room for one more entry. */
+static void
+index_reserve_one(UsherUserDir *dir)
+{
+  g_assert(dir->count < G_MAXUINT32 / 2);
+  if ((guint64)(dir->count + 1) * 4 > (guint64)(dir->slot_mask + 1) * 3)
+    index_resize(dir, (dir->slot_mask + 1) * 2);
 }
 
 UsherUser *
@@ -266,23 +299,24 @@ usher_user_dir_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 tim
                    gint64 now)
 {
   g_assert(hash != 0);
-  g_assert(dir->count < G_MAXUINT32 / 2);
-  if ((guint64)(dir->count + 1) * 4 > (guint64)(dir->slot_mask + 1) * 3)
-    index_resize(dir, (dir->slot_mask + 1) * 2);
-
+  index_reserve_one(dir);
   guint32 slot = find_slot(dir, hash);
-  g_assert(dir->slots[slot] == NIL);
-  guint32 ref = alloc_ref(dir);
-  UsherUser *u = entry(dir, ref);
-  memset(u, 0, sizeof(*u));
-  u->hash = hash;
-  u->timestamp = clamp_ts(timestamp, now);
-  u->host = host;
-  dir->slots[slot] = ref;
-  list_insert_sorted(dir, ref);
-  dir->count++;
-  count_host(dir, host, 1);
-  return u;
+  g_assert(SLOT_REF(dir->slots[slot]) == NIL);
+  return insert_at(dir, slot, hash, host, timestamp, now);
+}
+
+UsherUser *
+usher_user_dir_find_or_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 timestamp,
+                           gint64 now, gboolean *added_out)
+{
+  g_assert(hash != 0);
+  index_reserve_one(dir);
+  guint32 slot = find_slot(dir, hash);
+  guint32 ref = SLOT_REF(dir->slots[slot]);
+  *added_out = ref == NIL;
+  if (ref != NIL)
+    return entry(dir, ref);
+  return insert_at(dir, slot, hash, host, timestamp, now);
 }
 
 void
@@ -326,8 +360,9 @@ void
 usher_user_dir_remove(UsherUserDir *dir, UsherUser *user)
 {
   guint32 slot = find_slot(dir, user->hash);
-  g_assert(dir->slots[slot] != NIL && entry(dir, dir->slots[slot]) == user);
-  remove_ref(dir, dir->slots[slot], slot);
+  guint32 ref = SLOT_REF(dir->slots[slot]);
+  g_assert(ref != NIL && entry(dir, ref) == user);
+  remove_ref(dir, ref, slot);
 }
 
 guint
@@ -456,7 +491,7 @@ gsize
 usher_user_dir_memory_bytes(const UsherUserDir *dir)
 {
   return sizeof(*dir) + (gsize)dir->n_chunks * (CHUNK_SIZE * sizeof(UsherUser) + sizeof(void *)) +
-         (gsize)(dir->slot_mask + 1) * sizeof(guint32);
+         (gsize)(dir->slot_mask + 1) * sizeof(guint64);
 }
 
 gboolean
@@ -477,7 +512,7 @@ usher_user_dir_check(const UsherUserDir *dir, const char **why_out)
       FAIL("list not sorted by timestamp");
     if (u->hash == 0)
       FAIL("entry with hash 0");
-    if (dir->slots[find_slot(dir, u->hash)] != ref)
+    if (SLOT_REF(dir->slots[find_slot(dir, u->hash)]) != ref)
       FAIL("entry not reachable through the index");
     prev = ref;
     if (++n > dir->count)
@@ -489,7 +524,7 @@ usher_user_dir_check(const UsherUserDir *dir, const char **why_out)
     FAIL("list shorter than count");
   guint used = 0;
   for (guint32 i = 0; i <= dir->slot_mask; i++)
-    used += dir->slots[i] != NIL;
+    used += SLOT_REF(dir->slots[i]) != NIL;
   if (used != dir->count)
     FAIL("index holds a different number of entries");
   if ((guint64)used * 4 > (guint64)(dir->slot_mask + 1) * 3)

@@ -6,7 +6,8 @@
  * clock. Per-host user counts in the host table are kept in step with every change.
  *
  * Memory: a fixed 24-byte entry in chunked slabs (entries never move, so UsherUser pointers stay
- * valid until the entry is removed) plus a 4-byte open-addressing index slot per 1.3..2.7 users.
+ * valid until the entry is removed) plus an 8-byte open-addressing index slot (hash and entry
+ * reference) per 1.3..2.7 users.
  */
 #pragma once
 
@@ -64,6 +65,10 @@ UsherUser *usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash);
  * no entry is ever stamped in the future. */
 UsherUser *usher_user_dir_add(UsherUserDir *dir, guint32 hash, UsherHostId host, gint64 timestamp,
                               gint64 now);
+/* The entry for hash, or a new one as usher_user_dir_add() would make (*added_out says which):
+ * one index probe instead of a lookup and an add. */
+UsherUser *usher_user_dir_find_or_add(UsherUserDir *dir, guint32 hash, UsherHostId host,
+                                      gint64 timestamp, gint64 now, gboolean *added_out);
 /* Moves the timestamp forward to timestamp (never backwards; clamped to now). */
 void usher_user_dir_refresh(UsherUserDir *dir, UsherUser *user, gint64 timestamp, gint64 now);
 void usher_user_dir_set_host(UsherUserDir *dir, UsherUser *user, UsherHostId host);
@@ -85,6 +90,10 @@ gboolean usher_user_dir_is_expired(const UsherUserDir *dir, const UsherUser *use
 gint64 usher_user_dir_next_deadline(const UsherUserDir *dir);
 /* Drops expired entries (see UsherExpireStats). stats_out may be NULL. */
 void usher_user_dir_expire(UsherUserDir *dir, gint64 now, UsherExpireStats *stats_out);
+
+/* Entry memory is released only with the directory: an UsherUser pointer stays readable after
+ * its entry is removed (its hash then reads 0, or another user's hash once the slot is reused),
+ * so a holder can tell whether it still points at the same user by comparing the hash. */
 
 /* Oldest-first iteration. The entry returned by _next stays valid; removing the current entry
  * while iterating is allowed if _next was fetched first. */

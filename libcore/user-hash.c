@@ -277,3 +277,9 @@ usher_login_hasher_hash(const UsherLoginHasher *h, const char *login, gssize len
   gsize n = len < 0 ? strlen(login) : (gsize)len;
   return usher_hash_format_user(h->format, login, (gssize)usher_login_hasher_cut(h, login, n));
 }
+
+guint32
+usher_login_hasher_hash_whole(const UsherLoginHasher *h, const char *name, gssize len)
+{
+  return usher_hash_format_user(h->format, name, len);
+}

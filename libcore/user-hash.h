@@ -44,6 +44,9 @@ void usher_login_hasher_free(UsherLoginHasher *hasher);
 gsize usher_login_hasher_cut(const UsherLoginHasher *hasher, const char *login, gsize len);
 /* The user hash of a login name (len < 0: NUL-terminated). */
 guint32 usher_login_hasher_hash(const UsherLoginHasher *hasher, const char *login, gssize len);
+/* The hash of the whole name, without the separator cut (what Dovecot's admin commands hash). */
+guint32 usher_login_hasher_hash_whole(const UsherLoginHasher *hasher, const char *name,
+                                      gssize len);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherHashFormat, usher_hash_format_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(UsherLoginHasher, usher_login_hasher_free)

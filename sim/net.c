@@ -145,8 +145,10 @@ push_link_event(SimNet *net, gint64 t, guint kind, Link *l, guint side, guint64 
 static void
 schedule_close(SimNet *net, Link *l, guint side, const char *reason)
 {
-  gint64 t = MAX(NOW(net) + latency(net, l->node[1 - side], l->node[side]),
-                 l->last_delivery_us[side]);
+  /* Not inside MAX(): it evaluates its arguments twice, and a second latency() draw could put
+   * the close before bytes still in flight (TCP delivers them first). */
+  gint64 t = NOW(net) + latency(net, l->node[1 - side], l->node[side]);
+  t = MAX(t, l->last_delivery_us[side]);
   push_link_event(net, t, SIM_NET_EV_CLOSE, l, side, (guint64)(gsize)reason);
 }
 

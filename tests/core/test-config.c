@@ -929,6 +929,73 @@ test_example_tags_conf(void)
   g_assert_cmpuint(named, >=, 1);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * [daemon]
+ */
+
+static void
+test_daemon_group(void)
+{
+  g_autoptr(UsherConfig) defaults = parse_ok("");
+  g_assert_false(defaults->has_ring_address);
+  g_assert_cmpstr(defaults->admin_socket, ==, USHER_ADMIN_SOCKET_DEFAULT);
+  g_assert_cmpuint(defaults->admin_socket_mode, ==, 0600);
+  g_assert_cmpstr(defaults->admin_socket_user, ==, "");
+  g_assert_false(defaults->has_admin_listen);
+  g_assert_cmpuint(defaults->admin_max_clients, ==, 32);
+
+  g_autoptr(UsherConfig) c = parse_ok(
+    "[ring]\ndirectors = 10.0.0.1 10.0.0.2:7000\n"
+    "[daemon]\nring_address = 10.0.0.2:7000\nadmin_socket = /run/x/admin\n"
+    "admin_socket_mode = 660\nadmin_socket_group = mail\nadmin_listen = 127.0.0.1:9091\n"
+    "admin_max_clients = 5\n");
+  g_assert_true(c->has_ring_address);
+  g_assert_cmpuint(c->ring_address.port, ==, 7000);
+  g_assert_cmpstr(c->admin_socket, ==, "/run/x/admin");
+  g_assert_cmpuint(c->admin_socket_mode, ==, 0660);
+  g_assert_cmpstr(c->admin_socket_group, ==, "mail");
+  g_assert_true(c->has_admin_listen);
+  g_assert_cmpuint(c->admin_listen.port, ==, 9091);
+  g_assert_cmpuint(c->admin_max_clients, ==, 5);
+
+  /* A bare IP takes the default ring port, and must then match a member with it. */
+  g_autoptr(UsherConfig) bare =
+    parse_ok("[ring]\ndirectors = 10.0.0.1\n[daemon]\nring_address = 10.0.0.1\n");
+  g_assert_cmpuint(bare->ring_address.port, ==, USHER_DIRECTOR_PORT_DEFAULT);
+
+  parse_fails("[ring]\ndirectors = 10.0.0.1\n[daemon]\nring_address = 10.0.0.9\n",
+              USHER_CONFIG_ERROR_CONFLICT, "[daemon] ring_address: 10.0.0.9:9090 is not in [ring]",
+              NULL);
+  parse_fails("[daemon]\nring_address = mail1\n", USHER_CONFIG_ERROR_INVALID,
+              "[daemon] ring_address", "not an IP address", NULL);
+  parse_fails("[daemon]\nadmin_socket = run/admin\n", USHER_CONFIG_ERROR_INVALID,
+              "must be an absolute path", NULL);
+  parse_fails("[daemon]\nadmin_socket_mode = 0680\n", USHER_CONFIG_ERROR_INVALID,
+              "\"0680\" is not an octal file mode", NULL);
+  parse_fails("[daemon]\nadmin_socket_mode = 1777\n", USHER_CONFIG_ERROR_INVALID,
+              "octal file mode", NULL);
+  parse_fails("[daemon]\nadmin_listen = 127.0.0.1\n", USHER_CONFIG_ERROR_INVALID,
+              "[daemon] admin_listen: needs a port", NULL);
+  parse_fails("[daemon]\nadmin_max_clients = 0\n", USHER_CONFIG_ERROR_INVALID,
+              "out of range (1 to 10000)", NULL);
+  parse_fails("[daemon]\nadmin_socket_user = a b\n", USHER_CONFIG_ERROR_INVALID,
+              "not a user or group name", NULL);
+  parse_fails("[daemon]\nlisten = x\n", USHER_CONFIG_ERROR_UNKNOWN_KEY,
+              "unknown key (known keys in [daemon]: ring_address", NULL);
+
+  /* The address grammar for command-line options. */
+  UsherDirectorAddr addr;
+  g_autoptr(GError) error = NULL;
+  g_assert_true(usher_config_parse_address("[::1]:7", 9090, &addr, &error));
+  g_assert_cmpuint(addr.port, ==, 7);
+  g_assert_true(usher_config_parse_address("10.1.2.3", 9090, &addr, &error));
+  g_assert_cmpuint(addr.port, ==, 9090);
+  g_assert_false(usher_config_parse_address("10.1.2.3:99999", 9090, &addr, &error));
+  g_assert_nonnull(strstr(error->message, "is not a port"));
+  g_clear_error(&error);
+  g_assert_false(usher_config_parse_address("", 9090, &addr, &error));
+}
+
 int
 main(int argc, char **argv)
 {
@@ -951,5 +1018,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/config/truncations", test_truncations);
   g_test_add_func("/core/config/example/usher-conf", test_example_usher_conf);
   g_test_add_func("/core/config/example/tags-conf", test_example_tags_conf);
+  g_test_add_func("/core/config/daemon", test_daemon_group);
   return g_test_run();
 }

@@ -1584,6 +1584,34 @@ test_msg_helpers(void)
   g_assert_false(usher_ring_msg_equal(&a, &b));
 }
 
+/* The plain "U" line has a fast path in the parser; an escape that changes nothing (a "\001"
+ * at the end of a field is dropped) sends the same line through the general path. Both must
+ * agree on every outcome. */
+static void
+test_plain_u_fast_path(void)
+{
+  static const char *const rest[] = {
+    "\t127.0.2.1\t1795393974",   "\t127.0.2.1\t1795393974\tw", "\t127.0.2.1\t1795393974\twx\tmore",
+    "\t127.0.2.1\t1795393974\tx", "\t127.0.2.1",                "\tnot-an-ip\t1",
+    "\t127.0.2.1\t-1",            "\t::1\t4294967295",           "\t127.0.2.1\t4294967296",
+    "\t127.0.2.1\t",              "",
+  };
+  static const char *const hashes[] = {"617210206", "0", "4294967296", "x", ""};
+  for (gsize h = 0; h < G_N_ELEMENTS(hashes); h++) {
+    for (gsize r = 0; r < G_N_ELEMENTS(rest); r++) {
+      g_autofree char *fast = g_strdup_printf("U\t%s%s", hashes[h], rest[r]);
+      g_autofree char *general = g_strdup_printf("U\t%s\001%s", hashes[h], rest[r]);
+      UsherRingMsg a, b;
+      UsherRingParseResult ra = usher_ring_msg_parse(fast, strlen(fast), 0, &a);
+      UsherRingParseResult rb = usher_ring_msg_parse(general, strlen(general), 0, &b);
+      if (ra != rb)
+        g_error("U\\t%s%s: fast path %s, general %s", hashes[h], rest[r],
+                usher_ring_parse_result_to_string(ra), usher_ring_parse_result_to_string(rb));
+      g_assert_true(usher_ring_msg_equal(&a, &b));
+    }
+  }
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1593,6 +1621,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring-codec/escape/invalid", test_escape_invalid);
   g_test_add_func("/core/ring-codec/escape/in-fields", test_escape_in_fields);
   g_test_add_func("/core/ring-codec/parse/raw-nul", test_raw_nul);
+  g_test_add_func("/core/ring-codec/parse/plain-u-fast-path", test_plain_u_fast_path);
   g_test_add_func("/core/ring-codec/reader/basic", test_reader_basic);
   g_test_add_func("/core/ring-codec/reader/cr", test_reader_cr);
   g_test_add_func("/core/ring-codec/reader/split-everywhere", test_reader_split_everywhere);

@@ -158,6 +158,30 @@ test_crash_rejoin(void)
   harness_free(h);
 }
 
+/* A restarted director rejoins without a lost SYNC: its left neighbour, which has no right while
+ * it reconnects to the newcomer, holds both its right's and the newcomer's SYNCs and forwards
+ * both. Holding only the latest lost the other, and its origin waited 5 s for the resend. */
+static void
+test_rejoin_no_lost_sync(void)
+{
+  Harness *h = harness_new(3, BACKENDS, NULL);
+  harness_start_all(h);
+  g_assert_true(harness_run_until_synced(h, 120 * SEC));
+  harness_crash(h, 1);
+  g_assert_true(harness_run_until_synced(h, 120 * SEC));
+  harness_run(h, 60 * SEC);
+  guint64 resends[3] = {0};
+  for (guint i = 0; i < 3; i += 2)
+    resends[i] = usher_director_get_stats(harness_node(h, i))->sync_resends;
+  harness_restart(h, 1);
+  g_assert_true(harness_run_until_synced(h, SEC));
+  assert_ring(h);
+  harness_run(h, 10 * SEC);
+  for (guint i = 0; i < 3; i += 2)
+    g_assert_cmpuint(usher_director_get_stats(harness_node(h, i))->sync_resends, ==, resends[i]);
+  harness_free(h);
+}
+
 /* 100k users cross in one handshake, in bounded batches. Over a link of bytes_per_sec (0:
  * unlimited) the user stream waits for the link's queue to drain. */
 static gint64
@@ -591,6 +615,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring/users-agree", test_users_agree);
   g_test_add_func("/core/ring/deterministic", test_deterministic);
   g_test_add_func("/core/ring/crash-rejoin", test_crash_rejoin);
+  g_test_add_func("/core/ring/rejoin-no-lost-sync", test_rejoin_no_lost_sync);
   g_test_add_func("/core/ring/large-handshake", test_large_handshake);
   g_test_add_func("/core/ring/large-handshake-slow-link", test_large_handshake_slow_link);
   g_test_add_func("/core/ring/split-merge", test_split_merge);

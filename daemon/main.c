@@ -1,0 +1,225 @@
+/* main.c - usherd: options, configuration, signals, start and stop order. */
+
+
+#include "common/config-file.h"
+#include "daemon/usherd.h"
+
+#include <glib-unix.h>
+#include <locale.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define USHERD_CONFIG_DEFAULT "/etc/usher/usher.conf"
+
+/* Logs go to the journal when stderr is connected to it (systemd), else to stderr as one line
+ * each: time, level, message. Informational lines are shown; debug lines only with --debug. */
+static gboolean log_debug;
+
+static GLogWriterOutput
+log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer data)
+{
+  (void)data;
+  if ((level & G_LOG_LEVEL_DEBUG) && !log_debug)
+    return G_LOG_WRITER_HANDLED;
+  if (g_log_writer_is_journald(fileno(stderr)) &&
+      g_log_writer_journald(level, fields, n_fields, NULL) == G_LOG_WRITER_HANDLED)
+    return G_LOG_WRITER_HANDLED;
+  const char *message = "";
+  for (gsize i = 0; i < n_fields; i++)
+    if (g_strcmp0(fields[i].key, "MESSAGE") == 0)
+      message = fields[i].value;
+  const char *name = (level & G_LOG_LEVEL_ERROR)      ? "error"
+                     : (level & G_LOG_LEVEL_CRITICAL) ? "critical"
+                     : (level & G_LOG_LEVEL_WARNING)  ? "warning"
+                     : (level & G_LOG_LEVEL_MESSAGE)  ? "notice"
+                     : (level & G_LOG_LEVEL_INFO)     ? "info"
+                                                      : "debug";
+  g_autoptr(GDateTime) t = g_date_time_new_now_local();
+  g_autofree char *when = g_date_time_format(t, "%Y-%m-%d %H:%M:%S.%f");
+  when[23] = '\0'; /* milliseconds */
+  fprintf(stderr, "%s usherd[%d]: %s: %s\n", when, (int)getpid(), name, message);
+  return G_LOG_WRITER_HANDLED;
+}
+
+static gboolean
+on_stop_signal(gpointer data)
+{
+  Usherd *u = data;
+  if (!u->stopping) {
+    u->stopping = TRUE;
+    g_message("stopping");
+    g_main_loop_quit(u->loop);
+  }
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+on_hup(gpointer data)
+{
+  (void)data;
+  g_warning("SIGHUP: reloading the configuration at run time is not implemented yet; restart "
+            "usherd to apply changes (runtime changes made with doveadm/usherctl are kept by the "
+            "ring while at least one director runs)");
+  return G_SOURCE_CONTINUE;
+}
+
+/* This director's ring address: --ring-address, else [daemon] ring_address; a standalone
+ * director (no [ring] directors) is 127.0.0.1 with no ring listener, as in Dovecot. */
+static gboolean
+choose_self(Usherd *u, const char *option, GError **error)
+{
+  if (option != NULL) {
+    UsherDirectorAddr addr;
+    if (!usher_config_parse_address(option, USHER_DIRECTOR_PORT_DEFAULT, &addr, error)) {
+      g_prefix_error(error, "--ring-address: ");
+      return FALSE;
+    }
+    u->self.ip = addr.ip;
+    u->self.port = addr.port;
+    return TRUE;
+  }
+  if (u->config->has_ring_address) {
+    u->self.ip = u->config->ring_address.ip;
+    u->self.port = u->config->ring_address.port;
+    return TRUE;
+  }
+  if (u->config->directors->len == 0) {
+    g_assert_true(usher_ip_parse("127.0.0.1", -1, &u->self.ip));
+    u->self.port = 0;
+    return TRUE;
+  }
+  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+              "%s: [ring] lists directors, but which one is this? Set [daemon] ring_address or "
+              "give --ring-address",
+              u->config_path);
+  return FALSE;
+}
+
+int
+main(int argc, char **argv)
+{
+  setlocale(LC_ALL, "");
+  g_autofree char *config_path = NULL, *ring_address = NULL, *admin_socket = NULL;
+  gboolean check = FALSE, debug = FALSE, version = FALSE;
+  GOptionEntry entries[] = {
+    {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
+     "Configuration file (default " USHERD_CONFIG_DEFAULT ")", "FILE"},
+    {"ring-address", 0, 0, G_OPTION_ARG_STRING, &ring_address,
+     "This director's IP:PORT in [ring] directors (overrides [daemon] ring_address)", "IP:PORT"},
+    {"admin-socket", 0, 0, G_OPTION_ARG_FILENAME, &admin_socket,
+     "The director-admin socket (overrides [daemon] admin_socket)", "PATH"},
+    {"check", 0, 0, G_OPTION_ARG_NONE, &check,
+     "Check the configuration and exit (0 if it is valid)", NULL},
+    {"debug", 'd', 0, G_OPTION_ARG_NONE, &debug, "Log debug messages too", NULL},
+    {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version and exit", NULL},
+    {NULL, 0, 0, 0, NULL, NULL, NULL},
+  };
+  g_autoptr(GOptionContext) options = g_option_context_new("- the Usher director daemon");
+  g_option_context_set_summary(
+    options,
+    "Keeps every mail user on one backend at a time, in a ring of directors that speaks\n"
+    "Dovecot 2.3's director protocol. Runs in the foreground and logs to standard error (or to\n"
+    "the journal under systemd). Stop it with SIGTERM.\n"
+    "\n"
+    "Administration: doveadm director ... -a ADMIN_SOCKET, or usherctl.");
+  g_option_context_set_description(
+    options, "Exit status: 0 after a clean stop (or a valid --check), 1 on a configuration or "
+             "start-up error.\nSee usherd(8) and doc/configuration.md.");
+  g_option_context_add_main_entries(options, entries, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!g_option_context_parse(options, &argc, &argv, &error)) {
+    fprintf(stderr, "usherd: %s (try --help)\n", error->message);
+    return 1;
+  }
+  if (version) {
+    printf("usherd %s\n", USHER_VERSION);
+    return 0;
+  }
+  if (argc > 1) {
+    fprintf(stderr, "usherd: unexpected argument \"%s\" (try --help)\n", argv[1]);
+    return 1;
+  }
+  log_debug = debug;
+  g_log_set_writer_func(log_writer, NULL, NULL);
+
+  Usherd u = {0};
+  u.config_path = g_strdup(config_path != NULL ? config_path : USHERD_CONFIG_DEFAULT);
+  u.config = usher_config_load_file(u.config_path, &error);
+  if (u.config == NULL) {
+    fprintf(stderr, "usherd: %s\n", error->message);
+    g_free(u.config_path);
+    return 1;
+  }
+  if (admin_socket != NULL) {
+    if (admin_socket[0] != '/') {
+      fprintf(stderr, "usherd: --admin-socket: \"%s\" must be an absolute path\n", admin_socket);
+      return 1;
+    }
+    g_free(u.config->admin_socket);
+    u.config->admin_socket = g_strdup(admin_socket);
+  }
+  if (!choose_self(&u, ring_address, &error)) {
+    fprintf(stderr, "usherd: %s\n", error->message);
+    return 1;
+  }
+  if (check) {
+    /* The director refuses a ring address that is not a member: check that too. */
+    UsherDirector *d = usher_director_new(u.config, &u.self, 1, usherd_now(), &error);
+    if (d == NULL) {
+      fprintf(stderr, "usherd: %s: %s\n", u.config_path, error->message);
+      return 1;
+    }
+    usher_director_free(d);
+    printf("usherd: %s is valid\n", u.config_path);
+    usher_config_free(u.config);
+    g_free(u.config_path);
+    return 0;
+  }
+
+  u.context = g_main_context_new();
+  g_main_context_push_thread_default(u.context);
+  u.loop = g_main_loop_new(u.context, FALSE);
+  u.started_wall_us = g_get_real_time();
+  int status = 0;
+  if (!usherd_core_init(&u, &error) || (u.ring = ring_links_new(&u, &error)) == NULL ||
+      (u.admin = admin_server_new(&u, &error)) == NULL) {
+    g_critical("cannot start: %s", error->message);
+    status = 1;
+  } else {
+    GSource *signals[3] = {g_unix_signal_source_new(SIGTERM), g_unix_signal_source_new(SIGINT),
+                           g_unix_signal_source_new(SIGHUP)};
+    for (int i = 0; i < 3; i++) {
+      g_source_set_callback(signals[i], i < 2 ? on_stop_signal : on_hup, &u, NULL);
+      g_source_attach(signals[i], u.context);
+    }
+    char ip[USHER_IP_STRLEN];
+    g_message("usherd %s started: ring address %s:%u, %u directors, %u backends, admin socket %s",
+              USHER_VERSION, usher_ip_to_string(&u.self.ip, ip), u.self.port,
+              u.config->directors->len, u.config->backends->len, u.config->admin_socket);
+    usherd_state_load_users(&u);
+    usherd_core_start(&u);
+    usherd_state_start(&u);
+    g_main_loop_run(u.loop);
+    usherd_state_stop(&u);
+    g_autoptr(GError) save_error = NULL;
+    if (!usherd_state_save_users(&u, &save_error))
+      g_warning("user snapshot not saved: %s", save_error->message);
+    for (int i = 0; i < 3; i++) {
+      g_source_destroy(signals[i]);
+      g_source_unref(signals[i]);
+    }
+  }
+  admin_server_free(u.admin);
+  ring_links_free(u.ring);
+  usherd_core_free(&u);
+  g_main_loop_unref(u.loop);
+  g_main_context_pop_thread_default(u.context);
+  /* Let cancelled operations (dials, flush hooks) finish their callbacks. */
+  while (g_main_context_iteration(u.context, FALSE))
+    ;
+  g_main_context_unref(u.context);
+  usher_config_free(u.config);
+  g_free(u.config_path);
+  return status;
+}
