@@ -1434,10 +1434,12 @@ sim_world_run(SimWorld *w)
 
   /* The end: every invariant once more, then the checks. The checks and figures are taken at
    * the end of the run. For the final agreement, new logins stop and the directors get up to the
-   * convergence budget to settle what is still in flight. */
+   * convergence budget to settle what is still in flight. A final no-pending-logins check waits
+   * too (below): a login may legitimately wait at the last instant, for a move whose kick the
+   * driver reports late, say. */
   for (guint i = 0; i < w->sc->checks->len; i++) {
     SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
-    if (c->at_us < 0)
+    if (c->at_us < 0 && c->kind != SIM_CHECK_NO_PENDING_LOGINS)
       (void)evaluate_check(w, c);
   }
   gboolean faulty = w->faults_active > 0;
@@ -1451,6 +1453,17 @@ sim_world_run(SimWorld *w)
       world_fail(w, "the directors still disagree %" G_GINT64_FORMAT " s after the end of the run: %s",
                  (w->now_us - end) / SEC_US, why);
     }
+  }
+  /* The logins in flight at the end get their bounded time to be answered (no new ones start);
+   * then no director may hold a request any more. */
+  w->quiescing = TRUE;
+  gint64 answer_by = end + USHER_REQUEST_TIMEOUT_SECS * SEC_US + LOGIN_COMPLETION_SLACK_US;
+  while (g_hash_table_size(w->logins) > 0 && w->now_us < answer_by && !w->budget_exhausted)
+    run_until(w, MIN(w->now_us + SEC_US / 10, answer_by));
+  for (guint i = 0; i < w->sc->checks->len; i++) {
+    SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+    if (c->at_us < 0 && c->kind == SIM_CHECK_NO_PENDING_LOGINS)
+      (void)evaluate_check(w, c);
   }
   check_counts(w);
   GHashTableIter it;
