@@ -64,7 +64,9 @@ ushersim_cmd_swarm(int argc, char **argv)
   g_option_context_set_summary(
     ctx, "Each seed draws a cluster (2-6 directors, 2-6 backends), a workload and up to seven\n"
          "faults (partitions, crashes, host changes, flushes, moves, kicks, clock steps, link\n"
-         "resets, backend failures), runs it and checks every invariant. Prints the failing seeds;\n"
+         "resets, backend failures), and in about one seed in ten each of the driver faults (late or\n"
+         "lost kicks, slow, failing or lost flush hooks, slow links with small send buffers, cancelled\n"
+         "logins; doc/scenarios.md), runs it and checks every invariant. Prints the failing seeds;\n"
          "exit status 1 if any fails.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;

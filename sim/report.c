@@ -18,8 +18,8 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   fprintf(out, "scenario %s: %u directors, %u backends, %" G_GUINT64_FORMAT " users, %s\n",
           sc->name, sc->directors, sc->backends->len, sc->users, dur);
   fprintf(out, "seed %" G_GUINT64_FORMAT " (network 0x%016" G_GINT64_MODIFIER "x, workload 0x%016" G_GINT64_MODIFIER
-               "x, directors 0x%016" G_GINT64_MODIFIER "x)\n",
-          w->seed, w->seed_net, w->seed_workload, w->seed_directors);
+               "x, directors 0x%016" G_GINT64_MODIFIER "x, driver 0x%016" G_GINT64_MODIFIER "x)\n",
+          w->seed, w->seed_net, w->seed_workload, w->seed_directors, w->seed_driver);
 
   /* Live sessions per backend over time (at most 13 rows). */
   fprintf(out, "\nlive sessions per backend\n%-13s", "time");
@@ -41,6 +41,9 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                " refused by a full backend, %" G_GUINT64_FORMAT " by a failed one\n",
           w->logins_ok, w->logins_failed, w->login_attempts, w->retries, w->tempfails,
           w->backend_full, w->backend_refused);
+  if (w->logins_cancelled > 0)
+    fprintf(out, "logins the client cancelled while they waited: %" G_GUINT64_FORMAT "\n",
+            w->logins_cancelled);
   fprintf(out, "login latency: p50 ");
   print_ms(out, world_latency_percentile(w, 50));
   fprintf(out, ", p90 ");
@@ -85,6 +88,11 @@ sim_world_print_summary(SimWorld *w, FILE *out)
     sum.kicks_sent += st->kicks_sent;
     sum.users_expired += st->users_expired;
     sum.sync_resends += st->sync_resends;
+    sum.kicks_timed_out += st->kicks_timed_out;
+    sum.flushes_failed += st->flushes_failed;
+    sum.flushes_timed_out += st->flushes_timed_out;
+    sum.requests_cancelled += st->requests_cancelled;
+    sum.handshake_pauses += st->handshake_pauses;
   }
   fprintf(out, "directors (all that are up, since their last start): %" G_GUINT64_FORMAT
                " users moved by admin commands and flushes; every director's moves: %" G_GUINT64_FORMAT
@@ -97,6 +105,19 @@ sim_world_print_summary(SimWorld *w, FILE *out)
           sum.user_conflicts,
           sum.host_conflicts, sum.logins_delayed, sum.kicks_sent, sum.users_expired,
           sum.sync_resends, sum.protocol_errors);
+  fprintf(out, "directors and their driver: %" G_GUINT64_FORMAT " kicks timed out, %" G_GUINT64_FORMAT
+               " flush hooks failed, %" G_GUINT64_FORMAT " timed out; %" G_GUINT64_FORMAT
+               " login requests cancelled; %" G_GUINT64_FORMAT " handshake pauses\n",
+          sum.kicks_timed_out, sum.flushes_failed, sum.flushes_timed_out, sum.requests_cancelled,
+          sum.handshake_pauses);
+  if (w->kicks_lost + w->flushes_lost + w->flushes_failed > 0)
+    fprintf(out, "driver faults: %" G_GUINT64_FORMAT " kicks never reported done, %" G_GUINT64_FORMAT
+                 " flush hooks never reported, %" G_GUINT64_FORMAT " reported failed\n",
+            w->kicks_lost, w->flushes_lost, w->flushes_failed);
+  const SimNetStats *ns = sim_net_get_stats(w->net);
+  fprintf(out, "network: %" G_GUINT64_FORMAT " connections closed with a full output buffer; "
+               "the most output queued on one: %" G_GUINT64_FORMAT " bytes\n",
+          ns->output_overflows, ns->peak_queued);
   double secs = w->wall_elapsed_us > 0 ? w->wall_elapsed_us / 1e6 : 0;
   fprintf(out, "\n%" G_GUINT64_FORMAT " events in %.2f s of host time (%.2f M events/s)\n",
           w->events, secs, secs > 0 ? w->events / secs / 1e6 : 0);
@@ -155,6 +176,12 @@ sim_world_report_json(SimWorld *w)
   INT("windows_unsafe", w->windows_unsafe);
   INT("windows_violation", w->windows_violation);
   INT("window_longest_us", w->window_longest_us);
+  INT("logins_cancelled", w->logins_cancelled);
+  INT("kicks_lost", w->kicks_lost);
+  INT("flushes_lost", w->flushes_lost);
+  INT("flushes_failed", w->flushes_failed);
+  INT("output_overflows", sim_net_get_stats(w->net)->output_overflows);
+  INT("peak_queued_bytes", sim_net_get_stats(w->net)->peak_queued);
   json_builder_set_member_name(b, "login_latency_us");
   json_builder_begin_object(b);
   INT("p50", world_latency_percentile(w, 50));
@@ -198,6 +225,11 @@ sim_world_report_json(SimWorld *w)
       INT("duplicate_commands", st->duplicate_commands);
       INT("floods_held", st->floods_held);
       INT("floods_held_overflow", st->floods_held_overflow);
+      INT("handshake_pauses", st->handshake_pauses);
+      INT("kicks_timed_out", st->kicks_timed_out);
+      INT("flushes_failed", st->flushes_failed);
+      INT("flushes_timed_out", st->flushes_timed_out);
+      INT("requests_cancelled", st->requests_cancelled);
       INT("lines_in", st->lines_in);
       INT("lines_out", st->lines_out);
     }

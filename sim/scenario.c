@@ -550,12 +550,52 @@ load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
     sc->retry_attempts = (guint)att;
   }
   sc->lmtp_duration_us = 200000;
-  sc->kick_delay_us = 1000;
+  sc->kick_duration = (SimDist){SIM_DIST_FIXED, 1000, 0};
   if (!get_duration(ctx, "workload", w, "lmtp_duration", 0, 3600 * G_GINT64_CONSTANT(1000000),
                     &sc->lmtp_duration_us) ||
-      !get_duration(ctx, "workload", w, "kick_duration", 0, 60 * G_GINT64_CONSTANT(1000000),
-                    &sc->kick_delay_us))
+      !get_dist(ctx, "workload", w, "kick_duration", 0, 3600 * G_GINT64_CONSTANT(1000000),
+                &sc->kick_duration))
     return FALSE;
+  return !ctx->failed;
+}
+
+/* A share in percent (fractions allowed), as thousandths of a percent. */
+static gboolean
+get_share(Ctx *ctx, const char *path, JsonObject *obj, const char *member, guint *out)
+{
+  gint64 v = *out;
+  if (!get_milli(ctx, path, obj, member, 0, 100000, &v))
+    return FALSE;
+  *out = (guint)v;
+  return TRUE;
+}
+
+static gboolean
+load_driver(Ctx *ctx, SimScenario *sc, JsonObject *root, JsonObject *workload)
+{
+  sc->flush_duration = (SimDist){SIM_DIST_FIXED, 10000, 0};
+  sc->login_cancel_after = (SimDist){SIM_DIST_FIXED, 1000000, 0};
+  JsonObject *d = get_object(ctx, "", root, "driver", FALSE);
+  if (d == NULL)
+    return !ctx->failed;
+  static const char *const allowed[] = {"kick_duration", "kick_lost",    "flush_duration",
+                                        "flush_failed",  "flush_lost",   "login_cancel",
+                                        "login_cancel_after",            NULL};
+  if (!only_members(ctx, "driver", d, allowed))
+    return FALSE;
+  if (json_object_has_member(d, "kick_duration") && json_object_has_member(workload, "kick_duration"))
+    return fail(ctx, "driver.kick_duration", "is also given as workload.kick_duration");
+  const gint64 hour = 3600 * G_GINT64_CONSTANT(1000000);
+  if (!get_dist(ctx, "driver", d, "kick_duration", 0, hour, &sc->kick_duration) ||
+      !get_share(ctx, "driver", d, "kick_lost", &sc->kick_lost_milli) ||
+      !get_dist(ctx, "driver", d, "flush_duration", 0, hour, &sc->flush_duration) ||
+      !get_share(ctx, "driver", d, "flush_failed", &sc->flush_failed_milli) ||
+      !get_share(ctx, "driver", d, "flush_lost", &sc->flush_lost_milli) ||
+      !get_share(ctx, "driver", d, "login_cancel", &sc->login_cancel_milli) ||
+      !get_dist(ctx, "driver", d, "login_cancel_after", 0, hour, &sc->login_cancel_after))
+    return FALSE;
+  if (sc->flush_failed_milli + sc->flush_lost_milli > 100000)
+    return fail(ctx, "driver", "flush_failed and flush_lost add up to more than 100");
   return !ctx->failed;
 }
 
@@ -848,7 +888,31 @@ static const struct {
   {"login-latency", SIM_CHECK_LOGIN_LATENCY},
   {"max-kicked", SIM_CHECK_MAX_KICKED},
   {"min-logins", SIM_CHECK_MIN_LOGINS},
+  {"counter", SIM_CHECK_COUNTER},
 };
+
+const char *
+sim_counter_name(SimCounter counter)
+{
+  static const char *const names[SIM_N_COUNTERS] = {
+    [SIM_COUNTER_LOGINS_OK] = "logins_ok",
+    [SIM_COUNTER_LOGINS_FAILED] = "logins_failed",
+    [SIM_COUNTER_LOGINS_CANCELLED] = "logins_cancelled",
+    [SIM_COUNTER_KICKS_LOST] = "kicks_lost",
+    [SIM_COUNTER_FLUSHES_LOST] = "flushes_lost",
+    [SIM_COUNTER_FLUSHES_FAILED] = "flushes_failed",
+    [SIM_COUNTER_OUTPUT_OVERFLOWS] = "output_overflows",
+    [SIM_COUNTER_DIR_KICKS_SENT] = "directors.kicks_sent",
+    [SIM_COUNTER_DIR_KICKS_TIMED_OUT] = "directors.kicks_timed_out",
+    [SIM_COUNTER_DIR_FLUSHES_FAILED] = "directors.flushes_failed",
+    [SIM_COUNTER_DIR_FLUSHES_TIMED_OUT] = "directors.flushes_timed_out",
+    [SIM_COUNTER_DIR_REQUESTS_CANCELLED] = "directors.requests_cancelled",
+    [SIM_COUNTER_DIR_HANDSHAKE_PAUSES] = "directors.handshake_pauses",
+    [SIM_COUNTER_DIR_MOVES_FINISHED] = "directors.moves_finished",
+    [SIM_COUNTER_DIR_MOVES_TIMED_OUT] = "directors.moves_timed_out",
+  };
+  return counter < SIM_N_COUNTERS ? names[counter] : "?";
+}
 
 static gboolean
 load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
@@ -890,6 +954,39 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
       return fail(ctx, p, "\"min\" is missing");
     if (!get_uint(ctx, p, o, "min", 0, G_MAXINT64, &c->max))
       return FALSE;
+    break;
+  }
+  case SIM_CHECK_COUNTER: {
+    static const char *const a[] = {"type", "at", "name", "min", "max", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    const char *name = get_string(ctx, p, o, "name", TRUE);
+    if (name == NULL)
+      return FALSE;
+    gboolean known = FALSE;
+    for (guint k = 0; k < SIM_N_COUNTERS && !known; k++)
+      if (strcmp(name, sim_counter_name((SimCounter)k)) == 0) {
+        c->counter = (SimCounter)k;
+        known = TRUE;
+      }
+    if (!known) {
+      g_autofree char *np = sub(p, "name");
+      GString *all = g_string_new(NULL);
+      for (guint k = 0; k < SIM_N_COUNTERS; k++)
+        g_string_append_printf(all, "%s%s", k > 0 ? ", " : "", sim_counter_name((SimCounter)k));
+      fail(ctx, np, "\"%s\" is not a counter (%s)", name, all->str);
+      g_string_free(all, TRUE);
+      return FALSE;
+    }
+    c->min = 0;
+    c->max = G_MAXINT64;
+    if (json_object_get_member(o, "min") == NULL && json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "give \"min\", \"max\" or both");
+    if (!get_uint(ctx, p, o, "min", 0, G_MAXINT64, &c->min) ||
+        !get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
+      return FALSE;
+    if (c->min > c->max)
+      return fail(ctx, p, "min is above max");
     break;
   }
   case SIM_CHECK_SHARE: {
@@ -1007,7 +1104,7 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
                                         "duration", "max_events",       "sample_interval",
                                         "cluster",  "network",          "workload",
                                         "events",   "checks",           "convergence_budget",
-                                        NULL};
+                                        "driver",   NULL};
   if (!only_members(&ctx, "", root, allowed))
     return NULL;
   const char *name = get_string(&ctx, "", root, "name", TRUE);
@@ -1035,7 +1132,8 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
                     sc->duration_us, &sc->convergence_budget_us))
     return NULL;
   if (!load_cluster(&ctx, sc, root) || !load_network(&ctx, sc, root) ||
-      !load_workload(&ctx, sc, root))
+      !load_workload(&ctx, sc, root) ||
+      !load_driver(&ctx, sc, root, json_object_get_object_member(root, "workload")))
     return NULL;
 
   JsonNode *evn = json_object_get_member(root, "events");

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "libcore/config.h"
+#include "sim/dist.h"
 
 #include <json-glib/json-glib.h>
 
@@ -17,19 +18,6 @@ GQuark sim_scenario_error_quark(void);
 
 #define SIM_MAX_DIRECTORS 32
 #define SIM_MAX_USERS 20000000
-
-/* Integer-only random durations (microseconds). */
-typedef enum {
-  SIM_DIST_FIXED,       /* a */
-  SIM_DIST_UNIFORM,     /* a .. b */
-  SIM_DIST_EXPONENTIAL, /* mean a */
-  SIM_DIST_LOG_UNIFORM, /* a .. b, uniform in log scale */
-} SimDistKind;
-
-typedef struct {
-  SimDistKind kind;
-  gint64 a_us, b_us;
-} SimDist;
 
 typedef struct {
   UsherIp ip;
@@ -90,12 +78,39 @@ typedef enum {
   SIM_CHECK_LOGIN_LATENCY,
   SIM_CHECK_MAX_KICKED,
   SIM_CHECK_MIN_LOGINS,
+  SIM_CHECK_COUNTER,
 } SimCheckKind;
+
+/* What a "counter" check can look at: figures of the run, and sums over the directors that are
+ * up (each since its last start). */
+typedef enum {
+  SIM_COUNTER_LOGINS_OK,
+  SIM_COUNTER_LOGINS_FAILED,
+  SIM_COUNTER_LOGINS_CANCELLED,
+  SIM_COUNTER_KICKS_LOST,
+  SIM_COUNTER_FLUSHES_LOST,
+  SIM_COUNTER_FLUSHES_FAILED,
+  SIM_COUNTER_OUTPUT_OVERFLOWS,
+  SIM_COUNTER_DIR_KICKS_SENT,
+  SIM_COUNTER_DIR_KICKS_TIMED_OUT,
+  SIM_COUNTER_DIR_FLUSHES_FAILED,
+  SIM_COUNTER_DIR_FLUSHES_TIMED_OUT,
+  SIM_COUNTER_DIR_REQUESTS_CANCELLED,
+  SIM_COUNTER_DIR_HANDSHAKE_PAUSES,
+  SIM_COUNTER_DIR_MOVES_FINISHED,
+  SIM_COUNTER_DIR_MOVES_TIMED_OUT,
+  SIM_N_COUNTERS,
+} SimCounter;
+
+/* "logins_cancelled", "directors.kicks_timed_out", ... */
+const char *sim_counter_name(SimCounter counter);
 
 typedef struct {
   SimCheckKind kind;
   gint64 at_us;     /* -1: at the end */
-  guint64 max;      /* max-moved, max-kicked; min-logins: the minimum */
+  guint64 max;      /* max-moved, max-kicked, counter; min-logins: the minimum */
+  guint64 min;      /* counter */
+  SimCounter counter; /* counter */
   UsherIp host;     /* share */
   guint min_x100, max_x100; /* share, in hundredths of a percent */
   gboolean allow_split_brain; /* no-double-backend: windows the ring rules allow do not fail */
@@ -133,7 +148,16 @@ typedef struct {
   guint retry_attempts;
   gint64 retry_delay_us;
   gint64 lmtp_duration_us;
-  gint64 kick_delay_us; /* how long a kick takes on a director */
+
+  /* The driver (what the daemon does for a director), with its faults. Shares are in
+   * thousandths of a percent (100000 = always). */
+  SimDist kick_duration;     /* until a kick is reported done (its sessions end at once) */
+  guint kick_lost_milli;     /* kicks never reported done */
+  SimDist flush_duration;    /* the flush hook's run time */
+  guint flush_failed_milli;  /* hooks that report failure */
+  guint flush_lost_milli;    /* hooks that never report */
+  guint login_cancel_milli;  /* login requests the client cancels if still unanswered ... */
+  SimDist login_cancel_after; /* ... this long after sending them */
 
   GArray *events; /* SimScenarioEvent, sorted by time (stable) */
   GArray *checks; /* SimCheck */

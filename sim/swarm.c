@@ -42,29 +42,35 @@ sim_swarm_scenario(guint64 seed)
   g_string_append_printf(s, "  \"seed\": %" G_GUINT64_FORMAT ",\n  \"duration\": ", seed);
   json_dur(s, duration);
   g_string_append(s, ",\n  \"convergence_budget\": \"5m\",\n  \"max_events\": 50000000,\n");
-  g_string_append_printf(s, "  \"cluster\": {\"directors\": %u, \"backends\": [", directors);
+  /* The cluster and the network are written after the events are drawn: their driver-fault parts
+   * are drawn last. */
+  GString *cluster = g_string_new(NULL);
+  g_string_append_printf(cluster, "\"directors\": %u, \"backends\": [", directors);
   for (guint b = 0; b < backends; b++)
-    g_string_append_printf(s, "%s{\"ip\": \"10.0.2.%u\", \"vhosts\": %u}", b > 0 ? ", " : "", b + 1,
+    g_string_append_printf(cluster, "%s{\"ip\": \"10.0.2.%u\", \"vhosts\": %u}", b > 0 ? ", " : "", b + 1,
                            b > 0 && pick(&r, 0, 9) == 0 ? 0 : pick(&r, 20, 300));
   /* Every draw is its own statement: C leaves the order of function arguments open, and the
    * same seed must give the same scenario whatever the compiler. */
   guint kick_delay = pick(&r, 0, 3);
   guint max_moves = pick(&r, 1, 50);
-  g_string_append_printf(s, "], \"settings\": {\"user_expire\": \"%us\", \"user_kick_delay\": \"%us\", "
-                            "\"max_parallel_moves\": %u}},\n",
+  GString *settings = g_string_new(NULL);
+  g_string_append_printf(settings, "\"user_expire\": \"%us\", \"user_kick_delay\": \"%us\", "
+                                   "\"max_parallel_moves\": %u",
                          expire, kick_delay, max_moves);
   guint lat_max = pick(&r, 0, 4) == 0 ? 20000 : 2000;
-  g_string_append_printf(s, "  \"network\": {\"latency\": {\"kind\": \"uniform\", \"min\": \"100us\", "
-                            "\"max\": \"%uus\"}},\n",
+  GString *network = g_string_new(NULL);
+  g_string_append_printf(network, "\"latency\": {\"kind\": \"uniform\", \"min\": \"100us\", "
+                                  "\"max\": \"%uus\"}",
                          lat_max);
   guint login_rate = pick(&r, 1, 8);
   guint session_max = pick(&r, 2, 40);
-  g_string_append_printf(s, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
+  GString *rest = g_string_new(NULL); /* the workload and the events */
+  g_string_append_printf(rest, "  \"workload\": {\"users\": %u, \"logins_per_second\": %u, "
                             "\"session_duration\": {\"kind\": \"log-uniform\", \"min\": \"5s\", "
                             "\"max\": \"%um\"}, \"protocols\": {\"imap\": 70, \"pop3\": 10, "
                             "\"lmtp\": 20}},\n",
                          users, login_rate, session_max);
-  g_string_append(s, "  \"events\": [");
+  g_string_append(rest, "  \"events\": [");
   guint n_events = pick(&r, 1, 7);
   gint64 last = duration - 8 * 60; /* faults end before this */
   gboolean first = TRUE;
@@ -165,15 +171,68 @@ sim_swarm_scenario(guint64 seed)
       break;
     }
     if (ev->len > 0) {
-      g_string_append_printf(s, "%s\n    %s", first ? "" : ",", ev->str);
+      g_string_append_printf(rest, "%s\n    %s", first ? "" : ",", ev->str);
       first = FALSE;
     }
     g_string_free(ev, TRUE);
   }
-  g_string_append(s, "\n  ],\n  \"checks\": [\n"
+  g_string_append(rest, "\n  ],\n");
+  /* Driver faults, drawn after everything above so that a seed draws the same cluster, workload
+   * and events as before they existed. Each is on in about one seed in ten, independently; its
+   * parameters are drawn whether it is on or not, so the order never changes. */
+  GString *driver = g_string_new(NULL);
+  /* 1. kicks reported late (log-uniform from 1 ms to 1-90 s) or never (0-50%) */
+  gboolean kick_fault = pick(&r, 0, 9) == 0;
+  guint kick_max = pick(&r, 1, 90), kick_lost = pick(&r, 0, 50);
+  if (kick_fault)
+    g_string_append_printf(driver, "%s\"kick_duration\": {\"kind\": \"log-uniform\", \"min\": \"1ms\", "
+                                   "\"max\": \"%us\"}, \"kick_lost\": %u",
+                           driver->len > 0 ? ", " : "", kick_max, kick_lost);
+  /* 2. a flush hook (flush_socket set) that runs 1 ms to 1-30 s, fails (0-40%) or never
+   * reports (0-40%) */
+  gboolean flush_fault = pick(&r, 0, 9) == 0;
+  guint flush_max = pick(&r, 1, 30), flush_failed = pick(&r, 0, 40), flush_lost = pick(&r, 0, 40);
+  if (flush_fault) {
+    g_string_append(settings, ", \"flush_socket\": \"unix:/run/dovecot/director-flush\"");
+    g_string_append_printf(driver, "%s\"flush_duration\": {\"kind\": \"log-uniform\", \"min\": \"1ms\", "
+                                   "\"max\": \"%us\"}, \"flush_failed\": %u, \"flush_lost\": %u",
+                           driver->len > 0 ? ", " : "", flush_max, flush_failed, flush_lost);
+  }
+  /* 3. slow links (16k to 1M bytes/s) with small send buffers (96k to 1M, but never below 48
+   * bytes a user: the core pauses a handshake only above a fixed 256 KiB, so a buffer that
+   * cannot hold a whole handshake overflows on every attempt; see doc/scenarios.md) */
+  gboolean slow_links = pick(&r, 0, 9) == 0;
+  static const guint bandwidths_k[] = {16, 64, 256, 1024};
+  static const guint buffers_k[] = {96, 128, 256, 1024};
+  guint bw_k = bandwidths_k[pick(&r, 0, 3)];
+  guint buf_k = buffers_k[pick(&r, 0, 3)]; /* (not inside MAX, which would draw twice) */
+  buf_k = MAX(buf_k, (users * 48 + 1023) / 1024);
+  if (slow_links) {
+    g_string_append_printf(network, ", \"bandwidth\": \"%uk\"", bw_k);
+    g_string_append_printf(settings, ", \"output_buffer_size\": \"%uk\"", buf_k);
+  }
+  /* 4. clients that cancel 1-30% of their logins if unanswered after 100 ms to 1-20 s */
+  gboolean cancels = pick(&r, 0, 9) == 0;
+  guint cancel_pct = pick(&r, 1, 30), cancel_max = pick(&r, 1, 20);
+  if (cancels)
+    g_string_append_printf(driver, "%s\"login_cancel\": %u, \"login_cancel_after\": {\"kind\": "
+                                   "\"uniform\", \"min\": \"100ms\", \"max\": \"%us\"}",
+                           driver->len > 0 ? ", " : "", cancel_pct, cancel_max);
+  g_string_append_printf(s, "  \"cluster\": {%s], \"settings\": {%s}},\n", cluster->str,
+                         settings->str);
+  g_string_append_printf(s, "  \"network\": {%s},\n", network->str);
+  g_string_append(s, rest->str);
+  if (driver->len > 0)
+    g_string_append_printf(s, "  \"driver\": {%s},\n", driver->str);
+  g_string_append(s, "  \"checks\": [\n"
                      "    {\"type\": \"no-double-backend\", \"allow_split_brain\": true},\n"
                      "    {\"type\": \"converged\", \"within\": \"5m\"},\n"
                      "    {\"type\": \"no-pending-logins\"}\n  ]\n}\n");
+  g_string_free(cluster, TRUE);
+  g_string_free(rest, TRUE);
+  g_string_free(settings, TRUE);
+  g_string_free(network, TRUE);
+  g_string_free(driver, TRUE);
   return g_string_free(s, FALSE);
 }
 

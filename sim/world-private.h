@@ -3,6 +3,7 @@
 
 #include "libcore/director.h"
 #include "libcore/rng.h"
+#include "sim/net.h"
 #include "sim/world.h"
 
 #define SEC_US G_GINT64_CONSTANT(1000000)
@@ -11,18 +12,14 @@
 #define MONO_BASE_US SEC_US
 #define LOGIN_COMPLETION_SLACK_US (SEC_US)
 #define PROBE_INTERVAL_US (SEC_US)
-#define LOSS_RETRANSMIT_US (200000)
-#define FLUSH_HOOK_US (10000)
 #define MAX_FAILURES_KEPT 50
 #define MAX_PENDING_EVENTS 20000000 /* a message storm, not a workload */
 
+/* The world's events; the network's own (sim/net.h) come before them in the same heap. */
 typedef enum {
-  EV_DELIVER,
-  EV_ACCEPT,
-  EV_CONNECTED,
-  EV_CLOSE,
-  EV_KICK_DONE,
+  EV_KICK_DONE = SIM_NET_EV_DRIVER,
   EV_FLUSH_DONE,
+  EV_LOGIN_CANCEL,
   EV_ARRIVAL,
   EV_LOGIN_ATTEMPT,
   EV_SESSION_END,
@@ -33,43 +30,18 @@ typedef enum {
   EV_CHECK,
 } SimEvKind;
 
-typedef struct Link Link;
-
-typedef struct {
-  gint64 t;
-  guint64 seq;
-  SimEvKind kind;
-  guint node;
-  guint incarnation;
-  guint64 a;
-  guint64 b;
-  gpointer p;
-} SimEv;
-
 typedef struct {
   guint index;
   UsherRingAddr addr;
   UsherDirector *d;
   gboolean up;
   guint incarnation;
-  GHashTable *conns; /* UsherConnId -> Link* */
   gint64 deadline;   /* cached next_deadline; recomputed after each call into d */
   gint64 wall_offset_us;
   gint drift_ppm;
   gint64 drift_since_us;
   gint64 drift_base_us;
 } SimNode;
-
-struct Link {
-  guint node[2];
-  UsherConnId conn[2];
-  guint incarnation[2];
-  gboolean open[2];
-  gint64 last_delivery_us[2];
-  gboolean clogged;
-  gboolean syn_pending;
-  GQueue clogged_data[2];
-};
 
 typedef struct {
   guint32 hash;
@@ -139,12 +111,12 @@ typedef struct {
 struct SimWorld {
   const SimScenario *sc;
   guint64 seed;
-  guint64 seed_net, seed_workload, seed_directors;
-  UsherRng rng_net, rng_workload;
+  guint64 seed_net, seed_workload, seed_directors, seed_driver;
+  UsherRng rng_workload;
+  UsherRng rng_driver; /* the driver's faults: late, lost and failed kicks and flushes, cancels */
 
   gint64 now_us;
-  guint64 seq;
-  GArray *heap; /* SimEv */
+  SimNet *net; /* the event heap and the links between directors */
   guint64 events;
   gboolean budget_exhausted;
   gboolean quiescing; /* after the end: no new logins, let in-flight updates settle */
@@ -152,11 +124,6 @@ struct SimWorld {
 
   guint n_nodes;
   SimNode nodes[64];
-  GPtrArray *links; /* Link*, owned */
-  guint64 partition_groups[64];
-  guint n_partition_groups;
-  gint64 link_delay_us[64][64];
-  guint link_loss[64][64];
 
   GArray *backends; /* SimBackend */
   SimUser *users;
@@ -165,6 +132,7 @@ struct SimWorld {
   GArray *sessions;    /* SimSession */
   GArray *free_sessions; /* guint32 indexes */
   GHashTable *logins;  /* id -> SimLogin* */
+  GHashTable *cancelled; /* ids (guint64*) of login requests the client cancelled */
   guint64 next_login;
   GHashTable *windows; /* user -> SimWindow* */
   gint64 rate_milli;
@@ -182,6 +150,8 @@ struct SimWorld {
   /* Figures */
   guint64 login_attempts, logins_ok, logins_failed, tempfails, retries, backend_full;
   guint64 backend_refused, director_unavailable;
+  guint64 logins_cancelled;
+  guint64 kicks_lost, flushes_lost, flushes_failed; /* the driver's faults */
   guint64 sessions_started, sessions_kicked, sessions_cut;
   guint64 users_moved, backend_changes;
   guint64 windows_split_brain, windows_unsafe, windows_violation;

@@ -59,65 +59,16 @@ add_mark(SimWorld *w, const char *fmt, ...)
   g_array_append_val(w->marks, m);
 }
 
-/* ---- Event heap ------------------------------------------------------------------------------- */
-
-static gboolean
-ev_before(const SimEv *a, const SimEv *b)
-{
-  return a->t < b->t || (a->t == b->t && a->seq < b->seq);
-}
-
-static void
-push(SimWorld *w, SimEv ev)
-{
-  ev.seq = w->seq++;
-  g_array_append_val(w->heap, ev);
-  SimEv *h = (SimEv *)w->heap->data;
-  guint i = w->heap->len - 1;
-  while (i > 0) {
-    guint p = (i - 1) / 2;
-    if (!ev_before(&h[i], &h[p]))
-      break;
-    SimEv tmp = h[i];
-    h[i] = h[p];
-    h[p] = tmp;
-    i = p;
-  }
-}
-
-static SimEv
-pop(SimWorld *w)
-{
-  SimEv *h = (SimEv *)w->heap->data;
-  SimEv top = h[0];
-  guint n = w->heap->len - 1;
-  h[0] = h[n];
-  g_array_set_size(w->heap, n);
-  guint i = 0;
-  for (;;) {
-    guint l = 2 * i + 1, r = l + 1, m = i;
-    if (l < n && ev_before(&h[l], &h[m]))
-      m = l;
-    if (r < n && ev_before(&h[r], &h[m]))
-      m = r;
-    if (m == i)
-      break;
-    SimEv tmp = h[i];
-    h[i] = h[m];
-    h[m] = tmp;
-    i = m;
-  }
-  return top;
-}
+/* ---- Events ------------------------------------------------------------------------------------ */
 
 static void
 schedule(SimWorld *w, gint64 t, SimEvKind kind, guint node, guint64 a, guint64 b, gpointer p)
 {
-  SimEv ev = {.t = t, .kind = kind, .node = node, .a = a, .b = b, .p = p};
+  SimEvent ev = {.t = t, .kind = kind, .node = node, .a = a, .b = b, .p = p};
   if (kind != EV_ARRIVAL && kind != EV_SCENARIO && kind != EV_SAMPLE && kind != EV_PROBE &&
       kind != EV_CHECK)
     ev.incarnation = w->nodes[node].incarnation;
-  push(w, ev);
+  sim_net_schedule(w->net, ev);
 }
 
 /* ---- Clocks ------------------------------------------------------------------------------------ */
@@ -130,72 +81,7 @@ node_now(SimWorld *w, SimNode *n)
   return now;
 }
 
-/* ---- Network ----------------------------------------------------------------------------------- */
-
-static gboolean
-blocked(SimWorld *w, guint x, guint y)
-{
-  if (w->n_partition_groups == 0)
-    return FALSE;
-  guint64 bx = G_GUINT64_CONSTANT(1) << x, by = G_GUINT64_CONSTANT(1) << y;
-  for (guint g = 0; g < w->n_partition_groups; g++) {
-    gboolean in_x = (w->partition_groups[g] & bx) != 0, in_y = (w->partition_groups[g] & by) != 0;
-    if (in_x || in_y)
-      return in_x != in_y;
-  }
-  return FALSE; /* directors in no group talk to everyone not in a group */
-}
-
-static gint64
-latency(SimWorld *w, guint from, guint to)
-{
-  gint64 l = sim_dist_sample(&w->sc->latency, &w->rng_net) + w->link_delay_us[from][to];
-  if (w->link_loss[from][to] > 0 && usher_rng_below(&w->rng_net, 100) < w->link_loss[from][to])
-    l += LOSS_RETRANSMIT_US;
-  return MAX(l, 1);
-}
-
 static void drain(SimWorld *w, guint node);
-
-static void
-schedule_close(SimWorld *w, Link *l, guint side, const char *reason)
-{
-  /* Not inside MAX(): it evaluates its arguments twice, and a second latency() draw could put
-   * the close before bytes still in flight (TCP delivers them first). */
-  gint64 t = w->now_us + latency(w, l->node[1 - side], l->node[side]);
-  t = MAX(t, l->last_delivery_us[side]);
-  SimEv ev = {.t = t, .kind = EV_CLOSE, .node = l->node[side], .incarnation = l->incarnation[side],
-              .a = side, .p = l};
-  (void)reason;
-  push(w, ev);
-}
-
-static void
-send_bytes(SimWorld *w, Link *l, guint from, const char *data, gsize len)
-{
-  guint to = 1 - from;
-  if (!l->open[from] || !l->open[to])
-    return;
-  if (l->clogged) {
-    g_queue_push_tail(&l->clogged_data[from], g_bytes_new(data, len));
-    return;
-  }
-  gint64 t = w->now_us + latency(w, l->node[from], l->node[to]);
-  if (w->sc->bandwidth > 0)
-    t += (gint64)((guint64)len * 1000000 / w->sc->bandwidth);
-  t = MAX(t, l->last_delivery_us[to]); /* TCP keeps the order */
-  l->last_delivery_us[to] = t;
-  SimEv ev = {.t = t, .kind = EV_DELIVER, .node = l->node[to], .incarnation = l->incarnation[to],
-              .a = to, .p = l, .b = 0};
-  ev.b = (guint64)(gsize)g_bytes_new(data, len);
-  push(w, ev);
-}
-
-static guint
-link_side(Link *l, guint node, UsherConnId conn)
-{
-  return l->node[0] == node && l->conn[0] == conn ? 0 : 1;
-}
 
 /* ---- Users and sessions ------------------------------------------------------------------------- */
 
@@ -441,8 +327,13 @@ static void
 login_result(SimWorld *w, guint node, const UsherEffect *e)
 {
   SimLogin *lg = g_hash_table_lookup(w->logins, &e->login.request);
-  if (lg == NULL)
+  if (lg == NULL) {
+    if (g_hash_table_contains(w->cancelled, &e->login.request))
+      world_fail(w, "director %u answered login request %" G_GUINT64_FORMAT
+                    " after the client cancelled it",
+                 node, e->login.request);
     return;
+  }
   if (w->now_us - lg->sent_us > USHER_REQUEST_TIMEOUT_SECS * SEC_US + LOGIN_COMPLETION_SLACK_US)
     world_fail(w, "login request %" G_GUINT64_FORMAT " on director %u took %" G_GINT64_FORMAT
                   " ms to be answered (the bound is %d s)",
@@ -512,6 +403,31 @@ login_attempt(SimWorld *w, SimLogin *lg)
   mix(w, lg->user);
   usher_director_login_request(n->d, node_now(w, n), lg->id,
                                user_name(w, lg->user, name, sizeof(name)), w->sc->tag);
+  /* Some clients give up on a login that has not been answered after a while. */
+  if (w->sc->login_cancel_milli > 0 &&
+      usher_rng_below(&w->rng_driver, 100000) < w->sc->login_cancel_milli) {
+    gint64 after = sim_dist_sample(&w->sc->login_cancel_after, &w->rng_driver);
+    schedule(w, w->now_us + MAX(after, 1), EV_LOGIN_CANCEL, 0, lg->id, 0, NULL);
+  }
+  drain(w, d);
+}
+
+/* The client of login request id gives up if it is still waiting: the director drops it and
+ * must not answer it. A cancelled login is neither a success nor a failure, and is not retried. */
+static void
+login_cancel(SimWorld *w, guint64 id)
+{
+  SimLogin *lg = g_hash_table_lookup(w->logins, &id);
+  if (lg == NULL)
+    return; /* answered, or retried under another id */
+  guint d = lg->director;
+  SimNode *n = &w->nodes[d];
+  g_assert(n->up && n->incarnation == lg->director_incarnation); /* a crash retries its logins */
+  mix(w, id);
+  usher_director_login_cancel(n->d, node_now(w, n), id);
+  g_hash_table_add(w->cancelled, g_memdup2(&id, sizeof(id)));
+  g_hash_table_remove(w->logins, &id); /* frees lg */
+  w->logins_cancelled++;
   drain(w, d);
 }
 
@@ -596,7 +512,35 @@ kick(SimWorld *w, guint node, const UsherEffect *e)
       s = next;
     }
   }
-  schedule(w, w->now_us + w->sc->kick_delay_us, EV_KICK_DONE, node, e->kick.id, 0, NULL);
+  /* The driver reports the kick done after kick_duration, unless it loses the report. */
+  if (w->sc->kick_lost_milli > 0 && usher_rng_below(&w->rng_driver, 100000) < w->sc->kick_lost_milli) {
+    w->kicks_lost++;
+    return;
+  }
+  gint64 took = sim_dist_sample(&w->sc->kick_duration, &w->rng_driver);
+  schedule(w, w->now_us + took, EV_KICK_DONE, node, e->kick.id, 0, NULL);
+}
+
+/* The flush hook runs for flush_duration and reports success, or failure, or never reports. */
+static void
+flush(SimWorld *w, guint node, const UsherEffect *e)
+{
+  const SimScenario *sc = w->sc;
+  if (sc->flush_lost_milli > 0 || sc->flush_failed_milli > 0) {
+    guint64 r = usher_rng_below(&w->rng_driver, 100000);
+    if (r < sc->flush_lost_milli) {
+      w->flushes_lost++;
+      return;
+    }
+    if (r < (guint64)sc->flush_lost_milli + sc->flush_failed_milli) {
+      w->flushes_failed++;
+      gint64 took = sim_dist_sample(&sc->flush_duration, &w->rng_driver);
+      schedule(w, w->now_us + took, EV_FLUSH_DONE, node, e->flush.id, 1, NULL);
+      return;
+    }
+  }
+  gint64 took = sim_dist_sample(&sc->flush_duration, &w->rng_driver);
+  schedule(w, w->now_us + took, EV_FLUSH_DONE, node, e->flush.id, 0, NULL);
 }
 
 static void
@@ -605,53 +549,27 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
   SimNode *node = &w->nodes[node_idx];
   mix(w, e->type);
   switch (e->type) {
-  case USHER_EFFECT_SEND: {
+  case USHER_EFFECT_SEND:
     w->fingerprint = fnv(w->fingerprint, e->send.data, e->send.len);
-    Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->send.conn));
-    if (l != NULL)
-      send_bytes(w, l, link_side(l, node_idx, e->send.conn), e->send.data, e->send.len);
-    /* Sent bytes count as written at once: the link model queues them, not the director. */
-    usher_director_peer_output_queued(node->d, node_now(w, node), e->send.conn, 0);
+  {
+    gsize queued;
+    (void)sim_net_send(w->net, node_idx, e->send.conn, e->send.data, e->send.len, &queued);
+    /* After every write, what the link still holds (the daemon reports its output buffer). */
+    usher_director_peer_output_queued(node->d, node_now(w, node), e->send.conn, queued);
     break;
   }
   case USHER_EFFECT_CONNECT: {
-    Link *l = g_new0(Link, 1);
-    l->node[0] = node_idx;
-    l->conn[0] = e->connect.conn;
-    l->incarnation[0] = node->incarnation;
-    l->open[0] = TRUE;
-    g_ptr_array_add(w->links, l);
-    g_hash_table_insert(node->conns, GUINT_TO_POINTER(e->connect.conn), l);
-    SimNode *peer = NULL;
+    guint peer = G_MAXUINT;
     for (guint i = 0; i < w->n_nodes; i++)
       if (usher_ip_equal(&w->nodes[i].addr.ip, &e->connect.addr.ip) &&
           w->nodes[i].addr.port == e->connect.addr.port)
-        peer = &w->nodes[i];
-    if (peer == NULL || !peer->up) {
-      l->node[1] = node_idx;
-      schedule_close(w, l, 0, "connection refused");
-    } else if (blocked(w, node_idx, peer->index)) {
-      l->node[1] = peer->index;
-      l->syn_pending = TRUE; /* the SYN is lost until the partition heals */
-    } else {
-      l->node[1] = peer->index;
-      SimEv ev = {.t = w->now_us + latency(w, node_idx, peer->index), .kind = EV_ACCEPT,
-                  .node = peer->index, .incarnation = peer->incarnation, .p = l};
-      push(w, ev);
-    }
+        peer = i;
+    sim_net_connect(w->net, node_idx, e->connect.conn, peer);
     break;
   }
-  case USHER_EFFECT_DISCONNECT: {
-    Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->disconnect.conn));
-    if (l == NULL)
-      break;
-    guint side = link_side(l, node_idx, e->disconnect.conn);
-    g_hash_table_remove(node->conns, GUINT_TO_POINTER(e->disconnect.conn));
-    l->open[side] = FALSE;
-    if (l->open[1 - side] && l->conn[1 - side] != 0 && !l->clogged)
-      schedule_close(w, l, 1 - side, "closed by peer");
+  case USHER_EFFECT_DISCONNECT:
+    sim_net_disconnect(w->net, node_idx, e->disconnect.conn);
     break;
-  }
   case USHER_EFFECT_LOGIN_RESULT:
     mix(w, e->login.request);
     mix(w, e->login.status);
@@ -663,7 +581,7 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
     kick(w, node_idx, e);
     break;
   case USHER_EFFECT_FLUSH:
-    schedule(w, w->now_us + FLUSH_HOOK_US, EV_FLUSH_DONE, node_idx, e->flush.id, 0, NULL);
+    flush(w, node_idx, e);
     break;
   case USHER_EFFECT_ADMIN_REPLY:
     if (!g_str_has_prefix(e->admin.text, "OK"))
@@ -710,6 +628,7 @@ node_start(SimWorld *w, guint i)
   n->d = usher_director_new(w->sc->config, &n->addr, seed, node_now(w, n), NULL);
   g_assert(n->d != NULL);
   n->up = TRUE;
+  sim_net_node_up(w->net, i, n->incarnation);
   usher_director_start(n->d, node_now(w, n));
   drain(w, i);
 }
@@ -727,18 +646,8 @@ node_crash(SimWorld *w, guint i)
   SimNode *n = &w->nodes[i];
   if (!n->up)
     return;
-  for (guint k = 0; k < w->links->len; k++) {
-    Link *l = g_ptr_array_index(w->links, k);
-    for (guint s = 0; s < 2; s++) {
-      if (l->node[s] != i || !l->open[s] || l->incarnation[s] != n->incarnation)
-        continue;
-      l->open[s] = FALSE;
-      if (l->open[1 - s] && l->conn[1 - s] != 0)
-        schedule_close(w, l, 1 - s, "connection reset");
-    }
-  }
+  sim_net_node_down(w->net, i); /* its links are reset */
   g_clear_pointer(&n->d, usher_director_free);
-  g_hash_table_remove_all(n->conns);
   n->up = FALSE;
   n->deadline = G_MAXINT64;
   /* Its proxied sessions die with it; logins it had not answered fail and are retried. */
@@ -800,65 +709,6 @@ start_probe(SimWorld *w, const char *after)
   g_free(w->probe_after);
   g_autofree char *t = world_time(w->now_us);
   w->probe_after = g_strdup_printf("%s at %s", after, t);
-}
-
-static void
-partition(SimWorld *w, const SimScenarioEvent *ev)
-{
-  w->n_partition_groups = MIN(ev->groups->len, G_N_ELEMENTS(w->partition_groups));
-  for (guint g = 0; g < w->n_partition_groups; g++)
-    w->partition_groups[g] = g_array_index(ev->groups, guint64, g);
-  /* Established links between the groups stop carrying data (a hung network, not a reset):
-   * the directors notice through their PING timeouts. */
-  for (guint k = 0; k < w->links->len; k++) {
-    Link *l = g_ptr_array_index(w->links, k);
-    if ((l->open[0] || l->open[1]) && blocked(w, l->node[0], l->node[1]))
-      l->clogged = TRUE;
-  }
-}
-
-static void
-heal(SimWorld *w)
-{
-  w->n_partition_groups = 0;
-  for (guint k = 0; k < w->links->len; k++) {
-    Link *l = g_ptr_array_index(w->links, k);
-    if (l->syn_pending) {
-      l->syn_pending = FALSE;
-      if (l->open[0] && w->nodes[l->node[1]].up) {
-        SimEv ev = {.t = w->now_us + latency(w, l->node[0], l->node[1]), .kind = EV_ACCEPT,
-                    .node = l->node[1], .incarnation = w->nodes[l->node[1]].incarnation, .p = l};
-        push(w, ev);
-      }
-    }
-    if (!l->clogged)
-      continue;
-    l->clogged = FALSE;
-    for (guint s = 0; s < 2; s++) {
-      GBytes *b;
-      while ((b = g_queue_pop_head(&l->clogged_data[s])) != NULL) {
-        gsize len;
-        const char *data = g_bytes_get_data(b, &len);
-        send_bytes(w, l, s, data, len);
-        g_bytes_unref(b);
-      }
-      if (!l->open[s] && l->open[1 - s] && l->conn[1 - s] != 0)
-        schedule_close(w, l, 1 - s, "closed while partitioned");
-    }
-  }
-}
-
-static void
-link_reset(SimWorld *w, guint a, guint b)
-{
-  for (guint k = 0; k < w->links->len; k++) {
-    Link *l = g_ptr_array_index(w->links, k);
-    if (!((l->node[0] == a && l->node[1] == b) || (l->node[0] == b && l->node[1] == a)))
-      continue;
-    for (guint s = 0; s < 2; s++)
-      if (l->open[s] && l->conn[s] != 0)
-        schedule_close(w, l, s, "connection reset");
-  }
 }
 
 /* ---- Scenario events --------------------------------------------------------------------------- */
@@ -955,25 +805,27 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
     }
     break;
   case SIM_EV_PARTITION:
-    if (w->n_partition_groups == 0)
+    if (!sim_net_partitioned(w->net))
       fault_begin(w);
-    partition(w, ev);
+    /* Links between the groups hang (not a reset): the directors notice through their PING
+     * timeouts. */
+    sim_net_partition(w->net, (const guint64 *)ev->groups->data, ev->groups->len, FALSE);
     break;
   case SIM_EV_HEAL:
-    if (w->n_partition_groups > 0) {
-      heal(w);
+    if (sim_net_partitioned(w->net)) {
+      sim_net_heal(w->net);
       fault_end(w, w->sc->convergence_budget_us);
       start_probe(w, "heal");
     }
     break;
   case SIM_EV_LINK_DELAY:
-    w->link_delay_us[ev->a][ev->b] = w->link_delay_us[ev->b][ev->a] = ev->value_us;
+    sim_net_set_link_delay(w->net, ev->a, ev->b, ev->value_us);
     break;
   case SIM_EV_LINK_LOSS:
-    w->link_loss[ev->a][ev->b] = w->link_loss[ev->b][ev->a] = ev->percent;
+    sim_net_set_link_loss(w->net, ev->a, ev->b, ev->percent);
     break;
   case SIM_EV_LINK_RESET:
-    link_reset(w, ev->a, ev->b);
+    sim_net_reset_links(w->net, ev->a, ev->b);
     w->fault_grace_until_us = MAX(w->fault_grace_until_us, w->now_us + w->sc->convergence_budget_us);
     start_probe(w, "link reset");
     break;
@@ -1232,6 +1084,64 @@ sample(SimWorld *w)
     schedule(w, w->now_us + w->sc->sample_us, EV_SAMPLE, 0, 0, 0, NULL);
 }
 
+static guint64
+counter_value(SimWorld *w, SimCounter counter)
+{
+  switch (counter) {
+  case SIM_COUNTER_LOGINS_OK:
+    return w->logins_ok;
+  case SIM_COUNTER_LOGINS_FAILED:
+    return w->logins_failed;
+  case SIM_COUNTER_LOGINS_CANCELLED:
+    return w->logins_cancelled;
+  case SIM_COUNTER_KICKS_LOST:
+    return w->kicks_lost;
+  case SIM_COUNTER_FLUSHES_LOST:
+    return w->flushes_lost;
+  case SIM_COUNTER_FLUSHES_FAILED:
+    return w->flushes_failed;
+  case SIM_COUNTER_OUTPUT_OVERFLOWS:
+    return sim_net_get_stats(w->net)->output_overflows;
+  default:
+    break;
+  }
+  guint64 sum = 0;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    const UsherDirectorStats *st = usher_director_get_stats(w->nodes[i].d);
+    switch (counter) {
+    case SIM_COUNTER_DIR_KICKS_SENT:
+      sum += st->kicks_sent;
+      break;
+    case SIM_COUNTER_DIR_KICKS_TIMED_OUT:
+      sum += st->kicks_timed_out;
+      break;
+    case SIM_COUNTER_DIR_FLUSHES_FAILED:
+      sum += st->flushes_failed;
+      break;
+    case SIM_COUNTER_DIR_FLUSHES_TIMED_OUT:
+      sum += st->flushes_timed_out;
+      break;
+    case SIM_COUNTER_DIR_REQUESTS_CANCELLED:
+      sum += st->requests_cancelled;
+      break;
+    case SIM_COUNTER_DIR_HANDSHAKE_PAUSES:
+      sum += st->handshake_pauses;
+      break;
+    case SIM_COUNTER_DIR_MOVES_FINISHED:
+      sum += st->moves_finished;
+      break;
+    case SIM_COUNTER_DIR_MOVES_TIMED_OUT:
+      sum += st->moves_timed_out;
+      break;
+    default:
+      break;
+    }
+  }
+  return sum;
+}
+
 /* Evaluates one check now; returns FALSE (and records why) if it fails. */
 static gboolean
 evaluate_check(SimWorld *w, const SimCheck *c)
@@ -1258,6 +1168,14 @@ evaluate_check(SimWorld *w, const SimCheck *c)
       return FALSE;
     }
     return TRUE;
+  case SIM_CHECK_COUNTER: {
+    guint64 v = counter_value(w, c->counter);
+    if (v < c->min || v > c->max) {
+      world_fail(w, "check %s: %s is %" G_GUINT64_FORMAT, c->text, sim_counter_name(c->counter), v);
+      return FALSE;
+    }
+    return TRUE;
+  }
   case SIM_CHECK_SHARE: {
     guint64 total = 0, mine = 0;
     for (guint i = 0; i < w->n_nodes; i++) {
@@ -1337,86 +1255,82 @@ evaluate_check(SimWorld *w, const SimCheck *c)
   return TRUE;
 }
 
-/* ---- The loop ------------------------------------------------------------------------------------ */
+/* ---- What the network does to the directors -------------------------------------------------- */
+
+static UsherConnId
+net_accept(gpointer user, guint node, guint from)
+{
+  SimWorld *w = user;
+  SimNode *n = &w->nodes[node];
+  return usher_director_peer_accepted(n->d, node_now(w, n), &w->nodes[from].addr.ip);
+}
 
 static void
-process(SimWorld *w, SimEv *ev)
+net_connected(gpointer user, guint node, UsherConnId conn)
+{
+  SimWorld *w = user;
+  SimNode *n = &w->nodes[node];
+  usher_director_peer_connected(n->d, node_now(w, n), conn);
+}
+
+static void
+net_bytes(gpointer user, guint node, UsherConnId conn, const char *data, gsize len)
+{
+  SimWorld *w = user;
+  SimNode *n = &w->nodes[node];
+  usher_director_peer_bytes(n->d, node_now(w, n), conn, data, len);
+}
+
+static void
+net_closed(gpointer user, guint node, UsherConnId conn, const char *reason)
+{
+  SimWorld *w = user;
+  SimNode *n = &w->nodes[node];
+  usher_director_peer_closed(n->d, node_now(w, n), conn, reason);
+}
+
+static void
+net_output_queued(gpointer user, guint node, UsherConnId conn, gsize queued_bytes)
+{
+  SimWorld *w = user;
+  SimNode *n = &w->nodes[node];
+  usher_director_peer_output_queued(n->d, node_now(w, n), conn, queued_bytes);
+}
+
+static void
+net_drain(gpointer user, guint node)
+{
+  drain(user, node);
+}
+
+static void
+net_discard(gpointer user, SimEvent *ev)
+{
+  if (ev->kind == EV_LOGIN_ATTEMPT)
+    g_free(ev->p);
+}
+
+/* ---- The loop ------------------------------------------------------------------------------------ */
+
+/* A world event (the network handles its own: sim_net_process()). */
+static void
+process(SimWorld *w, SimEvent *ev)
 {
   SimNode *n = &w->nodes[ev->node];
   gboolean node_event = ev->kind <= EV_FLUSH_DONE;
-  if (node_event && (!n->up || n->incarnation != ev->incarnation)) {
-    if (ev->kind == EV_DELIVER)
-      g_bytes_unref((GBytes *)(gsize)ev->b);
+  if (node_event && (!n->up || n->incarnation != ev->incarnation))
     return;
-  }
-  switch (ev->kind) {
-  case EV_ACCEPT: {
-    Link *l = ev->p;
-    if (!l->open[0] || blocked(w, l->node[0], l->node[1])) {
-      if (l->open[0] && !blocked(w, l->node[0], l->node[1]))
-        schedule_close(w, l, 0, "connection refused");
-      else if (l->open[0])
-        l->syn_pending = TRUE;
-      return;
-    }
-    gint64 t = w->now_us + latency(w, l->node[1], l->node[0]);
-    SimEv c = {.t = t, .kind = EV_CONNECTED, .node = l->node[0], .incarnation = l->incarnation[0],
-               .p = l};
-    push(w, c);
-    l->last_delivery_us[0] = t;
-    UsherConnId id =
-      usher_director_peer_accepted(n->d, node_now(w, n), &w->nodes[l->node[0]].addr.ip);
-    if (id == USHER_CONN_ID_NONE) {
-      drain(w, ev->node);
-      schedule_close(w, l, 0, "refused");
-      return;
-    }
-    l->conn[1] = id;
-    l->incarnation[1] = n->incarnation;
-    l->open[1] = TRUE;
-    g_hash_table_insert(n->conns, GUINT_TO_POINTER(id), l);
-    drain(w, ev->node);
-    break;
-  }
-  case EV_CONNECTED: {
-    Link *l = ev->p;
-    if (!l->open[0])
-      return;
-    usher_director_peer_connected(n->d, node_now(w, n), l->conn[0]);
-    drain(w, ev->node);
-    break;
-  }
-  case EV_DELIVER: {
-    Link *l = ev->p;
-    GBytes *b = (GBytes *)(gsize)ev->b;
-    if (l->open[ev->a] && l->conn[ev->a] != 0) {
-      gsize len;
-      const char *data = g_bytes_get_data(b, &len);
-      usher_director_peer_bytes(n->d, node_now(w, n), l->conn[ev->a], data, len);
-      drain(w, ev->node);
-    }
-    g_bytes_unref(b);
-    break;
-  }
-  case EV_CLOSE: {
-    Link *l = ev->p;
-    if (!l->open[ev->a])
-      return;
-    l->open[ev->a] = FALSE;
-    if (l->conn[ev->a] != 0) {
-      g_hash_table_remove(n->conns, GUINT_TO_POINTER(l->conn[ev->a]));
-      usher_director_peer_closed(n->d, node_now(w, n), l->conn[ev->a], "connection closed");
-      drain(w, ev->node);
-    }
-    break;
-  }
+  switch ((SimEvKind)ev->kind) {
   case EV_KICK_DONE:
     usher_director_kick_done(n->d, node_now(w, n), ev->a);
     drain(w, ev->node);
     break;
   case EV_FLUSH_DONE:
-    usher_director_flush_done(n->d, node_now(w, n), ev->a, TRUE);
+    usher_director_flush_done(n->d, node_now(w, n), ev->a, ev->b == 0);
     drain(w, ev->node);
+    break;
+  case EV_LOGIN_CANCEL:
+    login_cancel(w, ev->a);
     break;
   case EV_ARRIVAL:
     if (!w->quiescing)
@@ -1477,7 +1391,7 @@ run_until(SimWorld *w, gint64 end)
         best_node = i;
       }
     }
-    gint64 top = w->heap->len > 0 ? g_array_index(w->heap, SimEv, 0).t : G_MAXINT64;
+    gint64 top = sim_net_next_time(w->net);
     gint64 next = MIN(best, top);
     if (next > end)
       break;
@@ -1486,18 +1400,21 @@ run_until(SimWorld *w, gint64 end)
       world_fail(w, "the event budget (%" G_GUINT64_FORMAT " events) is spent", w->sc->max_events);
       break;
     }
-    if (w->heap->len > MAX_PENDING_EVENTS) {
+    if (sim_net_pending(w->net) > MAX_PENDING_EVENTS) {
       /* Messages multiplying faster than they are delivered: a storm. Stop before memory runs
        * out and say so. */
       w->budget_exhausted = TRUE;
-      world_fail(w, "%u events are pending: the directors are flooding the network", w->heap->len);
+      world_fail(w, "%u events are pending: the directors are flooding the network",
+                 sim_net_pending(w->net));
       break;
     }
     w->events++;
     w->now_us = MAX(w->now_us, next);
     if (top <= best) {
-      SimEv ev = pop(w);
-      process(w, &ev);
+      SimEvent ev;
+      (void)sim_net_pop(w->net, &ev);
+      if (!sim_net_process(w->net, &ev))
+        process(w, &ev);
     } else {
       SimNode *n = &w->nodes[best_node];
       usher_director_on_deadline(n->d, node_now(w, n));
@@ -1517,10 +1434,12 @@ sim_world_run(SimWorld *w)
 
   /* The end: every invariant once more, then the checks. The checks and figures are taken at
    * the end of the run. For the final agreement, new logins stop and the directors get up to the
-   * convergence budget to settle what is still in flight. */
+   * convergence budget to settle what is still in flight. A final no-pending-logins check waits
+   * too (below): a login may legitimately wait at the last instant, for a move whose kick the
+   * driver reports late, say. */
   for (guint i = 0; i < w->sc->checks->len; i++) {
     SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
-    if (c->at_us < 0)
+    if (c->at_us < 0 && c->kind != SIM_CHECK_NO_PENDING_LOGINS)
       (void)evaluate_check(w, c);
   }
   gboolean faulty = w->faults_active > 0;
@@ -1534,6 +1453,17 @@ sim_world_run(SimWorld *w)
       world_fail(w, "the directors still disagree %" G_GINT64_FORMAT " s after the end of the run: %s",
                  (w->now_us - end) / SEC_US, why);
     }
+  }
+  /* The logins in flight at the end get their bounded time to be answered (no new ones start);
+   * then no director may hold a request any more. */
+  w->quiescing = TRUE;
+  gint64 answer_by = end + USHER_REQUEST_TIMEOUT_SECS * SEC_US + LOGIN_COMPLETION_SLACK_US;
+  while (g_hash_table_size(w->logins) > 0 && w->now_us < answer_by && !w->budget_exhausted)
+    run_until(w, MIN(w->now_us + SEC_US / 10, answer_by));
+  for (guint i = 0; i < w->sc->checks->len; i++) {
+    SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+    if (c->at_us < 0 && c->kind == SIM_CHECK_NO_PENDING_LOGINS)
+      (void)evaluate_check(w, c);
   }
   check_counts(w);
   GHashTableIter it;
@@ -1575,16 +1505,23 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   w->seed_net = usher_splitmix64(&sm);
   w->seed_workload = usher_splitmix64(&sm);
   w->seed_directors = usher_splitmix64(&sm);
-  usher_rng_seed(&w->rng_net, w->seed_net);
+  w->seed_driver = usher_splitmix64(&sm);
+  usher_rng_seed(&w->rng_driver, w->seed_driver);
   usher_rng_seed(&w->rng_workload, w->seed_workload);
   w->fingerprint = G_GUINT64_CONSTANT(0xcbf29ce484222325);
   mix(w, seed);
-  w->heap = g_array_new(FALSE, FALSE, sizeof(SimEv));
-  w->links = g_ptr_array_new();
+  static const SimNetCallbacks callbacks = {net_accept,        net_connected, net_bytes,
+                                            net_closed,        net_output_queued,
+                                            net_drain,         net_discard};
+  w->net = sim_net_new(&w->now_us, w->seed_net, &callbacks, w);
+  sim_net_set_latency(w->net, &sc->latency);
+  sim_net_set_bandwidth(w->net, sc->bandwidth);
+  sim_net_set_output_limit(w->net, sc->config->output_buffer_size);
   w->backends = g_array_new(FALSE, TRUE, sizeof(SimBackend));
   w->sessions = g_array_new(FALSE, TRUE, sizeof(SimSession));
   w->free_sessions = g_array_new(FALSE, FALSE, sizeof(guint32));
   w->logins = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, login_free);
+  w->cancelled = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
   w->windows = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   w->convergences = g_array_new(FALSE, TRUE, sizeof(SimConvergence));
   w->samples = g_array_new(FALSE, TRUE, sizeof(SimSample));
@@ -1618,7 +1555,6 @@ sim_world_new(const SimScenario *sc, guint64 seed)
     SimNode *n = &w->nodes[i];
     n->index = i;
     n->addr = *(const UsherRingAddr *)&g_array_index(sc->config->directors, UsherDirectorAddr, i);
-    n->conns = g_hash_table_new(NULL, NULL);
     n->deadline = G_MAXINT64;
   }
   for (guint i = 0; i < w->n_nodes; i++)
@@ -1641,31 +1577,16 @@ sim_world_free(SimWorld *w)
 {
   if (w == NULL)
     return;
-  for (guint i = 0; i < w->n_nodes; i++) {
+  for (guint i = 0; i < w->n_nodes; i++)
     usher_director_free(w->nodes[i].d);
-    g_hash_table_unref(w->nodes[i].conns);
-  }
-  for (guint i = 0; i < w->heap->len; i++) {
-    SimEv *ev = &g_array_index(w->heap, SimEv, i);
-    if (ev->kind == EV_DELIVER)
-      g_bytes_unref((GBytes *)(gsize)ev->b);
-    if (ev->kind == EV_LOGIN_ATTEMPT)
-      g_free(ev->p);
-  }
-  g_array_unref(w->heap);
-  for (guint i = 0; i < w->links->len; i++) {
-    Link *l = g_ptr_array_index(w->links, i);
-    for (guint s = 0; s < 2; s++)
-      g_queue_clear_full(&l->clogged_data[s], (GDestroyNotify)g_bytes_unref);
-    g_free(l);
-  }
-  g_ptr_array_unref(w->links);
+  sim_net_free(w->net);
   g_array_unref(w->backends);
   g_free(w->users);
   g_free(w->hash_index);
   g_array_unref(w->sessions);
   g_array_unref(w->free_sessions);
   g_hash_table_unref(w->logins);
+  g_hash_table_unref(w->cancelled);
   g_hash_table_unref(w->windows);
   for (guint i = 0; i < w->convergences->len; i++)
     g_free(g_array_index(w->convergences, SimConvergence, i).after);

@@ -2,13 +2,12 @@
 #include "ring-harness.h"
 
 #include "libcore/config.h"
+#include "sim/net.h"
 
 #include <string.h>
 
 #define WALL_BASE_US (G_GINT64_CONSTANT(1795393974) * G_GINT64_CONSTANT(1000000))
 #define MAX_NODES 64
-
-typedef struct Link Link;
 
 typedef struct {
   guint index;
@@ -16,57 +15,21 @@ typedef struct {
   UsherDirector *d;
   gboolean up, started;
   guint incarnation;
-  GHashTable *conns; /* UsherConnId -> Link* */
   guint64 kicks;
 } Node;
 
-struct Link {
-  guint id;
-  guint node[2];        /* 0: the dialling side, 1: the accepting side */
-  UsherConnId conn[2];  /* 0 until that side has an id */
-  guint incarnation[2]; /* node incarnations the link belongs to */
-  gboolean open[2];
-  gint64 last_delivery_us[2]; /* keeps each direction in order */
-  gboolean clogged;
-  gboolean syn_pending; /* connect attempted into a silent partition */
-  GQueue clogged_data[2]; /* GBytes* held while clogged, per direction (sender side index) */
-};
-
-typedef enum {
-  EV_DELIVER,
-  EV_ACCEPT,
-  EV_CONNECTED,
-  EV_CLOSE,
-  EV_KICK_DONE,
+/* The harness's own events, in the network's heap (sim/net.h). */
+enum {
+  EV_KICK_DONE = SIM_NET_EV_DRIVER,
   EV_FLUSH_DONE,
-} EventKind;
-
-typedef struct {
-  gint64 t;
-  guint64 seq;
-  EventKind kind;
-  guint node;
-  guint incarnation;
-  Link *link;
-  guint side; /* EV_DELIVER: receiving side */
-  UsherConnId conn;
-  guint64 id;
-  GBytes *data;
-  char *reason;
-} Event;
+};
 
 struct Harness {
   guint n;
   Node nodes[MAX_NODES];
   UsherConfig *config;
   gint64 now_us;
-  gint64 latency_us;
-  guint64 seq;
-  GPtrArray *heap; /* Event* */
-  GPtrArray *links;
-  guint next_link_id;
-  guint64 partition_a, partition_b;
-  gboolean partition_reset;
+  SimNet *net;
   GHashTable *logins; /* request id -> HarnessLogin* */
   GHashTable *admin_replies; /* op id -> reply text */
   guint64 next_op;
@@ -76,76 +39,12 @@ struct Harness {
   guint warnings;
 };
 
-/* ---- Event heap ---------------------------------------------------------------------------------- */
-
-static gboolean
-ev_before(const Event *a, const Event *b)
-{
-  return a->t < b->t || (a->t == b->t && a->seq < b->seq);
-}
-
 static void
-heap_push(Harness *h, Event *e)
+schedule(Harness *h, gint64 t, guint kind, guint node, guint64 id)
 {
-  e->seq = h->seq++;
-  GPtrArray *a = h->heap;
-  g_ptr_array_add(a, e);
-  guint i = a->len - 1;
-  while (i > 0) {
-    guint p = (i - 1) / 2;
-    if (!ev_before(a->pdata[i], a->pdata[p]))
-      break;
-    gpointer tmp = a->pdata[i];
-    a->pdata[i] = a->pdata[p];
-    a->pdata[p] = tmp;
-    i = p;
-  }
-}
-
-static Event *
-heap_pop(Harness *h)
-{
-  GPtrArray *a = h->heap;
-  if (a->len == 0)
-    return NULL;
-  Event *top = a->pdata[0];
-  a->pdata[0] = a->pdata[a->len - 1];
-  g_ptr_array_set_size(a, a->len - 1);
-  guint i = 0;
-  for (;;) {
-    guint l = 2 * i + 1, r = l + 1, m = i;
-    if (l < a->len && ev_before(a->pdata[l], a->pdata[m]))
-      m = l;
-    if (r < a->len && ev_before(a->pdata[r], a->pdata[m]))
-      m = r;
-    if (m == i)
-      break;
-    gpointer tmp = a->pdata[i];
-    a->pdata[i] = a->pdata[m];
-    a->pdata[m] = tmp;
-    i = m;
-  }
-  return top;
-}
-
-static void
-event_free(Event *e)
-{
-  if (e->data != NULL)
-    g_bytes_unref(e->data);
-  g_free(e->reason);
-  g_free(e);
-}
-
-static Event *
-event_new(Harness *h, gint64 t, EventKind kind, guint node)
-{
-  Event *e = g_new0(Event, 1);
-  e->t = t;
-  e->kind = kind;
-  e->node = node;
-  e->incarnation = h->nodes[node].incarnation;
-  return e;
+  SimEvent ev = {.t = t, .kind = kind, .node = node, .incarnation = h->nodes[node].incarnation,
+                 .a = id};
+  sim_net_schedule(h->net, ev);
 }
 
 /* ---- Helpers --------------------------------------------------------------------------------------- */
@@ -157,14 +56,6 @@ now_of(Harness *h)
   return n;
 }
 
-static gboolean
-blocked(Harness *h, guint x, guint y)
-{
-  guint64 bx = G_GUINT64_CONSTANT(1) << x, by = G_GUINT64_CONSTANT(1) << y;
-  return ((h->partition_a & bx) && (h->partition_b & by)) ||
-         ((h->partition_a & by) && (h->partition_b & bx));
-}
-
 static Node *
 node_by_addr(Harness *h, const UsherRingAddr *addr)
 {
@@ -174,56 +65,7 @@ node_by_addr(Harness *h, const UsherRingAddr *addr)
   return NULL;
 }
 
-static guint
-link_side_of(Link *l, guint node, UsherConnId conn)
-{
-  if (l->node[0] == node && l->conn[0] == conn)
-    return 0;
-  g_assert(l->node[1] == node && l->conn[1] == conn);
-  return 1;
-}
-
 static void drain(Harness *h, guint node);
-
-static void
-schedule_close(Harness *h, Link *l, guint side, const char *reason)
-{
-  /* Tell `side` that the connection closed (after anything already in flight to it). */
-  Event *e = event_new(h, MAX(h->now_us + h->latency_us, l->last_delivery_us[side]), EV_CLOSE,
-                       l->node[side]);
-  e->incarnation = l->incarnation[side];
-  e->link = l;
-  e->side = side;
-  e->reason = g_strdup(reason);
-  heap_push(h, e);
-}
-
-static void
-send_bytes(Harness *h, Link *l, guint from_side, const char *data, gsize len)
-{
-  guint to = 1 - from_side;
-  if (!l->open[from_side] || !l->open[to])
-    return;
-  if (h->recording) {
-    g_autofree char *text = g_strndup(data, len);
-    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
-    for (guint i = 0; lines[i] != NULL && lines[i][0] != '\0'; i++)
-      g_string_append_printf(h->transcript, "%u>%u: %s\n", l->node[from_side], l->node[to],
-                             lines[i]);
-  }
-  if (l->clogged) {
-    g_queue_push_tail(&l->clogged_data[from_side], g_bytes_new(data, len));
-    return;
-  }
-  gint64 t = MAX(h->now_us + h->latency_us, l->last_delivery_us[to]);
-  l->last_delivery_us[to] = t;
-  Event *e = event_new(h, t, EV_DELIVER, l->node[to]);
-  e->incarnation = l->incarnation[to];
-  e->link = l;
-  e->side = to;
-  e->data = g_bytes_new(data, len);
-  heap_push(h, e);
-}
 
 static void
 handle_effect(Harness *h, guint node_idx, UsherEffect *e)
@@ -231,51 +73,27 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
   Node *node = &h->nodes[node_idx];
   switch (e->type) {
   case USHER_EFFECT_SEND: {
-    Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->send.conn));
-    if (l != NULL)
-      send_bytes(h, l, link_side_of(l, node_idx, e->send.conn), e->send.data, e->send.len);
-    /* The harness's links take everything at once: nothing stays queued. */
-    usher_director_peer_output_queued(node->d, now_of(h), e->send.conn, 0);
+    gsize queued;
+    if (sim_net_send(h->net, node_idx, e->send.conn, e->send.data, e->send.len, &queued) &&
+        h->recording) {
+      guint peer = sim_net_peer(h->net, node_idx, e->send.conn);
+      g_autofree char *text = g_strndup(e->send.data, e->send.len);
+      g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+      for (guint i = 0; lines[i] != NULL && lines[i][0] != '\0'; i++)
+        g_string_append_printf(h->transcript, "%u>%u: %s\n", node_idx, peer, lines[i]);
+    }
+    /* What the link still holds (a hung partition holds everything sent into it). */
+    usher_director_peer_output_queued(node->d, now_of(h), e->send.conn, queued);
     break;
   }
   case USHER_EFFECT_CONNECT: {
-    Link *l = g_new0(Link, 1);
-    l->id = h->next_link_id++;
-    l->node[0] = node_idx;
-    l->conn[0] = e->connect.conn;
-    l->incarnation[0] = node->incarnation;
-    l->open[0] = TRUE;
-    g_ptr_array_add(h->links, l);
-    g_hash_table_insert(node->conns, GUINT_TO_POINTER(e->connect.conn), l);
     Node *peer = node_by_addr(h, &e->connect.addr);
-    if (peer == NULL || !peer->up || !peer->started ||
-        (blocked(h, node_idx, peer->index) && h->partition_reset)) {
-      l->node[1] = node_idx;
-      schedule_close(h, l, 0, "connection refused");
-    } else if (blocked(h, node_idx, peer->index)) {
-      /* A silent network: the SYN is lost. TCP retransmits it, so it gets through once the
-       * network heals, unless the dialler's connect timeout fires first. */
-      l->node[1] = peer->index;
-      l->syn_pending = TRUE;
-    } else {
-      l->node[1] = peer->index;
-      Event *ev = event_new(h, h->now_us + h->latency_us, EV_ACCEPT, peer->index);
-      ev->link = l;
-      heap_push(h, ev);
-    }
+    sim_net_connect(h->net, node_idx, e->connect.conn, peer != NULL ? peer->index : G_MAXUINT);
     break;
   }
-  case USHER_EFFECT_DISCONNECT: {
-    Link *l = g_hash_table_lookup(node->conns, GUINT_TO_POINTER(e->disconnect.conn));
-    if (l == NULL)
-      break;
-    guint side = link_side_of(l, node_idx, e->disconnect.conn);
-    g_hash_table_remove(node->conns, GUINT_TO_POINTER(e->disconnect.conn));
-    l->open[side] = FALSE;
-    if (l->open[1 - side] && l->conn[1 - side] != 0 && !l->clogged)
-      schedule_close(h, l, 1 - side, e->disconnect.reason);
+  case USHER_EFFECT_DISCONNECT:
+    sim_net_disconnect(h->net, node_idx, e->disconnect.conn);
     break;
-  }
   case USHER_EFFECT_LOGIN_RESULT: {
     HarnessLogin *r = g_hash_table_lookup(h->logins, &e->login.request);
     if (r != NULL) {
@@ -289,17 +107,12 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
   }
   case USHER_EFFECT_KICK: {
     node->kicks++;
-    Event *ev = event_new(h, h->now_us + 1000, EV_KICK_DONE, node_idx);
-    ev->id = e->kick.id;
-    heap_push(h, ev);
+    schedule(h, h->now_us + 1000, EV_KICK_DONE, node_idx, e->kick.id);
     break;
   }
-  case USHER_EFFECT_FLUSH: {
-    Event *ev = event_new(h, h->now_us + 1000, EV_FLUSH_DONE, node_idx);
-    ev->id = e->flush.id;
-    heap_push(h, ev);
+  case USHER_EFFECT_FLUSH:
+    schedule(h, h->now_us + 1000, EV_FLUSH_DONE, node_idx, e->flush.id);
     break;
-  }
   case USHER_EFFECT_LOG:
     if (e->log.level & (G_LOG_LEVEL_WARNING | G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL))
       h->warnings++;
@@ -324,89 +137,73 @@ drain(Harness *h, guint node_idx)
   Node *node = &h->nodes[node_idx];
   if (node->d == NULL)
     return;
-  g_autoptr(GArray) effects = usher_director_take_effects(node->d);
-  for (guint i = 0; i < effects->len; i++)
-    handle_effect(h, node_idx, &g_array_index(effects, UsherEffect, i));
+  for (;;) {
+    g_autoptr(GArray) effects = usher_director_take_effects(node->d);
+    if (effects->len == 0)
+      break;
+    for (guint i = 0; i < effects->len; i++)
+      handle_effect(h, node_idx, &g_array_index(effects, UsherEffect, i));
+  }
+}
+
+/* ---- What the network does to the directors ---------------------------------------------------- */
+
+static UsherConnId
+net_accept(gpointer user, guint node, guint from)
+{
+  Harness *h = user;
+  return usher_director_peer_accepted(h->nodes[node].d, now_of(h), &h->nodes[from].addr.ip);
+}
+
+static void
+net_connected(gpointer user, guint node, UsherConnId conn)
+{
+  Harness *h = user;
+  usher_director_peer_connected(h->nodes[node].d, now_of(h), conn);
+}
+
+static void
+net_bytes(gpointer user, guint node, UsherConnId conn, const char *data, gsize len)
+{
+  Harness *h = user;
+  usher_director_peer_bytes(h->nodes[node].d, now_of(h), conn, data, len);
+}
+
+static void
+net_closed(gpointer user, guint node, UsherConnId conn, const char *reason)
+{
+  Harness *h = user;
+  usher_director_peer_closed(h->nodes[node].d, now_of(h), conn, reason);
+}
+
+static void
+net_output_queued(gpointer user, guint node, UsherConnId conn, gsize queued_bytes)
+{
+  Harness *h = user;
+  usher_director_peer_output_queued(h->nodes[node].d, now_of(h), conn, queued_bytes);
+}
+
+static void
+net_drain(gpointer user, guint node)
+{
+  drain(user, node);
 }
 
 /* ---- Event processing ------------------------------------------------------------------------------ */
 
-static gboolean
-event_live(Harness *h, const Event *e)
-{
-  Node *n = &h->nodes[e->node];
-  return n->up && n->d != NULL && n->incarnation == e->incarnation;
-}
-
 static void
-process(Harness *h, Event *e)
+process(Harness *h, SimEvent *e)
 {
   Node *n = &h->nodes[e->node];
-  UsherNow now = now_of(h);
-  if (!event_live(h, e))
+  if (!n->up || n->d == NULL || n->incarnation != e->incarnation)
     return;
   switch (e->kind) {
-  case EV_ACCEPT: {
-    Link *l = e->link;
-    if (!l->open[0] || blocked(h, l->node[0], l->node[1])) {
-      l->open[1] = FALSE;
-      if (l->open[0])
-        schedule_close(h, l, 0, "connection refused");
-      return;
-    }
-    /* The dialler learns it is connected before any byte of the acceptor arrives. */
-    Event *c = event_new(h, h->now_us + h->latency_us, EV_CONNECTED, l->node[0]);
-    c->incarnation = l->incarnation[0];
-    c->link = l;
-    heap_push(h, c);
-    l->last_delivery_us[0] = h->now_us + h->latency_us;
-    UsherConnId id = usher_director_peer_accepted(n->d, now, &h->nodes[l->node[0]].addr.ip);
-    if (id == USHER_CONN_ID_NONE) {
-      drain(h, e->node);
-      schedule_close(h, l, 0, "connection refused by peer");
-      return;
-    }
-    l->conn[1] = id;
-    l->incarnation[1] = n->incarnation;
-    l->open[1] = TRUE;
-    g_hash_table_insert(n->conns, GUINT_TO_POINTER(id), l);
-    drain(h, e->node);
-    break;
-  }
-  case EV_CONNECTED:
-    if (!e->link->open[0])
-      return;
-    usher_director_peer_connected(n->d, now, e->link->conn[0]);
-    drain(h, e->node);
-    break;
-  case EV_DELIVER: {
-    Link *l = e->link;
-    if (!l->open[e->side] || l->conn[e->side] == 0)
-      return;
-    gsize len;
-    const char *data = g_bytes_get_data(e->data, &len);
-    usher_director_peer_bytes(n->d, now, l->conn[e->side], data, len);
-    drain(h, e->node);
-    break;
-  }
-  case EV_CLOSE: {
-    Link *l = e->link;
-    if (!l->open[e->side])
-      return;
-    l->open[e->side] = FALSE;
-    if (l->conn[e->side] != 0) {
-      g_hash_table_remove(n->conns, GUINT_TO_POINTER(l->conn[e->side]));
-      usher_director_peer_closed(n->d, now, l->conn[e->side], e->reason);
-      drain(h, e->node);
-    }
-    break;
-  }
   case EV_KICK_DONE:
-    usher_director_kick_done(n->d, now, e->id);
+    usher_director_kick_done(n->d, now_of(h), e->a);
     drain(h, e->node);
     break;
   case EV_FLUSH_DONE:
-    usher_director_flush_done(n->d, now, e->id, TRUE);
+    usher_director_flush_done(n->d, now_of(h), e->a, TRUE);
     drain(h, e->node);
     break;
   }
@@ -432,15 +229,16 @@ harness_run(Harness *h, gint64 duration_us)
         best_node = i;
       }
     }
-    Event *top = h->heap->len > 0 ? h->heap->pdata[0] : NULL;
-    gint64 next = MIN(best, top != NULL ? top->t : G_MAXINT64);
+    gint64 top = sim_net_next_time(h->net);
+    gint64 next = MIN(best, top);
     if (next > end)
       break;
     h->now_us = MAX(h->now_us, next);
-    if (top != NULL && top->t <= best) {
-      Event *e = heap_pop(h);
-      process(h, e);
-      event_free(e);
+    if (top <= best) {
+      SimEvent e;
+      (void)sim_net_pop(h->net, &e);
+      if (!sim_net_process(h->net, &e))
+        process(h, &e);
     } else {
       usher_director_on_deadline(h->nodes[best_node].d, now_of(h));
       drain(h, best_node);
@@ -457,10 +255,11 @@ harness_new(guint n, const char *backends, const char *extra_config)
   g_assert(n > 0 && n <= MAX_NODES);
   Harness *h = g_new0(Harness, 1);
   h->n = n;
-  h->latency_us = 500;
   h->now_us = 1000000;
-  h->heap = g_ptr_array_new();
-  h->links = g_ptr_array_new();
+  static const SimNetCallbacks callbacks = {net_accept, net_connected,     net_bytes, net_closed,
+                                            net_output_queued, net_drain, NULL};
+  h->net = sim_net_new(&h->now_us, 1, &callbacks, h); /* fixed latency: no random draw */
+  harness_set_latency_us(h, 500);
   h->logins = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, g_free);
   h->admin_replies = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
   h->next_op = 1;
@@ -476,11 +275,11 @@ harness_new(guint n, const char *backends, const char *extra_config)
   h->config = usher_config_parse(conf->str, conf->len, "harness.conf", &error);
   g_assert_no_error(error);
   g_string_free(conf, TRUE);
+  sim_net_set_output_limit(h->net, h->config->output_buffer_size);
   for (guint i = 0; i < n; i++) {
     Node *node = &h->nodes[i];
     node->index = i;
     node->addr = *(const UsherRingAddr *)&g_array_index(h->config->directors, UsherDirectorAddr, i);
-    node->conns = g_hash_table_new(NULL, NULL);
   }
   return h;
 }
@@ -499,20 +298,9 @@ node_create(Harness *h, guint i)
 void
 harness_free(Harness *h)
 {
-  for (guint i = 0; i < h->n; i++) {
+  for (guint i = 0; i < h->n; i++)
     usher_director_free(h->nodes[i].d);
-    g_hash_table_unref(h->nodes[i].conns);
-  }
-  for (guint i = 0; i < h->heap->len; i++)
-    event_free(h->heap->pdata[i]);
-  g_ptr_array_unref(h->heap);
-  for (guint i = 0; i < h->links->len; i++) {
-    Link *l = h->links->pdata[i];
-    for (int s = 0; s < 2; s++)
-      g_queue_clear_full(&l->clogged_data[s], (GDestroyNotify)g_bytes_unref);
-    g_free(l);
-  }
-  g_ptr_array_unref(h->links);
+  sim_net_free(h->net);
   g_hash_table_unref(h->logins);
   g_hash_table_unref(h->admin_replies);
   g_string_free(h->transcript, TRUE);
@@ -541,7 +329,14 @@ harness_now(Harness *h)
 void
 harness_set_latency_us(Harness *h, gint64 latency_us)
 {
-  h->latency_us = latency_us;
+  SimDist fixed = {SIM_DIST_FIXED, latency_us, latency_us};
+  sim_net_set_latency(h->net, &fixed);
+}
+
+void
+harness_set_bandwidth(Harness *h, guint64 bytes_per_sec)
+{
+  sim_net_set_bandwidth(h->net, bytes_per_sec);
 }
 
 void
@@ -568,6 +363,7 @@ harness_start(Harness *h, guint i)
   if (h->nodes[i].d == NULL)
     node_create(h, i);
   h->nodes[i].started = TRUE;
+  sim_net_node_up(h->net, i, h->nodes[i].incarnation);
   usher_director_start(h->nodes[i].d, now_of(h));
   drain(h, i);
 }
@@ -615,29 +411,12 @@ harness_login_result(Harness *h, guint64 request)
   return g_hash_table_lookup(h->logins, &request);
 }
 
-static void
-reset_links_of(Harness *h, guint i)
-{
-  for (guint k = 0; k < h->links->len; k++) {
-    Link *l = h->links->pdata[k];
-    for (guint s = 0; s < 2; s++) {
-      if (l->node[s] != i || !l->open[s] || l->incarnation[s] != h->nodes[i].incarnation)
-        continue;
-      l->open[s] = FALSE;
-      guint o = 1 - s;
-      if (l->open[o] && l->conn[o] != 0)
-        schedule_close(h, l, o, "connection reset by peer");
-    }
-  }
-}
-
 void
 harness_crash(Harness *h, guint i)
 {
   Node *n = &h->nodes[i];
-  reset_links_of(h, i);
+  sim_net_node_down(h->net, i); /* its links are reset */
   g_clear_pointer(&n->d, usher_director_free);
-  g_hash_table_remove_all(n->conns);
   n->up = FALSE;
   n->started = FALSE;
 }
@@ -653,59 +432,14 @@ harness_restart(Harness *h, guint i)
 void
 harness_partition(Harness *h, guint64 group_a, guint64 group_b, gboolean reset)
 {
-  h->partition_a = group_a;
-  h->partition_b = group_b;
-  h->partition_reset = reset;
-  for (guint k = 0; k < h->links->len; k++) {
-    Link *l = h->links->pdata[k];
-    if (!(l->open[0] || l->open[1]) || !blocked(h, l->node[0], l->node[1]))
-      continue;
-    if (reset) {
-      for (guint s = 0; s < 2; s++) {
-        if (l->open[s] && l->conn[s] != 0) {
-          Event *e = event_new(h, h->now_us, EV_CLOSE, l->node[s]);
-          e->incarnation = l->incarnation[s];
-          e->link = l;
-          e->side = s;
-          e->reason = g_strdup("connection reset (partition)");
-          heap_push(h, e);
-        }
-      }
-    } else {
-      l->clogged = TRUE;
-    }
-  }
+  guint64 groups[2] = {group_a, group_b};
+  sim_net_partition(h->net, groups, 2, reset);
 }
 
 void
 harness_heal(Harness *h)
 {
-  h->partition_a = h->partition_b = 0;
-  for (guint k = 0; k < h->links->len; k++) {
-    Link *l = h->links->pdata[k];
-    if (l->syn_pending) {
-      l->syn_pending = FALSE;
-      if (l->open[0]) {
-        Event *ev = event_new(h, h->now_us + h->latency_us, EV_ACCEPT, l->node[1]);
-        ev->link = l;
-        heap_push(h, ev);
-      }
-    }
-    if (!l->clogged)
-      continue;
-    l->clogged = FALSE;
-    for (guint s = 0; s < 2; s++) {
-      GBytes *b;
-      while ((b = g_queue_pop_head(&l->clogged_data[s])) != NULL) {
-        gsize len;
-        const char *data = g_bytes_get_data(b, &len);
-        send_bytes(h, l, s, data, len);
-        g_bytes_unref(b);
-      }
-      if (!l->open[s] && l->open[1 - s] && l->conn[1 - s] != 0)
-        schedule_close(h, l, 1 - s, "connection closed");
-    }
-  }
+  sim_net_heal(h->net);
 }
 
 gboolean

@@ -1,8 +1,9 @@
-/* ring-harness.h - N real directors wired through an in-memory network with a virtual clock.
+/* ring-harness.h - N real directors wired through the simulator's network (sim/net.h) with a
+ * virtual clock.
  *
  * Deterministic: one event queue ordered by (time, sequence); no real clock, no sockets. Links
  * deliver bytes in order with a fixed latency. Nodes can crash and restart, links can be cut
- * (reset) or partitioned (silently dropping traffic, as a hung network does).
+ * (reset) or partitioned (holding traffic until the heal, as a hung network does).
  */
 #pragma once
 
@@ -26,6 +27,9 @@ UsherDirector *harness_node(Harness *h, guint i);
 gint64 harness_now_us(Harness *h);
 UsherNow harness_now(Harness *h);
 void harness_set_latency_us(Harness *h, gint64 latency_us);
+/* Bytes per second per link and direction (0, the default: unlimited). Writes queue behind each
+ * other, and the directors hear how much output is still queued (sim/net.h). */
+void harness_set_bandwidth(Harness *h, guint64 bytes_per_sec);
 /* Every byte any node sends, as "<node>><peer node>: line" text, when recording is on. */
 void harness_record(Harness *h, gboolean on);
 GString *harness_transcript(Harness *h);
@@ -45,8 +49,10 @@ const HarnessLogin *harness_login_result(Harness *h, guint64 request);
 /* Crash (state lost, links reset) and restart with a fresh director. */
 void harness_crash(Harness *h, guint i);
 void harness_restart(Harness *h, guint i);
-/* Partition: nodes in group A cannot reach nodes in group B (bit masks); existing links between
- * them silently drop traffic (reset = FALSE) or are reset (reset = TRUE). heal() undoes all. */
+/* Partition: nodes in group A cannot reach nodes in group B (bit masks; a node in neither group
+ * reaches only other nodes in neither). Existing links between them hang, holding their traffic
+ * until the heal, and connects wait (reset = FALSE), or they are reset and connects are refused
+ * (reset = TRUE). heal() undoes all. */
 void harness_partition(Harness *h, guint64 group_a, guint64 group_b, gboolean reset);
 void harness_heal(Harness *h);
 

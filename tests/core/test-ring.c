@@ -182,11 +182,13 @@ test_rejoin_no_lost_sync(void)
   harness_free(h);
 }
 
-/* 100k users cross in one handshake, in bounded batches. */
-static void
-test_large_handshake(void)
+/* 100k users cross in one handshake, in bounded batches. Over a link of bytes_per_sec (0:
+ * unlimited) the user stream waits for the link's queue to drain. */
+static gint64
+large_handshake(guint64 bytes_per_sec)
 {
   Harness *h = harness_new(2, BACKENDS, NULL);
+  harness_set_bandwidth(h, bytes_per_sec);
   harness_start(h, 0);
   g_assert_true(harness_run_until_synced(h, 60 * SEC));
   /* 100,000 users; 10,000 under valgrind (USHER_TEST_SMALL), which is 50 times slower. */
@@ -198,9 +200,14 @@ test_large_handshake(void)
   }
   /* Alone: the answers are the only effects, and nobody waits for them. */
   g_array_unref(usher_director_take_effects(harness_node(h, 0)));
+  gint64 start_us = harness_now_us(h);
   harness_start(h, 1);
   g_assert_true(harness_run_until_synced(h, 120 * SEC));
   assert_ring(h);
+  const UsherDirectorStats *st = usher_director_get_stats(harness_node(h, 0));
+  g_test_message("handshake of %u users in %" G_GINT64_FORMAT " ms, %" G_GUINT64_FORMAT
+                 " pauses", n_users, (harness_now_us(h) - start_us) / 1000, st->handshake_pauses);
+  gint64 took_us = harness_now_us(h) - start_us;
   /* 100,000 names give a couple of 32-bit hash collisions, which share one entry. */
   UsherHostTable *t0 = usher_director_get_hosts(harness_node(h, 0));
   UsherHostTable *t1 = usher_director_get_hosts(harness_node(h, 1));
@@ -208,6 +215,25 @@ test_large_handshake(void)
   g_assert_cmpuint(n0, >, n_users - 10);
   g_assert_cmpuint(usher_user_dir_count(usher_host_table_find_tag(t1, "")->users), ==, n0);
   harness_free(h);
+  return took_us;
+}
+
+static void
+test_large_handshake(void)
+{
+  (void)large_handshake(0);
+}
+
+/* At 1 MiB/s the user stream (about 33 bytes a user) waits for the link's queue: the handshake
+ * takes longer by the transmission time. */
+static void
+test_large_handshake_slow_link(void)
+{
+  guint64 bytes_per_sec = 1024 * 1024;
+  guint n_users = g_getenv("USHER_TEST_SMALL") != NULL ? 10000 : 100000;
+  gint64 fast_us = large_handshake(0), slow_us = large_handshake(bytes_per_sec);
+  g_assert_cmpint(slow_us - fast_us, >=,
+                  (gint64)(n_users * G_GUINT64_CONSTANT(30) * 1000000 / bytes_per_sec));
 }
 
 /* The ring splits into two arcs; each side serves; they diverge and merge back. */
@@ -591,6 +617,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring/crash-rejoin", test_crash_rejoin);
   g_test_add_func("/core/ring/rejoin-no-lost-sync", test_rejoin_no_lost_sync);
   g_test_add_func("/core/ring/large-handshake", test_large_handshake);
+  g_test_add_func("/core/ring/large-handshake-slow-link", test_large_handshake_slow_link);
   g_test_add_func("/core/ring/split-merge", test_split_merge);
   g_test_add_func("/core/ring/vhost-change", test_vhost_change);
   g_test_add_func("/core/ring/down-up-remove-flush", test_down_up_remove_flush);

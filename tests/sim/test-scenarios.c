@@ -92,6 +92,35 @@ test_swarm_determinism(void)
   }
 }
 
+/* The swarm turns each driver fault on in about one seed in ten, and a seed without them draws
+ * the scenario it drew before they existed (they are drawn last). */
+static void
+test_swarm_draws_driver_faults(void)
+{
+  guint kicks = 0, flushes = 0, slow = 0, cancels = 0;
+  for (guint64 seed = 1; seed <= 1000; seed++) {
+    g_autofree char *text = sim_swarm_scenario(seed);
+    g_autoptr(SimScenario) sc = sim_scenario_load_data(text, -1, "swarm", NULL);
+    g_assert_nonnull(sc);
+    kicks += sc->kick_lost_milli > 0 || sc->kick_duration.kind != SIM_DIST_FIXED;
+    flushes += sc->config->flush_socket[0] != '\0';
+    slow += sc->bandwidth > 0;
+    cancels += sc->login_cancel_milli > 0;
+    if (sc->bandwidth > 0) /* a whole handshake fits in the send buffer */
+      g_assert_cmpuint(sc->config->output_buffer_size, >=, sc->users * 48);
+  }
+  g_test_message("of 1000 seeds: %u kick faults, %u flush faults, %u slow links, %u cancels", kicks,
+                 flushes, slow, cancels);
+  g_assert_cmpuint(kicks, >=, 60);
+  g_assert_cmpuint(kicks, <=, 140);
+  g_assert_cmpuint(flushes, >=, 60);
+  g_assert_cmpuint(flushes, <=, 140);
+  g_assert_cmpuint(slow, >=, 60);
+  g_assert_cmpuint(slow, <=, 140);
+  g_assert_cmpuint(cancels, >=, 60);
+  g_assert_cmpuint(cancels, <=, 140);
+}
+
 static void
 expect_error(const char *json, const char *fragment)
 {
@@ -140,6 +169,17 @@ test_errors(void)
   expect_error("{" BASE ", \"network\": {\"latency\": {\"kind\": \"gaussian\"}}}",
                "network.latency.kind: \"gaussian\" is not a kind");
   expect_error("{" BASE ", \"workload\": {\"protocols\": {\"imap\": 50}}}", "add up to 50, not 100");
+  expect_error("{" BASE ", \"driver\": {\"kick_lost\": 120}}", "driver.kick_lost: out of range");
+  expect_error("{" BASE ", \"driver\": {\"flush_failed\": 60, \"flush_lost\": 50}}",
+               "driver: flush_failed and flush_lost add up to more than 100");
+  expect_error("{" BASE ", \"driver\": {\"kick_delay\": \"1s\"}}", "driver.kick_delay: unknown field");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"]}, \"workload\": "
+               "{\"kick_duration\": \"1s\"}, \"driver\": {\"kick_duration\": \"2s\"}}",
+               "driver.kick_duration: is also given as workload.kick_duration");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"counter\", \"name\": \"bogus\", \"min\": 1}]}",
+               "checks[0].name: \"bogus\" is not a counter (logins_ok, ");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"counter\", \"name\": \"kicks_lost\"}]}",
+               "give \"min\", \"max\" or both");
   expect_error("[1, 2]", "must be a JSON object");
   expect_error("{", "not valid JSON");
 }
@@ -157,6 +197,7 @@ main(int argc, char **argv)
   g_test_add_func("/sim/scenario-errors", test_errors);
   g_test_add_func("/sim/swarm-determinism", test_swarm_determinism);
   g_test_add_func("/sim/swarm-scenarios-valid", test_swarm_scenarios_valid);
+  g_test_add_func("/sim/swarm-draws-driver-faults", test_swarm_draws_driver_faults);
   g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
   const char *subdirs[] = {"", "regressions"};
   for (guint k = 0; k < G_N_ELEMENTS(subdirs); k++) {
