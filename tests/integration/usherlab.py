@@ -17,12 +17,19 @@ parent-death signal.
         print(s.backend)                          # "127.0.2.x", from the backend's IMAP ID reply
         print(directors[0].status_user("user1"))  # (current, hashed, initial)
 
-See tests/integration/README.md for the Dovecot facts this relies on.
+In front of a ring of usherd with [http] listeners, lab.nginx_mail(ip, usherd) runs nginx's
+mail proxy (auth_http) and lab.dovecot_lua_proxy(ip, usherd) a Dovecot proxy with a Lua passdb
+(/lookup); both are stopped by PID like the Dovecot instances.
+
+See tests/integration/README.md for the Dovecot, nginx and Lua facts this relies on.
 """
 
 import atexit
 import ctypes
+import glob
+import http.client
 import imaplib
+import json
 import os
 import poplib
 import re
@@ -220,6 +227,18 @@ def _tcp_ready(ip, port, timeout=1.0):
     """True once something accepts on (ip, port) and sends a greeting line."""
     with socket.create_connection((ip, port), timeout=timeout) as s:
         return s.recv(1) != b""
+
+
+def http_request(ip, port, path, method="GET", headers=None, timeout=10.0):
+    """One HTTP/1.1 request -> (status, {lowercased header: value}, body text)."""
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read().decode("utf-8", "replace")
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        conn.close()
 
 
 _libc = None
@@ -471,6 +490,108 @@ def imap_id(conn, fields=None):
     return parse_imap_id(data)
 
 
+class RawLogin:
+    """What a server answered to one login attempt made by raw_login()."""
+
+    def __init__(self, greeting, lines, closed, elapsed):
+        self.greeting = greeting  # the server's first line ("" if it closed at once)
+        self.lines = lines        # every line after the greeting, up to the login's answer
+        self.closed = closed      # the server closed the connection after answering
+        self.elapsed = elapsed    # seconds from sending the login to its answer (or the close)
+
+    @property
+    def answer(self):
+        """The last line read: the tagged IMAP answer or the POP3 answer ("" if none)."""
+        return self.lines[-1] if self.lines else ""
+
+    @property
+    def ok(self):
+        return self.answer.startswith(("L1 OK", "+OK"))
+
+    def __repr__(self):
+        return (f"<RawLogin {self.lines!r} closed={self.closed} elapsed={self.elapsed:.2f}s "
+                f"greeting={self.greeting!r}>")
+
+
+def raw_login(host, port, proto, user, password=PASSWORD, timeout=15.0, linger=0.5,
+              source_ip=None):
+    """Try one IMAP LOGIN or POP3 USER/PASS with a plain socket and return a RawLogin: every
+    line the server sent, whether it closed the connection afterwards (waits `linger` s to see),
+    and how long the answer took.  For failure paths, where a client library would only raise:
+    the exact error text and the close are what a test checks.  Logs out after a success.
+    source_ip: connect from this address (Dovecot's auth penalty is per client address)."""
+    sock = socket.create_connection((host, port), timeout=timeout,
+                                    source_address=(source_ip, 0) if source_ip else None)
+    buf = b""
+    closed = False
+
+    def read_line():
+        nonlocal buf, closed
+        while b"\n" not in buf:
+            try:
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                raise LabError(f"{host}:{port}: no answer in {timeout}s (read so far {buf!r})")
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                closed = True
+                line, buf = buf, b""
+                return line.decode("utf-8", "replace").rstrip("\r\n") or None
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        return line.decode("utf-8", "replace").rstrip("\r")
+
+    lines = []
+    try:
+        greeting = read_line() or ""
+        t0 = time.monotonic()
+        if proto == "imap":
+            sock.sendall(f"L1 LOGIN {_quote(user)} {_quote(password)}\r\n".encode())
+            while True:
+                line = read_line()
+                if line is None:
+                    break
+                lines.append(line)
+                if line.startswith("L1 "):
+                    break
+        elif proto == "pop3":
+            sock.sendall(f"USER {user}\r\n".encode())
+            for cmd in (f"PASS {password}", None):
+                line = read_line()
+                if line is None:
+                    break
+                lines.append(line)
+                if cmd is None or not line.startswith("+OK"):
+                    break
+                sock.sendall(f"{cmd}\r\n".encode())
+        else:
+            raise LabError(f"raw_login: unknown protocol {proto!r}")
+        elapsed = time.monotonic() - t0
+        if not closed:
+            sock.settimeout(linger)
+            try:
+                while True:   # anything more, up to a close or `linger` s of silence
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        closed = True
+                        break
+                    buf += chunk
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed = True
+        result = RawLogin(greeting, lines, closed, elapsed)
+        if result.ok and not closed:
+            try:
+                sock.sendall(b"L2 LOGOUT\r\n" if proto == "imap" else b"QUIT\r\n")
+            except OSError:
+                pass
+        return result
+    finally:
+        sock.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # instances
 
@@ -478,17 +599,19 @@ class Instance:
     """One Dovecot instance: a directory, a config, a master process and its children."""
 
     kind = "instance"
+    program = "dovecot"
 
-    def __init__(self, lab, name, ip, ports, conf_text_fn):
+    def __init__(self, lab, name, ip, ports, conf_text_fn, conf_name="dovecot.conf",
+                 log_name="dovecot.log"):
         self.lab = lab
         self.name = name
         self.ip = ip
         self.ports = dict(ports)              # role -> TCP port on self.ip
         self.dir = os.path.join(lab.root, name)
-        self.conf_path = os.path.join(self.dir, "dovecot.conf")
+        self.conf_path = os.path.join(self.dir, conf_name)
         self.base_dir = os.path.join(self.dir, "run")
         self.state_dir = os.path.join(self.dir, "state")
-        self.log_path = os.path.join(self.dir, "dovecot.log")
+        self.log_path = os.path.join(self.dir, log_name)
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.instance_name = f"{lab.tag}-{name}"
         self.proc = None
@@ -583,8 +706,13 @@ service auth {{
             except LabError as e:
                 raise LabError(f"{self.name}: {role} port: {e}") from None
 
+    def argv(self):
+        """The master's command line: it must stay in the foreground."""
+        return [DOVECOT, "-F", "-c", self.conf_path]
+
     def start(self, wait=True, timeout=20.0):
-        """Start `dovecot -F -c FILE` in its own session; by default wait until it serves."""
+        """Start `dovecot -F -c FILE` (argv()) in its own session; by default wait until it
+        serves."""
         if self.proc is not None:
             raise LabError(f"{self.name}: already started (pid {self.proc.pid}); stop() first")
         self.check_ports()
@@ -592,7 +720,7 @@ service auth {{
         os.makedirs(self.state_dir, exist_ok=True)
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [DOVECOT, "-F", "-c", self.conf_path],
+                self.argv(),
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.dir,
                 start_new_session=True, preexec_fn=_set_pdeathsig, close_fds=True)
         self.pgid = self.proc.pid
@@ -605,14 +733,14 @@ service auth {{
     def wait_ready(self, timeout=20.0):
         def ready():
             if not self._master_alive():
-                raise LabError(f"{self.name}: dovecot exited during start-up")
+                raise LabError(f"{self.name}: {self.program} exited during start-up")
             return self.is_ready()
         try:
             wait_for(f"{self.name} to accept connections", ready, timeout, interval=0.05,
                      on_timeout=self.log_tail)
         except LabError as e:
             if not self._master_alive():
-                raise LabError(f"{self.name}: dovecot exited during start-up "
+                raise LabError(f"{self.name}: {self.program} exited during start-up "
                                f"(exit status {self.proc.poll()})\n{self.log_tail()}") from None
             raise e
         self.ready_after = time.monotonic() - self.started_at
@@ -924,17 +1052,23 @@ protocol lmtp {{
 # usherd
 
 USHERD = os.environ.get("USHERD")
+USHERCTL = os.environ.get("USHERCTL")   # usherctl binary, for Usherd.usherctl()/explain()
 
 
 class Usherd:
     """A usherd ring member: its own directory, usher.conf, admin socket and state_dir, run as
     `usherd -c FILE` in its own session (stopped by PID like the Dovecot instances).  Offers the
     same ring_status/status_user/doveadm/admin interface as DovecotDirector, so a test can treat
-    both kinds of member alike; doveadm talks to it with `-a ADMIN_SOCKET`."""
+    both kinds of member alike; doveadm talks to it with `-a ADMIN_SOCKET`.
+
+    http_port=N adds an [http] group listening on ip:N (plus the lines in http_conf, e.g.
+    max_pending_lookups = 64); start() then also waits until GET /metrics answers, and
+    http_get() asks it."""
 
     kind = "usherd"
 
-    def __init__(self, lab, name, ip, ring, backends, ring_port=RING_PORT, extra_conf=""):
+    def __init__(self, lab, name, ip, ring, backends, ring_port=RING_PORT, extra_conf="",
+                 http_port=None, http_conf=""):
         if USHERD is None or not os.access(USHERD, os.X_OK):
             raise LabError("set $USHERD to the usherd binary (meson does)")
         self.lab = lab
@@ -944,6 +1078,8 @@ class Usherd:
         self.ring = [_ring_entry(e) for e in ring]
         self.backends = [_backend_entry(b) for b in backends]
         self.extra_conf = extra_conf
+        self.http_port = http_port
+        self.http_conf = http_conf
         self.dir = os.path.join(lab.root, name)
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
         self.conf_path = os.path.join(self.dir, "usher.conf")
@@ -969,6 +1105,13 @@ admin_socket = {self.admin_socket}
 state_dir = {self.state_dir}
 {self.extra_conf}
 """)
+            if self.http_port is not None:
+                f.write(f"[http]\nlisten = {self.ip}:{self.http_port}\n{self.http_conf}\n")
+
+    @property
+    def http_address(self):
+        """'ip:port' of the [http] listener (None without http_port)."""
+        return None if self.http_port is None else f"{self.ip}:{self.http_port}"
 
     @property
     def pid(self):
@@ -985,6 +1128,8 @@ state_dir = {self.state_dir}
         if self.proc is not None:
             raise LabError(f"{self.name}: already started (pid {self.proc.pid}); stop() first")
         check_port_free(self.ip, self.ring_port)
+        if self.http_port is not None:
+            check_port_free(self.ip, self.http_port)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [USHERD, "-c", self.conf_path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -1005,10 +1150,13 @@ state_dir = {self.state_dir}
             try:
                 with AdminClient(self.admin_socket, timeout=2.0) as a:
                     a.command_multi("DIRECTOR-LIST")
+                if self.http_port is not None:
+                    return self.http_get("/metrics", timeout=2.0)[0] == 200
                 return True
-            except (OSError, LabError):
+            except (OSError, LabError, http.client.HTTPException):
                 return False
-        wait_for(f"{self.name} to answer on its admin socket", ready, timeout,
+        wait_for(f"{self.name} to answer on its admin socket"
+                 + (" and HTTP listener" if self.http_port is not None else ""), ready, timeout,
                  on_timeout=self.log_tail)
         self.ready_after = time.monotonic() - self.started_at
 
@@ -1057,6 +1205,33 @@ state_dir = {self.state_dir}
             raise LabError(f"{self.name}: {' '.join(cmd)} did not finish in {timeout}s") from e
         return r.returncode, r.stdout, r.stderr
 
+    def http_get(self, path, headers=None, method="GET", timeout=10.0):
+        """One request to the [http] listener -> (status, {lowercased header: value}, body)."""
+        if self.http_port is None:
+            raise LabError(f"{self.name}: no [http] listener (give http_port=)")
+        return http_request(self.ip, self.http_port, path, method=method, headers=headers,
+                            timeout=timeout)
+
+    def usherctl(self, *args, timeout=30.0):
+        """`usherctl -a ADMIN_SOCKET ARGS...` ($USHERCTL) -> (exit code, stdout, stderr)."""
+        if USHERCTL is None or not os.access(USHERCTL, os.X_OK):
+            raise LabError("set $USHERCTL to the usherctl binary (meson does)")
+        cmd = [USHERCTL, "-a", self.admin_socket] + [str(a) for a in args]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise LabError(f"{self.name}: {' '.join(cmd)} did not finish in {timeout}s") from e
+        return r.returncode, r.stdout, r.stderr
+
+    def explain(self, user, tag=None):
+        """`usherctl --json explain USER [TAG]` as a dict; ["entry"] is None or has "backend",
+        "timestamp", "expires" (Unix seconds) and "expires_in_secs"."""
+        rc, out, err = self.usherctl("--json", "explain", user, *([tag] if tag else []))
+        if rc != 0:
+            raise LabError(f"{self.name}: usherctl explain {user} exited {rc}: {err.strip()}")
+        return json.loads(out)
+
     # The same read-side interface as DovecotDirector.
     admin = DovecotDirector.admin
     ring_status = DovecotDirector.ring_status
@@ -1066,6 +1241,303 @@ state_dir = {self.state_dir}
 
     def __repr__(self):
         return f"<usherd {self.name} {self.ip}:{self.ring_port} pid={self.pid}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# proxies in front of the ring: nginx mail (auth_http) and a Dovecot proxy with a Lua passdb
+
+NGINX = os.environ.get("USHERLAB_NGINX") or shutil.which("nginx", path=_PATH)
+NGINX_MAIL_MODULE = os.environ.get("USHERLAB_NGINX_MAIL_MODULE",
+                                   "/usr/lib/nginx/modules/ngx_mail_module.so")
+DOVECOT_LUA_AUTH = os.environ.get("USHERLAB_DOVECOT_LUA_AUTH",
+                                  "/usr/lib/dovecot/modules/auth/libauthdb_lua.so")
+
+
+# For backends behind nginx: every login reaches them from nginx's own address (nginx passes no
+# client address for IMAP/POP3), so the auth penalty anvil keeps per remote IP would slow every
+# user down after a few wrong passwords (2, 4, 8, 15 s).  This turns it off (Dovecot's advice
+# for backends behind proxies too).
+NO_AUTH_PENALTY = """service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+"""
+
+
+def _nginx_build():
+    """(version tuple, configure arguments) of $NGINX, or raise LabError."""
+    try:
+        out = subprocess.run([NGINX, "-V"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise LabError(f"nginx -V failed: {e}") from None
+    text = out.stderr + out.stdout          # nginx prints -V to stderr
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", text)
+    if not m:
+        raise LabError(f"cannot parse nginx -V: {text[:200]!r}")
+    return tuple(int(x) for x in m.groups()), text
+
+
+def nginx_mail_available():
+    """None if nginx with the mail module can run here, else the reason it cannot."""
+    if NGINX is None or not os.access(NGINX, os.X_OK):
+        return "nginx is not installed (Debian: nginx-light libnginx-mod-mail)"
+    try:
+        version, text = _nginx_build()
+    except LabError as e:
+        return str(e)
+    if version < (1, 19, 5):
+        return f"need nginx 1.19.5 or later (-e), found {'.'.join(map(str, version))}"
+    if "--with-mail=dynamic" in text and not os.path.exists(NGINX_MAIL_MODULE):
+        return f"{NGINX_MAIL_MODULE} is missing (Debian: libnginx-mod-mail)"
+    if "--with-mail" not in text:
+        return "nginx is built without the mail module"
+    if os.geteuid() != 0:
+        return "nginx must be started as root here (it binds and drops to nobody)"
+    return None
+
+
+def _lua_version_of_dovecot():
+    """'5.4' etc.: the liblua the Dovecot Lua modules link against (from their DT_NEEDED)."""
+    for path in ("/usr/lib/dovecot/libdovecot-lua.so.0", "/usr/lib/dovecot/libdovecot-lua.so",
+                 DOVECOT_LUA_AUTH):
+        try:
+            with open(path, "rb") as f:
+                m = re.search(rb"liblua-?(5\.\d)\.so", f.read())
+        except OSError:
+            continue
+        if m:
+            return m.group(1).decode()
+    return None
+
+
+def lua_socket_dirs(version):
+    """([dirs with socket/http.lua], [dirs with socket/core.so]) for Lua `version`."""
+    lua_dirs = [d for d in (f"/usr/local/share/lua/{version}", f"/usr/share/lua/{version}")
+                if os.path.exists(os.path.join(d, "socket", "http.lua"))]
+    so_dirs = [d for d in ([f"/usr/local/lib/lua/{version}"]
+                           + sorted(glob.glob(f"/usr/lib/*/lua/{version}"))
+                           + [f"/usr/lib/lua/{version}", f"/usr/lib64/lua/{version}"])
+               if os.path.exists(os.path.join(d, "socket", "core.so"))]
+    return lua_dirs, so_dirs
+
+
+def dovecot_lua_available():
+    """None if a Dovecot proxy with a Lua passdb using LuaSocket can run here, else why not."""
+    if not os.path.exists(DOVECOT_LUA_AUTH):
+        return f"{DOVECOT_LUA_AUTH} is missing (Debian: dovecot-auth-lua)"
+    version = _lua_version_of_dovecot()
+    if version is None:
+        return "cannot tell which Lua version Dovecot's Lua modules use"
+    lua_dirs, so_dirs = lua_socket_dirs(version)
+    if not lua_dirs or not so_dirs:
+        return (f"LuaSocket for Lua {version} is missing (Debian: lua-socket; need "
+                f"socket/http.lua and socket/core.so)")
+    return None
+
+
+class NginxMail(Instance):
+    """nginx's mail proxy (IMAP and POP3) on ip, asking `auth_http` ('ip:port/path', or a Usherd
+    with an [http] listener: its /nginx-auth) where each login goes.  Runs as
+    `nginx -p DIR/ -c DIR/nginx.conf -e DIR/error.log -g 'daemon off;'` in its own session: the
+    master stays in the foreground, its workers stay in its process group, and it is stopped
+    like a Dovecot master (SIGTERM = nginx's fast shutdown, bounded waits, SIGKILL to the group).
+    The pid file and every log are in DIR; a mail-only nginx uses no temp paths (those belong
+    to the http module).  auth_http_timeout (s, nginx's default 60) must exceed usherd's 30 s
+    bound on a waiting login request, or nginx gives up first with "internal server error"."""
+
+    kind = "nginx"
+    program = "nginx"
+
+    def __init__(self, lab, name, ip, auth_http, imap_port=IMAP_PORT, pop3_port=POP3_PORT,
+                 auth_http_timeout=60, extra_conf=""):
+        if hasattr(auth_http, "http_address"):
+            if auth_http.http_address is None:
+                raise LabError(f"{name}: {auth_http.name} has no [http] listener")
+            auth_http = auth_http.http_address + "/nginx-auth"
+        self.auth_http = auth_http
+        self.auth_http_timeout = auth_http_timeout
+        self.extra_conf = extra_conf
+        super().__init__(lab, name, ip, {"imap": imap_port, "pop3": pop3_port}, self.config_text,
+                         conf_name="nginx.conf", log_name="error.log")
+        self.pid_path = os.path.join(self.dir, "nginx.pid")
+        self.base_dir = self.state_dir = self.dir    # nginx needs neither
+
+    def config_text(self):
+        p = self.ports
+        _, build = _nginx_build()
+        load = (f"load_module {NGINX_MAIL_MODULE};" if "--with-mail=dynamic" in build
+                else "# the mail module is built in")
+        return f"""# written by usherlab for {self.name}
+{load}
+pid {os.path.join(self.dir, "nginx.pid")};
+error_log {self.log_path} info;
+worker_processes 1;
+events {{
+    worker_connections 1024;
+}}
+mail {{
+    auth_http {self.auth_http};
+    auth_http_timeout {self.auth_http_timeout}s;
+    proxy_pass_error_message on;
+    server {{
+        listen {self.ip}:{p['imap']};
+        protocol imap;
+    }}
+    server {{
+        listen {self.ip}:{p['pop3']};
+        protocol pop3;
+    }}
+{self.extra_conf}
+}}
+"""
+
+    def argv(self):
+        return [NGINX, "-p", self.dir + "/", "-c", self.conf_path, "-e", self.log_path,
+                "-g", "daemon off; master_process on;"]
+
+    def is_ready(self):
+        if not os.path.exists(self.pid_path):
+            return False
+        # nginx greets IMAP and POP3 clients itself, before any auth_http request.
+        return all(_tcp_ready(self.ip, port) for port in self.ports.values())
+
+    def workers(self):
+        """PIDs of the worker processes (the group minus the master)."""
+        return [p for p in self.processes() if p != self.pid]
+
+    def doveadm(self, *args, **kw):
+        raise LabError(f"{self.name}: nginx has no doveadm")
+
+
+LUA_PASSDB = r"""-- written by usherlab for {name}: a Dovecot 2.3 Lua passdb that asks usherd
+-- where each login goes (GET {lookup}?user=U, a ring login request) and proxies the login there.
+-- The password is not checked here (nopassword): the backend checks it.
+package.path = "{lua_path}" .. package.path
+package.cpath = "{lua_cpath}" .. package.cpath
+local http = require("socket.http")
+local url = require("socket.url")
+local ltn12 = require("ltn12")
+
+local LOOKUP = "{lookup}"
+local TIMEOUT = {timeout}
+local PORTS = {{ imap = {imap_port}, pop3 = {pop3_port}, lmtp = {lmtp_port} }}
+
+local function lookup(req)
+  local body = {{}}
+  http.TIMEOUT = TIMEOUT
+  local ok, code = http.request{{
+    url = LOOKUP .. "?user=" .. url.escape(req.user),
+    sink = ltn12.sink.table(body),
+  }}
+  body = table.concat(body)
+  if ok == nil then
+    return nil, "usherd unreachable: " .. tostring(code)
+  end
+  if code ~= 200 then
+    return nil, "usherd answered " .. tostring(code) .. ": " .. body
+  end
+  local host = body:match('"host"%s*:%s*"([^"]+)"')
+  if host == nil then
+    return nil, "usherd answered without a host: " .. body
+  end
+  return host
+end
+
+-- Dovecot logs the message returned with a failure ("db-lua: MESSAGE", level error).
+function auth_passdb_lookup(req)
+  local host, err = lookup(req)
+  if host == nil then
+    -- a temporary failure: the client is told to try again later
+    return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, err
+  end
+  local port = PORTS[req.service]
+  if port == nil then
+    return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
+      "no backend port for service " .. tostring(req.service)
+  end
+  return dovecot.auth.PASSDB_RESULT_OK, {{
+    proxy = "y", host = host, port = tostring(port), nopassword = "y",
+  }}
+end
+"""
+
+
+class DovecotLuaProxy(Instance):
+    """A Dovecot 2.3 proxy (no director) on ip: IMAP and POP3 logins are proxied to the backend
+    that its Lua passdb gets from usherd's /lookup (`lookup`: 'http://ip:port/lookup', or a
+    Usherd with an [http] listener).  The script is DIR/usher.lua (LUA_PASSDB); it runs in the
+    auth-worker processes (passdb args blocking=yes, LuaSocket blocks).  lookup_timeout (s) is
+    LuaSocket's: above usherd's 30 s bound on a waiting login request, so the proxy gets usherd's
+    answer (a 503 when the ring cannot place the user) rather than its own timeout."""
+
+    kind = "proxy"
+
+    def __init__(self, lab, name, ip, lookup, imap_port=IMAP_PORT, pop3_port=POP3_PORT,
+                 backend_ports=None, lookup_timeout=40, extra_conf=""):
+        if hasattr(lookup, "http_address"):
+            if lookup.http_address is None:
+                raise LabError(f"{name}: {lookup.name} has no [http] listener")
+            lookup = f"http://{lookup.http_address}/lookup"
+        self.lookup = lookup
+        self.lookup_timeout = lookup_timeout
+        self.backend_ports = backend_ports or {"imap": IMAP_PORT, "pop3": POP3_PORT,
+                                               "lmtp": LMTP_PORT}
+        self.extra_conf = extra_conf
+        super().__init__(lab, name, ip, {"imap": imap_port, "pop3": pop3_port}, self.config_text)
+        self.lua_path = os.path.join(self.dir, "usher.lua")
+        self.write_lua()
+
+    def write_lua(self):
+        version = _lua_version_of_dovecot() or "5.4"
+        lua_dirs, so_dirs = lua_socket_dirs(version)
+        bp = self.backend_ports
+        text = LUA_PASSDB.format(
+            name=self.name, lookup=self.lookup, timeout=self.lookup_timeout,
+            lua_path="".join(f"{d}/?.lua;" for d in lua_dirs),
+            lua_cpath="".join(f"{d}/?.so;" for d in so_dirs),
+            imap_port=bp["imap"], pop3_port=bp["pop3"], lmtp_port=bp["lmtp"])
+        with open(os.path.join(self.dir, "usher.lua"), "w") as f:
+            f.write(text)
+        os.chmod(os.path.join(self.dir, "usher.lua"), 0o644)
+
+    def config_text(self):
+        p = self.ports
+        return self.common_conf() + f"""protocols = imap pop3
+imap_id_send = "x-lab-proxy" "{self.ip}" name *
+passdb {{
+  driver = lua
+  args = file={os.path.join(self.dir, "usher.lua")} blocking=yes
+}}
+# Not used for proxied logins; Dovecot wants one.
+userdb {{
+  driver = static
+  args = uid={MAIL_UID} gid={MAIL_UID}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {p['imap']}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  service_count = 0
+  process_min_avail = 1
+  client_limit = 1000
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {p['pop3']}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+  service_count = 0
+  process_min_avail = 1
+  client_limit = 1000
+}}
+{self.extra_conf}
+"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1134,6 +1606,14 @@ class Lab:
         """Address of backend number n (1-based): 127.NET.2.n."""
         return f"127.{self.net}.2.{n}"
 
+    def client_ip(self, n):
+        """A client address (source_ip= of the login helpers): 127.NET.4.n."""
+        return f"127.{self.net}.4.{n}"
+
+    def proxy_ip(self, n):
+        """Address of proxy number n (1-based, nginx or Dovecot without director): 127.NET.3.n."""
+        return f"127.{self.net}.3.{n}"
+
     def note(self, msg):
         self.notes.append(msg)
         if self.verbose:
@@ -1168,6 +1648,25 @@ class Lab:
         self.instances.append(u)
         return u
 
+    def nginx_mail(self, ip, auth_http, name=None, **kw):
+        """An nginx mail proxy on ip asking auth_http (a Usherd with http_port=, or
+        'ip:port/path'); see NginxMail.  Named n1, n2, ...  Not started yet."""
+        n = NginxMail(self, name or self._name("n", NginxMail), ip, auth_http, **kw)
+        self.instances.append(n)
+        return n
+
+    def dovecot_lua_proxy(self, ip, lookup, name=None, **kw):
+        """A Dovecot proxy on ip whose Lua passdb asks lookup (a Usherd with http_port=, or
+        'http://ip:port/lookup'); see DovecotLuaProxy.  Named p1, p2, ...  Not started yet."""
+        p = DovecotLuaProxy(self, name or self._name("p", DovecotLuaProxy), ip, lookup, **kw)
+        self.instances.append(p)
+        return p
+
+    @property
+    def proxies(self):
+        """nginx and Dovecot proxies (no director) in front of the ring."""
+        return [i for i in self.instances if isinstance(i, (NginxMail, DovecotLuaProxy))]
+
     @property
     def usherds(self):
         return [i for i in self.instances if isinstance(i, Usherd)]
@@ -1186,8 +1685,9 @@ class Lab:
         return [i for i in self.instances if isinstance(i, DovecotDirector)]
 
     def start_all(self, timeout=30.0):
-        """Start every instance not yet running (backends first), then wait for all."""
-        todo = [i for i in self.backends + self.members if i.proc is None]
+        """Start every instance not yet running (backends, then directors, then proxies), then
+        wait for all."""
+        todo = [i for i in self.backends + self.members + self.proxies if i.proc is None]
         for i in todo:
             i.start(wait=False)
         for i in todo:
@@ -1336,10 +1836,12 @@ class Lab:
         return s
 
     def pop3_login(self, host, port, user, password=PASSWORD, keep=False, timeout=10.0,
-                   source_ip=None, find_backend=True):
+                   source_ip=None, find_backend=True, match_client=True):
         """Log in over POP3 (USER/PASS).  POP3 has no ID command, so .backend is found in the
         lab's backend logs: the backend logs the client's rip/rport, which the director passes
-        on with XCLIENT."""
+        on with XCLIENT.  nginx does not (its xclient is SMTP only): with match_client=False
+        the backend is the one whose log shows a login of this user after the offsets taken
+        here (right only while nobody else logs this user in at the same time)."""
         offsets = {b: b.log_size() for b in self.backends} if find_backend else {}
         t0 = time.monotonic()
         conn = _POP3(host, port, timeout=timeout, source_ip=source_ip)
@@ -1360,22 +1862,24 @@ class Lab:
         else:
             s.close()
         if find_backend:
-            s.backend = self.find_login_backend(offsets, user, local, "pop3")
+            s.backend = self.find_login_backend(offsets, user, local if match_client else None,
+                                                "pop3")
         return s
 
     def find_login_backend(self, offsets, user, local, proto, timeout=5.0):
         """The backend whose log (after offsets[b]) shows `proto-login: Login: user=<user>` from
-        the client address `local`."""
-        pat = re.compile(rf"{proto}-login: Info: Login: user=<{re.escape(user)}>.* "
-                         rf"rip={re.escape(local[0])}, rport={local[1]},")
+        the client address `local` (any address if local is None)."""
+        pat = re.compile(rf"{proto}-login: Info: Login: user=<{re.escape(user)}>" + (
+            rf".* rip={re.escape(local[0])}, rport={local[1]}," if local is not None else ","))
 
         def look():
             for b, off in offsets.items():
                 if pat.search(b.log_since(off)):
                     return b.ip
             return None
-        return wait_for(f"a backend log to show the {proto} login of {user} from "
-                        f"{local[0]}:{local[1]}", look, timeout, interval=0.05)
+        src = f" from {local[0]}:{local[1]}" if local is not None else ""
+        return wait_for(f"a backend log to show the {proto} login of {user}{src}", look, timeout,
+                        interval=0.05)
 
     def lmtp_deliver(self, host, port, rcpt, body="Subject: usherlab\r\n\r\nhello\r\n",
                      sender="lab@example.com", timeout=10.0):
