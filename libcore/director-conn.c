@@ -568,7 +568,7 @@ conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *c)
     return;
   guint batch = 0;
   while (c->users_sent_idx < c->users_to_send->len && batch < HANDSHAKE_USERS_PER_PASS) {
-    if (c->output_queued + c->output_unreported > USHER_OUTPUT_PAUSE_BYTES) {
+    if (c->output_queued + c->output_unreported > d->output_pause_bytes) {
       /* The driver has not written what we gave it: wait until it reports the queue drained
        * (usher_director_peer_output_queued). The send-users timeout still runs. */
       c->users_paused = TRUE;

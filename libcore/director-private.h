@@ -185,6 +185,10 @@ typedef struct {
   guint32 hash;
   gint64 created_us;
   gboolean warned;
+  /* Cancelled by the driver while it waited for a weak user: it stays queued, unanswered and
+   * without its id, so the weak flag still gets cleared and announced at the timeout
+   * (requests_timers) if the USER-WEAK never comes back round. */
+  gboolean cancelled;
   const char *reason; /* why it waits (static string) */
 } Request;
 
@@ -202,6 +206,11 @@ struct UsherDirector {
   char *flush_socket;
   guint ping_idle_timeout_secs;
   guint ping_max_timeout_secs;
+  /* Handshake backpressure thresholds: USHER_OUTPUT_PAUSE/RESUME_BYTES, lowered to a quarter
+   * (a sixteenth) of output_buffer_size when that is small, so the stream pauses well before the
+   * driver's limit drops the link. */
+  gsize output_pause_bytes;
+  gsize output_resume_bytes;
   UsherRng rng;
 
   /* Members: sorted by (ip, port); owns the Members */
@@ -250,6 +259,7 @@ struct UsherDirector {
   /* Requests: FIFO */
   GQueue requests;
   gboolean requests_running, requests_again;
+  guint requests_cancelled_waiting; /* Requests in the queue with .cancelled set */
   GHashTable *request_ids; /* id -> Request* (membership only) */
 
   /* Admin operations waiting for the ring, for moves or for kick slots: FIFO */

@@ -152,7 +152,7 @@ usher_director_get_ring_info(const UsherDirector *d, UsherRingInfo *info)
   for (guint i = 0; i < d->members->len; i++)
     info->n_members += ((const Member *)g_ptr_array_index(d->members, i))->removed ? 0 : 1;
   info->n_connections = g_hash_table_size(d->conns);
-  info->pending_requests = d->requests.length;
+  info->pending_requests = d->requests.length - d->requests_cancelled_waiting;
   info->moving_users = d->users_moving_count;
   info->kicks_running = g_hash_table_size(d->kicks);
   info->admin_kicks_running = d->admin_kicks_running;

@@ -830,6 +830,36 @@ answer(UsherDirector *d, Request *r, UsherHost *host, const char *fail_reason)
 }
 
 /* Dovecot's director_request_continue() for one request (spec 7.4). TRUE when answered. */
+/* The entry a request is about, or NULL. */
+static UsherUser *
+request_user(UsherDirector *d, const Request *r, UsherTag **tag_out)
+{
+  UsherTag *tag = usher_host_table_find_tag(d->hosts, r->tag);
+  if (tag_out != NULL)
+    *tag_out = tag;
+  return tag != NULL ? usher_user_dir_lookup(tag->users, r->hash) : NULL;
+}
+
+/* A weak flag that never cleared (its USER-WEAK did not come back round: a partition, a link
+ * reset): stop waiting for it and settle it as if the round had come back, refreshed to now and
+ * announced. The members the USER-WEAK reached hold the flag too, with a fresh timestamp; without
+ * this they keep it (and hold their logins of the user) until the entry expires, and an
+ * announcement with the old timestamp would be ignored as expired. The user keeps its backend,
+ * which is what the round trip confirms when it succeeds. */
+static void
+request_give_up_weak(UsherDirector *d, UsherNow now, Request *r)
+{
+  UsherTag *tag;
+  UsherUser *u = request_user(d, r, &tag);
+  if (u == NULL || !u->weak)
+    return;
+  u->weak = 0;
+  d->stats.weak_users_given_up++;
+  gint64 wall = dir_wall_secs(now);
+  usher_user_dir_refresh(tag->users, u, wall, wall);
+  users_update_user(d, d->self, tag, u);
+}
+
 static gboolean
 request_try(UsherDirector *d, UsherNow now, Request *r)
 {
@@ -897,7 +927,10 @@ request_try(UsherDirector *d, UsherNow now, Request *r)
 static void
 request_free(UsherDirector *d, Request *r)
 {
-  g_hash_table_remove(d->request_ids, &r->id);
+  if (r->cancelled)
+    d->requests_cancelled_waiting--; /* its id was released at the cancel */
+  else
+    g_hash_table_remove(d->request_ids, &r->id);
   g_free(r->username);
   g_free(r->tag);
   g_free(r);
@@ -919,7 +952,14 @@ requests_continue(UsherDirector *d, UsherNow now)
     while (l != NULL) {
       GList *next = l->next;
       Request *r = l->data;
-      if (request_try(d, now, r)) {
+      if (r->cancelled) {
+        /* Nobody wants the answer; it only watches the weak flag. */
+        UsherUser *u = request_user(d, r, NULL);
+        if (u == NULL || !u->weak) {
+          g_queue_delete_link(&d->requests, l);
+          request_free(d, r);
+        }
+      } else if (request_try(d, now, r)) {
         g_queue_delete_link(&d->requests, l);
         request_free(d, r);
       }
@@ -956,11 +996,10 @@ requests_timers(UsherDirector *d, UsherNow now)
       break;
     }
     g_queue_pop_head(&d->requests);
-    UsherTag *tag = usher_host_table_find_tag(d->hosts, r->tag);
-    UsherUser *u = tag != NULL ? usher_user_dir_lookup(tag->users, r->hash) : NULL;
-    if (u != NULL && u->weak) {
-      /* Weakness that never cleared: stop waiting for it. */
-      u->weak = 0;
+    request_give_up_weak(d, now, r);
+    if (r->cancelled) {
+      request_free(d, r);
+      continue;
     }
     g_autofree char *why = g_strdup_printf("timed out after %d s: %s", USHER_REQUEST_TIMEOUT_SECS,
                                            r->reason);
@@ -1013,10 +1052,20 @@ usher_director_login_cancel(UsherDirector *d, UsherNow now, guint64 id)
     return;
   for (GList *l = d->requests.head; l != NULL; l = l->next) {
     Request *r = l->data;
-    if (r->id == id) {
+    if (r->id == id && !r->cancelled) {
+      d->stats.requests_cancelled++;
+      UsherUser *u = request_user(d, r, NULL);
+      if (u != NULL && u->weak) {
+        /* Keep it queued without its id: should the weak flag never clear, the timeout still
+         * clears it and tells the ring (request_give_up_weak). */
+        g_hash_table_remove(d->request_ids, &r->id);
+        r->cancelled = TRUE;
+        r->warned = TRUE; /* no "waits" warning for it: its next deadline is the timeout */
+        d->requests_cancelled_waiting++;
+        return;
+      }
       g_queue_delete_link(&d->requests, l);
       request_free(d, r);
-      d->stats.requests_cancelled++;
       return;
     }
   }

@@ -588,6 +588,8 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
   d->flush_socket = g_strdup(config->flush_socket);
   d->ping_idle_timeout_secs = config->ping_idle_timeout_secs;
   d->ping_max_timeout_secs = config->ping_max_timeout_secs;
+  d->output_pause_bytes = (gsize)MIN((guint64)USHER_OUTPUT_PAUSE_BYTES, config->output_buffer_size / 4);
+  d->output_resume_bytes = MIN((gsize)USHER_OUTPUT_RESUME_BYTES, d->output_pause_bytes / 4);
   usher_rng_seed(&d->rng, seed);
 
   d->members = g_ptr_array_new_with_free_func(g_free);
@@ -784,7 +786,7 @@ usher_director_peer_output_queued(UsherDirector *d, UsherNow now, UsherConnId id
   c->output_queued = queued_bytes;
   c->output_unreported = 0;
   c->output_peak = MAX(c->output_peak, c->output_queued);
-  if (c->users_paused && c->output_queued <= USHER_OUTPUT_RESUME_BYTES) {
+  if (c->users_paused && c->output_queued <= d->output_resume_bytes) {
     c->users_paused = FALSE;
     conn_continue_sending_users(d, now, c);
   }
@@ -949,7 +951,7 @@ usher_director_get_stats(const UsherDirector *d)
 guint
 usher_director_count_pending_requests(const UsherDirector *d)
 {
-  return d->requests.length;
+  return d->requests.length - d->requests_cancelled_waiting;
 }
 
 guint

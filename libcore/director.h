@@ -24,7 +24,8 @@
  * Backpressure: after writing SEND bytes the driver reports how many bytes it still holds for
  * that connection (usher_director_peer_output_queued()). Bulk streams (the handshake's user list)
  * pause above USHER_OUTPUT_PAUSE_BYTES and resume when the driver reports
- * USHER_OUTPUT_RESUME_BYTES or less; PING carries the figure, as Dovecot's does.
+ * USHER_OUTPUT_RESUME_BYTES or less (with a small output_buffer_size: a quarter of it, and a
+ * quarter of that); PING carries the figure, as Dovecot's does.
  *
  * Bounds: every queue the director keeps has a cap (doc/architecture.md, "Bounds"); what is
  * refused at a cap is counted in UsherDirectorStats.
@@ -322,6 +323,8 @@ typedef struct {
   guint64 logs_suppressed;     /* log lines dropped: too many in one call */
   guint64 handshake_pauses;    /* the user stream waited for the driver's output queue */
   guint64 times_clamped;       /* peer timestamps outside 0 .. 2^32-1 s */
+  guint64 weak_users_given_up; /* weak flags cleared (and announced) when no USER-WEAK came back
+                                  within the login timeout */
 } UsherDirectorStats;
 
 const UsherRingAddr *usher_director_get_self(const UsherDirector *director);

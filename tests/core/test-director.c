@@ -275,11 +275,13 @@ test_peer_times(void)
 
 /* ---- Output backpressure -------------------------------------------------------------------------- */
 
+/* Streams a 50000-user handshake to a peer whose socket takes `pause` bytes at a time (the
+ * director's pause threshold for this configuration) and drains only to `resume`. */
 static void
-test_backpressure(void)
+backpressure_run(const char *extra, gsize pause, gsize resume, guint min_rounds)
 {
   const guint n_users = 50000;
-  Solo *s = solo_new("127.0.5.1:19190 127.0.5.2:19190", NULL);
+  Solo *s = solo_new("127.0.5.1:19190 127.0.5.2:19190", extra);
   UsherConnId out = s->out;
   g_assert_cmpuint(out, !=, USHER_CONN_ID_NONE);
   (void)peer_joins_with_users(s, n_users);
@@ -296,7 +298,7 @@ test_backpressure(void)
   guint sent_users = 0, rounds = 0;
   for (;;) {
     g_autofree char *chunk = take_sent(s, out);
-    g_assert_cmpuint(strlen(chunk), <=, USHER_OUTPUT_PAUSE_BYTES + 1024);
+    g_assert_cmpuint(strlen(chunk), <=, pause + 1024);
     sent_users += count_lines(chunk, "U\t");
     if (strstr(chunk, "DONE\n") != NULL)
       break;
@@ -318,15 +320,34 @@ test_backpressure(void)
       }
     }
     g_assert_true(found);
-    /* The socket drains: the stream goes on. */
-    usher_director_peer_output_queued(s->d, now(s), out, 0);
+    /* Draining, but not yet down to the resume mark: still nothing. */
+    usher_director_peer_output_queued(s->d, now(s), out, resume + 1);
     collect(s);
-    g_assert_cmpuint(++rounds, <, 100);
+    g_autofree char *still_none = take_sent(s, out);
+    g_assert_cmpstr(still_none, ==, "");
+    /* The socket drains: the stream goes on. */
+    usher_director_peer_output_queued(s->d, now(s), out, resume);
+    collect(s);
+    g_assert_cmpuint(++rounds, <, 1000);
   }
   g_assert_cmpuint(sent_users, ==, n_users);
-  g_assert_cmpuint(rounds, >=, 5);
+  g_assert_cmpuint(rounds, >=, min_rounds);
   g_assert_cmpuint(stats(s)->handshake_pauses, ==, rounds);
   solo_free(s);
+}
+
+static void
+test_backpressure(void)
+{
+  backpressure_run(NULL, USHER_OUTPUT_PAUSE_BYTES, USHER_OUTPUT_RESUME_BYTES, 5);
+}
+
+/* With the smallest output_buffer_size (64 KiB) the stream must pause well below it, or the
+ * driver, which drops a link whose buffer overflows, would cut every handshake. */
+static void
+test_backpressure_small_buffer(void)
+{
+  backpressure_run("[director]\noutput_buffer_size = 64k\n", 16 * 1024, 4 * 1024, 40);
 }
 
 static void
@@ -778,6 +799,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/director/time-contract", test_time_contract);
   g_test_add_func("/core/director/peer-times", test_peer_times);
   g_test_add_func("/core/director/backpressure", test_backpressure);
+  g_test_add_func("/core/director/backpressure-small-buffer", test_backpressure_small_buffer);
   g_test_add_func("/core/director/backpressure-timeout", test_backpressure_timeout);
   g_test_add_func("/core/director/kick-deadline", test_kick_deadline);
   g_test_add_func("/core/director/ring-kicks-take-no-slots", test_ring_kicks_take_no_slots);

@@ -604,6 +604,58 @@ test_weak_user(void)
   harness_free(h);
 }
 
+static gboolean
+user_is_weak(Harness *h, guint i, const char *name)
+{
+  UsherDirector *d = harness_node(h, i);
+  UsherUserInfo info;
+  usher_director_lookup_user(d, harness_now(h).wall_us,
+                             usher_login_hasher_hash(usher_director_get_hasher(d), name, -1), NULL,
+                             &info);
+  return info.found && info.weak;
+}
+
+/* The USER-WEAK's round trip is cut (node 1 unreachable, its links hanging) after it reached
+ * node 0, and the login that started it is cancelled by its client. The origin still gives up at
+ * the login timeout and says so, so node 0 does not keep the flag (and hold its own logins of
+ * the user) until the entry expires; after the heal the ring agrees again. */
+static void
+test_weak_user_round_cut(void)
+{
+  Harness *h = harness_new(3, BACKENDS, "[director]\nuser_expire = 60s\n");
+  harness_start_all(h);
+  g_assert_true(harness_run_until_synced(h, 120 * SEC));
+  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  UsherIp b = harness_ip("127.0.2.2");
+  guint64 op = harness_new_op(h);
+  usher_director_admin_host_update(harness_node(h, 1), harness_now(h), op, &b, 0);
+  harness_run(h, 5 * SEC);
+  g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
+  harness_run(h, 50 * SEC);
+
+  harness_partition(h, 1u << 1, (1u << 0) | (1u << 2), FALSE);
+  guint64 r = harness_login(h, 2, "user1", NULL);
+  harness_run(h, SEC);
+  g_assert_true(user_is_weak(h, 2, "user1"));
+  g_assert_true(user_is_weak(h, 0, "user1")); /* 2 -> 0 delivered, 0 -> 1 hangs */
+  usher_director_login_cancel(harness_node(h, 2), harness_now(h), r);
+  harness_drain(h, 2);
+  g_assert_cmpuint(usher_director_count_pending_requests(harness_node(h, 2)), ==, 0);
+
+  harness_run(h, (USHER_REQUEST_TIMEOUT_SECS + 1) * SEC);
+  g_assert_false(harness_login_result(h, r)->answered); /* cancelled: never answered */
+  g_assert_cmpuint(usher_director_get_stats(harness_node(h, 2))->weak_users_given_up, ==, 1);
+  g_assert_false(user_is_weak(h, 2, "user1"));
+  g_assert_false(user_is_weak(h, 0, "user1"));
+  /* Node 0 answers its own login of the user at once. */
+  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+
+  harness_heal(h);
+  harness_run(h, 120 * SEC);
+  g_assert_true(harness_converged(h));
+  harness_free(h);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -629,5 +681,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring/login-timeout", test_login_timeout);
   g_test_add_func("/core/ring/login-waits-for-handshake", test_login_waits_for_handshake);
   g_test_add_func("/core/ring/weak-user", test_weak_user);
+  g_test_add_func("/core/ring/weak-user-round-cut", test_weak_user_round_cut);
   return g_test_run();
 }
