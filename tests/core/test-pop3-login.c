@@ -133,7 +133,12 @@ static char *
 events(const char *data, gsize len)
 {
   char *whole = run(data, len, len, 0);
+  /* Under valgrind (USHER_TEST_SMALL), long samples are split at every 61st offset and at every
+   * offset near their ends; other builds try them all. */
+  gsize stride = g_getenv("USHER_TEST_SMALL") != NULL && len > 512 ? 61 : 1;
   for (gsize cut = 0; cut <= len; cut++) {
+    if (cut % stride != 0 && cut > 64 && cut + 64 < len)
+      continue;
     g_autofree char *split = run(data, len, cut, 0);
     if (strcmp(split, whole) != 0)
       g_error("split at %" G_GSIZE_FORMAT " gives\n%s\ninstead of\n%s", cut, split, whole);
