@@ -62,7 +62,7 @@ check_cmd(UsherPop3Event event, const UsherPop3Cmd *cmd)
             "mechanism characters");
     if (cmd->initial_response != NULL)
       check(cmd->initial_response[0] != '\0' &&
-              strlen(cmd->initial_response) <= USHER_POP3_SASL_MAX,
+                strlen(cmd->initial_response) <= USHER_POP3_SASL_MAX,
             "initial response length");
     break;
   default:

@@ -108,12 +108,11 @@ check_outcome(const Outcome *o, size_t size)
     check(info->header_len >= 16 && info->header_len <= USHER_PROXY_V2_MAX, "v2 length");
   if (info->local) {
     check(info->family == USHER_PROXY_FAM_UNSPEC && info->src_ip.family == 0 &&
-            info->dst_ip.family == 0 && info->src_port == 0 && info->dst_port == 0,
+              info->dst_ip.family == 0 && info->src_port == 0 && info->dst_port == 0,
           "LOCAL has no addresses");
   } else {
     UsherIpFamily f = info->family == USHER_PROXY_FAM_TCP4 ? USHER_IP_V4 : USHER_IP_V6;
-    check(info->family == USHER_PROXY_FAM_TCP4 || info->family == USHER_PROXY_FAM_TCP6,
-          "a family");
+    check(info->family == USHER_PROXY_FAM_TCP4 || info->family == USHER_PROXY_FAM_TCP6, "a family");
     check(info->src_ip.family == f && info->dst_ip.family == f, "addresses in the family");
   }
 }
@@ -121,8 +120,8 @@ check_outcome(const Outcome *o, size_t size)
 /* Formats a header for src -> dst (v2 or v1), puts client bytes behind it, and checks that it
  * parses back to the expected addresses and takes exactly the header. */
 static void
-round_trip(const UsherIp *src, guint16 src_port, const UsherIp *dst, guint16 dst_port,
-           gboolean v2, const uint8_t *client, size_t client_len)
+round_trip(const UsherIp *src, guint16 src_port, const UsherIp *dst, guint16 dst_port, gboolean v2,
+           const uint8_t *client, size_t client_len)
 {
   g_autoptr(GByteArray) out = g_byte_array_new();
   if (v2)
