@@ -1,4 +1,4 @@
-/* proxy.c - worker threads and IMAP sessions of usherd's proxy (see proxy.h).
+/* proxy.c - worker threads and IMAP/POP3 sessions of usherd's proxy (see proxy.h).
  *
  * Threads: the core thread owns the director; each worker owns its sessions. They talk only by
  * messages posted to each other's GMainContext (g_main_context_invoke_full): a worker asks for a
@@ -14,6 +14,7 @@
 
 #include "daemon/poller.h"
 #include "libcore/imap-login.h"
+#include "libcore/pop3-login.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,27 @@ typedef struct Worker Worker;
 typedef struct Session Session;
 
 typedef enum {
+  PROTO_IMAP = 0,
+  PROTO_POP3,
+} Proto;
+
+/* One listening socket of one worker. */
+typedef struct {
+  Worker *w;
+  int fd;
+  Proto proto;
+  PollerWatch *watch;
+} Listener;
+
+/* Where a POP3 backend login stands: its greeting, then XCLIENT's answer if it offered XCLIENT,
+ * then AUTH's. */
+typedef enum {
+  POP3_BACKEND_GREETING = 0,
+  POP3_BACKEND_XCLIENT,
+  POP3_BACKEND_AUTH,
+} Pop3BackendStep;
+
+typedef enum {
   S_PRELOGIN = 0,
   S_ROUTING,
   S_CONNECTING,
@@ -53,6 +75,7 @@ typedef enum {
 struct Session {
   Worker *w;
   guint64 id;
+  Proto proto;
   SessState state;
   GList link; /* in w->sessions */
   /* Client */
@@ -63,7 +86,8 @@ struct Session {
   GByteArray *cout; /* to the client */
   gsize cout_off;
   gboolean client_eol; /* the last byte sent to the client ended a line */
-  UsherImapReader *reader;
+  UsherImapReader *reader;   /* IMAP before login */
+  UsherPop3Reader *preader;  /* POP3 before login */
   guint bad_commands;
   gint64 deadline_us; /* pre-login / backend timeouts (mono) */
   /* The login being routed */
@@ -85,6 +109,7 @@ struct Session {
   GByteArray *bout; /* to the backend */
   gsize bout_off;
   GString *bline; /* a backend response line being read during the login */
+  Pop3BackendStep pop3_step;
   gboolean counted_ip;
 };
 
@@ -95,8 +120,7 @@ struct Worker {
   GMainContext *context;
   GMainLoop *loop;
   Poller *poller;
-  GPtrArray *listen_fds;
-  GPtrArray *listen_watches;
+  GPtrArray *listeners; /* Listener* */
   GQueue sessions;
   GHashTable *by_id; /* session id -> Session* */
   guint64 next_session;
@@ -211,6 +235,51 @@ static void
 to_backend(Session *s, const void *data, gsize len)
 {
   queue(&s->bout, &s->bout_off, data, len);
+}
+
+/* ---- What the client is told, in its protocol ------------------------------------------------- */
+
+/* The last words before closing: IMAP "* BYE"; POP3 "-ERR" (POP3 has no unsolicited response; a
+ * client waiting for an answer reads it as one). */
+static void
+say_bye(Session *s, const char *text)
+{
+  if (s->proto == PROTO_POP3)
+    to_client_fmt(s, "-ERR %s\r\n", text);
+  else
+    to_client_fmt(s, "* BYE %s\r\n", text);
+}
+
+/* The login cannot go on now; the client may try again later. */
+static void
+reply_unavailable(Session *s, const char *text)
+{
+  if (s->proto == PROTO_POP3)
+    to_client_fmt(s, "-ERR [SYS/TEMP] %s\r\n", text);
+  else
+    to_client_fmt(s, "%s NO [UNAVAILABLE] %s\r\n", s->ctag, text);
+}
+
+/* The client's authentication exchange cannot be used (bad SASL data), or it aborted it. */
+static void
+reply_auth_error(Session *s, gboolean aborted, const char *text)
+{
+  if (s->proto == PROTO_POP3)
+    to_client_fmt(s, "-ERR %s\r\n", text);
+  else if (aborted)
+    to_client_fmt(s, "%s BAD %s\r\n", s->ctag, text);
+  else
+    to_client_fmt(s, "%s BAD [AUTHENTICATIONFAILED] %s\r\n", s->ctag, text);
+}
+
+/* The next client line is a SASL response, not a command. */
+static void
+client_expect_sasl(Session *s)
+{
+  if (s->proto == PROTO_POP3)
+    usher_pop3_reader_expect_sasl(s->preader);
+  else
+    usher_imap_reader_expect_sasl(s->reader);
 }
 
 /* Writes what the socket takes; FALSE if the session was closed. */
@@ -352,7 +421,8 @@ session_close(Session *s, const char *why)
   forget_ip(s);
   forget_login(s);
   g_clear_pointer(&s->cout, g_byte_array_unref);
-  usher_imap_reader_free(s->reader);
+  g_clear_pointer(&s->reader, usher_imap_reader_free);
+  g_clear_pointer(&s->preader, usher_pop3_reader_free);
   g_queue_unlink(&w->sessions, &s->link);
   g_hash_table_remove(w->by_id, &s->id);
   g_free(s);
@@ -407,9 +477,7 @@ route_answer_on_worker(gpointer data)
     return G_SOURCE_REMOVE; /* the client went away meanwhile */
   if (j->status != USHER_LOGIN_OK) {
     stat_add(j->proxy, &j->proxy->stats.backend_unavailable, 1);
-    to_client_fmt(s, "%s NO [UNAVAILABLE] No backend available for you right now, try again "
-                     "later\r\n",
-                  s->ctag);
+    reply_unavailable(s, "No backend available for you right now, try again later");
     forget_login(s);
     s->state = S_PRELOGIN;
     session_flush_client(s);
@@ -518,8 +586,7 @@ backend_failed(Session *s, const char *why)
     return;
   }
   stat_add(s->w->proxy, &s->w->proxy->stats.backend_unavailable, 1);
-  to_client_fmt(s, "%s NO [UNAVAILABLE] Your mail server is not available, try again later\r\n",
-                s->ctag);
+  reply_unavailable(s, "Your mail server is not available, try again later");
   forget_login(s);
   s->retried = FALSE;
   s->state = S_PRELOGIN;
@@ -532,8 +599,9 @@ backend_connect(Session *s)
   Proxy *p = s->w->proxy;
   s->state = S_CONNECTING;
   s->deadline_us = g_get_monotonic_time() + BACKEND_CONNECT_TIMEOUT_SECS * G_USEC_PER_SEC;
-  g_autoptr(GSocketAddress) addr =
-    usherd_gaddress_from_ip(&s->backend, p->u->config->backend_imap_port);
+  const UsherConfig *c = p->u->config;
+  g_autoptr(GSocketAddress) addr = usherd_gaddress_from_ip(
+    &s->backend, s->proto == PROTO_POP3 ? c->backend_pop3_port : c->backend_imap_port);
   struct sockaddr_storage ss;
   gsize sslen = g_socket_address_get_native_size(addr);
   g_socket_address_to_native(addr, &ss, sizeof(ss), NULL);
@@ -551,7 +619,8 @@ backend_connect(Session *s)
   s->bwatch = poller_add(s->w->poller, s->bfd, EPOLLOUT, on_backend, s);
 }
 
-/* IMAP quoted string for the ID fields (the values are addresses and numbers). */
+/* The IMAP login at the backend, pipelined: ID with the client's address (the values are
+ * addresses and numbers, safe in quoted strings), then LOGIN or AUTHENTICATE. */
 static void
 send_backend_login(Session *s)
 {
@@ -577,14 +646,57 @@ send_backend_login(Session *s)
   g_string_free(out, TRUE);
 }
 
-/* A backend response line during the login; FALSE if the session was closed or done. */
+/* The backend accepted the login: `client_text` (its answer, in the client's protocol) goes to
+ * the client, and from now on bytes flow both ways. */
+static void
+login_accepted(Session *s, const char *client_text)
+{
+  Proxy *p = s->w->proxy;
+  to_client_fmt(s, "%s\r\n", client_text);
+  s->state = S_PROXYING;
+  stat_add(p, &p->stats.logins_ok, 1);
+  stat_add(p, &p->stats.proxying_now, 1);
+  forget_secret(s);
+  g_clear_pointer(&s->ctag, g_free);
+  /* Commands the client pipelined behind its login belong to the backend now. */
+  gsize pending = 0;
+  const guint8 *rest = s->proto == PROTO_POP3
+                         ? usher_pop3_reader_peek_pending(s->preader, &pending)
+                         : usher_imap_reader_peek_pending(s->reader, &pending);
+  if (pending > 0)
+    to_backend(s, rest, pending);
+  g_clear_pointer(&s->reader, usher_imap_reader_free);
+  g_clear_pointer(&s->preader, usher_pop3_reader_free);
+  session_flush_backend(s);
+}
+
+/* The backend refused the login (a wrong password, usually) and said why in `client_text`; so
+ * does the client, which may try again. Always leaves the login conversation: FALSE. */
 static gboolean
-backend_login_line(Session *s, const char *line)
+login_refused(Session *s, const char *client_text)
+{
+  Proxy *p = s->w->proxy;
+  stat_add(p, &p->stats.logins_failed, 1);
+  to_client_fmt(s, "%s\r\n", client_text);
+  backend_close(s);
+  forget_login(s);
+  s->state = S_PRELOGIN;
+  Worker *w = s->w;
+  guint64 id = s->id;
+  client_prelogin_input(s); /* commands pipelined behind the failed login */
+  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
+    session_flush_client(s);
+  return FALSE;
+}
+
+/* An IMAP backend's line during the login; FALSE if the session was closed or done. */
+static gboolean
+imap_backend_line(Session *s, const char *line)
 {
   if (line[0] == '\0')
     return TRUE;
   if (g_str_has_prefix(line, "* ")) {
-    if (s->state == S_BACKEND_LOGIN && g_str_has_prefix(line, "* BYE")) {
+    if (g_str_has_prefix(line, "* BYE")) {
       backend_failed(s, line);
       return FALSE;
     }
@@ -593,36 +705,12 @@ backend_login_line(Session *s, const char *line)
   if (g_str_has_prefix(line, "U1 "))
     return TRUE; /* ID answered */
   if (g_str_has_prefix(line, "U2 ")) {
-    const char *rest = line + 3;
-    Proxy *p = s->w->proxy;
-    if (g_str_has_prefix(rest, "OK")) {
-      to_client_fmt(s, "%s %s\r\n", s->ctag, rest);
-      s->state = S_PROXYING;
-      stat_add(p, &p->stats.logins_ok, 1);
-      stat_add(p, &p->stats.proxying_now, 1);
-      forget_secret(s);
-      g_clear_pointer(&s->ctag, g_free);
-      /* Commands the client pipelined behind its login belong to the backend now. */
-      gsize pending = 0;
-      const guint8 *rest_bytes = usher_imap_reader_peek_pending(s->reader, &pending);
-      if (pending > 0)
-        to_backend(s, rest_bytes, pending);
-      g_clear_pointer(&s->reader, usher_imap_reader_free);
-      session_flush_backend(s);
+    g_autofree char *answer = g_strdup_printf("%s %s", s->ctag, line + 3);
+    if (g_str_has_prefix(line + 3, "OK")) {
+      login_accepted(s, answer);
       return TRUE;
     }
-    /* NO or BAD: the backend said why (a wrong password, usually); so does the client. */
-    stat_add(p, &p->stats.logins_failed, 1);
-    to_client_fmt(s, "%s %s\r\n", s->ctag, rest);
-    backend_close(s);
-    forget_login(s);
-    s->state = S_PRELOGIN;
-    Worker *w = s->w;
-    guint64 id = s->id;
-    client_prelogin_input(s); /* commands pipelined behind the failed login */
-    if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
-      session_flush_client(s);
-    return FALSE;
+    return login_refused(s, answer); /* NO or BAD, as the backend said it */
   }
   if (g_str_has_prefix(line, "+")) {
     /* A continuation we did not ask for (the backend lacks SASL-IR or LITERAL+). */
@@ -630,6 +718,73 @@ backend_login_line(Session *s, const char *line)
     return FALSE;
   }
   return TRUE;
+}
+
+/* The POP3 login at the backend: the client's address by XCLIENT when the backend offers it
+ * (Dovecot does, in its greeting, to login_trusted_networks), then one AUTH with an initial
+ * response (RFC 5034): USER/PASS and AUTH LOGIN become AUTH PLAIN with the same credentials. */
+static void
+pop3_send_backend_login(Session *s, gboolean xclient)
+{
+  GString *out = g_string_new(NULL);
+  if (xclient)
+    g_string_append_printf(out, "XCLIENT ADDR=%s PORT=%u SESSION=usher-%u-%" G_GUINT64_FORMAT
+                                "\r\n",
+                           s->cip, s->cport, s->w->index, s->id);
+  if (s->kind == LOGIN_PLAIN_CMD) {
+    gsize ulen = strlen(s->user), n = 1 + ulen + 1 + s->secret_len;
+    g_autofree guint8 *plain = g_malloc(n);
+    plain[0] = '\0';
+    memcpy(plain + 1, s->user, ulen);
+    plain[1 + ulen] = '\0';
+    memcpy(plain + 2 + ulen, s->secret, s->secret_len);
+    g_autofree char *b64 = g_base64_encode(plain, n);
+    g_string_append_printf(out, "AUTH PLAIN %s\r\n", b64);
+    memset(plain, 0, n);
+    memset(b64, 0, strlen(b64));
+  } else {
+    g_string_append_printf(out, "AUTH %s %s\r\n", usher_sasl_mech_name(s->mech),
+                           s->secret_len > 0 ? s->secret : "=");
+  }
+  to_backend(s, out->str, out->len);
+  memset(out->str, 0, out->len); /* the password does not outlive the queue */
+  g_string_free(out, TRUE);
+  s->pop3_step = xclient ? POP3_BACKEND_XCLIENT : POP3_BACKEND_AUTH;
+  session_flush_backend(s);
+}
+
+/* A POP3 backend's line during the login; FALSE if the session was closed or done. */
+static gboolean
+pop3_backend_line(Session *s, const char *line)
+{
+  switch (s->pop3_step) {
+  case POP3_BACKEND_GREETING:
+    if (!g_str_has_prefix(line, "+OK")) {
+      backend_failed(s, line);
+      return FALSE;
+    }
+    pop3_send_backend_login(s, g_str_has_prefix(line, "+OK [XCLIENT]"));
+    return TRUE;
+  case POP3_BACKEND_XCLIENT:
+    if (!g_str_has_prefix(line, "+OK")) {
+      g_autofree char *why = g_strdup_printf("the backend refused XCLIENT: %s", line);
+      backend_failed(s, why);
+      return FALSE;
+    }
+    s->pop3_step = POP3_BACKEND_AUTH;
+    return TRUE;
+  case POP3_BACKEND_AUTH:
+    break;
+  }
+  if (g_str_has_prefix(line, "+OK")) {
+    login_accepted(s, line);
+    return TRUE;
+  }
+  if (g_str_has_prefix(line, "-ERR"))
+    return login_refused(s, line);
+  /* "+ ...": a continuation we did not ask for (no initial response support?). */
+  backend_failed(s, "the backend wants an AUTH continuation");
+  return FALSE;
 }
 
 /* Moves what `from` has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup). */
@@ -677,8 +832,13 @@ on_backend(gpointer data, guint32 events)
     s->state = S_BACKEND_LOGIN;
     s->deadline_us = g_get_monotonic_time() + BACKEND_LOGIN_TIMEOUT_SECS * G_USEC_PER_SEC;
     s->bline = g_string_new(NULL);
-    send_backend_login(s);
-    session_flush_backend(s);
+    if (s->proto == PROTO_POP3) {
+      s->pop3_step = POP3_BACKEND_GREETING; /* it speaks first */
+      update_interest(s);
+    } else {
+      send_backend_login(s); /* pipelined behind the greeting it will send */
+      session_flush_backend(s);
+    }
     return;
   }
   if (events & EPOLLOUT) {
@@ -719,7 +879,7 @@ on_backend(gpointer data, guint32 events)
       g_string_truncate(s->bline, s->bline->len - 1);
     g_autofree char *line = g_strdup(s->bline->str);
     g_string_truncate(s->bline, 0);
-    if (!backend_login_line(s, line))
+    if (!(s->proto == PROTO_POP3 ? pop3_backend_line(s, line) : imap_backend_line(s, line)))
       return;
     if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
       return;
@@ -762,15 +922,44 @@ sasl_message(Session *s, const char *b64)
   if (raw != NULL)
     memset(raw, 0, len);
   if (user == NULL) {
-    to_client_fmt(s, "%s BAD [AUTHENTICATIONFAILED] %s\r\n", s->ctag, why);
+    reply_auth_error(s, FALSE, why);
     forget_login(s);
     return;
   }
+  g_free(s->user);
   s->user = user;
   s->kind = LOGIN_SASL;
   s->secret = g_strdup(b64);
   s->secret_len = strlen(b64);
   session_route(s);
+}
+
+/* AUTHENTICATE (IMAP) or AUTH (POP3) with a known mechanism and the initial response `ir`
+ * (base64, "=" for an empty one; NULL when the client sent none). */
+static void
+sasl_start(Session *s, UsherSaslMech mech, const char *ir)
+{
+  s->mech = mech;
+  if (ir != NULL && mech == USHER_SASL_LOGIN) {
+    /* LOGIN's initial response is the name; the password comes next. */
+    gsize len = 0;
+    g_autofree guint8 *name = strcmp(ir, "=") != 0 ? g_base64_decode(ir, &len) : NULL;
+    g_free(s->user);
+    s->user = g_strndup(name != NULL ? (const char *)name : "", len);
+    s->login_step = TRUE;
+    s->sasl_pending = TRUE;
+    to_client(s, "+ UGFzc3dvcmQ6\r\n", -1); /* "Password:" */
+    client_expect_sasl(s);
+    return;
+  }
+  if (ir != NULL) {
+    sasl_message(s, ir);
+    return;
+  }
+  s->sasl_pending = TRUE;
+  s->login_step = FALSE;
+  to_client(s, mech == USHER_SASL_LOGIN ? "+ VXNlcm5hbWU6\r\n" : "+ \r\n", -1); /* "Username:" */
+  client_expect_sasl(s);
 }
 
 static void
@@ -829,34 +1018,15 @@ imap_command(Session *s, UsherImapCmd *cmd)
       s->bad_commands++;
       return;
     }
-    s->ctag = g_strdup(cmd->tag);
-    s->mech = mech;
-    if (cmd->args->len == 2) {
-      const UsherImapArg *ir = &g_array_index(cmd->args, UsherImapArg, 1);
-      if (ir->type != USHER_IMAP_ARG_ATOM) {
-        to_client_fmt(s, "%s BAD Error in IMAP command AUTHENTICATE: bad initial response\r\n",
-                      cmd->tag);
-        forget_login(s);
-        return;
-      }
-      if (mech == USHER_SASL_LOGIN) {
-        to_client(s, "+ UGFzc3dvcmQ6\r\n", -1); /* "Password:" */
-        s->login_step = TRUE;
-        g_autofree char *b64 = g_strdup(ir->value);
-        gsize len;
-        g_autofree guint8 *name = g_base64_decode(b64, &len);
-        s->user = g_strndup((const char *)name, len);
-        s->sasl_pending = TRUE;
-        usher_imap_reader_expect_sasl(s->reader);
-        return;
-      }
-      sasl_message(s, ir->value);
+    const UsherImapArg *ir = cmd->args->len == 2 ? &g_array_index(cmd->args, UsherImapArg, 1)
+                                                 : NULL;
+    if (ir != NULL && ir->type != USHER_IMAP_ARG_ATOM) {
+      to_client_fmt(s, "%s BAD Error in IMAP command AUTHENTICATE: bad initial response\r\n",
+                    cmd->tag);
       return;
     }
-    s->sasl_pending = TRUE;
-    s->login_step = FALSE;
-    to_client(s, mech == USHER_SASL_LOGIN ? "+ VXNlcm5hbWU6\r\n" : "+ \r\n", -1);
-    usher_imap_reader_expect_sasl(s->reader);
+    s->ctag = g_strdup(cmd->tag);
+    sasl_start(s, mech, ir != NULL ? ir->value : NULL);
     return;
   }
   case USHER_IMAP_CMD_OTHER:
@@ -867,13 +1037,13 @@ imap_command(Session *s, UsherImapCmd *cmd)
                 cmd->name);
 }
 
-/* A SASL response line from the client. */
+/* A SASL response line from the client (either protocol). */
 static void
-imap_sasl_line(Session *s, const char *line)
+sasl_line(Session *s, const char *line)
 {
   s->sasl_pending = FALSE;
   if (strcmp(line, "*") == 0) {
-    to_client_fmt(s, "%s BAD Authentication aborted by client.\r\n", s->ctag);
+    reply_auth_error(s, TRUE, "Authentication aborted by client.");
     forget_login(s);
     return;
   }
@@ -884,11 +1054,12 @@ imap_sasl_line(Session *s, const char *line)
   gsize len;
   g_autofree guint8 *raw = g_base64_decode(line, &len);
   if (!s->login_step) {
+    g_free(s->user);
     s->user = g_strndup((const char *)raw, len);
     s->login_step = TRUE;
     s->sasl_pending = TRUE;
     to_client(s, "+ UGFzc3dvcmQ6\r\n", -1);
-    usher_imap_reader_expect_sasl(s->reader);
+    client_expect_sasl(s);
     return;
   }
   /* LOGIN: name and password; log in at the backend with LOGIN (same credentials). */
@@ -896,7 +1067,7 @@ imap_sasl_line(Session *s, const char *line)
   g_autofree char *checked =
     usher_sasl_login_name(USHER_SASL_LOGIN, (const guint8 *)s->user, strlen(s->user), &why);
   if (checked == NULL) {
-    to_client_fmt(s, "%s BAD [AUTHENTICATIONFAILED] %s\r\n", s->ctag, why);
+    reply_auth_error(s, FALSE, why);
     memset(raw, 0, len);
     forget_login(s);
     return;
@@ -910,8 +1081,116 @@ imap_sasl_line(Session *s, const char *line)
   session_route(s);
 }
 
+/* What a POP3 client is told before login (RFC 2449). The SASL list is what usherd can route:
+ * the mechanisms whose first message names the user. */
+#define POP3_CAPABILITIES                                                                          \
+  "CAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\n"                 \
+  "SASL PLAIN LOGIN OAUTHBEARER XOAUTH2\r\n"
+
 static void
-client_prelogin_input(Session *s)
+pop3_command(Session *s, UsherPop3Cmd *cmd)
+{
+  switch (cmd->type) {
+  case USHER_POP3_CMD_CAPA:
+    to_client(s, "+OK\r\n" POP3_CAPABILITIES ".\r\n", -1);
+    return;
+  case USHER_POP3_CMD_USER:
+    forget_login(s);
+    s->user = g_strdup(cmd->arg);
+    to_client(s, "+OK\r\n", -1);
+    return;
+  case USHER_POP3_CMD_PASS:
+    if (s->user == NULL) {
+      to_client(s, "-ERR No username given.\r\n", -1);
+      s->bad_commands++;
+      return;
+    }
+    s->secret_len = strlen(cmd->arg);
+    s->secret = g_strdup(cmd->arg);
+    memset(cmd->arg, 0, s->secret_len);
+    s->kind = LOGIN_PLAIN_CMD;
+    session_route(s);
+    return;
+  case USHER_POP3_CMD_AUTH: {
+    if (cmd->arg == NULL) {
+      to_client(s, "+OK\r\nPLAIN\r\nLOGIN\r\nOAUTHBEARER\r\nXOAUTH2\r\n.\r\n", -1);
+      return;
+    }
+    UsherSaslMech mech = usher_sasl_mech_from_name(cmd->arg);
+    if (mech == 0) {
+      to_client(s, "-ERR Unsupported authentication mechanism.\r\n", -1);
+      s->bad_commands++;
+      return;
+    }
+    forget_login(s);
+    sasl_start(s, mech, cmd->initial_response);
+    return;
+  }
+  case USHER_POP3_CMD_STLS:
+    to_client(s, "-ERR TLS is not configured on this listener.\r\n", -1);
+    return;
+  case USHER_POP3_CMD_QUIT:
+    to_client(s, "+OK Logging out\r\n", -1);
+    session_end(s, "logout");
+    return;
+  case USHER_POP3_CMD_NOOP: /* valid only after login (RFC 1939) */
+  case USHER_POP3_CMD_OTHER:
+    break;
+  }
+  s->bad_commands++;
+  to_client(s, "-ERR Unknown command.\r\n", -1);
+}
+
+/* Too many invalid commands: the client is cut off. FALSE if the session is gone. */
+static gboolean
+check_bad_commands(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  if (s->bad_commands < p->u->config->proxy_max_bad_commands)
+    return TRUE;
+  stat_add(p, &p->stats.bad_commands_closed, 1);
+  say_bye(s, "Too many invalid commands.");
+  session_end(s, "too many invalid commands");
+  return FALSE;
+}
+
+static void
+pop3_prelogin_input(Session *s)
+{
+  Worker *w = s->w;
+  guint64 id = s->id;
+  while (s->state == S_PRELOGIN) {
+    g_auto(UsherPop3Cmd) cmd = {0};
+    const char *why = NULL;
+    switch (usher_pop3_reader_next(s->preader, &cmd, &why)) {
+    case USHER_POP3_NEED_MORE:
+      return;
+    case USHER_POP3_BAD:
+      to_client_fmt(s, "-ERR %s\r\n", why);
+      s->bad_commands++;
+      if (s->sasl_pending) { /* a bad SASL line ends the attempt */
+        s->sasl_pending = FALSE;
+        forget_login(s);
+      }
+      break;
+    case USHER_POP3_FAIL:
+      to_client_fmt(s, "-ERR %s\r\n", why);
+      session_end(s, why);
+      return;
+    case USHER_POP3_COMMAND:
+      pop3_command(s, &cmd);
+      break;
+    case USHER_POP3_SASL_LINE:
+      sasl_line(s, cmd.arg);
+      break;
+    }
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL || !check_bad_commands(s))
+      return;
+  }
+}
+
+static void
+imap_prelogin_input(Session *s)
 {
   Worker *w = s->w;
   guint64 id = s->id;
@@ -940,18 +1219,22 @@ client_prelogin_input(Session *s)
       imap_command(s, &cmd);
       break;
     case USHER_IMAP_SASL_LINE:
-      imap_sasl_line(s, g_array_index(cmd.args, UsherImapArg, 0).value);
+      sasl_line(s, g_array_index(cmd.args, UsherImapArg, 0).value);
       break;
     }
-    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL || !check_bad_commands(s))
       return;
-    if (s->bad_commands >= w->proxy->u->config->proxy_max_bad_commands) {
-      stat_add(w->proxy, &w->proxy->stats.bad_commands_closed, 1);
-      to_client(s, "* BYE Too many invalid commands.\r\n", -1);
-      session_end(s, "too many invalid commands");
-      return;
-    }
   }
+}
+
+/* Takes what the client sent before login, in its protocol. */
+static void
+client_prelogin_input(Session *s)
+{
+  if (s->proto == PROTO_POP3)
+    pop3_prelogin_input(s);
+  else
+    imap_prelogin_input(s);
 }
 
 static void
@@ -979,7 +1262,10 @@ on_client(gpointer data, guint32 events)
     session_close(s, n == 0 ? "client closed before login" : g_strerror(errno));
     return;
   }
-  usher_imap_reader_feed(s->reader, buf, (gsize)n);
+  if (s->proto == PROTO_POP3)
+    usher_pop3_reader_feed(s->preader, buf, (gsize)n);
+  else
+    usher_imap_reader_feed(s->reader, buf, (gsize)n);
   client_prelogin_input(s);
   if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
     session_flush_client(s);
@@ -1026,51 +1312,56 @@ address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN], guint1
 static void
 on_listener(gpointer data, guint32 events)
 {
-  Worker *w = data;
+  Listener *l = data;
+  Worker *w = l->w;
   (void)events;
   Proxy *p = w->proxy;
   const UsherConfig *c = p->u->config;
-  /* Every listener fd shares this handler: accept from all, a batch each. */
-  for (guint k = 0; k < w->listen_fds->len; k++) {
-    int lfd = GPOINTER_TO_INT(g_ptr_array_index(w->listen_fds, k));
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
-      struct sockaddr_storage ss;
-      socklen_t sl = sizeof(ss);
-      int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0)
-        break;
-      char ip[USHER_IP_STRLEN];
-      guint16 port;
-      address_text(&ss, ip, &port);
-      if (!admit(p, ip)) {
-        static const char busy[] = "* BYE Too many connections, try again later.\r\n";
-        (void)send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-        close(fd);
-        continue;
-      }
-      Session *s = g_new0(Session, 1);
-      s->w = w;
-      s->id = ++w->next_session;
-      s->cfd = fd;
-      s->bfd = -1;
-      s->counted_ip = TRUE;
-      g_strlcpy(s->cip, ip, sizeof(s->cip));
-      s->cport = port;
-      struct sockaddr_storage ls;
-      socklen_t ll = sizeof(ls);
-      if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
-        address_text(&ls, s->lip, &s->lport);
-      int one = 1;
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      s->reader = usher_imap_reader_new();
-      s->deadline_us = g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
-      s->link.data = s;
-      g_queue_push_tail_link(&w->sessions, &s->link);
-      g_hash_table_insert(w->by_id, &s->id, s);
-      s->cwatch = poller_add(w->poller, fd, EPOLLIN, on_client, s);
-      to_client_fmt(s, "* OK [CAPABILITY " PRELOGIN_CAPABILITIES "] %s\r\n", c->proxy_greeting);
-      session_flush_client(s);
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0)
+      break;
+    char ip[USHER_IP_STRLEN];
+    guint16 port;
+    address_text(&ss, ip, &port);
+    if (!admit(p, ip)) {
+      const char *busy = l->proto == PROTO_POP3
+                           ? "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+                           : "* BYE Too many connections, try again later.\r\n";
+      (void)send(fd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
+      close(fd);
+      continue;
     }
+    Session *s = g_new0(Session, 1);
+    s->w = w;
+    s->id = ++w->next_session;
+    s->proto = l->proto;
+    s->cfd = fd;
+    s->bfd = -1;
+    s->counted_ip = TRUE;
+    g_strlcpy(s->cip, ip, sizeof(s->cip));
+    s->cport = port;
+    struct sockaddr_storage ls;
+    socklen_t ll = sizeof(ls);
+    if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
+      address_text(&ls, s->lip, &s->lport);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    s->deadline_us = g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
+    s->link.data = s;
+    g_queue_push_tail_link(&w->sessions, &s->link);
+    g_hash_table_insert(w->by_id, &s->id, s);
+    s->cwatch = poller_add(w->poller, fd, EPOLLIN, on_client, s);
+    if (s->proto == PROTO_POP3) {
+      s->preader = usher_pop3_reader_new();
+      to_client_fmt(s, "+OK %s\r\n", c->proxy_greeting);
+    } else {
+      s->reader = usher_imap_reader_new();
+      to_client_fmt(s, "* OK [CAPABILITY " PRELOGIN_CAPABILITIES "] %s\r\n", c->proxy_greeting);
+    }
+    session_flush_client(s);
   }
 }
 
@@ -1113,7 +1404,7 @@ on_tick(gpointer data)
       continue;
     if (s->state == S_PRELOGIN) {
       stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
-      to_client(s, "* BYE Disconnected for inactivity before login.\r\n", -1);
+      say_bye(s, "Disconnected for inactivity before login.");
       session_end(s, "login timeout");
     } else if (s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN) {
       backend_failed(s, "timed out");
@@ -1196,7 +1487,7 @@ kick_on_worker(gpointer data)
     kicked++;
     /* A BYE only where it cannot cut a line the backend was sending. */
     if (s->client_eol)
-      to_client(s, "* BYE Your session is moving to another server (Usher director).\r\n", -1);
+      say_bye(s, "Your session is moving to another server (Usher director).");
     session_end(s, "kicked by the director");
   }
   if (kicked > 0)
@@ -1263,12 +1554,13 @@ worker_main(gpointer data)
 static void
 worker_free(Worker *w)
 {
-  for (guint i = 0; i < w->listen_watches->len; i++)
-    poller_remove(w->poller, g_ptr_array_index(w->listen_watches, i));
-  for (guint i = 0; i < w->listen_fds->len; i++)
-    close(GPOINTER_TO_INT(g_ptr_array_index(w->listen_fds, i)));
-  g_ptr_array_unref(w->listen_watches);
-  g_ptr_array_unref(w->listen_fds);
+  for (guint i = 0; i < w->listeners->len; i++) {
+    Listener *l = g_ptr_array_index(w->listeners, i);
+    if (l->watch != NULL)
+      poller_remove(w->poller, l->watch);
+    close(l->fd);
+  }
+  g_ptr_array_unref(w->listeners);
   if (w->tick != NULL) {
     g_source_destroy(w->tick);
     g_source_unref(w->tick);
@@ -1291,7 +1583,7 @@ Proxy *
 proxy_new(Usherd *u, GError **error)
 {
   const UsherConfig *c = u->config;
-  if (c->imap_listen->len == 0)
+  if (c->imap_listen->len == 0 && c->pop3_listen->len == 0)
     return NULL;
   Proxy *p = g_new0(Proxy, 1);
   p->u = u;
@@ -1311,18 +1603,27 @@ proxy_new(Usherd *u, GError **error)
     w->loop = g_main_loop_new(w->context, FALSE);
     w->poller = poller_new(w->context);
     w->by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
-    w->listen_fds = g_ptr_array_new();
-    w->listen_watches = g_ptr_array_new();
+    w->listeners = g_ptr_array_new_with_free_func(g_free);
     g_queue_init(&w->sessions);
     w->next_refresh_us = g_get_monotonic_time() + (gint64)p->refresh_secs * G_USEC_PER_SEC;
-    for (guint k = 0; k < c->imap_listen->len; k++) {
-      int fd = open_listener(&g_array_index(c->imap_listen, UsherDirectorAddr, k), error);
-      if (fd < 0) {
-        proxy_free(p);
-        return NULL;
+    const struct {
+      GArray *addrs;
+      Proto proto;
+    } kinds[] = {{c->imap_listen, PROTO_IMAP}, {c->pop3_listen, PROTO_POP3}};
+    for (gsize k = 0; k < G_N_ELEMENTS(kinds); k++) {
+      for (guint a = 0; a < kinds[k].addrs->len; a++) {
+        int fd = open_listener(&g_array_index(kinds[k].addrs, UsherDirectorAddr, a), error);
+        if (fd < 0) {
+          proxy_free(p);
+          return NULL;
+        }
+        Listener *l = g_new0(Listener, 1);
+        l->w = w;
+        l->fd = fd;
+        l->proto = kinds[k].proto;
+        l->watch = poller_add(w->poller, fd, EPOLLIN, on_listener, l);
+        g_ptr_array_add(w->listeners, l);
       }
-      g_ptr_array_add(w->listen_fds, GINT_TO_POINTER(fd));
-      g_ptr_array_add(w->listen_watches, poller_add(w->poller, fd, EPOLLIN, on_listener, w));
     }
     w->tick = g_timeout_source_new(TICK_MS);
     g_source_set_callback(w->tick, on_tick, w, NULL);
@@ -1332,8 +1633,9 @@ proxy_new(Usherd *u, GError **error)
     g_autofree char *name = g_strdup_printf("usherd-worker%u", i);
     p->workers[i]->thread = g_thread_new(name, worker_main, p->workers[i]);
   }
-  g_message("IMAP proxy: %u worker threads on %u listener%s", p->n_workers, c->imap_listen->len,
-            c->imap_listen->len == 1 ? "" : "s");
+  g_message("proxy: %u worker threads, %u IMAP and %u POP3 listener%s", p->n_workers,
+            c->imap_listen->len, c->pop3_listen->len,
+            c->imap_listen->len + c->pop3_listen->len == 1 ? "" : "s");
   return p;
 }
 

@@ -4,10 +4,11 @@
  * own SO_REUSEPORT listeners, so the kernel spreads connections over the workers and nothing is
  * shared on the data path. A session reads the client's login (libcore's pre-login readers),
  * asks the core thread where the user lives (a login request by id: the one place placement is
- * decided), connects to that backend, passes the client's identity (IMAP ID) and logs in there
- * with the client's own credentials, relays the backend's answer, and then moves bytes both ways
- * with bounded buffers and backpressure. Kicks from the core close exactly the matching
- * sessions (with an IMAP BYE when a line boundary allows); live sessions refresh their users. */
+ * decided), connects to that backend, passes the client's identity (IMAP ID, POP3 XCLIENT) and
+ * logs in there with the client's own credentials, relays the backend's answer, and then moves
+ * bytes both ways with bounded buffers and backpressure. Kicks from the core close exactly the
+ * matching sessions (with an IMAP BYE or a POP3 -ERR when a line boundary allows); live sessions
+ * refresh their users. */
 #pragma once
 
 #include "daemon/usherd.h"

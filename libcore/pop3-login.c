@@ -80,6 +80,13 @@ usher_pop3_reader_pending(const UsherPop3Reader *reader)
   return reader->buf->len - reader->start;
 }
 
+const guint8 *
+usher_pop3_reader_peek_pending(const UsherPop3Reader *reader, gsize *len_out)
+{
+  *len_out = reader->buf->len - reader->start;
+  return reader->buf->data + reader->start;
+}
+
 const char *
 usher_pop3_event_to_string(UsherPop3Event event)
 {

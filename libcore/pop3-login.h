@@ -96,6 +96,9 @@ void usher_pop3_reader_expect_sasl(UsherPop3Reader *reader);
  * pipelined behind STLS must not be taken as if it had come over TLS (the command injection of
  * CVE-2011-0411). 0 once the reader has failed. */
 gsize usher_pop3_reader_pending(const UsherPop3Reader *reader);
+/* The same bytes themselves (valid until the next feed or free): after a successful login the
+ * proxy hands what the client pipelined behind it to the backend. */
+const guint8 *usher_pop3_reader_peek_pending(const UsherPop3Reader *reader, gsize *len_out);
 
 const char *usher_pop3_event_to_string(UsherPop3Event event);
 

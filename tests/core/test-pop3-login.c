@@ -400,6 +400,9 @@ test_stls_pending(void)
   g_assert_cmpint(usher_pop3_reader_next(reader, &cmd, &why), ==, USHER_POP3_COMMAND);
   g_assert_cmpint(cmd.type, ==, USHER_POP3_CMD_STLS);
   g_assert_cmpuint(usher_pop3_reader_pending(reader), ==, 11);
+  gsize n = 0;
+  const guint8 *rest = usher_pop3_reader_peek_pending(reader, &n);
+  g_assert_cmpmem(rest, n, "USER evil\r\n", 11);
   usher_pop3_cmd_clear(&cmd);
   g_assert_cmpint(usher_pop3_reader_next(reader, &cmd, &why), ==, USHER_POP3_COMMAND);
   g_assert_cmpuint(usher_pop3_reader_pending(reader), ==, 0);
