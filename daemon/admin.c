@@ -10,6 +10,7 @@
 
 
 #include "daemon/usherd.h"
+#include "daemon/proxy.h"
 
 #include <errno.h>
 #include <gio/gunixsocketaddress.h>
@@ -224,6 +225,18 @@ build_stats(Usherd *u, JsonBuilder *b, UsherNow now)
   DAEMON_STATS(STAT)
 #undef STAT
   json_builder_end_object(b);
+  if (u->proxy != NULL) {
+    ProxyStats ps;
+    proxy_get_stats(u->proxy, &ps);
+    json_builder_set_member_name(b, "proxy");
+    json_builder_begin_object(b);
+#define STAT(name)                                                                                 \
+  json_builder_set_member_name(b, #name);                                                          \
+  json_builder_add_int_value(b, (gint64)ps.name);
+    PROXY_STATS(STAT)
+#undef STAT
+    json_builder_end_object(b);
+  }
   json_builder_end_object(b);
 }
 

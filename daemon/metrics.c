@@ -4,6 +4,7 @@
  * stats shows), gauges for the ring, the directory, each backend and each ring link. Label
  * values are escaped as the format requires (backslash, double quote, newline). */
 #include "daemon/usherd.h"
+#include "daemon/proxy.h"
 
 #include <string.h>
 
@@ -90,6 +91,17 @@ usherd_metrics_text(Usherd *u)
 #define STAT(name) counter(out, #name, "Daemon counter " #name " (usherctl stats).", u->stats.name);
   DAEMON_STATS(STAT)
 #undef STAT
+  if (u->proxy != NULL) {
+    ProxyStats ps;
+    proxy_get_stats(u->proxy, &ps);
+#define STAT(name)                                                                                 \
+  if (g_str_has_suffix(#name, "_now"))                                                             \
+    gauge(out, "usher_proxy_" #name, "Proxy gauge " #name " (usherctl stats).", (gint64)ps.name); \
+  else                                                                                             \
+    counter(out, "proxy_" #name, "Proxy counter " #name " (usherctl stats).", ps.name);
+    PROXY_STATS(STAT)
+#undef STAT
+  }
 
   /* Per backend. */
   g_autoptr(GArray) hosts = usher_director_list_hosts(u->director);

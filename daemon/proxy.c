@@ -15,6 +15,7 @@
 #include "daemon/poller.h"
 #include "libcore/imap-login.h"
 #include "libcore/pop3-login.h"
+#include "libcore/proxy-header.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -60,7 +61,8 @@ typedef enum {
 } Pop3BackendStep;
 
 typedef enum {
-  S_PRELOGIN = 0,
+  S_PROXY_HEADER = 0, /* a trusted load balancer's PROXY header comes first */
+  S_PRELOGIN,
   S_ROUTING,
   S_CONNECTING,
   S_BACKEND_LOGIN,
@@ -88,6 +90,8 @@ struct Session {
   gboolean client_eol; /* the last byte sent to the client ended a line */
   UsherImapReader *reader;   /* IMAP before login */
   UsherPop3Reader *preader;  /* POP3 before login */
+  UsherProxyHeader *pheader; /* S_PROXY_HEADER */
+  gboolean input_seen;       /* the client has sent something */
   guint bad_commands;
   gint64 deadline_us; /* pre-login / backend timeouts (mono) */
   /* The login being routed */
@@ -110,7 +114,8 @@ struct Session {
   gsize bout_off;
   GString *bline; /* a backend response line being read during the login */
   Pop3BackendStep pop3_step;
-  gboolean counted_ip;
+  gboolean counted;    /* holds a connection slot (max_connections) */
+  gboolean counted_ip; /* holds one of cip's slots (max_connections_per_ip) */
 };
 
 struct Worker {
@@ -139,6 +144,8 @@ struct Proxy {
   ProxyStats stats;
   const UsherLoginHasher *hasher;
   guint refresh_secs;
+  guint16 imap_port, pop3_port; /* [backends] ports as read at start (a reload changes the
+                                 * configuration's on the core thread) */
   gint next_request; /* atomic */
 };
 
@@ -157,6 +164,15 @@ stat_add(Proxy *p, guint64 *field, gint64 delta)
   g_mutex_lock(&p->lock);
   *field += (guint64)delta;
   g_mutex_unlock(&p->lock);
+}
+
+static gboolean
+in_nets(const GArray *nets, const UsherIp *ip)
+{
+  for (guint i = 0; i < nets->len; i++)
+    if (usher_net_contains(&g_array_index(nets, UsherNet, i), ip))
+      return TRUE;
+  return FALSE;
 }
 
 void
@@ -327,24 +343,29 @@ session_flush_backend(Session *s)
 
 /* ---- Life cycle ------------------------------------------------------------------------------------ */
 
+/* Gives back the session's connection slots (admit). */
 static void
 forget_ip(Session *s)
 {
-  if (!s->counted_ip)
+  if (!s->counted && !s->counted_ip)
     return;
   Proxy *p = s->w->proxy;
   g_mutex_lock(&p->lock);
-  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, s->cip));
-  if (n <= 1)
-    g_hash_table_remove(p->per_ip, s->cip);
-  else
-    g_hash_table_insert(p->per_ip, g_strdup(s->cip), GUINT_TO_POINTER(n - 1));
-  p->total--;
-  p->stats.sessions_now--;
-  if (s->state == S_PROXYING)
-    p->stats.proxying_now--;
+  if (s->counted_ip) {
+    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, s->cip));
+    if (n <= 1)
+      g_hash_table_remove(p->per_ip, s->cip);
+    else
+      g_hash_table_insert(p->per_ip, g_strdup(s->cip), GUINT_TO_POINTER(n - 1));
+  }
+  if (s->counted) {
+    p->total--;
+    p->stats.sessions_now--;
+    if (s->state == S_PROXYING)
+      p->stats.proxying_now--;
+  }
   g_mutex_unlock(&p->lock);
-  s->counted_ip = FALSE;
+  s->counted = s->counted_ip = FALSE;
 }
 
 static void
@@ -423,6 +444,7 @@ session_close(Session *s, const char *why)
   g_clear_pointer(&s->cout, g_byte_array_unref);
   g_clear_pointer(&s->reader, usher_imap_reader_free);
   g_clear_pointer(&s->preader, usher_pop3_reader_free);
+  g_clear_pointer(&s->pheader, usher_proxy_header_free);
   g_queue_unlink(&w->sessions, &s->link);
   g_hash_table_remove(w->by_id, &s->id);
   g_free(s);
@@ -599,9 +621,8 @@ backend_connect(Session *s)
   Proxy *p = s->w->proxy;
   s->state = S_CONNECTING;
   s->deadline_us = g_get_monotonic_time() + BACKEND_CONNECT_TIMEOUT_SECS * G_USEC_PER_SEC;
-  const UsherConfig *c = p->u->config;
-  g_autoptr(GSocketAddress) addr = usherd_gaddress_from_ip(
-    &s->backend, s->proto == PROTO_POP3 ? c->backend_pop3_port : c->backend_imap_port);
+  g_autoptr(GSocketAddress) addr =
+    usherd_gaddress_from_ip(&s->backend, s->proto == PROTO_POP3 ? p->pop3_port : p->imap_port);
   struct sockaddr_storage ss;
   gsize sslen = g_socket_address_get_native_size(addr);
   g_socket_address_to_native(addr, &ss, sizeof(ss), NULL);
@@ -832,9 +853,19 @@ on_backend(gpointer data, guint32 events)
     s->state = S_BACKEND_LOGIN;
     s->deadline_us = g_get_monotonic_time() + BACKEND_LOGIN_TIMEOUT_SECS * G_USEC_PER_SEC;
     s->bline = g_string_new(NULL);
+    if (in_nets(w->proxy->u->config->proxy_protocol_backends, &s->backend)) {
+      /* The backend learns the client's address from a PROXY v2 header (Dovecot:
+       * haproxy = yes on its listener, usherd in haproxy_trusted_networks). */
+      UsherIp src = {0}, dst = {0};
+      (void)usher_ip_parse(s->cip, -1, &src);
+      (void)usher_ip_parse(s->lip, -1, &dst);
+      g_autoptr(GByteArray) header = g_byte_array_new();
+      usher_proxy_header_format_v2(&src, s->cport, &dst, s->lport, header);
+      to_backend(s, header->data, header->len);
+    }
     if (s->proto == PROTO_POP3) {
       s->pop3_step = POP3_BACKEND_GREETING; /* it speaks first */
-      update_interest(s);
+      session_flush_backend(s);
     } else {
       send_backend_login(s); /* pipelined behind the greeting it will send */
       session_flush_backend(s);
@@ -1237,6 +1268,124 @@ client_prelogin_input(Session *s)
     imap_prelogin_input(s);
 }
 
+/* Takes a connection slot if `total` (max_connections) and one of the client address's if `ip`
+ * is not NULL (max_connections_per_ip); counts a refusal. */
+static gboolean
+admit(Proxy *p, gboolean total, const char *ip)
+{
+  const UsherConfig *c = p->u->config;
+  g_mutex_lock(&p->lock);
+  guint n = ip != NULL ? GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, ip)) : 0;
+  gboolean ok = TRUE;
+  if (total && p->total >= c->proxy_max_connections) {
+    p->stats.refused_total++;
+    ok = FALSE;
+  } else if (ip != NULL && n >= c->proxy_max_connections_per_ip) {
+    p->stats.refused_per_ip++;
+    ok = FALSE;
+  } else {
+    if (ip != NULL)
+      g_hash_table_insert(p->per_ip, g_strdup(ip), GUINT_TO_POINTER(n + 1));
+    if (total) {
+      p->total++;
+      p->stats.accepted++;
+      p->stats.sessions_now++;
+    }
+  }
+  g_mutex_unlock(&p->lock);
+  return ok;
+}
+
+static const char *
+busy_text(Proto proto)
+{
+  return proto == PROTO_POP3 ? "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+                             : "* BYE Too many connections, try again later.\r\n";
+}
+
+/* The session may talk now: the greeting, in its protocol. */
+static void
+greet(Session *s)
+{
+  const UsherConfig *c = s->w->proxy->u->config;
+  s->state = S_PRELOGIN;
+  if (s->proto == PROTO_POP3) {
+    s->preader = usher_pop3_reader_new();
+    to_client_fmt(s, "+OK %s\r\n", c->proxy_greeting);
+  } else {
+    s->reader = usher_imap_reader_new();
+    to_client_fmt(s, "* OK [CAPABILITY " PRELOGIN_CAPABILITIES "] %s\r\n", c->proxy_greeting);
+  }
+}
+
+static void
+client_feed(Session *s, const void *data, gsize n)
+{
+  Worker *w = s->w;
+  guint64 id = s->id;
+  if (s->proto == PROTO_POP3)
+    usher_pop3_reader_feed(s->preader, data, n);
+  else
+    usher_imap_reader_feed(s->reader, data, n);
+  client_prelogin_input(s);
+  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
+    session_flush_client(s);
+}
+
+/* The first bytes of a PROXY v1 line or v2 header (as much of them as arrived). */
+static gboolean
+looks_like_proxy_header(const char *buf, gsize n)
+{
+  static const char v1[] = "PROXY ";
+  static const char v2[] = "\r\n\r\n\0\r\nQUIT\n";
+  if (n == 0)
+    return FALSE;
+  return memcmp(buf, v1, MIN(n, sizeof(v1) - 1)) == 0 ||
+         memcmp(buf, v2, MIN(n, sizeof(v2) - 1)) == 0;
+}
+
+/* Bytes from a trusted load balancer before the greeting: its PROXY header, then the client's. */
+static void
+proxy_header_input(Session *s, const char *buf, gsize n)
+{
+  Proxy *p = s->w->proxy;
+  gsize used = 0;
+  switch (usher_proxy_header_feed(s->pheader, buf, n, &used)) {
+  case USHER_PROXY_NEED_MORE:
+    return;
+  case USHER_PROXY_FAIL:
+    stat_add(p, &p->stats.proxy_header_errors, 1);
+    g_message("a bad PROXY protocol header from %s:%u: %s; connection closed", s->cip, s->cport,
+              usher_proxy_header_why(s->pheader));
+    session_close(s, "bad PROXY header");
+    return;
+  case USHER_PROXY_DONE:
+    break;
+  }
+  stat_add(p, &p->stats.proxy_headers, 1);
+  const UsherProxyInfo *info = usher_proxy_header_info(s->pheader);
+  if (!info->local && info->family != USHER_PROXY_FAM_UNSPEC) {
+    /* The client and the address it connected to, as the load balancer saw them. */
+    usher_ip_to_string(&info->src_ip, s->cip);
+    s->cport = info->src_port;
+    usher_ip_to_string(&info->dst_ip, s->lip);
+    s->lport = info->dst_port;
+  }
+  g_clear_pointer(&s->pheader, usher_proxy_header_free);
+  if (!admit(p, FALSE, s->cip)) {
+    to_client(s, busy_text(s->proto), -1);
+    session_end(s, "too many connections from the client's address");
+    return;
+  }
+  s->counted_ip = TRUE;
+  s->input_seen = used < n;
+  greet(s);
+  if (used < n)
+    client_feed(s, buf + used, n - used); /* a client that did not wait for the greeting */
+  else
+    session_flush_client(s);
+}
+
 static void
 on_client(gpointer data, guint32 events)
 {
@@ -1262,37 +1411,26 @@ on_client(gpointer data, guint32 events)
     session_close(s, n == 0 ? "client closed before login" : g_strerror(errno));
     return;
   }
-  if (s->proto == PROTO_POP3)
-    usher_pop3_reader_feed(s->preader, buf, (gsize)n);
-  else
-    usher_imap_reader_feed(s->reader, buf, (gsize)n);
-  client_prelogin_input(s);
-  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
-    session_flush_client(s);
+  if (s->state == S_PROXY_HEADER) {
+    proxy_header_input(s, buf, (gsize)n);
+    return;
+  }
+  if (!s->input_seen) {
+    s->input_seen = TRUE;
+    if (looks_like_proxy_header(buf, (gsize)n)) {
+      /* Only trusted_proxies may say who the client is. */
+      stat_add(w->proxy, &w->proxy->stats.proxy_header_refused, 1);
+      g_message("a PROXY protocol header from %s:%u, which is not in [proxy] trusted_proxies: "
+                "connection closed", s->cip, s->cport);
+      say_bye(s, "PROXY protocol header from an untrusted address.");
+      session_end(s, "PROXY header from an untrusted address");
+      return;
+    }
+  }
+  client_feed(s, buf, (gsize)n);
 }
 
 /* ---- Accepting -------------------------------------------------------------------------------------- */
-
-static gboolean
-admit(Proxy *p, const char *ip)
-{
-  const UsherConfig *c = p->u->config;
-  g_mutex_lock(&p->lock);
-  guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, ip));
-  gboolean ok = p->total < c->proxy_max_connections && n < c->proxy_max_connections_per_ip;
-  if (ok) {
-    g_hash_table_insert(p->per_ip, g_strdup(ip), GUINT_TO_POINTER(n + 1));
-    p->total++;
-    p->stats.accepted++;
-    p->stats.sessions_now++;
-  } else if (p->total >= c->proxy_max_connections) {
-    p->stats.refused_total++;
-  } else {
-    p->stats.refused_per_ip++;
-  }
-  g_mutex_unlock(&p->lock);
-  return ok;
-}
 
 static void
 address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN], guint16 *port)
@@ -1325,11 +1463,14 @@ on_listener(gpointer data, guint32 events)
       break;
     char ip[USHER_IP_STRLEN];
     guint16 port;
+    UsherIp peer = {0};
     address_text(&ss, ip, &port);
-    if (!admit(p, ip)) {
-      const char *busy = l->proto == PROTO_POP3
-                           ? "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
-                           : "* BYE Too many connections, try again later.\r\n";
+    (void)usher_ip_parse(ip, -1, &peer);
+    /* A trusted load balancer speaks for many clients: the per-address limit applies to the
+     * client its PROXY header names. */
+    gboolean trusted = peer.family != 0 && in_nets(c->trusted_proxies, &peer);
+    if (!admit(p, TRUE, trusted ? NULL : ip)) {
+      const char *busy = busy_text(l->proto);
       (void)send(fd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
       close(fd);
       continue;
@@ -1340,7 +1481,8 @@ on_listener(gpointer data, guint32 events)
     s->proto = l->proto;
     s->cfd = fd;
     s->bfd = -1;
-    s->counted_ip = TRUE;
+    s->counted = TRUE;
+    s->counted_ip = !trusted;
     g_strlcpy(s->cip, ip, sizeof(s->cip));
     s->cport = port;
     struct sockaddr_storage ls;
@@ -1354,13 +1496,12 @@ on_listener(gpointer data, guint32 events)
     g_queue_push_tail_link(&w->sessions, &s->link);
     g_hash_table_insert(w->by_id, &s->id, s);
     s->cwatch = poller_add(w->poller, fd, EPOLLIN, on_client, s);
-    if (s->proto == PROTO_POP3) {
-      s->preader = usher_pop3_reader_new();
-      to_client_fmt(s, "+OK %s\r\n", c->proxy_greeting);
-    } else {
-      s->reader = usher_imap_reader_new();
-      to_client_fmt(s, "* OK [CAPABILITY " PRELOGIN_CAPABILITIES "] %s\r\n", c->proxy_greeting);
+    if (trusted) {
+      s->state = S_PROXY_HEADER; /* no greeting before the header */
+      s->pheader = usher_proxy_header_new();
+      continue;
     }
+    greet(s);
     session_flush_client(s);
   }
 }
@@ -1402,7 +1543,10 @@ on_tick(gpointer data)
     l = l->next;
     if (s->state == S_PROXYING || s->deadline_us > now)
       continue;
-    if (s->state == S_PRELOGIN) {
+    if (s->state == S_PROXY_HEADER) {
+      stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
+      session_close(s, "no PROXY header before the login timeout");
+    } else if (s->state == S_PRELOGIN) {
       stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
       say_bye(s, "Disconnected for inactivity before login.");
       session_end(s, "login timeout");
@@ -1591,6 +1735,8 @@ proxy_new(Usherd *u, GError **error)
   p->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   p->routes = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
   p->hasher = usher_director_get_hasher(u->director);
+  p->imap_port = c->backend_imap_port;
+  p->pop3_port = c->backend_pop3_port;
   p->refresh_secs = MAX(usher_director_get_user_expire_secs(u->director) / 4, REFRESH_MIN_SECS);
   p->n_workers = c->proxy_workers != 0 ? c->proxy_workers : MAX(g_get_num_processors(), 1);
   p->workers = g_new0(Worker *, p->n_workers);

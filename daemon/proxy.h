@@ -28,10 +28,16 @@ void proxy_login_result(Proxy *proxy, const UsherEffect *e);
 /* A KICK effect: every worker closes its matching sessions; kick_done when all have. */
 void proxy_kick(Proxy *proxy, const UsherEffect *e);
 
+/* Counters (the _now ones are gauges), in /metrics as usher_proxy_<name> and in usherctl stats. */
+#define PROXY_STATS(X)                                                                             \
+  X(accepted) X(refused_total) X(refused_per_ip) X(prelogin_timeouts) X(bad_commands_closed)       \
+  X(logins_ok) X(logins_failed) X(backend_unavailable) X(kicked) X(proxy_headers)                  \
+  X(proxy_header_errors) X(proxy_header_refused) X(sessions_now) X(proxying_now)
+
 typedef struct {
-  guint64 accepted, refused_total, refused_per_ip, prelogin_timeouts, bad_commands_closed;
-  guint64 logins_ok, logins_failed, backend_unavailable, kicked;
-  guint64 sessions_now, proxying_now;
+#define PROXY_STAT_FIELD(name) guint64 name;
+  PROXY_STATS(PROXY_STAT_FIELD)
+#undef PROXY_STAT_FIELD
 } ProxyStats;
 
 void proxy_get_stats(Proxy *proxy, ProxyStats *out);

@@ -78,8 +78,32 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
   DIFF(users_snapshot_interval_secs, "[daemon]users_snapshot_interval")
   DIFF(has_http_listen, "[http]listen")
   DIFF(http_max_pending_lookups, "[http]max_pending_lookups")
+  DIFF(proxy_workers, "[proxy]workers")
+  DIFF(proxy_max_connections, "[proxy]max_connections")
+  DIFF(proxy_max_connections_per_ip, "[proxy]max_connections_per_ip")
+  DIFF(proxy_login_timeout_secs, "[proxy]login_timeout")
+  DIFF(proxy_max_bad_commands, "[proxy]max_bad_commands")
+  DIFF_STR(proxy_greeting, "[proxy]greeting")
 #undef DIFF
 #undef DIFF_STR
+  const struct {
+    const GArray *a, *b;
+    const char *name;
+  } lists[] = {
+    {a->imap_listen, b->imap_listen, "[proxy]imap_listen"},
+    {a->pop3_listen, b->pop3_listen, "[proxy]pop3_listen"},
+    {a->trusted_proxies, b->trusted_proxies, "[proxy]trusted_proxies"},
+    {a->proxy_protocol_backends, b->proxy_protocol_backends, "[proxy]proxy_protocol_backends"},
+  };
+  for (gsize i = 0; i < G_N_ELEMENTS(lists); i++) {
+    /* Elements are zero-initialised structs (g_array_new clear), so bytes compare values. */
+    const GArray *x = lists[i].a, *y = lists[i].b;
+    if (x->len != y->len ||
+        memcmp(x->data, y->data, (gsize)x->len * g_array_get_element_size((GArray *)x)) != 0) {
+      g_string_append_c(out, ' ');
+      g_string_append(out, lists[i].name);
+    }
+  }
   if (a->has_ring_address != b->has_ring_address ||
       (a->has_ring_address && (!usher_ip_equal(&a->ring_address.ip, &b->ring_address.ip) ||
                                a->ring_address.port != b->ring_address.port)))

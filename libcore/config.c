@@ -571,6 +571,8 @@ usher_config_new(void)
   config->proxy_login_timeout_secs = 60;
   config->proxy_max_bad_commands = 10;
   config->proxy_greeting = g_strdup("Usher ready.");
+  config->trusted_proxies = g_array_new(FALSE, TRUE, sizeof(UsherNet));
+  config->proxy_protocol_backends = g_array_new(FALSE, TRUE, sizeof(UsherNet));
   return config;
 }
 
@@ -593,6 +595,10 @@ usher_config_free(UsherConfig *config)
     g_array_unref(config->imap_listen);
   if (config->pop3_listen != NULL)
     g_array_unref(config->pop3_listen);
+  if (config->trusted_proxies != NULL)
+    g_array_unref(config->trusted_proxies);
+  if (config->proxy_protocol_backends != NULL)
+    g_array_unref(config->proxy_protocol_backends);
   if (config->directors != NULL)
     g_array_unref(config->directors);
   if (config->backends != NULL)
@@ -1015,7 +1021,7 @@ static const char *const http_keys[] = {"listen", "max_pending_lookups", NULL};
 static const char *const proxy_keys[] = {
     "imap_listen",         "pop3_listen",   "workers",          "max_connections",
     "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
-    NULL,
+    "trusted_proxies", "proxy_protocol_backends", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1445,10 +1451,46 @@ get_listen_list(const KeyRef *ref, GArray *out, GError **error)
   return TRUE;
 }
 
+/* A list of networks ("10.0.0.0/8 192.0.2.7, 2001:db8::/32"). */
+static gboolean
+get_net_list(const KeyRef *ref, GArray *out, GError **error)
+{
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  g_array_set_size(out, 0);
+  g_auto(GStrv) parts = g_strsplit_set(value, " ,", -1);
+  guint number = 0;
+  for (guint i = 0; parts[i] != NULL; i++) {
+    if (parts[i][0] == '\0')
+      continue;
+    number++;
+    UsherNet net;
+    if (!usher_net_parse(parts[i], -1, &net)) {
+      g_autofree char *q = quote(parts[i], -1);
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "element %u, %s, is not an address or a network (IP/BITS, no host bits set)",
+                number, q);
+      return FALSE;
+    }
+    if (out->len >= USHER_CONFIG_MAX_NETS) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "more than %d networks",
+                USHER_CONFIG_MAX_NETS);
+      return FALSE;
+    }
+    g_array_append_val(out, net);
+  }
+  return TRUE;
+}
+
 static gboolean
 parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
 {
   const char *key = ref->key;
+  if (strcmp(key, "trusted_proxies") == 0)
+    return get_net_list(ref, config->trusted_proxies, error);
+  if (strcmp(key, "proxy_protocol_backends") == 0)
+    return get_net_list(ref, config->proxy_protocol_backends, error);
   if (strcmp(key, "imap_listen") == 0)
     return get_listen_list(ref, config->imap_listen, error);
   if (strcmp(key, "pop3_listen") == 0)

@@ -88,7 +88,11 @@ typedef struct {
   guint proxy_login_timeout_secs;
   guint proxy_max_bad_commands;
   char *proxy_greeting;
+  GArray *trusted_proxies;         /* UsherNet: clients that must start with a PROXY header */
+  GArray *proxy_protocol_backends; /* UsherNet: backends that get a PROXY v2 header */
 } UsherConfig;
+
+#define USHER_CONFIG_MAX_NETS 1024 /* networks in one list */
 
 #define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"
 #define USHER_STATE_DIR_DEFAULT "/var/lib/usherd"

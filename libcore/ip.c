@@ -293,3 +293,61 @@ usher_ip_table_equal(gconstpointer a, gconstpointer b)
 {
   return usher_ip_cmp(a, b) == 0;
 }
+
+/* ---- Networks ------------------------------------------------------------------------------- */
+
+gboolean
+usher_net_parse(const char *text, gssize len, UsherNet *net_out)
+{
+  memset(net_out, 0, sizeof(*net_out));
+  gsize n = len < 0 ? strlen(text) : (gsize)len;
+  const char *slash = memchr(text, '/', n);
+  UsherIp ip;
+  if (!usher_ip_parse(text, slash != NULL ? (gssize)(slash - text) : (gssize)n, &ip))
+    return FALSE;
+  guint max = ip.family == USHER_IP_V4 ? 32 : 128, bits = max;
+  if (slash != NULL) {
+    const char *p = slash + 1, *end = text + n;
+    if (p == end || end - p > 3)
+      return FALSE;
+    bits = 0;
+    for (; p < end; p++) {
+      if (*p < '0' || *p > '9' || (bits == 0 && p > slash + 1))
+        return FALSE; /* digits only, no leading zero */
+      bits = bits * 10 + (guint)(*p - '0');
+    }
+    if (bits > max)
+      return FALSE;
+  }
+  for (guint i = 0; i < max / 8; i++) {
+    guint keep = bits >= (i + 1) * 8 ? 8 : bits > i * 8 ? bits - i * 8 : 0;
+    guint8 mask = keep == 0 ? 0 : (guint8)(0xff << (8 - keep));
+    if ((ip.addr[i] & (guint8)~mask) != 0)
+      return FALSE; /* host bits set */
+  }
+  net_out->ip = ip;
+  net_out->bits = (guint8)bits;
+  return TRUE;
+}
+
+gboolean
+usher_net_contains(const UsherNet *net, const UsherIp *ip)
+{
+  UsherIp v = *ip;
+  static const guint8 mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (v.family == USHER_IP_V6 && net->ip.family == USHER_IP_V4 &&
+      memcmp(v.addr, mapped, sizeof(mapped)) == 0) {
+    memmove(v.addr, v.addr + 12, 4);
+    memset(v.addr + 4, 0, 12);
+    v.family = USHER_IP_V4;
+  }
+  if (v.family != net->ip.family)
+    return FALSE;
+  guint full = net->bits / 8, rest = net->bits % 8;
+  if (memcmp(v.addr, net->ip.addr, full) != 0)
+    return FALSE;
+  if (rest == 0)
+    return TRUE;
+  guint8 mask = (guint8)(0xff << (8 - rest));
+  return (v.addr[full] & mask) == net->ip.addr[full];
+}

@@ -39,6 +39,19 @@ gboolean usher_ip_equal(const UsherIp *a, const UsherIp *b);
  * read as a host-endian integer); IPv6 -> ELF-style hash of the 16 bytes. Used by hosts_hash. */
 guint32 usher_ip_dovecot_hash(const UsherIp *ip);
 
+/* A network: an address and a prefix length ("10.0.0.0/8", "2001:db8::/32"; a bare address is
+ * the network of that one address). */
+typedef struct {
+  UsherIp ip; /* with the bits past the prefix cleared */
+  guint8 bits;
+} UsherNet;
+
+/* Parses len bytes (len < 0: NUL-terminated). Bits set past the prefix ("10.1.2.3/8") are
+ * refused, so a typo cannot silently widen or move a trust list. */
+gboolean usher_net_parse(const char *text, gssize len, UsherNet *net_out);
+/* TRUE if ip lies in net; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) counts as IPv4. */
+gboolean usher_net_contains(const UsherNet *net, const UsherIp *ip);
+
 /* A well-mixed 32-bit hash for hash tables (not a wire value). */
 guint usher_ip_table_hash(gconstpointer ip);
 gboolean usher_ip_table_equal(gconstpointer a, gconstpointer b);

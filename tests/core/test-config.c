@@ -996,6 +996,29 @@ test_daemon_group(void)
   g_assert_false(usher_config_parse_address("", 9090, &addr, &error));
 }
 
+static void
+test_proxy_group(void)
+{
+  g_autoptr(UsherConfig) c =
+    parse_ok("[proxy]\nimap_listen = 127.0.1.1:143, 127.0.1.1:1143\npop3_listen = 127.0.1.1:110\n"
+             "trusted_proxies = 10.0.0.0/8 192.0.2.7, 2001:db8::/32\n"
+             "proxy_protocol_backends = 127.0.2.0/24\n");
+  g_assert_cmpuint(c->imap_listen->len, ==, 2);
+  g_assert_cmpuint(c->pop3_listen->len, ==, 1);
+  g_assert_cmpuint(c->trusted_proxies->len, ==, 3);
+  g_assert_cmpuint(g_array_index(c->trusted_proxies, UsherNet, 0).bits, ==, 8);
+  g_assert_cmpuint(g_array_index(c->trusted_proxies, UsherNet, 1).bits, ==, 32);
+  g_assert_cmpuint(g_array_index(c->trusted_proxies, UsherNet, 2).bits, ==, 32);
+  g_assert_cmpuint(c->proxy_protocol_backends->len, ==, 1);
+  parse_fails("[proxy]\ntrusted_proxies = 10.0.0.0/8 10.1.0.0/8\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] trusted_proxies: element 2, \"10.1.0.0/8\", is not an address or a network",
+              NULL);
+  parse_fails("[proxy]\nproxy_protocol_backends = example.com\n", USHER_CONFIG_ERROR_INVALID,
+              "proxy_protocol_backends: element 1", NULL);
+  parse_fails("[proxy]\npop3_listen = 127.0.0.1\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] pop3_listen: element 1 needs a port", NULL);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1019,5 +1042,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/config/example/usher-conf", test_example_usher_conf);
   g_test_add_func("/core/config/example/tags-conf", test_example_tags_conf);
   g_test_add_func("/core/config/daemon", test_daemon_group);
+  g_test_add_func("/core/config/proxy", test_proxy_group);
   return g_test_run();
 }

@@ -138,6 +138,41 @@ test_dovecot_hash(void)
   g_assert_cmpuint(usher_ip_dovecot_hash(&ip), ==, h);
 }
 
+static gboolean
+in_net(const char *net, const char *ip)
+{
+  UsherNet n;
+  UsherIp a;
+  g_assert_true(usher_net_parse(net, -1, &n));
+  g_assert_true(usher_ip_parse(ip, -1, &a));
+  return usher_net_contains(&n, &a);
+}
+
+static void
+test_net(void)
+{
+  g_assert_true(in_net("10.0.0.0/8", "10.255.1.2"));
+  g_assert_false(in_net("10.0.0.0/8", "11.0.0.1"));
+  g_assert_true(in_net("127.0.9.0/24", "127.0.9.200"));
+  g_assert_false(in_net("127.0.9.0/24", "127.0.10.1"));
+  g_assert_true(in_net("192.168.4.0/22", "192.168.7.255"));
+  g_assert_false(in_net("192.168.4.0/22", "192.168.8.0"));
+  g_assert_true(in_net("0.0.0.0/0", "203.0.113.9"));
+  g_assert_false(in_net("0.0.0.0/0", "::1")); /* families do not mix... */
+  g_assert_true(in_net("10.0.0.0/8", "::ffff:10.1.2.3")); /* ...except IPv4-mapped */
+  g_assert_true(in_net("127.0.0.1", "127.0.0.1"));
+  g_assert_false(in_net("127.0.0.1", "127.0.0.2"));
+  g_assert_true(in_net("2001:db8::/32", "2001:db8:ffff::1"));
+  g_assert_false(in_net("2001:db8::/33", "2001:db8:8000::1"));
+  g_assert_true(in_net("::/0", "fe80::1"));
+  const char *bad[] = {"10.0.0.0/", "10.0.0.0/33", "10.1.0.0/8", "10.0.0.0/08", "10.0.0.0/8x",
+                       "2001:db8::1/32", "::/129", "/8", "10.0.0.0/-1", "10.0.0.0/1000", "x/8"};
+  for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+    UsherNet n;
+    g_assert_false(usher_net_parse(bad[i], -1, &n));
+  }
+}
+
 int
 main(int argc, char **argv)
 {
@@ -147,5 +182,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/ip/ntop-matches-glibc", test_ntop_matches_glibc);
   g_test_add_func("/core/ip/cmp", test_cmp);
   g_test_add_func("/core/ip/dovecot-hash", test_dovecot_hash);
+  g_test_add_func("/core/ip/net", test_net);
   return g_test_run();
 }

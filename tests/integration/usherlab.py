@@ -223,9 +223,12 @@ def check_port_free(ip, port):
         s.close()
 
 
-def _tcp_ready(ip, port, timeout=1.0):
-    """True once something accepts on (ip, port) and sends a greeting line."""
+def _tcp_ready(ip, port, timeout=1.0, first=b""):
+    """True once something accepts on (ip, port) and sends a greeting line (after `first`, e.g.
+    the PROXY header a haproxy = yes listener waits for)."""
     with socket.create_connection((ip, port), timeout=timeout) as s:
+        if first:
+            s.sendall(first)
         return s.recv(1) != b""
 
 
@@ -750,7 +753,8 @@ service auth {{
             return False
         # The master binds every listener before it forks anything; the IMAP greeting shows the
         # login processes are up too.  (Not LMTP: each probe would fork an lmtp process.)
-        return _tcp_ready(self.ip, self.ports["imap"])
+        first = b"PROXY TCP4 127.0.0.1 127.0.0.1 1 1\r\n" if getattr(self, "haproxy", False) else b""
+        return _tcp_ready(self.ip, self.ports["imap"], first=first)
 
     def kill9(self, group=False):
         """Crash the instance with SIGKILL and return the PIDs that were in its group.
@@ -835,20 +839,25 @@ service auth {{
 
 class DovecotBackend(Instance):
     """A Dovecot backend: IMAP/POP3/LMTP, users from the lab's passwd-file, mail in the lab's
-    shared maildir tree; names itself in the IMAP ID reply as x-lab-backend = its IP."""
+    shared maildir tree; names itself in the IMAP ID reply as x-lab-backend = its IP.
+    haproxy=True makes its IMAP and POP3 listeners require a PROXY protocol header (from
+    127.0.0.0/8), as a backend behind usherd's proxy_protocol_backends is set up."""
 
     kind = "backend"
 
     def __init__(self, lab, name, ip, imap_port=IMAP_PORT, pop3_port=POP3_PORT,
-                 lmtp_port=LMTP_PORT, extra_conf=""):
+                 lmtp_port=LMTP_PORT, extra_conf="", haproxy=False):
         self.extra_conf = extra_conf
+        self.haproxy = haproxy
         super().__init__(lab, name, ip, {"imap": imap_port, "pop3": pop3_port, "lmtp": lmtp_port},
                          self.config_text)
 
     def config_text(self):
         p = self.ports
         home = os.path.join(self.lab.mail_root, "%Lu")
+        hap = "\n    haproxy = yes" if self.haproxy else ""
         return self.common_conf() + f"""protocols = imap pop3 lmtp
+haproxy_trusted_networks = 127.0.0.0/8
 first_valid_uid = {MAIL_UID}
 first_valid_gid = {MAIL_UID}
 mail_location = maildir:~/Maildir
@@ -864,7 +873,7 @@ userdb {{
 }}
 service imap-login {{
   inet_listener imap {{
-    port = {p['imap']}
+    port = {p['imap']}{hap}
   }}
   inet_listener imaps {{
     port = 0
@@ -875,7 +884,7 @@ service imap-login {{
 }}
 service pop3-login {{
   inet_listener pop3 {{
-    port = {p['pop3']}
+    port = {p['pop3']}{hap}
   }}
   inet_listener pop3s {{
     port = 0

@@ -707,6 +707,8 @@ cmd_stats(int argc, char **argv)
   print_stats_object("ring", json_object_get_object_member(o, "ring"));
   print_stats_object("director", json_object_get_object_member(o, "director"));
   print_stats_object("daemon", json_object_get_object_member(o, "daemon"));
+  if (json_object_has_member(o, "proxy"))
+    print_stats_object("proxy", json_object_get_object_member(o, "proxy"));
   return 0;
 }
 
