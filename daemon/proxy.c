@@ -13,6 +13,7 @@
 #include "daemon/proxy.h"
 
 #include "daemon/poller.h"
+#include "daemon/tls.h"
 #include "libcore/imap-login.h"
 #include "libcore/pop3-login.h"
 #include "libcore/proxy-header.h"
@@ -21,6 +22,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -49,6 +51,7 @@ typedef struct {
   Worker *w;
   int fd;
   Proto proto;
+  gboolean tls; /* imaps/pop3s: TLS from the first byte */
   PollerWatch *watch;
 } Listener;
 
@@ -85,6 +88,11 @@ struct Session {
   PollerWatch *cwatch;
   char cip[USHER_IP_STRLEN], lip[USHER_IP_STRLEN];
   guint16 cport, lport;
+  gboolean tls_listener;  /* accepted on imaps/pop3s */
+  SSL *ssl;               /* the client's TLS, NULL while plaintext */
+  gboolean tls_handshaking;
+  guint32 tls_wants;      /* EPOLLIN/EPOLLOUT the last TLS call is waiting for */
+  gboolean tls_kick;      /* an idle callback will read what OpenSSL already decrypted */
   GByteArray *cout; /* to the client */
   gsize cout_off;
   gboolean client_eol; /* the last byte sent to the client ended a line */
@@ -146,6 +154,8 @@ struct Proxy {
   guint refresh_secs;
   guint16 imap_port, pop3_port; /* [backends] ports as read at start (a reload changes the
                                  * configuration's on the core thread) */
+  SSL_CTX *tls_ctx;             /* NULL without tls_cert; swapped under lock by a reload */
+  gboolean tls_enabled;         /* tls_ctx != NULL, fixed at start (read without the lock) */
   gint next_request; /* atomic */
 };
 
@@ -185,6 +195,8 @@ proxy_get_stats(Proxy *p, ProxyStats *out)
 
 /* ---- Output ------------------------------------------------------------------------------------- */
 
+static void tls_kick(Session *s);
+
 static void
 update_interest(Session *s)
 {
@@ -200,6 +212,13 @@ update_interest(Session *s)
       ev &= ~(guint32)EPOLLIN; /* the client waits for its login's answer */
     if (cq > 0)
       ev |= EPOLLOUT;
+    if (s->ssl != NULL) {
+      if (s->tls_handshaking)
+        ev = 0;
+      ev |= s->tls_wants;
+      if ((ev & EPOLLIN) && !s->tls_handshaking && SSL_pending(s->ssl) > 0)
+        tls_kick(s); /* decrypted bytes wait in OpenSSL: epoll will not say so */
+    }
     poller_modify(poller, s->cwatch, ev);
   }
   if (s->bwatch != NULL) {
@@ -298,16 +317,88 @@ client_expect_sasl(Session *s)
     usher_imap_reader_expect_sasl(s->reader);
 }
 
+/* Sends to the client: bytes written, or -1 with errno EAGAIN (TLS: wait for tls_wants), or -2
+ * on an error (errno set; EPROTO for a TLS failure). */
+static gssize
+client_send(Session *s, const void *data, gsize len)
+{
+  if (s->ssl == NULL) {
+    ssize_t n = send(s->cfd, data, len, MSG_NOSIGNAL);
+    if (n >= 0)
+      return n;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+  }
+  size_t done = 0;
+  ERR_clear_error();
+  if (SSL_write_ex(s->ssl, data, len, &done) == 1) {
+    s->tls_wants = 0;
+    return (gssize)done;
+  }
+  switch (SSL_get_error(s->ssl, 0)) {
+  case SSL_ERROR_WANT_READ:
+    s->tls_wants = EPOLLIN;
+    errno = EAGAIN;
+    return -1;
+  case SSL_ERROR_WANT_WRITE:
+    s->tls_wants = EPOLLOUT;
+    errno = EAGAIN;
+    return -1;
+  default:
+    errno = EPROTO;
+    return -2;
+  }
+}
+
+/* Reads from the client: bytes read, 0 at its end, -1 when nothing is there now, -2 on an error
+ * (errno set; EPROTO for a TLS failure). */
+static gssize
+client_recv(Session *s, void *buf, gsize len)
+{
+  if (s->ssl == NULL) {
+    ssize_t n = recv(s->cfd, buf, len, 0);
+    if (n >= 0)
+      return n;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+  }
+  size_t got = 0;
+  ERR_clear_error();
+  if (SSL_read_ex(s->ssl, buf, len, &got) == 1) {
+    s->tls_wants = 0;
+    return (gssize)got;
+  }
+  switch (SSL_get_error(s->ssl, 0)) {
+  case SSL_ERROR_WANT_READ:
+    s->tls_wants = EPOLLIN;
+    return -1;
+  case SSL_ERROR_WANT_WRITE:
+    s->tls_wants = EPOLLOUT;
+    return -1;
+  case SSL_ERROR_ZERO_RETURN:
+    return 0;
+  default:
+    errno = EPROTO;
+    return -2;
+  }
+}
+
 /* Writes what the socket takes; FALSE if the session was closed. */
 static gboolean
-flush_fd(Session *s, int fd, GByteArray **buf, gsize *off, const char *side)
+flush_fd(Session *s, gboolean client, GByteArray **buf, gsize *off)
 {
+  const char *side = client ? "client" : "backend";
+  if (client && s->tls_handshaking)
+    return TRUE; /* the greeting waits for the handshake */
   while (*buf != NULL && *off < (*buf)->len) {
-    ssize_t n = send(fd, (*buf)->data + *off, (*buf)->len - *off, MSG_NOSIGNAL);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    gssize n;
+    if (client) {
+      n = client_send(s, (*buf)->data + *off, (*buf)->len - *off);
+    } else {
+      n = send(s->bfd, (*buf)->data + *off, (*buf)->len - *off, MSG_NOSIGNAL);
+      if (n < 0)
+        n = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+    }
+    if (n == -1)
       break;
-    if (n < 0 && errno == EINTR)
-      continue;
     if (n < 0) {
       g_autofree char *why = g_strdup_printf("%s write failed: %s", side, g_strerror(errno));
       session_close(s, why);
@@ -330,14 +421,14 @@ flush_fd(Session *s, int fd, GByteArray **buf, gsize *off, const char *side)
 static void
 session_flush_client(Session *s)
 {
-  if (flush_fd(s, s->cfd, &s->cout, &s->cout_off, "client"))
+  if (flush_fd(s, TRUE, &s->cout, &s->cout_off))
     update_interest(s);
 }
 
 static void
 session_flush_backend(Session *s)
 {
-  if (s->bfd >= 0 && flush_fd(s, s->bfd, &s->bout, &s->bout_off, "backend"))
+  if (s->bfd >= 0 && flush_fd(s, FALSE, &s->bout, &s->bout_off))
     update_interest(s);
 }
 
@@ -438,6 +529,12 @@ session_close(Session *s, const char *why)
   backend_close(s);
   if (s->cwatch != NULL)
     poller_remove(w->poller, s->cwatch);
+  if (s->ssl != NULL) {
+    if (!s->tls_handshaking)
+      (void)SSL_shutdown(s->ssl); /* a close_notify if the socket takes it; no waiting */
+    SSL_free(s->ssl);
+    ERR_clear_error();
+  }
   close(s->cfd);
   forget_ip(s);
   forget_login(s);
@@ -455,7 +552,7 @@ static void
 session_end(Session *s, const char *why)
 {
   if (s->cout != NULL) {
-    (void)flush_fd(s, s->cfd, &s->cout, &s->cout_off, "client");
+    (void)flush_fd(s, TRUE, &s->cout, &s->cout_off);
     /* flush_fd may have closed it: only look s up through the id below. */
   }
   guint64 id = s->id;
@@ -808,17 +905,25 @@ pop3_backend_line(Session *s, const char *line)
   return FALSE;
 }
 
-/* Moves what `from` has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup). */
+/* Moves what one side has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup):
+ * from the backend to the client when to_client_side, else from the client to the backend. */
 static void
-proxy_bytes(Session *s, int from, GByteArray **to_buf, gsize *to_off, gboolean to_client_side)
+proxy_bytes(Session *s, gboolean to_client_side)
 {
+  GByteArray **to_buf = to_client_side ? &s->cout : &s->bout;
+  gsize *to_off = to_client_side ? &s->cout_off : &s->bout_off;
   char buf[READ_CHUNK];
   for (int i = 0; i < 4; i++) {
-    ssize_t n = recv(from, buf, sizeof(buf), 0);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    gssize n;
+    if (to_client_side) {
+      n = recv(s->bfd, buf, sizeof(buf), 0);
+      if (n < 0)
+        n = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+    } else {
+      n = client_recv(s, buf, sizeof(buf));
+    }
+    if (n == -1)
       break;
-    if (n < 0 && errno == EINTR)
-      continue;
     if (n <= 0) {
       session_end(s, n == 0 ? (to_client_side ? "backend closed" : "client closed")
                             : g_strerror(errno));
@@ -880,7 +985,7 @@ on_backend(gpointer data, guint32 events)
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
     return;
   if (s->state == S_PROXYING) {
-    proxy_bytes(s, s->bfd, &s->cout, &s->cout_off, TRUE);
+    proxy_bytes(s, TRUE);
     return;
   }
   /* The login conversation: read lines. */
@@ -927,6 +1032,21 @@ on_backend(gpointer data, guint32 events)
 #define PRELOGIN_CAPABILITIES                                                                      \
   "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN AUTH=LOGIN "             \
   "AUTH=OAUTHBEARER AUTH=XOAUTH2"
+
+static void client_starttls(Session *s, const char *ok);
+
+/* TLS can start here: a certificate is configured and the connection is still plaintext. */
+static gboolean
+can_starttls(const Session *s)
+{
+  return s->ssl == NULL && s->w->proxy->tls_enabled;
+}
+
+static const char *
+imap_capabilities(const Session *s)
+{
+  return can_starttls(s) ? PRELOGIN_CAPABILITIES " STARTTLS" : PRELOGIN_CAPABILITIES;
+}
 
 static gboolean
 take_string(const UsherImapArg *a, char **out, gsize *len_out)
@@ -998,7 +1118,7 @@ imap_command(Session *s, UsherImapCmd *cmd)
 {
   switch (cmd->type) {
   case USHER_IMAP_CMD_CAPABILITY:
-    to_client_fmt(s, "* CAPABILITY " PRELOGIN_CAPABILITIES "\r\n%s OK Capability completed.\r\n",
+    to_client_fmt(s, "* CAPABILITY %s\r\n%s OK Capability completed.\r\n", imap_capabilities(s),
                   cmd->tag);
     return;
   case USHER_IMAP_CMD_NOOP:
@@ -1012,7 +1132,16 @@ imap_command(Session *s, UsherImapCmd *cmd)
     session_end(s, "logout");
     return;
   case USHER_IMAP_CMD_STARTTLS:
-    to_client_fmt(s, "%s BAD TLS is not configured on this listener.\r\n", cmd->tag);
+    if (!can_starttls(s)) {
+      to_client_fmt(s, "%s BAD %s\r\n", cmd->tag,
+                    s->ssl != NULL ? "TLS is already active." : "TLS is not configured here.");
+      s->bad_commands++;
+      return;
+    }
+    {
+      g_autofree char *ok = g_strdup_printf("%s OK Begin TLS negotiation now.\r\n", cmd->tag);
+      client_starttls(s, ok);
+    }
     return;
   case USHER_IMAP_CMD_LOGIN: {
     char *user = NULL, *pass = NULL;
@@ -1123,7 +1252,9 @@ pop3_command(Session *s, UsherPop3Cmd *cmd)
 {
   switch (cmd->type) {
   case USHER_POP3_CMD_CAPA:
-    to_client(s, "+OK\r\n" POP3_CAPABILITIES ".\r\n", -1);
+    to_client(s, can_starttls(s) ? "+OK\r\n" POP3_CAPABILITIES "STLS\r\n.\r\n"
+                                 : "+OK\r\n" POP3_CAPABILITIES ".\r\n",
+              -1);
     return;
   case USHER_POP3_CMD_USER:
     forget_login(s);
@@ -1158,7 +1289,14 @@ pop3_command(Session *s, UsherPop3Cmd *cmd)
     return;
   }
   case USHER_POP3_CMD_STLS:
-    to_client(s, "-ERR TLS is not configured on this listener.\r\n", -1);
+    if (!can_starttls(s)) {
+      to_client(s, s->ssl != NULL ? "-ERR TLS is already active.\r\n"
+                                  : "-ERR TLS is not configured here.\r\n",
+                -1);
+      s->bad_commands++;
+      return;
+    }
+    client_starttls(s, "+OK Begin TLS negotiation now.\r\n");
     return;
   case USHER_POP3_CMD_QUIT:
     to_client(s, "+OK Logging out\r\n", -1);
@@ -1314,8 +1452,200 @@ greet(Session *s)
     to_client_fmt(s, "+OK %s\r\n", c->proxy_greeting);
   } else {
     s->reader = usher_imap_reader_new();
-    to_client_fmt(s, "* OK [CAPABILITY " PRELOGIN_CAPABILITIES "] %s\r\n", c->proxy_greeting);
+    to_client_fmt(s, "* OK [CAPABILITY %s] %s\r\n", imap_capabilities(s), c->proxy_greeting);
   }
+}
+
+/* Starts TLS on the client's socket: at accept on imaps/pop3s, or after STARTTLS/STLS. FALSE
+ * (and the session closed) if OpenSSL cannot. */
+static gboolean
+tls_start(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  g_mutex_lock(&p->lock);
+  SSL_CTX *ctx = p->tls_ctx;
+  s->ssl = ctx != NULL ? SSL_new(ctx) : NULL; /* the SSL holds its own reference */
+  g_mutex_unlock(&p->lock);
+  if (s->ssl == NULL || SSL_set_fd(s->ssl, s->cfd) != 1) {
+    g_autofree char *why = usherd_tls_error_text();
+    g_warning("TLS for %s:%u: %s", s->cip, s->cport, why);
+    session_close(s, "cannot start TLS");
+    return FALSE;
+  }
+  SSL_set_accept_state(s->ssl);
+  s->tls_handshaking = TRUE;
+  return TRUE;
+}
+
+/* Moves the handshake on; FALSE if the session was closed. When it completes, what was queued
+ * meanwhile (an imaps greeting) goes out. */
+static gboolean
+tls_handshake(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  ERR_clear_error();
+  int r = SSL_do_handshake(s->ssl);
+  if (r == 1) {
+    s->tls_handshaking = FALSE;
+    s->tls_wants = 0;
+    stat_add(p, &p->stats.tls_handshakes, 1);
+    return TRUE;
+  }
+  switch (SSL_get_error(s->ssl, r)) {
+  case SSL_ERROR_WANT_READ:
+    s->tls_wants = EPOLLIN;
+    update_interest(s);
+    return TRUE;
+  case SSL_ERROR_WANT_WRITE:
+    s->tls_wants = EPOLLOUT;
+    update_interest(s);
+    return TRUE;
+  default: {
+    stat_add(p, &p->stats.tls_failures, 1);
+    g_autofree char *why = usherd_tls_error_text();
+    g_message("TLS handshake with %s:%u failed: %s", s->cip, s->cport, why);
+    session_close(s, "TLS handshake failed");
+    return FALSE;
+  }
+  }
+}
+
+static void on_client(gpointer data, guint32 events);
+
+typedef struct {
+  Worker *w;
+  guint64 session;
+} SessionRef;
+
+static gboolean
+tls_kick_cb(gpointer data)
+{
+  SessionRef *ref = data;
+  Session *s = g_hash_table_lookup(ref->w->by_id, &ref->session);
+  if (s != NULL) {
+    s->tls_kick = FALSE;
+    on_client(s, EPOLLIN);
+  }
+  return G_SOURCE_REMOVE;
+}
+
+/* OpenSSL holds decrypted bytes the socket no longer shows: read them from the loop soon. */
+static void
+tls_kick(Session *s)
+{
+  if (s->tls_kick)
+    return;
+  s->tls_kick = TRUE;
+  SessionRef *ref = g_new0(SessionRef, 1);
+  ref->w = s->w;
+  ref->session = s->id;
+  GSource *idle = g_idle_source_new();
+  g_source_set_callback(idle, tls_kick_cb, ref, g_free);
+  g_source_attach(idle, s->w->context);
+  g_source_unref(idle);
+}
+
+/* STARTTLS (IMAP) or STLS (POP3) was accepted with `ok`: the answer goes out in plaintext, then
+ * the handshake starts on a fresh reader. Bytes pipelined behind the command would be taken as if
+ * they had come over TLS (CVE-2011-0411): such a client is cut off. */
+static void
+client_starttls(Session *s, const char *ok)
+{
+  Proxy *p = s->w->proxy;
+  gsize pending = 0;
+  if (s->proto == PROTO_POP3)
+    (void)usher_pop3_reader_peek_pending(s->preader, &pending);
+  else
+    (void)usher_imap_reader_peek_pending(s->reader, &pending);
+  if (pending > 0) {
+    stat_add(p, &p->stats.tls_failures, 1);
+    say_bye(s, "Commands were sent after STARTTLS in plaintext.");
+    session_end(s, "plaintext after STARTTLS");
+    return;
+  }
+  to_client(s, ok, -1);
+  guint64 id = s->id;
+  Worker *w = s->w;
+  session_flush_client(s);
+  if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
+    return;
+  if (s->cout != NULL) {
+    session_close(s, "the client does not read the STARTTLS answer");
+    return;
+  }
+  stat_add(p, &p->stats.starttls, 1);
+  if (s->proto == PROTO_POP3) {
+    usher_pop3_reader_free(s->preader);
+    s->preader = usher_pop3_reader_new();
+  } else {
+    usher_imap_reader_free(s->reader);
+    s->reader = usher_imap_reader_new();
+  }
+  if (tls_start(s))
+    (void)tls_handshake(s);
+}
+
+/* A trusted load balancer's PROXY header, before the greeting. The socket is peeked and only the
+ * header's bytes are taken, so what follows (a TLS ClientHello, or a client that did not wait)
+ * stays in the socket for the session proper. */
+static void
+proxy_header_input(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  char buf[USHER_PROXY_V2_MAX];
+  ssize_t n = recv(s->cfd, buf, sizeof(buf), MSG_PEEK);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    return;
+  if (n <= 0) {
+    session_close(s, n == 0 ? "closed before its PROXY header" : g_strerror(errno));
+    return;
+  }
+  gsize used = 0;
+  UsherProxyResult r = usher_proxy_header_feed(s->pheader, buf, (gsize)n, &used);
+  if (used > 0 && recv(s->cfd, buf, used, 0) != (ssize_t)used) {
+    session_close(s, "cannot take the PROXY header from the socket");
+    return;
+  }
+  switch (r) {
+  case USHER_PROXY_NEED_MORE:
+    return;
+  case USHER_PROXY_FAIL:
+    stat_add(p, &p->stats.proxy_header_errors, 1);
+    g_message("a bad PROXY protocol header from %s:%u: %s; connection closed", s->cip, s->cport,
+              usher_proxy_header_why(s->pheader));
+    session_close(s, "bad PROXY header");
+    return;
+  case USHER_PROXY_DONE:
+    break;
+  }
+  stat_add(p, &p->stats.proxy_headers, 1);
+  const UsherProxyInfo *info = usher_proxy_header_info(s->pheader);
+  if (!info->local && info->family != USHER_PROXY_FAM_UNSPEC) {
+    /* The client and the address it connected to, as the load balancer saw them. */
+    usher_ip_to_string(&info->src_ip, s->cip);
+    s->cport = info->src_port;
+    usher_ip_to_string(&info->dst_ip, s->lip);
+    s->lport = info->dst_port;
+  }
+  g_clear_pointer(&s->pheader, usher_proxy_header_free);
+  if (!admit(p, FALSE, s->cip)) {
+    if (!s->tls_listener) {
+      to_client(s, busy_text(s->proto), -1);
+      session_end(s, "too many connections from the client's address");
+    } else {
+      session_close(s, "too many connections from the client's address");
+    }
+    return;
+  }
+  s->counted_ip = TRUE;
+  s->input_seen = TRUE; /* the header was the first input; the rest is the client's own */
+  if (s->tls_listener && !tls_start(s))
+    return;
+  greet(s); /* queued until the handshake is done, on a TLS listener */
+  if (s->tls_listener)
+    (void)tls_handshake(s);
+  else
+    session_flush_client(s);
 }
 
 static void
@@ -1344,54 +1674,20 @@ looks_like_proxy_header(const char *buf, gsize n)
          memcmp(buf, v2, MIN(n, sizeof(v2) - 1)) == 0;
 }
 
-/* Bytes from a trusted load balancer before the greeting: its PROXY header, then the client's. */
-static void
-proxy_header_input(Session *s, const char *buf, gsize n)
-{
-  Proxy *p = s->w->proxy;
-  gsize used = 0;
-  switch (usher_proxy_header_feed(s->pheader, buf, n, &used)) {
-  case USHER_PROXY_NEED_MORE:
-    return;
-  case USHER_PROXY_FAIL:
-    stat_add(p, &p->stats.proxy_header_errors, 1);
-    g_message("a bad PROXY protocol header from %s:%u: %s; connection closed", s->cip, s->cport,
-              usher_proxy_header_why(s->pheader));
-    session_close(s, "bad PROXY header");
-    return;
-  case USHER_PROXY_DONE:
-    break;
-  }
-  stat_add(p, &p->stats.proxy_headers, 1);
-  const UsherProxyInfo *info = usher_proxy_header_info(s->pheader);
-  if (!info->local && info->family != USHER_PROXY_FAM_UNSPEC) {
-    /* The client and the address it connected to, as the load balancer saw them. */
-    usher_ip_to_string(&info->src_ip, s->cip);
-    s->cport = info->src_port;
-    usher_ip_to_string(&info->dst_ip, s->lip);
-    s->lport = info->dst_port;
-  }
-  g_clear_pointer(&s->pheader, usher_proxy_header_free);
-  if (!admit(p, FALSE, s->cip)) {
-    to_client(s, busy_text(s->proto), -1);
-    session_end(s, "too many connections from the client's address");
-    return;
-  }
-  s->counted_ip = TRUE;
-  s->input_seen = used < n;
-  greet(s);
-  if (used < n)
-    client_feed(s, buf + used, n - used); /* a client that did not wait for the greeting */
-  else
-    session_flush_client(s);
-}
-
 static void
 on_client(gpointer data, guint32 events)
 {
   Session *s = data;
   Worker *w = s->w;
   guint64 id = s->id;
+  if (s->ssl != NULL) {
+    if (s->tls_handshaking) {
+      if (!tls_handshake(s) || s->tls_handshaking)
+        return;
+      events |= EPOLLOUT; /* what waited for the handshake */
+    }
+    events |= EPOLLIN; /* OpenSSL may want either direction for either; it says AGAIN if not */
+  }
   if (events & EPOLLOUT) {
     session_flush_client(s);
     if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
@@ -1400,24 +1696,28 @@ on_client(gpointer data, guint32 events)
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
     return;
   if (s->state == S_PROXYING) {
-    proxy_bytes(s, s->cfd, &s->bout, &s->bout_off, FALSE);
+    proxy_bytes(s, FALSE);
     return;
   }
-  char buf[READ_CHUNK];
-  ssize_t n = recv(s->cfd, buf, sizeof(buf), 0);
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+  if (s->state == S_PROXY_HEADER) {
+    proxy_header_input(s);
     return;
+  }
+  if (s->state != S_PRELOGIN)
+    return; /* the client waits for its login's answer (a TLS kick may still call) */
+  char buf[READ_CHUNK];
+  gssize n = client_recv(s, buf, sizeof(buf));
+  if (n == -1) {
+    update_interest(s);
+    return;
+  }
   if (n <= 0) {
     session_close(s, n == 0 ? "client closed before login" : g_strerror(errno));
     return;
   }
-  if (s->state == S_PROXY_HEADER) {
-    proxy_header_input(s, buf, (gsize)n);
-    return;
-  }
   if (!s->input_seen) {
     s->input_seen = TRUE;
-    if (looks_like_proxy_header(buf, (gsize)n)) {
+    if (s->ssl == NULL && looks_like_proxy_header(buf, (gsize)n)) {
       /* Only trusted_proxies may say who the client is. */
       stat_add(w->proxy, &w->proxy->stats.proxy_header_refused, 1);
       g_message("a PROXY protocol header from %s:%u, which is not in [proxy] trusted_proxies: "
@@ -1481,6 +1781,7 @@ on_listener(gpointer data, guint32 events)
     s->proto = l->proto;
     s->cfd = fd;
     s->bfd = -1;
+    s->tls_listener = l->tls;
     s->counted = TRUE;
     s->counted_ip = !trusted;
     g_strlcpy(s->cip, ip, sizeof(s->cip));
@@ -1501,8 +1802,13 @@ on_listener(gpointer data, guint32 events)
       s->pheader = usher_proxy_header_new();
       continue;
     }
-    greet(s);
-    session_flush_client(s);
+    if (l->tls && !tls_start(s))
+      continue;
+    greet(s); /* queued until the handshake is done, on a TLS listener */
+    if (l->tls)
+      (void)tls_handshake(s);
+    else
+      session_flush_client(s);
   }
 }
 
@@ -1727,7 +2033,13 @@ Proxy *
 proxy_new(Usherd *u, GError **error)
 {
   const UsherConfig *c = u->config;
-  if (c->imap_listen->len == 0 && c->pop3_listen->len == 0)
+  if (c->imap_listen->len == 0 && c->pop3_listen->len == 0 && c->imaps_listen->len == 0 &&
+      c->pop3s_listen->len == 0)
+    return NULL;
+  SSL_CTX *tls_ctx = NULL;
+  if (c->tls_cert[0] != '\0' &&
+      (tls_ctx = usherd_tls_context_new(c->tls_cert, c->tls_key, c->tls_min_version, error)) ==
+        NULL)
     return NULL;
   Proxy *p = g_new0(Proxy, 1);
   p->u = u;
@@ -1737,6 +2049,8 @@ proxy_new(Usherd *u, GError **error)
   p->hasher = usher_director_get_hasher(u->director);
   p->imap_port = c->backend_imap_port;
   p->pop3_port = c->backend_pop3_port;
+  p->tls_ctx = tls_ctx;
+  p->tls_enabled = tls_ctx != NULL;
   p->refresh_secs = MAX(usher_director_get_user_expire_secs(u->director) / 4, REFRESH_MIN_SECS);
   p->n_workers = c->proxy_workers != 0 ? c->proxy_workers : MAX(g_get_num_processors(), 1);
   p->workers = g_new0(Worker *, p->n_workers);
@@ -1755,7 +2069,11 @@ proxy_new(Usherd *u, GError **error)
     const struct {
       GArray *addrs;
       Proto proto;
-    } kinds[] = {{c->imap_listen, PROTO_IMAP}, {c->pop3_listen, PROTO_POP3}};
+      gboolean tls;
+    } kinds[] = {{c->imap_listen, PROTO_IMAP, FALSE},
+                 {c->pop3_listen, PROTO_POP3, FALSE},
+                 {c->imaps_listen, PROTO_IMAP, TRUE},
+                 {c->pop3s_listen, PROTO_POP3, TRUE}};
     for (gsize k = 0; k < G_N_ELEMENTS(kinds); k++) {
       for (guint a = 0; a < kinds[k].addrs->len; a++) {
         int fd = open_listener(&g_array_index(kinds[k].addrs, UsherDirectorAddr, a), error);
@@ -1767,6 +2085,7 @@ proxy_new(Usherd *u, GError **error)
         l->w = w;
         l->fd = fd;
         l->proto = kinds[k].proto;
+        l->tls = kinds[k].tls;
         l->watch = poller_add(w->poller, fd, EPOLLIN, on_listener, l);
         g_ptr_array_add(w->listeners, l);
       }
@@ -1779,9 +2098,9 @@ proxy_new(Usherd *u, GError **error)
     g_autofree char *name = g_strdup_printf("usherd-worker%u", i);
     p->workers[i]->thread = g_thread_new(name, worker_main, p->workers[i]);
   }
-  g_message("proxy: %u worker threads, %u IMAP and %u POP3 listener%s", p->n_workers,
-            c->imap_listen->len, c->pop3_listen->len,
-            c->imap_listen->len + c->pop3_listen->len == 1 ? "" : "s");
+  g_message("proxy: %u worker threads; listeners: %u IMAP, %u POP3, %u IMAPS, %u POP3S%s",
+            p->n_workers, c->imap_listen->len, c->pop3_listen->len, c->imaps_listen->len,
+            c->pop3s_listen->len, tls_ctx != NULL ? "; STARTTLS/STLS offered" : "");
   return p;
 }
 
@@ -1803,6 +2122,25 @@ proxy_free(Proxy *p)
   g_free(p->workers);
   g_hash_table_unref(p->routes);
   g_hash_table_unref(p->per_ip);
+  if (p->tls_ctx != NULL)
+    SSL_CTX_free(p->tls_ctx);
   g_mutex_clear(&p->lock);
   g_free(p);
+}
+
+gboolean
+proxy_reload_tls(Proxy *p, GError **error)
+{
+  const UsherConfig *c = p->u->config;
+  if (p->tls_ctx == NULL)
+    return TRUE;
+  SSL_CTX *fresh = usherd_tls_context_new(c->tls_cert, c->tls_key, c->tls_min_version, error);
+  if (fresh == NULL)
+    return FALSE;
+  g_mutex_lock(&p->lock);
+  SSL_CTX *old = p->tls_ctx;
+  p->tls_ctx = fresh;
+  g_mutex_unlock(&p->lock);
+  SSL_CTX_free(old); /* sessions using it hold their own references */
+  return TRUE;
 }

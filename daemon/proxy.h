@@ -27,12 +27,16 @@ gboolean proxy_owns_request(Proxy *proxy, guint64 request);
 void proxy_login_result(Proxy *proxy, const UsherEffect *e);
 /* A KICK effect: every worker closes its matching sessions; kick_done when all have. */
 void proxy_kick(Proxy *proxy, const UsherEffect *e);
+/* SIGHUP: reads tls_cert/tls_key again (same paths; new certificate contents). Sessions keep
+ * the certificate they started with. FALSE (nothing changed) with *error on a bad file. */
+gboolean proxy_reload_tls(Proxy *proxy, GError **error);
 
 /* Counters (the _now ones are gauges), in /metrics as usher_proxy_<name> and in usherctl stats. */
 #define PROXY_STATS(X)                                                                             \
   X(accepted) X(refused_total) X(refused_per_ip) X(prelogin_timeouts) X(bad_commands_closed)       \
   X(logins_ok) X(logins_failed) X(backend_unavailable) X(kicked) X(proxy_headers)                  \
-  X(proxy_header_errors) X(proxy_header_refused) X(sessions_now) X(proxying_now)
+  X(proxy_header_errors) X(proxy_header_refused) X(tls_handshakes) X(tls_failures) X(starttls)    \
+  X(sessions_now) X(proxying_now)
 
 typedef struct {
 #define PROXY_STAT_FIELD(name) guint64 name;

@@ -9,6 +9,7 @@
  * reported and changes nothing. */
 #include "common/config-file.h"
 #include "daemon/usherd.h"
+#include "daemon/proxy.h"
 
 #include <string.h>
 
@@ -84,6 +85,9 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
   DIFF(proxy_login_timeout_secs, "[proxy]login_timeout")
   DIFF(proxy_max_bad_commands, "[proxy]max_bad_commands")
   DIFF_STR(proxy_greeting, "[proxy]greeting")
+  DIFF_STR(tls_cert, "[proxy]tls_cert")
+  DIFF_STR(tls_key, "[proxy]tls_key")
+  DIFF(tls_min_version, "[proxy]tls_min_version")
 #undef DIFF
 #undef DIFF_STR
   const struct {
@@ -94,6 +98,8 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
     {a->pop3_listen, b->pop3_listen, "[proxy]pop3_listen"},
     {a->trusted_proxies, b->trusted_proxies, "[proxy]trusted_proxies"},
     {a->proxy_protocol_backends, b->proxy_protocol_backends, "[proxy]proxy_protocol_backends"},
+    {a->imaps_listen, b->imaps_listen, "[proxy]imaps_listen"},
+    {a->pop3s_listen, b->pop3s_listen, "[proxy]pop3s_listen"},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(lists); i++) {
     /* Elements are zero-initialised structs (g_array_new clear), so bytes compare values. */
@@ -194,6 +200,14 @@ usherd_reload(Usherd *u)
   note_restart_keys(cur, fresh, restart);
   if (restart->len > 0)
     g_warning("SIGHUP: changed in the file but applied only by a restart:%s", restart->str);
+  if (u->proxy != NULL) {
+    /* Certificates are read again (a renewed certificate at the same path); sessions keep
+     * theirs. */
+    g_autoptr(GError) tls_error = NULL;
+    if (!proxy_reload_tls(u->proxy, &tls_error))
+      g_warning("SIGHUP: TLS certificate not reloaded, the old one stays: %s",
+                tls_error->message);
+  }
   cur->backend_imap_port = fresh->backend_imap_port;
   cur->backend_pop3_port = fresh->backend_pop3_port;
   cur->backend_smtp_port = fresh->backend_smtp_port;

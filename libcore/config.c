@@ -566,6 +566,11 @@ usher_config_new(void)
   config->http_max_pending_lookups = 10000;
   config->imap_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   config->pop3_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->imaps_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->pop3s_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->tls_cert = g_strdup("");
+  config->tls_key = g_strdup("");
+  config->tls_min_version = 12;
   config->proxy_max_connections = 100000;
   config->proxy_max_connections_per_ip = 10000;
   config->proxy_login_timeout_secs = 60;
@@ -595,6 +600,12 @@ usher_config_free(UsherConfig *config)
     g_array_unref(config->imap_listen);
   if (config->pop3_listen != NULL)
     g_array_unref(config->pop3_listen);
+  if (config->imaps_listen != NULL)
+    g_array_unref(config->imaps_listen);
+  if (config->pop3s_listen != NULL)
+    g_array_unref(config->pop3s_listen);
+  g_free(config->tls_cert);
+  g_free(config->tls_key);
   if (config->trusted_proxies != NULL)
     g_array_unref(config->trusted_proxies);
   if (config->proxy_protocol_backends != NULL)
@@ -1021,7 +1032,8 @@ static const char *const http_keys[] = {"listen", "max_pending_lookups", NULL};
 static const char *const proxy_keys[] = {
     "imap_listen",         "pop3_listen",   "workers",          "max_connections",
     "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
-    "trusted_proxies", "proxy_protocol_backends", NULL,
+    "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
+    "tls_key", "tls_min_version", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1495,6 +1507,10 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return get_listen_list(ref, config->imap_listen, error);
   if (strcmp(key, "pop3_listen") == 0)
     return get_listen_list(ref, config->pop3_listen, error);
+  if (strcmp(key, "imaps_listen") == 0)
+    return get_listen_list(ref, config->imaps_listen, error);
+  if (strcmp(key, "pop3s_listen") == 0)
+    return get_listen_list(ref, config->pop3s_listen, error);
   if (strcmp(key, "workers") == 0)
     return get_uint(ref, 0, 256, &config->proxy_workers, error);
   if (strcmp(key, "max_connections") == 0)
@@ -1508,6 +1524,26 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
   g_autofree char *value = NULL;
   if (!get_value(ref, &value, error))
     return FALSE;
+  if (strcmp(key, "tls_min_version") == 0) {
+    if (strcmp(value, "1.2") != 0 && strcmp(value, "1.3") != 0) {
+      g_autofree char *q = quote(value, -1);
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s is not 1.2 or 1.3", q);
+      return FALSE;
+    }
+    config->tls_min_version = value[2] == '2' ? 12 : 13;
+    return TRUE;
+  }
+  if (strcmp(key, "tls_cert") == 0 || strcmp(key, "tls_key") == 0) {
+    if (value[0] != '\0' && value[0] != '/') {
+      g_autofree char *q = quote(value, -1);
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s is not an absolute path", q);
+      return FALSE;
+    }
+    char **field = key[4] == 'c' ? &config->tls_cert : &config->tls_key;
+    g_free(*field);
+    *field = g_steal_pointer(&value);
+    return TRUE;
+  }
   if (strlen(value) > 200 || strpbrk(value, "\r\n") != NULL) {
     key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "must be one line of at most 200 bytes");
     return FALSE;
@@ -1776,6 +1812,19 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
                   source, text);
       return NULL;
     }
+  }
+
+  if ((config->tls_cert[0] != '\0') != (config->tls_key[0] != '\0')) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
+                "%s: [proxy] tls_cert and tls_key go together: set both or neither", source);
+    return NULL;
+  }
+  if (config->tls_cert[0] == '\0' &&
+      (config->imaps_listen->len > 0 || config->pop3s_listen->len > 0)) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
+                "%s: [proxy] %s needs tls_cert and tls_key", source,
+                config->imaps_listen->len > 0 ? "imaps_listen" : "pop3s_listen");
+    return NULL;
   }
 
   if (!merge_backend_groups(hosts, backend_groups, source, error))

@@ -82,6 +82,11 @@ typedef struct {
   /* [proxy]: usherd's IMAP/POP3 proxy */
   GArray *imap_listen; /* UsherDirectorAddr */
   GArray *pop3_listen; /* UsherDirectorAddr */
+  GArray *imaps_listen; /* UsherDirectorAddr: IMAP over TLS from the first byte */
+  GArray *pop3s_listen; /* UsherDirectorAddr: POP3 over TLS from the first byte */
+  char *tls_cert;       /* PEM certificate chain path; "" = no TLS (no STARTTLS/STLS either) */
+  char *tls_key;        /* PEM private key path */
+  guint tls_min_version; /* 12 (TLS 1.2, default) or 13 */
   guint proxy_workers; /* 0 = one per CPU */
   guint proxy_max_connections;
   guint proxy_max_connections_per_ip;

@@ -1017,6 +1017,20 @@ test_proxy_group(void)
               "proxy_protocol_backends: element 1", NULL);
   parse_fails("[proxy]\npop3_listen = 127.0.0.1\n", USHER_CONFIG_ERROR_INVALID,
               "[proxy] pop3_listen: element 1 needs a port", NULL);
+  g_autoptr(UsherConfig) tls =
+    parse_ok("[proxy]\nimaps_listen = 127.0.1.1:993\ntls_cert = /etc/usher/cert.pem\n"
+             "tls_key = /etc/usher/key.pem\ntls_min_version = 1.3\n");
+  g_assert_cmpuint(tls->imaps_listen->len, ==, 1);
+  g_assert_cmpuint(tls->tls_min_version, ==, 13);
+  g_assert_cmpstr(tls->tls_key, ==, "/etc/usher/key.pem");
+  parse_fails("[proxy]\nimaps_listen = 127.0.1.1:993\n", USHER_CONFIG_ERROR_CONFLICT,
+              "[proxy] imaps_listen needs tls_cert and tls_key", NULL);
+  parse_fails("[proxy]\ntls_cert = /a.pem\n", USHER_CONFIG_ERROR_CONFLICT,
+              "tls_cert and tls_key go together", NULL);
+  parse_fails("[proxy]\ntls_cert = cert.pem\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] tls_cert: \"cert.pem\" is not an absolute path", NULL);
+  parse_fails("[proxy]\ntls_min_version = 1.1\n", USHER_CONFIG_ERROR_INVALID,
+              "\"1.1\" is not 1.2 or 1.3", NULL);
 }
 
 int

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""test_tls_proxy.py - real TLS clients through usherd's proxy to real Dovecot backends.
+
+A ring of three usherd with imap, imaps, pop3 and pop3s listeners and a self-signed certificate
+made here with the openssl command (CN usher.test), in front of three Dovecot 2.3 backends.
+Python's imaplib and poplib, over Python's ssl module (the clients verify the certificate and
+the name), are the clients.
+
+Checked: IMAPS and POP3S logins, STARTTLS and STLS (offered before TLS, not after), TLS 1.2 or
+later; a user's logins over TLS and plaintext, IMAP and POP3, through any usherd reach its one
+backend; commands pipelined in plaintext behind STARTTLS are refused (CVE-2011-0411); a client
+that is not speaking TLS on imaps is dropped and counted; a kick reaches a TLS session as a BYE;
+SIGHUP loads a renewed certificate for new connections while a session that started before it
+goes on. Exits 0 pass, 1 fail, 77 skipped.
+"""
+
+import imaplib
+import json
+import os
+import poplib
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import usherlab as ul  # noqa: E402
+
+IMAPS_PORT = 10993
+POP3S_PORT = 10995
+NAME = "usher.test"
+
+
+def make_cert(directory, tag):
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", key + ".new", "-out", cert + ".new", "-subj", f"/CN={NAME}/O={tag}",
+                    "-addext", f"subjectAltName=DNS:{NAME}"],
+                   check=True, capture_output=True)
+    os.replace(key + ".new", key)
+    os.replace(cert + ".new", cert)
+    return cert, key
+
+
+def client_context(cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    return ctx
+
+
+class _IMAPS(imaplib.IMAP4_SSL):
+    """IMAP4_SSL that verifies the name usher.test while connecting to a loopback address."""
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=NAME)
+
+
+class _IMAP(imaplib.IMAP4):
+    def starttls_named(self, ctx):
+        # imaplib's starttls() passes self.host as the name; ours is a certificate for NAME.
+        typ, dat = self._simple_command("STARTTLS")
+        if typ != "OK":
+            raise imaplib.IMAP4.error("STARTTLS failed")
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=NAME)
+        self.file = self.sock.makefile("rb")
+        self._tls_established = True
+        self._get_capabilities()
+
+
+class _POP3(poplib.POP3):
+    def stls_named(self, ctx):
+        # poplib's stls() passes self.host as the name; ours is a certificate for NAME.
+        resp = self._shortcmd("STLS")
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=NAME)
+        self.file = self.sock.makefile("rb")
+        self._tls_established = True
+        return resp
+
+
+class _POP3S(poplib.POP3_SSL):
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout)
+        return self.context.wrap_socket(sock, server_hostname=NAME)
+
+
+def stats(u):
+    r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", u.admin_socket, "--json",
+                        "stats"], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)["proxy"]
+
+
+def run(lab, t):
+    certdir = os.path.join(lab.root, "tls")
+    os.makedirs(certdir)
+    cert, key = make_cert(certdir, "first")
+    ctx = client_context(cert)
+    bs = [lab.dovecot_backend(lab.backend_ip(i)) for i in (1, 2, 3)]
+    ring = [lab.director_ip(i) for i in (1, 2, 3)]
+    us = [lab.usherd(ip, ring=ring, backends=bs,
+                     extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\n"
+                                f"pop3_listen = {ip}:{ul.POP3_PORT}\n"
+                                f"imaps_listen = {ip}:{IMAPS_PORT}\n"
+                                f"pop3s_listen = {ip}:{POP3S_PORT}\n"
+                                f"tls_cert = {cert}\ntls_key = {key}\nworkers = 2\n")
+          for ip in ring]
+    lab.start_all()
+    lab.wait_ring_synced(us, timeout=30, via="admin")
+
+    # -- one backend per user over every kind of connection
+    bad = []
+    versions = set()
+    for n in range(1, 11):
+        user = f"user{n}"
+        seen = {}
+        c = _IMAPS(us[n % 3].ip, IMAPS_PORT, ssl_context=ctx, timeout=10)
+        versions.add(c.sock.version())
+        c.login(user, ul.PASSWORD)
+        seen["imaps"] = ul.imap_id(c).get("x-lab-backend")
+        c.logout()
+        c = _IMAP(us[(n + 1) % 3].ip, ul.IMAP_PORT, timeout=10)
+        pre = set(c.capabilities)
+        c.starttls_named(ctx)
+        post = set(c.capabilities)
+        c.login(user, ul.PASSWORD)
+        seen["starttls"] = ul.imap_id(c).get("x-lab-backend")
+        c.logout()
+        if "STARTTLS" not in pre or "STARTTLS" in post:
+            bad.append(f"{user}: STARTTLS offered before TLS {pre}, after {post}")
+        seen["imap"] = lab.imap_login(us[(n + 2) % 3].ip, ul.IMAP_PORT, user).backend
+        offsets = {b: b.log_size() for b in bs}
+        p = _POP3S(us[n % 3].ip, POP3S_PORT, context=ctx, timeout=10)
+        local = p.sock.getsockname()
+        p.user(user)
+        p.pass_(ul.PASSWORD)
+        p.quit()
+        seen["pop3s"] = lab.find_login_backend(offsets, user, local, "pop3")
+        offsets = {b: b.log_size() for b in bs}
+        p = _POP3(us[(n + 1) % 3].ip, ul.POP3_PORT, timeout=10)
+        capa = p.capa()
+        p.stls_named(ctx)
+        local = p.sock.getsockname()
+        p.user(user)
+        p.pass_(ul.PASSWORD)
+        p.quit()
+        seen["stls"] = lab.find_login_backend(offsets, user, local, "pop3")
+        if "STLS" not in capa:
+            bad.append(f"{user}: CAPA without STLS: {capa}")
+        if len(set(seen.values())) != 1 or None in seen.values():
+            bad.append(f"{user}: {seen}")
+    t.ok(not bad, "10 users over IMAPS, IMAP STARTTLS, plain IMAP, POP3S and POP3 STLS through "
+         "the three usherd: each reaches one backend; STARTTLS/STLS offered before TLS only",
+         "\n".join(bad))
+    t.ok(versions <= {"TLSv1.2", "TLSv1.3"} and versions,
+         f"the certificate verifies for {NAME}; TLS version {sorted(versions)}")
+
+    # -- plaintext pipelined behind STARTTLS
+    s = socket.create_connection((us[0].ip, ul.IMAP_PORT), timeout=10)
+    s.recv(4096)
+    s.sendall(b"a STARTTLS\r\nb LOGIN user1 pass\r\n")
+    out = b""
+    try:
+        while True:
+            part = s.recv(4096)
+            if not part:
+                break
+            out += part
+    except socket.timeout:
+        pass
+    s.close()
+    t.ok(b"* BYE" in out and b"Begin TLS" not in out,
+         "commands pipelined in plaintext behind STARTTLS: BYE, no TLS (CVE-2011-0411)", out)
+
+    # -- not TLS on a TLS port
+    before = stats(us[0])
+    s = socket.create_connection((us[0].ip, IMAPS_PORT), timeout=10)
+    s.sendall(b"a LOGIN user1 pass\r\n")
+    try:
+        out = s.recv(4096)
+    except (socket.timeout, ConnectionResetError):
+        out = b""
+    s.close()
+    after = stats(us[0])
+    t.ok(b"OK" not in out and after["tls_failures"] == before["tls_failures"] + 1,
+         "plaintext on imaps: dropped without a greeting, counted in tls_failures", out)
+
+    # -- a kick reaches a TLS session
+    c = _IMAPS(us[1].ip, IMAPS_PORT, ssl_context=ctx, timeout=10)
+    c.login("user5", ul.PASSWORD)
+    r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[2].admin_socket, "kick",
+                        "user5"], capture_output=True, text=True)
+    bye = b""
+    try:
+        while True:
+            part = c.sock.recv(4096)
+            if not part:
+                break
+            bye += part
+    except (OSError, ssl.SSLError):
+        pass
+    t.ok(r.returncode == 0 and b"* BYE" in bye, "a kick ends an IMAPS session with a BYE", bye)
+
+    # -- a renewed certificate, loaded by SIGHUP; a session from before goes on
+    old = _IMAPS(us[0].ip, IMAPS_PORT, ssl_context=ctx, timeout=10)
+    old.login("user6", ul.PASSWORD)
+    old_der = old.sock.getpeercert(binary_form=True)
+    cert2, _ = make_cert(certdir, "second")
+    ctx2 = client_context(cert2)
+    os.kill(us[0].pid, signal.SIGHUP)
+    new_der = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            c = _IMAPS(us[0].ip, IMAPS_PORT, ssl_context=ctx2, timeout=10)
+            new_der = c.sock.getpeercert(binary_form=True)
+            c.logout()
+            break
+        except ssl.SSLError:
+            time.sleep(0.1)  # still the old certificate
+    typ, _ = old.noop()
+    old.logout()
+    t.ok(new_der is not None and new_der != old_der and typ == "OK",
+         "SIGHUP: new connections get the renewed certificate; a session from before still works")
+
+
+def main():
+    if ul.USHERD is None:
+        print("1..0 # SKIP set $USHERD")
+        return ul.SKIP_STATUS
+    if shutil.which("openssl") is None:
+        print("1..0 # SKIP the openssl command is missing (Debian package openssl)")
+        return ul.SKIP_STATUS
+    return ul.run_test(run, users=40)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
