@@ -406,6 +406,40 @@ build_explain(Usherd *u, JsonBuilder *b, UsherNow now, const UsherAdminCmd *cmd)
   json_builder_end_object(b);
 }
 
+/* {"proxy": bool, "sessions": [{user, protocol, tls, client, backend, since}, ...]} */
+static void
+build_sessions(Usherd *u, JsonBuilder *b, const UsherAdminCmd *cmd)
+{
+  json_builder_begin_object(b);
+  json_builder_set_member_name(b, "proxy");
+  json_builder_add_boolean_value(b, u->proxy != NULL);
+  json_builder_set_member_name(b, "sessions");
+  json_builder_begin_array(b);
+  if (u->proxy != NULL) {
+    g_autoptr(GPtrArray) list =
+      proxy_list_sessions(u->proxy, cmd->user, cmd->has_ip ? &cmd->ip : NULL);
+    for (guint i = 0; i < list->len; i++) {
+      const ProxySessionInfo *s = g_ptr_array_index(list, i);
+      json_builder_begin_object(b);
+      json_builder_set_member_name(b, "user");
+      json_builder_add_string_value(b, s->user);
+      json_builder_set_member_name(b, "protocol");
+      json_builder_add_string_value(b, s->protocol);
+      json_builder_set_member_name(b, "tls");
+      json_builder_add_boolean_value(b, s->tls);
+      json_builder_set_member_name(b, "client");
+      json_builder_add_string_value(b, s->client);
+      json_builder_set_member_name(b, "backend");
+      json_builder_add_string_value(b, s->backend);
+      json_builder_set_member_name(b, "since");
+      json_builder_add_int_value(b, s->since);
+      json_builder_end_object(b);
+    }
+  }
+  json_builder_end_array(b);
+  json_builder_end_object(b);
+}
+
 static void
 run_extension(Usherd *u, const UsherAdminCmd *cmd, GString *out)
 {
@@ -420,6 +454,9 @@ run_extension(Usherd *u, const UsherAdminCmd *cmd, GString *out)
     break;
   case USHER_ADMIN_CMD_USHER_EXPLAIN:
     build_explain(u, b, now, cmd);
+    break;
+  case USHER_ADMIN_CMD_USHER_SESSIONS:
+    build_sessions(u, b, cmd);
     break;
   default:
     g_assert_not_reached();

@@ -132,6 +132,20 @@ usherd_metrics_text(Usherd *u)
     }
   }
 
+  if (u->proxy != NULL) {
+    g_autoptr(GHashTable) per = proxy_sessions_per_backend(u->proxy);
+    family(out, "usher_backend_sessions", "gauge",
+           "Sessions this usherd's proxy has logged in on the backend now.");
+    for (guint i = 0; i < hosts->len; i++) {
+      const UsherHostInfo *h = &g_array_index(hosts, UsherHostInfo, i);
+      g_autoptr(GString) labels = g_string_new("backend=\"");
+      label_value(labels, h->ip_str);
+      g_string_append_c(labels, '"');
+      sample(out, "usher_backend_sessions", labels->str,
+             (gint64)GPOINTER_TO_UINT(g_hash_table_lookup(per, h->ip_str)));
+    }
+  }
+
   /* Per ring link. */
   g_autoptr(GArray) members = usher_director_list_members(u->director);
   static const struct {

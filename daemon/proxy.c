@@ -123,6 +123,7 @@ struct Session {
   GString *bline; /* a backend response line being read during the login */
   Pop3BackendStep pop3_step;
   gboolean counted;    /* holds a connection slot (max_connections) */
+  gboolean registered; /* in the session registry (proxy_list_sessions) */
   gboolean counted_ip; /* holds one of cip's slots (max_connections_per_ip) */
 };
 
@@ -148,6 +149,7 @@ struct Proxy {
   GHashTable *routes; /* core thread: request id -> RouteRef* */
   GMutex lock;        /* guards per_ip and stats */
   GHashTable *per_ip; /* client IP text -> count */
+  GHashTable *registry; /* (worker << 56 | session id) -> ProxySessionInfo*, logged-in sessions */
   guint total;
   ProxyStats stats;
   const UsherLoginHasher *hasher;
@@ -495,6 +497,111 @@ cancel_on_core(gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+static guint64
+registry_key(const Session *s)
+{
+  return ((guint64)s->w->index << 56) | s->id;
+}
+
+static void
+session_info_free(gpointer data)
+{
+  ProxySessionInfo *i = data;
+  g_free(i->user);
+  g_free(i->client);
+  g_free(i->backend);
+  g_free(i);
+}
+
+/* The session is logged in: usherctl sessions and /metrics see it from now on. */
+static void
+registry_add(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  ProxySessionInfo *i = g_new0(ProxySessionInfo, 1);
+  char ip[USHER_IP_STRLEN];
+  i->user = g_strdup(s->user);
+  i->client = strchr(s->cip, ':') != NULL ? g_strdup_printf("[%s]:%u", s->cip, s->cport)
+                                          : g_strdup_printf("%s:%u", s->cip, s->cport);
+  i->backend = g_strdup(usher_ip_to_string(&s->backend, ip));
+  i->protocol = s->proto == PROTO_POP3 ? "pop3" : "imap";
+  i->tls = s->ssl != NULL;
+  i->since = g_get_real_time() / G_USEC_PER_SEC;
+  guint64 key = registry_key(s);
+  g_mutex_lock(&p->lock);
+  g_hash_table_insert(p->registry, g_memdup2(&key, sizeof(key)), i);
+  g_mutex_unlock(&p->lock);
+  s->registered = TRUE;
+}
+
+static void
+registry_remove(Session *s)
+{
+  if (!s->registered)
+    return;
+  Proxy *p = s->w->proxy;
+  guint64 key = registry_key(s);
+  g_mutex_lock(&p->lock);
+  g_hash_table_remove(p->registry, &key);
+  g_mutex_unlock(&p->lock);
+  s->registered = FALSE;
+}
+
+static gint
+session_info_cmp(gconstpointer a, gconstpointer b)
+{
+  const ProxySessionInfo *x = *(ProxySessionInfo *const *)a, *y = *(ProxySessionInfo *const *)b;
+  if (x->since != y->since)
+    return x->since < y->since ? -1 : 1;
+  int c = strcmp(x->user, y->user);
+  return c != 0 ? c : strcmp(x->client, y->client);
+}
+
+GPtrArray *
+proxy_list_sessions(Proxy *p, const char *user, const UsherIp *backend)
+{
+  GPtrArray *out = g_ptr_array_new_with_free_func(session_info_free);
+  char want[USHER_IP_STRLEN] = "";
+  if (backend != NULL)
+    usher_ip_to_string(backend, want);
+  g_mutex_lock(&p->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, p->registry);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    const ProxySessionInfo *i = v;
+    if ((user != NULL && strcmp(i->user, user) != 0) ||
+        (backend != NULL && strcmp(i->backend, want) != 0))
+      continue;
+    ProxySessionInfo *copy = g_new0(ProxySessionInfo, 1);
+    *copy = *i;
+    copy->user = g_strdup(i->user);
+    copy->client = g_strdup(i->client);
+    copy->backend = g_strdup(i->backend);
+    g_ptr_array_add(out, copy);
+  }
+  g_mutex_unlock(&p->lock);
+  g_ptr_array_sort(out, session_info_cmp);
+  return out;
+}
+
+GHashTable *
+proxy_sessions_per_backend(Proxy *p)
+{
+  GHashTable *out = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  g_mutex_lock(&p->lock);
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, p->registry);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    const ProxySessionInfo *i = v;
+    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(out, i->backend));
+    g_hash_table_insert(out, g_strdup(i->backend), GUINT_TO_POINTER(n + 1));
+  }
+  g_mutex_unlock(&p->lock);
+  return out;
+}
+
 static void
 forget_secret(Session *s)
 {
@@ -526,6 +633,7 @@ session_close(Session *s, const char *why)
     g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, cancel_on_core, j,
                                g_free);
   }
+  registry_remove(s);
   backend_close(s);
   if (s->cwatch != NULL)
     poller_remove(w->poller, s->cwatch);
@@ -774,6 +882,7 @@ login_accepted(Session *s, const char *client_text)
   s->state = S_PROXYING;
   stat_add(p, &p->stats.logins_ok, 1);
   stat_add(p, &p->stats.proxying_now, 1);
+  registry_add(s);
   forget_secret(s);
   g_clear_pointer(&s->ctag, g_free);
   /* Commands the client pipelined behind its login belong to the backend now. */
@@ -2045,6 +2154,7 @@ proxy_new(Usherd *u, GError **error)
   p->u = u;
   g_mutex_init(&p->lock);
   p->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  p->registry = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, session_info_free);
   p->routes = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
   p->hasher = usher_director_get_hasher(u->director);
   p->imap_port = c->backend_imap_port;
@@ -2122,6 +2232,7 @@ proxy_free(Proxy *p)
   g_free(p->workers);
   g_hash_table_unref(p->routes);
   g_hash_table_unref(p->per_ip);
+  g_hash_table_unref(p->registry);
   if (p->tls_ctx != NULL)
     SSL_CTX_free(p->tls_ctx);
   g_mutex_clear(&p->lock);

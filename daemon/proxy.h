@@ -46,4 +46,20 @@ typedef struct {
 
 void proxy_get_stats(Proxy *proxy, ProxyStats *out);
 
+/* One logged-in (proxied) session, as usherctl sessions shows it. */
+typedef struct {
+  char *user;
+  char *client;  /* "IP:PORT" of the client (the one a PROXY header named) */
+  char *backend; /* backend IP */
+  const char *protocol; /* "imap", "pop3" (static) */
+  gboolean tls;
+  gint64 since; /* UNIX seconds of the login */
+} ProxySessionInfo;
+
+/* The sessions logged in now, oldest first; only those of `user` (exact login name) and/or of
+ * `backend` when given. Safe from any thread. */
+GPtrArray *proxy_list_sessions(Proxy *proxy, const char *user, const UsherIp *backend);
+/* Backend IP text -> number of sessions (GUINT_TO_POINTER), for /metrics. */
+GHashTable *proxy_sessions_per_backend(Proxy *proxy);
+
 G_END_DECLS

@@ -92,6 +92,7 @@ static const struct {
   {"USHER-STATS", USHER_ADMIN_CMD_USHER_STATS},
   {"USHER-RING", USHER_ADMIN_CMD_USHER_RING},
   {"USHER-EXPLAIN", USHER_ADMIN_CMD_USHER_EXPLAIN},
+  {"USHER-SESSIONS", USHER_ADMIN_CMD_USHER_SESSIONS},
 };
 
 static gboolean
@@ -202,6 +203,15 @@ usher_admin_cmd_parse(char *line, gsize len, UsherAdminCmd *cmd, char **error_ou
   case USHER_ADMIN_CMD_USHER_EXPLAIN:
     set_user(cmd, a0 != NULL ? a0 : "");
     cmd->tag = g_strdup(a1 != NULL ? a1 : "");
+    return TRUE;
+  case USHER_ADMIN_CMD_USHER_SESSIONS:
+    if (a0 != NULL && a0[0] != '\0')
+      cmd->user = g_strdup(a0);
+    if (a1 != NULL && a1[0] != '\0') {
+      if (!parse_ip(a1, &cmd->ip))
+        return fail(error_out, name, "not an IP address");
+      cmd->has_ip = TRUE;
+    }
     return TRUE;
   case USHER_ADMIN_CMD_USER_MOVE:
     if (a0 == NULL || a1 == NULL || !parse_ip(a1, &cmd->ip))
@@ -437,6 +447,7 @@ usher_admin_cmd_run(UsherDirector *d, UsherNow now, guint64 op, const UsherAdmin
   case USHER_ADMIN_CMD_USHER_STATS:
   case USHER_ADMIN_CMD_USHER_RING:
   case USHER_ADMIN_CMD_USHER_EXPLAIN:
+  case USHER_ADMIN_CMD_USHER_SESSIONS:
     return USHER_ADMIN_RUN_EXTENSION;
   }
   g_assert_not_reached();

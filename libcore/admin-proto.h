@@ -42,6 +42,7 @@ typedef enum {
   USHER_ADMIN_CMD_USHER_STATS,
   USHER_ADMIN_CMD_USHER_RING,
   USHER_ADMIN_CMD_USHER_EXPLAIN,
+  USHER_ADMIN_CMD_USHER_SESSIONS, /* [user [backend ip]]: the proxy's sessions */
 } UsherAdminCmdType;
 
 typedef struct {

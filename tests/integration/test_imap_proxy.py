@@ -15,6 +15,7 @@ serving. Exits 0 pass, 1 fail, 77 skipped.
 """
 
 import imaplib
+import json
 import os
 import socket
 import subprocess
@@ -111,6 +112,15 @@ def run(lab, t):
 
     # -- a kick from the admin ends the session with BYE
     held = lab.imap_login(us[2].ip, ul.IMAP_PORT, "user11", keep=True)
+    ctl = os.environ.get("USHERCTL", "usherctl")
+    r = subprocess.run([ctl, "-a", us[2].admin_socket, "--json", "sessions", "user11"],
+                       capture_output=True, text=True)
+    listed = json.loads(r.stdout)["sessions"] if r.returncode == 0 else []
+    r2 = subprocess.run([ctl, "-a", us[2].admin_socket, "sessions", where["user11"]],
+                        capture_output=True, text=True)
+    t.ok(len(listed) == 1 and listed[0]["backend"] == where["user11"] and
+         listed[0]["client"].endswith(f":{held.local[1]}") and "user11" in r2.stdout,
+         "usherctl sessions shows the live session (by user, and by backend)", r.stdout + r2.stdout)
     r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[0].admin_socket, "kick",
                         "user11"], capture_output=True, text=True)
     t.ok(r.returncode == 0, "usherctl kick user11 on another usherd", r.stderr)

@@ -675,6 +675,41 @@ cmd_explain(int argc, char **argv)
   return 0;
 }
 
+static int
+cmd_sessions(int argc, char **argv)
+{
+  UsherIp ip;
+  gboolean by_backend = argc >= 1 && usher_ip_parse(argv[0], -1, &ip);
+  const char *fields[] = {"USHER-SESSIONS", argc >= 1 && !by_backend ? argv[0] : "",
+                          by_backend ? argv[0] : "", NULL};
+  g_autoptr(JsonNode) root = json_command(fields);
+  if (opt_json) {
+    print_json_node(root);
+    return 0;
+  }
+  JsonObject *o = json_node_get_object(root);
+  if (!json_object_get_boolean_member(o, "proxy")) {
+    printf("this usherd runs no proxy ([proxy] listeners): it has no sessions of its own\n");
+    return 0;
+  }
+  JsonArray *list = json_object_get_array_member(o, "sessions");
+  g_autoptr(GPtrArray) cells = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
+  for (guint i = 0; i < json_array_get_length(list); i++) {
+    JsonObject *s = json_array_get_object_element(list, i);
+    char **row = g_new0(char *, 6);
+    row[0] = g_strdup(json_object_get_string_member(s, "user"));
+    row[1] = g_strdup_printf("%s%s", json_object_get_string_member(s, "protocol"),
+                             json_object_get_boolean_member(s, "tls") ? "+tls" : "");
+    row[2] = g_strdup(json_object_get_string_member(s, "client"));
+    row[3] = g_strdup(json_object_get_string_member(s, "backend"));
+    row[4] = format_time(member_int(s, "since"));
+    g_ptr_array_add(cells, row);
+  }
+  const char *header[] = {"user", "protocol", "client", "backend", "since", NULL};
+  print_table(header, cells);
+  return 0;
+}
+
 static void
 print_stats_object(const char *title, JsonObject *o)
 {
@@ -753,7 +788,12 @@ static const Verb verbs[] = {
    "Everything about one user: hash, tag, directory entry with timestamp and expiry, weak or\n"
    "moving state, hashed and initial backends, and why it is where it is (usherd only).",
    cmd_explain, 1, 2},
-  {"stats", "", "Every counter of the director and the daemon (usherd only).", cmd_stats, 0, 0},
+  {"stats", "", "Every counter of the director, the daemon and the proxy (usherd only).",
+   cmd_stats, 0, 0},
+  {"sessions", "[USER | IP]",
+   "The sessions this usherd's proxy has logged in: user, protocol, client, backend, since;\n"
+   "only those of one login name, or of one backend (usherd only).",
+   cmd_sessions, 0, 1},
 };
 
 static void
