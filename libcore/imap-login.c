@@ -322,8 +322,11 @@ fail(UsherImapReader *r, char **tag_out, const char **why_out, const char *why)
 static gssize
 find_lf(UsherImapReader *r)
 {
-  const guint8 *base = r->buf->data + r->pos;
   gsize avail = r->buf->len - r->pos;
+  if (avail == r->scanned) {
+    return -1; /* nothing new (and an empty array may have no data pointer for memchr) */
+  }
+  const guint8 *base = r->buf->data + r->pos;
   const guint8 *lf = memchr(base + r->scanned, '\n', avail - r->scanned);
   if (lf == NULL) {
     r->scanned = avail;
@@ -492,6 +495,8 @@ char *
 usher_sasl_login_name(UsherSaslMech mech, const guint8 *msg, gsize len, const char **why_out)
 {
   *why_out = NULL;
+  if (len == 0)
+    msg = (const guint8 *)""; /* the mem*() calls below want a pointer even for 0 bytes */
   switch (mech) {
   case USHER_SASL_PLAIN: {
     const guint8 *nul1 = memchr(msg, '\0', len);
