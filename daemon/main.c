@@ -43,15 +43,51 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpoint
   return G_LOG_WRITER_HANDLED;
 }
 
+/* While stopping gracefully: quits once the proxy's sessions are gone or the time is up. */
+static gboolean
+on_drain_tick(gpointer data)
+{
+  Usherd *u = data;
+  guint left = proxy_count_sessions(u->proxy);
+  if (left > 0 && g_get_monotonic_time() < u->drain_deadline_us)
+    return G_SOURCE_CONTINUE;
+  if (left > 0)
+    g_message("stopping: %u session%s still open after [proxy] shutdown_timeout: closing them",
+              left, left == 1 ? "" : "s");
+  u->drain_timer = 0;
+  g_main_loop_quit(u->loop);
+  return G_SOURCE_REMOVE;
+}
+
 static gboolean
 on_stop_signal(gpointer data)
 {
   Usherd *u = data;
-  if (!u->stopping) {
-    u->stopping = TRUE;
+  if (u->stopping) {
+    /* A second SIGTERM/SIGINT: no more waiting. */
+    g_message("stopping now");
+    g_main_loop_quit(u->loop);
+    return G_SOURCE_CONTINUE;
+  }
+  u->stopping = TRUE;
+  guint sessions = u->proxy != NULL ? proxy_count_sessions(u->proxy) : 0;
+  guint timeout = u->config->proxy_shutdown_timeout_secs;
+  if (sessions == 0 || timeout == 0) {
     g_message("stopping");
     g_main_loop_quit(u->loop);
+    return G_SOURCE_CONTINUE;
   }
+  /* Graceful: no new clients; the ring, kicks and moves go on while sessions finish. */
+  g_message("stopping: no new clients; waiting up to %u s for %u session%s to finish (SIGTERM "
+            "again to stop now)",
+            timeout, sessions, sessions == 1 ? "" : "s");
+  usherd_notify_draining(u, sessions);
+  proxy_stop_accepting(u->proxy);
+  u->drain_deadline_us = g_get_monotonic_time() + (gint64)timeout * G_USEC_PER_SEC;
+  GSource *t = g_timeout_source_new(100);
+  g_source_set_callback(t, on_drain_tick, u, NULL);
+  u->drain_timer = g_source_attach(t, u->context);
+  g_source_unref(t);
   return G_SOURCE_CONTINUE;
 }
 
@@ -219,6 +255,8 @@ main(int argc, char **argv)
     usherd_state_watch_runtime(&u);
     usherd_notify_ready(&u);
     g_main_loop_run(u.loop);
+    if (u.drain_timer != 0)
+      g_source_remove(u.drain_timer);
     usherd_notify_stopping(&u);
     usherd_state_stop(&u);
     g_autoptr(GError) save_error = NULL;

@@ -57,6 +57,16 @@ usherd_notify_status(Usherd *u)
 }
 
 void
+usherd_notify_draining(Usherd *u, guint sessions)
+{
+  g_autofree char *msg =
+    g_strdup_printf("STOPPING=1\nSTATUS=stopping: waiting for %u proxied session%s to finish",
+                    sessions, sessions == 1 ? "" : "s");
+  sd_notify(0, msg);
+  g_clear_pointer(&u->last_status, g_free); /* no more periodic status lines */
+}
+
+void
 usherd_notify_stopping(Usherd *u)
 {
   sd_notify(0, "STOPPING=1\nSTATUS=stopping");

@@ -2103,9 +2103,14 @@ worker_main(gpointer data)
   Worker *w = data;
   g_main_context_push_thread_default(w->context);
   g_main_loop_run(w->loop);
-  /* Stopping: close every session. */
-  while (w->sessions.head != NULL)
-    session_close(w->sessions.head->data, "usherd is stopping");
+  /* Stopping: every session still open gets a goodbye it can read (when the backend is not in
+   * the middle of a line) and is closed. */
+  while (w->sessions.head != NULL) {
+    Session *s = w->sessions.head->data;
+    if (s->client_eol || s->state != S_PROXYING)
+      say_bye(s, "Server shutting down.");
+    session_end(s, "usherd is stopping");
+  }
   g_main_context_pop_thread_default(w->context);
   return NULL;
 }
@@ -2129,6 +2134,36 @@ worker_free(Worker *w)
   g_main_loop_unref(w->loop);
   g_main_context_unref(w->context);
   g_free(w);
+}
+
+static gboolean
+stop_accepting_on_worker(gpointer data)
+{
+  Worker *w = data;
+  for (guint i = 0; i < w->listeners->len; i++) {
+    Listener *l = g_ptr_array_index(w->listeners, i);
+    if (l->watch != NULL)
+      poller_remove(w->poller, l->watch);
+    close(l->fd);
+  }
+  g_ptr_array_set_size(w->listeners, 0);
+  return G_SOURCE_REMOVE;
+}
+
+void
+proxy_stop_accepting(Proxy *p)
+{
+  for (guint i = 0; i < p->n_workers; i++)
+    g_main_context_invoke(p->workers[i]->context, stop_accepting_on_worker, p->workers[i]);
+}
+
+guint
+proxy_count_sessions(Proxy *p)
+{
+  g_mutex_lock(&p->lock);
+  guint n = p->total;
+  g_mutex_unlock(&p->lock);
+  return n;
 }
 
 static gboolean

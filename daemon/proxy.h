@@ -19,8 +19,13 @@ typedef struct Proxy Proxy;
 
 /* NULL and no error when no listener is configured. Called on the core thread. */
 Proxy *proxy_new(Usherd *u, GError **error);
-/* Stops accepting, closes every session, joins the workers. */
+/* Stops accepting, closes every session (with a BYE), joins the workers. */
 void proxy_free(Proxy *proxy);
+/* A graceful stop begins: the listeners close (new clients are refused by the kernel); the
+ * sessions go on. */
+void proxy_stop_accepting(Proxy *proxy);
+/* Client connections open now (logged in or not). */
+guint proxy_count_sessions(Proxy *proxy);
 
 /* Core-thread side of the bridge (called from core.c's effect dispatch). */
 gboolean proxy_owns_request(Proxy *proxy, guint64 request);

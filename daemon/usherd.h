@@ -93,6 +93,8 @@ struct _Usherd {
   guint64 reload_ops;
   UsherdStats stats;
   gboolean stopping;
+  gint64 drain_deadline_us; /* graceful stop: when the sessions are closed anyway */
+  guint drain_timer;
 };
 
 /* core.c */
@@ -141,6 +143,8 @@ gboolean usherd_state_save_runtime(Usherd *u, GError **error);
 void usherd_notify_ready(Usherd *u);
 void usherd_notify_status(Usherd *u);
 void usherd_notify_stopping(Usherd *u);
+/* A graceful stop is waiting for the proxy's sessions (STOPPING=1 with a status). */
+void usherd_notify_draining(Usherd *u, guint sessions);
 void usherd_notify_reloading(gboolean done);
 
 /* reload.c */

@@ -571,6 +571,7 @@ usher_config_new(void)
   config->tls_cert = g_strdup("");
   config->tls_key = g_strdup("");
   config->tls_min_version = 12;
+  config->proxy_shutdown_timeout_secs = 30;
   config->proxy_max_connections = 100000;
   config->proxy_max_connections_per_ip = 10000;
   config->proxy_login_timeout_secs = 60;
@@ -1033,7 +1034,7 @@ static const char *const proxy_keys[] = {
     "imap_listen",         "pop3_listen",   "workers",          "max_connections",
     "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
     "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
-    "tls_key", "tls_min_version", NULL,
+    "tls_key", "tls_min_version", "shutdown_timeout", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1519,6 +1520,8 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return get_uint(ref, 1, 10000000, &config->proxy_max_connections_per_ip, error);
   if (strcmp(key, "login_timeout") == 0)
     return get_duration(ref, 1, &config->proxy_login_timeout_secs, error);
+  if (strcmp(key, "shutdown_timeout") == 0)
+    return get_duration(ref, 0, &config->proxy_shutdown_timeout_secs, error);
   if (strcmp(key, "max_bad_commands") == 0)
     return get_uint(ref, 1, 1000, &config->proxy_max_bad_commands, error);
   g_autofree char *value = NULL;

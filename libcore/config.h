@@ -92,6 +92,7 @@ typedef struct {
   guint proxy_max_connections_per_ip;
   guint proxy_login_timeout_secs;
   guint proxy_max_bad_commands;
+  guint proxy_shutdown_timeout_secs; /* SIGTERM: sessions may finish for this long; default 30 */
   char *proxy_greeting;
   GArray *trusted_proxies;         /* UsherNet: clients that must start with a PROXY header */
   GArray *proxy_protocol_backends; /* UsherNet: backends that get a PROXY v2 header */

@@ -17,6 +17,7 @@ serving. Exits 0 pass, 1 fail, 77 skipped.
 import imaplib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def run(lab, t):
     ring = [lab.director_ip(i) for i in (1, 2, 3)]
     us = [lab.usherd(ip, ring=ring, backends=bs,
                      extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\nworkers = 2\n"
-                                f"max_bad_commands = 3\n")
+                                f"max_bad_commands = 3\nshutdown_timeout = 3s\n")
           for ip in ring]
     lab.start_all()
     lab.wait_ring_synced(us, timeout=30, via="admin")
@@ -153,6 +154,36 @@ def run(lab, t):
     t.ok(b"BAD" in out, "binary garbage: BAD, the connection stays", out)
     s = lab.imap_login(us[0].ip, ul.IMAP_PORT, "user12")
     t.ok(s.backend == where["user12"], "usherd still serves logins after the bad input")
+
+    # -- a graceful stop: no new clients, sessions go on, then a BYE at shutdown_timeout
+    held = lab.imap_login(us[1].ip, ul.IMAP_PORT, "user13", keep=True)
+    t0 = time.monotonic()
+    os.kill(us[1].pid, signal.SIGTERM)
+    refused = False
+    for _ in range(50):
+        try:
+            socket.create_connection((us[1].ip, ul.IMAP_PORT), timeout=2).close()
+            time.sleep(0.05)
+        except ConnectionRefusedError:
+            refused = True
+            break
+    typ, _ = held.client.noop()
+    t.ok(refused and typ == "OK", "SIGTERM: new clients are refused at once; a session goes on")
+    bye = b""
+    try:
+        held.client.sock.settimeout(10)
+        while True:
+            part = held.client.sock.recv(4096)
+            if not part:
+                break
+            bye += part
+    except OSError:
+        pass
+    waited = time.monotonic() - t0
+    us[1].proc.wait(timeout=10)
+    t.ok(b"* BYE Server shutting down" in bye and 2.5 <= waited <= 8,
+         f"after shutdown_timeout (3 s) the session gets a BYE ({waited:.1f} s) and usherd exits",
+         bye)
 
 
 def main():
