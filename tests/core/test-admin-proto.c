@@ -170,6 +170,7 @@ test_replies(void)
                   "127.0.2.2\t100\t0\t\tD\t1795393974\n"
                   "127.0.2.3\t100\t0\t\tU\t0\n\n");
   g_autofree char *up = run(&f, "HOST-UP\t127.0.2.2");
+  g_assert_cmpstr(up, ==, "OK\n");
   g_autofree char *same = run(&f, "HOST-UP\t127.0.2.2"); /* already up: OK at once */
   g_assert_cmpstr(same, ==, "OK\n");
   g_autofree char *nf = run(&f, "HOST-DOWN\t127.0.2.9");
@@ -211,6 +212,7 @@ test_replies(void)
   g_autofree char *kick = run(&f, "USER-KICK\tuser1");
   g_assert_cmpstr(kick, ==, "OK\n");
   g_autofree char *tags = run(&f, "HOST-SET\t127.0.2.7@e\001tu\t10"); /* a TAB in a tag */
+  g_assert_cmpstr(tags, ==, "OK\n");
   g_autofree char *tag_list = run(&f, "HOST-LIST");
   g_assert_nonnull(strstr(tag_list, "127.0.2.7\t10\t0\te\001tu\tU\t0\n")); /* escaped again */
   g_auto(UsherAdminCmd) stats = {0};

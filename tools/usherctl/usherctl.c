@@ -237,7 +237,9 @@ typedef struct {
 
 static const Verb *current_verb;
 
-static void G_GNUC_NORETURN
+static void usage_error(const char *fmt, ...) G_GNUC_NORETURN G_GNUC_PRINTF(1, 2);
+
+static void
 usage_error(const char *fmt, ...)
 {
   va_list args;
