@@ -1587,7 +1587,9 @@ tls_start(Session *s)
 }
 
 /* Moves the handshake on; FALSE if the session was closed. When it completes, what was queued
- * meanwhile (an imaps greeting) goes out. */
+ * meanwhile (an imaps greeting) goes out at once: that may be on the very first call, as an
+ * OpenSSL 3 TLS 1.3 server finishes its side as soon as its first flight is written, and the
+ * socket will not necessarily say anything more. */
 static gboolean
 tls_handshake(Session *s)
 {
@@ -1598,7 +1600,10 @@ tls_handshake(Session *s)
     s->tls_handshaking = FALSE;
     s->tls_wants = 0;
     stat_add(p, &p->stats.tls_handshakes, 1);
-    return TRUE;
+    Worker *w = s->w;
+    guint64 id = s->id;
+    session_flush_client(s);
+    return g_hash_table_lookup(w->by_id, &id) != NULL;
   }
   switch (SSL_get_error(s->ssl, r)) {
   case SSL_ERROR_WANT_READ:
