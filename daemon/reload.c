@@ -105,7 +105,8 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
     /* Elements are zero-initialised structs (g_array_new clear), so bytes compare values. */
     const GArray *x = lists[i].a, *y = lists[i].b;
     if (x->len != y->len ||
-        memcmp(x->data, y->data, (gsize)x->len * g_array_get_element_size((GArray *)x)) != 0) {
+        (x->len > 0 &&
+         memcmp(x->data, y->data, (gsize)x->len * g_array_get_element_size((GArray *)x)) != 0)) {
       g_string_append_c(out, ' ');
       g_string_append(out, lists[i].name);
     }
