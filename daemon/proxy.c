@@ -319,54 +319,24 @@ client_expect_sasl(Session *s)
     usher_imap_reader_expect_sasl(s->reader);
 }
 
-/* Sends to the client: bytes written, or -1 with errno EAGAIN (TLS: wait for tls_wants), or -2
- * on an error (errno set; EPROTO for a TLS failure). */
+/* What a socket call returned, in the terms below: n >= 0 as is, -1 for "nothing now", -2 for an
+ * error (errno says which). */
 static gssize
-client_send(Session *s, const void *data, gsize len)
+sock_result(ssize_t n)
 {
-  if (s->ssl == NULL) {
-    ssize_t n = send(s->cfd, data, len, MSG_NOSIGNAL);
-    if (n >= 0)
-      return n;
-    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
-  }
-  size_t done = 0;
-  ERR_clear_error();
-  if (SSL_write_ex(s->ssl, data, len, &done) == 1) {
-    s->tls_wants = 0;
-    return (gssize)done;
-  }
-  switch (SSL_get_error(s->ssl, 0)) {
-  case SSL_ERROR_WANT_READ:
-    s->tls_wants = EPOLLIN;
-    errno = EAGAIN;
-    return -1;
-  case SSL_ERROR_WANT_WRITE:
-    s->tls_wants = EPOLLOUT;
-    errno = EAGAIN;
-    return -1;
-  default:
-    errno = EPROTO;
-    return -2;
-  }
+  if (n >= 0)
+    return n;
+  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
 }
 
-/* Reads from the client: bytes read, 0 at its end, -1 when nothing is there now, -2 on an error
- * (errno set; EPROTO for a TLS failure). */
+/* What SSL_read_ex/SSL_write_ex (`ok`, `n`) came to, in the same terms; TLS-level waits set
+ * tls_wants. A clean TLS close is 0 for a read and an error for a write. */
 static gssize
-client_recv(Session *s, void *buf, gsize len)
+tls_result(Session *s, int ok, size_t n, gboolean reading)
 {
-  if (s->ssl == NULL) {
-    ssize_t n = recv(s->cfd, buf, len, 0);
-    if (n >= 0)
-      return n;
-    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
-  }
-  size_t got = 0;
-  ERR_clear_error();
-  if (SSL_read_ex(s->ssl, buf, len, &got) == 1) {
+  if (ok == 1) {
     s->tls_wants = 0;
-    return (gssize)got;
+    return (gssize)n;
   }
   switch (SSL_get_error(s->ssl, 0)) {
   case SSL_ERROR_WANT_READ:
@@ -376,11 +346,39 @@ client_recv(Session *s, void *buf, gsize len)
     s->tls_wants = EPOLLOUT;
     return -1;
   case SSL_ERROR_ZERO_RETURN:
-    return 0;
+    if (reading)
+      return 0;
+    /* fall through */
   default:
     errno = EPROTO;
     return -2;
   }
+}
+
+/* Sends to the client: bytes written, -1 when the socket (or TLS) cannot take any now, -2 on an
+ * error (errno set; EPROTO for a TLS failure). */
+static gssize
+client_send(Session *s, const void *data, gsize len)
+{
+  if (s->ssl == NULL)
+    return sock_result(send(s->cfd, data, len, MSG_NOSIGNAL));
+  size_t done = 0;
+  ERR_clear_error();
+  int ok = SSL_write_ex(s->ssl, data, len, &done);
+  return tls_result(s, ok, done, FALSE);
+}
+
+/* Reads from the client: bytes read, 0 at its end, -1 when nothing is there now, -2 on an error
+ * (errno set; EPROTO for a TLS failure). */
+static gssize
+client_recv(Session *s, void *buf, gsize len)
+{
+  if (s->ssl == NULL)
+    return sock_result(recv(s->cfd, buf, len, 0));
+  size_t got = 0;
+  ERR_clear_error();
+  int ok = SSL_read_ex(s->ssl, buf, len, &got);
+  return tls_result(s, ok, got, TRUE);
 }
 
 /* Writes what the socket takes; FALSE if the session was closed. */
@@ -395,9 +393,7 @@ flush_fd(Session *s, gboolean client, GByteArray **buf, gsize *off)
     if (client) {
       n = client_send(s, (*buf)->data + *off, (*buf)->len - *off);
     } else {
-      n = send(s->bfd, (*buf)->data + *off, (*buf)->len - *off, MSG_NOSIGNAL);
-      if (n < 0)
-        n = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+      n = sock_result(send(s->bfd, (*buf)->data + *off, (*buf)->len - *off, MSG_NOSIGNAL));
     }
     if (n == -1)
       break;
@@ -1025,9 +1021,7 @@ proxy_bytes(Session *s, gboolean to_client_side)
   for (int i = 0; i < 4; i++) {
     gssize n;
     if (to_client_side) {
-      n = recv(s->bfd, buf, sizeof(buf), 0);
-      if (n < 0)
-        n = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -1 : -2;
+      n = sock_result(recv(s->bfd, buf, sizeof(buf), 0));
     } else {
       n = client_recv(s, buf, sizeof(buf));
     }

@@ -262,6 +262,11 @@ drop_moves_of_host(UsherDirector *d, UsherNow now, UsherHost *host)
   g_ptr_array_sort(stale, cmp_move_due);
   for (guint i = 0; i < stale->len; i++)
     move_free(d, now, g_ptr_array_index(stale, i), FALSE);
+  /* A reset-users operation waiting for a free move slot goes on now; nothing else would wake
+   * it on a quiet director (found by fuzz-admin: USER-MOVE, HOST-RESET-USERS with a limit of 1,
+   * then a forced HOST-FLUSH left the reset unanswered for ever). */
+  if (stale->len > 0)
+    admin_continue(d, now);
 }
 
 void

@@ -29,29 +29,7 @@ import usherlab as ul  # noqa: E402
 
 
 def raw(host, lines, read_until=b"\r\n", timeout=10, source_ip=None):
-    """Sends raw lines after the greeting; returns everything read until `read_until` appears
-    (or the connection closes)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    if source_ip:
-        s.bind((source_ip, 0))
-    s.connect((host, ul.IMAP_PORT))
-    data = b""
-    while b"\r\n" not in data:
-        data += s.recv(4096)
-    greeting, data = data.split(b"\r\n", 1)
-    for chunk in lines:
-        s.sendall(chunk)
-    try:
-        while read_until not in data:
-            part = s.recv(65536)
-            if not part:
-                break
-            data += part
-    except socket.timeout:
-        pass
-    s.close()
-    return greeting, data
+    return ul.raw_talk(host, ul.IMAP_PORT, lines, read_until, timeout, source_ip)
 
 
 def run(lab, t):
@@ -125,16 +103,7 @@ def run(lab, t):
     r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[0].admin_socket, "kick",
                         "user11"], capture_output=True, text=True)
     t.ok(r.returncode == 0, "usherctl kick user11 on another usherd", r.stderr)
-    bye = b""
-    try:
-        held.client.sock.settimeout(10)
-        while True:
-            part = held.client.sock.recv(4096)
-            if not part:
-                break
-            bye += part
-    except OSError:
-        pass
+    bye = ul.read_until_closed(held.client.sock)
     t.ok(b"* BYE" in bye, "the kicked session got an IMAP BYE before the close", bye)
 
     # -- a stopped backend: a temporary failure, no other backend
@@ -169,16 +138,7 @@ def run(lab, t):
             break
     typ, _ = held.client.noop()
     t.ok(refused and typ == "OK", "SIGTERM: new clients are refused at once; a session goes on")
-    bye = b""
-    try:
-        held.client.sock.settimeout(10)
-        while True:
-            part = held.client.sock.recv(4096)
-            if not part:
-                break
-            bye += part
-    except OSError:
-        pass
+    bye = ul.read_until_closed(held.client.sock)
     waited = time.monotonic() - t0
     us[1].proc.wait(timeout=10)
     t.ok(b"* BYE Server shutting down" in bye and 2.5 <= waited <= 8,

@@ -16,7 +16,6 @@ answered and usherd keeps serving. Exits 0 pass, 1 fail, 77 skipped.
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 
@@ -26,25 +25,7 @@ import usherlab as ul  # noqa: E402
 
 
 def raw(host, lines, read_until=b"\r\n", timeout=10):
-    """Sends raw lines after the greeting; returns (greeting, everything read until `read_until`
-    appears or the connection closes)."""
-    s = socket.create_connection((host, ul.POP3_PORT), timeout=timeout)
-    data = b""
-    while b"\r\n" not in data:
-        data += s.recv(4096)
-    greeting, data = data.split(b"\r\n", 1)
-    for chunk in lines:
-        s.sendall(chunk)
-    try:
-        while read_until not in data:
-            part = s.recv(65536)
-            if not part:
-                break
-            data += part
-    except socket.timeout:
-        pass
-    s.close()
-    return greeting, data
+    return ul.raw_talk(host, ul.POP3_PORT, lines, read_until, timeout)
 
 
 def b64(text):
@@ -106,16 +87,7 @@ def run(lab, t):
     r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[0].admin_socket, "kick",
                         "user11"], capture_output=True, text=True)
     t.ok(r.returncode == 0, "usherctl kick user11 on another usherd", r.stderr)
-    bye = b""
-    try:
-        held.client.sock.settimeout(10)
-        while True:
-            part = held.client.sock.recv(4096)
-            if not part:
-                break
-            bye += part
-    except OSError:
-        pass
+    bye = ul.read_until_closed(held.client.sock)
     t.ok(b"-ERR" in bye and b"moving" in bye, "the kicked session got an -ERR before the close",
          bye)
 

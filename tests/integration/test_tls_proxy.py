@@ -193,15 +193,7 @@ def run(lab, t):
     c.login("user5", ul.PASSWORD)
     r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[2].admin_socket, "kick",
                         "user5"], capture_output=True, text=True)
-    bye = b""
-    try:
-        while True:
-            part = c.sock.recv(4096)
-            if not part:
-                break
-            bye += part
-    except (OSError, ssl.SSLError):
-        pass
+    bye = ul.read_until_closed(c.sock)
     t.ok(r.returncode == 0 and b"* BYE" in bye, "a kick ends an IMAPS session with a BYE", bye)
 
     # -- a renewed certificate, loaded by SIGHUP; a session from before goes on

@@ -232,6 +232,52 @@ def _tcp_ready(ip, port, timeout=1.0, first=b""):
         return s.recv(1) != b""
 
 
+def read_until_closed(sock, timeout=10.0):
+    """Everything a socket (plain or TLS) still delivers until the peer closes it, or `timeout`
+    seconds of silence."""
+    data = b""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            part = sock.recv(4096)
+            if not part:
+                break
+            data += part
+    except OSError:   # a timeout, a reset, a TLS error (ssl.SSLError is an OSError)
+        pass
+    return data
+
+
+def raw_talk(host, port, lines, read_until=b"\r\n", timeout=10, source_ip=None):
+    """Reads the greeting, sends raw `lines`, and returns (greeting, everything read after it
+    until `read_until` appears or the connection closes)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if source_ip:
+        s.bind((source_ip, 0))
+    s.connect((host, port))
+    data = greeting = b""
+    try:
+        while b"\r\n" not in data:
+            part = s.recv(4096)
+            if not part:
+                break
+            data += part
+        greeting, _, data = data.partition(b"\r\n")
+        for chunk in lines:
+            s.sendall(chunk)
+        while read_until not in data:
+            part = s.recv(65536)
+            if not part:
+                break
+            data += part
+    except (socket.timeout, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    return greeting, data
+
+
 def http_request(ip, port, path, method="GET", headers=None, timeout=10.0):
     """One HTTP/1.1 request -> (status, {lowercased header: value}, body text)."""
     conn = http.client.HTTPConnection(ip, port, timeout=timeout)
