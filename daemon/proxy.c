@@ -1878,8 +1878,11 @@ on_listener(gpointer data, guint32 events)
      * client its PROXY header names. */
     gboolean trusted = peer.family != 0 && in_nets(c->trusted_proxies, &peer);
     if (!admit(p, TRUE, trusted ? NULL : ip)) {
+      /* Plaintext clients are told why; a TLS client would read the words as a broken
+       * handshake, so it only sees the close. */
       const char *busy = busy_text(l->proto);
-      (void)send(fd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (!l->tls)
+        (void)send(fd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
       close(fd);
       continue;
     }
