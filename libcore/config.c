@@ -355,6 +355,28 @@ typedef struct {
   gsize len;
 } Element;
 
+/* Moves *p to the next element of a list (separated by commas or white space) and numbers it;
+ * FALSE at the end. Start with a zeroed Element. */
+static gboolean
+next_element(const char **p, Element *elem)
+{
+  const char *q = *p;
+  while (is_list_separator(*q))
+    q++;
+  if (*q == '\0') {
+    *p = q;
+    return FALSE;
+  }
+  const char *start = q;
+  while (*q != '\0' && !is_list_separator(*q))
+    q++;
+  elem->number++;
+  elem->text = start;
+  elem->len = (gsize)(q - start);
+  *p = q;
+  return TRUE;
+}
+
 static void element_error(GError **error, int code, const Element *elem, const char *fmt, ...)
     G_GNUC_PRINTF(4, 5);
 
@@ -510,16 +532,8 @@ usher_backends_parse(const char *text, GPtrArray *out, GError **error)
   }
 
   const char *p = text;
-  guint number = 0;
-  for (;;) {
-    while (is_list_separator(*p))
-      p++;
-    if (*p == '\0')
-      break;
-    const char *start = p;
-    while (*p != '\0' && !is_list_separator(*p))
-      p++;
-    Element elem = {++number, start, (gsize)(p - start)};
+  Element elem = {0};
+  while (next_element(&p, &elem)) {
     if (!parse_backend_element(&elem, parsed, seen, out->len, error))
       return FALSE;
   }
@@ -1235,17 +1249,8 @@ parse_directors(UsherConfig *config, const KeyRef *ref, GError **error)
   g_autoptr(GArray) list = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   g_autoptr(GArray) numbers = g_array_new(FALSE, TRUE, sizeof(guint));
   const char *p = value;
-  guint number = 0;
-
-  for (;;) {
-    while (is_list_separator(*p))
-      p++;
-    if (*p == '\0')
-      break;
-    const char *start = p;
-    while (*p != '\0' && !is_list_separator(*p))
-      p++;
-    Element elem = {++number, start, (gsize)(p - start)};
+  Element elem = {0};
+  while (next_element(&p, &elem)) {
     UsherDirectorAddr addr;
     memset(&addr, 0, sizeof(addr));
     if (!parse_director_element(ref, &elem, USHER_DIRECTOR_PORT_DEFAULT, &addr, error))
@@ -1444,19 +1449,16 @@ get_listen_list(const KeyRef *ref, GArray *out, GError **error)
   if (!get_value(ref, &value, error))
     return FALSE;
   g_array_set_size(out, 0);
-  g_auto(GStrv) parts = g_strsplit_set(value, " ,", -1);
-  guint number = 0;
-  for (guint i = 0; parts[i] != NULL; i++) {
-    if (parts[i][0] == '\0')
-      continue;
-    Element elem = {++number, parts[i], strlen(parts[i])};
+  const char *p = value;
+  Element elem = {0};
+  while (next_element(&p, &elem)) {
     UsherDirectorAddr addr;
     memset(&addr, 0, sizeof(addr));
     if (!parse_director_element(ref, &elem, 0, &addr, error))
       return FALSE;
     if (addr.port == 0) {
       key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "element %u needs a port: IP:PORT",
-                number);
+                elem.number);
       return FALSE;
     }
     g_array_append_val(out, addr);
@@ -1472,18 +1474,15 @@ get_net_list(const KeyRef *ref, GArray *out, GError **error)
   if (!get_value(ref, &value, error))
     return FALSE;
   g_array_set_size(out, 0);
-  g_auto(GStrv) parts = g_strsplit_set(value, " ,", -1);
-  guint number = 0;
-  for (guint i = 0; parts[i] != NULL; i++) {
-    if (parts[i][0] == '\0')
-      continue;
-    number++;
+  const char *p = value;
+  Element elem = {0};
+  while (next_element(&p, &elem)) {
     UsherNet net;
-    if (!usher_net_parse(parts[i], -1, &net)) {
-      g_autofree char *q = quote(parts[i], -1);
+    if (!usher_net_parse(elem.text, (gssize)elem.len, &net)) {
+      g_autofree char *q = quote(elem.text, (gssize)elem.len);
       key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
                 "element %u, %s, is not an address or a network (IP/BITS, no host bits set)",
-                number, q);
+                elem.number, q);
       return FALSE;
     }
     if (out->len >= USHER_CONFIG_MAX_NETS) {
