@@ -146,7 +146,7 @@ struct Proxy {
   Usherd *u;
   Worker **workers;
   guint n_workers;
-  GHashTable *routes; /* core thread: request id -> RouteRef* */
+  GHashTable *routes; /* core thread: request id -> SessionRef* */
   GMutex lock;        /* guards per_ip and stats */
   GHashTable *per_ip; /* client IP text -> count */
   GHashTable *registry; /* (worker << 56 | session id) -> ProxySessionInfo*, logged-in sessions */
@@ -161,10 +161,32 @@ struct Proxy {
   gint next_request; /* atomic */
 };
 
+/* A session named from elsewhere (the core thread, a timer): found again by id on its worker,
+ * or gone meanwhile. */
 typedef struct {
   Worker *w;
   guint64 session;
-} RouteRef;
+} SessionRef;
+
+/* On the session's worker thread only. */
+static Session *
+session_ref_get(const SessionRef *ref)
+{
+  return g_hash_table_lookup(ref->w->by_id, &ref->session);
+}
+
+/* Calls fn with a SessionRef on the session's worker after delay_ms (0: as soon as it is idle). */
+static void
+session_later(Session *s, guint delay_ms, GSourceFunc fn)
+{
+  SessionRef *ref = g_new0(SessionRef, 1);
+  ref->w = s->w;
+  ref->session = s->id;
+  GSource *src = delay_ms == 0 ? g_idle_source_new() : g_timeout_source_new(delay_ms);
+  g_source_set_callback(src, fn, ref, g_free);
+  g_source_attach(src, s->w->context);
+  g_source_unref(src);
+}
 
 static void session_close(Session *s, const char *why);
 static void session_flush_client(Session *s);
@@ -717,7 +739,7 @@ route_on_core(gpointer data)
   RouteJob *j = data;
   Proxy *p = j->proxy;
   Usherd *u = p->u;
-  RouteRef *ref = g_new0(RouteRef, 1);
+  SessionRef *ref = g_new0(SessionRef, 1);
   ref->w = j->w;
   ref->session = j->session;
   g_hash_table_insert(p->routes, g_memdup2(&j->request, sizeof(j->request)), ref);
@@ -736,7 +758,7 @@ proxy_owns_request(Proxy *p, guint64 request)
 void
 proxy_login_result(Proxy *p, const UsherEffect *e)
 {
-  RouteRef *ref = g_hash_table_lookup(p->routes, &e->login.request);
+  SessionRef *ref = g_hash_table_lookup(p->routes, &e->login.request);
   if (ref == NULL)
     return;
   RouteJob *j = g_new0(RouteJob, 1);
@@ -779,8 +801,7 @@ static void on_backend(gpointer data, guint32 events);
 static gboolean
 retry_connect(gpointer data)
 {
-  RouteJob *j = data; /* reused as a (worker, session) reference */
-  Session *s = g_hash_table_lookup(j->w->by_id, &j->session);
+  Session *s = session_ref_get(data);
   if (s != NULL && s->state == S_CONNECTING && s->bfd < 0)
     backend_connect(s);
   return G_SOURCE_REMOVE;
@@ -798,13 +819,7 @@ backend_failed(Session *s, const char *why)
   if (!s->retried) {
     s->retried = TRUE;
     s->state = S_CONNECTING;
-    RouteJob *j = g_new0(RouteJob, 1);
-    j->w = s->w;
-    j->session = s->id;
-    GSource *t = g_timeout_source_new(BACKEND_RETRY_DELAY_MS);
-    g_source_set_callback(t, retry_connect, j, route_job_free);
-    g_source_attach(t, s->w->context);
-    g_source_unref(t);
+    session_later(s, BACKEND_RETRY_DELAY_MS, retry_connect);
     update_interest(s);
     return;
   }
@@ -1620,16 +1635,10 @@ tls_handshake(Session *s)
 
 static void on_client(gpointer data, guint32 events);
 
-typedef struct {
-  Worker *w;
-  guint64 session;
-} SessionRef;
-
 static gboolean
 tls_kick_cb(gpointer data)
 {
-  SessionRef *ref = data;
-  Session *s = g_hash_table_lookup(ref->w->by_id, &ref->session);
+  Session *s = session_ref_get(data);
   if (s != NULL) {
     s->tls_kick = FALSE;
     on_client(s, EPOLLIN);
@@ -1644,13 +1653,7 @@ tls_kick(Session *s)
   if (s->tls_kick)
     return;
   s->tls_kick = TRUE;
-  SessionRef *ref = g_new0(SessionRef, 1);
-  ref->w = s->w;
-  ref->session = s->id;
-  GSource *idle = g_idle_source_new();
-  g_source_set_callback(idle, tls_kick_cb, ref, g_free);
-  g_source_attach(idle, s->w->context);
-  g_source_unref(idle);
+  session_later(s, 0, tls_kick_cb);
 }
 
 /* STARTTLS (IMAP) or STLS (POP3) was accepted with `ok`: the answer goes out in plaintext, then
@@ -1871,12 +1874,12 @@ on_listener(gpointer data, guint32 events)
       break;
     char ip[USHER_IP_STRLEN];
     guint16 port;
-    UsherIp peer = {0};
     address_text(&ss, ip, &port);
-    (void)usher_ip_parse(ip, -1, &peer);
     /* A trusted load balancer speaks for many clients: the per-address limit applies to the
      * client its PROXY header names. */
-    gboolean trusted = peer.family != 0 && in_nets(c->trusted_proxies, &peer);
+    UsherIp peer;
+    gboolean trusted = c->trusted_proxies->len > 0 && usher_ip_parse(ip, -1, &peer) &&
+                       in_nets(c->trusted_proxies, &peer);
     if (!admit(p, TRUE, trusted ? NULL : ip)) {
       /* Plaintext clients are told why; a TLS client would read the words as a broken
        * handshake, so it only sees the close. */
