@@ -97,6 +97,7 @@ test_parse(void)
   parse_refused("HOST-SET\t127.0.2.1\t-1", "not a number");
   parse_refused("HOST-UPDATE\t127.0.2.1", "no vhost count");
   parse_refused("HOST-DOWN", "not an IP address");
+  parse_refused("USHER-SESSIONS\tuser1\tnot-an-ip", "not an IP address");
   parse_refused("HOST-RESET-USERS\t127.0.2.1\t0", "above 0");
   parse_refused("USER-MOVE\tuser1", "needs a user and an IP");
   parse_refused("USER-KICK", "no user");

@@ -1031,6 +1031,11 @@ test_proxy_group(void)
               "[proxy] tls_cert: \"cert.pem\" is not an absolute path", NULL);
   parse_fails("[proxy]\ntls_min_version = 1.1\n", USHER_CONFIG_ERROR_INVALID,
               "\"1.1\" is not 1.2 or 1.3", NULL);
+  parse_fails("[proxy]\nshutdown_timeout = soon\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] shutdown_timeout", NULL);
+  g_autoptr(UsherConfig) drain = parse_ok("[proxy]\nshutdown_timeout = 0s\n");
+  g_assert_cmpuint(drain->proxy_shutdown_timeout_secs, ==, 0);
+  g_assert_cmpuint(tls->proxy_shutdown_timeout_secs, ==, 30);
 }
 
 int
