@@ -7,6 +7,7 @@
 
 #include <glib-unix.h>
 #include <locale.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -136,6 +137,9 @@ int
 main(int argc, char **argv)
 {
   setlocale(LC_ALL, "");
+  /* A client gone mid-write is an error return (EPIPE), not a signal: splice(2) to a socket has
+   * no MSG_NOSIGNAL. */
+  signal(SIGPIPE, SIG_IGN);
   g_autofree char *config_path = NULL, *ring_address = NULL, *admin_socket = NULL;
   g_autofree char *state_dir = NULL;
   gboolean check = FALSE, debug = FALSE, version = FALSE;

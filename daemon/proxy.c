@@ -9,7 +9,7 @@
  * Memory per session is the struct, the client and backend sockets, and output queues that exist
  * only while bytes wait (released when they drain). Every limit is a constant or a setting:
  * pre-login line and literal sizes (libcore), bad commands, the login timeout, connections in
- * total and per client address, output queued per direction. */
+ * total and per client address, output queued per direction, splice pipes per worker. */
 #include "daemon/proxy.h"
 
 #include "daemon/poller.h"
@@ -24,6 +24,7 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -37,6 +38,13 @@
 #define BACKEND_RETRY_DELAY_MS 500
 #define BACKEND_LINE_MAX 65536
 #define REFRESH_MIN_SECS 30
+/* splice(2) on plaintext legs after login: a read of at least SPLICE_MIN bytes moves through a
+ * kernel pipe instead of this process's memory. Smaller reads (most IMAP responses) are copied,
+ * which keeps the proxy's knowledge of whether the client's stream ends a line (a kick's BYE). */
+#define SPLICE_MIN 16384
+#define SPLICE_PIPE_SIZE (256 * 1024) /* asked for; the kernel's default (64 KiB) if refused */
+#define SPLICE_PIPES_MAX 256          /* per worker, in use at once; more bursts are copied */
+#define SPLICE_POOL 16                /* empty pipes a worker keeps for the next burst */
 
 typedef struct Worker Worker;
 typedef struct Session Session;
@@ -72,6 +80,13 @@ typedef enum {
   S_PROXYING,
 } SessState;
 
+/* A kernel pipe that carries one direction of one session during a burst; back in the worker's
+ * pool when empty, so idle sessions hold none. */
+typedef struct {
+  int rd, wr;
+  gsize held; /* bytes in it, not yet written to the destination */
+} Pipe;
+
 typedef enum {
   LOGIN_PLAIN_CMD = 0, /* LOGIN user pass */
   LOGIN_SASL,          /* AUTHENTICATE mech ir */
@@ -96,6 +111,8 @@ struct Session {
   GByteArray *cout; /* to the client */
   gsize cout_off;
   gboolean client_eol; /* the last byte sent to the client ended a line */
+  Pipe *cpipe;         /* backend -> client bytes in flight by splice (before cout's) */
+  Pipe *bpipe;         /* client -> backend (before bout's) */
   UsherImapReader *reader;   /* IMAP before login */
   UsherPop3Reader *preader;  /* POP3 before login */
   UsherProxyHeader *pheader; /* S_PROXY_HEADER */
@@ -140,6 +157,10 @@ struct Worker {
   guint64 next_session;
   GSource *tick;
   gint64 next_refresh_us;
+  GPtrArray *free_pipes; /* Pipe*, empty */
+  guint pipes_busy;      /* held by sessions */
+  guint64 spliced;       /* bytes, not yet added to the proxy's stats (on the tick) */
+  guint64 splice_refused; /* bursts copied because SPLICE_PIPES_MAX were busy */
 };
 
 struct Proxy {
@@ -227,6 +248,11 @@ update_interest(Session *s)
   Poller *poller = s->w->poller;
   gsize cq = s->cout != NULL ? s->cout->len - s->cout_off : 0;
   gsize bq = s->bout != NULL ? s->bout->len - s->bout_off : 0;
+  /* A pipe with bytes in it counts as full: its source is read again once it has drained. */
+  if (s->cpipe != NULL && s->cpipe->held > 0)
+    cq += OUT_HIGH_WATER;
+  if (s->bpipe != NULL && s->bpipe->held > 0)
+    bq += OUT_HIGH_WATER;
   if (s->cwatch != NULL) {
     guint32 ev = 0;
     /* Read the client unless the backend is behind (backpressure), or while routing. */
@@ -403,6 +429,77 @@ client_recv(Session *s, void *buf, gsize len)
   return tls_result(s, ok, got, TRUE);
 }
 
+/* ---- splice(2) pipes ------------------------------------------------------------------------------ */
+
+static Pipe *
+pipe_take(Worker *w)
+{
+  if (w->pipes_busy >= SPLICE_PIPES_MAX) {
+    w->splice_refused++;
+    return NULL;
+  }
+  Pipe *p = w->free_pipes->len > 0 ? g_ptr_array_steal_index_fast(w->free_pipes,
+                                                                   w->free_pipes->len - 1)
+                                   : NULL;
+  if (p == NULL) {
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0)
+      return NULL; /* out of descriptors: this burst is copied */
+    (void)fcntl(fds[1], F_SETPIPE_SZ, SPLICE_PIPE_SIZE);
+    p = g_new0(Pipe, 1);
+    p->rd = fds[0];
+    p->wr = fds[1];
+  }
+  w->pipes_busy++;
+  return p;
+}
+
+static void
+pipe_free(gpointer data)
+{
+  Pipe *p = data;
+  close(p->rd);
+  close(p->wr);
+  g_free(p);
+}
+
+/* A session gives its pipe back: to the pool when empty, else closed (what it held is lost with
+ * the session that is closing). */
+static void
+pipe_give(Worker *w, Pipe **pp)
+{
+  Pipe *p = *pp;
+  if (p == NULL)
+    return;
+  *pp = NULL;
+  w->pipes_busy--;
+  if (p->held == 0 && w->free_pipes->len < SPLICE_POOL)
+    g_ptr_array_add(w->free_pipes, p);
+  else
+    pipe_free(p);
+}
+
+/* Writes what the pipe holds to fd: 0 when it is empty, -1 when fd takes no more now, -2 on an
+ * error (errno set). */
+static int
+pipe_drain(Pipe *p, int fd)
+{
+  while (p->held > 0) {
+    ssize_t n = splice(p->rd, NULL, fd, NULL, p->held, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return -1;
+    if (n <= 0) {
+      if (n == 0)
+        errno = EPIPE;
+      return -2;
+    }
+    p->held -= (gsize)n;
+  }
+  return 0;
+}
+
 /* Writes what the socket takes; FALSE if the session was closed. */
 static gboolean
 flush_fd(Session *s, gboolean client, GByteArray **buf, gsize *off)
@@ -410,6 +507,19 @@ flush_fd(Session *s, gboolean client, GByteArray **buf, gsize *off)
   const char *side = client ? "client" : "backend";
   if (client && s->tls_handshaking)
     return TRUE; /* the greeting waits for the handshake */
+  Pipe **pp = client ? &s->cpipe : &s->bpipe;
+  if (*pp != NULL) {
+    /* Spliced bytes came before anything queued in buf. */
+    int r = pipe_drain(*pp, client ? s->cfd : s->bfd);
+    if (r == -2) {
+      g_autofree char *why = g_strdup_printf("%s write failed: %s", side, g_strerror(errno));
+      session_close(s, why);
+      return FALSE;
+    }
+    if (r == -1)
+      return TRUE;
+    pipe_give(s->w, pp);
+  }
   while (*buf != NULL && *off < (*buf)->len) {
     gssize n;
     if (client) {
@@ -652,6 +762,8 @@ session_close(Session *s, const char *why)
                                g_free);
   }
   registry_remove(s);
+  pipe_give(w, &s->cpipe);
+  pipe_give(w, &s->bpipe);
   backend_close(s);
   if (s->cwatch != NULL)
     poller_remove(w->poller, s->cwatch);
@@ -677,7 +789,7 @@ session_close(Session *s, const char *why)
 static void
 session_end(Session *s, const char *why)
 {
-  if (s->cout != NULL) {
+  if (s->cout != NULL || s->cpipe != NULL) {
     (void)flush_fd(s, TRUE, &s->cout, &s->cout_off);
     /* flush_fd may have closed it: only look s up through the id below. */
   }
@@ -1025,6 +1137,56 @@ pop3_backend_line(Session *s, const char *line)
   return FALSE;
 }
 
+typedef enum {
+  SPLICE_COPY = 0, /* not this time: read and copy */
+  SPLICE_MOVED,    /* bytes went through the pipe, all of them written */
+  SPLICE_WAIT,     /* the pipe still holds bytes: wait until the destination takes them */
+  SPLICE_CLOSED,   /* the session was closed */
+} SpliceResult;
+
+/* One read of a logged-in plaintext session through a pipe, when a burst of at least SPLICE_MIN
+ * bytes waits and nothing copied is queued ahead of it. Towards the client, the burst's last byte
+ * is left for the next (copied) read, so client_eol stays true to the stream. */
+static SpliceResult
+splice_burst(Session *s, gboolean to_client_side)
+{
+  if (s->ssl != NULL)
+    return SPLICE_COPY;
+  GByteArray *queued = to_client_side ? s->cout : s->bout;
+  if (queued != NULL && (to_client_side ? s->cout_off : s->bout_off) < queued->len)
+    return SPLICE_COPY;
+  int src = to_client_side ? s->bfd : s->cfd;
+  int dst = to_client_side ? s->cfd : s->bfd;
+  int avail = 0;
+  if (ioctl(src, FIONREAD, &avail) != 0 || avail < SPLICE_MIN)
+    return SPLICE_COPY;
+  Pipe **pp = to_client_side ? &s->cpipe : &s->bpipe;
+  if (*pp == NULL && (*pp = pipe_take(s->w)) == NULL)
+    return SPLICE_COPY;
+  gsize want = (gsize)avail - (to_client_side ? 1 : 0);
+  ssize_t n = splice(src, NULL, (*pp)->wr, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  if (n <= 0) {
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      session_end(s, g_strerror(errno));
+      return SPLICE_CLOSED;
+    }
+    return SPLICE_COPY; /* the pipe is full or the socket is empty after all: recv decides */
+  }
+  (*pp)->held += (gsize)n;
+  s->w->spliced += (guint64)n;
+  if (to_client_side)
+    s->client_eol = FALSE; /* until the copied tail says otherwise */
+  int r = pipe_drain(*pp, dst);
+  if (r == -2) {
+    g_autofree char *why = g_strdup_printf("%s write failed: %s",
+                                           to_client_side ? "client" : "backend",
+                                           g_strerror(errno));
+    session_close(s, why);
+    return SPLICE_CLOSED;
+  }
+  return r == -1 ? SPLICE_WAIT : SPLICE_MOVED;
+}
+
 /* Moves what one side has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup):
  * from the backend to the client when to_client_side, else from the client to the backend. */
 static void
@@ -1034,6 +1196,13 @@ proxy_bytes(Session *s, gboolean to_client_side)
   gsize *to_off = to_client_side ? &s->cout_off : &s->bout_off;
   char buf[READ_CHUNK];
   for (int i = 0; i < 4; i++) {
+    SpliceResult spliced = splice_burst(s, to_client_side);
+    if (spliced == SPLICE_CLOSED)
+      return;
+    if (spliced == SPLICE_WAIT)
+      break;
+    if (spliced == SPLICE_MOVED)
+      continue;
     gssize n;
     if (to_client_side) {
       n = sock_result(recv(s->bfd, buf, sizeof(buf), 0));
@@ -1958,6 +2127,11 @@ on_tick(gpointer data)
 {
   Worker *w = data;
   gint64 now = g_get_monotonic_time();
+  if (w->spliced > 0 || w->splice_refused > 0) {
+    stat_add(w->proxy, &w->proxy->stats.spliced_bytes, (gint64)w->spliced);
+    stat_add(w->proxy, &w->proxy->stats.splice_pipes_refused, (gint64)w->splice_refused);
+    w->spliced = w->splice_refused = 0;
+  }
   for (GList *l = w->sessions.head; l != NULL;) {
     Session *s = l->data;
     l = l->next;
@@ -2134,6 +2308,7 @@ worker_free(Worker *w)
     g_source_destroy(w->tick);
     g_source_unref(w->tick);
   }
+  g_ptr_array_unref(w->free_pipes);
   poller_free(w->poller);
   g_hash_table_unref(w->by_id);
   g_main_loop_unref(w->loop);
@@ -2213,6 +2388,7 @@ proxy_new(Usherd *u, GError **error)
     w->loop = g_main_loop_new(w->context, FALSE);
     w->poller = poller_new(w->context);
     w->by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
+    w->free_pipes = g_ptr_array_new_with_free_func(pipe_free);
     w->listeners = g_ptr_array_new_with_free_func(g_free);
     g_queue_init(&w->sessions);
     w->next_refresh_us = g_get_monotonic_time() + (gint64)p->refresh_secs * G_USEC_PER_SEC;

@@ -41,7 +41,7 @@ gboolean proxy_reload_tls(Proxy *proxy, GError **error);
   X(accepted) X(refused_total) X(refused_per_ip) X(prelogin_timeouts) X(bad_commands_closed)       \
   X(logins_ok) X(logins_failed) X(backend_unavailable) X(kicked) X(proxy_headers)                  \
   X(proxy_header_errors) X(proxy_header_refused) X(tls_handshakes) X(tls_failures) X(starttls)    \
-  X(sessions_now) X(proxying_now)
+  X(spliced_bytes) X(splice_pipes_refused) X(sessions_now) X(proxying_now)
 
 typedef struct {
 #define PROXY_STAT_FIELD(name) guint64 name;
