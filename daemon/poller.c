@@ -62,6 +62,10 @@ poller_new(GMainContext *context)
   p->source = g_source_new(&poller_funcs, sizeof(PollerSource));
   ((PollerSource *)p->source)->poller = p;
   g_source_set_name(p->source, "usherd poller");
+  /* GLib blocks a source during its dispatch unless it may recurse: it takes the epoll fd out of
+   * the poll set and puts it back, waking its own context twice and polling once more for
+   * nothing on every dispatch. Nothing here iterates the context from inside a callback. */
+  g_source_set_can_recurse(p->source, TRUE);
   p->tag = g_source_add_unix_fd(p->source, p->epfd, G_IO_IN);
   g_source_attach(p->source, context);
   return p;
@@ -124,4 +128,10 @@ guint
 poller_count(const Poller *p)
 {
   return p->count;
+}
+
+guint32
+poller_events(const PollerWatch *w)
+{
+  return w->events;
 }

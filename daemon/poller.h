@@ -30,5 +30,7 @@ void poller_modify(Poller *poller, PollerWatch *watch, guint32 events);
 /* Stops watching (the fd is not closed). */
 void poller_remove(Poller *poller, PollerWatch *watch);
 guint poller_count(const Poller *poller);
+/* The events a watch asks for now (as last set). */
+guint32 poller_events(const PollerWatch *watch);
 
 G_END_DECLS

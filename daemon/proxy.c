@@ -61,6 +61,8 @@ typedef struct {
   Proto proto;
   gboolean tls; /* imaps/pop3s: TLS from the first byte */
   PollerWatch *watch;
+  char ip[USHER_IP_STRLEN]; /* where it listens; "" for a wildcard address (ask each socket) */
+  guint16 port;
 } Listener;
 
 /* Where a POP3 backend login stands: its greeting, then XCLIENT's answer if it offered XCLIENT,
@@ -117,6 +119,7 @@ struct Session {
   UsherPop3Reader *preader;  /* POP3 before login */
   UsherProxyHeader *pheader; /* S_PROXY_HEADER */
   gboolean input_seen;       /* the client has sent something */
+  gboolean cin_parked;       /* its reads are off until its login is answered */
   guint bad_commands;
   gint64 deadline_us; /* pre-login / backend timeouts (mono) */
   /* The login being routed */
@@ -258,8 +261,14 @@ update_interest(Session *s)
     /* Read the client unless the backend is behind (backpressure), or while routing. */
     if (s->state != S_PROXYING || bq < OUT_HIGH_WATER)
       ev |= EPOLLIN;
-    if (s->state == S_ROUTING || s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN)
-      ev &= ~(guint32)EPOLLIN; /* the client waits for its login's answer */
+    if (s->state == S_ROUTING || s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN) {
+      /* The client waits for its login's answer. Its reads are parked only once it does send
+       * something meanwhile (rare): two epoll_ctl calls fewer per login. */
+      ev &= ~(guint32)EPOLLIN;
+      if (!s->cin_parked)
+        ev |= poller_events(s->cwatch) & EPOLLIN;
+    } else
+      s->cin_parked = FALSE;
     if (cq > 0)
       ev |= EPOLLOUT;
     if (s->ssl != NULL) {
@@ -1017,7 +1026,7 @@ login_accepted(Session *s, const char *client_text)
     to_backend(s, rest, pending);
   g_clear_pointer(&s->reader, usher_imap_reader_free);
   g_clear_pointer(&s->preader, usher_pop3_reader_free);
-  session_flush_backend(s);
+  /* on_backend sends both queues when the backend's lines are read. */
 }
 
 /* The backend refused the login (a wrong password, usually) and said why in `client_text`; so
@@ -1152,9 +1161,15 @@ splice_burst(Session *s, gboolean to_client_side)
 {
   if (s->ssl != NULL)
     return SPLICE_COPY;
-  GByteArray *queued = to_client_side ? s->cout : s->bout;
-  if (queued != NULL && (to_client_side ? s->cout_off : s->bout_off) < queued->len)
-    return SPLICE_COPY;
+  GByteArray **queued = to_client_side ? &s->cout : &s->bout;
+  gsize *queued_off = to_client_side ? &s->cout_off : &s->bout_off;
+  if (*queued != NULL) {
+    /* Copied bytes go first. */
+    if (!flush_fd(s, to_client_side, queued, queued_off))
+      return SPLICE_CLOSED;
+    if (*queued != NULL)
+      return SPLICE_COPY;
+  }
   int src = to_client_side ? s->bfd : s->cfd;
   int dst = to_client_side ? s->cfd : s->bfd;
   int avail = 0;
@@ -1195,8 +1210,9 @@ proxy_bytes(Session *s, gboolean to_client_side)
   GByteArray **to_buf = to_client_side ? &s->cout : &s->bout;
   gsize *to_off = to_client_side ? &s->cout_off : &s->bout_off;
   char buf[READ_CHUNK];
+  gboolean bulk = FALSE; /* a read filled buf: more is likely waiting, try a pipe */
   for (int i = 0; i < 4; i++) {
-    SpliceResult spliced = splice_burst(s, to_client_side);
+    SpliceResult spliced = bulk ? splice_burst(s, to_client_side) : SPLICE_COPY;
     if (spliced == SPLICE_CLOSED)
       return;
     if (spliced == SPLICE_WAIT)
@@ -1217,6 +1233,7 @@ proxy_bytes(Session *s, gboolean to_client_side)
       return;
     }
     queue(to_buf, to_off, buf, (gsize)n);
+    bulk = n == (gssize)sizeof(buf);
     if (to_client_side)
       s->client_eol = buf[n - 1] == '\n';
     if ((*to_buf)->len - *to_off >= OUT_HIGH_WATER)
@@ -1312,6 +1329,8 @@ on_backend(gpointer data, guint32 events)
     s->bline = NULL;
   }
   session_flush_client(s);
+  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL && s->bout != NULL)
+    session_flush_backend(s);
 }
 
 /* ---- The client before login ---------------------------------------------------------------------- */
@@ -1983,8 +2002,15 @@ on_client(gpointer data, guint32 events)
     proxy_header_input(s);
     return;
   }
-  if (s->state != S_PRELOGIN)
-    return; /* the client waits for its login's answer (a TLS kick may still call) */
+  if (s->state != S_PRELOGIN) {
+    /* The client waits for its login's answer (a TLS kick may still call): what it sent
+     * meanwhile stays in the socket until then. */
+    if (s->state != S_PROXY_HEADER && !s->cin_parked) {
+      s->cin_parked = TRUE;
+      update_interest(s);
+    }
+    return;
+  }
   char buf[READ_CHUNK];
   gssize n = client_recv(s, buf, sizeof(buf));
   if (n == -1) {
@@ -2069,10 +2095,15 @@ on_listener(gpointer data, guint32 events)
     s->counted_ip = !trusted;
     g_strlcpy(s->cip, ip, sizeof(s->cip));
     s->cport = port;
-    struct sockaddr_storage ls;
-    socklen_t ll = sizeof(ls);
-    if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
-      address_text(&ls, s->lip, &s->lport);
+    if (l->ip[0] != '\0') {
+      g_strlcpy(s->lip, l->ip, sizeof(s->lip));
+      s->lport = l->port;
+    } else {
+      struct sockaddr_storage ls;
+      socklen_t ll = sizeof(ls);
+      if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
+        address_text(&ls, s->lip, &s->lport);
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     s->deadline_us = g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
@@ -2412,6 +2443,11 @@ proxy_new(Usherd *u, GError **error)
         l->fd = fd;
         l->proto = kinds[k].proto;
         l->tls = kinds[k].tls;
+        const UsherDirectorAddr *at = &g_array_index(kinds[k].addrs, UsherDirectorAddr, a);
+        usher_ip_to_string(&at->ip, l->ip);
+        if (strcmp(l->ip, "0.0.0.0") == 0 || strcmp(l->ip, "::") == 0)
+          l->ip[0] = '\0';
+        l->port = at->port;
         l->watch = poller_add(w->poller, fd, EPOLLIN, on_listener, l);
         g_ptr_array_add(w->listeners, l);
       }
