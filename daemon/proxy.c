@@ -115,6 +115,7 @@ struct Session {
   gboolean client_eol; /* the last byte sent to the client ended a line */
   Pipe *cpipe;         /* backend -> client bytes in flight by splice (before cout's) */
   Pipe *bpipe;         /* client -> backend (before bout's) */
+  gboolean bulk_to_client, bulk_to_backend; /* that direction carries bulk now: try splice */
   UsherImapReader *reader;   /* IMAP before login */
   UsherPop3Reader *preader;  /* POP3 before login */
   UsherProxyHeader *pheader; /* S_PROXY_HEADER */
@@ -171,8 +172,10 @@ struct Proxy {
   Worker **workers;
   guint n_workers;
   GHashTable *routes; /* core thread: request id -> SessionRef* */
-  GMutex lock;        /* guards per_ip and stats */
+  GMutex lock;        /* guards per_ip, stats, backend_caps, imap_caps and tls_ctx */
   GHashTable *per_ip; /* client IP text -> count */
+  GHashTable *backend_caps; /* backend IP text -> the CAPABILITY list of its last greeting */
+  char *imap_caps;          /* what every one of them offers, less what usherd says itself */
   GHashTable *registry; /* (worker << 56 | session id) -> ProxySessionInfo*, logged-in sessions */
   guint total;
   ProxyStats stats;
@@ -213,6 +216,7 @@ session_later(Session *s, guint delay_ms, GSourceFunc fn)
 }
 
 static void session_close(Session *s, const char *why);
+static void learn_capabilities(Session *s, const char *line);
 static void session_flush_client(Session *s);
 static void session_flush_backend(Session *s);
 
@@ -1059,6 +1063,8 @@ imap_backend_line(Session *s, const char *line)
       backend_failed(s, line);
       return FALSE;
     }
+    if (g_str_has_prefix(line, "* OK "))
+      learn_capabilities(s, line);
     return TRUE; /* the greeting, ID's answer, CAPABILITY: not for the client */
   }
   if (g_str_has_prefix(line, "U1 "))
@@ -1210,15 +1216,20 @@ proxy_bytes(Session *s, gboolean to_client_side)
   GByteArray **to_buf = to_client_side ? &s->cout : &s->bout;
   gsize *to_off = to_client_side ? &s->cout_off : &s->bout_off;
   char buf[READ_CHUNK];
-  gboolean bulk = FALSE; /* a read filled buf: more is likely waiting, try a pipe */
+  /* A pipe is tried while this direction carries bulk: a read filled buf, or the previous
+   * wakeup spliced. Interactive traffic costs no extra ioctl. */
+  gboolean *bulk = to_client_side ? &s->bulk_to_client : &s->bulk_to_backend;
+  gboolean moved = FALSE;
   for (int i = 0; i < 4; i++) {
-    SpliceResult spliced = bulk ? splice_burst(s, to_client_side) : SPLICE_COPY;
+    SpliceResult spliced = *bulk ? splice_burst(s, to_client_side) : SPLICE_COPY;
     if (spliced == SPLICE_CLOSED)
       return;
     if (spliced == SPLICE_WAIT)
       break;
-    if (spliced == SPLICE_MOVED)
+    if (spliced == SPLICE_MOVED) {
+      moved = TRUE;
       continue;
+    }
     gssize n;
     if (to_client_side) {
       n = sock_result(recv(s->bfd, buf, sizeof(buf), 0));
@@ -1233,7 +1244,10 @@ proxy_bytes(Session *s, gboolean to_client_side)
       return;
     }
     queue(to_buf, to_off, buf, (gsize)n);
-    bulk = n == (gssize)sizeof(buf);
+    if (n == (gssize)sizeof(buf))
+      *bulk = TRUE;
+    else if (!moved)
+      *bulk = FALSE; /* a small read that is not a burst's tail */
     if (to_client_side)
       s->client_eol = buf[n - 1] == '\n';
     if ((*to_buf)->len - *to_off >= OUT_HIGH_WATER)
@@ -1335,9 +1349,12 @@ on_backend(gpointer data, guint32 events)
 
 /* ---- The client before login ---------------------------------------------------------------------- */
 
-#define PRELOGIN_CAPABILITIES                                                                      \
-  "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN AUTH=LOGIN "             \
-  "AUTH=OAUTHBEARER AUTH=XOAUTH2"
+/* The pre-login CAPABILITY: what usherd itself does before login (these tokens, AUTH=, STARTTLS)
+ * around what every backend offers in its greeting (learn_capabilities; the default until a
+ * backend has greeted). */
+#define CAPS_OURS "IMAP4rev1 SASL-IR ID LITERAL+"
+#define CAPS_BACKENDS_DEFAULT "LOGIN-REFERRALS ENABLE IDLE"
+#define CAPS_AUTH "AUTH=PLAIN AUTH=LOGIN AUTH=OAUTHBEARER AUTH=XOAUTH2"
 
 static void client_starttls(Session *s, const char *ok);
 
@@ -1348,10 +1365,79 @@ can_starttls(const Session *s)
   return s->ssl == NULL && s->w->proxy->tls_enabled;
 }
 
-static const char *
+static char *
 imap_capabilities(const Session *s)
 {
-  return can_starttls(s) ? PRELOGIN_CAPABILITIES " STARTTLS" : PRELOGIN_CAPABILITIES;
+  Proxy *p = s->w->proxy;
+  g_mutex_lock(&p->lock);
+  char *caps = g_strdup_printf(CAPS_OURS "%s%s " CAPS_AUTH "%s", p->imap_caps[0] ? " " : "",
+                               p->imap_caps, can_starttls(s) ? " STARTTLS" : "");
+  g_mutex_unlock(&p->lock);
+  return caps;
+}
+
+/* A token that usherd answers for itself before login, or that only describes the login phase. */
+static gboolean
+cap_ours(const char *token)
+{
+  static const char *const ours[] = {"IMAP4rev1", "SASL-IR", "ID", "LITERAL+", "LITERAL-",
+                                     "STARTTLS", "LOGINDISABLED", NULL};
+  if (g_ascii_strncasecmp(token, "AUTH=", 5) == 0)
+    return TRUE;
+  for (const char *const *o = ours; *o != NULL; o++)
+    if (g_ascii_strcasecmp(token, *o) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+/* A backend's greeting named its capabilities: the pre-login list offers what every backend that
+ * has greeted offers (in the first one's order), so a client that caches the list meets no
+ * surprise after login. Cheap when nothing changed (one string compare under the lock). */
+static void
+learn_capabilities(Session *s, const char *line)
+{
+  const char *start = strstr(line, "[CAPABILITY ");
+  const char *end = start != NULL ? strchr(start, ']') : NULL;
+  if (end == NULL)
+    return;
+  start += strlen("[CAPABILITY ");
+  g_autofree char *caps = g_strndup(start, (gsize)(end - start));
+  char ip[USHER_IP_STRLEN];
+  usher_ip_to_string(&s->backend, ip);
+  Proxy *p = s->w->proxy;
+  g_mutex_lock(&p->lock);
+  const char *known = g_hash_table_lookup(p->backend_caps, ip);
+  if (g_strcmp0(known, caps) != 0) {
+    g_hash_table_insert(p->backend_caps, g_strdup(ip), g_steal_pointer(&caps));
+    GString *common = g_string_new(NULL);
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, p->backend_caps);
+    g_auto(GStrv) first = NULL;
+    GPtrArray *others = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+      char **tokens = g_strsplit(value, " ", -1);
+      if (first == NULL)
+        first = tokens;
+      else
+        g_ptr_array_add(others, tokens);
+    }
+    for (char **t = first; *t != NULL; t++) {
+      gboolean everywhere = **t != '\0' && !cap_ours(*t);
+      for (guint i = 0; everywhere && i < others->len; i++) {
+        char **o = g_ptr_array_index(others, i);
+        while (*o != NULL && g_ascii_strcasecmp(*o, *t) != 0)
+          o++;
+        everywhere = *o != NULL;
+      }
+      if (everywhere && common->len < 900)
+        g_string_append_printf(common, "%s%s", common->len > 0 ? " " : "", *t);
+    }
+    g_ptr_array_unref(others);
+    g_free(p->imap_caps);
+    p->imap_caps = g_string_free(common, FALSE);
+  }
+  g_mutex_unlock(&p->lock);
 }
 
 static gboolean
@@ -1423,10 +1509,11 @@ static void
 imap_command(Session *s, UsherImapCmd *cmd)
 {
   switch (cmd->type) {
-  case USHER_IMAP_CMD_CAPABILITY:
-    to_client_fmt(s, "* CAPABILITY %s\r\n%s OK Capability completed.\r\n", imap_capabilities(s),
-                  cmd->tag);
+  case USHER_IMAP_CMD_CAPABILITY: {
+    g_autofree char *caps = imap_capabilities(s);
+    to_client_fmt(s, "* CAPABILITY %s\r\n%s OK Capability completed.\r\n", caps, cmd->tag);
     return;
+  }
   case USHER_IMAP_CMD_NOOP:
     to_client_fmt(s, "%s OK NOOP completed.\r\n", cmd->tag);
     return;
@@ -1758,7 +1845,8 @@ greet(Session *s)
     to_client_fmt(s, "+OK %s\r\n", c->proxy_greeting);
   } else {
     s->reader = usher_imap_reader_new();
-    to_client_fmt(s, "* OK [CAPABILITY %s] %s\r\n", imap_capabilities(s), c->proxy_greeting);
+    g_autofree char *caps = imap_capabilities(s);
+    to_client_fmt(s, "* OK [CAPABILITY %s] %s\r\n", caps, c->proxy_greeting);
   }
 }
 
@@ -2393,13 +2481,15 @@ proxy_new(Usherd *u, GError **error)
     return NULL;
   SSL_CTX *tls_ctx = NULL;
   if (c->tls_cert[0] != '\0' &&
-      (tls_ctx = usherd_tls_context_new(c->tls_cert, c->tls_key, c->tls_min_version, error)) ==
+      (tls_ctx = usherd_tls_server_new(c, error)) ==
         NULL)
     return NULL;
   Proxy *p = g_new0(Proxy, 1);
   p->u = u;
   g_mutex_init(&p->lock);
   p->per_ip = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  p->backend_caps = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  p->imap_caps = g_strdup(CAPS_BACKENDS_DEFAULT);
   p->registry = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, session_info_free);
   p->routes = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
   p->hasher = usher_director_get_hasher(u->director);
@@ -2484,6 +2574,8 @@ proxy_free(Proxy *p)
   g_free(p->workers);
   g_hash_table_unref(p->routes);
   g_hash_table_unref(p->per_ip);
+  g_hash_table_unref(p->backend_caps);
+  g_free(p->imap_caps);
   g_hash_table_unref(p->registry);
   if (p->tls_ctx != NULL)
     SSL_CTX_free(p->tls_ctx);
@@ -2497,7 +2589,7 @@ proxy_reload_tls(Proxy *p, GError **error)
   const UsherConfig *c = p->u->config;
   if (p->tls_ctx == NULL)
     return TRUE;
-  SSL_CTX *fresh = usherd_tls_context_new(c->tls_cert, c->tls_key, c->tls_min_version, error);
+  SSL_CTX *fresh = usherd_tls_server_new(c, error);
   if (fresh == NULL)
     return FALSE;
   g_mutex_lock(&p->lock);

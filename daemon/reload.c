@@ -111,6 +111,14 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
       g_string_append(out, lists[i].name);
     }
   }
+  gboolean sni_same = a->tls_sni->len == b->tls_sni->len;
+  for (guint i = 0; sni_same && i < a->tls_sni->len; i++) {
+    const UsherTlsSni *x = g_ptr_array_index(a->tls_sni, i), *y = g_ptr_array_index(b->tls_sni, i);
+    sni_same = strcmp(x->name, y->name) == 0 && strcmp(x->cert, y->cert) == 0 &&
+               strcmp(x->key, y->key) == 0;
+  }
+  if (!sni_same)
+    g_string_append(out, " [proxy]tls_sni");
   if (a->has_ring_address != b->has_ring_address ||
       (a->has_ring_address && (!usher_ip_equal(&a->ring_address.ip, &b->ring_address.ip) ||
                                a->ring_address.port != b->ring_address.port)))

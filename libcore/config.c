@@ -549,6 +549,16 @@ usher_backends_parse(const char *text, GPtrArray *out, GError **error)
  * The configuration object
  */
 
+static void
+tls_sni_free(gpointer data)
+{
+  UsherTlsSni *e = data;
+  g_free(e->name);
+  g_free(e->cert);
+  g_free(e->key);
+  g_free(e);
+}
+
 UsherConfig *
 usher_config_new(void)
 {
@@ -585,6 +595,7 @@ usher_config_new(void)
   config->tls_cert = g_strdup("");
   config->tls_key = g_strdup("");
   config->tls_min_version = 12;
+  config->tls_sni = g_ptr_array_new_with_free_func(tls_sni_free);
   config->proxy_shutdown_timeout_secs = 30;
   config->proxy_max_connections = 100000;
   config->proxy_max_connections_per_ip = 10000;
@@ -621,6 +632,8 @@ usher_config_free(UsherConfig *config)
     g_array_unref(config->pop3s_listen);
   g_free(config->tls_cert);
   g_free(config->tls_key);
+  if (config->tls_sni != NULL)
+    g_ptr_array_unref(config->tls_sni);
   if (config->trusted_proxies != NULL)
     g_array_unref(config->trusted_proxies);
   if (config->proxy_protocol_backends != NULL)
@@ -1048,7 +1061,7 @@ static const char *const proxy_keys[] = {
     "imap_listen",         "pop3_listen",   "workers",          "max_connections",
     "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
     "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
-    "tls_key", "tls_min_version", "shutdown_timeout", NULL,
+    "tls_key", "tls_min_version", "tls_sni", "shutdown_timeout", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1495,12 +1508,91 @@ get_net_list(const KeyRef *ref, GArray *out, GError **error)
   return TRUE;
 }
 
+/* A host name as a client sends it in SNI (letters, digits, '-', dots between labels), or
+ * "*." and such a name. */
+static gboolean
+sni_name_valid(const char *name, gsize len)
+{
+  if (len > 2 && name[0] == '*' && name[1] == '.') {
+    name += 2;
+    len -= 2;
+  }
+  if (len == 0 || len > 253 || name[0] == '.' || name[len - 1] == '.')
+    return FALSE;
+  gsize label = 0;
+  for (gsize i = 0; i < len; i++) {
+    char c = name[i];
+    if (c == '.') {
+      if (label == 0)
+        return FALSE;
+      label = 0;
+    } else if (g_ascii_isalnum(c) || c == '-' || c == '_') {
+      if (++label > 63)
+        return FALSE;
+    } else
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* tls_sni = NAME:CERT[:KEY] ... (host names hold no ':'; paths are absolute). */
+static gboolean
+get_sni_list(const KeyRef *ref, GPtrArray *out, GError **error)
+{
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  g_ptr_array_set_size(out, 0);
+  const char *p = value;
+  Element elem = {0};
+  while (next_element(&p, &elem)) {
+    g_autofree char *text = g_strndup(elem.text, elem.len);
+    g_auto(GStrv) parts = g_strsplit(text, ":", 3);
+    guint n = g_strv_length(parts);
+    const char *why = NULL;
+    if (n < 2)
+      why = "is not NAME:CERT or NAME:CERT:KEY";
+    else if (!sni_name_valid(parts[0], strlen(parts[0])))
+      why = "does not start with a host name (or *.domain)";
+    else if (parts[1][0] != '/' || (n == 3 && parts[2][0] != '/'))
+      why = "names a file by a path that is not absolute";
+    if (why != NULL) {
+      g_autofree char *q = quote(elem.text, (gssize)elem.len);
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "element %u, %s, %s", elem.number, q,
+                why);
+      return FALSE;
+    }
+    g_autofree char *name = g_ascii_strdown(parts[0], -1);
+    for (guint i = 0; i < out->len; i++) {
+      const UsherTlsSni *other = g_ptr_array_index(out, i);
+      if (strcmp(other->name, name) == 0) {
+        key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "element %u names %s a second time",
+                  elem.number, name);
+        return FALSE;
+      }
+    }
+    if (out->len >= USHER_CONFIG_MAX_SNI) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "more than %d names",
+                USHER_CONFIG_MAX_SNI);
+      return FALSE;
+    }
+    UsherTlsSni *e = g_new0(UsherTlsSni, 1);
+    e->name = g_steal_pointer(&name);
+    e->cert = g_strdup(parts[1]);
+    e->key = g_strdup(n == 3 ? parts[2] : parts[1]);
+    g_ptr_array_add(out, e);
+  }
+  return TRUE;
+}
+
 static gboolean
 parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
 {
   const char *key = ref->key;
   if (strcmp(key, "trusted_proxies") == 0)
     return get_net_list(ref, config->trusted_proxies, error);
+  if (strcmp(key, "tls_sni") == 0)
+    return get_sni_list(ref, config->tls_sni, error);
   if (strcmp(key, "proxy_protocol_backends") == 0)
     return get_net_list(ref, config->proxy_protocol_backends, error);
   if (strcmp(key, "imap_listen") == 0)
@@ -1819,6 +1911,12 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
   if ((config->tls_cert[0] != '\0') != (config->tls_key[0] != '\0')) {
     g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
                 "%s: [proxy] tls_cert and tls_key go together: set both or neither", source);
+    return NULL;
+  }
+  if (config->tls_cert[0] == '\0' && config->tls_sni->len > 0) {
+    g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
+                "%s: [proxy] tls_sni needs tls_cert and tls_key (the certificate for clients that "
+                "name no host, or one not in the list)", source);
     return NULL;
   }
   if (config->tls_cert[0] == '\0' &&

@@ -87,6 +87,7 @@ typedef struct {
   char *tls_cert;       /* PEM certificate chain path; "" = no TLS (no STARTTLS/STLS either) */
   char *tls_key;        /* PEM private key path */
   guint tls_min_version; /* 12 (TLS 1.2, default) or 13 */
+  GPtrArray *tls_sni;    /* UsherTlsSni*: certificates by the name a client asks for (SNI) */
   guint proxy_workers; /* 0 = one per CPU */
   guint proxy_max_connections;
   guint proxy_max_connections_per_ip;
@@ -99,6 +100,14 @@ typedef struct {
 } UsherConfig;
 
 #define USHER_CONFIG_MAX_NETS 1024 /* networks in one list */
+#define USHER_CONFIG_MAX_SNI 1024  /* tls_sni entries */
+
+/* One [proxy] tls_sni entry: NAME:CERT[:KEY]. */
+typedef struct {
+  char *name; /* lower case; "*.example.org" matches one more label in front */
+  char *cert; /* absolute path, PEM chain */
+  char *key;  /* absolute path; the cert file itself when the entry names no key */
+} UsherTlsSni;
 
 #define USHER_ADMIN_SOCKET_DEFAULT "/run/usherd/director-admin"
 #define USHER_STATE_DIR_DEFAULT "/var/lib/usherd"

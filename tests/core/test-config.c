@@ -1033,6 +1033,29 @@ test_proxy_group(void)
               "\"1.1\" is not 1.2 or 1.3", NULL);
   parse_fails("[proxy]\nshutdown_timeout = soon\n", USHER_CONFIG_ERROR_INVALID,
               "[proxy] shutdown_timeout", NULL);
+  g_autoptr(UsherConfig) sni =
+    parse_ok("[proxy]\ntls_cert = /c.pem\ntls_key = /k.pem\n"
+             "tls_sni = Mail.Example.org:/m.pem:/m.key, *.example.net:/n.pem\n");
+  g_assert_cmpuint(sni->tls_sni->len, ==, 2);
+  const UsherTlsSni *first = g_ptr_array_index(sni->tls_sni, 0);
+  const UsherTlsSni *second = g_ptr_array_index(sni->tls_sni, 1);
+  g_assert_cmpstr(first->name, ==, "mail.example.org");
+  g_assert_cmpstr(first->key, ==, "/m.key");
+  g_assert_cmpstr(second->name, ==, "*.example.net");
+  g_assert_cmpstr(second->key, ==, "/n.pem"); /* no key: the PEM holds both */
+  parse_fails("[proxy]\ntls_sni = a.example:/a.pem\n", USHER_CONFIG_ERROR_CONFLICT,
+              "tls_sni needs tls_cert and tls_key", NULL);
+  parse_fails("[proxy]\ntls_sni = a.example\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] tls_sni: element 1, \"a.example\", is not NAME:CERT or NAME:CERT:KEY",
+              NULL);
+  parse_fails("[proxy]\ntls_sni = a.example:a.pem\n", USHER_CONFIG_ERROR_INVALID,
+              "is not absolute", NULL);
+  parse_fails("[proxy]\ntls_sni = a..example:/a.pem\n", USHER_CONFIG_ERROR_INVALID,
+              "does not start with a host name", NULL);
+  parse_fails("[proxy]\ntls_sni = x.*.example:/a.pem\n", USHER_CONFIG_ERROR_INVALID,
+              "does not start with a host name", NULL);
+  parse_fails("[proxy]\ntls_sni = a.example:/a.pem A.example:/b.pem\n",
+              USHER_CONFIG_ERROR_INVALID, "element 2 names a.example a second time", NULL);
   g_autoptr(UsherConfig) drain = parse_ok("[proxy]\nshutdown_timeout = 0s\n");
   g_assert_cmpuint(drain->proxy_shutdown_timeout_secs, ==, 0);
   g_assert_cmpuint(tls->proxy_shutdown_timeout_secs, ==, 30);

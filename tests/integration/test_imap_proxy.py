@@ -4,7 +4,7 @@
 A ring of three usherd, each proxying IMAP on its own address, in front of three Dovecot 2.3
 backends (which name themselves in their ID reply). Python's imaplib is the client.
 
-Checked: LOGIN (atoms, quoted strings, synchronising and LITERAL+ literals), AUTHENTICATE PLAIN
+Checked: pre-login capabilities follow what all backends offer; LOGIN (atoms, quoted strings, synchronising and LITERAL+ literals), AUTHENTICATE PLAIN
 with and without SASL-IR, AUTHENTICATE LOGIN; a user's logins through any of the three usherd
 reach one backend, the one `doveadm director status` (usherd's admin socket) shows; a wrong
 password is refused as the backend said; the backend sees the real client address (IMAP ID, in
@@ -34,7 +34,11 @@ def raw(host, lines, read_until=b"\r\n", timeout=10, source_ip=None):
 
 
 def run(lab, t):
-    bs = [lab.dovecot_backend(lab.backend_ip(i)) for i in (1, 2, 3)]
+    # Every backend offers XLAB-ALL after its defaults; only the first one XLAB-ONE.
+    bs = [lab.dovecot_backend(lab.backend_ip(i),
+                              extra_conf="imap_capability = +XLAB-ALL" +
+                                         (" XLAB-ONE" if i == 1 else "") + "\n")
+          for i in (1, 2, 3)]
     ring = [lab.director_ip(i) for i in (1, 2, 3)]
     us = [lab.usherd(ip, ring=ring, backends=bs,
                      extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\nworkers = 2\n"
@@ -61,6 +65,10 @@ def run(lab, t):
     c = imaplib.IMAP4(us[0].ip, ul.IMAP_PORT)
     t.ok("SASL-IR" in c.capabilities and "AUTH=PLAIN" in c.capabilities,
          "pre-login capabilities offer SASL-IR and AUTH=PLAIN", str(c.capabilities))
+    t.ok("XLAB-ALL" in c.capabilities and "IDLE" in c.capabilities and
+         "XLAB-ONE" not in c.capabilities,
+         "pre-login capabilities: what every backend's greeting offers (XLAB-ALL), not what "
+         "one backend alone does (XLAB-ONE)", str(c.capabilities))
     c.authenticate("PLAIN", lambda _: b"\0user7\0" + ul.PASSWORD.encode())
     typ, data = c.select("INBOX")
     t.ok(typ == "OK", "AUTHENTICATE PLAIN with a continuation, then SELECT on the backend")

@@ -11,7 +11,7 @@ later; a user's logins over TLS and plaintext, IMAP and POP3, through any usherd
 backend; commands pipelined in plaintext behind STARTTLS are refused (CVE-2011-0411); a client
 that is not speaking TLS on imaps is dropped and counted; a kick reaches a TLS session as a BYE;
 SIGHUP loads a renewed certificate for new connections while a session that started before it
-goes on. Exits 0 pass, 1 fail, 77 skipped.
+goes on; SNI picks the tls_sni certificate (exact name, *.domain), others get tls_cert. Exits 0 pass, 1 fail, 77 skipped.
 """
 
 import imaplib
@@ -35,12 +35,12 @@ POP3S_PORT = 10995
 NAME = "usher.test"
 
 
-def make_cert(directory, tag):
-    cert = os.path.join(directory, "cert.pem")
-    key = os.path.join(directory, "key.pem")
+def make_cert(directory, tag, name=NAME, base=""):
+    cert = os.path.join(directory, base + "cert.pem")
+    key = os.path.join(directory, base + "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", key + ".new", "-out", cert + ".new", "-subj", f"/CN={NAME}/O={tag}",
-                    "-addext", f"subjectAltName=DNS:{NAME}"],
+                    "-keyout", key + ".new", "-out", cert + ".new", "-subj", f"/CN={name}/O={tag}",
+                    "-addext", f"subjectAltName=DNS:{name}"],
                    check=True, capture_output=True)
     os.replace(key + ".new", key)
     os.replace(cert + ".new", cert)
@@ -99,6 +99,11 @@ def run(lab, t):
     os.makedirs(certdir)
     cert, key = make_cert(certdir, "first")
     ctx = client_context(cert)
+    other_cert, other_key = make_cert(certdir, "other", "other.test", "other-")
+    wild_cert, wild_key = make_cert(certdir, "wild", "*.wild.test", "wild-")
+    # a wildcard entry with the key in the certificate's file
+    with open(wild_cert, "a") as f, open(wild_key) as k:
+        f.write(k.read())
     bs = [lab.dovecot_backend(lab.backend_ip(i)) for i in (1, 2, 3)]
     ring = [lab.director_ip(i) for i in (1, 2, 3)]
     us = [lab.usherd(ip, ring=ring, backends=bs,
@@ -106,7 +111,9 @@ def run(lab, t):
                                 f"pop3_listen = {ip}:{ul.POP3_PORT}\n"
                                 f"imaps_listen = {ip}:{IMAPS_PORT}\n"
                                 f"pop3s_listen = {ip}:{POP3S_PORT}\n"
-                                f"tls_cert = {cert}\ntls_key = {key}\nworkers = 2\n")
+                                f"tls_cert = {cert}\ntls_key = {key}\nworkers = 2\n"
+                                f"tls_sni = other.test:{other_cert}:{other_key} "
+                                f"*.wild.test:{wild_cert}\n")
           for ip in ring]
     lab.start_all()
     lab.wait_ring_synced(us, timeout=30, via="admin")
@@ -157,6 +164,26 @@ def run(lab, t):
          "\n".join(bad))
     t.ok(versions <= {"TLSv1.2", "TLSv1.3"} and versions,
          f"the certificate verifies for {NAME}; TLS version {sorted(versions)}")
+
+    # -- SNI: the certificate for the name the client asks for
+    def sni_cert(name, cafile, check=True):
+        c = ssl.create_default_context(cafile=cafile)
+        c.check_hostname = check
+        try:
+            with c.wrap_socket(socket.create_connection((us[0].ip, IMAPS_PORT), timeout=10),
+                               server_hostname=name) as s:
+                s.recv(4096)
+                return dict(x[0] for x in s.getpeercert()["subject"]).get("organizationName")
+        except ssl.SSLError as e:
+            return f"refused: {e}"
+    got = {n: sni_cert(n, ca) for n, ca in (("other.test", other_cert), ("a.wild.test", wild_cert),
+                                            (NAME, cert), ("OTHER.test", other_cert))}
+    t.ok(got == {"other.test": "other", "a.wild.test": "wild", NAME: "first",
+                 "OTHER.test": "other"},
+         "SNI: tls_sni names (exact, wildcard, any case) get their certificates, others tls_cert",
+         str(got))
+    g = sni_cert("b.a.wild.test", cert, check=False)
+    t.ok(g == "first", "a wildcard covers one label only (b.a.wild.test gets tls_cert)", g)
 
     # -- plaintext pipelined behind STARTTLS
     s = socket.create_connection((us[0].ip, ul.IMAP_PORT), timeout=10)
