@@ -10,7 +10,7 @@
  * only while bytes wait (released when they drain). Every limit is a constant or a setting:
  * pre-login line and literal sizes (libcore), bad commands, the login timeout, connections in
  * total and per client address, output queued per direction, splice pipes per worker. */
-#include "daemon/proxy.h"
+#include "daemon/proxy-private.h"
 
 #include "daemon/poller.h"
 #include "daemon/tls.h"
@@ -26,6 +26,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define ACCEPT_BATCH 64
@@ -46,24 +48,9 @@
 #define SPLICE_PIPES_MAX 256          /* per worker, in use at once; more bursts are copied */
 #define SPLICE_POOL 16                /* empty pipes a worker keeps for the next burst */
 
-typedef struct Worker Worker;
 typedef struct Session Session;
 
-typedef enum {
-  PROTO_IMAP = 0,
-  PROTO_POP3,
-} Proto;
 
-/* One listening socket of one worker. */
-typedef struct {
-  Worker *w;
-  int fd;
-  Proto proto;
-  gboolean tls; /* imaps/pop3s: TLS from the first byte */
-  PollerWatch *watch;
-  char ip[USHER_IP_STRLEN]; /* where it listens; "" for a wildcard address (ask each socket) */
-  guint16 port;
-} Listener;
 
 /* Where a POP3 backend login stands: its greeting, then XCLIENT's answer if it offered XCLIENT,
  * then AUTH's. */
@@ -148,45 +135,7 @@ struct Session {
   gboolean counted_ip; /* holds one of cip's slots (max_connections_per_ip) */
 };
 
-struct Worker {
-  Proxy *proxy;
-  guint index;
-  GThread *thread;
-  GMainContext *context;
-  GMainLoop *loop;
-  Poller *poller;
-  GPtrArray *listeners; /* Listener* */
-  GQueue sessions;
-  GHashTable *by_id; /* session id -> Session* */
-  guint64 next_session;
-  GSource *tick;
-  gint64 next_refresh_us;
-  GPtrArray *free_pipes; /* Pipe*, empty */
-  guint pipes_busy;      /* held by sessions */
-  guint64 spliced;       /* bytes, not yet added to the proxy's stats (on the tick) */
-  guint64 splice_refused; /* bursts copied because SPLICE_PIPES_MAX were busy */
-};
 
-struct Proxy {
-  Usherd *u;
-  Worker **workers;
-  guint n_workers;
-  GHashTable *routes; /* core thread: request id -> SessionRef* */
-  GMutex lock;        /* guards per_ip, stats, backend_caps, imap_caps and tls_ctx */
-  GHashTable *per_ip; /* client IP text -> count */
-  GHashTable *backend_caps; /* backend IP text -> the CAPABILITY list of its last greeting */
-  char *imap_caps;          /* what every one of them offers, less what usherd says itself */
-  GHashTable *registry; /* (worker << 56 | session id) -> ProxySessionInfo*, logged-in sessions */
-  guint total;
-  ProxyStats stats;
-  const UsherLoginHasher *hasher;
-  guint refresh_secs;
-  guint16 imap_port, pop3_port; /* [backends] ports as read at start (a reload changes the
-                                 * configuration's on the core thread) */
-  SSL_CTX *tls_ctx;             /* NULL without tls_cert; swapped under lock by a reload */
-  gboolean tls_enabled;         /* tls_ctx != NULL, fixed at start (read without the lock) */
-  gint next_request; /* atomic */
-};
 
 /* A session named from elsewhere (the core thread, a timer): found again by id on its worker,
  * or gone meanwhile. */
@@ -220,16 +169,16 @@ static void learn_capabilities(Session *s, const char *line);
 static void session_flush_client(Session *s);
 static void session_flush_backend(Session *s);
 
-static void
-stat_add(Proxy *p, guint64 *field, gint64 delta)
+void
+proxy_stat_add(Proxy *p, guint64 *field, gint64 delta)
 {
   g_mutex_lock(&p->lock);
   *field += (guint64)delta;
   g_mutex_unlock(&p->lock);
 }
 
-static gboolean
-in_nets(const GArray *nets, const UsherIp *ip)
+gboolean
+proxy_in_nets(const GArray *nets, const UsherIp *ip)
 {
   for (guint i = 0; i < nets->len; i++)
     if (usher_net_contains(&g_array_index(nets, UsherNet, i), ip))
@@ -621,23 +570,6 @@ backend_close(Session *s)
   }
 }
 
-typedef struct {
-  Proxy *proxy;
-  guint64 request;
-} CancelJob;
-
-static gboolean
-cancel_on_core(gpointer data)
-{
-  CancelJob *j = data;
-  Usherd *u = j->proxy->u;
-  if (g_hash_table_remove(j->proxy->routes, &j->request)) {
-    usher_director_login_cancel(u->director, usherd_now(), j->request);
-    usherd_core_after_call(u);
-  }
-  return G_SOURCE_REMOVE;
-}
-
 static guint64
 registry_key(const Session *s)
 {
@@ -767,13 +699,8 @@ session_close(Session *s, const char *why)
   Worker *w = s->w;
   g_debug("session %u/%" G_GUINT64_FORMAT " from %s:%u closed: %s", w->index, s->id, s->cip,
           s->cport, why);
-  if (s->state == S_ROUTING) {
-    CancelJob *j = g_new0(CancelJob, 1);
-    j->proxy = w->proxy;
-    j->request = s->request;
-    g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, cancel_on_core, j,
-                               g_free);
-  }
+  if (s->state == S_ROUTING)
+    proxy_route_cancel(w, s->request);
   registry_remove(s);
   pipe_give(w, &s->cpipe);
   pipe_give(w, &s->bpipe);
@@ -814,16 +741,18 @@ session_end(Session *s, const char *why)
 
 /* ---- Routing (worker -> core -> worker) ---------------------------------------------------------- */
 
+/* One lookup: made on a worker, kept in p->routes on the core thread while the core works on it,
+ * then sent back to the worker with the answer. */
 typedef struct {
   Proxy *proxy;
   Worker *w;
   guint64 session;
+  ProxyRouteAnswer answer;
   char *user;
   /* answer */
   guint64 request;
   UsherLoginStatus status;
   UsherIp host;
-  char *reason;
 } RouteJob;
 
 static void
@@ -831,30 +760,14 @@ route_job_free(gpointer data)
 {
   RouteJob *j = data;
   g_free(j->user);
-  g_free(j->reason);
   g_free(j);
 }
-
-static void backend_connect(Session *s);
-static void client_prelogin_input(Session *s);
 
 static gboolean
 route_answer_on_worker(gpointer data)
 {
   RouteJob *j = data;
-  Session *s = g_hash_table_lookup(j->w->by_id, &j->session);
-  if (s == NULL || s->state != S_ROUTING || s->request != j->request)
-    return G_SOURCE_REMOVE; /* the client went away meanwhile */
-  if (j->status != USHER_LOGIN_OK) {
-    stat_add(j->proxy, &j->proxy->stats.backend_unavailable, 1);
-    reply_unavailable(s, "No backend available for you right now, try again later");
-    forget_login(s);
-    s->state = S_PRELOGIN;
-    session_flush_client(s);
-    return G_SOURCE_REMOVE;
-  }
-  s->backend = j->host;
-  backend_connect(s);
+  j->answer(j->w, j->session, j->request, j->status, &j->host);
   return G_SOURCE_REMOVE;
 }
 
@@ -862,12 +775,8 @@ static gboolean
 route_on_core(gpointer data)
 {
   RouteJob *j = data;
-  Proxy *p = j->proxy;
-  Usherd *u = p->u;
-  SessionRef *ref = g_new0(SessionRef, 1);
-  ref->w = j->w;
-  ref->session = j->session;
-  g_hash_table_insert(p->routes, g_memdup2(&j->request, sizeof(j->request)), ref);
+  Usherd *u = j->proxy->u;
+  g_hash_table_insert(j->proxy->routes, &j->request, j);
   if (!usher_director_login_request(u->director, usherd_now(), j->request, j->user, NULL))
     g_assert_not_reached(); /* proxy ids are never reused */
   usherd_core_after_call(u);
@@ -883,20 +792,78 @@ proxy_owns_request(Proxy *p, guint64 request)
 void
 proxy_login_result(Proxy *p, const UsherEffect *e)
 {
-  SessionRef *ref = g_hash_table_lookup(p->routes, &e->login.request);
-  if (ref == NULL)
+  RouteJob *j = NULL;
+  if (!g_hash_table_steal_extended(p->routes, &e->login.request, NULL, (gpointer *)&j))
     return;
-  RouteJob *j = g_new0(RouteJob, 1);
-  j->proxy = p;
-  j->w = ref->w;
-  j->session = ref->session;
-  j->request = e->login.request;
   j->status = e->login.status;
   j->host = e->login.host;
-  j->reason = g_strdup(e->login.reason);
-  g_hash_table_remove(p->routes, &e->login.request);
   g_main_context_invoke_full(j->w->context, G_PRIORITY_DEFAULT, route_answer_on_worker, j,
                              route_job_free);
+}
+
+guint64
+proxy_route(Worker *w, guint64 session, const char *user, ProxyRouteAnswer answer)
+{
+  Proxy *p = w->proxy;
+  RouteJob *j = g_new0(RouteJob, 1);
+  j->proxy = p;
+  j->w = w;
+  j->session = session;
+  j->answer = answer;
+  j->user = g_strdup(user);
+  /* Request ids of the proxy live above 2^62, apart from the HTTP lookups' (u->next_request). */
+  j->request = (G_GUINT64_CONSTANT(1) << 62) | (guint64)g_atomic_int_add(&p->next_request, 1);
+  guint64 request = j->request;
+  g_main_context_invoke_full(p->u->context, G_PRIORITY_DEFAULT, route_on_core, j, NULL);
+  return request;
+}
+
+typedef struct {
+  Proxy *proxy;
+  guint64 request;
+} CancelJob;
+
+static gboolean
+cancel_on_core(gpointer data)
+{
+  CancelJob *j = data;
+  Usherd *u = j->proxy->u;
+  if (g_hash_table_remove(j->proxy->routes, &j->request)) {
+    usher_director_login_cancel(u->director, usherd_now(), j->request);
+    usherd_core_after_call(u);
+  }
+  return G_SOURCE_REMOVE;
+}
+
+void
+proxy_route_cancel(Worker *w, guint64 request)
+{
+  CancelJob *j = g_new0(CancelJob, 1);
+  j->proxy = w->proxy;
+  j->request = request;
+  g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, cancel_on_core, j, g_free);
+}
+
+static void backend_connect(Session *s);
+static void client_prelogin_input(Session *s);
+
+static void
+login_route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus status,
+                   const UsherIp *host)
+{
+  Session *s = g_hash_table_lookup(w->by_id, &session);
+  if (s == NULL || s->state != S_ROUTING || s->request != request)
+    return; /* the client went away meanwhile */
+  if (status != USHER_LOGIN_OK) {
+    proxy_stat_add(w->proxy, &w->proxy->stats.backend_unavailable, 1);
+    reply_unavailable(s, "No backend available for you right now, try again later");
+    forget_login(s);
+    s->state = S_PRELOGIN;
+    session_flush_client(s);
+    return;
+  }
+  s->backend = *host;
+  backend_connect(s);
 }
 
 /* Asks the core for the user's backend. The request id is made on the core thread; the session
@@ -907,15 +874,7 @@ session_route(Session *s)
   Proxy *p = s->w->proxy;
   s->state = S_ROUTING;
   s->user_hash = usher_login_hasher_hash(p->hasher, s->user, -1);
-  /* Request ids of the proxy live above 2^62, apart from the HTTP lookups' (u->next_request). */
-  s->request = (G_GUINT64_CONSTANT(1) << 62) | (guint64)g_atomic_int_add(&p->next_request, 1);
-  RouteJob *j = g_new0(RouteJob, 1);
-  j->proxy = p;
-  j->w = s->w;
-  j->session = s->id;
-  j->request = s->request;
-  j->user = g_strdup(s->user);
-  g_main_context_invoke_full(p->u->context, G_PRIORITY_DEFAULT, route_on_core, j, route_job_free);
+  s->request = proxy_route(s->w, s->id, s->user, login_route_answer);
   update_interest(s);
 }
 
@@ -948,7 +907,7 @@ backend_failed(Session *s, const char *why)
     update_interest(s);
     return;
   }
-  stat_add(s->w->proxy, &s->w->proxy->stats.backend_unavailable, 1);
+  proxy_stat_add(s->w->proxy, &s->w->proxy->stats.backend_unavailable, 1);
   reply_unavailable(s, "Your mail server is not available, try again later");
   forget_login(s);
   s->retried = FALSE;
@@ -1016,8 +975,8 @@ login_accepted(Session *s, const char *client_text)
   Proxy *p = s->w->proxy;
   to_client_fmt(s, "%s\r\n", client_text);
   s->state = S_PROXYING;
-  stat_add(p, &p->stats.logins_ok, 1);
-  stat_add(p, &p->stats.proxying_now, 1);
+  proxy_stat_add(p, &p->stats.logins_ok, 1);
+  proxy_stat_add(p, &p->stats.proxying_now, 1);
   registry_add(s);
   forget_secret(s);
   g_clear_pointer(&s->ctag, g_free);
@@ -1039,7 +998,7 @@ static gboolean
 login_refused(Session *s, const char *client_text)
 {
   Proxy *p = s->w->proxy;
-  stat_add(p, &p->stats.logins_failed, 1);
+  proxy_stat_add(p, &p->stats.logins_failed, 1);
   to_client_fmt(s, "%s\r\n", client_text);
   backend_close(s);
   forget_login(s);
@@ -1276,7 +1235,7 @@ on_backend(gpointer data, guint32 events)
     s->state = S_BACKEND_LOGIN;
     s->deadline_us = g_get_monotonic_time() + BACKEND_LOGIN_TIMEOUT_SECS * G_USEC_PER_SEC;
     s->bline = g_string_new(NULL);
-    if (in_nets(w->proxy->u->config->proxy_protocol_backends, &s->backend)) {
+    if (proxy_in_nets(w->proxy->u->config->proxy_protocol_backends, &s->backend)) {
       /* The backend learns the client's address from a PROXY v2 header (Dovecot:
        * haproxy = yes on its listener, usherd in haproxy_trusted_networks). */
       UsherIp src = {0}, dst = {0};
@@ -1710,7 +1669,7 @@ check_bad_commands(Session *s)
   Proxy *p = s->w->proxy;
   if (s->bad_commands < p->u->config->proxy_max_bad_commands)
     return TRUE;
-  stat_add(p, &p->stats.bad_commands_closed, 1);
+  proxy_stat_add(p, &p->stats.bad_commands_closed, 1);
   say_bye(s, "Too many invalid commands.");
   session_end(s, "too many invalid commands");
   return FALSE;
@@ -1801,8 +1760,8 @@ client_prelogin_input(Session *s)
 
 /* Takes a connection slot if `total` (max_connections) and one of the client address's if `ip`
  * is not NULL (max_connections_per_ip); counts a refusal. */
-static gboolean
-admit(Proxy *p, gboolean total, const char *ip)
+gboolean
+proxy_admit(Proxy *p, gboolean total, const char *ip)
 {
   const UsherConfig *c = p->u->config;
   g_mutex_lock(&p->lock);
@@ -1827,9 +1786,27 @@ admit(Proxy *p, gboolean total, const char *ip)
   return ok;
 }
 
+void
+proxy_release(Proxy *p, const char *ip)
+{
+  g_mutex_lock(&p->lock);
+  if (ip != NULL) {
+    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, ip));
+    if (n <= 1)
+      g_hash_table_remove(p->per_ip, ip);
+    else
+      g_hash_table_insert(p->per_ip, g_strdup(ip), GUINT_TO_POINTER(n - 1));
+  }
+  p->total--;
+  p->stats.sessions_now--;
+  g_mutex_unlock(&p->lock);
+}
+
 static const char *
 busy_text(Proto proto)
 {
+  if (proto == PROTO_LMTP)
+    return "421 4.3.2 Too many connections, try again later\r\n";
   return proto == PROTO_POP3 ? "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
                              : "* BYE Too many connections, try again later.\r\n";
 }
@@ -1884,7 +1861,7 @@ tls_handshake(Session *s)
   if (r == 1) {
     s->tls_handshaking = FALSE;
     s->tls_wants = 0;
-    stat_add(p, &p->stats.tls_handshakes, 1);
+    proxy_stat_add(p, &p->stats.tls_handshakes, 1);
     Worker *w = s->w;
     guint64 id = s->id;
     session_flush_client(s);
@@ -1900,7 +1877,7 @@ tls_handshake(Session *s)
     update_interest(s);
     return TRUE;
   default: {
-    stat_add(p, &p->stats.tls_failures, 1);
+    proxy_stat_add(p, &p->stats.tls_failures, 1);
     g_autofree char *why = usherd_tls_error_text();
     g_message("TLS handshake with %s:%u failed: %s", s->cip, s->cport, why);
     session_close(s, "TLS handshake failed");
@@ -1945,7 +1922,7 @@ client_starttls(Session *s, const char *ok)
   else
     (void)usher_imap_reader_peek_pending(s->reader, &pending);
   if (pending > 0) {
-    stat_add(p, &p->stats.tls_failures, 1);
+    proxy_stat_add(p, &p->stats.tls_failures, 1);
     say_bye(s, "Commands were sent after STARTTLS in plaintext.");
     session_end(s, "plaintext after STARTTLS");
     return;
@@ -1960,7 +1937,7 @@ client_starttls(Session *s, const char *ok)
     session_close(s, "the client does not read the STARTTLS answer");
     return;
   }
-  stat_add(p, &p->stats.starttls, 1);
+  proxy_stat_add(p, &p->stats.starttls, 1);
   if (s->proto == PROTO_POP3) {
     usher_pop3_reader_free(s->preader);
     s->preader = usher_pop3_reader_new();
@@ -1997,7 +1974,7 @@ proxy_header_input(Session *s)
   case USHER_PROXY_NEED_MORE:
     return;
   case USHER_PROXY_FAIL:
-    stat_add(p, &p->stats.proxy_header_errors, 1);
+    proxy_stat_add(p, &p->stats.proxy_header_errors, 1);
     g_message("a bad PROXY protocol header from %s:%u: %s; connection closed", s->cip, s->cport,
               usher_proxy_header_why(s->pheader));
     session_close(s, "bad PROXY header");
@@ -2005,7 +1982,7 @@ proxy_header_input(Session *s)
   case USHER_PROXY_DONE:
     break;
   }
-  stat_add(p, &p->stats.proxy_headers, 1);
+  proxy_stat_add(p, &p->stats.proxy_headers, 1);
   const UsherProxyInfo *info = usher_proxy_header_info(s->pheader);
   if (!info->local && info->family != USHER_PROXY_FAM_UNSPEC) {
     /* The client and the address it connected to, as the load balancer saw them. */
@@ -2015,7 +1992,7 @@ proxy_header_input(Session *s)
     s->lport = info->dst_port;
   }
   g_clear_pointer(&s->pheader, usher_proxy_header_free);
-  if (!admit(p, FALSE, s->cip)) {
+  if (!proxy_admit(p, FALSE, s->cip)) {
     if (!s->tls_listener) {
       to_client(s, busy_text(s->proto), -1);
       session_end(s, "too many connections from the client's address");
@@ -2113,7 +2090,7 @@ on_client(gpointer data, guint32 events)
     s->input_seen = TRUE;
     if (s->ssl == NULL && looks_like_proxy_header(buf, (gsize)n)) {
       /* Only trusted_proxies may say who the client is. */
-      stat_add(w->proxy, &w->proxy->stats.proxy_header_refused, 1);
+      proxy_stat_add(w->proxy, &w->proxy->stats.proxy_header_refused, 1);
       g_message("a PROXY protocol header from %s:%u, which is not in [proxy] trusted_proxies: "
                 "connection closed", s->cip, s->cport);
       say_bye(s, "PROXY protocol header from an untrusted address.");
@@ -2155,21 +2132,26 @@ on_listener(gpointer data, guint32 events)
     int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
       break;
-    char ip[USHER_IP_STRLEN];
-    guint16 port;
-    address_text(&ss, ip, &port);
+    char ip[USHER_IP_STRLEN] = "unix";
+    guint16 port = 0;
+    if (!l->unix_socket)
+      address_text(&ss, ip, &port);
     /* A trusted load balancer speaks for many clients: the per-address limit applies to the
      * client its PROXY header names. */
     UsherIp peer;
-    gboolean trusted = c->trusted_proxies->len > 0 && usher_ip_parse(ip, -1, &peer) &&
-                       in_nets(c->trusted_proxies, &peer);
-    if (!admit(p, TRUE, trusted ? NULL : ip)) {
+    gboolean trusted = l->proto != PROTO_LMTP && c->trusted_proxies->len > 0 &&
+                       usher_ip_parse(ip, -1, &peer) && proxy_in_nets(c->trusted_proxies, &peer);
+    if (!proxy_admit(p, TRUE, trusted || l->unix_socket ? NULL : ip)) {
       /* Plaintext clients are told why; a TLS client would read the words as a broken
        * handshake, so it only sees the close. */
       const char *busy = busy_text(l->proto);
       if (!l->tls)
         (void)send(fd, busy, strlen(busy), MSG_NOSIGNAL | MSG_DONTWAIT);
       close(fd);
+      continue;
+    }
+    if (l->proto == PROTO_LMTP) {
+      lmtp_accept(w, l, fd, ip, port);
       continue;
     }
     Session *s = g_new0(Session, 1);
@@ -2246,9 +2228,10 @@ on_tick(gpointer data)
 {
   Worker *w = data;
   gint64 now = g_get_monotonic_time();
+  lmtp_tick(w, now);
   if (w->spliced > 0 || w->splice_refused > 0) {
-    stat_add(w->proxy, &w->proxy->stats.spliced_bytes, (gint64)w->spliced);
-    stat_add(w->proxy, &w->proxy->stats.splice_pipes_refused, (gint64)w->splice_refused);
+    proxy_stat_add(w->proxy, &w->proxy->stats.spliced_bytes, (gint64)w->spliced);
+    proxy_stat_add(w->proxy, &w->proxy->stats.splice_pipes_refused, (gint64)w->splice_refused);
     w->spliced = w->splice_refused = 0;
   }
   for (GList *l = w->sessions.head; l != NULL;) {
@@ -2257,10 +2240,10 @@ on_tick(gpointer data)
     if (s->state == S_PROXYING || s->deadline_us > now)
       continue;
     if (s->state == S_PROXY_HEADER) {
-      stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
+      proxy_stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
       session_close(s, "no PROXY header before the login timeout");
     } else if (s->state == S_PRELOGIN) {
-      stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
+      proxy_stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
       say_bye(s, "Disconnected for inactivity before login.");
       session_end(s, "login timeout");
     } else if (s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN) {
@@ -2348,7 +2331,7 @@ kick_on_worker(gpointer data)
     session_end(s, "kicked by the director");
   }
   if (kicked > 0)
-    stat_add(j->proxy, &j->proxy->stats.kicked, kicked);
+    proxy_stat_add(j->proxy, &j->proxy->stats.kicked, kicked);
   if (g_atomic_int_dec_and_test(&j->pending))
     g_main_context_invoke_full(j->proxy->u->context, G_PRIORITY_DEFAULT, kick_done_on_core, j,
                                kick_job_free_all);
@@ -2395,6 +2378,33 @@ open_listener(const UsherDirectorAddr *a, GError **error)
   return fd;
 }
 
+/* A UNIX socket for LMTP (the MTA's lmtp:unix:PATH), open to the socket's group and owner
+ * (0660); a stale socket file from a previous run is replaced. */
+static int
+open_unix_listener(const char *path, GError **error)
+{
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof(sun.sun_path)) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "[proxy] lmtp_socket %s: the path is too long", path);
+    return -1;
+  }
+  g_strlcpy(sun.sun_path, path, sizeof(sun.sun_path));
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0)
+    (void)unlink(path);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 || chmod(path, 0660) != 0 ||
+      listen(fd, 1024) != 0) {
+    int saved = errno;
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(saved), "[proxy] lmtp_socket %s: %s",
+                path, g_strerror(saved));
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 static gpointer
 worker_main(gpointer data)
 {
@@ -2409,6 +2419,7 @@ worker_main(gpointer data)
       say_bye(s, "Server shutting down.");
     session_end(s, "usherd is stopping");
   }
+  lmtp_close_all(w);
   g_main_context_pop_thread_default(w->context);
   return NULL;
 }
@@ -2430,6 +2441,7 @@ worker_free(Worker *w)
   g_ptr_array_unref(w->free_pipes);
   poller_free(w->poller);
   g_hash_table_unref(w->by_id);
+  g_hash_table_unref(w->lmtp_by_id);
   g_main_loop_unref(w->loop);
   g_main_context_unref(w->context);
   g_free(w);
@@ -2477,7 +2489,7 @@ proxy_new(Usherd *u, GError **error)
 {
   const UsherConfig *c = u->config;
   if (c->imap_listen->len == 0 && c->pop3_listen->len == 0 && c->imaps_listen->len == 0 &&
-      c->pop3s_listen->len == 0)
+      c->pop3s_listen->len == 0 && c->lmtp_listen->len == 0 && c->lmtp_socket[0] == '\0')
     return NULL;
   SSL_CTX *tls_ctx = NULL;
   if (c->tls_cert[0] != '\0' &&
@@ -2491,10 +2503,13 @@ proxy_new(Usherd *u, GError **error)
   p->backend_caps = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
   p->imap_caps = g_strdup(CAPS_BACKENDS_DEFAULT);
   p->registry = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, session_info_free);
-  p->routes = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, g_free);
+  p->routes = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, route_job_free);
   p->hasher = usher_director_get_hasher(u->director);
   p->imap_port = c->backend_imap_port;
   p->pop3_port = c->backend_pop3_port;
+  p->lmtp_port = c->backend_lmtp_port;
+  p->lmtp_user_format = usher_hash_format_new(c->lmtp_user_format, NULL); /* checked by config */
+  p->recipient_delimiter = g_strdup(c->recipient_delimiter);
   p->tls_ctx = tls_ctx;
   p->tls_enabled = tls_ctx != NULL;
   p->refresh_secs = MAX(usher_director_get_user_expire_secs(u->director) / 4, REFRESH_MIN_SECS);
@@ -2509,6 +2524,8 @@ proxy_new(Usherd *u, GError **error)
     w->loop = g_main_loop_new(w->context, FALSE);
     w->poller = poller_new(w->context);
     w->by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
+    w->lmtp_by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
+    g_queue_init(&w->lmtp_sessions);
     w->free_pipes = g_ptr_array_new_with_free_func(pipe_free);
     w->listeners = g_ptr_array_new_with_free_func(g_free);
     g_queue_init(&w->sessions);
@@ -2520,7 +2537,8 @@ proxy_new(Usherd *u, GError **error)
     } kinds[] = {{c->imap_listen, PROTO_IMAP, FALSE},
                  {c->pop3_listen, PROTO_POP3, FALSE},
                  {c->imaps_listen, PROTO_IMAP, TRUE},
-                 {c->pop3s_listen, PROTO_POP3, TRUE}};
+                 {c->pop3s_listen, PROTO_POP3, TRUE},
+                 {c->lmtp_listen, PROTO_LMTP, FALSE}};
     for (gsize k = 0; k < G_N_ELEMENTS(kinds); k++) {
       for (guint a = 0; a < kinds[k].addrs->len; a++) {
         int fd = open_listener(&g_array_index(kinds[k].addrs, UsherDirectorAddr, a), error);
@@ -2542,6 +2560,21 @@ proxy_new(Usherd *u, GError **error)
         g_ptr_array_add(w->listeners, l);
       }
     }
+    if (i == 0 && c->lmtp_socket[0] != '\0') {
+      /* One UNIX socket, on the first worker (SO_REUSEPORT is for TCP). */
+      int fd = open_unix_listener(c->lmtp_socket, error);
+      if (fd < 0) {
+        proxy_free(p);
+        return NULL;
+      }
+      Listener *l = g_new0(Listener, 1);
+      l->w = w;
+      l->fd = fd;
+      l->proto = PROTO_LMTP;
+      l->unix_socket = TRUE;
+      l->watch = poller_add(w->poller, fd, EPOLLIN, on_listener, l);
+      g_ptr_array_add(w->listeners, l);
+    }
     w->tick = g_timeout_source_new(TICK_MS);
     g_source_set_callback(w->tick, on_tick, w, NULL);
     g_source_attach(w->tick, w->context);
@@ -2550,9 +2583,11 @@ proxy_new(Usherd *u, GError **error)
     g_autofree char *name = g_strdup_printf("usherd-worker%u", i);
     p->workers[i]->thread = g_thread_new(name, worker_main, p->workers[i]);
   }
-  g_message("proxy: %u worker threads; listeners: %u IMAP, %u POP3, %u IMAPS, %u POP3S%s",
+  g_message("proxy: %u worker threads; listeners: %u IMAP, %u POP3, %u IMAPS, %u POP3S, %u LMTP%s%s%s",
             p->n_workers, c->imap_listen->len, c->pop3_listen->len, c->imaps_listen->len,
-            c->pop3s_listen->len, tls_ctx != NULL ? "; STARTTLS/STLS offered" : "");
+            c->pop3s_listen->len, c->lmtp_listen->len,
+            c->lmtp_socket[0] != '\0' ? " and LMTP on " : "", c->lmtp_socket,
+            tls_ctx != NULL ? "; STARTTLS/STLS offered" : "");
   return p;
 }
 
@@ -2577,6 +2612,11 @@ proxy_free(Proxy *p)
   g_hash_table_unref(p->backend_caps);
   g_free(p->imap_caps);
   g_hash_table_unref(p->registry);
+  if (p->lmtp_user_format != NULL)
+    usher_hash_format_free(p->lmtp_user_format);
+  g_free(p->recipient_delimiter);
+  if (p->u->config->lmtp_socket[0] != '\0')
+    (void)unlink(p->u->config->lmtp_socket);
   if (p->tls_ctx != NULL)
     SSL_CTX_free(p->tls_ctx);
   g_mutex_clear(&p->lock);

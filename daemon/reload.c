@@ -88,6 +88,9 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
   DIFF_STR(tls_cert, "[proxy]tls_cert")
   DIFF_STR(tls_key, "[proxy]tls_key")
   DIFF(tls_min_version, "[proxy]tls_min_version")
+  DIFF_STR(lmtp_socket, "[proxy]lmtp_socket")
+  DIFF_STR(lmtp_user_format, "[proxy]lmtp_user_format")
+  DIFF_STR(recipient_delimiter, "[proxy]recipient_delimiter")
 #undef DIFF
 #undef DIFF_STR
   const struct {
@@ -100,6 +103,7 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
     {a->proxy_protocol_backends, b->proxy_protocol_backends, "[proxy]proxy_protocol_backends"},
     {a->imaps_listen, b->imaps_listen, "[proxy]imaps_listen"},
     {a->pop3s_listen, b->pop3s_listen, "[proxy]pop3s_listen"},
+    {a->lmtp_listen, b->lmtp_listen, "[proxy]lmtp_listen"},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(lists); i++) {
     /* Elements are zero-initialised structs (g_array_new clear), so bytes compare values. */
@@ -220,6 +224,7 @@ usherd_reload(Usherd *u)
   cur->backend_imap_port = fresh->backend_imap_port;
   cur->backend_pop3_port = fresh->backend_pop3_port;
   cur->backend_smtp_port = fresh->backend_smtp_port;
+  cur->backend_lmtp_port = fresh->backend_lmtp_port;
 
   /* The file read now is the base of the next reload, and the new "initial configuration". */
   g_autoptr(GError) initial_error = NULL;

@@ -587,6 +587,11 @@ usher_config_new(void)
   config->backend_imap_port = 143;
   config->backend_pop3_port = 110;
   config->backend_smtp_port = 25;
+  config->backend_lmtp_port = 24;
+  config->lmtp_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->lmtp_socket = g_strdup("");
+  config->lmtp_user_format = g_strdup("%u");
+  config->recipient_delimiter = g_strdup("+");
   config->http_max_pending_lookups = 10000;
   config->imap_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   config->pop3_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
@@ -632,6 +637,11 @@ usher_config_free(UsherConfig *config)
     g_array_unref(config->pop3s_listen);
   g_free(config->tls_cert);
   g_free(config->tls_key);
+  if (config->lmtp_listen != NULL)
+    g_array_unref(config->lmtp_listen);
+  g_free(config->lmtp_socket);
+  g_free(config->lmtp_user_format);
+  g_free(config->recipient_delimiter);
   if (config->tls_sni != NULL)
     g_ptr_array_unref(config->tls_sni);
   if (config->trusted_proxies != NULL)
@@ -1055,13 +1065,15 @@ static const char *const daemon_keys[] = {
     "users_snapshot_interval", NULL,
 };
 static const char *const backends_keys[] = {"hosts", "imap_port", "pop3_port", "smtp_port",
+                                             "lmtp_port",
                                              NULL};
 static const char *const http_keys[] = {"listen", "max_pending_lookups", NULL};
 static const char *const proxy_keys[] = {
     "imap_listen",         "pop3_listen",   "workers",          "max_connections",
     "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
     "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
-    "tls_key", "tls_min_version", "tls_sni", "shutdown_timeout", NULL,
+    "tls_key", "tls_min_version", "tls_sni", "shutdown_timeout", "lmtp_listen", "lmtp_socket",
+    "lmtp_user_format", "recipient_delimiter", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1449,6 +1461,8 @@ parse_backend_port(UsherConfig *config, const KeyRef *ref, GError **error)
     config->backend_imap_port = (guint16)port;
   else if (strcmp(ref->key, "pop3_port") == 0)
     config->backend_pop3_port = (guint16)port;
+  else if (strcmp(ref->key, "lmtp_port") == 0)
+    config->backend_lmtp_port = (guint16)port;
   else
     config->backend_smtp_port = (guint16)port;
   return TRUE;
@@ -1593,6 +1607,51 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return get_net_list(ref, config->trusted_proxies, error);
   if (strcmp(key, "tls_sni") == 0)
     return get_sni_list(ref, config->tls_sni, error);
+  if (strcmp(key, "lmtp_listen") == 0)
+    return get_listen_list(ref, config->lmtp_listen, error);
+  if (strcmp(key, "lmtp_socket") == 0 || strcmp(key, "lmtp_user_format") == 0 ||
+      strcmp(key, "recipient_delimiter") == 0) {
+    g_autofree char *value = NULL;
+    if (!get_value(ref, &value, error))
+      return FALSE;
+    if (key[5] == 's') { /* lmtp_socket */
+      if (value[0] != '\0' && (value[0] != '/' || strlen(value) > 100)) {
+        g_autofree char *q = quote(value, -1);
+        key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                  "%s is not an absolute path of at most 100 bytes", q);
+        return FALSE;
+      }
+      g_free(config->lmtp_socket);
+      config->lmtp_socket = g_steal_pointer(&value);
+    } else if (key[0] == 'l') { /* lmtp_user_format */
+      g_autoptr(GError) why = NULL;
+      g_autoptr(UsherHashFormat) f = usher_hash_format_new(value, &why);
+      if (f == NULL) {
+        key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s", why->message);
+        return FALSE;
+      }
+      if (strchr(value, '%') == NULL || strstr(value, "%%") != NULL) {
+        g_autofree char *q = quote(value, -1);
+        key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                  "%s names no part of the address (%%u, %%n, %%d): every recipient would be "
+                  "one user", q);
+        return FALSE;
+      }
+      g_free(config->lmtp_user_format);
+      config->lmtp_user_format = g_steal_pointer(&value);
+    } else { /* recipient_delimiter */
+      for (const char *c = value; *c != '\0'; c++)
+        if (!g_ascii_isgraph(*c) || *c == '@' || *c == '"') {
+          g_autofree char *q = quote(value, -1);
+          key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                    "%s: the delimiters are printable characters other than '@' and '\"'", q);
+          return FALSE;
+        }
+      g_free(config->recipient_delimiter);
+      config->recipient_delimiter = g_steal_pointer(&value);
+    }
+    return TRUE;
+  }
   if (strcmp(key, "proxy_protocol_backends") == 0)
     return get_net_list(ref, config->proxy_protocol_backends, error);
   if (strcmp(key, "imap_listen") == 0)

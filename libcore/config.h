@@ -74,7 +74,7 @@ typedef struct {
   char *state_dir;                /* "" = keep nothing across restarts; default USHER_STATE_DIR_DEFAULT */
   guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
   /* [backends] ports: where the backends' services listen (usherd's proxy, nginx auth_http) */
-  guint16 backend_imap_port, backend_pop3_port, backend_smtp_port;
+  guint16 backend_imap_port, backend_pop3_port, backend_smtp_port, backend_lmtp_port;
   /* [http]: usherd's HTTP listener (metrics, placement lookups); the simulator ignores it */
   gboolean has_http_listen;
   UsherDirectorAddr http_listen;
@@ -96,6 +96,10 @@ typedef struct {
   guint proxy_shutdown_timeout_secs; /* SIGTERM: sessions may finish for this long; default 30 */
   char *proxy_greeting;
   GArray *trusted_proxies;         /* UsherNet: clients that must start with a PROXY header */
+  GArray *lmtp_listen;       /* UsherDirectorAddr: LMTP over TCP */
+  char *lmtp_socket;         /* LMTP on a UNIX socket at this path; "" = none */
+  char *lmtp_user_format;    /* recipient address (detail cut) -> user name; default "%u" */
+  char *recipient_delimiter; /* bytes that start an address's detail; default "+" */
   GArray *proxy_protocol_backends; /* UsherNet: backends that get a PROXY v2 header */
 } UsherConfig;
 

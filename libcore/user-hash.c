@@ -223,6 +223,48 @@ usher_hash_format_user(const UsherHashFormat *format, const char *name, gssize l
   return finish(&md5);
 }
 
+static void
+append_cased(GString *out, const char *data, gsize len, CaseMap casemap)
+{
+  for (gsize i = 0; i < len; i++) {
+    char c = data[i];
+    if (casemap == CASE_LOWER && c >= 'A' && c <= 'Z')
+      c = (char)(c + ('a' - 'A'));
+    else if (casemap == CASE_UPPER && c >= 'a' && c <= 'z')
+      c = (char)(c - ('a' - 'A'));
+    g_string_append_c(out, c);
+  }
+}
+
+char *
+usher_hash_format_expand(const UsherHashFormat *format, const char *name, gssize len)
+{
+  gsize n = len < 0 ? strlen(name) : (gsize)len;
+  GString *out = g_string_sized_new(n + 16);
+  const char *at = memchr(name, '@', n);
+  gsize local_len = at != NULL ? (gsize)(at - name) : n;
+  const char *domain = at != NULL ? at + 1 : "";
+  gsize domain_len = at != NULL ? n - local_len - 1 : 0;
+  for (guint i = 0; i < format->segments->len; i++) {
+    const Segment *seg = &g_array_index(format->segments, Segment, i);
+    switch (seg->kind) {
+    case SEG_LITERAL:
+      g_string_append_len(out, seg->literal, (gssize)seg->literal_len);
+      break;
+    case SEG_USER:
+      append_cased(out, name, n, seg->casemap);
+      break;
+    case SEG_NAME:
+      append_cased(out, name, local_len, seg->casemap);
+      break;
+    case SEG_DOMAIN:
+      append_cased(out, domain, domain_len, seg->casemap);
+      break;
+    }
+  }
+  return g_string_free(out, FALSE);
+}
+
 guint32
 usher_user_hash(const char *name, gssize len, const char *format)
 {

@@ -28,6 +28,10 @@ const char *usher_hash_format_get_text(const UsherHashFormat *format);
  * "no hash" and maps it to 1. Bytes >= 0x80 are never case-mapped. */
 guint32 usher_hash_format_user(const UsherHashFormat *format, const char *name, gssize len);
 
+/* The name as the format spells it before hashing (what %Lu, %n@%d, ... make of it); for the
+ * LMTP recipient -> user mapping. (transfer full) */
+char *usher_hash_format_expand(const UsherHashFormat *format, const char *name, gssize len);
+
 /* Same result as a one-off compiled format; for tools and tests. */
 guint32 usher_user_hash(const char *name, gssize len, const char *format);
 

@@ -1154,6 +1154,7 @@ directors = {' '.join(self.ring)}
 hosts = {' '.join(self.backends)}
 imap_port = {IMAP_PORT}
 pop3_port = {POP3_PORT}
+lmtp_port = {LMTP_PORT}
 [daemon]
 ring_address = {self.ip}:{self.ring_port}
 admin_socket = {self.admin_socket}

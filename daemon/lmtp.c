@@ -1,0 +1,1365 @@
+/* lmtp.c - the LMTP proxy: every recipient delivered on the backend that owns its user now.
+ *
+ * One client session (an MTA's connection) runs on one worker, like the IMAP/POP3 sessions.
+ * Each RCPT is looked up in the core (proxy_route, as a login is) and sent on to its backend
+ * over a backend connection of this session: one per backend, opened at the first recipient
+ * that needs it, with LHLO and XCLIENT (the MTA's address, for Dovecot's
+ * login_trusted_networks), kept for the next transactions of the session. The RCPT reply the
+ * client sees is its backend's own. The message (DATA, or BDAT chunks turned into one DATA) is
+ * streamed to every backend of the transaction as it arrives; reading the client pauses while a
+ * backend has LMTP_QUEUE_HIGH bytes unwritten, so memory stays bounded whatever the size. The
+ * replies after the body come back per recipient, in RCPT order (RFC 2033), each from its own
+ * backend: a backend that fails or times out at any point gets 4xx for exactly its recipients,
+ * and every other recipient keeps what its backend said.
+ *
+ * Replies to the client go out in command order (PIPELINING): each command leaves a slot, filled
+ * at once or when its backend answers. Commands that change the transaction (MAIL, DATA, BDAT,
+ * RSET, LHLO, QUIT) wait until every recipient before them has its answer.
+ */
+#include "daemon/proxy-private.h"
+
+#include "daemon/usherd.h"
+#include "libcore/proxy-header.h"
+#include "libcore/smtp-cmd.h"
+#include "libcore/user-hash.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define LMTP_READ_CHUNK 16384
+#define LMTP_CLIENT_TIMEOUT_SECS 300       /* RFC 5321 4.5.3.2.7: at least 5 minutes */
+#define LMTP_BACKEND_TIMEOUT_SECS 60       /* connect, greeting, LHLO, MAIL, RCPT, DATA, body */
+#define LMTP_BACKEND_FINAL_TIMEOUT_SECS 600 /* after the body: delivery (RFC 5321: 10 minutes) */
+#define LMTP_QUEUE_HIGH (1024 * 1024)      /* a backend this far behind pauses the client */
+#define LMTP_CLIENT_OUT_MAX (1024 * 1024)  /* replies a client leaves unread: dropped */
+#define LMTP_MAX_RECIPIENTS 1000           /* per transaction (RFC 5321 asks for 100 at least) */
+#define LMTP_BACKEND_LINE_MAX 4096
+
+typedef struct LmtpBackend LmtpBackend;
+
+typedef enum {
+  RCPT_ROUTING = 0, /* asking the core */
+  RCPT_WAITING,     /* sent to (or queued for) its backend */
+  RCPT_ACCEPTED,    /* 2xx from the backend */
+  RCPT_REFUSED,     /* anything else; the client has the reason */
+} RcptState;
+
+typedef struct {
+  char *path;   /* as the client sent it */
+  char *params; /* its ESMTP parameters */
+  guint64 request;
+  RcptState state;
+  LmtpBackend *b;
+  char *reply; /* the RCPT answer for the client, once known */
+  char *final; /* the answer after the body, once known (accepted recipients only) */
+} Rcpt;
+
+typedef enum {
+  EXP_GREETING = 0,
+  EXP_LHLO,
+  EXP_XCLIENT,
+  EXP_MAIL,
+  EXP_RCPT,
+  EXP_DATA,
+  EXP_FINAL,
+  EXP_RSET,
+} ExpKind;
+
+/* A reply a backend owes, in the order the commands went out. */
+typedef struct {
+  ExpKind kind;
+  Rcpt *rcpt; /* EXP_RCPT, EXP_FINAL */
+} Expect;
+
+/* A command held until the backend's LHLO (and XCLIENT) are done. */
+typedef struct {
+  ExpKind kind;
+  Rcpt *rcpt;
+  char *line;
+} Deferred;
+
+struct LmtpBackend {
+  LmtpSession *s;
+  UsherIp ip;
+  char ip_text[USHER_IP_STRLEN];
+  int fd;
+  PollerWatch *watch;
+  gboolean connected;
+  gboolean ready;        /* greeting, LHLO (and XCLIENT) done: commands go straight out */
+  gboolean xclient_sent; /* the LHLO after XCLIENT is the last one */
+  gboolean failed;
+  GByteArray *out;
+  gsize out_off;
+  GString *line;  /* a reply line being read */
+  GString *reply; /* the reply so far (lines joined by CRLF) */
+  GQueue expect;  /* Expect* */
+  GQueue deferred; /* Deferred* */
+  /* The transaction */
+  gboolean in_tx;     /* MAIL went out */
+  char *mail_refused; /* the backend refused MAIL: this answer goes to each of its recipients */
+  gboolean data_sent; /* DATA went out, waiting for 354 */
+  gboolean data_ok;   /* 354 came: the body goes here */
+  gboolean line_start; /* BDAT -> DATA: the next byte starts a line (dot-stuffing) */
+  gint64 deadline_us;  /* for the oldest owed reply; 0 when none is owed */
+};
+
+typedef enum {
+  TX_NONE = 0,
+  TX_MAIL,      /* MAIL given, recipients coming */
+  TX_DATA_WAIT, /* DATA sent to the backends, waiting for their 354 */
+  TX_BODY,      /* the body goes to the backends */
+  TX_FINAL,     /* the body is complete, waiting for the replies per recipient */
+} TxState;
+
+typedef enum {
+  SLOT_TEXT = 0,
+  SLOT_RCPT,
+  SLOT_FINAL,
+} SlotKind;
+
+typedef struct {
+  SlotKind kind;
+  char *text;
+  Rcpt *rcpt;
+} Slot;
+
+struct LmtpSession {
+  Worker *w;
+  guint64 id;
+  GList link;
+  int fd;
+  PollerWatch *watch;
+  char cip[USHER_IP_STRLEN], lip[USHER_IP_STRLEN];
+  guint16 cport, lport;
+  gboolean unix_client;
+  UsherSmtpReader *reader;
+  GByteArray *out;
+  gsize out_off;
+  GQueue slots; /* Slot*: answers in command order */
+  char *helo;
+  TxState tx;
+  char *mail_path, *mail_params;
+  GPtrArray *rcpts;    /* Rcpt*, this transaction */
+  GPtrArray *backends; /* LmtpBackend*, kept across transactions */
+  UsherSmtpCmd held;   /* a command waiting for the recipients before it */
+  gboolean has_held;
+  gboolean bdat;         /* this transaction's body comes in BDAT chunks */
+  gboolean bdat_last;    /* the chunk being read is the last */
+  guint64 chunk_bytes;   /* size of the BDAT chunk being read */
+  gboolean discard_body; /* a BDAT chunk that no backend will take (its answer is a failure) */
+  char *data_failure;    /* DATA/BDAT refused by every backend: the answer */
+  gboolean quitting;
+  gboolean client_gone;
+  gint64 deadline_us;
+};
+
+/* ---- Small helpers --------------------------------------------------------------------------- */
+
+static void session_close(LmtpSession *s, const char *why);
+static void session_process(LmtpSession *s);
+static void backend_fail(LmtpBackend *b, const char *why);
+static void update_interest(LmtpSession *s);
+
+static void
+count(LmtpSession *s, guint64 *field, gint64 delta)
+{
+  proxy_stat_add(s->w->proxy, field, delta);
+}
+
+#define STATS(s) (&(s)->w->proxy->stats)
+
+static void
+rcpt_free(gpointer data)
+{
+  Rcpt *r = data;
+  g_free(r->path);
+  g_free(r->params);
+  g_free(r->reply);
+  g_free(r->final);
+  g_free(r);
+}
+
+static void
+slot_free(Slot *slot)
+{
+  g_free(slot->text);
+  g_free(slot);
+}
+
+static void
+add_text(LmtpSession *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+/* An answer known now, in its place among the others. */
+static void
+add_text(LmtpSession *s, const char *fmt, ...)
+{
+  va_list args;
+  va_start(args, fmt);
+  Slot *slot = g_new0(Slot, 1);
+  slot->kind = SLOT_TEXT;
+  slot->text = g_strdup_vprintf(fmt, args);
+  va_end(args);
+  g_queue_push_tail(&s->slots, slot);
+}
+
+static void
+add_rcpt_slot(LmtpSession *s, SlotKind kind, Rcpt *r)
+{
+  Slot *slot = g_new0(Slot, 1);
+  slot->kind = kind;
+  slot->rcpt = r;
+  g_queue_push_tail(&s->slots, slot);
+}
+
+/* Moves the answers that are known, from the oldest on, to the client's output. */
+static void
+slots_to_output(LmtpSession *s)
+{
+  Slot *slot;
+  while ((slot = g_queue_peek_head(&s->slots)) != NULL) {
+    const char *text = slot->kind == SLOT_TEXT    ? slot->text
+                       : slot->kind == SLOT_RCPT ? slot->rcpt->reply
+                                                 : slot->rcpt->final;
+    if (text == NULL)
+      break;
+    if (s->out == NULL)
+      s->out = g_byte_array_new();
+    g_byte_array_append(s->out, (const guint8 *)text, (guint)strlen(text));
+    g_byte_array_append(s->out, (const guint8 *)"\r\n", 2);
+    slot_free(g_queue_pop_head(&s->slots));
+  }
+}
+
+/* Writes what the client takes; FALSE if the session was closed. */
+static gboolean
+client_flush(LmtpSession *s)
+{
+  slots_to_output(s);
+  while (s->out != NULL && s->out_off < s->out->len) {
+    ssize_t n = send(s->fd, s->out->data + s->out_off, s->out->len - s->out_off, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+      break;
+    if (n <= 0) {
+      session_close(s, n < 0 ? g_strerror(errno) : "client closed");
+      return FALSE;
+    }
+    s->out_off += (gsize)n;
+  }
+  if (s->out != NULL && s->out_off == s->out->len) {
+    g_clear_pointer(&s->out, g_byte_array_unref);
+    s->out_off = 0;
+  } else if (s->out != NULL && s->out->len - s->out_off > LMTP_CLIENT_OUT_MAX) {
+    session_close(s, "the client does not read its replies");
+    return FALSE;
+  }
+  if (s->quitting && s->out == NULL && g_queue_is_empty(&s->slots)) {
+    session_close(s, "QUIT");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* "<path>" for messages, as the recipient was written. */
+static const char *
+rcpt_name(const Rcpt *r)
+{
+  return r->path;
+}
+
+/* ---- Backends -------------------------------------------------------------------------------- */
+
+static void on_backend(gpointer data, guint32 events);
+
+static gboolean
+backend_flush(LmtpBackend *b)
+{
+  while (b->connected && b->out != NULL && b->out_off < b->out->len) {
+    ssize_t n = send(b->fd, b->out->data + b->out_off, b->out->len - b->out_off, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+      break;
+    if (n <= 0) {
+      backend_fail(b, n < 0 ? g_strerror(errno) : "closed");
+      return FALSE;
+    }
+    b->out_off += (gsize)n;
+  }
+  if (b->out != NULL && b->out_off == b->out->len) {
+    g_clear_pointer(&b->out, g_byte_array_unref);
+    b->out_off = 0;
+  }
+  return TRUE;
+}
+
+static gsize
+backend_queued(const LmtpBackend *b)
+{
+  return b->out != NULL ? b->out->len - b->out_off : 0;
+}
+
+static void
+backend_interest(LmtpBackend *b)
+{
+  if (b->watch == NULL)
+    return;
+  guint32 ev = b->connected ? EPOLLIN : EPOLLOUT;
+  if (backend_queued(b) > 0)
+    ev |= EPOLLOUT;
+  poller_modify(b->s->w->poller, b->watch, ev);
+}
+
+static void
+backend_write(LmtpBackend *b, const void *data, gsize len)
+{
+  if (b->out == NULL)
+    b->out = g_byte_array_sized_new((guint)MAX(len, 512));
+  g_byte_array_append(b->out, data, (guint)len);
+}
+
+static void
+expect(LmtpBackend *b, ExpKind kind, Rcpt *r)
+{
+  Expect *e = g_new0(Expect, 1);
+  e->kind = kind;
+  e->rcpt = r;
+  if (g_queue_is_empty(&b->expect))
+    b->deadline_us = g_get_monotonic_time() +
+                     (gint64)(kind == EXP_FINAL ? LMTP_BACKEND_FINAL_TIMEOUT_SECS
+                                                : LMTP_BACKEND_TIMEOUT_SECS) * G_USEC_PER_SEC;
+  g_queue_push_tail(&b->expect, e);
+}
+
+/* Sends a command line now, or once the backend is ready. */
+static void
+backend_command(LmtpBackend *b, ExpKind kind, Rcpt *r, const char *line)
+{
+  if (!b->ready) {
+    Deferred *d = g_new0(Deferred, 1);
+    d->kind = kind;
+    d->rcpt = r;
+    d->line = g_strdup(line);
+    g_queue_push_tail(&b->deferred, d);
+    return;
+  }
+  backend_write(b, line, strlen(line));
+  backend_write(b, "\r\n", 2);
+  expect(b, kind, r);
+}
+
+/* What a recipient is told when its backend is lost. */
+static char *
+lost_text(const Rcpt *r, const char *why)
+{
+  return g_strdup_printf("451 4.4.0 <%s> Lost the connection to the mail server (%s), try again "
+                         "later",
+                         rcpt_name(r), why);
+}
+
+/* The backend is gone: each recipient still waiting for it gets a temporary failure; the
+ * others keep what they have. */
+static void
+backend_fail(LmtpBackend *b, const char *why)
+{
+  LmtpSession *s = b->s;
+  if (b->failed)
+    return;
+  b->failed = TRUE;
+  /* A backend that closes an idle connection (its own timeout) owes nothing: not a failure. */
+  if (!g_queue_is_empty(&b->expect) || !g_queue_is_empty(&b->deferred) || b->in_tx) {
+    g_message("lmtp %u/%" G_GUINT64_FORMAT ": backend %s failed: %s", s->w->index, s->id,
+              b->ip_text, why);
+    count(s, &STATS(s)->lmtp_backend_failures, 1);
+  }
+  Deferred *d;
+  while ((d = g_queue_pop_head(&b->deferred)) != NULL) {
+    if (d->kind == EXP_RCPT) {
+      g_free(d->rcpt->reply);
+      d->rcpt->reply = lost_text(d->rcpt, why);
+      d->rcpt->state = RCPT_REFUSED;
+      count(s, &STATS(s)->lmtp_tempfail_backend, 1);
+    }
+    g_free(d->line);
+    g_free(d);
+  }
+  Expect *e;
+  while ((e = g_queue_pop_head(&b->expect)) != NULL) {
+    if (e->kind == EXP_RCPT && e->rcpt->reply == NULL) {
+      e->rcpt->reply = lost_text(e->rcpt, why);
+      e->rcpt->state = RCPT_REFUSED;
+      count(s, &STATS(s)->lmtp_tempfail_backend, 1);
+    }
+    g_free(e);
+  }
+  /* Accepted recipients whose answer after the body has not come. */
+  for (guint i = 0; i < s->rcpts->len; i++) {
+    Rcpt *r = g_ptr_array_index(s->rcpts, i);
+    if (r->b == b && r->state == RCPT_ACCEPTED && r->final == NULL) {
+      r->final = lost_text(r, why);
+      count(s, &STATS(s)->lmtp_tempfail_backend, 1);
+    }
+  }
+  b->data_ok = FALSE;
+  b->deadline_us = 0;
+  if (b->watch != NULL) {
+    poller_remove(s->w->poller, b->watch);
+    b->watch = NULL;
+  }
+  if (b->fd >= 0) {
+    close(b->fd);
+    b->fd = -1;
+  }
+  g_clear_pointer(&b->out, g_byte_array_unref);
+  b->out_off = 0;
+}
+
+static void
+backend_free(gpointer data)
+{
+  LmtpBackend *b = data;
+  if (b->watch != NULL)
+    poller_remove(b->s->w->poller, b->watch);
+  if (b->fd >= 0)
+    close(b->fd);
+  if (b->out != NULL)
+    g_byte_array_unref(b->out);
+  g_string_free(b->line, TRUE);
+  g_string_free(b->reply, TRUE);
+  g_queue_clear_full(&b->expect, g_free);
+  Deferred *d;
+  while ((d = g_queue_pop_head(&b->deferred)) != NULL) {
+    g_free(d->line);
+    g_free(d);
+  }
+  g_free(b->mail_refused);
+  g_free(b);
+}
+
+static LmtpBackend *
+backend_open(LmtpSession *s, const UsherIp *ip)
+{
+  Proxy *p = s->w->proxy;
+  LmtpBackend *b = g_new0(LmtpBackend, 1);
+  b->s = s;
+  b->ip = *ip;
+  usher_ip_to_string(ip, b->ip_text);
+  b->fd = -1;
+  b->line = g_string_new(NULL);
+  b->reply = g_string_new(NULL);
+  g_queue_init(&b->expect);
+  g_queue_init(&b->deferred);
+  g_ptr_array_add(s->backends, b);
+  g_autoptr(GSocketAddress) addr = usherd_gaddress_from_ip(ip, p->lmtp_port);
+  struct sockaddr_storage ss;
+  gsize sslen = g_socket_address_get_native_size(addr);
+  g_socket_address_to_native(addr, &ss, sizeof(ss), NULL);
+  b->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (b->fd < 0 ||
+      (connect(b->fd, (struct sockaddr *)&ss, (socklen_t)sslen) != 0 && errno != EINPROGRESS)) {
+    backend_fail(b, g_strerror(errno));
+    return b;
+  }
+  int one = 1;
+  setsockopt(b->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  b->watch = poller_add(s->w->poller, b->fd, EPOLLOUT, on_backend, b);
+  expect(b, EXP_GREETING, NULL);
+  if (!s->unix_client &&
+      proxy_in_nets(p->u->config->proxy_protocol_backends, &b->ip)) {
+    UsherIp src = {0}, dst = {0};
+    (void)usher_ip_parse(s->cip, -1, &src);
+    (void)usher_ip_parse(s->lip, -1, &dst);
+    g_autoptr(GByteArray) header = g_byte_array_new();
+    usher_proxy_header_format_v2(&src, s->cport, &dst, s->lport, header);
+    backend_write(b, header->data, header->len);
+  }
+  return b;
+}
+
+static LmtpBackend *
+backend_for(LmtpSession *s, const UsherIp *ip)
+{
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (!b->failed && usher_ip_equal(&b->ip, ip))
+      return b;
+  }
+  return backend_open(s, ip);
+}
+
+static void
+backend_ready(LmtpBackend *b)
+{
+  b->ready = TRUE;
+  Deferred *d;
+  while ((d = g_queue_pop_head(&b->deferred)) != NULL) {
+    backend_command(b, d->kind, d->rcpt, d->line);
+    g_free(d->line);
+    g_free(d);
+  }
+}
+
+/* A capability line of an LHLO reply names XCLIENT. */
+static gboolean
+offers_xclient(const char *reply)
+{
+  for (const char *p = reply; (p = strstr(p, "XCLIENT")) != NULL; p++)
+    if ((p == reply || p[-1] == '-' || p[-1] == ' ' || p[-1] == '\n') &&
+        (p[7] == '\0' || p[7] == ' ' || p[7] == '\r'))
+      return TRUE;
+  return FALSE;
+}
+
+static gboolean all_data_answered(LmtpSession *s);
+static void tx_data_answered(LmtpSession *s);
+static void tx_maybe_done(LmtpSession *s);
+
+/* One complete reply of a backend (code and all its lines). */
+static void
+backend_reply(LmtpBackend *b, guint code, const char *text)
+{
+  LmtpSession *s = b->s;
+  Expect *e = g_queue_pop_head(&b->expect);
+  if (e == NULL) {
+    backend_fail(b, "a reply nobody asked for");
+    return;
+  }
+  b->deadline_us =
+    g_queue_is_empty(&b->expect)
+      ? 0
+      : g_get_monotonic_time() +
+          (gint64)(((Expect *)g_queue_peek_head(&b->expect))->kind == EXP_FINAL
+                     ? LMTP_BACKEND_FINAL_TIMEOUT_SECS
+                     : LMTP_BACKEND_TIMEOUT_SECS) *
+            G_USEC_PER_SEC;
+  gboolean ok = code >= 200 && code < 300;
+  switch (e->kind) {
+  case EXP_GREETING:
+    if (code != 220) {
+      g_autofree char *why = g_strdup_printf("greeting: %s", text);
+      backend_fail(b, why);
+      break;
+    }
+    backend_write(b, "LHLO ", 5);
+    backend_write(b, s->helo != NULL ? s->helo : "usher", strlen(s->helo != NULL ? s->helo : "usher"));
+    backend_write(b, "\r\n", 2);
+    expect(b, EXP_LHLO, NULL);
+    break;
+  case EXP_LHLO:
+    if (!ok) {
+      g_autofree char *why = g_strdup_printf("LHLO: %s", text);
+      backend_fail(b, why);
+      break;
+    }
+    if (!b->xclient_sent && !s->unix_client && offers_xclient(text)) {
+      /* The MTA's address for the backend's logs (Dovecot: login_trusted_networks). */
+      g_autofree char *x = g_strdup_printf("XCLIENT ADDR=%s PORT=%u\r\n", s->cip, s->cport);
+      backend_write(b, x, strlen(x));
+      b->xclient_sent = TRUE;
+      expect(b, EXP_XCLIENT, NULL);
+      break;
+    }
+    backend_ready(b);
+    break;
+  case EXP_XCLIENT:
+    if (code == 220) {
+      /* A fresh session as the client's: greet it again. */
+      backend_write(b, "LHLO ", 5);
+      backend_write(b, s->helo != NULL ? s->helo : "usher", strlen(s->helo != NULL ? s->helo : "usher"));
+      backend_write(b, "\r\n", 2);
+      expect(b, EXP_LHLO, NULL);
+    } else {
+      g_message("lmtp: backend %s refused XCLIENT (%s): list usherd in its "
+                "login_trusted_networks; it logs usherd's address instead of the MTA's",
+                b->ip_text, text);
+      backend_ready(b);
+    }
+    break;
+  case EXP_MAIL:
+    if (!ok) {
+      g_free(b->mail_refused);
+      b->mail_refused = g_strdup(text);
+    }
+    break;
+  case EXP_RCPT: {
+    Rcpt *r = e->rcpt;
+    g_free(r->reply);
+    if (b->mail_refused != NULL) {
+      /* Its answer to RCPT would only say "MAIL first": the client learns why MAIL failed. */
+      r->reply = g_strdup(b->mail_refused);
+      r->state = RCPT_REFUSED;
+      ok = FALSE;
+      code = (guint)atoi(b->mail_refused);
+    } else {
+      r->reply = g_strdup(text);
+      r->state = ok ? RCPT_ACCEPTED : RCPT_REFUSED;
+    }
+    if (!ok)
+      count(s, code >= 500 ? &STATS(s)->lmtp_rejected : &STATS(s)->lmtp_tempfail_reply, 1);
+    break;
+  }
+  case EXP_DATA:
+    b->data_sent = FALSE;
+    if (code == 354) {
+      b->data_ok = TRUE;
+      b->line_start = TRUE;
+    } else {
+      /* Its recipients get this answer after the body; the others go on. */
+      for (guint i = 0; i < s->rcpts->len; i++) {
+        Rcpt *r = g_ptr_array_index(s->rcpts, i);
+        if (r->b == b && r->state == RCPT_ACCEPTED && r->final == NULL) {
+          r->final = g_strdup(text);
+          count(s, code >= 500 ? &STATS(s)->lmtp_rejected : &STATS(s)->lmtp_tempfail_reply, 1);
+        }
+      }
+    }
+    break;
+  case EXP_FINAL: {
+    Rcpt *r = e->rcpt;
+    if (r->final == NULL) {
+      r->final = g_strdup(text);
+      count(s,
+           ok ? &STATS(s)->lmtp_delivered
+              : code >= 500 ? &STATS(s)->lmtp_rejected : &STATS(s)->lmtp_tempfail_reply,
+           1);
+    }
+    break;
+  }
+  case EXP_RSET:
+    break;
+  }
+  g_free(e);
+}
+
+/* Reads reply lines; FALSE if the backend failed. */
+static gboolean
+backend_read(LmtpBackend *b)
+{
+  char buf[LMTP_READ_CHUNK];
+  for (int round = 0; round < 4; round++) {
+    ssize_t n = recv(b->fd, buf, sizeof(buf), 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+      return TRUE;
+    if (n <= 0) {
+      backend_fail(b, n == 0 ? "the backend closed the connection" : g_strerror(errno));
+      return FALSE;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+      if (buf[i] != '\n') {
+        if (b->line->len >= LMTP_BACKEND_LINE_MAX) {
+          backend_fail(b, "a reply line is too long");
+          return FALSE;
+        }
+        g_string_append_c(b->line, buf[i]);
+        continue;
+      }
+      if (b->line->len > 0 && b->line->str[b->line->len - 1] == '\r')
+        g_string_truncate(b->line, b->line->len - 1);
+      guint code;
+      gboolean last;
+      const char *text;
+      if (!usher_smtp_reply_parse(b->line->str, &code, &last, &text)) {
+        backend_fail(b, "not an LMTP reply");
+        return FALSE;
+      }
+      if (b->reply->len > 0)
+        g_string_append(b->reply, "\r\n");
+      if (b->reply->len + b->line->len > 64 * LMTP_BACKEND_LINE_MAX) {
+        backend_fail(b, "a reply is too long");
+        return FALSE;
+      }
+      g_string_append(b->reply, b->line->str);
+      g_string_truncate(b->line, 0);
+      if (!last)
+        continue;
+      g_autofree char *whole = g_strdup(b->reply->str);
+      g_string_truncate(b->reply, 0);
+      backend_reply(b, code, whole);
+      if (b->failed)
+        return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+static void
+on_backend(gpointer data, guint32 events)
+{
+  LmtpBackend *b = data;
+  LmtpSession *s = b->s;
+  Worker *w = s->w;
+  guint64 id = s->id;
+  if (!b->connected) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+      backend_fail(b, g_strerror(err != 0 ? err : ECONNREFUSED));
+      goto after;
+    }
+    b->connected = TRUE;
+  }
+  if ((events & EPOLLOUT) && !backend_flush(b))
+    goto after;
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+    (void)backend_read(b);
+after:
+  if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) == NULL)
+    return;
+  /* Whatever the reply changed: more commands may go on, answers may be complete. */
+  session_process(s);
+}
+
+/* ---- The transaction ------------------------------------------------------------------------- */
+
+static guint
+rcpts_pending(const LmtpSession *s)
+{
+  guint n = 0;
+  for (guint i = 0; i < s->rcpts->len; i++) {
+    const Rcpt *r = g_ptr_array_index(s->rcpts, i);
+    if (r->state == RCPT_ROUTING || r->state == RCPT_WAITING)
+      n++;
+  }
+  return n;
+}
+
+static guint
+rcpts_accepted(const LmtpSession *s)
+{
+  guint n = 0;
+  for (guint i = 0; i < s->rcpts->len; i++)
+    if (((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state == RCPT_ACCEPTED)
+      n++;
+  return n;
+}
+
+/* The transaction is over on every backend: they are ready for the next MAIL (an LMTP server
+ * resets itself after the replies to the body; after RSET too). */
+static void
+tx_reset(LmtpSession *s)
+{
+  /* No answer may point at a recipient about to be freed (they are all known by now). */
+  for (GList *l = s->slots.head; l != NULL; l = l->next) {
+    Slot *slot = l->data;
+    if (slot->rcpt == NULL)
+      continue;
+    const char *text = slot->kind == SLOT_RCPT ? slot->rcpt->reply : slot->rcpt->final;
+    slot->text = g_strdup(text != NULL ? text : "451 4.3.0 Internal error, try again later");
+    slot->kind = SLOT_TEXT;
+    slot->rcpt = NULL;
+  }
+  s->tx = TX_NONE;
+  g_clear_pointer(&s->mail_path, g_free);
+  g_clear_pointer(&s->mail_params, g_free);
+  g_clear_pointer(&s->data_failure, g_free);
+  s->bdat = s->bdat_last = s->discard_body = FALSE;
+  for (guint i = s->backends->len; i-- > 0;) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (b->failed) {
+      g_ptr_array_remove_index(s->backends, i);
+      continue;
+    }
+    b->in_tx = b->data_sent = b->data_ok = FALSE;
+    g_clear_pointer(&b->mail_refused, g_free);
+  }
+  g_ptr_array_set_size(s->rcpts, 0);
+}
+
+static void
+route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus status,
+             const UsherIp *host)
+{
+  LmtpSession *s = g_hash_table_lookup(w->lmtp_by_id, &session);
+  if (s == NULL)
+    return;
+  Rcpt *r = NULL;
+  for (guint i = 0; i < s->rcpts->len && r == NULL; i++) {
+    Rcpt *x = g_ptr_array_index(s->rcpts, i);
+    if (x->state == RCPT_ROUTING && x->request == request)
+      r = x;
+  }
+  if (r == NULL)
+    return; /* the transaction was reset meanwhile */
+  if (status != USHER_LOGIN_OK) {
+    r->state = RCPT_REFUSED;
+    r->reply = g_strdup_printf("451 4.3.0 <%s> No mail server is available for this recipient "
+                               "now, try again later",
+                               rcpt_name(r));
+    count(s, &STATS(s)->lmtp_tempfail_route, 1);
+    session_process(s);
+    return;
+  }
+  LmtpBackend *b = backend_for(s, host);
+  r->b = b;
+  r->state = RCPT_WAITING;
+  if (b->failed) {
+    r->state = RCPT_REFUSED;
+    r->reply = lost_text(r, "cannot connect");
+    count(s, &STATS(s)->lmtp_tempfail_backend, 1);
+  } else {
+    if (!b->in_tx) {
+      b->in_tx = TRUE;
+      g_autofree char *mail = g_strdup_printf("MAIL FROM:<%s>%s%s", s->mail_path,
+                                              s->mail_params[0] ? " " : "", s->mail_params);
+      backend_command(b, EXP_MAIL, NULL, mail);
+    }
+    g_autofree char *line = g_strdup_printf("RCPT TO:<%s>%s%s", r->path, r->params[0] ? " " : "",
+                                            r->params);
+    backend_command(b, EXP_RCPT, r, line);
+    backend_flush(b);
+  }
+  session_process(s);
+}
+
+static void
+handle_rcpt(LmtpSession *s, UsherSmtpCmd *cmd)
+{
+  Proxy *p = s->w->proxy;
+  if (s->tx != TX_MAIL) {
+    add_text(s, "503 5.5.1 MAIL needed first");
+    return;
+  }
+  if (s->rcpts->len >= LMTP_MAX_RECIPIENTS) {
+    add_text(s, "452 4.5.3 Too many recipients");
+    return;
+  }
+  g_autofree char *address = usher_smtp_recipient_user(cmd->path, p->recipient_delimiter);
+  if (address == NULL) {
+    add_text(s, "501 5.1.3 <%s> Invalid recipient address", cmd->path);
+    return;
+  }
+  g_autofree char *user = usher_hash_format_expand(p->lmtp_user_format, address, -1);
+  Rcpt *r = g_new0(Rcpt, 1);
+  r->path = g_strdup(cmd->path);
+  r->params = g_strdup(cmd->params);
+  r->state = RCPT_ROUTING;
+  g_ptr_array_add(s->rcpts, r);
+  count(s, &STATS(s)->lmtp_recipients, 1);
+  add_rcpt_slot(s, SLOT_RCPT, r);
+  r->request = proxy_route(s->w, s->id, user, route_answer);
+}
+
+static gboolean
+all_data_answered(LmtpSession *s)
+{
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (!b->failed && b->data_sent)
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* Every backend of the transaction has answered DATA (or failed): the client's body can come. */
+static void
+tx_data_answered(LmtpSession *s)
+{
+  gboolean any = FALSE;
+  for (guint i = 0; i < s->backends->len; i++)
+    if (((LmtpBackend *)g_ptr_array_index(s->backends, i))->data_ok)
+      any = TRUE;
+  if (!any) {
+    /* Nobody takes the body. With DATA the client is told now and sends none; BDAT chunks
+     * are in the stream anyway: they are read and dropped, each answered with the failure. */
+    s->data_failure = g_strdup("451 4.4.0 No mail server accepted the message data, try again "
+                               "later");
+    if (!s->bdat) {
+      add_text(s, "%s", s->data_failure);
+      for (guint i = 0; i < s->rcpts->len; i++) {
+        Rcpt *r = g_ptr_array_index(s->rcpts, i);
+        if (r->state == RCPT_ACCEPTED)
+          count(s, &STATS(s)->lmtp_tempfail_backend, 1);
+      }
+      tx_reset(s);
+      return;
+    }
+    s->discard_body = TRUE;
+  } else if (!s->bdat) {
+    add_text(s, "354 2.0.0 OK, send the message, end with <CRLF>.<CRLF>");
+    usher_smtp_reader_expect_data(s->reader);
+  }
+  s->tx = TX_BODY;
+}
+
+static void
+start_data(LmtpSession *s)
+{
+  count(s, &STATS(s)->lmtp_transactions, 1);
+  s->tx = TX_DATA_WAIT;
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    gboolean has = FALSE;
+    for (guint k = 0; k < s->rcpts->len && !has; k++) {
+      Rcpt *r = g_ptr_array_index(s->rcpts, k);
+      has = r->b == b && r->state == RCPT_ACCEPTED;
+    }
+    if (!has || b->failed)
+      continue;
+    b->data_sent = TRUE;
+    backend_command(b, EXP_DATA, NULL, "DATA");
+    backend_flush(b);
+  }
+  if (all_data_answered(s))
+    tx_data_answered(s);
+}
+
+/* The client's body bytes, as they come, to every backend that said 354. */
+static void
+body_bytes(LmtpSession *s, const guint8 *data, gsize len)
+{
+  if (s->discard_body)
+    return;
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (!b->data_ok || b->failed)
+      continue;
+    if (!s->bdat) {
+      backend_write(b, data, len); /* already dot-stuffed, the terminator included */
+      continue;
+    }
+    /* BDAT chunks become one DATA: a '.' that starts a line is doubled. */
+    gsize from = 0;
+    for (gsize k = 0; k < len; k++) {
+      if (b->line_start && data[k] == '.') {
+        backend_write(b, data + from, k - from);
+        backend_write(b, ".", 1);
+        from = k;
+      }
+      b->line_start = data[k] == '\n';
+    }
+    backend_write(b, data + from, len - from);
+  }
+}
+
+/* The client's body is complete: each backend owes one answer per recipient it accepted. */
+static void
+body_complete(LmtpSession *s)
+{
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (!b->data_ok || b->failed)
+      continue;
+    if (s->bdat)
+      backend_write(b, b->line_start ? ".\r\n" : "\r\n.\r\n", b->line_start ? 3 : 5);
+    for (guint k = 0; k < s->rcpts->len; k++) {
+      Rcpt *r = g_ptr_array_index(s->rcpts, k);
+      if (r->b == b && r->state == RCPT_ACCEPTED)
+        expect(b, EXP_FINAL, r);
+    }
+    b->data_ok = FALSE;
+    backend_flush(b);
+  }
+  for (guint k = 0; k < s->rcpts->len; k++) {
+    Rcpt *r = g_ptr_array_index(s->rcpts, k);
+    if (r->state == RCPT_ACCEPTED)
+      add_rcpt_slot(s, SLOT_FINAL, r);
+  }
+  s->tx = TX_FINAL;
+}
+
+/* After the body: once every recipient has its answer, they go out and the next transaction
+ * may start. */
+static void
+tx_maybe_done(LmtpSession *s)
+{
+  if (s->tx != TX_FINAL)
+    return;
+  for (guint k = 0; k < s->rcpts->len; k++) {
+    Rcpt *r = g_ptr_array_index(s->rcpts, k);
+    if (r->state == RCPT_ACCEPTED && r->final == NULL)
+      return;
+  }
+  slots_to_output(s); /* the slots point at the recipients about to be freed */
+  tx_reset(s);
+}
+
+/* RSET, or a new LHLO: the transaction is dropped everywhere. A backend in the middle of a body
+ * cannot be reset: its connection is closed (the half message is discarded there). */
+static void
+tx_abort(LmtpSession *s)
+{
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (b->failed || !b->in_tx)
+      continue;
+    if (b->data_ok || b->data_sent) {
+      backend_fail(b, "transaction aborted during the message");
+      continue;
+    }
+    backend_command(b, EXP_RSET, NULL, "RSET");
+    backend_flush(b);
+  }
+  /* Recipients of failed backends got answers that are no longer wanted. */
+  slots_to_output(s);
+  tx_reset(s);
+}
+
+static void
+lhlo_reply(LmtpSession *s)
+{
+  add_text(s,
+           "250-%s\r\n250-8BITMIME\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n"
+           "250 PIPELINING",
+           g_get_host_name());
+}
+
+/* One command; FALSE when it must wait for the recipients before it (it is held). */
+static gboolean
+handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
+{
+  gboolean barrier = cmd->verb == USHER_SMTP_VERB_MAIL || cmd->verb == USHER_SMTP_VERB_DATA ||
+                     cmd->verb == USHER_SMTP_VERB_BDAT || cmd->verb == USHER_SMTP_VERB_RSET ||
+                     cmd->verb == USHER_SMTP_VERB_LHLO || cmd->verb == USHER_SMTP_VERB_QUIT;
+  if (barrier && rcpts_pending(s) > 0)
+    return FALSE;
+  if (cmd->verb == USHER_SMTP_VERB_UNKNOWN) {
+    count(s, &STATS(s)->lmtp_bad_commands, 1);
+    add_text(s, "500 5.5.1 Unknown command");
+    return TRUE;
+  }
+  if (cmd->syntax_error != NULL) {
+    count(s, &STATS(s)->lmtp_bad_commands, 1);
+    add_text(s, "501 5.5.4 %s", cmd->syntax_error);
+    if (cmd->verb == USHER_SMTP_VERB_BDAT && s->tx == TX_BODY)
+      tx_abort(s); /* the chunk's size is unknown: the stream is lost for this message */
+    return TRUE;
+  }
+  /* Between BDAT chunks only BDAT, RSET, NOOP and QUIT make sense. */
+  if (s->tx == TX_BODY && s->bdat && cmd->verb != USHER_SMTP_VERB_BDAT &&
+      cmd->verb != USHER_SMTP_VERB_RSET && cmd->verb != USHER_SMTP_VERB_NOOP &&
+      cmd->verb != USHER_SMTP_VERB_QUIT) {
+    add_text(s, "503 5.5.1 BDAT expected");
+    return TRUE;
+  }
+  switch (cmd->verb) {
+  case USHER_SMTP_VERB_LHLO:
+    tx_abort(s);
+    g_free(s->helo);
+    s->helo = g_strndup(cmd->arg, 255);
+    g_strdelimit(s->helo, " \t\r\n", '_');
+    lhlo_reply(s);
+    return TRUE;
+  case USHER_SMTP_VERB_EHLO:
+  case USHER_SMTP_VERB_HELO:
+    add_text(s, "500 5.5.1 This is LMTP: use LHLO");
+    return TRUE;
+  case USHER_SMTP_VERB_MAIL:
+    if (s->helo == NULL) {
+      add_text(s, "503 5.5.1 LHLO needed first");
+      return TRUE;
+    }
+    if (s->tx != TX_NONE) {
+      add_text(s, "503 5.5.1 MAIL already given");
+      return TRUE;
+    }
+    s->mail_path = g_strdup(cmd->path);
+    s->mail_params = g_strdup(cmd->params);
+    s->tx = TX_MAIL;
+    add_text(s, "250 2.1.0 OK");
+    return TRUE;
+  case USHER_SMTP_VERB_RCPT:
+    handle_rcpt(s, cmd);
+    return TRUE;
+  case USHER_SMTP_VERB_DATA:
+    if (s->tx != TX_MAIL || rcpts_accepted(s) == 0) {
+      add_text(s, s->tx == TX_MAIL ? "503 5.5.1 No valid recipients" : "503 5.5.1 MAIL needed first");
+      return TRUE;
+    }
+    s->bdat = FALSE;
+    start_data(s);
+    return TRUE;
+  case USHER_SMTP_VERB_BDAT:
+    if (s->tx == TX_MAIL) {
+      if (rcpts_accepted(s) == 0) {
+        /* The chunk follows anyway: read and drop it. */
+        add_text(s, "503 5.5.1 No valid recipients");
+        usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
+        s->discard_body = TRUE;
+        s->bdat = TRUE;
+        s->bdat_last = cmd->bdat_last;
+        s->tx = TX_BODY;
+        s->data_failure = g_strdup("503 5.5.1 No valid recipients");
+        return TRUE;
+      }
+      s->bdat = TRUE;
+      s->bdat_last = cmd->bdat_last;
+      s->chunk_bytes = cmd->bdat_size;
+      usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
+      start_data(s); /* the chunk is read once the backends said 354 */
+      return TRUE;
+    }
+    if (s->tx == TX_BODY && s->bdat) {
+      s->bdat_last = cmd->bdat_last;
+      s->chunk_bytes = cmd->bdat_size;
+      usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
+      return TRUE;
+    }
+    /* Not in a transaction: the chunk still follows. */
+    add_text(s, "503 5.5.1 MAIL needed first");
+    return TRUE;
+  case USHER_SMTP_VERB_RSET:
+    tx_abort(s);
+    add_text(s, "250 2.0.0 OK");
+    return TRUE;
+  case USHER_SMTP_VERB_NOOP:
+    add_text(s, "250 2.0.0 OK");
+    return TRUE;
+  case USHER_SMTP_VERB_VRFY:
+    add_text(s, "252 2.3.3 Try RCPT instead");
+    return TRUE;
+  case USHER_SMTP_VERB_HELP:
+    add_text(s, "214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY QUIT");
+    return TRUE;
+  case USHER_SMTP_VERB_QUIT:
+    tx_abort(s);
+    add_text(s, "221 2.0.0 Bye");
+    s->quitting = TRUE;
+    return TRUE;
+  default:
+    add_text(s, "502 5.5.1 Not supported here");
+    return TRUE;
+  }
+}
+
+/* The body's end as the client marked it (DATA's terminator, or a BDAT chunk's last byte). */
+static void
+body_end(LmtpSession *s)
+{
+  if (s->bdat && !s->bdat_last) {
+    if (s->discard_body)
+      add_text(s, "%s", s->data_failure);
+    else
+      add_text(s, "250 2.0.0 OK, %" G_GUINT64_FORMAT " octets received", s->chunk_bytes);
+    return;
+  }
+  if (s->discard_body) {
+    add_text(s, "%s", s->data_failure);
+    tx_reset(s);
+    return;
+  }
+  body_complete(s);
+}
+
+static gboolean
+backends_behind(const LmtpSession *s)
+{
+  for (guint i = 0; i < s->backends->len; i++)
+    if (backend_queued(g_ptr_array_index(s->backends, i)) >= LMTP_QUEUE_HIGH)
+      return TRUE;
+  return FALSE;
+}
+
+/* Runs what the client sent as far as it can go now, then writes the answers. */
+static void
+session_process(LmtpSession *s)
+{
+  Worker *w = s->w;
+  guint64 id = s->id;
+  if (s->tx == TX_DATA_WAIT && all_data_answered(s))
+    tx_data_answered(s);
+  tx_maybe_done(s);
+  while (!s->quitting) {
+    if (s->has_held) {
+      if (!handle_command(s, &s->held))
+        break;
+      usher_smtp_cmd_clear(&s->held);
+      s->has_held = FALSE;
+      continue;
+    }
+    if (s->tx == TX_DATA_WAIT || s->tx == TX_FINAL)
+      break; /* the backends speak first */
+    if (s->tx == TX_BODY && backends_behind(s))
+      break; /* backpressure: read on once they have written */
+    UsherSmtpCmd cmd;
+    const guint8 *data;
+    gsize len;
+    UsherSmtpEvent ev = usher_smtp_reader_next(s->reader, &cmd, &data, &len);
+    if (ev == USHER_SMTP_NEED_MORE)
+      break;
+    if (ev == USHER_SMTP_COMMAND) {
+      if (!handle_command(s, &cmd)) {
+        s->held = cmd;
+        s->has_held = TRUE;
+        break;
+      }
+      usher_smtp_cmd_clear(&cmd);
+    } else if (ev == USHER_SMTP_LINE_TOO_LONG) {
+      count(s, &STATS(s)->lmtp_bad_commands, 1);
+      add_text(s, "500 5.5.2 Line too long");
+    } else if (ev == USHER_SMTP_BODY) {
+      body_bytes(s, data, len);
+    } else if (ev == USHER_SMTP_BODY_END) {
+      body_end(s);
+    }
+    tx_maybe_done(s);
+  }
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (!b->failed)
+      (void)backend_flush(b);
+    if (!b->failed)
+      backend_interest(b);
+  }
+  tx_maybe_done(s);
+  if (!client_flush(s))
+    return;
+  if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) != NULL)
+    update_interest(s);
+}
+
+/* ---- The client ------------------------------------------------------------------------------ */
+
+static void
+update_interest(LmtpSession *s)
+{
+  guint32 ev = 0;
+  gboolean waiting = s->has_held || s->tx == TX_DATA_WAIT || s->tx == TX_FINAL ||
+                     (s->tx == TX_BODY && backends_behind(s)) || s->quitting;
+  /* Reading more only while what was read is used: pipelined input waits in the socket. */
+  if (!waiting && usher_smtp_reader_pending(s->reader) < LMTP_READ_CHUNK)
+    ev |= EPOLLIN;
+  if (s->out != NULL)
+    ev |= EPOLLOUT;
+  poller_modify(s->w->poller, s->watch, ev);
+}
+
+static void
+session_close(LmtpSession *s, const char *why)
+{
+  Worker *w = s->w;
+  g_debug("lmtp %u/%" G_GUINT64_FORMAT " from %s:%u closed: %s", w->index, s->id, s->cip,
+          s->cport, why);
+  for (guint i = 0; i < s->rcpts->len; i++) {
+    Rcpt *r = g_ptr_array_index(s->rcpts, i);
+    if (r->state == RCPT_ROUTING)
+      proxy_route_cancel(w, r->request);
+  }
+  g_queue_clear_full(&s->slots, (GDestroyNotify)slot_free);
+  g_ptr_array_unref(s->backends); /* closes them: a half message is discarded by the backend */
+  g_ptr_array_unref(s->rcpts);
+  if (s->has_held)
+    usher_smtp_cmd_clear(&s->held);
+  poller_remove(w->poller, s->watch);
+  close(s->fd);
+  proxy_release(w->proxy, s->unix_client ? NULL : s->cip);
+  proxy_stat_add(w->proxy, &w->proxy->stats.lmtp_now, -1);
+  usher_smtp_reader_free(s->reader);
+  if (s->out != NULL)
+    g_byte_array_unref(s->out);
+  g_free(s->helo);
+  g_free(s->mail_path);
+  g_free(s->mail_params);
+  g_free(s->data_failure);
+  g_queue_unlink(&w->lmtp_sessions, &s->link);
+  g_hash_table_remove(w->lmtp_by_id, &s->id);
+  g_free(s);
+}
+
+static void
+on_client(gpointer data, guint32 events)
+{
+  LmtpSession *s = data;
+  if ((events & EPOLLOUT) && !client_flush(s))
+    return;
+  if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))) {
+    update_interest(s);
+    return;
+  }
+  guint8 buf[LMTP_READ_CHUNK];
+  ssize_t n = recv(s->fd, buf, sizeof(buf), 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    update_interest(s);
+    return;
+  }
+  if (n <= 0) {
+    /* An MTA that goes away mid-message: the backends drop the half message with the close. */
+    session_close(s, n == 0 ? "client closed" : g_strerror(errno));
+    return;
+  }
+  s->deadline_us = g_get_monotonic_time() + LMTP_CLIENT_TIMEOUT_SECS * G_USEC_PER_SEC;
+  usher_smtp_reader_feed(s->reader, buf, (gsize)n);
+  session_process(s);
+}
+
+void
+lmtp_accept(Worker *w, const Listener *l, int fd, const char *ip, guint16 port)
+{
+  LmtpSession *s = g_new0(LmtpSession, 1);
+  s->w = w;
+  s->id = ++w->next_session;
+  s->fd = fd;
+  s->unix_client = l->unix_socket;
+  g_strlcpy(s->cip, ip, sizeof(s->cip));
+  s->cport = port;
+  g_strlcpy(s->lip, l->ip, sizeof(s->lip));
+  s->lport = l->port;
+  if (!s->unix_client) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
+  s->reader = usher_smtp_reader_new(USHER_SMTP_LINE_MAX_DEFAULT);
+  s->rcpts = g_ptr_array_new_with_free_func(rcpt_free);
+  s->backends = g_ptr_array_new_with_free_func(backend_free);
+  g_queue_init(&s->slots);
+  s->deadline_us = g_get_monotonic_time() + LMTP_CLIENT_TIMEOUT_SECS * G_USEC_PER_SEC;
+  s->link.data = s;
+  g_queue_push_tail_link(&w->lmtp_sessions, &s->link);
+  g_hash_table_insert(w->lmtp_by_id, &s->id, s);
+  s->watch = poller_add(w->poller, fd, EPOLLIN, on_client, s);
+  proxy_stat_add(w->proxy, &w->proxy->stats.lmtp_sessions, 1);
+  proxy_stat_add(w->proxy, &w->proxy->stats.lmtp_now, 1);
+  add_text(s, "220 %s Usher LMTP ready", g_get_host_name());
+  if (client_flush(s))
+    update_interest(s);
+}
+
+void
+lmtp_tick(Worker *w, gint64 now_us)
+{
+  for (GList *l = w->lmtp_sessions.head; l != NULL;) {
+    LmtpSession *s = l->data;
+    l = l->next;
+    guint64 id = s->id;
+    gboolean changed = FALSE;
+    for (guint i = 0; i < s->backends->len; i++) {
+      LmtpBackend *b = g_ptr_array_index(s->backends, i);
+      if (!b->failed && b->deadline_us != 0 && b->deadline_us <= now_us) {
+        backend_fail(b, "timed out");
+        changed = TRUE;
+      }
+    }
+    if (changed) {
+      session_process(s);
+      if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) == NULL)
+        continue;
+    }
+    /* An idle client (not one waiting for the backends) is dropped after the timeout. */
+    if (s->deadline_us <= now_us && s->tx != TX_FINAL && s->tx != TX_DATA_WAIT &&
+        !s->has_held) {
+      add_text(s, "421 4.4.2 Idle for too long, closing");
+      s->quitting = TRUE;
+      (void)client_flush(s);
+      if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) != NULL)
+        session_close(s, "idle timeout");
+    }
+  }
+}
+
+void
+lmtp_close_all(Worker *w)
+{
+  while (w->lmtp_sessions.head != NULL) {
+    LmtpSession *s = w->lmtp_sessions.head->data;
+    if (s->tx == TX_NONE) {
+      add_text(s, "421 4.3.2 Server shutting down");
+      slots_to_output(s);
+      if (s->out != NULL)
+        (void)send(s->fd, s->out->data + s->out_off, s->out->len - s->out_off,
+                   MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    session_close(s, "usherd is stopping");
+  }
+}

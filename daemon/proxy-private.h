@@ -1,0 +1,106 @@
+/* proxy-private.h - what the proxy's protocol files share: the worker threads, the proxy
+ * object, listeners, and lookups through the core thread. Not for the rest of the daemon (it
+ * uses proxy.h). Every Worker field is touched only on that worker's thread unless it says
+ * otherwise; Proxy fields follow the comments (p->lock, atomics, or fixed at start). */
+#pragma once
+
+#include "daemon/poller.h"
+#include "daemon/proxy.h"
+
+#include "libcore/user-hash.h"
+
+#include <openssl/ssl.h>
+
+G_BEGIN_DECLS
+
+typedef struct Worker Worker;
+typedef struct LmtpSession LmtpSession;
+
+typedef enum {
+  PROTO_IMAP = 0,
+  PROTO_POP3,
+  PROTO_LMTP, /* lmtp.c */
+} Proto;
+
+/* One listening socket of one worker. */
+typedef struct {
+  Worker *w;
+  int fd;
+  Proto proto;
+  gboolean tls; /* imaps/pop3s: TLS from the first byte */
+  gboolean unix_socket; /* LMTP on a UNIX socket */
+  PollerWatch *watch;
+  char ip[USHER_IP_STRLEN]; /* where it listens; "" for a wildcard address (ask each socket) */
+  guint16 port;
+} Listener;
+
+struct Worker {
+  Proxy *proxy;
+  guint index;
+  GThread *thread;
+  GMainContext *context;
+  GMainLoop *loop;
+  Poller *poller;
+  GPtrArray *listeners; /* Listener* */
+  GQueue sessions;
+  GHashTable *by_id; /* session id -> Session* */
+  guint64 next_session;
+  GSource *tick;
+  gint64 next_refresh_us;
+  GPtrArray *free_pipes; /* Pipe*, empty */
+  guint pipes_busy;      /* held by sessions */
+  guint64 spliced;       /* bytes, not yet added to the proxy's stats (on the tick) */
+  guint64 splice_refused; /* bursts copied because SPLICE_PIPES_MAX were busy */
+  /* LMTP (lmtp.c) */
+  GQueue lmtp_sessions;
+  GHashTable *lmtp_by_id; /* session id -> LmtpSession* */
+};
+
+struct Proxy {
+  Usherd *u;
+  Worker **workers;
+  guint n_workers;
+  GHashTable *routes; /* core thread: request id -> RouteJob* (owned) */
+  GMutex lock;        /* guards per_ip, stats, backend_caps, imap_caps and tls_ctx */
+  GHashTable *per_ip; /* client IP text -> count */
+  GHashTable *backend_caps; /* backend IP text -> the CAPABILITY list of its last greeting */
+  char *imap_caps;          /* what every one of them offers, less what usherd says itself */
+  GHashTable *registry; /* (worker << 56 | session id) -> ProxySessionInfo*, logged-in sessions */
+  guint total;
+  ProxyStats stats;
+  const UsherLoginHasher *hasher;
+  guint refresh_secs;
+  guint16 imap_port, pop3_port, lmtp_port; /* [backends] ports as read at start (a reload changes the
+                                 * configuration's on the core thread) */
+  SSL_CTX *tls_ctx;             /* NULL without tls_cert; swapped under lock by a reload */
+  gboolean tls_enabled;         /* tls_ctx != NULL, fixed at start (read without the lock) */
+  gint next_request; /* atomic */
+  UsherHashFormat *lmtp_user_format; /* [proxy] lmtp_user_format, fixed at start */
+  char *recipient_delimiter;         /* [proxy] recipient_delimiter, fixed at start */
+};
+
+/* Adds delta to one of p->stats' fields (under p->lock). */
+void proxy_stat_add(Proxy *proxy, guint64 *field, gint64 delta);
+/* TRUE if ip lies in one of nets (UsherNet). */
+gboolean proxy_in_nets(const GArray *nets, const UsherIp *ip);
+/* Takes a connection slot (max_connections; and one of ip's when ip is not NULL); FALSE (and
+ * counted) when none is free. proxy_release gives them back. */
+gboolean proxy_admit(Proxy *proxy, gboolean total, const char *ip);
+void proxy_release(Proxy *proxy, const char *ip);
+
+/* The core's answer to a lookup made with proxy_route, on the worker that asked. */
+typedef void (*ProxyRouteAnswer)(Worker *w, guint64 session, guint64 request,
+                                 UsherLoginStatus status, const UsherIp *host);
+/* Asks the core for user's backend (as a login would); the answer comes to answer() on this
+ * worker with the returned request id, unless proxy_route_cancel is called first. */
+guint64 proxy_route(Worker *w, guint64 session, const char *user, ProxyRouteAnswer answer);
+void proxy_route_cancel(Worker *w, guint64 request);
+
+/* lmtp.c: the LMTP proxy on the workers. */
+void lmtp_accept(Worker *w, const Listener *l, int fd, const char *ip, guint16 port);
+/* Timeouts, every tick. */
+void lmtp_tick(Worker *w, gint64 now_us);
+/* Closes every LMTP session of the worker (it is stopping). */
+void lmtp_close_all(Worker *w);
+
+G_END_DECLS

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""test_lmtp_proxy.py - real LMTP clients through usherd to real Dovecot LMTP backends.
+
+A ring of three usherd, each with an LMTP listener (and one with a UNIX socket), in front of
+three Dovecot 2.3 backends. The backends share one mail root (as NFS would), so a message is
+checked in the recipient's Maildir, and which backend saved it in that backend's own log.
+swaks (LMTP, many recipients) and Python's smtplib.LMTP (one recipient: it reads a single reply
+after DATA) are the clients the project did not write; raw conversations check what they cannot
+do (pipelining, BDAT, a backend lost between RCPT and DATA and during DATA).
+
+Checked: a message to 50 recipients over three backends arrives once in each mailbox, each
+saved by the backend the ring assigns to its user, the replies per recipient; a +detail routes
+as its user; an unknown user is refused by its backend's own 550; a stopped backend gives 4xx
+for exactly its recipients at RCPT, and when it dies after RCPT or in the middle of the body the
+others are still delivered (2xx) and its own get 4xx (no loss, no duplicate); BDAT chunks
+(dot-stuffed on the way); pipelined commands answered in order; bad commands; the UNIX socket;
+the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
+"""
+
+import glob
+import json
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import usherlab as ul  # noqa: E402
+
+DOMAIN = "example.org"
+
+
+def mailbox_count(lab, user, marker):
+    """Messages in user's INBOX (shared mail root) holding marker."""
+    n = 0
+    for path in glob.glob(os.path.join(lab.mail_root, user, "Maildir", "new", "*")) + \
+            glob.glob(os.path.join(lab.mail_root, user, "Maildir", "cur", "*")):
+        with open(path, "rb") as f:
+            if marker.encode() in f.read():
+                n += 1
+    return n
+
+
+def saved_on(bs, offsets, user):
+    """Backends whose log shows an LMTP save for user since offsets."""
+    out = []
+    for b in bs:
+        log = b.log_since(offsets[b])
+        if any(f"lmtp({user})" in line and "saved mail to" in line for line in log.splitlines()):
+            out.append(b.ip)
+    return out
+
+
+class Raw:
+    """A raw LMTP conversation: send lines, read replies (one reply = up to its last line)."""
+
+    def __init__(self, host, port):
+        self.s = socket.create_connection((host, port), timeout=20)
+        self.buf = b""
+        self.reply()  # greeting
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            part = self.s.recv(65536)
+            if not part:
+                raise EOFError("closed")
+            self.buf += part
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def reply(self):
+        lines = [self.line()]
+        while len(lines[-1]) > 3 and lines[-1][3] == "-":
+            lines.append(self.line())
+        return lines[-1]
+
+    def close(self):
+        self.s.close()
+
+
+def swaks(target, rcpts, marker, sender=f"sender@{DOMAIN}"):
+    """Delivers one message with swaks; returns ({rcpt: RCPT reply code},
+    {rcpt: reply code after the body}, swaks' transcript)."""
+    where = ["--socket", target] if target.startswith("/") else ["--server", target]
+    r = subprocess.run(["swaks", "--protocol", "LMTP", *where, "--to", ",".join(rcpts),
+                        "--from", sender, "--header", f"X-Marker: {marker}", "--body", "hello",
+                        "--timeout", "60"],
+                       capture_output=True, text=True, timeout=120)
+    at_rcpt, final, current, accepted, after_dot = {}, {}, None, [], False
+    for line in r.stdout.splitlines():
+        if line.startswith(" -> RCPT TO:<"):
+            current = line[len(" -> RCPT TO:<"):].rstrip(">")
+        elif line.startswith(" -> .") and line.strip() == "-> .":
+            after_dot = True
+        elif line[:3] in ("<- ", "<**") and current is not None and not after_dot and \
+                current not in at_rcpt:
+            at_rcpt[current] = int(line[4:7])
+            if at_rcpt[current] // 100 == 2:
+                accepted.append(current)
+        elif line[:3] in ("<- ", "<**") and after_dot and len(final) < len(accepted):
+            final[accepted[len(final)]] = int(line[4:7])
+    return at_rcpt, final, r.stdout
+
+
+def stats(u):
+    r = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", u.admin_socket, "--json",
+                        "stats"], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)["proxy"]
+
+
+def run(lab, t):
+    # One mail domain: the users log in as "user1" and get mail as user1@example.org. The
+    # backends cut the domain (auth_username_format), usherd routes the same name.
+    bs = [lab.dovecot_backend(lab.backend_ip(i), extra_conf="auth_username_format = %Ln\n")
+          for i in (1, 2, 3)]
+    ring = [lab.director_ip(i) for i in (1, 2, 3)]
+    sock = os.path.join(lab.root, "lmtp.sock")
+    us = [lab.usherd(ip, ring=ring, backends=bs,
+                     extra_conf=f"[proxy]\nlmtp_listen = {ip}:{ul.LMTP_PORT}\nworkers = 2\n"
+                                f"lmtp_user_format = %Ln\n" +
+                                (f"lmtp_socket = {sock}\n" if n == 0 else ""))
+          for n, ip in enumerate(ring)]
+    lab.start_all()
+    lab.wait_ring_synced(us, timeout=30, via="admin")
+
+    # -- 50 recipients over three backends, one message
+    marker = uuid.uuid4().hex
+    rcpts = [f"user{n}@{DOMAIN}" for n in range(1, 51)]
+    offsets = {b: b.log_size() for b in bs}
+    at_rcpt, final, out = swaks(f"{us[0].ip}:{ul.LMTP_PORT}", rcpts, marker)
+    time.sleep(0.5)
+    # Where the ring put each user, asked of another usherd than the one that delivered.
+    owner = {f"user{n}": us[n % 3].status_user(f"user{n}")[0] for n in range(1, 51)}
+    bad = []
+    for n in range(1, 51):
+        user = f"user{n}"
+        count = mailbox_count(lab, user, marker)
+        where = saved_on(bs, offsets, user)
+        if count != 1 or where != [owner[user]]:
+            bad.append(f"{user}: {count} copies, saved on {where}, owner {owner[user]}")
+    t.ok(not bad and len(final) == 50 and all(c == 250 for c in final.values()),
+         "swaks, a message to 50 recipients over three backends: 50 replies after the body, "
+         "once in each mailbox, each saved by its user's backend", out[-2000:] + "\n".join(bad))
+    t.ok(len(set(owner.values())) == 3, "the 50 users are spread over the three backends")
+
+    # -- +detail, an unknown user (refused by its backend), through another usherd
+    marker = uuid.uuid4().hex
+    offsets = {b: b.log_size() for b in bs}
+    at_rcpt, final, out = swaks(f"{us[1].ip}:{ul.LMTP_PORT}",
+                                [f"user7+box@{DOMAIN}", f"nosuch@{DOMAIN}"], marker)
+    time.sleep(0.3)
+    t.ok(mailbox_count(lab, "user7", marker) == 1 and saved_on(bs, offsets, "user7") ==
+         [owner["user7"]], "user7+box@ is delivered to user7 on user7's backend", out[-1500:])
+    t.ok(at_rcpt.get(f"nosuch@{DOMAIN}") == 550 and final == {f"user7+box@{DOMAIN}": 250},
+         "an unknown user: the backend's own 550 for that recipient only", out[-1500:])
+
+    # -- pipelining: replies in order
+    r = Raw(us[2].ip, ul.LMTP_PORT)
+    r.send(b"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user1@example.org>\r\n"
+           b"RCPT TO:<user2@example.org>\r\nRCPT TO:<user3@example.org>\r\nDATA\r\n")
+    got = [r.reply() for _ in range(6)]
+    marker = uuid.uuid4().hex
+    r.send(f"Subject: piped\r\nX-Marker: {marker}\r\n\r\n..dot line\r\n.\r\n".encode())
+    got += [r.reply() for _ in range(3)]
+    r.send(b"QUIT\r\n")
+    got.append(r.reply())
+    r.close()
+    codes = [g[:3] for g in got]
+    t.ok(codes == ["250", "250", "250", "250", "250", "354", "250", "250", "250", "221"],
+         "pipelined LHLO, MAIL, three RCPT and DATA: answered in order, one reply per recipient "
+         "after the body", "\n".join(got))
+    t.ok(all(mailbox_count(lab, f"user{n}", marker) == 1 for n in (1, 2, 3)),
+         "the pipelined message arrived once for each")
+
+    # -- BDAT chunks (turned into one DATA, dot-stuffed)
+    marker = uuid.uuid4().hex
+    body = f"Subject: chunks\r\nX-Marker: {marker}\r\n\r\n.starts with a dot\r\n".encode()
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(b"LHLO test\r\n")
+    caps = r.reply()
+    r.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<user4@example.org>\r\n"
+           b"RCPT TO:<user5@example.org>\r\n")
+    got = [r.reply() for _ in range(3)]
+    r.send(b"BDAT %d\r\n" % 20 + body[:20])
+    got.append(r.reply())
+    r.send(b"BDAT %d LAST\r\n" % (len(body) - 20) + body[20:])
+    got += [r.reply(), r.reply()]
+    r.close()
+    files = glob.glob(os.path.join(lab.mail_root, "user4", "Maildir", "*", "*"))
+    stuffed_ok = any(marker.encode() in open(f, "rb").read() and
+                     b"\n.starts with a dot" in open(f, "rb").read() for f in files)
+    t.ok([g[:3] for g in got] == ["250", "250", "250", "250", "250", "250"] and
+         mailbox_count(lab, "user5", marker) == 1 and stuffed_ok,
+         "BDAT in two chunks to two users: delivered intact (a line starting with '.')",
+         "\n".join(got))
+
+    # -- bad commands
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(b"RCPT TO:<user1@example.org>\r\nFOO\r\nMAIL FROM:<a@example.org>\r\n"
+           b"RCPT TO:<" + b"x" * 5000 + b">\r\nLHLO x\r\nRCPT TO:user1\r\nNOOP\r\n")
+    got = [r.reply() for _ in range(7)]
+    r.close()
+    t.ok([g[:3] for g in got] == ["503", "500", "503", "500", "250", "501", "250"],
+         "RCPT before MAIL, an unknown command, MAIL before LHLO, an overlong line, a bad "
+         "address: refused; the session goes on", "\n".join(got))
+
+    # -- the UNIX socket
+    marker = uuid.uuid4().hex
+    with smtplib.LMTP(sock, timeout=30) as c:
+        refused = c.sendmail(f"sender@{DOMAIN}", [f"user8@{DOMAIN}"],
+                             f"Subject: unix\r\nX-Marker: {marker}\r\n\r\nhello\r\n")
+    t.ok(not refused and mailbox_count(lab, "user8", marker) == 1,
+         "delivery over the UNIX socket (lmtp_socket)")
+
+    # -- a backend lost after RCPT, and one lost during the body
+    victim = bs[2]
+    on_victim = [u for u, b in owner.items() if b == victim.ip][:3]
+    elsewhere = [u for u, b in owner.items() if b != victim.ip][:3]
+    for stage in ("after RCPT", "during the body"):
+        marker = uuid.uuid4().hex
+        r = Raw(us[1].ip, ul.LMTP_PORT)
+        r.send(b"LHLO test\r\nMAIL FROM:<a@example.org>\r\n")
+        got = [r.reply(), r.reply()]
+        for u in on_victim + elsewhere:
+            r.send(f"RCPT TO:<{u}@{DOMAIN}>\r\n".encode())
+            got.append(r.reply())
+        if stage == "after RCPT":
+            victim.stop()
+        r.send(b"DATA\r\n")
+        got.append(r.reply())
+        r.send(f"Subject: lost\r\nX-Marker: {marker}\r\n\r\n".encode() + b"x" * 100000 + b"\r\n")
+        if stage == "during the body":
+            time.sleep(0.3)
+            victim.stop()
+            time.sleep(0.3)
+        r.send(b"y" * 100000 + b"\r\n.\r\n")
+        finals = [r.reply() for _ in on_victim + elsewhere]
+        r.close()
+        time.sleep(0.5)
+        ok_rcpt = all(g.startswith("250") for g in got[2:-1]) and got[-1].startswith("354")
+        ok_final = all(f.startswith("4") for f in finals[:3]) and \
+            all(f.startswith("250") for f in finals[3:])
+        copies = [mailbox_count(lab, u, marker) for u in on_victim + elsewhere]
+        t.ok(ok_rcpt and ok_final and copies == [0, 0, 0, 1, 1, 1],
+             f"a backend lost {stage}: 4xx for exactly its recipients, the others delivered "
+             f"once", "\n".join(got + finals) + f"\ncopies {copies}")
+        victim.start()
+
+    # -- a backend already down at RCPT time
+    victim.stop()
+    marker = uuid.uuid4().hex
+    at_rcpt, final, out = swaks(f"{us[2].ip}:{ul.LMTP_PORT}",
+                                [f"{u}@{DOMAIN}" for u in on_victim + elsewhere], marker)
+    victim.start()
+    time.sleep(0.3)
+    t.ok(all(at_rcpt.get(f"{u}@{DOMAIN}", 0) // 100 == 4 for u in on_victim) and
+         all(final.get(f"{u}@{DOMAIN}") == 250 for u in elsewhere) and
+         all(mailbox_count(lab, u, marker) == 1 for u in elsewhere),
+         "a backend down at RCPT: 4xx for its recipients, the others delivered", out[-2500:])
+
+    st = stats(us[0])
+    t.ok(st.get("lmtp_delivered", 0) >= 50 and st.get("lmtp_recipients", 0) >= 50 and
+         st.get("lmtp_bad_commands", 0) >= 2,
+         "usherctl stats counts LMTP recipients, deliveries and bad commands",
+         json.dumps({k: v for k, v in st.items() if k.startswith("lmtp")}))
+
+
+def main():
+    if ul.USHERD is None:
+        print("1..0 # SKIP set $USHERD")
+        return ul.SKIP_STATUS
+    return ul.run_test(run, users=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
