@@ -284,7 +284,7 @@ usher_smtp_reader_next(UsherSmtpReader *r, UsherSmtpCmd *cmd_out, const guint8 *
 
   const guint8 *nl = memchr(base, '\n', avail);
   if (nl == NULL) {
-    if (avail > r->max_line) {
+    if (r->skipping || avail > r->max_line + 1) { /* + 1: a CR may end it */
       r->skipping = TRUE; /* reported at the line's end, in order with the other answers */
       r->off = r->buf->len;
     }
