@@ -54,8 +54,10 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   print_ms(out, w->latency_max_us);
   fprintf(out, "\nusers that changed backend: %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT
                " changes); sessions kicked: %" G_GUINT64_FORMAT
-               "; sessions cut by a failure: %" G_GUINT64_FORMAT "\n",
-          w->users_moved, w->backend_changes, w->sessions_kicked, w->sessions_cut);
+               "; sessions cut by a failure: %" G_GUINT64_FORMAT " (LMTP deliveries among them, "
+               "delivered again: %" G_GUINT64_FORMAT ")\n",
+          w->users_moved, w->backend_changes, w->sessions_kicked, w->sessions_cut,
+          w->lmtp_redelivered);
   guint64 open_windows = g_hash_table_size(w->windows);
   fprintf(out, "users on two backends at once: %" G_GUINT64_FORMAT " in split brain, %" G_GUINT64_FORMAT
                " after unsafe host changes, %" G_GUINT64_FORMAT " violations, %" G_GUINT64_FORMAT
@@ -172,6 +174,7 @@ sim_world_report_json(SimWorld *w)
   INT("sessions_started", w->sessions_started);
   INT("sessions_kicked", w->sessions_kicked);
   INT("sessions_cut", w->sessions_cut);
+  INT("lmtp_redelivered", w->lmtp_redelivered);
   INT("windows_split_brain", w->windows_split_brain);
   INT("windows_unsafe", w->windows_unsafe);
   INT("windows_violation", w->windows_violation);

@@ -902,6 +902,7 @@ sim_counter_name(SimCounter counter)
     [SIM_COUNTER_FLUSHES_LOST] = "flushes_lost",
     [SIM_COUNTER_FLUSHES_FAILED] = "flushes_failed",
     [SIM_COUNTER_OUTPUT_OVERFLOWS] = "output_overflows",
+    [SIM_COUNTER_LMTP_REDELIVERED] = "lmtp_redelivered",
     [SIM_COUNTER_DIR_KICKS_SENT] = "directors.kicks_sent",
     [SIM_COUNTER_DIR_KICKS_TIMED_OUT] = "directors.kicks_timed_out",
     [SIM_COUNTER_DIR_FLUSHES_FAILED] = "directors.flushes_failed",

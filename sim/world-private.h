@@ -153,6 +153,7 @@ struct SimWorld {
   guint64 logins_cancelled;
   guint64 kicks_lost, flushes_lost, flushes_failed; /* the driver's faults */
   guint64 sessions_started, sessions_kicked, sessions_cut;
+  guint64 lmtp_redelivered; /* LMTP deliveries cut by a failure, delivered again by the MTA */
   guint64 users_moved, backend_changes;
   guint64 windows_split_brain, windows_unsafe, windows_violation;
   gint64 window_total_us, window_longest_us;

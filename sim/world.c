@@ -278,6 +278,20 @@ session_start(SimWorld *w, SimLogin *lg, guint backend, guint refresh_secs)
 
 static void login_attempt(SimWorld *w, SimLogin *lg);
 
+/* An LMTP delivery cut by a failure: its recipient got a temporary failure (its backend was
+ * lost) or no answer (its director was), so the MTA delivers it again later, routed anew, as
+ * usherd's LMTP proxy makes it do. */
+static void
+lmtp_redeliver(SimWorld *w, guint32 user)
+{
+  SimLogin *lg = g_new0(SimLogin, 1);
+  lg->user = user;
+  lg->proto = 2;
+  lg->first_us = w->now_us + w->sc->retry_delay_us;
+  w->lmtp_redelivered++;
+  schedule(w, lg->first_us, EV_LOGIN_ATTEMPT, 0, 0, 0, lg);
+}
+
 static void
 login_retry_or_fail(SimWorld *w, SimLogin *lg, const char *why)
 {
@@ -655,6 +669,8 @@ node_crash(SimWorld *w, guint i)
     SimSession *ss = session_at(w, s);
     if (ss->alive && ss->director == i && ss->director_incarnation == n->incarnation) {
       w->sessions_cut++;
+      if (ss->proto == 2)
+        lmtp_redeliver(w, ss->user);
       session_end(w, s, FALSE);
     }
   }
@@ -849,6 +865,8 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
       SimSession *ss = session_at(w, s);
       if (ss->alive && ss->backend == b) {
         w->sessions_cut++;
+        if (ss->proto == 2)
+          lmtp_redeliver(w, ss->user);
         session_end(w, s, FALSE);
       }
     }
@@ -1102,6 +1120,8 @@ counter_value(SimWorld *w, SimCounter counter)
     return w->flushes_failed;
   case SIM_COUNTER_OUTPUT_OVERFLOWS:
     return sim_net_get_stats(w->net)->output_overflows;
+  case SIM_COUNTER_LMTP_REDELIVERED:
+    return w->lmtp_redelivered;
   default:
     break;
   }
