@@ -46,6 +46,9 @@ RING_PORT = 9090
 IMAP_PORT = 10143
 POP3_PORT = 10110
 LMTP_PORT = 10024
+SIEVE_PORT = 14190
+SUBMISSION_PORT = 10587
+RELAY_PORT = 10025  # the lab's SMTP sink, where backends' submission services relay
 PASSWORD = "pass"
 MAIL_UID = 65534  # nobody/nogroup: no system users to add
 
@@ -887,22 +890,46 @@ class DovecotBackend(Instance):
     """A Dovecot backend: IMAP/POP3/LMTP, users from the lab's passwd-file, mail in the lab's
     shared maildir tree; names itself in the IMAP ID reply as x-lab-backend = its IP.
     haproxy=True makes its IMAP and POP3 listeners require a PROXY protocol header (from
-    127.0.0.0/8), as a backend behind usherd's proxy_protocol_backends is set up."""
+    127.0.0.0/8), as a backend behind usherd's proxy_protocol_backends is set up.
+    sieve_submission=True adds ManageSieve (SIEVE_PORT) and submission (SUBMISSION_PORT,
+    relaying to relay_host:RELAY_PORT); they need dovecot-managesieved and -submissiond."""
 
     kind = "backend"
 
     def __init__(self, lab, name, ip, imap_port=IMAP_PORT, pop3_port=POP3_PORT,
-                 lmtp_port=LMTP_PORT, extra_conf="", haproxy=False):
+                 lmtp_port=LMTP_PORT, extra_conf="", haproxy=False, sieve_submission=False,
+                 relay_host=None):
         self.extra_conf = extra_conf
         self.haproxy = haproxy
-        super().__init__(lab, name, ip, {"imap": imap_port, "pop3": pop3_port, "lmtp": lmtp_port},
-                         self.config_text)
+        self.sieve_submission = sieve_submission
+        self.relay_host = relay_host
+        ports = {"imap": imap_port, "pop3": pop3_port, "lmtp": lmtp_port}
+        if sieve_submission:
+            ports.update({"sieve": SIEVE_PORT, "submission": SUBMISSION_PORT})
+        super().__init__(lab, name, ip, ports, self.config_text)
 
     def config_text(self):
         p = self.ports
         home = os.path.join(self.lab.mail_root, "%Lu")
         hap = "\n    haproxy = yes" if self.haproxy else ""
-        return self.common_conf() + f"""protocols = imap pop3 lmtp
+        more = ""
+        if self.sieve_submission:
+            more = f"""
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {p['sieve']}
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = {p['submission']}
+  }}
+}}
+submission_relay_host = {self.relay_host or self.ip}
+submission_relay_port = {RELAY_PORT}
+"""
+        protocols = "imap pop3 lmtp" + (" sieve submission" if self.sieve_submission else "")
+        return self.common_conf() + f"""protocols = {protocols}
 haproxy_trusted_networks = 127.0.0.0/8
 first_valid_uid = {MAIL_UID}
 first_valid_gid = {MAIL_UID}
@@ -952,6 +979,7 @@ service pop3 {{
   service_count = 100
   idle_kill = 5 secs
 }}
+{more}
 {self.extra_conf}
 """
 
