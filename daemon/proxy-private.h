@@ -20,6 +20,8 @@ typedef enum {
   PROTO_IMAP = 0,
   PROTO_POP3,
   PROTO_LMTP, /* lmtp.c */
+  PROTO_SIEVE,
+  PROTO_SUBMISSION,
 } Proto;
 
 /* One listening socket of one worker. */
@@ -70,6 +72,9 @@ struct Proxy {
   ProxyStats stats;
   const UsherLoginHasher *hasher;
   guint refresh_secs;
+  char *sieve_caps;      /* the capability lines of a backend's ManageSieve greeting (learnt) */
+  char *submission_caps; /* the EHLO keywords of a backend's submission service (learnt) */
+  guint16 sieve_port, submission_port;
   guint16 imap_port, pop3_port, lmtp_port; /* [backends] ports as read at start (a reload changes the
                                  * configuration's on the core thread) */
   SSL_CTX *tls_ctx;             /* NULL without tls_cert; swapped under lock by a reload */

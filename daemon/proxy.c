@@ -17,6 +17,8 @@
 #include "libcore/imap-login.h"
 #include "libcore/pop3-login.h"
 #include "libcore/proxy-header.h"
+#include "libcore/sieve-login.h"
+#include "libcore/smtp-cmd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -76,6 +78,14 @@ typedef struct {
   gsize held; /* bytes in it, not yet written to the destination */
 } Pipe;
 
+/* Where a ManageSieve or submission backend login stands. */
+typedef enum {
+  SUB_GREETING = 0, /* its greeting (ManageSieve: capability lines, then OK) */
+  SUB_EHLO,         /* submission: EHLO's answer */
+  SUB_XCLIENT,      /* XCLIENT's answer (submission: a new greeting) */
+  SUB_AUTH,         /* the login's answer */
+} SubStep;
+
 typedef enum {
   LOGIN_PLAIN_CMD = 0, /* LOGIN user pass */
   LOGIN_SASL,          /* AUTHENTICATE mech ir */
@@ -105,6 +115,9 @@ struct Session {
   gboolean bulk_to_client, bulk_to_backend; /* that direction carries bulk now: try splice */
   UsherImapReader *reader;   /* IMAP before login */
   UsherPop3Reader *preader;  /* POP3 before login */
+  UsherSieveReader *sreader; /* ManageSieve before login */
+  UsherSmtpReader *mreader;  /* submission before login */
+  char *helo;                /* submission: the client's EHLO name */
   UsherProxyHeader *pheader; /* S_PROXY_HEADER */
   gboolean input_seen;       /* the client has sent something */
   gboolean cin_parked;       /* its reads are off until its login is answered */
@@ -130,6 +143,11 @@ struct Session {
   gsize bout_off;
   GString *bline; /* a backend response line being read during the login */
   Pop3BackendStep pop3_step;
+  SubStep sub_step;
+  gboolean xclient_sent;   /* ManageSieve/submission: XCLIENT went out */
+  gboolean backend_xclient; /* the backend offers XCLIENT */
+  GString *bcaps;          /* capabilities the backend announced during this login */
+  guint reply_lines;       /* submission: lines of the EHLO answer so far */
   gboolean counted;    /* holds a connection slot (max_connections) */
   gboolean registered; /* in the session registry (proxy_list_sessions) */
   gboolean counted_ip; /* holds one of cip's slots (max_connections_per_ip) */
@@ -284,6 +302,61 @@ to_backend(Session *s, const void *data, gsize len)
   queue(&s->bout, &s->bout_off, data, len);
 }
 
+static G_GNUC_PRINTF(2, 3) void to_backend_fmt(Session *s, const char *fmt, ...)
+{
+  va_list args;
+  va_start(args, fmt);
+  g_autofree char *text = g_strdup_vprintf(fmt, args);
+  va_end(args);
+  to_backend(s, text, strlen(text));
+  memset(text, 0, strlen(text)); /* it may hold a password */
+}
+
+/* The client's pre-login reader, by protocol. */
+static void
+new_reader(Session *s)
+{
+  if (s->proto == PROTO_POP3)
+    s->preader = usher_pop3_reader_new();
+  else if (s->proto == PROTO_SIEVE)
+    s->sreader = usher_sieve_reader_new();
+  else if (s->proto == PROTO_SUBMISSION)
+    s->mreader = usher_smtp_reader_new(USHER_SMTP_LINE_MAX_DEFAULT);
+  else
+    s->reader = usher_imap_reader_new();
+}
+
+static void
+free_readers(Session *s)
+{
+  g_clear_pointer(&s->reader, usher_imap_reader_free);
+  g_clear_pointer(&s->preader, usher_pop3_reader_free);
+  g_clear_pointer(&s->sreader, usher_sieve_reader_free);
+  g_clear_pointer(&s->mreader, usher_smtp_reader_free);
+}
+
+/* What the client sent after its last complete command (pipelined). */
+static const guint8 *
+client_pending(Session *s, gsize *len_out)
+{
+  *len_out = 0;
+  if (s->preader != NULL)
+    return usher_pop3_reader_peek_pending(s->preader, len_out);
+  if (s->sreader != NULL)
+    return usher_sieve_reader_peek_pending(s->sreader, len_out);
+  if (s->mreader != NULL)
+    return usher_smtp_reader_peek_pending(s->mreader, len_out);
+  if (s->reader != NULL)
+    return usher_imap_reader_peek_pending(s->reader, len_out);
+  return NULL;
+}
+
+static char *sieve_capabilities(Session *s, const char *ok_text);
+static void sieve_prelogin_input(Session *s);
+static void submission_prelogin_input(Session *s);
+static gboolean sieve_backend_line(Session *s, const char *line);
+static gboolean submission_backend_line(Session *s, const char *line);
+
 /* ---- What the client is told, in its protocol ------------------------------------------------- */
 
 /* The last words before closing: IMAP "* BYE"; POP3 "-ERR" (POP3 has no unsolicited response; a
@@ -293,6 +366,10 @@ say_bye(Session *s, const char *text)
 {
   if (s->proto == PROTO_POP3)
     to_client_fmt(s, "-ERR %s\r\n", text);
+  else if (s->proto == PROTO_SIEVE)
+    to_client_fmt(s, "BYE \"%s\"\r\n", text);
+  else if (s->proto == PROTO_SUBMISSION)
+    to_client_fmt(s, "421 4.3.2 %s\r\n", text);
   else
     to_client_fmt(s, "* BYE %s\r\n", text);
 }
@@ -303,6 +380,10 @@ reply_unavailable(Session *s, const char *text)
 {
   if (s->proto == PROTO_POP3)
     to_client_fmt(s, "-ERR [SYS/TEMP] %s\r\n", text);
+  else if (s->proto == PROTO_SIEVE)
+    to_client_fmt(s, "NO (TRYLATER) \"%s\"\r\n", text);
+  else if (s->proto == PROTO_SUBMISSION)
+    to_client_fmt(s, "454 4.7.0 %s\r\n", text);
   else
     to_client_fmt(s, "%s NO [UNAVAILABLE] %s\r\n", s->ctag, text);
 }
@@ -313,6 +394,10 @@ reply_auth_error(Session *s, gboolean aborted, const char *text)
 {
   if (s->proto == PROTO_POP3)
     to_client_fmt(s, "-ERR %s\r\n", text);
+  else if (s->proto == PROTO_SIEVE)
+    to_client_fmt(s, "NO \"%s\"\r\n", text);
+  else if (s->proto == PROTO_SUBMISSION)
+    to_client_fmt(s, aborted ? "501 5.0.0 %s\r\n" : "535 5.7.8 %s\r\n", text);
   else if (aborted)
     to_client_fmt(s, "%s BAD %s\r\n", s->ctag, text);
   else
@@ -323,10 +408,23 @@ reply_auth_error(Session *s, gboolean aborted, const char *text)
 static void
 client_expect_sasl(Session *s)
 {
+  /* ManageSieve and submission readers hand out lines: sasl_pending says what they are. */
   if (s->proto == PROTO_POP3)
     usher_pop3_reader_expect_sasl(s->preader);
-  else
+  else if (s->proto == PROTO_IMAP)
     usher_imap_reader_expect_sasl(s->reader);
+}
+
+/* A SASL challenge (base64, "" for none) in the client's protocol. */
+static void
+sasl_challenge(Session *s, const char *b64)
+{
+  if (s->proto == PROTO_SIEVE)
+    to_client_fmt(s, "\"%s\"\r\n", b64);
+  else if (s->proto == PROTO_SUBMISSION)
+    to_client_fmt(s, "334 %s\r\n", b64);
+  else
+    to_client_fmt(s, "+ %s\r\n", b64);
 }
 
 /* What a socket call returned, in the terms below: n >= 0 as is, -1 for "nothing now", -2 for an
@@ -597,7 +695,10 @@ registry_add(Session *s)
   i->client = strchr(s->cip, ':') != NULL ? g_strdup_printf("[%s]:%u", s->cip, s->cport)
                                           : g_strdup_printf("%s:%u", s->cip, s->cport);
   i->backend = g_strdup(usher_ip_to_string(&s->backend, ip));
-  i->protocol = s->proto == PROTO_POP3 ? "pop3" : "imap";
+  i->protocol = s->proto == PROTO_POP3         ? "pop3"
+                : s->proto == PROTO_SIEVE      ? "sieve"
+                : s->proto == PROTO_SUBMISSION ? "submission"
+                                               : "imap";
   i->tls = s->ssl != NULL;
   i->since = g_get_real_time() / G_USEC_PER_SEC;
   guint64 key = registry_key(s);
@@ -717,8 +818,10 @@ session_close(Session *s, const char *why)
   forget_ip(s);
   forget_login(s);
   g_clear_pointer(&s->cout, g_byte_array_unref);
-  g_clear_pointer(&s->reader, usher_imap_reader_free);
-  g_clear_pointer(&s->preader, usher_pop3_reader_free);
+  free_readers(s);
+  g_clear_pointer(&s->helo, g_free);
+  if (s->bcaps != NULL)
+    g_string_free(s->bcaps, TRUE);
   g_clear_pointer(&s->pheader, usher_proxy_header_free);
   g_queue_unlink(&w->sessions, &s->link);
   g_hash_table_remove(w->by_id, &s->id);
@@ -922,7 +1025,10 @@ backend_connect(Session *s)
   s->state = S_CONNECTING;
   s->deadline_us = g_get_monotonic_time() + BACKEND_CONNECT_TIMEOUT_SECS * G_USEC_PER_SEC;
   g_autoptr(GSocketAddress) addr =
-    usherd_gaddress_from_ip(&s->backend, s->proto == PROTO_POP3 ? p->pop3_port : p->imap_port);
+    usherd_gaddress_from_ip(&s->backend, s->proto == PROTO_POP3         ? p->pop3_port
+                                         : s->proto == PROTO_SIEVE      ? p->sieve_port
+                                         : s->proto == PROTO_SUBMISSION ? p->submission_port
+                                                                        : p->imap_port);
   struct sockaddr_storage ss;
   gsize sslen = g_socket_address_get_native_size(addr);
   g_socket_address_to_native(addr, &ss, sizeof(ss), NULL);
@@ -982,13 +1088,10 @@ login_accepted(Session *s, const char *client_text)
   g_clear_pointer(&s->ctag, g_free);
   /* Commands the client pipelined behind its login belong to the backend now. */
   gsize pending = 0;
-  const guint8 *rest = s->proto == PROTO_POP3
-                         ? usher_pop3_reader_peek_pending(s->preader, &pending)
-                         : usher_imap_reader_peek_pending(s->reader, &pending);
+  const guint8 *rest = client_pending(s, &pending);
   if (pending > 0)
     to_backend(s, rest, pending);
-  g_clear_pointer(&s->reader, usher_imap_reader_free);
-  g_clear_pointer(&s->preader, usher_pop3_reader_free);
+  free_readers(s);
   /* on_backend sends both queues when the backend's lines are read. */
 }
 
@@ -1248,6 +1351,10 @@ on_backend(gpointer data, guint32 events)
     if (s->proto == PROTO_POP3) {
       s->pop3_step = POP3_BACKEND_GREETING; /* it speaks first */
       session_flush_backend(s);
+    } else if (s->proto == PROTO_SIEVE || s->proto == PROTO_SUBMISSION) {
+      s->sub_step = SUB_GREETING; /* it speaks first */
+      s->bcaps = g_string_new(NULL);
+      session_flush_backend(s);
     } else {
       send_backend_login(s); /* pipelined behind the greeting it will send */
       session_flush_backend(s);
@@ -1292,7 +1399,11 @@ on_backend(gpointer data, guint32 events)
       g_string_truncate(s->bline, s->bline->len - 1);
     g_autofree char *line = g_strdup(s->bline->str);
     g_string_truncate(s->bline, 0);
-    if (!(s->proto == PROTO_POP3 ? pop3_backend_line(s, line) : imap_backend_line(s, line)))
+    gboolean more = s->proto == PROTO_POP3         ? pop3_backend_line(s, line)
+                    : s->proto == PROTO_SIEVE      ? sieve_backend_line(s, line)
+                    : s->proto == PROTO_SUBMISSION ? submission_backend_line(s, line)
+                                                   : imap_backend_line(s, line);
+    if (!more)
       return;
     if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL)
       return;
@@ -1450,7 +1561,7 @@ sasl_start(Session *s, UsherSaslMech mech, const char *ir)
     s->user = g_strndup(name != NULL ? (const char *)name : "", len);
     s->login_step = TRUE;
     s->sasl_pending = TRUE;
-    to_client(s, "+ UGFzc3dvcmQ6\r\n", -1); /* "Password:" */
+    sasl_challenge(s, "UGFzc3dvcmQ6"); /* "Password:" */
     client_expect_sasl(s);
     return;
   }
@@ -1460,7 +1571,7 @@ sasl_start(Session *s, UsherSaslMech mech, const char *ir)
   }
   s->sasl_pending = TRUE;
   s->login_step = FALSE;
-  to_client(s, mech == USHER_SASL_LOGIN ? "+ VXNlcm5hbWU6\r\n" : "+ \r\n", -1); /* "Username:" */
+  sasl_challenge(s, mech == USHER_SASL_LOGIN ? "VXNlcm5hbWU6" : ""); /* "Username:" */
   client_expect_sasl(s);
 }
 
@@ -1570,7 +1681,7 @@ sasl_line(Session *s, const char *line)
     s->user = g_strndup((const char *)raw, len);
     s->login_step = TRUE;
     s->sasl_pending = TRUE;
-    to_client(s, "+ UGFzc3dvcmQ6\r\n", -1);
+    sasl_challenge(s, "UGFzc3dvcmQ6");
     client_expect_sasl(s);
     return;
   }
@@ -1754,6 +1865,10 @@ client_prelogin_input(Session *s)
 {
   if (s->proto == PROTO_POP3)
     pop3_prelogin_input(s);
+  else if (s->proto == PROTO_SIEVE)
+    sieve_prelogin_input(s);
+  else if (s->proto == PROTO_SUBMISSION)
+    submission_prelogin_input(s);
   else
     imap_prelogin_input(s);
 }
@@ -1805,8 +1920,10 @@ proxy_release(Proxy *p, const char *ip)
 static const char *
 busy_text(Proto proto)
 {
-  if (proto == PROTO_LMTP)
+  if (proto == PROTO_LMTP || proto == PROTO_SUBMISSION)
     return "421 4.3.2 Too many connections, try again later\r\n";
+  if (proto == PROTO_SIEVE)
+    return "BYE \"Too many connections, try again later.\"\r\n";
   return proto == PROTO_POP3 ? "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
                              : "* BYE Too many connections, try again later.\r\n";
 }
@@ -1817,11 +1934,15 @@ greet(Session *s)
 {
   const UsherConfig *c = s->w->proxy->u->config;
   s->state = S_PRELOGIN;
+  new_reader(s);
   if (s->proto == PROTO_POP3) {
-    s->preader = usher_pop3_reader_new();
     to_client_fmt(s, "+OK %s\r\n", c->proxy_greeting);
+  } else if (s->proto == PROTO_SIEVE) {
+    g_autofree char *caps = sieve_capabilities(s, c->proxy_greeting);
+    to_client(s, caps, -1);
+  } else if (s->proto == PROTO_SUBMISSION) {
+    to_client_fmt(s, "220 %s ESMTP %s\r\n", g_get_host_name(), c->proxy_greeting);
   } else {
-    s->reader = usher_imap_reader_new();
     g_autofree char *caps = imap_capabilities(s);
     to_client_fmt(s, "* OK [CAPABILITY %s] %s\r\n", caps, c->proxy_greeting);
   }
@@ -1917,10 +2038,7 @@ client_starttls(Session *s, const char *ok)
 {
   Proxy *p = s->w->proxy;
   gsize pending = 0;
-  if (s->proto == PROTO_POP3)
-    (void)usher_pop3_reader_peek_pending(s->preader, &pending);
-  else
-    (void)usher_imap_reader_peek_pending(s->reader, &pending);
+  (void)client_pending(s, &pending);
   if (pending > 0) {
     proxy_stat_add(p, &p->stats.tls_failures, 1);
     say_bye(s, "Commands were sent after STARTTLS in plaintext.");
@@ -1938,15 +2056,17 @@ client_starttls(Session *s, const char *ok)
     return;
   }
   proxy_stat_add(p, &p->stats.starttls, 1);
-  if (s->proto == PROTO_POP3) {
-    usher_pop3_reader_free(s->preader);
-    s->preader = usher_pop3_reader_new();
-  } else {
-    usher_imap_reader_free(s->reader);
-    s->reader = usher_imap_reader_new();
+  free_readers(s);
+  new_reader(s);
+  g_clear_pointer(&s->helo, g_free); /* submission: EHLO again over TLS */
+  if (!tls_start(s))
+    return;
+  if (s->proto == PROTO_SIEVE) {
+    /* RFC 5804 2.2: the capabilities again, now over TLS (sent once the handshake is done). */
+    g_autofree char *caps = sieve_capabilities(s, "TLS is on.");
+    to_client(s, caps, -1);
   }
-  if (tls_start(s))
-    (void)tls_handshake(s);
+  (void)tls_handshake(s);
 }
 
 /* A trusted load balancer's PROXY header, before the greeting. The socket is peeked and only the
@@ -2019,6 +2139,10 @@ client_feed(Session *s, const void *data, gsize n)
   guint64 id = s->id;
   if (s->proto == PROTO_POP3)
     usher_pop3_reader_feed(s->preader, data, n);
+  else if (s->proto == PROTO_SIEVE)
+    usher_sieve_reader_feed(s->sreader, data, n);
+  else if (s->proto == PROTO_SUBMISSION)
+    usher_smtp_reader_feed(s->mreader, data, n);
   else
     usher_imap_reader_feed(s->reader, data, n);
   client_prelogin_input(s);
@@ -2099,6 +2223,411 @@ on_client(gpointer data, guint32 events)
     }
   }
   client_feed(s, buf, (gsize)n);
+}
+
+/* ---- ManageSieve (RFC 5804) and submission (RFC 6409) before login ------------------------------ */
+
+/* The login goes to the backend as PLAIN (an initial response, base64): a PLAIN client message
+ * as the client sent it, or one made from LOGIN's name and password. (transfer full) */
+static char *
+backend_plain_b64(Session *s)
+{
+  if (s->kind != LOGIN_PLAIN_CMD)
+    return g_strdup(s->secret_len > 0 ? s->secret : "=");
+  gsize ulen = strlen(s->user), n = 1 + ulen + 1 + s->secret_len;
+  g_autofree guint8 *plain = g_malloc(n);
+  plain[0] = '\0';
+  memcpy(plain + 1, s->user, ulen);
+  plain[1 + ulen] = '\0';
+  memcpy(plain + 2 + ulen, s->secret, s->secret_len);
+  char *b64 = g_base64_encode(plain, n);
+  memset(plain, 0, n);
+  return b64;
+}
+
+/* A ManageSieve quoted string's contents: '"' and '\' escaped. */
+static char *
+sieve_quote(const char *text)
+{
+  GString *out = g_string_new(NULL);
+  for (const char *c = text; *c != '\0'; c++) {
+    if (*c == '"' || *c == '\\')
+      g_string_append_c(out, '\\');
+    g_string_append_c(out, *c);
+  }
+  return g_string_free(out, FALSE);
+}
+
+#define SIEVE_CAPS_DEFAULT                                                                         \
+  "\"SIEVE\" \"fileinto reject envelope encoded-character vacation subaddress "                    \
+  "comparator-i;ascii-numeric relational regex imap4flags copy include variables body enotify "   \
+  "environment mailbox date index ihave duplicate mime foreverypart extracttext\"\r\n"             \
+  "\"NOTIFY\" \"mailto\"\r\n"
+
+/* The capability lines and their OK: usherd's own (IMPLEMENTATION, SASL, STARTTLS, VERSION)
+ * around what the last backend greeting offered (SIEVE extensions, NOTIFY, ...). */
+static char *
+sieve_capabilities(Session *s, const char *ok_text)
+{
+  Proxy *p = s->w->proxy;
+  g_autofree char *ok = sieve_quote(ok_text);
+  g_mutex_lock(&p->lock);
+  char *caps = g_strdup_printf("\"IMPLEMENTATION\" \"Usher\"\r\n\"SASL\" \"PLAIN LOGIN\"\r\n%s%s"
+                               "\"VERSION\" \"1.0\"\r\nOK \"%s\"\r\n",
+                               p->sieve_caps, can_starttls(s) ? "\"STARTTLS\"\r\n" : "", ok);
+  g_mutex_unlock(&p->lock);
+  return caps;
+}
+
+static void
+sieve_command(Session *s, UsherSieveCmd *cmd)
+{
+  if (s->sasl_pending) {
+    /* The answer to a challenge is a string; anything else ends the exchange. */
+    if (cmd->name != NULL) {
+      s->sasl_pending = FALSE;
+      reply_auth_error(s, TRUE, "Authentication aborted: a string was expected.");
+      forget_login(s);
+      return;
+    }
+    sasl_line(s, g_ptr_array_index(cmd->args, 0));
+    return;
+  }
+  const char *name = cmd->name != NULL ? cmd->name : "";
+  if (strcmp(name, "CAPABILITY") == 0) {
+    g_autofree char *caps = sieve_capabilities(s, "Capability completed.");
+    to_client(s, caps, -1);
+  } else if (strcmp(name, "NOOP") == 0) {
+    /* RFC 5804 2.14: a NOOP's string comes back as a TAG (clients resynchronise with it). */
+    if (cmd->args->len == 1) {
+      g_autofree char *tag = sieve_quote(g_ptr_array_index(cmd->args, 0));
+      to_client_fmt(s, "OK (TAG \"%s\") \"Done\"\r\n", tag);
+    } else
+      to_client(s, "OK \"NOOP completed.\"\r\n", -1);
+  } else if (strcmp(name, "LOGOUT") == 0) {
+    to_client(s, "OK \"Logout completed.\"\r\n", -1);
+    session_end(s, "LOGOUT");
+  } else if (strcmp(name, "STARTTLS") == 0 && can_starttls(s)) {
+    client_starttls(s, "OK \"Begin TLS negotiation now.\"\r\n");
+  } else if (strcmp(name, "AUTHENTICATE") == 0 && cmd->args->len >= 1 && cmd->args->len <= 2) {
+    UsherSaslMech mech = usher_sasl_mech_from_name(g_ptr_array_index(cmd->args, 0));
+    if (mech != USHER_SASL_PLAIN && mech != USHER_SASL_LOGIN) {
+      to_client(s, "NO \"Unsupported SASL mechanism.\"\r\n", -1);
+      s->bad_commands++;
+      return;
+    }
+    const char *ir = cmd->args->len == 2 ? g_ptr_array_index(cmd->args, 1) : NULL;
+    sasl_start(s, mech, ir != NULL && ir[0] == '\0' ? "=" : ir);
+  } else {
+    to_client(s, "NO \"Unknown command, or one that needs a login first.\"\r\n", -1);
+    s->bad_commands++;
+  }
+}
+
+static void
+sieve_prelogin_input(Session *s)
+{
+  Worker *w = s->w;
+  guint64 id = s->id;
+  while (s->state == S_PRELOGIN) {
+    g_auto(UsherSieveCmd) cmd = {0};
+    const char *why = NULL;
+    switch (usher_sieve_reader_next(s->sreader, &cmd, &why)) {
+    case USHER_SIEVE_NEED_MORE:
+      return;
+    case USHER_SIEVE_BAD:
+      to_client_fmt(s, "NO \"%s\"\r\n", why);
+      s->bad_commands++;
+      if (s->sasl_pending) {
+        s->sasl_pending = FALSE;
+        forget_login(s);
+      }
+      break;
+    case USHER_SIEVE_FAIL:
+      to_client_fmt(s, "BYE \"%s\"\r\n", why);
+      session_end(s, why);
+      return;
+    case USHER_SIEVE_COMMAND:
+      sieve_command(s, &cmd);
+      break;
+    }
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL || !check_bad_commands(s))
+      return;
+  }
+}
+
+#define SUBMISSION_CAPS_DEFAULT "8BITMIME\r\nCHUNKING\r\nENHANCEDSTATUSCODES\r\nPIPELINING\r\nSIZE\r\n"
+
+/* EHLO's answer: what the last backend offered, usherd's AUTH and STARTTLS. */
+static void
+submission_ehlo(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  GString *lines = g_string_new(NULL);
+  g_mutex_lock(&p->lock);
+  g_string_append(lines, p->submission_caps);
+  g_mutex_unlock(&p->lock);
+  g_string_append(lines, "AUTH PLAIN LOGIN\r\n");
+  if (can_starttls(s))
+    g_string_append(lines, "STARTTLS\r\n");
+  g_auto(GStrv) keywords = g_strsplit(lines->str, "\r\n", -1);
+  g_string_free(lines, TRUE);
+  GString *out = g_string_new(NULL);
+  g_string_append_printf(out, "250-%s\r\n", g_get_host_name());
+  guint n = g_strv_length(keywords);
+  while (n > 0 && keywords[n - 1][0] == '\0')
+    n--;
+  for (guint i = 0; i < n; i++)
+    g_string_append_printf(out, "250%c%s\r\n", i + 1 == n ? ' ' : '-', keywords[i]);
+  to_client(s, out->str, (gssize)out->len);
+  g_string_free(out, TRUE);
+}
+
+static void
+submission_command(Session *s, UsherSmtpCmd *cmd)
+{
+  if (cmd->verb == USHER_SMTP_VERB_UNKNOWN) {
+    to_client(s, "500 5.5.1 Unknown command\r\n", -1);
+    s->bad_commands++;
+    return;
+  }
+  if (cmd->syntax_error != NULL) {
+    to_client_fmt(s, "501 5.5.4 %s\r\n", cmd->syntax_error);
+    s->bad_commands++;
+    return;
+  }
+  switch (cmd->verb) {
+  case USHER_SMTP_VERB_EHLO:
+  case USHER_SMTP_VERB_HELO:
+    g_free(s->helo);
+    s->helo = g_strndup(cmd->arg, 255);
+    g_strdelimit(s->helo, " \t\r\n", '_');
+    if (cmd->verb == USHER_SMTP_VERB_EHLO)
+      submission_ehlo(s);
+    else
+      to_client_fmt(s, "250 %s\r\n", g_get_host_name());
+    return;
+  case USHER_SMTP_VERB_STARTTLS:
+    if (can_starttls(s))
+      client_starttls(s, "220 2.0.0 Ready to start TLS\r\n");
+    else
+      to_client(s, "502 5.5.1 STARTTLS is not offered here\r\n", -1);
+    return;
+  case USHER_SMTP_VERB_AUTH: {
+    if (s->helo == NULL) {
+      to_client(s, "503 5.5.1 EHLO first\r\n", -1);
+      return;
+    }
+    g_auto(GStrv) words = g_strsplit(cmd->arg, " ", 3);
+    UsherSaslMech mech = words[0] != NULL ? usher_sasl_mech_from_name(words[0]) : 0;
+    if (mech != USHER_SASL_PLAIN && mech != USHER_SASL_LOGIN) {
+      to_client(s, "504 5.5.4 Unsupported authentication mechanism\r\n", -1);
+      s->bad_commands++;
+      return;
+    }
+    sasl_start(s, mech, words[0] != NULL ? words[1] : NULL);
+    return;
+  }
+  case USHER_SMTP_VERB_NOOP:
+  case USHER_SMTP_VERB_RSET:
+    to_client(s, "250 2.0.0 OK\r\n", -1);
+    return;
+  case USHER_SMTP_VERB_QUIT:
+    to_client(s, "221 2.0.0 Bye\r\n", -1);
+    session_end(s, "QUIT");
+    return;
+  default:
+    to_client(s, "530 5.7.0 Authentication required\r\n", -1);
+    s->bad_commands++;
+    return;
+  }
+}
+
+static void
+submission_prelogin_input(Session *s)
+{
+  Worker *w = s->w;
+  guint64 id = s->id;
+  while (s->state == S_PRELOGIN) {
+    UsherSmtpCmd cmd = {0};
+    const guint8 *data;
+    gsize len;
+    switch (usher_smtp_reader_next(s->mreader, &cmd, &data, &len)) {
+    case USHER_SMTP_NEED_MORE:
+      return;
+    case USHER_SMTP_LINE_TOO_LONG:
+      to_client(s, "500 5.5.2 Line too long\r\n", -1);
+      s->bad_commands++;
+      if (s->sasl_pending) {
+        s->sasl_pending = FALSE;
+        forget_login(s);
+      }
+      break;
+    case USHER_SMTP_COMMAND:
+      if (s->sasl_pending)
+        sasl_line(s, cmd.line); /* base64, or "*" to cancel */
+      else
+        submission_command(s, &cmd);
+      usher_smtp_cmd_clear(&cmd);
+      break;
+    default:
+      g_assert_not_reached(); /* no body is ever expected before login */
+    }
+    if ((s = g_hash_table_lookup(w->by_id, &id)) == NULL || !check_bad_commands(s))
+      return;
+  }
+}
+
+/* ---- ManageSieve and submission at the backend ----------------------------------------------------- */
+
+/* Remembers what a backend announced, for the next clients' capability lists. */
+static void
+learn_sub_caps(Session *s)
+{
+  Proxy *p = s->w->proxy;
+  if (s->bcaps == NULL || s->bcaps->len == 0 || s->bcaps->len > 4096)
+    return;
+  char **field = s->proto == PROTO_SIEVE ? &p->sieve_caps : &p->submission_caps;
+  g_mutex_lock(&p->lock);
+  if (strcmp(*field, s->bcaps->str) != 0) {
+    g_free(*field);
+    *field = g_strdup(s->bcaps->str);
+  }
+  g_mutex_unlock(&p->lock);
+}
+
+static void
+sub_send_login(Session *s)
+{
+  learn_sub_caps(s);
+  if (!s->xclient_sent && s->backend_xclient) {
+    /* The client's address, for the backend's logs (Dovecot: login_trusted_networks). */
+    to_backend_fmt(s, "XCLIENT ADDR=%s PORT=%u\r\n", s->cip, s->cport);
+    s->xclient_sent = TRUE;
+    s->sub_step = SUB_XCLIENT;
+  } else {
+    g_autofree char *b64 = backend_plain_b64(s);
+    if (s->proto == PROTO_SIEVE)
+      to_backend_fmt(s, "AUTHENTICATE \"PLAIN\" \"%s\"\r\n", b64);
+    else
+      to_backend_fmt(s, "AUTH PLAIN %s\r\n", b64);
+    memset(b64, 0, strlen(b64));
+    forget_secret(s);
+    s->sub_step = SUB_AUTH;
+  }
+  session_flush_backend(s);
+}
+
+/* A ManageSieve backend's line during the login; FALSE if the session was closed or done. */
+static gboolean
+sieve_backend_line(Session *s, const char *line)
+{
+  gboolean ok = g_str_has_prefix(line, "OK");
+  gboolean no = g_str_has_prefix(line, "NO");
+  if (g_str_has_prefix(line, "BYE")) {
+    backend_failed(s, line);
+    return FALSE;
+  }
+  switch (s->sub_step) {
+  case SUB_GREETING:
+    if (ok) {
+      sub_send_login(s);
+      return TRUE;
+    }
+    if (no) {
+      backend_failed(s, line);
+      return FALSE;
+    }
+    if (strcmp(line, "\"XCLIENT\"") == 0)
+      s->backend_xclient = TRUE;
+    else if (!g_str_has_prefix(line, "\"IMPLEMENTATION\"") && !g_str_has_prefix(line, "\"SASL\"") &&
+             !g_str_has_prefix(line, "\"STARTTLS\"") && !g_str_has_prefix(line, "\"VERSION\""))
+      g_string_append_printf(s->bcaps, "%s\r\n", line);
+    return TRUE;
+  case SUB_XCLIENT:
+    if (!ok) {
+      g_autofree char *why = g_strdup_printf("the backend refused XCLIENT: %s", line);
+      backend_failed(s, why);
+      return FALSE;
+    }
+    sub_send_login(s);
+    return TRUE;
+  case SUB_AUTH:
+  case SUB_EHLO:
+    break;
+  }
+  if (ok) {
+    login_accepted(s, line);
+    return TRUE;
+  }
+  if (no)
+    return login_refused(s, line);
+  backend_failed(s, "the backend wants an AUTHENTICATE continuation");
+  return FALSE;
+}
+
+/* A submission backend's line during the login; FALSE if the session was closed or done. */
+static gboolean
+submission_backend_line(Session *s, const char *line)
+{
+  guint code;
+  gboolean last;
+  const char *text;
+  if (!usher_smtp_reply_parse(line, &code, &last, &text)) {
+    backend_failed(s, "not an SMTP reply");
+    return FALSE;
+  }
+  switch (s->sub_step) {
+  case SUB_GREETING:
+  case SUB_XCLIENT:
+    if (!last)
+      return TRUE;
+    if (code != 220) {
+      if (s->sub_step == SUB_XCLIENT) {
+        g_message("submission: backend refused XCLIENT (%s): list usherd in its "
+                  "login_trusted_networks", line);
+        sub_send_login(s); /* XCLIENT is done (refused): log in without it */
+        return TRUE;
+      }
+      backend_failed(s, line);
+      return FALSE;
+    }
+    g_string_truncate(s->bcaps, 0);
+    s->reply_lines = 0;
+    to_backend_fmt(s, "EHLO %s\r\n", s->helo != NULL ? s->helo : "usher");
+    session_flush_backend(s);
+    s->sub_step = SUB_EHLO;
+    return TRUE;
+  case SUB_EHLO:
+    if (code != 250) {
+      backend_failed(s, line);
+      return FALSE;
+    }
+    /* The first line names the host; the others are keywords. */
+    if (s->reply_lines++ > 0) {
+      if (g_str_has_prefix(text, "XCLIENT") && (text[7] == '\0' || text[7] == ' '))
+        s->backend_xclient = TRUE;
+      else if (!g_str_has_prefix(text, "AUTH") && g_ascii_strcasecmp(text, "STARTTLS") != 0 &&
+               text[0] != '\0')
+        g_string_append_printf(s->bcaps, "%s\r\n", text);
+    }
+    if (last)
+      sub_send_login(s);
+    return TRUE;
+  case SUB_AUTH:
+    break;
+  }
+  if (!last)
+    return TRUE;
+  if (code == 235) {
+    login_accepted(s, line);
+    return TRUE;
+  }
+  if (code == 334) {
+    backend_failed(s, "the backend wants an AUTH continuation");
+    return FALSE;
+  }
+  return login_refused(s, line);
 }
 
 /* ---- Accepting -------------------------------------------------------------------------------------- */
@@ -2489,7 +3018,9 @@ proxy_new(Usherd *u, GError **error)
 {
   const UsherConfig *c = u->config;
   if (c->imap_listen->len == 0 && c->pop3_listen->len == 0 && c->imaps_listen->len == 0 &&
-      c->pop3s_listen->len == 0 && c->lmtp_listen->len == 0 && c->lmtp_socket[0] == '\0')
+      c->pop3s_listen->len == 0 && c->lmtp_listen->len == 0 && c->lmtp_socket[0] == '\0' &&
+      c->sieve_listen->len == 0 && c->submission_listen->len == 0 &&
+      c->submissions_listen->len == 0)
     return NULL;
   SSL_CTX *tls_ctx = NULL;
   if (c->tls_cert[0] != '\0' &&
@@ -2508,6 +3039,10 @@ proxy_new(Usherd *u, GError **error)
   p->imap_port = c->backend_imap_port;
   p->pop3_port = c->backend_pop3_port;
   p->lmtp_port = c->backend_lmtp_port;
+  p->sieve_port = c->backend_sieve_port;
+  p->submission_port = c->backend_submission_port;
+  p->sieve_caps = g_strdup(SIEVE_CAPS_DEFAULT);
+  p->submission_caps = g_strdup(SUBMISSION_CAPS_DEFAULT);
   p->lmtp_user_format = usher_hash_format_new(c->lmtp_user_format, NULL); /* checked by config */
   p->recipient_delimiter = g_strdup(c->recipient_delimiter);
   p->tls_ctx = tls_ctx;
@@ -2538,7 +3073,10 @@ proxy_new(Usherd *u, GError **error)
                  {c->pop3_listen, PROTO_POP3, FALSE},
                  {c->imaps_listen, PROTO_IMAP, TRUE},
                  {c->pop3s_listen, PROTO_POP3, TRUE},
-                 {c->lmtp_listen, PROTO_LMTP, FALSE}};
+                 {c->lmtp_listen, PROTO_LMTP, FALSE},
+                 {c->sieve_listen, PROTO_SIEVE, FALSE},
+                 {c->submission_listen, PROTO_SUBMISSION, FALSE},
+                 {c->submissions_listen, PROTO_SUBMISSION, TRUE}};
     for (gsize k = 0; k < G_N_ELEMENTS(kinds); k++) {
       for (guint a = 0; a < kinds[k].addrs->len; a++) {
         int fd = open_listener(&g_array_index(kinds[k].addrs, UsherDirectorAddr, a), error);
@@ -2583,9 +3121,11 @@ proxy_new(Usherd *u, GError **error)
     g_autofree char *name = g_strdup_printf("usherd-worker%u", i);
     p->workers[i]->thread = g_thread_new(name, worker_main, p->workers[i]);
   }
-  g_message("proxy: %u worker threads; listeners: %u IMAP, %u POP3, %u IMAPS, %u POP3S, %u LMTP%s%s%s",
+  g_message("proxy: %u worker threads; listeners: %u IMAP, %u POP3, %u IMAPS, %u POP3S, "
+            "%u ManageSieve, %u submission, %u submissions, %u LMTP%s%s%s",
             p->n_workers, c->imap_listen->len, c->pop3_listen->len, c->imaps_listen->len,
-            c->pop3s_listen->len, c->lmtp_listen->len,
+            c->pop3s_listen->len, c->sieve_listen->len, c->submission_listen->len,
+            c->submissions_listen->len, c->lmtp_listen->len,
             c->lmtp_socket[0] != '\0' ? " and LMTP on " : "", c->lmtp_socket,
             tls_ctx != NULL ? "; STARTTLS/STLS offered" : "");
   return p;
@@ -2615,6 +3155,8 @@ proxy_free(Proxy *p)
   if (p->lmtp_user_format != NULL)
     usher_hash_format_free(p->lmtp_user_format);
   g_free(p->recipient_delimiter);
+  g_free(p->sieve_caps);
+  g_free(p->submission_caps);
   if (p->u->config->lmtp_socket[0] != '\0')
     (void)unlink(p->u->config->lmtp_socket);
   if (p->tls_ctx != NULL)

@@ -104,6 +104,9 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
     {a->imaps_listen, b->imaps_listen, "[proxy]imaps_listen"},
     {a->pop3s_listen, b->pop3s_listen, "[proxy]pop3s_listen"},
     {a->lmtp_listen, b->lmtp_listen, "[proxy]lmtp_listen"},
+    {a->sieve_listen, b->sieve_listen, "[proxy]sieve_listen"},
+    {a->submission_listen, b->submission_listen, "[proxy]submission_listen"},
+    {a->submissions_listen, b->submissions_listen, "[proxy]submissions_listen"},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(lists); i++) {
     /* Elements are zero-initialised structs (g_array_new clear), so bytes compare values. */
@@ -225,6 +228,8 @@ usherd_reload(Usherd *u)
   cur->backend_pop3_port = fresh->backend_pop3_port;
   cur->backend_smtp_port = fresh->backend_smtp_port;
   cur->backend_lmtp_port = fresh->backend_lmtp_port;
+  cur->backend_sieve_port = fresh->backend_sieve_port;
+  cur->backend_submission_port = fresh->backend_submission_port;
 
   /* The file read now is the base of the next reload, and the new "initial configuration". */
   g_autoptr(GError) initial_error = NULL;

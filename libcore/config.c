@@ -588,6 +588,11 @@ usher_config_new(void)
   config->backend_pop3_port = 110;
   config->backend_smtp_port = 25;
   config->backend_lmtp_port = 24;
+  config->backend_sieve_port = 4190;
+  config->backend_submission_port = 587;
+  config->sieve_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->submission_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
+  config->submissions_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   config->lmtp_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   config->lmtp_socket = g_strdup("");
   config->lmtp_user_format = g_strdup("%u");
@@ -639,6 +644,12 @@ usher_config_free(UsherConfig *config)
   g_free(config->tls_key);
   if (config->lmtp_listen != NULL)
     g_array_unref(config->lmtp_listen);
+  if (config->sieve_listen != NULL)
+    g_array_unref(config->sieve_listen);
+  if (config->submission_listen != NULL)
+    g_array_unref(config->submission_listen);
+  if (config->submissions_listen != NULL)
+    g_array_unref(config->submissions_listen);
   g_free(config->lmtp_socket);
   g_free(config->lmtp_user_format);
   g_free(config->recipient_delimiter);
@@ -1065,7 +1076,7 @@ static const char *const daemon_keys[] = {
     "users_snapshot_interval", NULL,
 };
 static const char *const backends_keys[] = {"hosts", "imap_port", "pop3_port", "smtp_port",
-                                             "lmtp_port",
+                                             "lmtp_port", "sieve_port", "submission_port",
                                              NULL};
 static const char *const http_keys[] = {"listen", "max_pending_lookups", NULL};
 static const char *const proxy_keys[] = {
@@ -1073,7 +1084,8 @@ static const char *const proxy_keys[] = {
     "max_connections_per_ip", "login_timeout", "max_bad_commands", "greeting",
     "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
     "tls_key", "tls_min_version", "tls_sni", "shutdown_timeout", "lmtp_listen", "lmtp_socket",
-    "lmtp_user_format", "recipient_delimiter", NULL,
+    "lmtp_user_format", "recipient_delimiter", "sieve_listen", "submission_listen",
+    "submissions_listen", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 
@@ -1463,6 +1475,10 @@ parse_backend_port(UsherConfig *config, const KeyRef *ref, GError **error)
     config->backend_pop3_port = (guint16)port;
   else if (strcmp(ref->key, "lmtp_port") == 0)
     config->backend_lmtp_port = (guint16)port;
+  else if (strcmp(ref->key, "sieve_port") == 0)
+    config->backend_sieve_port = (guint16)port;
+  else if (strcmp(ref->key, "submission_port") == 0)
+    config->backend_submission_port = (guint16)port;
   else
     config->backend_smtp_port = (guint16)port;
   return TRUE;
@@ -1609,6 +1625,12 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return get_sni_list(ref, config->tls_sni, error);
   if (strcmp(key, "lmtp_listen") == 0)
     return get_listen_list(ref, config->lmtp_listen, error);
+  if (strcmp(key, "sieve_listen") == 0)
+    return get_listen_list(ref, config->sieve_listen, error);
+  if (strcmp(key, "submission_listen") == 0)
+    return get_listen_list(ref, config->submission_listen, error);
+  if (strcmp(key, "submissions_listen") == 0)
+    return get_listen_list(ref, config->submissions_listen, error);
   if (strcmp(key, "lmtp_socket") == 0 || strcmp(key, "lmtp_user_format") == 0 ||
       strcmp(key, "recipient_delimiter") == 0) {
     g_autofree char *value = NULL;
@@ -1979,10 +2001,13 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
     return NULL;
   }
   if (config->tls_cert[0] == '\0' &&
-      (config->imaps_listen->len > 0 || config->pop3s_listen->len > 0)) {
+      (config->imaps_listen->len > 0 || config->pop3s_listen->len > 0 ||
+       config->submissions_listen->len > 0)) {
     g_set_error(error, USHER_CONFIG_ERROR, USHER_CONFIG_ERROR_CONFLICT,
                 "%s: [proxy] %s needs tls_cert and tls_key", source,
-                config->imaps_listen->len > 0 ? "imaps_listen" : "pop3s_listen");
+                config->imaps_listen->len > 0   ? "imaps_listen"
+                : config->pop3s_listen->len > 0 ? "pop3s_listen"
+                                                : "submissions_listen");
     return NULL;
   }
 

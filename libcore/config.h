@@ -75,6 +75,7 @@ typedef struct {
   guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
   /* [backends] ports: where the backends' services listen (usherd's proxy, nginx auth_http) */
   guint16 backend_imap_port, backend_pop3_port, backend_smtp_port, backend_lmtp_port;
+  guint16 backend_sieve_port, backend_submission_port;
   /* [http]: usherd's HTTP listener (metrics, placement lookups); the simulator ignores it */
   gboolean has_http_listen;
   UsherDirectorAddr http_listen;
@@ -97,6 +98,9 @@ typedef struct {
   char *proxy_greeting;
   GArray *trusted_proxies;         /* UsherNet: clients that must start with a PROXY header */
   GArray *lmtp_listen;       /* UsherDirectorAddr: LMTP over TCP */
+  GArray *sieve_listen;      /* UsherDirectorAddr: ManageSieve (STARTTLS offered with tls_cert) */
+  GArray *submission_listen; /* UsherDirectorAddr: submission (STARTTLS offered with tls_cert) */
+  GArray *submissions_listen; /* UsherDirectorAddr: submission over TLS from the first byte */
   char *lmtp_socket;         /* LMTP on a UNIX socket at this path; "" = none */
   char *lmtp_user_format;    /* recipient address (detail cut) -> user name; default "%u" */
   char *recipient_delimiter; /* bytes that start an address's detail; default "+" */

@@ -46,6 +46,7 @@ void
 usher_smtp_cmd_clear(UsherSmtpCmd *cmd)
 {
   g_free(cmd->verb_text);
+  g_free(cmd->line);
   g_free(cmd->arg);
   g_free(cmd->path);
   g_free(cmd->params);
@@ -101,6 +102,7 @@ usher_smtp_parse_command(const char *line, gsize len, UsherSmtpCmd *cmd)
   const char *space = strchr(text, ' ');
   gsize verb_len = space != NULL ? (gsize)(space - text) : strlen(text);
   cmd->verb_text = g_strndup(text, MIN(verb_len, 32));
+  cmd->line = g_strdup(text);
   const char *arg = space != NULL ? space + 1 : "";
   while (*arg == ' ')
     arg++;
@@ -212,6 +214,13 @@ gsize
 usher_smtp_reader_pending(const UsherSmtpReader *r)
 {
   return r->buf->len - r->off;
+}
+
+const guint8 *
+usher_smtp_reader_peek_pending(const UsherSmtpReader *r, gsize *len_out)
+{
+  *len_out = r->skipping ? 0 : r->buf->len - r->off;
+  return r->buf->data + r->off;
 }
 
 /* Moves the DATA state over one byte; TRUE when it ends the terminator line. */

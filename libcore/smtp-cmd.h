@@ -43,6 +43,7 @@ typedef enum {
 typedef struct {
   UsherSmtpVerb verb;
   char *verb_text; /* as sent, for "unknown command" answers (at most 32 bytes kept) */
+  char *line;      /* the whole line as sent (up to a NUL byte): a SASL response is no command */
   char *arg;       /* everything after the verb and one space; "" when none */
   /* MAIL FROM:<path> / RCPT TO:<path> */
   char *path;   /* inside the angle brackets, as sent ("" for the null path <>) */
@@ -84,6 +85,8 @@ void usher_smtp_reader_expect_data(UsherSmtpReader *reader);
 void usher_smtp_reader_expect_bdat(UsherSmtpReader *reader, guint64 size);
 /* Bytes held and not yet handed out (pipelined commands, or a body's start). */
 gsize usher_smtp_reader_pending(const UsherSmtpReader *reader);
+/* Those bytes (valid until the next feed or next call). */
+const guint8 *usher_smtp_reader_peek_pending(const UsherSmtpReader *reader, gsize *len_out);
 
 /* One line of a server's reply: "250-text" (more lines follow) or "250 text" (the last).
  * FALSE if the line is not a reply line (no three-digit code, or a wrong separator). */

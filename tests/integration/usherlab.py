@@ -925,6 +925,9 @@ service submission-login {{
     port = {p['submission']}
   }}
 }}
+service anvil {{
+  client_limit = 4000
+}}
 submission_relay_host = {self.relay_host or self.ip}
 submission_relay_port = {RELAY_PORT}
 """
@@ -1183,6 +1186,8 @@ hosts = {' '.join(self.backends)}
 imap_port = {IMAP_PORT}
 pop3_port = {POP3_PORT}
 lmtp_port = {LMTP_PORT}
+sieve_port = {SIEVE_PORT}
+submission_port = {SUBMISSION_PORT}
 [daemon]
 ring_address = {self.ip}:{self.ring_port}
 admin_socket = {self.admin_socket}
