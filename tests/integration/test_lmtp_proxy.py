@@ -12,7 +12,9 @@ Checked: a message to 50 recipients over three backends arrives once in each mai
 saved by the backend the ring assigns to its user, the replies per recipient; a +detail routes
 as its user; an unknown user is refused by its backend's own 550; a stopped backend gives 4xx
 for exactly its recipients at RCPT, and when it dies after RCPT or in the middle of the body the
-others are still delivered (2xx) and its own get 4xx (no loss, no duplicate); BDAT chunks
+others are still delivered (2xx) and its own get 4xx (no loss, no duplicate), and the MTA's
+retry delivers them once; a user moved during a delivery; a 50 MB message with bounded memory;
+BDAT chunks
 (dot-stuffed on the way); pipelined commands answered in order; bad commands; the UNIX socket;
 the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -252,6 +254,14 @@ def run(lab, t):
              f"a backend lost {stage}: 4xx for exactly its recipients, the others delivered "
              f"once", "\n".join(got + finals) + f"\ncopies {copies}")
         victim.start()
+        # The MTA retries the recipients that got 4xx: each gets its one copy.
+        at_rcpt, final, out = swaks(f"{us[1].ip}:{ul.LMTP_PORT}",
+                                    [f"{u}@{DOMAIN}" for u in on_victim], marker)
+        time.sleep(0.3)
+        copies = [mailbox_count(lab, u, marker) for u in on_victim + elsewhere]
+        t.ok(copies == [1] * 6 and all(c == 250 for c in final.values()),
+             f"the MTA's retry after the loss {stage} delivers the rest exactly once",
+             out[-1500:] + f"\ncopies {copies}")
 
     # -- a backend already down at RCPT time
     victim.stop()
@@ -264,6 +274,62 @@ def run(lab, t):
          all(final.get(f"{u}@{DOMAIN}") == 250 for u in elsewhere) and
          all(mailbox_count(lab, u, marker) == 1 for u in elsewhere),
          "a backend down at RCPT: 4xx for its recipients, the others delivered", out[-2500:])
+
+    # -- a user moved in the middle of a delivery: the delivery finishes where it started, the
+    # next one goes to the new backend
+    user = elsewhere[0]
+    old = owner[user]
+    new = next(b.ip for b in bs if b.ip not in (old, victim.ip))
+    marker = uuid.uuid4().hex
+    offsets = {b: b.log_size() for b in bs}
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{user}@{DOMAIN}>\r\n".encode())
+    got = [r.reply(), r.reply(), r.reply()]
+    mv = subprocess.run([os.environ.get("USHERCTL", "usherctl"), "-a", us[1].admin_socket,
+                         "move", user, new], capture_output=True, text=True)
+    r.send(f"DATA\r\n".encode())
+    got.append(r.reply())
+    r.send(f"Subject: moved\r\nX-Marker: {marker}\r\n\r\nhi\r\n.\r\n".encode())
+    got.append(r.reply())
+    r.close()
+    first_on = saved_on(bs, offsets, user)
+    ul.wait_for("the move to finish", lambda: us[2].status_user(user)[0] == new, 20)
+    offsets = {b: b.log_size() for b in bs}
+    at_rcpt, final, out = swaks(f"{us[2].ip}:{ul.LMTP_PORT}", [f"{user}@{DOMAIN}"], marker)
+    time.sleep(0.3)
+    t.ok(mv.returncode == 0 and [g[:3] for g in got] == ["250", "250", "250", "354", "250"] and
+         first_on == [old] and saved_on(bs, offsets, user) == [new] and
+         mailbox_count(lab, user, marker) == 2,
+         "a user moved during a delivery: it finishes on the old backend, the next goes to the new",
+         "\n".join(got) + f"\n{mv.stderr} first {first_on} then {saved_on(bs, offsets, user)}")
+
+    # -- a 50 MB message: usherd streams it (its memory does not grow with it)
+    def rss_kib(pid, field):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return 0
+    hwm_before = rss_kib(us[0].pid, "VmHWM")
+    marker = uuid.uuid4().hex
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(b"LHLO test\r\nMAIL FROM:<a@example.org>\r\n"
+           b"RCPT TO:<user9@example.org>\r\nRCPT TO:<user10@example.org>\r\nDATA\r\n")
+    got = [r.reply() for _ in range(5)]
+    r.send(f"Subject: big\r\nX-Marker: {marker}\r\n\r\n".encode())
+    line = b"x" * 998 + b"\r\n"
+    chunk = line * 1024  # 1 MiB
+    for _ in range(50):
+        r.send(chunk)
+    r.send(b".\r\n")
+    got += [r.reply(), r.reply()]
+    r.close()
+    grown = rss_kib(us[0].pid, "VmHWM") - hwm_before
+    t.ok([g[:3] for g in got] == ["250", "250", "250", "250", "354", "250", "250"] and
+         mailbox_count(lab, "user9", marker) == 1 and mailbox_count(lab, "user10", marker) == 1 and
+         grown < 16 * 1024,
+         f"a 50 MB message to two users: delivered, usherd's peak memory grew {grown} KiB "
+         f"(bound 16 MiB)", "\n".join(got))
 
     st = stats(us[0])
     t.ok(st.get("lmtp_delivered", 0) >= 50 and st.get("lmtp_recipients", 0) >= 50 and
