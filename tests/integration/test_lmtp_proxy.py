@@ -325,11 +325,14 @@ def run(lab, t):
     got += [r.reply(), r.reply()]
     r.close()
     grown = rss_kib(us[0].pid, "VmHWM") - hwm_before
+    # AddressSanitizer keeps freed memory in quarantine: its peak says nothing about ours.
+    with open(f"/proc/{us[0].pid}/maps") as f:
+        asan = "libasan" in f.read()
     t.ok([g[:3] for g in got] == ["250", "250", "250", "250", "354", "250", "250"] and
          mailbox_count(lab, "user9", marker) == 1 and mailbox_count(lab, "user10", marker) == 1 and
-         grown < 16 * 1024,
+         (asan or grown < 16 * 1024),
          f"a 50 MB message to two users: delivered, usherd's peak memory grew {grown} KiB "
-         f"(bound 16 MiB)", "\n".join(got))
+         f"(bound 16 MiB{', not checked under ASan' if asan else ''})", "\n".join(got))
 
     st = stats(us[0])
     t.ok(st.get("lmtp_delivered", 0) >= 50 and st.get("lmtp_recipients", 0) >= 50 and
