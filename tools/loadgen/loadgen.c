@@ -11,6 +11,11 @@
  *   loadgen fetch -t IP:PORT [-c CONC] [-d SECS] [-u USER] [-p PASSWORD]
  *       CONC connections of USER, each SELECT INBOX then FETCH 1 BODY.PEEK[] over and over;
  *       prints the bytes per second received.
+ *   loadgen lmtp -t IP:PORT [-c CONC] [-d SECS] [-n USERS] [-r RCPTS] [-s BYTES] [-b SRC_IP]
+ *       CONC LMTP connections, each: LHLO once, then messages of about BYTES to RCPTS recipients
+ *       (userK@example.org, K cycling over USERS), pipelined MAIL/RCPT/DATA, one after the other
+ *       on the same connection until SECS have passed. Prints messages and recipients delivered
+ *       (2xx after the message), failures, and the rates.
  *
  * Every loop is bounded by SECS or by N; errors are counted, never retried forever. */
 #include <arpa/inet.h>
@@ -31,8 +36,8 @@
 #define MAX_CONNS 65536
 #define BUF 65536
 
-enum mode { M_LOGIN, M_IDLE, M_FETCH };
-enum step { S_GREETING, S_LOGIN, S_LOGOUT, S_SELECT, S_FETCH, S_IDLE };
+enum mode { M_LOGIN, M_IDLE, M_FETCH, M_LMTP };
+enum step { S_GREETING, S_LOGIN, S_LOGOUT, S_SELECT, S_FETCH, S_IDLE, S_LHLO, S_TX, S_DATA, S_FINAL };
 
 typedef struct {
   int fd;
@@ -42,6 +47,8 @@ typedef struct {
   size_t line_len;
   char tail[16]; /* fetch mode: the last bytes seen, to find the tagged OK across reads */
   size_t tail_len;
+  long expect;   /* lmtp: replies still owed in this step */
+  long accepted; /* lmtp: recipients accepted at RCPT */
 } Conn;
 
 static struct sockaddr_in target, source;
@@ -57,6 +64,11 @@ static unsigned long long fetched_bytes;
 static double *latencies;
 static long n_latencies, cap_latencies;
 static int idle_in;
+static long n_rcpts = 1;
+static long msg_bytes = 10240;
+static char *lmtp_body; /* the message, dot-terminated */
+static long messages, recipients;
+static double run_end;
 
 static double
 now(void)
@@ -134,11 +146,100 @@ record_latency(double secs)
   latencies[n_latencies++] = secs;
 }
 
+/* LMTP: MAIL, the RCPTs and DATA, pipelined. */
+static void
+lmtp_start(Conn *c)
+{
+  char cmd[128];
+  send_all(c, "MAIL FROM:<loadgen@example.org>\r\n");
+  for (long i = 0; i < n_rcpts; i++) {
+    snprintf(cmd, sizeof(cmd), "RCPT TO:<user%ld@example.org>\r\n", (next_user++ % n_users) + 1);
+    send_all(c, cmd);
+  }
+  send_all(c, "DATA\r\n");
+  c->step = S_TX;
+  c->expect = 1 + n_rcpts;
+  c->accepted = 0;
+  c->started = now();
+}
+
+/* An LMTP reply line; returns 0 when the connection is finished. */
+static int
+on_lmtp_line(Conn *c, const char *line)
+{
+  if (strlen(line) < 3 || (line[3] != ' ' && line[3] != '\0'))
+    return 1; /* a continuation line */
+  int code = atoi(line);
+  switch (c->step) {
+  case S_GREETING:
+    if (code != 220) {
+      failures++;
+      return 0;
+    }
+    send_all(c, "LHLO loadgen\r\n");
+    c->step = S_LHLO;
+    return 1;
+  case S_LHLO:
+    if (code != 250) {
+      failures++;
+      return 0;
+    }
+    lmtp_start(c);
+    return 1;
+  case S_TX:
+    if (c->expect < 1 + n_rcpts) { /* a RCPT reply (the first is MAIL's) */
+      if (code / 100 == 2)
+        c->accepted++;
+      else
+        failures++;
+    } else if (code / 100 != 2) {
+      failures++;
+      return 0;
+    }
+    if (--c->expect == 0)
+      c->step = S_DATA;
+    return 1;
+  case S_DATA:
+    if (code != 354) {
+      failures++;
+      return 0;
+    }
+    send_all(c, lmtp_body);
+    c->step = S_FINAL;
+    c->expect = c->accepted;
+    if (c->expect == 0)
+      return 0;
+    return 1;
+  case S_FINAL:
+    if (code / 100 == 2)
+      recipients++;
+    else
+      failures++;
+    if (--c->expect > 0)
+      return 1;
+    messages++;
+    record_latency(now() - c->started);
+    if (now() >= run_end) {
+      send_all(c, "QUIT\r\n");
+      c->step = S_LOGOUT;
+      return 1;
+    }
+    lmtp_start(c);
+    return 1;
+  case S_LOGOUT:
+    return 1;
+  default:
+    return 1;
+  }
+}
+
 /* One complete line from the server; returns 0 when the connection is finished. */
 static int
 on_line(Conn *c, const char *line)
 {
   char cmd[256];
+  if (mode == M_LMTP)
+    return on_lmtp_line(c, line);
   switch (c->step) {
   case S_GREETING:
     if (strncmp(line, "* OK", 4) != 0) {
@@ -278,17 +379,20 @@ int
 main(int argc, char **argv)
 {
   if (argc < 2 || (strcmp(argv[1], "login") != 0 && strcmp(argv[1], "idle") != 0 &&
-                   strcmp(argv[1], "fetch") != 0)) {
-    fprintf(stderr, "usage: loadgen login|idle|fetch -t IP:PORT [-c N] [-d SECS] [-n USERS] "
-                    "[-u USER] [-p PASSWORD] [-b SRC_IP]\n");
+                   strcmp(argv[1], "fetch") != 0 && strcmp(argv[1], "lmtp") != 0)) {
+    fprintf(stderr, "usage: loadgen login|idle|fetch|lmtp -t IP:PORT [-c N] [-d SECS] [-n USERS] "
+                    "[-u USER] [-p PASSWORD] [-b SRC_IP] [-r RCPTS] [-s BYTES]\n");
     return 2;
   }
-  mode = strcmp(argv[1], "login") == 0 ? M_LOGIN : strcmp(argv[1], "idle") == 0 ? M_IDLE : M_FETCH;
+  mode = strcmp(argv[1], "login") == 0   ? M_LOGIN
+         : strcmp(argv[1], "idle") == 0  ? M_IDLE
+         : strcmp(argv[1], "fetch") == 0 ? M_FETCH
+                                         : M_LMTP;
   long conc = 50;
   double secs = 10;
   int have_target = 0, opt;
   optind = 2;
-  while ((opt = getopt(argc, argv, "t:c:d:n:u:p:b:")) != -1) {
+  while ((opt = getopt(argc, argv, "t:c:d:n:u:p:b:r:s:")) != -1) {
     switch (opt) {
     case 't':
       parse_addr(optarg, &target, 1);
@@ -313,13 +417,35 @@ main(int argc, char **argv)
       parse_addr(optarg, &source, 0);
       have_source = 1;
       break;
+    case 'r':
+      n_rcpts = atol(optarg);
+      break;
+    case 's':
+      msg_bytes = atol(optarg);
+      break;
     default:
       return 2;
     }
   }
-  if (!have_target || conc < 1 || conc > MAX_CONNS || n_users < 1 || secs <= 0) {
-    fprintf(stderr, "loadgen: -t is needed; -c 1..%d, -n >= 1, -d > 0\n", MAX_CONNS);
+  if (!have_target || conc < 1 || conc > MAX_CONNS || n_users < 1 || secs <= 0 ||
+      n_rcpts < 1 || n_rcpts > 1000 || msg_bytes < 100 || msg_bytes > 100 * 1024 * 1024) {
+    fprintf(stderr, "loadgen: -t is needed; -c 1..%d, -n >= 1, -d > 0, -r 1..1000, "
+                    "-s 100..104857600\n", MAX_CONNS);
     return 2;
+  }
+  if (mode == M_LMTP) {
+    /* Headers, then 78-byte lines up to the size, then the terminator. */
+    lmtp_body = malloc((size_t)msg_bytes + 200);
+    if (lmtp_body == NULL)
+      die("malloc");
+    size_t len = (size_t)sprintf(lmtp_body, "Subject: loadgen\r\nFrom: loadgen@example.org\r\n\r\n");
+    while (len + 80 < (size_t)msg_bytes) {
+      memset(lmtp_body + len, 'x', 78);
+      memcpy(lmtp_body + len + 78, "\r\n", 2);
+      len += 80;
+    }
+    memcpy(lmtp_body + len, ".\r\n", 4);
+    lmtp_body[len + 4] = '\0';
   }
   epfd = epoll_create1(EPOLL_CLOEXEC);
   if (epfd < 0)
@@ -330,13 +456,14 @@ main(int argc, char **argv)
   for (long i = 0; i < open_target; i++, opened++)
     conn_open(&conns[i]);
   double t0 = now(), end = t0 + secs;
+  run_end = end;
   struct epoll_event evs[256];
   long live = open_target;
   int reported = 0;
   while (live > 0) {
     double t = now();
-    if (mode != M_IDLE && t >= end)
-      break;
+    if (mode != M_IDLE && t >= end + (mode == M_LMTP ? 60 : 0))
+      break; /* LMTP: the messages in flight at the end may finish (bounded) */
     if (mode == M_IDLE && !reported && idle_in + failures >= conc) {
       printf("{\"idle\": %d, \"failures\": %ld}\n", idle_in, failures);
       fflush(stdout);
@@ -376,11 +503,19 @@ main(int argc, char **argv)
     printf("{\"logins\": %ld, \"failures\": %ld, \"secs\": %.3f, \"logins_per_sec\": %.1f, "
            "\"p50_ms\": %.3f, \"p99_ms\": %.3f}\n",
            logins, failures, elapsed, (double)logins / elapsed, p50 * 1000, p99 * 1000);
+  } else if (mode == M_LMTP) {
+    qsort(latencies, (size_t)n_latencies, sizeof(double), cmp_double);
+    double p50 = n_latencies ? latencies[n_latencies / 2] : 0;
+    printf("{\"messages\": %ld, \"recipients\": %ld, \"failures\": %ld, \"secs\": %.3f, "
+           "\"messages_per_sec\": %.1f, \"recipients_per_sec\": %.1f, \"p50_ms\": %.3f}\n",
+           messages, recipients, failures, elapsed, (double)messages / elapsed,
+           (double)recipients / elapsed, p50 * 1000);
   } else if (mode == M_FETCH) {
     printf("{\"bytes\": %llu, \"secs\": %.3f, \"mib_per_sec\": %.1f, \"failures\": %ld}\n",
            fetched_bytes, elapsed, (double)fetched_bytes / elapsed / 1048576.0, failures);
   }
   free(conns);
   free(latencies);
+  free(lmtp_body);
   return 0;
 }
