@@ -31,7 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define LMTP_READ_CHUNK 16384
+#define LMTP_READ_CHUNK 65536 /* messages are bulk: fewer, larger reads */
 #define LMTP_CLIENT_TIMEOUT_SECS 300       /* RFC 5321 4.5.3.2.7: at least 5 minutes */
 #define LMTP_BACKEND_TIMEOUT_SECS 60       /* connect, greeting, LHLO, MAIL, RCPT, DATA, body */
 #define LMTP_BACKEND_FINAL_TIMEOUT_SECS 600 /* after the body: delivery (RFC 5321: 10 minutes) */
@@ -318,6 +318,22 @@ backend_write(LmtpBackend *b, const void *data, gsize len)
   if (b->out == NULL)
     b->out = g_byte_array_sized_new((guint)MAX(len, 512));
   g_byte_array_append(b->out, data, (guint)len);
+}
+
+/* Message bytes: straight to the socket when nothing waits before them, the rest queued. */
+static void
+backend_write_now(LmtpBackend *b, const guint8 *data, gsize len)
+{
+  if (b->connected && b->out == NULL) {
+    ssize_t n = send(b->fd, data, len, MSG_NOSIGNAL);
+    if (n > 0) {
+      data += n;
+      len -= (gsize)n;
+    }
+    /* An error shows on the next flush or read, where it is handled. */
+  }
+  if (len > 0)
+    backend_write(b, data, len);
 }
 
 static void
@@ -917,7 +933,7 @@ body_bytes(LmtpSession *s, const guint8 *data, gsize len)
     if (!b->data_ok || b->failed)
       continue;
     if (!s->bdat) {
-      backend_write(b, data, len); /* already dot-stuffed, the terminator included */
+      backend_write_now(b, data, len); /* already dot-stuffed, the terminator included */
       continue;
     }
     /* BDAT chunks become one DATA: a '.' that starts a line is doubled. */

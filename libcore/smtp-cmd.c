@@ -277,13 +277,24 @@ usher_smtp_reader_next(UsherSmtpReader *r, UsherSmtpCmd *cmd_out, const guint8 *
 
   if (r->mode == MODE_DATA) {
     gsize n = avail;
-    for (gsize i = 0; i < avail; i++) {
+    gsize i = 0;
+    while (i < avail) {
+      if (r->data_state == DATA_MID_LINE) {
+        /* Only a line's first bytes can end the message: jump to the next line. */
+        const guint8 *nl = memchr(base + i, '\n', avail - i);
+        if (nl == NULL)
+          break;
+        i = (gsize)(nl - base) + 1;
+        r->data_state = DATA_LINE_START;
+        continue;
+      }
       if (data_step(r, base[i])) {
         n = i + 1;
         r->mode = MODE_COMMAND;
         r->end_pending = TRUE;
         break;
       }
+      i++;
     }
     r->off += n;
     *data_out = base;
