@@ -517,6 +517,35 @@ backend_ready(LmtpBackend *b)
   }
 }
 
+/* What an LHLO reply offers, for the next MTAs' LHLO: the keywords of its lines after the first
+ * (the host name), less what usherd answers for itself or cannot pass on (BINARYMIME: BDAT
+ * chunks become DATA towards the backends). */
+static void
+learn_lhlo(LmtpSession *s, const char *reply)
+{
+  static const char *const ours[] = {"PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING",
+                                     "BINARYMIME", "XCLIENT", "STARTTLS", "AUTH", NULL};
+  g_auto(GStrv) lines = g_strsplit(reply, "\r\n", 64);
+  GString *caps = g_string_new(NULL);
+  for (guint i = 1; lines[i] != NULL; i++) {
+    const char *kw = strlen(lines[i]) > 4 ? lines[i] + 4 : "";
+    gboolean skip = kw[0] == '\0';
+    for (const char *const *o = ours; !skip && *o != NULL; o++)
+      skip = g_ascii_strncasecmp(kw, *o, strlen(*o)) == 0 &&
+             (kw[strlen(*o)] == '\0' || kw[strlen(*o)] == ' ');
+    if (!skip && caps->len < 1024)
+      g_string_append_printf(caps, "%s\r\n", kw);
+  }
+  Proxy *p = s->w->proxy;
+  g_mutex_lock(&p->lock);
+  if (strcmp(p->lmtp_caps, caps->str) != 0) {
+    g_free(p->lmtp_caps);
+    p->lmtp_caps = g_strdup(caps->str);
+  }
+  g_mutex_unlock(&p->lock);
+  g_string_free(caps, TRUE);
+}
+
 /* A capability line of an LHLO reply names XCLIENT. */
 static gboolean
 offers_xclient(const char *reply)
@@ -577,6 +606,7 @@ backend_reply(LmtpBackend *b, guint code, const char *text)
       expect(b, EXP_XCLIENT, NULL);
       break;
     }
+    learn_lhlo(s, text);
     backend_ready(b);
     break;
   case EXP_XCLIENT:
@@ -1013,13 +1043,27 @@ tx_abort(LmtpSession *s)
   tx_reset(s);
 }
 
+/* LHLO's answer: what usherd does itself (PIPELINING, ENHANCEDSTATUSCODES, CHUNKING) and what the
+ * last backend offered (8BITMIME, SIZE, DSN, ...; its MAIL and RCPT parameters go through). */
 static void
 lhlo_reply(LmtpSession *s)
 {
-  add_text(s,
-           "250-%s\r\n250-8BITMIME\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n"
-           "250 PIPELINING",
-           g_get_host_name());
+  Proxy *p = s->w->proxy;
+  GString *lines = g_string_new("PIPELINING\r\nENHANCEDSTATUSCODES\r\nCHUNKING\r\n");
+  g_mutex_lock(&p->lock);
+  g_string_append(lines, p->lmtp_caps);
+  g_mutex_unlock(&p->lock);
+  g_auto(GStrv) keywords = g_strsplit(lines->str, "\r\n", -1);
+  g_string_free(lines, TRUE);
+  guint n = g_strv_length(keywords);
+  while (n > 0 && keywords[n - 1][0] == '\0')
+    n--;
+  GString *out = g_string_new(NULL);
+  g_string_append_printf(out, "250-%s", g_get_host_name());
+  for (guint i = 0; i < n; i++)
+    g_string_append_printf(out, "\r\n250%c%s", i + 1 == n ? ' ' : '-', keywords[i]);
+  add_text(s, "%s", out->str);
+  g_string_free(out, TRUE);
 }
 
 /* One command; FALSE when it must wait for the recipients before it (it is held). */

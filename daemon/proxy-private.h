@@ -74,6 +74,7 @@ struct Proxy {
   guint refresh_secs;
   char *sieve_caps;      /* the capability lines of a backend's ManageSieve greeting (learnt) */
   char *submission_caps; /* the EHLO keywords of a backend's submission service (learnt) */
+  char *lmtp_caps;       /* the LHLO keywords of a backend's LMTP service (learnt), CRLF after each */
   guint16 sieve_port, submission_port;
   guint16 imap_port, pop3_port, lmtp_port; /* [backends] ports as read at start (a reload changes the
                                  * configuration's on the core thread) */

@@ -2512,8 +2512,7 @@ sub_send_login(Session *s)
     else
       to_backend_fmt(s, "AUTH PLAIN %s\r\n", b64);
     memset(b64, 0, strlen(b64));
-    forget_secret(s);
-    s->sub_step = SUB_AUTH;
+    s->sub_step = SUB_AUTH; /* the password stays until the answer: a lost backend is retried */
   }
   session_flush_backend(s);
 }
@@ -3043,6 +3042,7 @@ proxy_new(Usherd *u, GError **error)
   p->submission_port = c->backend_submission_port;
   p->sieve_caps = g_strdup(SIEVE_CAPS_DEFAULT);
   p->submission_caps = g_strdup(SUBMISSION_CAPS_DEFAULT);
+  p->lmtp_caps = g_strdup("8BITMIME\r\n"); /* until a backend has answered LHLO */
   p->lmtp_user_format = usher_hash_format_new(c->lmtp_user_format, NULL); /* checked by config */
   p->recipient_delimiter = g_strdup(c->recipient_delimiter);
   p->tls_ctx = tls_ctx;
@@ -3157,6 +3157,7 @@ proxy_free(Proxy *p)
   g_free(p->recipient_delimiter);
   g_free(p->sieve_caps);
   g_free(p->submission_caps);
+  g_free(p->lmtp_caps);
   if (p->u->config->lmtp_socket[0] != '\0')
     (void)unlink(p->u->config->lmtp_socket);
   if (p->tls_ctx != NULL)

@@ -1652,13 +1652,6 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
         key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s", why->message);
         return FALSE;
       }
-      if (strchr(value, '%') == NULL || strstr(value, "%%") != NULL) {
-        g_autofree char *q = quote(value, -1);
-        key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
-                  "%s names no part of the address (%%u, %%n, %%d): every recipient would be "
-                  "one user", q);
-        return FALSE;
-      }
       g_free(config->lmtp_user_format);
       config->lmtp_user_format = g_steal_pointer(&value);
     } else { /* recipient_delimiter */

@@ -5,7 +5,8 @@
 
 struct UsherSieveReader {
   GByteArray *buf;
-  gsize off; /* consumed up to here */
+  gsize off;      /* consumed up to here */
+  gsize scanned;  /* no line end between off and here: no complete line yet */
   gboolean failed;
 };
 
@@ -47,6 +48,7 @@ usher_sieve_reader_feed(UsherSieveReader *r, const guint8 *data, gsize len)
     return;
   if (r->off > 0) {
     g_byte_array_remove_range(r->buf, 0, (guint)r->off);
+    r->scanned -= MIN(r->scanned, r->off);
     r->off = 0;
   }
   g_byte_array_append(r->buf, data, (guint)len);
@@ -235,28 +237,41 @@ usher_sieve_reader_next(UsherSieveReader *r, UsherSieveCmd *cmd_out, const char 
   gsize avail = r->buf->len - r->off;
   if (avail == 0)
     return USHER_SIEVE_NEED_MORE;
+  /* A line (literals included) ends with LF: without a new one since the last look, nothing
+   * can be complete. This keeps a client that sends a byte at a time from costing a parse of
+   * the whole line per byte. */
+  gsize from = MAX(r->scanned, r->off);
+  if (memchr(r->buf->data + from, '\n', r->buf->len - from) == NULL) {
+    r->scanned = r->buf->len;
+    if (avail <= USHER_SIEVE_LINE_MAX)
+      return USHER_SIEVE_NEED_MORE;
+  }
   gsize used = 0;
   const char *why = NULL;
   ParseResult res = parse_line(r->buf->data + r->off, avail, &used, cmd_out, &why);
   switch (res) {
   case PARSE_OK:
     r->off += used;
+    r->scanned = r->off;
     return USHER_SIEVE_COMMAND;
   case PARSE_BAD:
     usher_sieve_cmd_clear(cmd_out);
     r->off += used;
+    r->scanned = r->off;
     *why_out = why;
     return USHER_SIEVE_BAD;
   case PARSE_FAIL:
     usher_sieve_cmd_clear(cmd_out);
     r->failed = TRUE;
     g_byte_array_set_size(r->buf, 0);
-    r->off = 0;
+    r->off = r->scanned = 0;
     *why_out = "Line too long";
     return USHER_SIEVE_FAIL;
   case PARSE_MORE:
   default:
+    /* A literal that holds line ends: look again at the next one. */
     usher_sieve_cmd_clear(cmd_out);
+    r->scanned = r->buf->len;
     return USHER_SIEVE_NEED_MORE;
   }
 }

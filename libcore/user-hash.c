@@ -121,6 +121,18 @@ usher_hash_format_new(const char *format, GError **error)
     g_array_append_val(segments, seg);
   }
   add_literal(segments, pending);
+  gboolean variable = FALSE;
+  for (guint i = 0; i < segments->len; i++)
+    variable |= g_array_index(segments, Segment, i).kind != SEG_LITERAL;
+  if (!variable) {
+    /* Every name would hash alike: all users on one backend. Dovecot takes it; Usher does not. */
+    g_set_error(error, USHER_HASH_FORMAT_ERROR, 0,
+                "username hash format \"%s\" names no part of the user name (%%u, %%n, %%d, "
+                "%%{user}, %%{username} or %%{domain}): every user would be placed on the same "
+                "backend",
+                format);
+    return NULL;
+  }
 
   UsherHashFormat *f = g_new0(UsherHashFormat, 1);
   f->text = g_strdup(format);

@@ -5,7 +5,8 @@
  * '@', or the whole name), %d (part after the first '@', or empty), each optionally with the
  * modifier L (ASCII lowercase) or U (ASCII uppercase), and the long forms %{user}, %{username},
  * %{domain} (also with L/U: %L{user}). Anything else is refused when the format is compiled, so a
- * typo in the configuration cannot silently hash users differently from Dovecot.
+ * typo in the configuration cannot silently hash users differently from Dovecot; so is a format
+ * with no variable at all ("Lu" for "%Lu"), which would put every user on one backend.
  */
 #pragma once
 

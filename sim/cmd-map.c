@@ -51,6 +51,54 @@ build_table(const char *config_path, const char *backends_spec, const char *hash
   return TRUE;
 }
 
+UsherTag *
+ushersim_usable_tag(UsherHostTable *table, const char *tag_name, const char *source,
+                    GError **error)
+{
+  if (usher_host_table_n_hosts(table) == 0) {
+    g_set_error(error, g_quark_from_static_string("ushersim-input"), 0,
+                "%s: no backend at all (an empty backend list): nobody could be placed", source);
+    return NULL;
+  }
+  UsherTag *tag = usher_host_table_find_tag(table, tag_name);
+  guint usable = 0;
+  for (guint i = 0; tag != NULL && i < usher_host_table_n_hosts(table); i++) {
+    const UsherHost *h = usher_host_table_nth(table, i);
+    if (h->tag == tag && !h->down && h->vhost_count > 0)
+      usable++;
+  }
+  if (tag != NULL && usable > 0)
+    return tag;
+  GString *known = g_string_new(NULL);
+  for (guint i = 0; i < usher_host_table_n_tags(table); i++) {
+    const UsherTag *t = usher_host_table_nth_tag(table, i);
+    gboolean has_hosts = FALSE;
+    for (guint k = 0; k < usher_host_table_n_hosts(table) && !has_hosts; k++)
+      has_hosts = usher_host_table_nth(table, k)->tag == t;
+    if (has_hosts)
+      g_string_append_printf(known, "%s%s", known->len > 0 ? ", " : "",
+                             t->name[0] != '\0' ? t->name : "(untagged)");
+  }
+  if (tag == NULL || usable == 0) {
+    gboolean any = FALSE;
+    for (guint k = 0; tag != NULL && k < usher_host_table_n_hosts(table) && !any; k++)
+      any = usher_host_table_nth(table, k)->tag == tag;
+    if (!any)
+      g_set_error(error, g_quark_from_static_string("ushersim-input"), 0,
+                  "%s: no backend has %s%s%s; the tags there are: %s (choose one with --tag)",
+                  source, tag_name[0] != '\0' ? "tag \"" : "no tag (untagged)",
+                  tag_name[0] != '\0' ? tag_name : "", tag_name[0] != '\0' ? "\"" : "",
+                  known->str);
+    else
+      g_set_error(error, g_quark_from_static_string("ushersim-input"), 0,
+                  "%s: no usable backend%s%s%s: every one is down or has 0 vhosts", source,
+                  tag_name[0] != '\0' ? " with tag \"" : "", tag_name,
+                  tag_name[0] != '\0' ? "\"" : "");
+  }
+  g_string_free(known, TRUE);
+  return NULL;
+}
+
 static void
 print_summary(UsherHostTable *table, UsherTag *tag, const guint64 *tally, guint64 total,
               guint64 unplaced)
@@ -135,15 +183,10 @@ ushersim_cmd_map(int argc, char **argv)
     fprintf(stderr, "ushersim map: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;
   }
-  UsherTag *tag = usher_host_table_find_tag(table, tag_name != NULL ? tag_name : "");
+  UsherTag *tag = ushersim_usable_tag(table, tag_name != NULL ? tag_name : "",
+                                      config_path != NULL ? config_path : "--backends", &error);
   if (tag == NULL) {
-    GString *known = g_string_new(NULL);
-    for (guint i = 0; i < usher_host_table_n_tags(table); i++)
-      g_string_append_printf(known, "%s\"%s\"", i > 0 ? ", " : "",
-                             usher_host_table_nth_tag(table, i)->name);
-    fprintf(stderr, "ushersim map: no backend has tag \"%s\" (tags present: %s)\n", tag_name,
-            known->str);
-    g_string_free(known, TRUE);
+    fprintf(stderr, "ushersim map: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;
   }
 

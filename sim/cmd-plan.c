@@ -29,8 +29,8 @@ side_load(Side *s, const char *path, const char *tag, GError **error)
   s->table = usher_host_table_new(s->config->user_expire_secs);
   if (!usher_host_table_add_backends(s->table, s->config->backends, error))
     return FALSE;
-  s->tag = usher_host_table_ensure_tag(s->table, tag != NULL ? tag : "");
-  return TRUE;
+  s->tag = ushersim_usable_tag(s->table, tag != NULL ? tag : "", path, error);
+  return s->tag != NULL;
 }
 
 static void
@@ -102,8 +102,9 @@ int
 ushersim_cmd_plan(int argc, char **argv)
 {
   g_autofree char *current = NULL, *proposed = NULL, *users_path = NULL, *tag = NULL;
-  gint64 user_count = 0;
-  gdouble max_moved = -1, max_share = -1;
+  gint64 user_count = G_MININT64; /* not given */
+#define UNSET (-G_MAXDOUBLE) /* an option not given */
+  gdouble max_moved = UNSET, max_share = UNSET;
   gboolean json = FALSE;
   GOptionEntry entries[] = {
     {"config", 'c', 0, G_OPTION_ARG_FILENAME, &current, "The configuration in use", "FILE"},
@@ -111,11 +112,13 @@ ushersim_cmd_plan(int argc, char **argv)
     {"users", 'u', 0, G_OPTION_ARG_FILENAME, &users_path,
      "Usernames, one per line (- for standard input)", "FILE"},
     {"user-count", 'n', 0, G_OPTION_ARG_INT64, &user_count,
-     "Use the synthetic users user1 .. userN instead (default 100000)", "N"},
+     "Use N synthetic users instead (default 100000): userK at five domains, one in four "
+     "with capitals (User4@Example.COM), so hash changes of %u/%n/%d and case show",
+     "N"},
     {"tag", 't', 0, G_OPTION_ARG_STRING, &tag, "Plan for this tag's ring (default: untagged)",
      "TAG"},
     {"max-moved", 0, 0, G_OPTION_ARG_DOUBLE, &max_moved,
-     "Fail (exit 1) if more than PCT percent of the users change backend", "PCT"},
+     "Fail (exit 1) if more than PCT percent of the users change backend (default 25)", "PCT"},
     {"max-share", 0, 0, G_OPTION_ARG_DOUBLE, &max_share,
      "Fail (exit 1) if any backend would get more than PCT percent of the users", "PCT"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print the plan as JSON", NULL},
@@ -126,8 +129,10 @@ ushersim_cmd_plan(int argc, char **argv)
     ctx,
     "Compares user placement under the current and the proposed configuration: how many users\n"
     "each backend loses to each other, every backend's share before and after, and whether the\n"
-    "change can be applied in one step. Exit status: 0 within the thresholds, 1 a threshold is\n"
-    "crossed (or username_hash changes), 2 bad input. Placement is a freshly started ring's, as\n"
+    "change can be applied in one step. Without --max-moved, 25 percent is the limit (adding one\n"
+    "backend to four moves 20; --max-moved 100 accepts any change). Exit status: 0 within the\n"
+    "thresholds, 1 a threshold is crossed (or username_hash changes, or some users would have\n"
+    "no backend), 2 bad input. Placement is a freshly started ring's, as\n"
     "in 'ushersim map'; users that are already assigned keep their backend until they expire or\n"
     "are flushed.");
   g_option_context_add_main_entries(ctx, entries, NULL);
@@ -144,21 +149,30 @@ ushersim_cmd_plan(int argc, char **argv)
     fprintf(stderr, "ushersim plan: --config FILE and --proposed FILE are both required\n");
     return USHERSIM_EXIT_USAGE;
   }
-  if (users_path != NULL && user_count != 0) {
+  if (users_path != NULL && user_count != G_MININT64) {
     fprintf(stderr, "ushersim plan: give --users or --user-count, not both\n");
     return USHERSIM_EXIT_USAGE;
   }
-  if (user_count < 0 || user_count > 100000000) {
-    fprintf(stderr, "ushersim plan: --user-count must be 1..100000000\n");
+  if (user_count != G_MININT64 && (user_count < 1 || user_count > 100000000)) {
+    fprintf(stderr, "ushersim plan: --user-count %" G_GINT64_FORMAT " is out of range: it must be "
+                    "1..100000000\n", user_count);
     return USHERSIM_EXIT_USAGE;
   }
-  if ((max_moved != -1 && (max_moved < 0 || max_moved > 100)) ||
-      (max_share != -1 && (max_share < 0 || max_share > 100))) {
-    fprintf(stderr, "ushersim plan: --max-moved and --max-share are percentages (0..100)\n");
+  if (max_moved != UNSET && (max_moved < 0 || max_moved > 100)) {
+    fprintf(stderr, "ushersim plan: --max-moved %g is out of range: a percentage, 0..100\n",
+            max_moved);
     return USHERSIM_EXIT_USAGE;
   }
-  if (users_path == NULL && user_count == 0)
+  if (max_share != UNSET && (max_share < 0 || max_share > 100)) {
+    fprintf(stderr, "ushersim plan: --max-share %g is out of range: a percentage, 0..100\n",
+            max_share);
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (users_path == NULL && user_count == G_MININT64)
     user_count = 100000;
+  gboolean moved_default = max_moved == UNSET;
+  if (moved_default)
+    max_moved = 25;
 
   Side before = {0}, after = {0};
   if (!side_load(&before, current, tag, &error) || !side_load(&after, proposed, tag, &error)) {
@@ -216,7 +230,15 @@ ushersim_cmd_plan(int argc, char **argv)
     } else {
       if (k > (guint64)user_count)
         break;
-      len = (gsize)g_snprintf(name, sizeof(name), "user%" G_GUINT64_FORMAT, k);
+      /* Every part of a login a hash format can use: local part, domain, case. */
+      static const char *const domains[] = {"example.org", "example.com", "mail.example.net",
+                                            "example.edu", "example.de"};
+      const char *domain = domains[k % G_N_ELEMENTS(domains)];
+      len = (gsize)g_snprintf(name, sizeof(name), "%s%" G_GUINT64_FORMAT "@%s",
+                              k % 4 == 0 ? "User" : "user", k, domain);
+      if (k % 4 == 0)
+        for (char *c = strchr(name, '@') + 1; *c != '\0' && *c != '.'; c++)
+          *c = g_ascii_toupper(*c); /* User4@EXAMPLE.edu */
       user = name;
     }
     UsherHost *hb = usher_tag_place(before.table, before.tag,
@@ -365,9 +387,11 @@ ushersim_cmd_plan(int argc, char **argv)
     if (none_after > 0)
       printf("%" G_GUINT64_FORMAT " users would have no usable backend\n", none_after);
     if (over_moved)
-      printf("over --max-moved %.2f%%\n", max_moved);
+      printf("over --max-moved %.2f%%%s\n", max_moved, moved_default ? " (the default)" : "");
     if (over_share)
       printf("over --max-share %.2f%%\n", max_share);
+    printf("limits: --max-moved %.2f%%%s%s\n", max_moved, moved_default ? " (default)" : "",
+           max_share >= 0 ? "" : ", no --max-share");
     printf("safe to apply in one step: %s\n", safe ? "yes" : "no");
   }
   g_free(moved);

@@ -2,6 +2,8 @@
  * 0 success, 1 a check failed, 2 bad input or usage. */
 #pragma once
 
+#include "libcore/host.h"
+
 #include <glib.h>
 
 #define USHERSIM_EXIT_OK 0
@@ -9,6 +11,11 @@
 #define USHERSIM_EXIT_USAGE 2
 
 int ushersim_cmd_map(int argc, char **argv);
+/* The tag users are placed in (name "" for untagged), if it has a usable backend (up, at least
+ * one vhost); else NULL with *error saying what is missing: no backend at all, no backend with
+ * that tag (naming the tags there are), or none usable. `source` names the input. */
+UsherTag *ushersim_usable_tag(UsherHostTable *table, const char *tag_name, const char *source,
+                              GError **error);
 int ushersim_cmd_bench_core(int argc, char **argv);
 int ushersim_cmd_plan(int argc, char **argv);
 int ushersim_cmd_run(int argc, char **argv);

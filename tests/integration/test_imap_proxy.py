@@ -93,7 +93,12 @@ def run(lab, t):
     # -- the backend sees the client's own address
     off = [b.log_size() for b in bs]
     s = lab.imap_login(us[1].ip, ul.IMAP_PORT, "user9", source_ip=f"127.{lab.net}.5.7")
-    logs = "".join(b.log_since(o) for b, o in zip(bs, off))
+    # Dovecot's log process writes the lines a moment after the login answered.
+    for _ in range(50):
+        logs = "".join(b.log_since(o) for b, o in zip(bs, off))
+        if f"x-originating-ip=127.{lab.net}.5.7" in logs and f"rip=127.{lab.net}.5.7" in logs:
+            break
+        time.sleep(0.1)
     t.ok(f"x-originating-ip=127.{lab.net}.5.7" in logs and f"rip=127.{lab.net}.5.7" in logs,
          "the backend logs the client's address (IMAP ID x-originating-ip), not usherd's",
          logs[-600:])

@@ -27,7 +27,50 @@ want=$(paste "$tmp/a.tsv" "$tmp/b.tsv" | awk -F'\t' '$3 != $6' | wc -l)
 status=$?
 got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["moved"])' "$tmp/plan.json")
 check "plan moved count equals map difference ($want)" '[ "$got" = "$want" ] && [ "$want" -gt 0 ]'
-check "plan without thresholds exits 0" '[ $status -eq 0 ]'
+moved_pct=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["moved_percent"])' "$tmp/plan.json")
+check "plan without thresholds applies --max-moved 25: this change ($moved_pct%) is not safe, exit 1" \
+  '[ $status -eq 1 ]'
+printf '[backends]\nhosts = 10.0.0.1 10.0.0.2 10.0.0.3\n' > "$tmp/three.conf"
+printf '[backends]\nhosts = 10.0.0.1\n' > "$tmp/one.conf"
+"$sim" plan --config "$tmp/three.conf" --proposed "$tmp/one.conf" > "$tmp/cut.txt"
+check "three backends cut to one (two thirds move) is not safe by default" \
+  '[ $? -eq 1 ] && grep -q "over --max-moved 25.00% (the default)" "$tmp/cut.txt" && grep -q "safe to apply in one step: no" "$tmp/cut.txt"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" > "$tmp/same0.txt"
+check "no change with the default limits: safe, exit 0, the limits printed" \
+  '[ $? -eq 0 ] && grep -q "limits: --max-moved 25.00% (default)" "$tmp/same0.txt"'
+printf '[director]\nusername_hash = %%Lu\n[backends]\nhosts = 10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4\n' > "$tmp/lu.conf"
+printf '[director]\nusername_hash = %%Ln\n[backends]\nhosts = 10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4\n' > "$tmp/ln.conf"
+"$sim" plan --config "$tmp/lu.conf" --proposed "$tmp/ln.conf" --user-count 4000 --json > "$tmp/luln.json"
+luln=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["moved_percent"])' "$tmp/luln.json")
+check "synthetic users have domains: %Lu -> %Ln moves most of them ($luln%)" \
+  'python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 50 else 1)" "$luln"'
+printf '[director]\nusername_hash = %%u\n[backends]\nhosts = 10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4\n' > "$tmp/u.conf"
+"$sim" plan --config "$tmp/lu.conf" --proposed "$tmp/u.conf" --user-count 4000 --json > "$tmp/luu.json"
+luu=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["moved_percent"])' "$tmp/luu.json")
+check "synthetic users have capitals: %Lu -> %u moves some of them ($luu%)" \
+  'python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 10 else 1)" "$luu"'
+printf '[director]\nusername_hash = Lu\n[backends]\nhosts = 10.0.0.1\n' > "$tmp/nolu.conf"
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/nolu.conf" > /dev/null 2> "$tmp/nolu.err"
+check "username_hash without a variable (Lu) is bad input, exit 2" \
+  '[ $? -eq 2 ] && grep -q "names no part of the user name" "$tmp/nolu.err"'
+printf '[backends]\nhosts =\n' > "$tmp/empty.conf"
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/empty.conf" > /dev/null 2> "$tmp/empty.err"
+check "a proposal with no backend at all is bad input, exit 2" \
+  '[ $? -eq 2 ] && grep -q "no backend at all" "$tmp/empty.err"'
+for spec in "" ",,," " , "; do
+  echo user1 | "$sim" map --backends "$spec" > /dev/null 2> "$tmp/b.err"
+  check "map --backends '$spec' is bad input, exit 2" '[ $? -eq 2 ] && grep -q "no backend at all" "$tmp/b.err"'
+done
+printf '[backends]\nhosts = 10.0.0.1@eu 10.0.0.2@us\n' > "$tmp/tags.conf"
+"$sim" plan --config "$tmp/tags.conf" --proposed "$tmp/tags.conf" > /dev/null 2> "$tmp/tags.err"
+check "plan on a tagged configuration without --tag names the tags, exit 2" \
+  '[ $? -eq 2 ] && grep -q "the tags there are: eu, us" "$tmp/tags.err"'
+"$sim" plan --config "$tmp/tags.conf" --proposed "$tmp/tags.conf" --tag eu > /dev/null
+check "with --tag eu it plans" '[ $? -eq 0 ]'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" --user-count 0 > /dev/null 2> "$tmp/uc.err"
+check "--user-count 0 is bad input naming the range" '[ $? -eq 2 ] && grep -q "1..100000000" "$tmp/uc.err"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" --max-moved -1 > /dev/null 2> "$tmp/mm.err"
+check "--max-moved -1 is bad input naming the range" '[ $? -eq 2 ] && grep -q "0..100" "$tmp/mm.err"'
 # Per pair: 10.0.0.3 -> 10.0.0.5 as map sees it.
 pair_map=$(paste "$tmp/a.tsv" "$tmp/b.tsv" | awk -F'\t' '$3 == "10.0.0.3" && $6 == "10.0.0.5"' | wc -l)
 pair_plan=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sum(m["users"] for m in d["moves"] if m["from"]=="10.0.0.3" and m["to"]=="10.0.0.5"))' "$tmp/plan.json")
