@@ -58,7 +58,7 @@ const guint8 *
 usher_sieve_reader_peek_pending(const UsherSieveReader *r, gsize *len_out)
 {
   *len_out = r->buf->len - r->off;
-  return r->buf->data + r->off;
+  return *len_out > 0 ? r->buf->data + r->off : (const guint8 *)"";
 }
 
 static gboolean
@@ -164,13 +164,17 @@ parse_line(const guint8 *s, gsize len, gsize *used, UsherSieveCmd *cmd, const ch
       }
       if (n > USHER_SIEVE_LINE_MAX)
         return PARSE_FAIL;
-      if (q + 3 > len)
+      /* Each byte is judged as soon as it is here: a line that is already wrong is BAD now,
+       * not once more bytes came (the caller looks again only after a new line end). */
+      if (q >= len)
         return PARSE_MORE;
-      if (!digits || s[q] != '+' || s[q + 1] != '}') {
+      if (!digits || s[q] != '+' || (q + 1 < len && s[q + 1] != '}')) {
         p = q;
         *why = "a literal is {N+} (non-synchronising) from a client";
         goto bad;
       }
+      if (q + 2 >= len)
+        return PARSE_MORE;
       q += 2;
       if (s[q] == '\r') {
         if (q + 1 >= len)
@@ -215,8 +219,8 @@ parse_line(const guint8 *s, gsize len, gsize *used, UsherSieveCmd *cmd, const ch
     first = FALSE;
   }
 bad:
-  /* Skip to the end of this line. */
-  for (gsize q = p; q < len; q++) {
+  /* Skip to the end of this line, if it ends within the limit (however the bytes came). */
+  for (gsize q = p; q < len && q < USHER_SIEVE_LINE_MAX; q++) {
     if (s[q] == '\n') {
       *used = q + 1;
       return PARSE_BAD;
