@@ -726,6 +726,8 @@ backend_read(LmtpBackend *b)
       if (b->failed)
         return FALSE;
     }
+    if ((gsize)n < sizeof(buf))
+      break; /* the socket is empty now: epoll says when more comes (no EAGAIN round) */
   }
   return TRUE;
 }
