@@ -144,7 +144,7 @@ ushersim_cmd_map(int argc, char **argv)
   GOptionEntry entries[] = {
     {"config", 'c', 0, G_OPTION_ARG_FILENAME, &config_path,
      "Take backends and username_hash from this configuration file", "FILE"},
-    {"backends", 'b', 0, G_OPTION_ARG_STRING, &backends_spec,
+    {"backends", 'b', 0, G_OPTION_ARG_FILENAME, &backends_spec, /* raw bytes: checked below */
      "Backends as IP[-IP][=VHOSTS][@TAG][,...] (vhosts default 100; username_hash %Lu)", "LIST"},
     {"tag", 't', 0, G_OPTION_ARG_STRING, &tag_name,
      "Place users in this tag's ring (default: the untagged ring)", "TAG"},
@@ -159,9 +159,10 @@ ushersim_cmd_map(int argc, char **argv)
   g_autoptr(GOptionContext) ctx = g_option_context_new("- preview user placement");
   g_option_context_set_summary(
     ctx, "Prints USERNAME<TAB>HASH<TAB>BACKEND for each input line: the backend a freshly started\n"
-         "ring gives the user (Dovecot's \"Hashed\" answer). BACKEND is empty when the tag has no\n"
-         "usable backend (all down or at vhost 0). Empty lines are reported on standard error\n"
-         "with their line number and skipped.");
+         "ring gives the user (Dovecot's \"Hashed\" answer). A TAB, CR or backslash inside a\n"
+         "name is written \\t, \\r, \\\\ (the name is hashed as it is). Empty lines are reported\n"
+         "on standard error with their line number and skipped. A backend list or tag with no\n"
+         "usable backend (all down or at vhost 0) is an input error (exit 2).");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
@@ -170,6 +171,11 @@ ushersim_cmd_map(int argc, char **argv)
   }
   if (argc > 1) {
     fprintf(stderr, "ushersim map: unexpected argument \"%s\"\n", argv[1]);
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (backends_spec != NULL && !g_utf8_validate(backends_spec, -1, NULL)) {
+    fprintf(stderr, "ushersim map: --backends: not valid UTF-8 (a backend list is IP addresses, "
+                    "=VHOSTS and @TAG)\n");
     return USHERSIM_EXIT_USAGE;
   }
   if ((config_path == NULL) == (backends_spec == NULL)) {
@@ -193,6 +199,11 @@ ushersim_cmd_map(int argc, char **argv)
   FILE *in = stdin;
   const char *in_name = "<stdin>";
   if (users_path != NULL && strcmp(users_path, "-") != 0) {
+    if (g_file_test(users_path, G_FILE_TEST_IS_DIR)) {
+      fprintf(stderr, "ushersim map: --users %s is a directory: give a file with one user name "
+                      "per line (or - for standard input)\n", users_path);
+      return USHERSIM_EXIT_USAGE;
+    }
     in = fopen(users_path, "rb");
     if (in == NULL) {
       fprintf(stderr, "ushersim map: %s: %s\n", users_path, g_strerror(errno));
@@ -230,7 +241,15 @@ ushersim_cmd_map(int argc, char **argv)
     else
       unplaced++;
     if (!summary) {
-      fwrite(line, 1, len, stdout);
+      /* Tab-separated: a TAB, CR or backslash in a name is written \t, \r, \\. */
+      for (gsize i = 0; i < len; i++) {
+        char c = line[i];
+        if (c == '\t' || c == '\\' || c == '\r') {
+          putchar('\\');
+          putchar(c == '\t' ? 't' : c == '\r' ? 'r' : '\\');
+        } else
+          putchar(c);
+      }
       printf("\t%u\t%s\n", hash, host != NULL ? host->ip_str : "");
     }
   }
@@ -252,7 +271,8 @@ ushersim_cmd_map(int argc, char **argv)
             "backend (all down or at vhost 0)\n",
             unplaced, tag->name);
   if (empty > 0)
-    fprintf(stderr, "ushersim map: %" G_GUINT64_FORMAT " empty lines skipped\n", empty);
+    fprintf(stderr, "ushersim map: %" G_GUINT64_FORMAT " empty line%s skipped\n", empty,
+            empty == 1 ? "" : "s");
   g_free(tally);
   if (fflush(stdout) != 0) {
     fprintf(stderr, "ushersim map: writing the output failed: %s\n", g_strerror(errno));

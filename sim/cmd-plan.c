@@ -192,6 +192,14 @@ ushersim_cmd_plan(int argc, char **argv)
   guint64 total = 0, total_moved = 0, none_before = 0, none_after = 0, empty = 0;
 
   FILE *in = NULL;
+  if (users_path != NULL && g_file_test(users_path, G_FILE_TEST_IS_DIR)) {
+    fprintf(stderr, "ushersim plan: --users %s is a directory: give a file with one user name "
+                    "per line (or - for standard input)\n", users_path);
+    g_free(moved);
+    side_clear(&before);
+    side_clear(&after);
+    return USHERSIM_EXIT_USAGE;
+  }
   if (users_path != NULL) {
     in = strcmp(users_path, "-") == 0 ? stdin : fopen(users_path, "rb");
     if (in == NULL) {
@@ -266,8 +274,17 @@ ushersim_cmd_plan(int argc, char **argv)
     }
   }
   free(line);
+  gboolean read_failed = in != NULL && ferror(in);
   if (in != NULL && in != stdin)
     fclose(in);
+  if (read_failed) {
+    fprintf(stderr, "ushersim plan: %s: read error after line %" G_GUINT64_FORMAT "\n",
+            users_path, lineno);
+    g_free(moved);
+    side_clear(&before);
+    side_clear(&after);
+    return USHERSIM_EXIT_USAGE;
+  }
 
   guint64 max_share_after = 0;
   const char *max_share_host = "-";
@@ -398,6 +415,7 @@ ushersim_cmd_plan(int argc, char **argv)
   side_clear(&before);
   side_clear(&after);
   if (empty > 0)
-    fprintf(stderr, "ushersim plan: %" G_GUINT64_FORMAT " empty lines skipped\n", empty);
+    fprintf(stderr, "ushersim plan: %" G_GUINT64_FORMAT " empty line%s skipped\n", empty,
+            empty == 1 ? "" : "s");
   return safe ? USHERSIM_EXIT_OK : USHERSIM_EXIT_CHECK_FAILED;
 }

@@ -3,6 +3,7 @@
 #include "sim/world.h"
 
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
 static gboolean
@@ -58,6 +59,23 @@ ushersim_run_scenario_text(const char *text, const char *source, gint64 seed_opt
   if (sc == NULL) {
     fprintf(stderr, "ushersim: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;
+  }
+  /* Output files are checked before the run, not after it. */
+  const struct {
+    const char *option, *path;
+  } outputs[] = {{"--report", report}, {"--chart", chart}, {"--trace", trace}};
+  for (gsize i = 0; i < G_N_ELEMENTS(outputs); i++) {
+    if (outputs[i].path == NULL)
+      continue;
+    g_autofree char *dir = g_path_get_dirname(outputs[i].path);
+    const char *why = g_file_test(outputs[i].path, G_FILE_TEST_IS_DIR) ? "is a directory"
+                      : !g_file_test(dir, G_FILE_TEST_IS_DIR)          ? "is in a directory that does not exist"
+                      : access(dir, W_OK) != 0                          ? "is in a directory this user cannot write"
+                                                                        : NULL;
+    if (why != NULL) {
+      fprintf(stderr, "ushersim: %s %s: the file %s\n", outputs[i].option, outputs[i].path, why);
+      return USHERSIM_EXIT_USAGE;
+    }
   }
   guint64 seed = seed_opt >= 0 ? (guint64)seed_opt : sc->seed;
   g_autoptr(SimWorld) w = sim_world_new(sc, seed);

@@ -36,6 +36,78 @@ sub(const char *path, const char *member)
 }
 
 /* Every member of obj must be in allowed (NULL-terminated). */
+/* A duration as a scenario writes it: 0s, 90s, 15m, 2h, 250ms (the largest whole unit). */
+static char *
+format_duration(gint64 us)
+{
+  static const struct {
+    gint64 us;
+    const char *unit;
+  } units[] = {{86400 * G_GINT64_CONSTANT(1000000), "d"}, {3600 * G_GINT64_CONSTANT(1000000), "h"},
+               {60 * G_GINT64_CONSTANT(1000000), "m"},    {1000000, "s"},
+               {1000, "ms"},                              {1, "us"}};
+  if (us == 0)
+    return g_strdup("0s");
+  for (gsize i = 0; i < G_N_ELEMENTS(units); i++)
+    if (us % units[i].us == 0)
+      return g_strdup_printf("%" G_GINT64_FORMAT "%s", us / units[i].us, units[i].unit);
+  return g_strdup_printf("%" G_GINT64_FORMAT "us", us);
+}
+
+/* JSON objects with a key given twice: json-glib keeps the last one silently, an operator's
+ * typo would pass unseen. A scan of the text (strings and nesting only). FALSE with *error
+ * naming the line and column of the second one. */
+static gboolean
+no_duplicate_keys(const char *data, gsize len, const char *source, GError **error)
+{
+  GPtrArray *stack = g_ptr_array_new_with_free_func((GDestroyNotify)g_hash_table_unref);
+  GArray *is_object = g_array_new(FALSE, FALSE, sizeof(gboolean));
+  guint line = 1, col = 1;
+  gboolean ok = TRUE;
+  for (gsize i = 0; i < len && ok; i++, col++) {
+    char c = data[i];
+    if (c == '\n') {
+      line++;
+      col = 0;
+    } else if (c == '{' || c == '[') {
+      gboolean obj = c == '{';
+      g_array_append_val(is_object, obj);
+      g_ptr_array_add(stack, g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL));
+    } else if ((c == '}' || c == ']') && stack->len > 0) {
+      g_ptr_array_set_size(stack, stack->len - 1);
+      g_array_set_size(is_object, is_object->len - 1);
+    } else if (c == '"') {
+      guint kline = line, kcol = col;
+      gsize start = i + 1;
+      for (i++; i < len && data[i] != '"'; i++, col++)
+        if (data[i] == '\\' && i + 1 < len) {
+          i++;
+          col++;
+        }
+      col++;
+      gsize end = MIN(i, len);
+      /* A key is a string followed by ':' inside an object. */
+      gsize k = end + 1;
+      while (k < len && (data[k] == ' ' || data[k] == '\t' || data[k] == '\r' || data[k] == '\n'))
+        k++;
+      if (k < len && data[k] == ':' && stack->len > 0 &&
+          g_array_index(is_object, gboolean, is_object->len - 1)) {
+        GHashTable *keys = g_ptr_array_index(stack, stack->len - 1);
+        char *key = g_strndup(data + start, end - start);
+        if (!g_hash_table_add(keys, key)) {
+          g_set_error(error, SIM_SCENARIO_ERROR, 0,
+                      "%s:%u:%u: the key \"%.*s\" is given twice in one object", source, kline,
+                      kcol, (int)(end - start), data + start);
+          ok = FALSE;
+        }
+      }
+    }
+  }
+  g_ptr_array_unref(stack);
+  g_array_unref(is_object);
+  return ok;
+}
+
 static gboolean
 only_members(Ctx *ctx, const char *path, JsonObject *obj, const char *const *allowed)
 {
@@ -79,8 +151,14 @@ get_uint(Ctx *ctx, const char *path, JsonObject *obj, const char *member, guint6
   if (n == NULL)
     return TRUE;
   g_autofree char *p = sub(path, member);
+  if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_DOUBLE)
+    return fail(ctx, p,
+                "%g is not allowed: a whole number from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT
+                " (written without a decimal point or exponent)",
+                json_node_get_double(n), lo, hi);
   if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64)
-    return fail(ctx, p, "must be a whole number");
+    return fail(ctx, p, "must be a whole number from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT,
+                lo, hi);
   gint64 v = json_node_get_int(n);
   if (v < 0 || (guint64)v < lo || (guint64)v > hi)
     return fail(ctx, p, "%" G_GINT64_FORMAT " is out of range (%" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT ")",
@@ -234,8 +312,10 @@ get_duration(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gi
   if (!sim_parse_duration_us(s, &v))
     return fail(ctx, p, "\"%s\" is not a duration (for example 500us, 20ms, 30s, 15m, 2h, 1d)",
                 s);
-  if (v < lo || v > hi)
-    return fail(ctx, p, "\"%s\" is out of range", s);
+  if (v < lo || v > hi) {
+    g_autofree char *a = format_duration(lo), *b = format_duration(hi);
+    return fail(ctx, p, "\"%s\" is out of range: %s to %s", s, a, b);
+  }
   *out = v;
   return TRUE;
 }
@@ -1092,9 +1172,15 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
   g_autoptr(JsonParser) parser = json_parser_new();
   g_autoptr(GError) local = NULL;
   if (!json_parser_load_from_data(parser, data, len, &local)) {
-    g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s: not valid JSON: %s", source, local->message);
+    /* json-glib names the input "<data>": say which file, with its line and column. */
+    const char *msg = local->message;
+    if (g_str_has_prefix(msg, "<data>:"))
+      msg += strlen("<data>:");
+    g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s:%s (not valid JSON)", source, msg);
     return NULL;
   }
+  if (!no_duplicate_keys(data, len < 0 ? strlen(data) : (gsize)len, source, error))
+    return NULL;
   JsonNode *rootn = json_parser_get_root(parser);
   if (rootn == NULL || !JSON_NODE_HOLDS_OBJECT(rootn)) {
     g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s: the scenario must be a JSON object", source);

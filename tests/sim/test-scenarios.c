@@ -130,7 +130,7 @@ expect_error(const char *json, const char *fragment)
   g_assert_nonnull(error);
   if (strstr(error->message, fragment) == NULL)
     g_error("error \"%s\" does not mention \"%s\"", error->message, fragment);
-  g_assert_true(g_str_has_prefix(error->message, "bad.json: "));
+  g_assert_true(g_str_has_prefix(error->message, "bad.json:")); /* the file first, then where */
 }
 
 #define BASE                                                                                      \
@@ -168,7 +168,19 @@ test_errors(void)
                "user_expire");
   expect_error("{" BASE ", \"network\": {\"latency\": {\"kind\": \"gaussian\"}}}",
                "network.latency.kind: \"gaussian\" is not a kind");
-  expect_error("{" BASE ", \"workload\": {\"protocols\": {\"imap\": 50}}}", "add up to 50, not 100");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"directors\": 3, \"backends\": [\"10.0.2.1\"]}, "
+               "\"workload\": {\"protocols\": {\"imap\": 50}}}",
+               "add up to 50, not 100");
+  /* Inputs that must fail loudly, naming the place and the allowed range. */
+  expect_error("{" BASE ", \"duration\": \"5m\", \"duration\": \"6m\"}",
+               "the key \"duration\" is given twice in one object");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"directors\": 3, \"backends\": [\"10.0.2.1\"]}, "
+               "\"workload\": {\"users\": 1e12}}",
+               "workload.users: 1e+12 is not allowed: a whole number from 1 to");
+  expect_error("{" BASE ", \"duration\": \"10m\", \"events\": [{\"at\": \"20m\", \"type\": "
+               "\"director-crash\", \"director\": 1}]}",
+               "events[0].at: \"20m\" is out of range: 0s to 10m");
+  expect_error("{\"name\": \"x\",\n \"duration\": \"10m\" \"cluster\": {}}", "bad.json:2:18: Parse error");
   expect_error("{" BASE ", \"driver\": {\"kick_lost\": 120}}", "driver.kick_lost: out of range");
   expect_error("{" BASE ", \"driver\": {\"flush_failed\": 60, \"flush_lost\": 50}}",
                "driver: flush_failed and flush_lost add up to more than 100");

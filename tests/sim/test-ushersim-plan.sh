@@ -89,5 +89,17 @@ check "a username_hash change is flagged unsafe" '[ $? -eq 1 ] && grep -q "usern
 check "missing --proposed exits 2" '[ $? -eq 2 ]'
 "$sim" plan --config "$tmp/cur.conf" --proposed /nonexistent.conf > /dev/null 2> "$tmp/e.txt"
 check "unreadable proposed config exits 2 naming it" '[ $? -eq 2 ] && grep -q nonexistent.conf "$tmp/e.txt"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" --users "$tmp" > /dev/null 2> "$tmp/dir.err"
+check "--users on a directory is bad input saying so" '[ $? -eq 2 ] && grep -q "is a directory" "$tmp/dir.err"'
+echo user1 | "$sim" map --backends "$(printf '10.0.0.1,\xff')" > /dev/null 2> "$tmp/utf.err"
+check "non-UTF-8 bytes in --backends name the option" '[ $? -eq 2 ] && grep -q -- "--backends: not valid UTF-8" "$tmp/utf.err"'
+printf 'a\tb\n' | "$sim" map --backends 10.0.0.1 > "$tmp/tab.tsv"
+check "a TAB in a user name is written \\t (three columns stay three)" \
+  '[ "$(awk -F"\t" "{print NF}" "$tmp/tab.tsv")" = 3 ] && grep -q "^a\\\\tb" "$tmp/tab.tsv"'
+"$sim" run "$(dirname "$0")/../../scenarios/flush.json" --chart "$tmp/no/such/dir/c.svg" > "$tmp/run.out" 2> "$tmp/chart.err"
+check "--chart into a missing directory fails before the run" \
+  '[ $? -eq 2 ] && grep -q "does not exist" "$tmp/chart.err" && [ ! -s "$tmp/run.out" ]'
+printf 'user1\n\nuser2\n' | "$sim" map --backends 10.0.0.1 > /dev/null 2> "$tmp/empty1.err"
+check "one empty line: \"1 empty line skipped\"" 'grep -q "1 empty line skipped" "$tmp/empty1.err"'
 echo "1..$n"
 [ $failed -eq 0 ]
