@@ -17,6 +17,8 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   g_autofree char *dur = world_time(sc->duration_us);
   fprintf(out, "scenario %s: %u directors, %u backends, %" G_GUINT64_FORMAT " users, %s\n",
           sc->name, sc->directors, sc->backends->len, sc->users, dur);
+  if (sc->description != NULL && sc->description[0] != '\0')
+    fprintf(out, "%s\n", sc->description);
   fprintf(out, "seed %" G_GUINT64_FORMAT " (network 0x%016" G_GINT64_MODIFIER "x, workload 0x%016" G_GINT64_MODIFIER
                "x, directors 0x%016" G_GINT64_MODIFIER "x, driver 0x%016" G_GINT64_MODIFIER "x)\n",
           w->seed, w->seed_net, w->seed_workload, w->seed_directors, w->seed_driver);
@@ -52,6 +54,9 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   print_ms(out, world_latency_percentile(w, 99));
   fprintf(out, ", max ");
   print_ms(out, w->latency_max_us);
+  fprintf(out, "\n  (from the first attempt to the answer, retries included; a director that can "
+               "answer at once takes 0 ms, the simulation has no client network; the max is the "
+               "login that waited longest, through a fault and its retries)");
   fprintf(out, "\nusers that changed backend: %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT
                " changes); sessions kicked: %" G_GUINT64_FORMAT
                "; sessions cut by a failure: %" G_GUINT64_FORMAT " (LMTP deliveries among them, "
@@ -64,6 +69,23 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                " still open; longest %" G_GINT64_FORMAT " s\n",
           w->windows_split_brain, w->windows_unsafe, w->windows_violation, open_windows,
           w->window_longest_us / SEC_US);
+  if (w->windows_split_brain + w->windows_unsafe > 0) {
+    gboolean allowed = FALSE, checked = FALSE;
+    for (guint i = 0; i < sc->checks->len; i++) {
+      const SimCheck *c = &g_array_index(sc->checks, SimCheck, i);
+      if (c->kind == SIM_CHECK_NO_DOUBLE_BACKEND) {
+        checked = TRUE;
+        allowed |= c->allow_split_brain;
+      }
+    }
+    fprintf(out, "  (split brain: both halves of a split ring placed the user, as Dovecot's "
+                 "director does; unsafe: after a host removal or a forced flush, which may cut "
+                 "sessions; %s)\n",
+            !checked  ? "no no-double-backend check judges them in this scenario"
+            : allowed ? "this scenario's no-double-backend check allows both (allow_split_brain), "
+                        "only violations fail it"
+                      : "this scenario's no-double-backend check fails on any of them");
+  }
   for (guint i = 0; i < w->convergences->len; i++) {
     SimConvergence *c = &g_array_index(w->convergences, SimConvergence, i);
     if (c->took_us >= 0) {
@@ -107,6 +129,10 @@ sim_world_print_summary(SimWorld *w, FILE *out)
           sum.user_conflicts,
           sum.host_conflicts, sum.logins_delayed, sum.kicks_sent, sum.users_expired,
           sum.sync_resends, sum.protocol_errors);
+  if (sum.kicks_sent > 0)
+    fprintf(out, "  (kicks are what the directors asked for, each on every director, per user "
+                 "hash, also for users with no session now; \"sessions kicked\" above counts the "
+                 "sessions that actually ended)\n");
   fprintf(out, "directors and their driver: %" G_GUINT64_FORMAT " kicks timed out, %" G_GUINT64_FORMAT
                " flush hooks failed, %" G_GUINT64_FORMAT " timed out; %" G_GUINT64_FORMAT
                " login requests cancelled; %" G_GUINT64_FORMAT " handshake pauses\n",
