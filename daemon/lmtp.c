@@ -106,6 +106,7 @@ struct LmtpBackend {
   gboolean data_ok;   /* 354 came: the body goes here */
   gboolean line_start; /* BDAT -> DATA: the next byte starts a line (dot-stuffing) */
   gint64 deadline_us;  /* for the oldest owed reply; 0 when none is owed */
+  gint64 write_deadline_us; /* queued bytes must move by then (a backend that stops reading) */
 };
 
 typedef enum {
@@ -278,6 +279,7 @@ static void on_backend(gpointer data, guint32 events);
 static gboolean
 backend_flush(LmtpBackend *b)
 {
+  gboolean moved = FALSE;
   while (b->connected && b->out != NULL && b->out_off < b->out->len) {
     ssize_t n = send(b->fd, b->out->data + b->out_off, b->out->len - b->out_off, MSG_NOSIGNAL);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -287,11 +289,18 @@ backend_flush(LmtpBackend *b)
       return FALSE;
     }
     b->out_off += (gsize)n;
+    moved = TRUE;
   }
   if (b->out != NULL && b->out_off == b->out->len) {
     g_clear_pointer(&b->out, g_byte_array_unref);
     b->out_off = 0;
   }
+  /* A message being written owes no reply yet: what times it out is its bytes not moving. */
+  if (b->out == NULL)
+    b->write_deadline_us = 0;
+  else if (moved || b->write_deadline_us == 0)
+    b->write_deadline_us =
+      g_get_monotonic_time() + (gint64)LMTP_BACKEND_TIMEOUT_SECS * G_USEC_PER_SEC;
   return TRUE;
 }
 
@@ -1388,8 +1397,11 @@ lmtp_tick(Worker *w, gint64 now_us)
     gboolean changed = FALSE;
     for (guint i = 0; i < s->backends->len; i++) {
       LmtpBackend *b = g_ptr_array_index(s->backends, i);
-      if (!b->failed && b->deadline_us != 0 && b->deadline_us <= now_us) {
-        backend_fail(b, "timed out");
+      if (!b->failed && ((b->deadline_us != 0 && b->deadline_us <= now_us) ||
+                         (b->write_deadline_us != 0 && b->write_deadline_us <= now_us))) {
+        backend_fail(b, b->deadline_us != 0 && b->deadline_us <= now_us
+                          ? "timed out"
+                          : "it stopped reading what was sent");
         changed = TRUE;
       }
     }
@@ -1398,9 +1410,10 @@ lmtp_tick(Worker *w, gint64 now_us)
       if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) == NULL)
         continue;
     }
-    /* An idle client (not one waiting for the backends) is dropped after the timeout. */
+    /* An idle client (not one waiting for the backends, nor one paused because a backend is
+     * behind) is dropped after the timeout. */
     if (s->deadline_us <= now_us && s->tx != TX_FINAL && s->tx != TX_DATA_WAIT &&
-        !s->has_held) {
+        !s->has_held && !(s->tx == TX_BODY && backends_behind(s))) {
       add_text(s, "421 4.4.2 Idle for too long, closing");
       s->quitting = TRUE;
       (void)client_flush(s);
