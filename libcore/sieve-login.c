@@ -162,8 +162,13 @@ parse_line(const guint8 *s, gsize len, gsize *used, UsherSieveCmd *cmd, const ch
         digits = TRUE;
         q++;
       }
-      if (n > USHER_SIEVE_LINE_MAX)
-        return PARSE_FAIL;
+      if (n > USHER_SIEVE_LINE_MAX) {
+        /* Judged at the line's end like any bad line (the reader looks again only when a line
+         * end came, so a verdict here must not depend on how the bytes arrived). */
+        p = q;
+        *why = "a literal larger than a line may be";
+        goto bad;
+      }
       /* Each byte is judged as soon as it is here: a line that is already wrong is BAD now,
        * not once more bytes came (the caller looks again only after a new line end). */
       if (q >= len)
