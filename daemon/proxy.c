@@ -1786,6 +1786,17 @@ check_bad_commands(Session *s)
   return FALSE;
 }
 
+/* A line the pre-login reader refused: counted, and it ends a SASL exchange in progress. */
+static void
+bad_line(Session *s)
+{
+  s->bad_commands++;
+  if (s->sasl_pending) {
+    s->sasl_pending = FALSE;
+    forget_login(s);
+  }
+}
+
 static void
 pop3_prelogin_input(Session *s)
 {
@@ -1799,11 +1810,7 @@ pop3_prelogin_input(Session *s)
       return;
     case USHER_POP3_BAD:
       to_client_fmt(s, "-ERR %s\r\n", why);
-      s->bad_commands++;
-      if (s->sasl_pending) { /* a bad SASL line ends the attempt */
-        s->sasl_pending = FALSE;
-        forget_login(s);
-      }
+      bad_line(s);
       break;
     case USHER_POP3_FAIL:
       to_client_fmt(s, "-ERR %s\r\n", why);
@@ -2337,11 +2344,7 @@ sieve_prelogin_input(Session *s)
       return;
     case USHER_SIEVE_BAD:
       to_client_fmt(s, "NO \"%s\"\r\n", why);
-      s->bad_commands++;
-      if (s->sasl_pending) {
-        s->sasl_pending = FALSE;
-        forget_login(s);
-      }
+      bad_line(s);
       break;
     case USHER_SIEVE_FAIL:
       to_client_fmt(s, "BYE \"%s\"\r\n", why);
@@ -2457,11 +2460,7 @@ submission_prelogin_input(Session *s)
       return;
     case USHER_SMTP_LINE_TOO_LONG:
       to_client(s, "500 5.5.2 Line too long\r\n", -1);
-      s->bad_commands++;
-      if (s->sasl_pending) {
-        s->sasl_pending = FALSE;
-        forget_login(s);
-      }
+      bad_line(s);
       break;
     case USHER_SMTP_COMMAND:
       if (s->sasl_pending)
