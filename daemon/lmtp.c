@@ -1287,10 +1287,11 @@ static void
 update_interest(LmtpSession *s)
 {
   guint32 ev = 0;
-  gboolean waiting = s->has_held || s->tx == TX_DATA_WAIT || s->tx == TX_FINAL ||
-                     (s->tx == TX_BODY && backends_behind(s)) || s->quitting;
-  /* Reading more only while what was read is used: pipelined input waits in the socket. */
-  if (!waiting && usher_smtp_reader_pending(s->reader) < LMTP_READ_CHUNK)
+  /* While the client waits for its backends, its reads stay on (no epoll_ctl per message; an
+   * MTA waits for answers): what it sends meanwhile is kept, up to one read's worth, and then
+   * its reads are off until that is used. A backend behind on a message stops them at once. */
+  gboolean paused = (s->tx == TX_BODY && backends_behind(s)) || s->quitting;
+  if (!paused && usher_smtp_reader_pending(s->reader) < LMTP_READ_CHUNK)
     ev |= EPOLLIN;
   if (s->out != NULL)
     ev |= EPOLLOUT;
