@@ -92,6 +92,29 @@ add_rows(GArray *rows, Side *s, gboolean before)
 }
 
 /* Percent with two decimals as an integer number of hundredths, rounded. */
+static gboolean
+round_number(const GMatchInfo *match, GString *out, gpointer data)
+{
+  (void)data;
+  g_autofree char *number = g_match_info_fetch(match, 0);
+  char buf[G_ASCII_DTOSTR_BUF_SIZE];
+  g_ascii_formatd(buf, sizeof(buf), "%.2f", g_ascii_strtod(number, NULL));
+  gsize len = strlen(buf);
+  while (len > 0 && buf[len - 1] == '0' && len >= 2 && buf[len - 2] != '.')
+    buf[--len] = '\0'; /* 38.40 -> 38.4, 12.00 -> 12.0 */
+  g_string_append(out, buf);
+  return FALSE;
+}
+
+/* json-glib prints doubles with 17 digits (38.399999999999999); the plan's figures are in
+ * hundredths: written as such (38.4). */
+static char *
+round_json_numbers(const char *json)
+{
+  g_autoptr(GRegex) re = g_regex_new("-?[0-9]+\\.[0-9]{6,}", 0, 0, NULL);
+  return g_regex_replace_eval(re, json, -1, 0, 0, round_number, NULL, NULL);
+}
+
 static guint64
 hundredths(guint64 part, guint64 whole)
 {
@@ -367,7 +390,8 @@ ushersim_cmd_plan(int argc, char **argv)
     g_autoptr(JsonNode) root = json_builder_get_root(b);
     json_generator_set_root(gen, root);
     json_generator_set_pretty(gen, TRUE);
-    g_autofree char *text = json_generator_to_data(gen, NULL);
+    g_autofree char *raw = json_generator_to_data(gen, NULL);
+    g_autofree char *text = round_json_numbers(raw);
     printf("%s\n", text);
   } else {
     printf("%" G_GUINT64_FORMAT " users; %" G_GUINT64_FORMAT " change backend (%" G_GUINT64_FORMAT

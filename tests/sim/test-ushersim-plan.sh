@@ -101,5 +101,7 @@ check "--chart into a missing directory fails before the run" \
   '[ $? -eq 2 ] && grep -q "does not exist" "$tmp/chart.err" && [ ! -s "$tmp/run.out" ]'
 printf 'user1\n\nuser2\n' | "$sim" map --backends 10.0.0.1 > /dev/null 2> "$tmp/empty1.err"
 check "one empty line: \"1 empty line skipped\"" 'grep -q "1 empty line skipped" "$tmp/empty1.err"'
+check "plan --json writes shares as hundredths (no 38.399999999999999)" \
+  '! grep -Eq "[0-9]+\.[0-9]{3,}" "$tmp/plan.json"'
 echo "1..$n"
 [ $failed -eq 0 ]
