@@ -1352,8 +1352,14 @@ on_backend(gpointer data, guint32 events)
       s->pop3_step = POP3_BACKEND_GREETING; /* it speaks first */
       session_flush_backend(s);
     } else if (s->proto == PROTO_SIEVE || s->proto == PROTO_SUBMISSION) {
+      /* A fresh backend connection (also the retry after a lost one, or the next login after
+       * a refused one): nothing of an earlier one carries over. */
       s->sub_step = SUB_GREETING; /* it speaks first */
-      s->bcaps = g_string_new(NULL);
+      s->xclient_sent = s->backend_xclient = FALSE;
+      s->reply_lines = 0;
+      if (s->bcaps == NULL)
+        s->bcaps = g_string_new(NULL);
+      g_string_truncate(s->bcaps, 0);
       session_flush_backend(s);
     } else {
       send_backend_login(s); /* pipelined behind the greeting it will send */

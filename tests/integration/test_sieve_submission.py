@@ -199,15 +199,23 @@ def run_with_sink(lab, t, cert, key, sink, sink_ip):
          answer.startswith("OK") and listed.endswith("OK "),
          "ManageSieve greeting (SIEVE, STARTTLS), AUTHENTICATE \"PLAIN\" with a continuation, "
          "then the backend's session", greeting + challenge + answer + listed)
+    offsets = {b: b.log_size() for b in bs}
     r = Raw(us[2].ip, SIEVE)
     r.until(b"OK ")
     r.until(b"\r\n")
-    r.send(f'AUTHENTICATE "PLAIN" "{plain("user4", "wrong")}"\r\nLOGOUT\r\n'.encode())
+    r.send(f'AUTHENTICATE "PLAIN" "{plain("user4", "wrong")}"\r\n'.encode())
     no = r.until(b"\r\n")
+    r.send(f'AUTHENTICATE "PLAIN" "{plain("user4")}"\r\nLOGOUT\r\n'.encode())
+    ok = r.until(b"\r\n")
     bye = r.until(b"\r\n")
     r.close()
-    t.ok(no.startswith("NO") and bye.startswith("OK"),
-         "a wrong password: the backend's NO; LOGOUT still answered", no + bye)
+    time.sleep(0.3)
+    seen = [l for b in bs for l in logins(b, offsets[b], "managesieve")]
+    t.ok(no.startswith("NO") and ok.startswith("OK") and bye.startswith("OK") and
+         seen == [("user4", "127.0.0.1")],
+         "a wrong password: the backend's NO; the next try on the same connection logs in, "
+         "again with the client's address (XCLIENT on the new backend connection)",
+         no + ok + bye + str(seen))
 
     # -- submission through each listener; the backend relays to the sink
     ctx = ssl.create_default_context(cafile=cert)
