@@ -546,12 +546,7 @@ learn_lhlo(LmtpSession *s, const char *reply)
       g_string_append_printf(caps, "%s\r\n", kw);
   }
   Proxy *p = s->w->proxy;
-  g_mutex_lock(&p->lock);
-  if (strcmp(p->lmtp_caps, caps->str) != 0) {
-    g_free(p->lmtp_caps);
-    p->lmtp_caps = g_strdup(caps->str);
-  }
-  g_mutex_unlock(&p->lock);
+  proxy_learn_caps(p, &p->lmtp_caps, caps->str);
   g_string_free(caps, TRUE);
 }
 
@@ -1060,21 +1055,9 @@ static void
 lhlo_reply(LmtpSession *s)
 {
   Proxy *p = s->w->proxy;
-  GString *lines = g_string_new("PIPELINING\r\nENHANCEDSTATUSCODES\r\nCHUNKING\r\n");
-  g_mutex_lock(&p->lock);
-  g_string_append(lines, p->lmtp_caps);
-  g_mutex_unlock(&p->lock);
-  g_auto(GStrv) keywords = g_strsplit(lines->str, "\r\n", -1);
-  g_string_free(lines, TRUE);
-  guint n = g_strv_length(keywords);
-  while (n > 0 && keywords[n - 1][0] == '\0')
-    n--;
-  GString *out = g_string_new(NULL);
-  g_string_append_printf(out, "250-%s", g_get_host_name());
-  for (guint i = 0; i < n; i++)
-    g_string_append_printf(out, "\r\n250%c%s", i + 1 == n ? ' ' : '-', keywords[i]);
-  add_text(s, "%s", out->str);
-  g_string_free(out, TRUE);
+  g_autofree char *reply = proxy_ehlo_reply(
+    p, "PIPELINING\r\nENHANCEDSTATUSCODES\r\nCHUNKING\r\n", &p->lmtp_caps, "");
+  add_text(s, "%s", reply);
 }
 
 /* One command; FALSE when it must wait for the recipients before it (it is held). */

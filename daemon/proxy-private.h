@@ -102,6 +102,12 @@ typedef void (*ProxyRouteAnswer)(Worker *w, guint64 session, guint64 request,
 guint64 proxy_route(Worker *w, guint64 session, const char *user, ProxyRouteAnswer answer);
 void proxy_route_cancel(Worker *w, guint64 request);
 
+/* An EHLO/LHLO answer without its final CRLF: "250-HOST", then one line per keyword of ours,
+ * then of *learnt (read under p->lock), then of more (each "KEYWORD\r\n"), the last "250 ". */
+char *proxy_ehlo_reply(Proxy *proxy, const char *ours, char *const *learnt, const char *more);
+/* Replaces *field (a capability list learnt from a backend, under p->lock) when caps differ. */
+void proxy_learn_caps(Proxy *proxy, char **field, const char *caps);
+
 /* lmtp.c: the LMTP proxy on the workers. */
 void lmtp_accept(Worker *w, const Listener *l, int fd, const char *ip, guint16 port);
 /* Timeouts, every tick. */

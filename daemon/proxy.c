@@ -1147,6 +1147,24 @@ imap_backend_line(Session *s, const char *line)
   return TRUE;
 }
 
+/* The login goes to the backend as PLAIN (an initial response, base64): a PLAIN client message
+ * as the client sent it, or one made from LOGIN's name and password. (transfer full) */
+static char *
+backend_plain_b64(Session *s)
+{
+  if (s->kind != LOGIN_PLAIN_CMD)
+    return g_strdup(s->secret_len > 0 ? s->secret : "=");
+  gsize ulen = strlen(s->user), n = 1 + ulen + 1 + s->secret_len;
+  g_autofree guint8 *plain = g_malloc(n);
+  plain[0] = '\0';
+  memcpy(plain + 1, s->user, ulen);
+  plain[1 + ulen] = '\0';
+  memcpy(plain + 2 + ulen, s->secret, s->secret_len);
+  char *b64 = g_base64_encode(plain, n);
+  memset(plain, 0, n);
+  return b64;
+}
+
 /* The POP3 login at the backend: the client's address by XCLIENT when the backend offers it
  * (Dovecot does, in its greeting, to login_trusted_networks), then one AUTH with an initial
  * response (RFC 5034): USER/PASS and AUTH LOGIN become AUTH PLAIN with the same credentials. */
@@ -1159,15 +1177,8 @@ pop3_send_backend_login(Session *s, gboolean xclient)
                                 "\r\n",
                            s->cip, s->cport, s->w->index, s->id);
   if (s->kind == LOGIN_PLAIN_CMD) {
-    gsize ulen = strlen(s->user), n = 1 + ulen + 1 + s->secret_len;
-    g_autofree guint8 *plain = g_malloc(n);
-    plain[0] = '\0';
-    memcpy(plain + 1, s->user, ulen);
-    plain[1 + ulen] = '\0';
-    memcpy(plain + 2 + ulen, s->secret, s->secret_len);
-    g_autofree char *b64 = g_base64_encode(plain, n);
+    g_autofree char *b64 = backend_plain_b64(s);
     g_string_append_printf(out, "AUTH PLAIN %s\r\n", b64);
-    memset(plain, 0, n);
     memset(b64, 0, strlen(b64));
   } else {
     g_string_append_printf(out, "AUTH %s %s\r\n", usher_sasl_mech_name(s->mech),
@@ -2240,24 +2251,6 @@ on_client(gpointer data, guint32 events)
 
 /* ---- ManageSieve (RFC 5804) and submission (RFC 6409) before login ------------------------------ */
 
-/* The login goes to the backend as PLAIN (an initial response, base64): a PLAIN client message
- * as the client sent it, or one made from LOGIN's name and password. (transfer full) */
-static char *
-backend_plain_b64(Session *s)
-{
-  if (s->kind != LOGIN_PLAIN_CMD)
-    return g_strdup(s->secret_len > 0 ? s->secret : "=");
-  gsize ulen = strlen(s->user), n = 1 + ulen + 1 + s->secret_len;
-  g_autofree guint8 *plain = g_malloc(n);
-  plain[0] = '\0';
-  memcpy(plain + 1, s->user, ulen);
-  plain[1 + ulen] = '\0';
-  memcpy(plain + 2 + ulen, s->secret, s->secret_len);
-  char *b64 = g_base64_encode(plain, n);
-  memset(plain, 0, n);
-  return b64;
-}
-
 /* A ManageSieve quoted string's contents: '"' and '\' escaped. */
 static char *
 sieve_quote(const char *text)
@@ -2367,29 +2360,46 @@ sieve_prelogin_input(Session *s)
 
 #define SUBMISSION_CAPS_DEFAULT "8BITMIME\r\nCHUNKING\r\nENHANCEDSTATUSCODES\r\nPIPELINING\r\nSIZE\r\n"
 
+char *
+proxy_ehlo_reply(Proxy *p, const char *ours, char *const *learnt, const char *more)
+{
+  GString *lines = g_string_new(ours);
+  g_mutex_lock(&p->lock);
+  g_string_append(lines, *learnt);
+  g_mutex_unlock(&p->lock);
+  g_string_append(lines, more);
+  g_auto(GStrv) keywords = g_strsplit(lines->str, "\r\n", -1);
+  g_string_free(lines, TRUE);
+  guint n = g_strv_length(keywords);
+  while (n > 0 && keywords[n - 1][0] == '\0')
+    n--;
+  GString *out = g_string_new(NULL);
+  g_string_append_printf(out, "250%c%s", n > 0 ? '-' : ' ', g_get_host_name());
+  for (guint i = 0; i < n; i++)
+    g_string_append_printf(out, "\r\n250%c%s", i + 1 == n ? ' ' : '-', keywords[i]);
+  return g_string_free(out, FALSE);
+}
+
+void
+proxy_learn_caps(Proxy *p, char **field, const char *caps)
+{
+  g_mutex_lock(&p->lock);
+  if (strcmp(*field, caps) != 0) {
+    g_free(*field);
+    *field = g_strdup(caps);
+  }
+  g_mutex_unlock(&p->lock);
+}
+
 /* EHLO's answer: what the last backend offered, usherd's AUTH and STARTTLS. */
 static void
 submission_ehlo(Session *s)
 {
   Proxy *p = s->w->proxy;
-  GString *lines = g_string_new(NULL);
-  g_mutex_lock(&p->lock);
-  g_string_append(lines, p->submission_caps);
-  g_mutex_unlock(&p->lock);
-  g_string_append(lines, "AUTH PLAIN LOGIN\r\n");
-  if (can_starttls(s))
-    g_string_append(lines, "STARTTLS\r\n");
-  g_auto(GStrv) keywords = g_strsplit(lines->str, "\r\n", -1);
-  g_string_free(lines, TRUE);
-  GString *out = g_string_new(NULL);
-  g_string_append_printf(out, "250-%s\r\n", g_get_host_name());
-  guint n = g_strv_length(keywords);
-  while (n > 0 && keywords[n - 1][0] == '\0')
-    n--;
-  for (guint i = 0; i < n; i++)
-    g_string_append_printf(out, "250%c%s\r\n", i + 1 == n ? ' ' : '-', keywords[i]);
-  to_client(s, out->str, (gssize)out->len);
-  g_string_free(out, TRUE);
+  g_autofree char *reply = proxy_ehlo_reply(p, "", &p->submission_caps,
+                                            can_starttls(s) ? "AUTH PLAIN LOGIN\r\nSTARTTLS\r\n"
+                                                            : "AUTH PLAIN LOGIN\r\n");
+  to_client_fmt(s, "%s\r\n", reply);
 }
 
 static void
@@ -2492,13 +2502,8 @@ learn_sub_caps(Session *s)
   Proxy *p = s->w->proxy;
   if (s->bcaps == NULL || s->bcaps->len == 0 || s->bcaps->len > 4096)
     return;
-  char **field = s->proto == PROTO_SIEVE ? &p->sieve_caps : &p->submission_caps;
-  g_mutex_lock(&p->lock);
-  if (strcmp(*field, s->bcaps->str) != 0) {
-    g_free(*field);
-    *field = g_strdup(s->bcaps->str);
-  }
-  g_mutex_unlock(&p->lock);
+  proxy_learn_caps(p, s->proto == PROTO_SIEVE ? &p->sieve_caps : &p->submission_caps,
+                   s->bcaps->str);
 }
 
 static void

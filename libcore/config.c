@@ -632,39 +632,25 @@ usher_config_free(UsherConfig *config)
   g_free(config->admin_socket_group);
   g_free(config->state_dir);
   g_free(config->proxy_greeting);
-  if (config->imap_listen != NULL)
-    g_array_unref(config->imap_listen);
-  if (config->pop3_listen != NULL)
-    g_array_unref(config->pop3_listen);
-  if (config->imaps_listen != NULL)
-    g_array_unref(config->imaps_listen);
-  if (config->pop3s_listen != NULL)
-    g_array_unref(config->pop3s_listen);
+  g_clear_pointer(&config->imap_listen, g_array_unref);
+  g_clear_pointer(&config->pop3_listen, g_array_unref);
+  g_clear_pointer(&config->imaps_listen, g_array_unref);
+  g_clear_pointer(&config->pop3s_listen, g_array_unref);
   g_free(config->tls_cert);
   g_free(config->tls_key);
-  if (config->lmtp_listen != NULL)
-    g_array_unref(config->lmtp_listen);
-  if (config->sieve_listen != NULL)
-    g_array_unref(config->sieve_listen);
-  if (config->submission_listen != NULL)
-    g_array_unref(config->submission_listen);
-  if (config->submissions_listen != NULL)
-    g_array_unref(config->submissions_listen);
+  g_clear_pointer(&config->lmtp_listen, g_array_unref);
+  g_clear_pointer(&config->sieve_listen, g_array_unref);
+  g_clear_pointer(&config->submission_listen, g_array_unref);
+  g_clear_pointer(&config->submissions_listen, g_array_unref);
   g_free(config->lmtp_socket);
   g_free(config->lmtp_user_format);
   g_free(config->recipient_delimiter);
-  if (config->tls_sni != NULL)
-    g_ptr_array_unref(config->tls_sni);
-  if (config->trusted_proxies != NULL)
-    g_array_unref(config->trusted_proxies);
-  if (config->proxy_protocol_backends != NULL)
-    g_array_unref(config->proxy_protocol_backends);
-  if (config->directors != NULL)
-    g_array_unref(config->directors);
-  if (config->backends != NULL)
-    g_ptr_array_unref(config->backends);
-  if (config->initial_backends != NULL)
-    g_ptr_array_unref(config->initial_backends);
+  g_clear_pointer(&config->tls_sni, g_ptr_array_unref);
+  g_clear_pointer(&config->trusted_proxies, g_array_unref);
+  g_clear_pointer(&config->proxy_protocol_backends, g_array_unref);
+  g_clear_pointer(&config->directors, g_array_unref);
+  g_clear_pointer(&config->backends, g_ptr_array_unref);
+  g_clear_pointer(&config->initial_backends, g_ptr_array_unref);
   g_free(config);
 }
 
