@@ -213,6 +213,17 @@ def run(lab, t):
          "RCPT before MAIL, an unknown command, MAIL before LHLO, an overlong line, a bad "
          "address: refused; the session goes on", "\n".join(got))
 
+    # -- the recipient limit: 1000 per message, the 1001st gets 452, the session goes on
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(b"LHLO test\r\nMAIL FROM:<a@example.org>\r\n" +
+           b"RCPT TO:<user1@example.org>\r\n" * 1001 + b"RSET\r\nNOOP\r\n")
+    got = [r.reply() for _ in range(2 + 1001 + 2)]
+    r.close()
+    codes = [g[:3] for g in got]
+    t.ok(codes[2:1002] == ["250"] * 1000 and codes[1002] == "452" and codes[1003:] == ["250", "250"],
+         "1001 recipients in one message: the first 1000 accepted, the last 452 4.5.3; RSET goes on",
+         f"{codes[1000:]}")
+
     # -- the UNIX socket
     marker = uuid.uuid4().hex
     with smtplib.LMTP(sock, timeout=30) as c:
