@@ -106,6 +106,9 @@ handle_effect(gpointer data, UsherEffect *e)
   case USHER_EFFECT_STATE:
     usherd_notify_status(u);
     break;
+  case USHER_EFFECT_PROBE:
+    health_probe_start(u, e);
+    break;
   }
 }
 
@@ -145,6 +148,7 @@ void
 usherd_core_free(Usherd *u)
 {
   flush_hooks_free(u);
+  health_probes_free(u);
   if (u->timer != NULL) {
     g_source_destroy(u->timer);
     g_source_unref(u->timer);

@@ -42,6 +42,7 @@ typedef struct {
   guint64 flush_hooks_run, flush_hooks_failed;
   guint64 http_requests, http_bad_requests;
   guint64 http_lookups, http_lookups_refused, http_lookups_failed;
+  guint64 health_probes_run, health_probes_ok, health_probes_failed;
 } UsherdStats;
 
 /* Every counter, by name: usherctl stats (admin.c) and /metrics (metrics.c) list the same. */
@@ -53,7 +54,9 @@ typedef struct {
   X(admin_kicks) X(kicks_timed_out) X(flushes_failed) X(flushes_timed_out) X(users_expired)      \
   X(alone_declared) X(requests_refused) X(requests_cancelled) X(admin_refused) X(moves_refused)   \
   X(kicks_untracked) X(users_refused) X(tags_refused) X(logs_suppressed) X(handshake_pauses)     \
-  X(times_clamped) X(weak_users_given_up)
+  X(times_clamped) X(weak_users_given_up) X(probes_sent) X(probes_failed) X(probes_timed_out)    \
+  X(health_reports_sent) X(health_reports_received) X(health_reports_refused) X(health_downs)    \
+  X(health_ups) X(health_no_quorum) X(usher_peer_links)
 
 #define DAEMON_STATS(X)                                                                            \
   X(ring_refused) X(ring_output_overflows) X(ring_connect_failures) X(ring_bytes_in)              \
@@ -61,7 +64,8 @@ typedef struct {
   X(admin_overflows)                                                                               \
   X(admin_commands) X(flush_hooks_run) X(flush_hooks_failed) X(http_requests)                    \
   X(http_bad_requests)                                                                             \
-  X(http_lookups) X(http_lookups_refused) X(http_lookups_failed)
+  X(http_lookups) X(http_lookups_refused) X(http_lookups_failed) X(health_probes_run)             \
+  X(health_probes_ok) X(health_probes_failed)
 
 typedef struct _Usherd Usherd;
 typedef struct _RingLinks RingLinks;
@@ -83,6 +87,7 @@ struct _Usherd {
   struct Proxy *proxy;   /* NULL without [proxy] listeners */
   guint64 next_request;  /* login request ids */
   GHashTable *flushes; /* flush id -> running hook (flush.c) */
+  GHashTable *probes;  /* probe id -> running health probe (health.c) */
   GSource *snapshot_timer;
   GSource *runtime_timer;
   char *runtime_written; /* the lists last written to runtime.state */
@@ -128,6 +133,10 @@ char *usherd_metrics_text(Usherd *u);
 /* flush.c */
 void flush_hook_start(Usherd *u, const UsherEffect *e);
 void flush_hooks_free(Usherd *u);
+
+/* health.c */
+void health_probe_start(Usherd *u, const UsherEffect *e);
+void health_probes_free(Usherd *u);
 
 /* state.c */
 gboolean usherd_write_file_atomic(const char *path, const char *data, gsize len, GError **error);

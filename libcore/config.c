@@ -30,6 +30,12 @@ usher_config_error_quark(void)
 #define PING_IDLE_DEFAULT_SECS 30u
 #define PING_IDLE_MIN_SECS 1u
 #define PING_MAX_DEFAULT_SECS 60u
+#define USHER_PING_TIMEOUT_DEFAULT_SECS 2u
+#define USHER_PING_TIMEOUT_MAX_SECS 3600u
+#define HEALTH_INTERVAL_DEFAULT_SECS 2u
+#define HEALTH_INTERVAL_MAX_SECS 3600u
+#define HEALTH_TIMEOUT_DEFAULT_SECS 2u
+#define HEALTH_COUNT_MAX 100u
 #define DURATION_MAX_SECS (365u * 86400u)
 #define OUTPUT_BUFFER_DEFAULT (G_GUINT64_CONSTANT(10) * 1024 * 1024)
 #define OUTPUT_BUFFER_MIN (G_GUINT64_CONSTANT(64) * 1024)
@@ -573,6 +579,15 @@ usher_config_new(void)
   config->flush_socket = g_strdup("");
   config->ping_idle_timeout_secs = PING_IDLE_DEFAULT_SECS;
   config->ping_max_timeout_secs = PING_MAX_DEFAULT_SECS;
+  config->usher_ping_timeout_secs = USHER_PING_TIMEOUT_DEFAULT_SECS;
+  config->health_interval_secs = HEALTH_INTERVAL_DEFAULT_SECS;
+  config->health_timeout_secs = HEALTH_TIMEOUT_DEFAULT_SECS;
+  config->health_fall = 3;
+  config->health_rise = 2;
+  config->health_down_replace = TRUE;
+  config->health_probe = USHER_HEALTH_PROBE_IMAP;
+  config->health_probe_user = g_strdup("");
+  config->health_probe_password = g_strdup("");
   config->output_buffer_size = OUTPUT_BUFFER_DEFAULT;
   config->master_user_separator = g_strdup("");
   config->directors = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
@@ -645,6 +660,8 @@ usher_config_free(UsherConfig *config)
   g_free(config->lmtp_socket);
   g_free(config->lmtp_user_format);
   g_free(config->recipient_delimiter);
+  g_free(config->health_probe_user);
+  g_free(config->health_probe_password);
   g_clear_pointer(&config->tls_sni, g_ptr_array_unref);
   g_clear_pointer(&config->trusted_proxies, g_array_unref);
   g_clear_pointer(&config->proxy_protocol_backends, g_array_unref);
@@ -1051,6 +1068,7 @@ static const char *const director_keys[] = {
     "flush_socket",
     "ping_idle_timeout",
     "ping_max_timeout",
+    "usher_ping_timeout",
     "output_buffer_size",
     "master_user_separator",
     NULL,
@@ -1074,6 +1092,9 @@ static const char *const proxy_keys[] = {
     "submissions_listen", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
+static const char *const health_keys[] = {"enabled", "interval", "timeout", "fall", "rise",
+                                          "quorum", "down_action", "probe", "probe_user",
+                                          "probe_password", NULL};
 
 /* Refuses locale suffixes and unknown keys, with a hint for Dovecot's director_ prefix. */
 static gboolean
@@ -1122,6 +1143,16 @@ parse_director_key(UsherConfig *config, const KeyRef *ref, DirectorSeen *seen, G
   if (strcmp(key, "ping_max_timeout") == 0) {
     seen->ping_max_set = TRUE;
     return get_duration(ref, PING_IDLE_MIN_SECS, &config->ping_max_timeout_secs, error);
+  }
+  if (strcmp(key, "usher_ping_timeout") == 0) {
+    if (!get_duration(ref, PING_IDLE_MIN_SECS, &config->usher_ping_timeout_secs, error))
+      return FALSE;
+    if (config->usher_ping_timeout_secs > USHER_PING_TIMEOUT_MAX_SECS) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "must be at most %us",
+                USHER_PING_TIMEOUT_MAX_SECS);
+      return FALSE;
+    }
+    return TRUE;
   }
   if (strcmp(key, "output_buffer_size") == 0)
     return get_size(ref, OUTPUT_BUFFER_MIN, OUTPUT_BUFFER_MAX, &config->output_buffer_size, error);
@@ -1447,6 +1478,83 @@ parse_http_key(UsherConfig *config, const KeyRef *ref, GError **error)
   }
   g_assert(strcmp(key, "max_pending_lookups") == 0);
   return get_uint(ref, 1, 1000000, &config->http_max_pending_lookups, error);
+}
+
+static gboolean
+parse_health_key(UsherConfig *config, const KeyRef *ref, GError **error)
+{
+  const char *key = ref->key;
+  if (strcmp(key, "enabled") == 0)
+    return get_boolean(ref, &config->health_enabled, error);
+  if (strcmp(key, "interval") == 0 || strcmp(key, "timeout") == 0) {
+    guint *out = key[0] == 'i' ? &config->health_interval_secs : &config->health_timeout_secs;
+    if (!get_duration(ref, 1, out, error))
+      return FALSE;
+    if (*out > HEALTH_INTERVAL_MAX_SECS) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "must be at most %us",
+                HEALTH_INTERVAL_MAX_SECS);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  if (strcmp(key, "fall") == 0)
+    return get_uint(ref, 1, HEALTH_COUNT_MAX, &config->health_fall, error);
+  if (strcmp(key, "rise") == 0)
+    return get_uint(ref, 1, HEALTH_COUNT_MAX, &config->health_rise, error);
+
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  g_autofree char *q = quote(value, -1);
+  if (strcmp(key, "quorum") == 0) {
+    guint64 n;
+    if (g_ascii_strcasecmp(value, "majority") == 0) {
+      config->health_quorum = 0;
+      return TRUE;
+    }
+    if (!parse_decimal(value, strlen(value), G_MAXUINT64, &n) || n == 0 ||
+        n > USHER_CONFIG_MAX_DIRECTORS) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "%s must be \"majority\" or a number of directors from 1 to %d", q,
+                USHER_CONFIG_MAX_DIRECTORS);
+      return FALSE;
+    }
+    config->health_quorum = (guint)n;
+    return TRUE;
+  }
+  if (strcmp(key, "down_action") == 0) {
+    if (strcmp(value, "replace") != 0 && strcmp(value, "keep") != 0) {
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "%s must be replace (a down backend's users are placed again at once) or keep "
+                "(they stay until they expire, as in Dovecot)",
+                q);
+      return FALSE;
+    }
+    config->health_down_replace = value[0] == 'r';
+    return TRUE;
+  }
+  if (strcmp(key, "probe") == 0) {
+    static const char *const names[] = {"tcp", "imap", "pop3", "lmtp"};
+    for (guint i = 0; i < G_N_ELEMENTS(names); i++) {
+      if (strcmp(value, names[i]) == 0) {
+        config->health_probe = (UsherHealthProbe)i;
+        return TRUE;
+      }
+    }
+    key_error(error, USHER_CONFIG_ERROR_INVALID, ref, "%s must be tcp, imap, pop3 or lmtp", q);
+    return FALSE;
+  }
+  char **out = strcmp(key, "probe_user") == 0 ? &config->health_probe_user
+                                              : &config->health_probe_password;
+  g_assert(strcmp(key, "probe_user") == 0 || strcmp(key, "probe_password") == 0);
+  if (strpbrk(value, "\r\n\"\\") != NULL || strlen(value) > 255) {
+    key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+              "must be at most 255 bytes without quotes, backslashes or line breaks");
+    return FALSE;
+  }
+  g_free(*out);
+  *out = g_steal_pointer(&value);
+  return TRUE;
 }
 
 static gboolean
@@ -1870,6 +1978,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
       known = ring_keys;
     } else if (strcmp(group, "backends") == 0) {
       known = backends_keys;
+    } else if (strcmp(group, "health") == 0) {
+      known = health_keys;
     } else if (strcmp(group, "backend") == 0 || g_str_has_prefix(group, "backend ")) {
       known = backend_keys;
       g_autofree char *ip_text = g_strstrip(g_strdup(group + strlen("backend")));
@@ -1899,7 +2009,7 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
     } else {
       group_error(error, USHER_CONFIG_ERROR_UNKNOWN_GROUP, source, group,
                   "unknown group (known groups: [director], [ring], [backends], "
-                  "[backend IP], [daemon], [http] and [proxy])");
+                  "[backend IP], [daemon], [http], [proxy] and [health])");
       return NULL;
     }
 
@@ -1919,6 +2029,8 @@ usher_config_parse(const char *data, gsize len, const char *source, GError **err
         ok = parse_http_key(config, &ref, error);
       else if (known == proxy_keys)
         ok = parse_proxy_key(config, &ref, error);
+      else if (known == health_keys)
+        ok = parse_health_key(config, &ref, error);
       else if (known == backend_keys)
         ok = parse_backend_group_key(bg, &ref, error);
       else if (strcmp(keys[k], "hosts") != 0) /* [backends] imap_port, ... */

@@ -32,6 +32,14 @@ typedef struct {
   guint16 port;
 } UsherDirectorAddr;
 
+/* [health] probe: what usherd checks on each backend. */
+typedef enum {
+  USHER_HEALTH_PROBE_TCP = 0, /* a TCP connect to imap_port */
+  USHER_HEALTH_PROBE_IMAP,    /* imap_port: "* OK" greeting (and LOGIN with probe_user) */
+  USHER_HEALTH_PROBE_POP3,    /* pop3_port: "+OK" greeting (and USER/PASS with probe_user) */
+  USHER_HEALTH_PROBE_LMTP,    /* lmtp_port: "220" greeting, LHLO answered with 250 */
+} UsherHealthProbe;
+
 typedef struct {
   UsherIp ip;
   char *tag;      /* never NULL; "" = default tag */
@@ -52,6 +60,7 @@ typedef struct {
   char *flush_socket;           /* "" = none; else unix:PATH, tcp:HOST:PORT or exec:PATH */
   guint ping_idle_timeout_secs; /* default 30 */
   guint ping_max_timeout_secs;  /* default 60 */
+  guint usher_ping_timeout_secs; /* links between usherd directors; default 2 */
   guint64 output_buffer_size;   /* bytes, default 10 MiB */
   char *master_user_separator;  /* "" = none; else one character */
   /* [ring] */
@@ -105,6 +114,17 @@ typedef struct {
   char *lmtp_user_format;    /* recipient address (detail cut) -> user name; default "%u" */
   char *recipient_delimiter; /* bytes that start an address's detail; default "+" */
   GArray *proxy_protocol_backends; /* UsherNet: backends that get a PROXY v2 header */
+  /* [health]: backend health checks (doc/health.md) */
+  gboolean health_enabled;       /* default FALSE */
+  guint health_interval_secs;    /* default 2 */
+  guint health_timeout_secs;     /* one probe; default 2 */
+  guint health_fall;             /* failing after this many failed probes in a row; default 3 */
+  guint health_rise;             /* healthy after this many good probes in a row; default 2 */
+  guint health_quorum;           /* directors needed for a decision; 0 = a majority (default) */
+  gboolean health_down_replace;  /* a down backend's users are re-placed at once (default) */
+  UsherHealthProbe health_probe; /* default USHER_HEALTH_PROBE_IMAP */
+  char *health_probe_user;       /* "" = no login in the probe */
+  char *health_probe_password;
 } UsherConfig;
 
 #define USHER_CONFIG_MAX_NETS 1024 /* networks in one list */

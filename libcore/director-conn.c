@@ -326,6 +326,38 @@ conn_send_connect(UsherDirector *d, UsherNow now, Conn *c, Member *target)
   dir_log(d, G_LOG_LEVEL_INFO, "telling %s to connect to %s instead", c->name, target->name);
 }
 
+/* Dovecot's rates toward Dovecot peers; between usherd directors a PING after a second of
+ * silence and usher_ping_timeout without input after it, so a hung peer is dropped within
+ * 1 + usher_ping_timeout seconds (doc/ring-protocol.md, "Usher's extension"). */
+static gint64
+ping_interval_us(const Conn *c)
+{
+  if (c->usher_ext)
+    return USHER_PEER_PING_INTERVAL_SECS * SEC_US;
+  return (c->synced ? PING_INTERVAL_SECS : PING_INTERVAL_UNSYNCED_SECS) * SEC_US;
+}
+
+static gint64
+ping_idle_timeout_us(const UsherDirector *d, const Conn *c)
+{
+  guint secs = c->usher_ext ? MIN(d->usher_ping_timeout_secs, d->ping_idle_timeout_secs)
+                            : d->ping_idle_timeout_secs;
+  return (gint64)secs * SEC_US;
+}
+
+/* Silence counts from our PING or the peer's last input, whichever is later; on usher links also
+ * from the last time the driver's backlog for the link shrank. A PING queued behind a bulk
+ * stream waits there, and a peer busy reading that stream has no reason to send anything back:
+ * it is alive as long as the backlog drains (a 4 kB/s link dropped every handshake: swarm
+ * extreme variant, seed 1070). A hung peer stops reading: its kernel buffers take what we send
+ * first (no backlog, no sign of life) and then nothing drains. */
+static gint64
+idle_base_us(const Conn *c)
+{
+  gint64 base = MAX(c->ping_sent_us, c->last_input_us);
+  return c->usher_ext ? MAX(base, c->output_progress_us) : base;
+}
+
 gint64
 conn_next_deadline(UsherDirector *d, Conn *c)
 {
@@ -347,10 +379,9 @@ conn_next_deadline(UsherDirector *d, Conn *c)
   }
   if (c->ping_sent_us != 0) {
     t = MIN(t, c->ping_sent_us + (gint64)d->ping_max_timeout_secs * SEC_US);
-    t = MIN(t, MAX(c->ping_sent_us, c->last_input_us) + (gint64)d->ping_idle_timeout_secs * SEC_US);
+    t = MIN(t, idle_base_us(c) + ping_idle_timeout_us(d, c));
   } else {
-    gint64 interval = c->synced ? PING_INTERVAL_SECS : PING_INTERVAL_UNSYNCED_SECS;
-    t = MIN(t, c->last_input_us + interval * SEC_US);
+    t = MIN(t, c->last_input_us + ping_interval_us(c));
   }
   return t;
 }
@@ -400,13 +431,12 @@ conn_timers(UsherDirector *d, UsherNow now, Conn *c)
       conn_close(d, now, c, "no PONG received in time", CLOSE_SEND_DISCONNECT | CLOSE_FAILURE);
       return;
     }
-    if (MAX(c->ping_sent_us, c->last_input_us) + (gint64)d->ping_idle_timeout_secs * SEC_US <= n) {
+    if (idle_base_us(c) + ping_idle_timeout_us(d, c) <= n) {
       conn_close(d, now, c, "no input after PING", CLOSE_SEND_DISCONNECT | CLOSE_FAILURE);
       return;
     }
   } else {
-    gint64 interval = c->synced ? PING_INTERVAL_SECS : PING_INTERVAL_UNSYNCED_SECS;
-    if (c->last_input_us + interval * SEC_US <= n)
+    if (c->last_input_us + ping_interval_us(c) <= n)
       conn_ping(d, now, c);
   }
 }
@@ -522,6 +552,22 @@ adopt_right(UsherDirector *d, UsherNow now, Conn *c)
   return TRUE;
 }
 
+/* OPTIONS: consistent-hashing, which Dovecot 2.3 requires, and Usher's extension token, which it
+ * ignores. The outgoing side sends it in every handshake; the incoming side answers with its own
+ * only to a peer that announced the extension, so a Dovecot peer sees the exact Dovecot
+ * handshake. */
+static void
+send_options(UsherDirector *d, Conn *c)
+{
+  static const char tokens[] = USHER_RING_OPTION_CONSISTENT_HASHING "\0" USHER_RING_OPTION_USHER_EXT;
+  UsherRingMsg msg;
+  MSG_INIT(msg, OPTIONS);
+  msg.options.tokens = tokens;
+  msg.options.n_tokens = 2;
+  dir_send_msg(d, c, &msg, c->peer_minor);
+  c->usher_ext_sent = TRUE;
+}
+
 /* ---- Handshake: sending our state (outgoing side) ------------------------------------------ */
 
 static void
@@ -602,14 +648,27 @@ conn_continue_sending_users(UsherDirector *d, UsherNow now, Conn *c)
     return;
   }
   g_clear_pointer(&c->users_to_send, g_array_unref);
+  send_options(d, c);
   UsherRingMsg msg;
-  MSG_INIT(msg, OPTIONS);
-  msg.options.tokens = USHER_RING_OPTION_CONSISTENT_HASHING;
-  msg.options.n_tokens = 1;
-  dir_send_msg(d, c, &msg, c->peer_minor);
   MSG_INIT(msg, DONE);
   dir_send_msg(d, c, &msg, c->peer_minor);
   c->handshake_sent = TRUE;
+}
+
+static gboolean
+cmd_options(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
+{
+  if (!msg->options.consistent_hashing) {
+    conn_close(d, now, c, "peer does not use consistent hashing", CLOSE_SEND_DISCONNECT);
+    return FALSE;
+  }
+  if (msg->options.usher_ext && !c->usher_ext) {
+    c->usher_ext = TRUE;
+    d->stats.usher_peer_links++;
+    if (c->incoming && !c->usher_ext_sent)
+      send_options(d, c);
+  }
+  return TRUE;
 }
 
 /* ---- Command handlers -------------------------------------------------------------------------- */
@@ -1176,6 +1235,8 @@ cmd_done(UsherDirector *d, UsherNow now, Conn *c)
     UsherRingMsg msg;
     MSG_INIT(msg, DONE);
     dir_send_msg(d, c, &msg, c->peer_minor);
+    if (c->usher_ext)
+      health_peer_ready(d, now, c);
     /* Tell the rest of the ring who our new left is. */
     d->ring_change_counter++;
     MSG_INIT(msg, DIRECTOR);
@@ -1185,6 +1246,8 @@ cmd_done(UsherDirector *d, UsherNow now, Conn *c)
     conn_try_adopt_left(d, now, c);
     return dir_conn_by_id(d, id) != NULL;
   }
+  if (c->usher_ext)
+    health_peer_ready(d, now, c);
   UsherConnId id = c->id;
   adopt_right(d, now, c);
   return dir_conn_by_id(d, id) != NULL;
@@ -1322,13 +1385,15 @@ dispatch(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     return FALSE;
   }
   case USHER_RING_MSG_OPTIONS:
-    if (!msg->options.consistent_hashing) {
-      conn_close(d, now, c, "peer does not use consistent hashing", CLOSE_SEND_DISCONNECT);
-      return FALSE;
-    }
-    return TRUE;
+    return cmd_options(d, now, c, msg);
   case USHER_RING_MSG_DONE:
     return cmd_done(d, now, c);
+  case USHER_RING_MSG_X_USHER_HEALTH:
+    if (!c->usher_ext || !c->handshake_received) {
+      conn_protocol_error(d, now, c, "X-USHER-HEALTH from a peer that did not announce it");
+      return FALSE;
+    }
+    return health_cmd_report(d, now, c, msg);
   case USHER_RING_MSG_NONE:
     break;
   }

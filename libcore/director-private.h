@@ -36,6 +36,12 @@
 #define SYNC_MAX_DUPLICATES 4
 #define SYNC_STALE_RESET_SECS 120
 #define CLOCK_SKEW_WARN_SECS 1
+/* Links between usherd directors (both announced USHER_RING_OPTION_USHER_EXT): a PING after this
+ * much silence, and the link is closed after usher_ping_timeout_secs more without input. */
+#define USHER_PEER_PING_INTERVAL_SECS 1
+/* Health: a voter's report is live for this many of its own intervals. */
+#define HEALTH_REPORT_LIVE_INTERVALS 3
+#define HEALTH_VOTERS_MAX STATE_MAX_MEMBERS
 #define HANDSHAKE_USERS_PER_PASS 10000
 #define STATE_MAX_MEMBERS USHER_CONFIG_MAX_DIRECTORS
 #define STATE_MAX_CONNECTIONS 64    /* connections of any kind at once; more are refused */
@@ -93,6 +99,8 @@ struct Conn {
   GByteArray *held_min_minor;
   gboolean me_received;
   guint peer_minor;
+  gboolean usher_ext;      /* the peer announced Usher's extension in OPTIONS */
+  gboolean usher_ext_sent; /* we announced it on this connection */
 
   /* Handshake, receiving side */
   gboolean handshake_sending_hosts; /* between HOST-HAND-START and HOST-HAND-END */
@@ -130,6 +138,7 @@ struct Conn {
   guint64 output_queued;
   guint64 output_unreported;
   guint64 output_peak;
+  gint64 output_progress_us; /* the driver's backlog for this link last got smaller */
   gboolean users_paused; /* the user stream waits for output_queued to drop */
 
   UsherLineReader *reader;
@@ -194,6 +203,44 @@ typedef struct {
 
 typedef struct AdminOp AdminOp;
 
+/* ---- Health (director-health.c) ---------------------------------------------------------------- */
+
+typedef struct {
+  UsherIp ip;
+  gboolean seen;     /* marks during a host-table walk */
+  gboolean failing;  /* our view after hysteresis */
+  guint fails, oks;  /* results in a row */
+  guint64 probe_id;  /* outstanding probe, 0 = none */
+  gint64 probe_deadline_us;
+  guint64 probes, probes_failed;
+  gint64 last_probe_wall;
+  gboolean last_ok;
+  char *last_detail;
+  /* > 0: a health decision took it down at this up/down time (ours or learnt from a report) */
+  gint64 health_down_time;
+} HealthBackend;
+
+typedef struct {
+  Member *member;
+  guint32 boot, seq;
+  gint64 received_us;
+  guint interval_ms;
+  GArray *failing; /* UsherIp */
+  gboolean complete;
+} HealthVoter;
+
+typedef struct {
+  gboolean enabled;
+  guint interval_secs, timeout_secs, fall, rise, quorum;
+  gboolean down_replace;
+  guint32 boot, seq;
+  gint64 next_tick_us; /* probes and the periodic report; 0 = not started */
+  gboolean report_now;
+  gboolean had_quorum;
+  GPtrArray *backends; /* HealthBackend*, owns */
+  GPtrArray *voters;   /* HealthVoter*, owns */
+} Health;
+
 /* ---- The director ----------------------------------------------------------------------------- */
 
 struct UsherDirector {
@@ -206,6 +253,7 @@ struct UsherDirector {
   char *flush_socket;
   guint ping_idle_timeout_secs;
   guint ping_max_timeout_secs;
+  guint usher_ping_timeout_secs;
   /* Handshake backpressure thresholds: USHER_OUTPUT_PAUSE/RESUME_BYTES, lowered to a quarter
    * (a sixteenth) of output_buffer_size when that is small, so the stream pauses well before the
    * driver's limit drops the link. */
@@ -274,6 +322,8 @@ struct UsherDirector {
 
   gint64 last_mono_us; /* the time contract: mono time never goes back */
   gint64 now_wall_secs; /* wall time of the current call, for bookkeeping that has no now */
+
+  Health health;
 
   UsherDirectorStats stats;
 };
@@ -361,6 +411,15 @@ Move *move_lookup(UsherDirector *d, UsherTag *tag, guint32 hash);
 void users_free_all(UsherDirector *d);
 void users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, UsherUser *user,
                 UsherHost *old_host, gboolean force_kick);
+
+/* director-health.c */
+void health_init(UsherDirector *d, const UsherConfig *config, UsherNow now);
+void health_free(UsherDirector *d);
+gint64 health_next_deadline(UsherDirector *d);
+void health_timers(UsherDirector *d, UsherNow now);
+gboolean health_cmd_report(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg);
+void health_peer_ready(UsherDirector *d, UsherNow now, Conn *c);
+void health_member_gone(UsherDirector *d, Member *m);
 
 /* director-admin.c */
 void admin_continue(UsherDirector *d, UsherNow now);

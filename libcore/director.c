@@ -41,6 +41,7 @@ usher_effect_clear(UsherEffect *e)
     break;
   case USHER_EFFECT_CONNECT:
   case USHER_EFFECT_STATE:
+  case USHER_EFFECT_PROBE:
     break;
   }
   memset(e, 0, sizeof(*e));
@@ -275,8 +276,10 @@ purge_removed_members(UsherDirector *d)
         if (((Conn *)v)->host == m)
           referenced = TRUE;
     }
-    if (m->removed && !referenced)
+    if (m->removed && !referenced) {
+      health_member_gone(d, m);
       g_ptr_array_remove_index(d->members, i); /* frees */
+    }
     else
       i++;
   }
@@ -588,6 +591,7 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
   d->flush_socket = g_strdup(config->flush_socket);
   d->ping_idle_timeout_secs = config->ping_idle_timeout_secs;
   d->ping_max_timeout_secs = config->ping_max_timeout_secs;
+  d->usher_ping_timeout_secs = MAX(config->usher_ping_timeout_secs, 1u);
   d->output_pause_bytes = (gsize)MIN((guint64)USHER_OUTPUT_PAUSE_BYTES, config->output_buffer_size / 4);
   d->output_resume_bytes = MIN((gsize)USHER_OUTPUT_RESUME_BYTES, d->output_pause_bytes / 4);
   usher_rng_seed(&d->rng, seed);
@@ -642,6 +646,7 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
     return NULL;
   }
   d->handshake_start_us = now.mono_us;
+  health_init(d, config, now);
   dir_enter(d, now);
   return d;
 }
@@ -665,6 +670,7 @@ usher_director_free(UsherDirector *d)
   if (d == NULL)
     return;
   users_free_all(d);
+  health_free(d);
   g_queue_clear_full(&d->admin_ops, (GDestroyNotify)admin_op_free);
   g_hash_table_unref(d->conns);
   g_ptr_array_unref(d->members);
@@ -783,6 +789,8 @@ usher_director_peer_output_queued(UsherDirector *d, UsherNow now, UsherConnId id
   Conn *c = dir_conn_by_id(d, id);
   if (c == NULL)
     return;
+  if (c->output_queued > 0 && queued_bytes < c->output_queued + c->output_unreported)
+    c->output_progress_us = now.mono_us; /* a backlog is draining: the peer reads */
   c->output_queued = queued_bytes;
   c->output_unreported = 0;
   c->output_peak = MAX(c->output_peak, c->output_queued);
@@ -844,6 +852,7 @@ usher_director_next_deadline(UsherDirector *d)
   t = min_deadline(t, users_next_deadline(d));
   t = min_deadline(t, requests_next_deadline(d));
   t = min_deadline(t, admin_next_deadline(d));
+  t = min_deadline(t, health_next_deadline(d));
   return t == 0 ? USHER_DEADLINE_NEVER : t;
 }
 
@@ -893,6 +902,7 @@ usher_director_on_deadline(UsherDirector *d, UsherNow now)
   users_timers(d, now);
   requests_timers(d, now);
   admin_timers(d, now);
+  health_timers(d, now);
   d->sync_frozen--;
   if (d->sync_frozen == 0 && d->sync_pending)
     dir_sync(d, now);

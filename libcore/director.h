@@ -89,6 +89,7 @@ typedef enum {
   USHER_EFFECT_ADMIN_REPLY,  /* the reply to an admin operation */
   USHER_EFFECT_LOG,          /* a log line */
   USHER_EFFECT_STATE,        /* ring state changed (handshaked / synced / neighbours) */
+  USHER_EFFECT_PROBE,        /* health check one backend; report probe_done(id) */
 } UsherEffectType;
 
 typedef enum {
@@ -153,6 +154,10 @@ typedef struct {
       GLogLevelFlags level;
       char *message;
     } log;
+    struct {
+      guint64 id;
+      UsherIp host;
+    } probe;
   };
 } UsherEffect;
 
@@ -228,6 +233,62 @@ void usher_director_kick_done(UsherDirector *director, UsherNow now, guint64 kic
  * failed. Late or unknown ids are ignored. */
 void usher_director_flush_done(UsherDirector *director, UsherNow now, guint64 flush,
                                gboolean success);
+
+/* ---- Backend health (doc/health.md) -------------------------------------------------------------
+ * With [health] enabled, the director asks the driver to probe every backend each interval (a
+ * PROBE effect) and keeps its own view of each: failing after `fall` failed probes in a row,
+ * healthy after `rise` good ones (a backend starts in the state the ring has for it). Usherd
+ * directors exchange their views (X-USHER-HEALTH, an extension only sent to peers that announced
+ * it in OPTIONS). A backend goes down ring-wide, by an ordinary HOST-DOWN, only when a majority of
+ * the live voting directors see it failing and the live voters are a quorum of the ring; it comes
+ * back up the same way, and only if a health decision took it down. */
+
+/* A probe has finished: ok FALSE if the backend failed it; detail (may be NULL) says what was
+ * seen, for usherctl. Late or unknown ids are ignored. A probe not reported within the health
+ * timeout plus one second counts as failed. */
+void usher_director_probe_done(UsherDirector *director, UsherNow now, guint64 probe, gboolean ok,
+                               const char *detail);
+
+typedef struct {
+  UsherIp ip;
+  char ip_str[USHER_IP_STRLEN];
+  gboolean failing;        /* this director's view, after hysteresis */
+  guint fails_in_row, oks_in_row;
+  guint64 probes, probes_failed;
+  gint64 last_probe;       /* UNIX seconds of the last result; 0 = none yet */
+  gboolean last_ok;
+  char *last_detail;       /* or NULL */
+  guint votes_failing;     /* live voters (this one included) that see it failing */
+  guint votes_ok;          /* live voters that see it healthy (complete reports only) */
+  gboolean down;           /* the ring's state */
+  gboolean health_down;    /* taken down by a health decision (and still down since) */
+} UsherHealthInfo;
+
+typedef struct {
+  gboolean enabled;
+  guint members;      /* ring members that are not removed */
+  guint quorum;       /* live voters needed before any decision */
+  guint live_voters;  /* this director included when enabled */
+  guint needed;       /* votes a decision needs: a majority of live_voters */
+  gboolean have_quorum;
+  GArray *backends; /* UsherHealthInfo, in IP order */
+  GArray *voters;   /* UsherHealthVoter, in address order; this director not included */
+} UsherHealthReport;
+
+typedef struct {
+  UsherRingAddr addr;
+  gint64 age_ms;   /* since its latest report arrived */
+  gboolean live;   /* that report is fresh (3 of its intervals) */
+  guint interval_ms;
+  guint n_failing;
+  gboolean complete;
+  guint32 seq;
+} UsherHealthVoter;
+
+/* A snapshot (transfer full; free with usher_health_report_clear()). */
+void usher_director_get_health(const UsherDirector *director, UsherNow now,
+                               UsherHealthReport *report_out);
+void usher_health_report_clear(UsherHealthReport *report);
 
 /* ---- Admin operations ----------------------------------------------------------------------- *
  * The operations of Dovecot's director-admin protocol. Each is answered by one ADMIN_REPLY effect
@@ -325,6 +386,13 @@ typedef struct {
   guint64 times_clamped;       /* peer timestamps outside 0 .. 2^32-1 s */
   guint64 weak_users_given_up; /* weak flags cleared (and announced) when no USER-WEAK came back
                                   within the login timeout */
+  /* Health checks */
+  guint64 probes_sent, probes_failed, probes_timed_out;
+  guint64 health_reports_sent, health_reports_received;
+  guint64 health_reports_refused; /* from a non-member, malformed for us, or stale */
+  guint64 health_downs, health_ups; /* decisions this director took */
+  guint64 health_no_quorum;         /* evaluations skipped: too few live voters */
+  guint64 usher_peer_links;         /* ring links on which the peer announced the extension */
 } UsherDirectorStats;
 
 const UsherRingAddr *usher_director_get_self(const UsherDirector *director);

@@ -233,6 +233,7 @@ static const char *const msg_names[] = {
     [USHER_RING_MSG_QUIT] = "QUIT",
     [USHER_RING_MSG_OPTIONS] = "OPTIONS",
     [USHER_RING_MSG_DONE] = "DONE",
+    [USHER_RING_MSG_X_USHER_HEALTH] = "X-USHER-HEALTH",
 };
 G_STATIC_ASSERT(G_N_ELEMENTS(msg_names) == USHER_RING_MSG_TYPE_LAST + 1);
 
@@ -268,6 +269,10 @@ usher_ring_msg_init(UsherRingMsg *msg, UsherRingMsgType type)
   case USHER_RING_MSG_OPTIONS:
     msg->options.tokens = "";
     break;
+  case USHER_RING_MSG_X_USHER_HEALTH:
+    msg->health.failing = "-";
+    msg->health.downs = "-";
+    break;
   default:
     break;
   }
@@ -279,6 +284,77 @@ usher_ring_options_next(const char **cursor)
   const char *token = *cursor;
   *cursor = token + strlen(token) + 1;
   return token;
+}
+
+static gboolean parse_u64(const char *s, guint64 *value_out);
+
+/* One X-USHER-HEALTH list entry: <ip> or, with_time, <ip>/<time>. Returns the entry's end (a
+ * ',' or the NUL), or NULL if it is malformed. */
+static const char *
+health_entry(const char *s, gboolean with_time, UsherIp *ip_out, gint64 *time_out)
+{
+  const char *end = s + strcspn(s, ",");
+  const char *ip_end = with_time ? memchr(s, '/', (gsize)(end - s)) : end;
+  if (ip_end == NULL || ip_end == s || !usher_ip_parse(s, ip_end - s, ip_out))
+    return NULL;
+  if (with_time) {
+    char num[24];
+    gsize n = (gsize)(end - ip_end - 1);
+    if (n == 0 || n >= sizeof(num))
+      return NULL;
+    memcpy(num, ip_end + 1, n);
+    num[n] = '\0';
+    guint64 v;
+    if (!parse_u64(num, &v) || v > (guint64)G_MAXINT64)
+      return NULL;
+    if (time_out != NULL)
+      *time_out = (gint64)v;
+  }
+  return end;
+}
+
+gboolean
+usher_ring_health_next(const char **cursor, UsherIp *ip_out, gint64 *time_out)
+{
+  const char *s = *cursor;
+  if (s == NULL || *s == '\0' || strcmp(s, "-") == 0)
+    return FALSE;
+  gboolean with_time = time_out != NULL;
+  const char *end = health_entry(s, with_time, ip_out, time_out);
+  if (end == NULL) /* only parsed messages are iterated: cannot happen */
+    return FALSE;
+  *cursor = *end == ',' ? end + 1 : end;
+  return TRUE;
+}
+
+/* Checks a whole X-USHER-HEALTH list and counts its entries; FALSE if malformed or too long. */
+static gboolean
+health_list_check(const char *s, gboolean with_time, guint *n_out)
+{
+  *n_out = 0;
+  if (strcmp(s, "-") == 0)
+    return TRUE;
+  for (;;) {
+    UsherIp ip;
+    gint64 t;
+    const char *end = health_entry(s, with_time, &ip, &t);
+    if (end == NULL || ++*n_out > USHER_RING_HEALTH_LIST_MAX)
+      return FALSE;
+    if (*end == '\0')
+      return TRUE;
+    s = end + 1;
+  }
+}
+
+/* "" (a message being built) and "-" (as parsed) are both the empty list. */
+static gboolean
+health_list_equal(const char *a, const char *b)
+{
+  if (a[0] == '\0')
+    a = "-";
+  if (b[0] == '\0')
+    b = "-";
+  return strcmp(a, b) == 0;
 }
 
 static gboolean
@@ -376,6 +452,12 @@ usher_ring_msg_equal(const UsherRingMsg *a, const UsherRingMsg *b)
     }
     return TRUE;
   }
+  case USHER_RING_MSG_X_USHER_HEALTH:
+    return addr_equal(&a->health.addr, &b->health.addr) && a->health.boot == b->health.boot &&
+           a->health.seq == b->health.seq && a->health.interval_ms == b->health.interval_ms &&
+           health_list_equal(a->health.failing, b->health.failing) &&
+           health_list_equal(a->health.downs, b->health.downs) &&
+           a->health.complete == b->health.complete;
   }
   return FALSE;
 }
@@ -783,9 +865,32 @@ parse_args(Fields *fields, UsherRingMsg *msg)
     msg->options.tokens = n_args(fields) > 0 ? fields->f[1] : "";
     const char *cursor = msg->options.tokens;
     for (guint i = 0; i < msg->options.n_tokens; i++) {
-      if (strcmp(usher_ring_options_next(&cursor), USHER_RING_OPTION_CONSISTENT_HASHING) == 0)
+      const char *token = usher_ring_options_next(&cursor);
+      if (strcmp(token, USHER_RING_OPTION_CONSISTENT_HASHING) == 0)
         msg->options.consistent_hashing = TRUE;
+      else if (strcmp(token, USHER_RING_OPTION_USHER_EXT) == 0)
+        msg->options.usher_ext = TRUE;
     }
+    return USHER_RING_PARSE_OK;
+  }
+
+  case USHER_RING_MSG_X_USHER_HEALTH: {
+    guint32 complete;
+    if ((res = check_exact(fields, 8)) != USHER_RING_PARSE_OK)
+      return res;
+    if ((res = parse_addr(fields, 0, &msg->health.addr)) != USHER_RING_PARSE_OK)
+      return res;
+    if (!parse_u32(arg(fields, 2), &msg->health.boot) ||
+        !parse_u32(arg(fields, 3), &msg->health.seq) ||
+        !parse_u32(arg(fields, 4), &msg->health.interval_ms) ||
+        !parse_u32(arg(fields, 7), &complete) || complete > 1)
+      return USHER_RING_PARSE_BAD_NUMBER;
+    msg->health.failing = arg(fields, 5);
+    msg->health.downs = arg(fields, 6);
+    if (!health_list_check(msg->health.failing, FALSE, &msg->health.n_failing) ||
+        !health_list_check(msg->health.downs, TRUE, &msg->health.n_downs))
+      return USHER_RING_PARSE_BAD_VALUE;
+    msg->health.complete = complete == 1;
     return USHER_RING_PARSE_OK;
   }
 
@@ -828,6 +933,7 @@ static const struct {
     {"OPTIONS", USHER_RING_MSG_OPTIONS},
     {"DONE", USHER_RING_MSG_DONE},
     {"QUIT", USHER_RING_MSG_QUIT},
+    {"X-USHER-HEALTH", USHER_RING_MSG_X_USHER_HEALTH},
 };
 
 /* The handshake's "U" line without escapes or NUL bytes, the one line a large handshake is made
@@ -1178,6 +1284,20 @@ format_body(const UsherRingMsg *msg, guint minor, GString *out)
   }
 
   case USHER_RING_MSG_DONE:
+    break;
+
+  case USHER_RING_MSG_X_USHER_HEALTH:
+    /* Sent only to peers that announced USHER_RING_OPTION_USHER_EXT; the caller checks. */
+    g_assert(msg->health.failing != NULL && msg->health.downs != NULL);
+    tab_addr(out, &msg->health.addr);
+    tab_u64(out, msg->health.boot);
+    tab_u64(out, msg->health.seq);
+    tab_u64(out, msg->health.interval_ms);
+    g_string_append_c(out, '\t');
+    g_string_append(out, msg->health.failing[0] != '\0' ? msg->health.failing : "-");
+    g_string_append_c(out, '\t');
+    g_string_append(out, msg->health.downs[0] != '\0' ? msg->health.downs : "-");
+    g_string_append(out, msg->health.complete ? "\t1" : "\t0");
     break;
 
   case USHER_RING_MSG_NONE:

@@ -90,6 +90,13 @@ G_BEGIN_DECLS
 #define USHER_RING_LINE_MAX (USHER_RING_INBUF_SIZE - 1)
 
 #define USHER_RING_OPTION_CONSISTENT_HASHING "consistent-hashing"
+/* Usher's ring extension, version 1 (doc/ring-protocol.md, "Usher's extension"): announced as an
+ * extra OPTIONS token, which Dovecot 2.3 ignores (director_handshake_cmd_options() only looks for
+ * consistent-hashing). Extension commands (X-USHER-*) go only to peers that announced it. */
+#define USHER_RING_OPTION_USHER_EXT "x-usher-1"
+/* X-USHER-HEALTH list fields: at most this many entries each (the line must stay within
+ * USHER_RING_LINE_MAX; a sender that has more sets complete = FALSE). */
+#define USHER_RING_HEALTH_LIST_MAX 32
 
 /* ---- Escaping ---------------------------------------------------------------------------- */
 
@@ -174,9 +181,10 @@ typedef enum {
   USHER_RING_MSG_QUIT,
   USHER_RING_MSG_OPTIONS,
   USHER_RING_MSG_DONE,
+  USHER_RING_MSG_X_USHER_HEALTH, /* extension: a director's backend health report (flooded) */
 } UsherRingMsgType;
 
-#define USHER_RING_MSG_TYPE_LAST USHER_RING_MSG_DONE
+#define USHER_RING_MSG_TYPE_LAST USHER_RING_MSG_X_USHER_HEALTH
 
 /* A director's identity on the ring. */
 typedef struct {
@@ -301,7 +309,24 @@ typedef struct {
       const char *tokens;
       guint n_tokens;
       gboolean consistent_hashing;
+      gboolean usher_ext; /* one of them is USHER_RING_OPTION_USHER_EXT (parser only) */
     } options;
+    /* X-USHER-HEALTH\t<ip>\t<port>\t<boot>\t<seq>\t<interval ms>\t<failing>\t<downs>\t<0|1>
+     * The reporting director (ip, port), the UNIX second it started (boot) and a per-boot
+     * sequence number: receivers keep the newest (boot, seq) per reporter and flood only that.
+     * interval: how often it reports. failing: the backends it sees failing, comma-separated, or
+     * "-". downs: backends taken down by a health decision, as <ip>/<up-down time>, or "-".
+     * Last field 1 when both lists are complete. */
+    struct {
+      UsherRingAddr addr;
+      guint32 boot;
+      guint32 seq;
+      guint32 interval_ms;
+      const char *failing; /* "-" or the list; read with usher_ring_health_next() */
+      const char *downs;
+      guint n_failing, n_downs; /* entries in each (the parser checks every one) */
+      gboolean complete;
+    } health;
   };
 } UsherRingMsg;
 
@@ -316,6 +341,11 @@ gboolean usher_ring_msg_equal(const UsherRingMsg *a, const UsherRingMsg *b);
 
 /* Iterates OPTIONS tokens: *cursor starts at msg->options.tokens; call n_tokens times. */
 const char *usher_ring_options_next(const char **cursor);
+
+/* Iterates an X-USHER-HEALTH list of a parsed message: *cursor starts at msg->health.failing
+ * (or .downs); each call gives the next entry's IP (and, for downs, its time in *time_out, which
+ * may be NULL); FALSE at the end. */
+gboolean usher_ring_health_next(const char **cursor, UsherIp *ip_out, gint64 *time_out);
 
 /* ---- Parsing ----------------------------------------------------------------------------- */
 

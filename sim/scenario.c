@@ -393,13 +393,43 @@ get_ip(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboolean
 
 /* ---- Sections ---------------------------------------------------------------------------------- */
 
+/* cluster.settings / cluster.health: each member becomes a "key = value" line of the
+ * configuration (the [director] / [health] group), in name order. */
+static gboolean
+append_group(Ctx *ctx, JsonObject *cl, const char *name, GString *conf)
+{
+  JsonObject *group = get_object(ctx, "cluster", cl, name, FALSE);
+  if (group == NULL)
+    return !ctx->failed;
+  g_autoptr(GList) members = json_object_get_members(group);
+  members = g_list_sort(members, (GCompareFunc)strcmp);
+  for (GList *l = members; l != NULL; l = l->next) {
+    JsonNode *v = json_object_get_member(group, l->data);
+    g_autofree char *p = g_strdup_printf("cluster.%s.%s", name, (char *)l->data);
+    if (!JSON_NODE_HOLDS_VALUE(v) || (json_node_get_value_type(v) != G_TYPE_STRING &&
+                                      json_node_get_value_type(v) != G_TYPE_INT64 &&
+                                      json_node_get_value_type(v) != G_TYPE_BOOLEAN))
+      return fail(ctx, p, "must be a string, a whole number or a boolean");
+    if (json_node_get_value_type(v) == G_TYPE_STRING)
+      g_string_append_printf(conf, "%s = %s\n", (char *)l->data, json_node_get_string(v));
+    else if (json_node_get_value_type(v) == G_TYPE_BOOLEAN)
+      g_string_append_printf(conf, "%s = %s\n", (char *)l->data,
+                             json_node_get_boolean(v) ? "true" : "false");
+    else
+      g_string_append_printf(conf, "%s = %" G_GINT64_FORMAT "\n", (char *)l->data,
+                             json_node_get_int(v));
+  }
+  return TRUE;
+}
+
 static gboolean
 load_cluster(Ctx *ctx, SimScenario *sc, JsonObject *root)
 {
   JsonObject *cl = get_object(ctx, "", root, "cluster", TRUE);
   if (cl == NULL)
     return FALSE;
-  static const char *const allowed[] = {"directors", "backends", "settings", "capacity", NULL};
+  static const char *const allowed[] = {"directors", "backends", "settings", "capacity", "health",
+                                        NULL};
   if (!only_members(ctx, "cluster", cl, allowed))
     return FALSE;
   guint64 n = 3, capacity = 0;
@@ -412,23 +442,15 @@ load_cluster(Ctx *ctx, SimScenario *sc, JsonObject *root)
   for (guint i = 0; i < sc->directors; i++)
     g_string_append_printf(conf, " 127.0.1.%u:9090", i + 1);
   g_string_append(conf, "\n[director]\n");
-  JsonObject *settings = get_object(ctx, "cluster", cl, "settings", FALSE);
-  if (settings != NULL) {
-    g_autoptr(GList) members = json_object_get_members(settings);
-    members = g_list_sort(members, (GCompareFunc)strcmp);
-    for (GList *l = members; l != NULL; l = l->next) {
-      JsonNode *v = json_object_get_member(settings, l->data);
-      g_autofree char *p = g_strdup_printf("cluster.settings.%s", (char *)l->data);
-      if (!JSON_NODE_HOLDS_VALUE(v) || (json_node_get_value_type(v) != G_TYPE_STRING &&
-                                        json_node_get_value_type(v) != G_TYPE_INT64)) {
-        g_string_free(conf, TRUE);
-        return fail(ctx, p, "must be a string or a whole number");
-      }
-      if (json_node_get_value_type(v) == G_TYPE_STRING)
-        g_string_append_printf(conf, "%s = %s\n", (char *)l->data, json_node_get_string(v));
-      else
-        g_string_append_printf(conf, "%s = %" G_GINT64_FORMAT "\n", (char *)l->data,
-                               json_node_get_int(v));
+  if (!append_group(ctx, cl, "settings", conf)) {
+    g_string_free(conf, TRUE);
+    return FALSE;
+  }
+  if (json_object_get_member(cl, "health") != NULL) {
+    g_string_append(conf, "[health]\n");
+    if (!append_group(ctx, cl, "health", conf)) {
+      g_string_free(conf, TRUE);
+      return FALSE;
     }
   }
 
@@ -916,9 +938,24 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
   }
   case SIM_EV_BACKEND_FAIL:
   case SIM_EV_BACKEND_RECOVER: {
-    static const char *const a[] = {"at", "type", "host", NULL};
+    static const char *const a[] = {"at", "type", "host", "from", NULL};
     if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host))
       return FALSE;
+    JsonNode *f = json_object_get_member(o, "from");
+    if (f != NULL) {
+      g_autofree char *fp = sub(p, "from");
+      if (!JSON_NODE_HOLDS_ARRAY(f) || json_array_get_length(json_node_get_array(f)) == 0)
+        return fail(ctx, fp, "must be a non-empty array of director numbers (the directors that "
+                             "cannot reach the backend)");
+      JsonArray *fa = json_node_get_array(f);
+      for (guint j = 0; j < json_array_get_length(fa); j++) {
+        JsonNode *x = json_array_get_element(fa, j);
+        if (!JSON_NODE_HOLDS_VALUE(x) || json_node_get_value_type(x) != G_TYPE_INT64 ||
+            json_node_get_int(x) < 0 || json_node_get_int(x) >= sc->directors)
+          return fail(ctx, fp, "element %u is not a director (0 to %u)", j, sc->directors - 1);
+        ev->from_mask |= G_GUINT64_CONSTANT(1) << json_node_get_int(x);
+      }
+    }
     break;
   }
   case SIM_EV_WORKLOAD_RATE: {

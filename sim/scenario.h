@@ -67,6 +67,7 @@ typedef struct {
   gint ppm;         /* clock-drift */
   guint percent;    /* link-loss: share of deliveries that need a retransmission */
   gint64 rate_milli; /* workload-rate: logins per second x 1000 */
+  guint64 from_mask; /* backend-fail/-recover: only as seen from these directors; 0 = all */
 } SimScenarioEvent;
 
 typedef enum {

@@ -12,6 +12,7 @@
 #define MONO_BASE_US SEC_US
 #define LOGIN_COMPLETION_SLACK_US (SEC_US)
 #define PROBE_INTERVAL_US (SEC_US)
+#define PROBE_LATENCY_US (G_GINT64_CONSTANT(1000)) /* a backend health probe's round trip */
 #define MAX_FAILURES_KEPT 50
 #define MAX_PENDING_EVENTS 20000000 /* a message storm, not a workload */
 
@@ -19,6 +20,7 @@
 typedef enum {
   EV_KICK_DONE = SIM_NET_EV_DRIVER,
   EV_FLUSH_DONE,
+  EV_PROBE_DONE, /* a health probe's result (the last of the per-director events) */
   EV_LOGIN_CANCEL,
   EV_ARRIVAL,
   EV_LOGIN_ATTEMPT,
@@ -70,6 +72,7 @@ typedef struct {
   guint capacity;
   guint live;
   gboolean failed;
+  guint64 unreachable_from; /* directors (bit mask) that cannot reach it while it works */
   gint64 last_unsafe_us; /* last host-remove / forced flush of this backend */
   guint64 sessions_total;
 } SimBackend;
@@ -116,6 +119,7 @@ struct SimWorld {
   UsherRng rng_driver; /* the driver's faults: late, lost and failed kicks and flushes, cancels */
 
   gint64 now_us;
+  guint64 health_probes; /* backend health probes answered */
   SimNet *net; /* the event heap and the links between directors */
   guint64 events;
   gboolean budget_exhausted;

@@ -118,6 +118,14 @@ backend_index(SimWorld *w, const UsherIp *ip)
   return G_MAXUINT;
 }
 
+/* Can director node reach backend b (it works and the path from node is not cut)? */
+static gboolean
+backend_reachable(SimWorld *w, guint b, guint node)
+{
+  const SimBackend *be = &g_array_index(w->backends, SimBackend, b);
+  return !be->failed && (node >= 64 || !(be->unreachable_from & (G_GUINT64_CONSTANT(1) << node)));
+}
+
 static SimSession *
 session_at(SimWorld *w, guint32 idx)
 {
@@ -365,9 +373,9 @@ login_result(SimWorld *w, guint node, const UsherEffect *e)
     return;
   }
   SimBackend *be = &g_array_index(w->backends, SimBackend, b);
-  if (be->failed) {
+  if (!backend_reachable(w, b, lg->director)) {
     w->backend_refused++;
-    login_retry_or_fail(w, lg, "backend down");
+    login_retry_or_fail(w, lg, be->failed ? "backend down" : "backend unreachable");
     return;
   }
   if (be->capacity > 0 && be->live >= be->capacity) {
@@ -610,6 +618,16 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
     break;
   case USHER_EFFECT_STATE:
     break;
+  case USHER_EFFECT_PROBE: {
+    /* A working backend answers at once; a failed one (or one this director cannot reach)
+     * fails the probe as a refused connection would. */
+    guint b = backend_index(w, &e->probe.host);
+    gboolean ok = b != G_MAXUINT && backend_reachable(w, b, node_idx);
+    mix(w, ok);
+    schedule(w, w->now_us + PROBE_LATENCY_US, EV_PROBE_DONE, node_idx, e->probe.id, ok ? 0 : 1,
+             NULL);
+    break;
+  }
   }
 }
 
@@ -860,10 +878,14 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
   case SIM_EV_BACKEND_FAIL: {
     guint b = backend_index(w, &ev->host);
     SimBackend *be = &g_array_index(w->backends, SimBackend, b);
-    be->failed = TRUE;
+    if (ev->from_mask == 0)
+      be->failed = TRUE;
+    else
+      be->unreachable_from |= ev->from_mask;
+    /* Sessions through a director that lost the backend end with it. */
     for (guint32 s = 0; s < w->sessions->len; s++) {
       SimSession *ss = session_at(w, s);
-      if (ss->alive && ss->backend == b) {
+      if (ss->alive && ss->backend == b && !backend_reachable(w, b, ss->director)) {
         w->sessions_cut++;
         if (ss->proto == 2)
           lmtp_redeliver(w, ss->user);
@@ -874,7 +896,13 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
   }
   case SIM_EV_BACKEND_RECOVER: {
     guint b = backend_index(w, &ev->host);
-    g_array_index(w->backends, SimBackend, b).failed = FALSE;
+    SimBackend *be = &g_array_index(w->backends, SimBackend, b);
+    if (ev->from_mask == 0) {
+      be->failed = FALSE;
+      be->unreachable_from = 0;
+    } else {
+      be->unreachable_from &= ~ev->from_mask;
+    }
     break;
   }
   case SIM_EV_WORKLOAD_RATE:
@@ -1337,7 +1365,7 @@ static void
 process(SimWorld *w, SimEvent *ev)
 {
   SimNode *n = &w->nodes[ev->node];
-  gboolean node_event = ev->kind <= EV_FLUSH_DONE;
+  gboolean node_event = ev->kind <= EV_PROBE_DONE;
   if (node_event && (!n->up || n->incarnation != ev->incarnation))
     return;
   switch ((SimEvKind)ev->kind) {
@@ -1347,6 +1375,12 @@ process(SimWorld *w, SimEvent *ev)
     break;
   case EV_FLUSH_DONE:
     usher_director_flush_done(n->d, node_now(w, n), ev->a, ev->b == 0);
+    drain(w, ev->node);
+    break;
+  case EV_PROBE_DONE:
+    w->health_probes++;
+    usher_director_probe_done(n->d, node_now(w, n), ev->a, ev->b == 0,
+                              ev->b == 0 ? "ok" : "backend unreachable");
     drain(w, ev->node);
     break;
   case EV_LOGIN_CANCEL:

@@ -22,7 +22,11 @@ typedef struct {
 enum {
   EV_KICK_DONE = SIM_NET_EV_DRIVER,
   EV_FLUSH_DONE,
+  EV_PROBE_OK,
+  EV_PROBE_FAILED,
 };
+
+#define MAX_FAILING_BACKENDS 16
 
 struct Harness {
   guint n;
@@ -37,6 +41,10 @@ struct Harness {
   gboolean recording;
   GString *transcript;
   guint warnings;
+  /* Health probes: backend i fails from the nodes in failing_mask[i] */
+  UsherIp failing_ip[MAX_FAILING_BACKENDS];
+  guint64 failing_mask[MAX_FAILING_BACKENDS];
+  guint n_failing;
 };
 
 static void
@@ -128,7 +136,31 @@ handle_effect(Harness *h, guint node_idx, UsherEffect *e)
   }
   case USHER_EFFECT_STATE:
     break;
+  case USHER_EFFECT_PROBE: {
+    gboolean ok = TRUE;
+    for (guint i = 0; i < h->n_failing; i++)
+      if (usher_ip_equal(&h->failing_ip[i], &e->probe.host) &&
+          (h->failing_mask[i] & (G_GUINT64_CONSTANT(1) << node_idx)))
+        ok = FALSE;
+    schedule(h, h->now_us + 1000, ok ? EV_PROBE_OK : EV_PROBE_FAILED, node_idx, e->probe.id);
+    break;
   }
+  }
+}
+
+void
+harness_set_backend_failing(Harness *h, const char *ip, guint64 node_mask)
+{
+  UsherIp addr = harness_ip(ip);
+  for (guint i = 0; i < h->n_failing; i++) {
+    if (usher_ip_equal(&h->failing_ip[i], &addr)) {
+      h->failing_mask[i] = node_mask;
+      return;
+    }
+  }
+  g_assert(h->n_failing < MAX_FAILING_BACKENDS);
+  h->failing_ip[h->n_failing] = addr;
+  h->failing_mask[h->n_failing++] = node_mask;
 }
 
 static void
@@ -204,6 +236,11 @@ process(Harness *h, SimEvent *e)
     break;
   case EV_FLUSH_DONE:
     usher_director_flush_done(n->d, now_of(h), e->a, TRUE);
+    drain(h, e->node);
+    break;
+  case EV_PROBE_OK:
+  case EV_PROBE_FAILED:
+    usher_director_probe_done(n->d, now_of(h), e->a, e->kind == EV_PROBE_OK, NULL);
     drain(h, e->node);
     break;
   }

@@ -70,3 +70,6 @@ const char *harness_admin_reply(Harness *h, guint64 op);
 /* After an admin call made directly on harness_node(h, i): handle its effects. */
 void harness_drain(Harness *h, guint i);
 UsherIp harness_ip(const char *text);
+/* Health probes of backend ip fail from the nodes in node_mask (0: it is healthy again); every
+ * other probe succeeds. */
+void harness_set_backend_failing(Harness *h, const char *ip, guint64 node_mask);

@@ -113,9 +113,11 @@ grep(const char *text, const char *prefix)
   return g_string_free(out, FALSE);
 }
 
-/* Spec 4.3: the outgoing handshake of a fresh director, byte for byte as Dovecot sent it. */
+/* Spec 4.3: the outgoing handshake of a fresh director, byte for byte as Dovecot sent it, but
+ * for one deliberate difference: OPTIONS carries Usher's extension token too, which Dovecot
+ * ignores (director_handshake_cmd_options() only looks for consistent-hashing). */
 static void
-handshake_out(Replay *r)
+handshake_out_with(Replay *r, gboolean usher_peer)
 {
   usher_director_start(r->d, now(r));
   collect(r);
@@ -136,17 +138,25 @@ handshake_out(Replay *r)
                   "HOST\t127.0.2.2\t100\t\tU0\t\n"
                   "HOST\t127.0.2.3\t100\t\tU0\t\n"
                   "HOST-HAND-END\t0\n"
-                  "OPTIONS\tconsistent-hashing\n"
+                  "OPTIONS\tconsistent-hashing\tx-usher-1\n"
                   "DONE\n");
   r->wall_us += 6 * SEC;
   r->mono_us += 6 * SEC;
-  feed(r, r->out, "ME\t127.0.5.2\t19190\t1795393974\nDONE\n");
+  feed(r, r->out,
+       usher_peer ? "ME\t127.0.5.2\t19190\t1795393974\nOPTIONS\tconsistent-hashing\tx-usher-1\nDONE\n"
+                  : "ME\t127.0.5.2\t19190\t1795393974\nDONE\n");
   /* Now our right: the first SYNC goes out (spec 4.8 lab line), then a PING. */
   g_autofree char *after = take(r->sent_out);
   g_autofree char *sync = grep(after, "SYNC");
   g_assert_cmpstr(sync, ==, "SYNC\t127.0.5.1\t19190\t1\t9\t1795393980\t2123223524\n");
   g_assert_true(g_str_has_prefix(after, "SYNC\t"));
   g_assert_nonnull(strstr(after, "PING\t1795393980\t"));
+}
+
+static void
+handshake_out(Replay *r)
+{
+  handshake_out_with(r, FALSE);
 }
 
 static void
@@ -160,9 +170,9 @@ test_handshake_out(void)
 /* The peer connects to us as well (a two-member ring uses both links to the same peer) and the
  * ring completes when our SYNC comes back. */
 static void
-complete_two_member_ring(Replay *r)
+complete_ring_with(Replay *r, gboolean usher_peer)
 {
-  handshake_out(r);
+  handshake_out_with(r, usher_peer);
   UsherIp peer;
   g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
   r->in = usher_director_peer_accepted(r->d, now(r), &peer);
@@ -179,11 +189,19 @@ complete_two_member_ring(Replay *r)
        "HOST\t127.0.2.1\t100\t\tU0\t\n"
        "HOST\t127.0.2.2\t100\t\tU0\t\n"
        "HOST\t127.0.2.3\t100\t\tU0\t\n"
-       "HOST-HAND-END\t0\n"
-       "OPTIONS\tconsistent-hashing\n"
-       "DONE\n");
+       "HOST-HAND-END\t0\n");
+  feed(r, r->in,
+       usher_peer ? "OPTIONS\tconsistent-hashing\tx-usher-1\nDONE\n"
+                  : "OPTIONS\tconsistent-hashing\nDONE\n");
   g_autofree char *done = take(r->sent_in);
-  g_assert_true(g_str_has_prefix(done, "DONE\n"));
+  if (usher_peer) {
+    /* An usherd peer gets our token back before DONE. */
+    g_assert_true(g_str_has_prefix(done, "OPTIONS\tconsistent-hashing\tx-usher-1\nDONE\n"));
+  } else {
+    /* A Dovecot peer (no extension token) gets Dovecot's exact answer: DONE, no OPTIONS. */
+    g_assert_true(g_str_has_prefix(done, "DONE\n"));
+    g_assert_null(strstr(done, "OPTIONS"));
+  }
   g_assert_cmpstr(usher_director_get_left(r->d) != NULL ? "left" : "none", ==, "left");
   /* Our SYNC, forwarded by the peer, returns on the left link: the ring is handshaked. The seq
    * is whatever we sent last (adopting the left started a new round). */
@@ -196,6 +214,92 @@ complete_two_member_ring(Replay *r)
   g_assert_true(usher_director_is_ring_synced(r->d));
   g_string_truncate(r->sent_out, 0);
   g_string_truncate(r->sent_in, 0);
+}
+
+static void
+complete_two_member_ring(Replay *r)
+{
+  complete_ring_with(r, FALSE);
+}
+
+static void
+advance(Replay *r, gint64 us)
+{
+  r->mono_us += us;
+  r->wall_us += us;
+  usher_director_on_deadline(r->d, now(r));
+  collect(r);
+}
+
+/* Between usherd peers a silent link gets a PING after 1 s and is closed after
+ * usher_ping_timeout (2 s) more without input; a Dovecot peer keeps Dovecot's 15 s / 30 s. */
+static void
+test_usher_peer_ping(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_ring_with(r, TRUE);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->usher_peer_links, ==, 2);
+  /* The PINGs of the handshake are answered; then both links go quiet. */
+  feed(r, r->out, "PONG\t1795393980\t0\n");
+  feed(r, r->in, "PONG\t1795393980\t0\n");
+  g_string_truncate(r->sent_out, 0);
+  g_string_truncate(r->sent_in, 0);
+  advance(r, SEC + SEC / 10);
+  g_assert_true(g_str_has_prefix(r->sent_out->str, "PING\t"));
+  g_assert_true(g_str_has_prefix(r->sent_in->str, "PING\t"));
+  advance(r, SEC);
+  g_assert_nonnull(usher_director_get_right(r->d));
+  advance(r, SEC);
+  /* 1.1 + 2 s after the last input: both links are gone. */
+  g_assert_null(usher_director_get_right(r->d));
+  g_assert_null(usher_director_get_left(r->d));
+  replay_free(r);
+
+  r = replay_new(NULL);
+  complete_ring_with(r, FALSE);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->usher_peer_links, ==, 0);
+  feed(r, r->out, "PONG\t1795393980\t0\n");
+  feed(r, r->in, "PONG\t1795393980\t0\n");
+  g_string_truncate(r->sent_out, 0);
+  advance(r, 5 * SEC);
+  g_assert_null(strstr(r->sent_out->str, "PING"));
+  g_assert_nonnull(usher_director_get_right(r->d));
+  g_assert_nonnull(usher_director_get_left(r->d));
+  replay_free(r);
+}
+
+/* X-USHER-HEALTH: refused (QUIT) from a peer that did not announce the extension; from one that
+ * did, stored and passed on to the other usherd links, and not passed back. */
+static void
+test_usher_health_report(void)
+{
+  const char *report = "X-USHER-HEALTH\t127.0.5.2\t19190\t1795393000\t7\t2000\t127.0.2.1\t-\t1\n";
+  Replay *r = replay_new(NULL);
+  complete_ring_with(r, TRUE);
+  feed(r, r->in, report);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->health_reports_received, ==, 1);
+  g_assert_cmpstr(r->sent_out->str, ==, report);
+  g_assert_cmpstr(r->sent_in->str, ==, "");
+  /* The same report again (the other way round the ring) is dropped. */
+  g_string_truncate(r->sent_out, 0);
+  feed(r, r->out, report);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->health_reports_received, ==, 1);
+  g_assert_cmpstr(r->sent_in->str, ==, "");
+  /* A report naming a director outside the ring is refused, not passed on. */
+  feed(r, r->in, "X-USHER-HEALTH\t10.9.9.9\t19190\t1\t1\t2000\t-\t-\t1\n");
+  g_assert_cmpuint(usher_director_get_stats(r->d)->health_reports_refused, ==, 1);
+  g_assert_cmpstr(r->sent_out->str, ==, "");
+  /* Malformed lists are protocol errors. */
+  feed(r, r->in, "X-USHER-HEALTH\t127.0.5.2\t19190\t1795393000\t8\t2000\t127.0.2.x\t-\t1\n");
+  g_assert_cmpuint(usher_director_get_stats(r->d)->protocol_errors, ==, 1);
+  replay_free(r);
+
+  r = replay_new(NULL);
+  complete_two_member_ring(r);
+  feed(r, r->in, report);
+  g_assert_true(g_str_has_prefix(r->sent_in->str, "QUIT\t"));
+  g_assert_cmpuint(usher_director_get_stats(r->d)->protocol_errors, ==, 1);
+  replay_free(r);
 }
 
 /* Spec 4.6.2 [lab]: user1 is on .2 here; a USER claims .1. The lower IP wins: we kick the user's
@@ -371,6 +475,8 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring-replay/user-conflict", test_user_conflict);
   g_test_add_func("/core/ring-replay/move-flow", test_move_flow);
   g_test_add_func("/core/ring-replay/bad-input", test_bad_input);
+  g_test_add_func("/core/ring-replay/usher-peer-ping", test_usher_peer_ping);
+  g_test_add_func("/core/ring-replay/usher-health-report", test_usher_health_report);
   g_test_add_func("/core/ring-replay/flood-before-version", test_flood_before_version);
   g_test_add_func("/core/ring-replay/flood-hold-limit", test_flood_hold_limit);
   return g_test_run();

@@ -74,6 +74,11 @@ drain(Fuzz *f)
       add_id(f->seen_ids, e->kick.id);
       g_array_append_val(f->kicks, e->kick.id);
       break;
+    case USHER_EFFECT_PROBE:
+      g_assert(!g_hash_table_contains(f->seen_ids, &e->probe.id));
+      add_id(f->seen_ids, e->probe.id);
+      g_assert(e->probe.host.family != 0);
+      break;
     case USHER_EFFECT_FLUSH:
       g_assert(!g_hash_table_contains(f->seen_ids, &e->flush.id));
       add_id(f->seen_ids, e->flush.id);
