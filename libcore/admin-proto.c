@@ -93,6 +93,7 @@ static const struct {
   {"USHER-RING", USHER_ADMIN_CMD_USHER_RING},
   {"USHER-EXPLAIN", USHER_ADMIN_CMD_USHER_EXPLAIN},
   {"USHER-SESSIONS", USHER_ADMIN_CMD_USHER_SESSIONS},
+  {"USHER-HEALTH", USHER_ADMIN_CMD_USHER_HEALTH},
 };
 
 static gboolean
@@ -146,6 +147,7 @@ usher_admin_cmd_parse(char *line, gsize len, UsherAdminCmd *cmd, char **error_ou
   case USHER_ADMIN_CMD_DIRECTOR_LIST:
   case USHER_ADMIN_CMD_USHER_STATS:
   case USHER_ADMIN_CMD_USHER_RING:
+  case USHER_ADMIN_CMD_USHER_HEALTH:
     return TRUE;
   case USHER_ADMIN_CMD_HOST_SET:
   case USHER_ADMIN_CMD_HOST_UPDATE: {
@@ -448,6 +450,7 @@ usher_admin_cmd_run(UsherDirector *d, UsherNow now, guint64 op, const UsherAdmin
   case USHER_ADMIN_CMD_USHER_RING:
   case USHER_ADMIN_CMD_USHER_EXPLAIN:
   case USHER_ADMIN_CMD_USHER_SESSIONS:
+  case USHER_ADMIN_CMD_USHER_HEALTH:
     return USHER_ADMIN_RUN_EXTENSION;
   }
   g_assert_not_reached();

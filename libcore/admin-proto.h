@@ -7,8 +7,9 @@
  * then one tab-separated, tab-escaped command per line. Single-line replies are one line;
  * multi-line replies end with an empty line.
  *
- * Usher adds three commands whose reply is one line of JSON (for usherctl): USHER-STATS,
- * USHER-RING and USHER-EXPLAIN\t<user|hash>[\t<tag>]. The daemon builds those replies.
+ * Usher adds commands whose reply is one line of JSON (for usherctl): USHER-STATS, USHER-RING,
+ * USHER-EXPLAIN\t<user|hash>[\t<tag>], USHER-SESSIONS and USHER-HEALTH. The daemon builds those
+ * replies.
  */
 #pragma once
 
@@ -43,6 +44,7 @@ typedef enum {
   USHER_ADMIN_CMD_USHER_RING,
   USHER_ADMIN_CMD_USHER_EXPLAIN,
   USHER_ADMIN_CMD_USHER_SESSIONS, /* [user [backend ip]]: the proxy's sessions */
+  USHER_ADMIN_CMD_USHER_HEALTH,   /* backend health: views, votes, decisions */
 } UsherAdminCmdType;
 
 typedef struct {

@@ -170,6 +170,21 @@ tally(const UsherDirector *d, gint64 mono_us, Tally *t)
   t->needed = t->live / 2 + 1;
 }
 
+/* Is this director the lowest-addressed live voter (the one that acts on a decision)? */
+static gboolean
+lowest_live_voter(const UsherDirector *d, gint64 mono_us)
+{
+  for (guint i = 0; i < d->health.voters->len; i++) {
+    const HealthVoter *v = g_ptr_array_index(d->health.voters, i);
+    if (!voter_live(d, v, mono_us))
+      continue;
+    int c = usher_ip_cmp(&v->member->addr.ip, &d->self->addr.ip);
+    if (c < 0 || (c == 0 && v->member->addr.port < d->self->addr.port))
+      return FALSE;
+  }
+  return TRUE;
+}
+
 static void
 votes(const UsherDirector *d, gint64 mono_us, const HealthBackend *b, guint *failing_out,
       guint *ok_out)
@@ -329,19 +344,32 @@ evaluate(UsherDirector *d, UsherNow now)
   if (!have)
     return;
   sync_backends(d);
+  gboolean first = lowest_live_voter(d, now.mono_us);
   for (guint i = 0; i < h->backends->len; i++) {
     HealthBackend *b = g_ptr_array_index(h->backends, i);
     UsherHost *host = usher_host_table_lookup(d->hosts, &b->ip);
     check_mark(b, host);
-    if (host == NULL || host->desynced)
+    if (host == NULL || host->desynced) {
+      b->pending_since_us = 0;
       continue;
+    }
     guint failing, ok;
     votes(d, now.mono_us, b, &failing, &ok);
-    if (!host->down && failing >= t.needed)
-      decide(d, now, host, b, TRUE, failing, &t);
-    else if (host->down && b->health_down_time != 0 &&
-             b->health_down_time == host->last_updown_change && ok >= t.needed)
-      decide(d, now, host, b, FALSE, ok, &t);
+    gboolean go_down = !host->down && failing >= t.needed;
+    gboolean go_up = host->down && b->health_down_time != 0 &&
+                     b->health_down_time == host->last_updown_change && ok >= t.needed;
+    if (!go_down && !go_up) {
+      b->pending_since_us = 0;
+      continue;
+    }
+    /* One director acts: the lowest-addressed live voter at once, the others only if the change
+     * has not come round after two intervals (that one may be gone). */
+    if (b->pending_since_us == 0)
+      b->pending_since_us = now.mono_us;
+    if (!first && now.mono_us < b->pending_since_us + 2 * (gint64)h->interval_secs * SEC_US)
+      continue;
+    b->pending_since_us = 0;
+    decide(d, now, host, b, go_down, go_down ? failing : ok, &t);
   }
 }
 

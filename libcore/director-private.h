@@ -218,6 +218,7 @@ typedef struct {
   char *last_detail;
   /* > 0: a health decision took it down at this up/down time (ours or learnt from a report) */
   gint64 health_down_time;
+  gint64 pending_since_us; /* the votes call for a change since then (0 = they do not) */
 } HealthBackend;
 
 typedef struct {
