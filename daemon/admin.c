@@ -8,6 +8,7 @@
  * queued commands, unread output; a client that breaks a bound or sends garbage is closed with a
  * log line naming it, and counted. */
 
+
 #include "daemon/usherd.h"
 #include "daemon/proxy.h"
 
@@ -20,8 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define ADMIN_PENDING_MAX 1000                /* queued command lines per client */
-#define ADMIN_OUTPUT_MAX (512u * 1024 * 1024) /* unread reply bytes per client (USER-LIST) */
+#define ADMIN_PENDING_MAX 1000                 /* queued command lines per client */
+#define ADMIN_OUTPUT_MAX (512u * 1024 * 1024)  /* unread reply bytes per client (USER-LIST) */
 #define ADMIN_READ_CHUNK 16384
 
 typedef struct {
@@ -104,8 +105,7 @@ client_maybe_finish(AdminClient *c)
   return FALSE;
 }
 
-/* ---- Output
- * ----------------------------------------------------------------------------------------- */
+/* ---- Output ----------------------------------------------------------------------------------------- */
 
 static gboolean
 on_client_writable(GSocket *socket, GIOCondition cond, gpointer data)
@@ -125,8 +125,8 @@ client_flush(AdminClient *c)
 {
   while (c->out_off < c->out->len) {
     g_autoptr(GError) error = NULL;
-    gssize n =
-        g_socket_send(c->socket, c->out->str + c->out_off, c->out->len - c->out_off, NULL, &error);
+    gssize n = g_socket_send(c->socket, c->out->str + c->out_off, c->out->len - c->out_off, NULL,
+                             &error);
     if (n < 0) {
       if (g_error_matches(error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
         break;
@@ -165,8 +165,7 @@ client_append(AdminClient *c, const char *text, gsize len)
   return TRUE;
 }
 
-/* ---- Usher's JSON commands
- * --------------------------------------------------------------------------- */
+/* ---- Usher's JSON commands --------------------------------------------------------------------------- */
 
 static void
 add_ring_info(JsonBuilder *b, const UsherRingInfo *ring, gint64 now_mono_us)
@@ -176,8 +175,7 @@ add_ring_info(JsonBuilder *b, const UsherRingInfo *ring, gint64 now_mono_us)
   json_builder_set_member_name(b, "synced");
   json_builder_add_boolean_value(b, ring->synced);
   json_builder_set_member_name(b, "unsynced_secs");
-  json_builder_add_int_value(b,
-                             ring->synced ? 0 : (now_mono_us - ring->unsynced_since_us) / 1000000);
+  json_builder_add_int_value(b, ring->synced ? 0 : (now_mono_us - ring->unsynced_since_us) / 1000000);
   json_builder_set_member_name(b, "alone");
   json_builder_add_boolean_value(b, ring->alone);
   json_builder_set_member_name(b, "min_version");
@@ -263,7 +261,7 @@ add_addr(JsonBuilder *b, const char *member, const UsherIp *ip, guint16 port)
     json_builder_add_string_value(b, text);
   } else {
     g_autofree char *full = ip->family == USHER_IP_V6 ? g_strdup_printf("[%s]:%u", text, port)
-                                                      : g_strdup_printf("%s:%u", text, port);
+                                                       : g_strdup_printf("%s:%u", text, port);
     json_builder_add_string_value(b, full);
   }
 }
@@ -332,10 +330,10 @@ explain_why(Usherd *u, const UsherUserInfo *info)
     usher_ip_to_string(&info->hashed, hashed);
   if (!info->found)
     return info->hashed.family != 0
-               ? g_strdup_printf("no directory entry: the next login goes to the hashed backend %s",
-                                 hashed)
-               : g_strdup("no directory entry, and no usable backend in its tag: a login waits "
-                          "and then fails");
+             ? g_strdup_printf("no directory entry: the next login goes to the hashed backend %s",
+                               hashed)
+             : g_strdup("no directory entry, and no usable backend in its tag: a login waits "
+                        "and then fails");
   usher_ip_to_string(&info->current, cur);
   if (info->kill_state != USHER_KILL_NONE)
     return g_strdup_printf("being moved to %s (%s): logins wait until the move ends", cur,
@@ -351,13 +349,12 @@ explain_why(Usherd *u, const UsherUserInfo *info)
   for (guint i = 0; i < hosts->len; i++)
     if (usher_ip_equal(&g_array_index(hosts, UsherHostInfo, i).ip, &info->current))
       h = &g_array_index(hosts, UsherHostInfo, i);
-  const char *reason = h != NULL && h->down ? "its backend is down; a down backend keeps its users"
-                       : h != NULL && h->vhost_count == 0
-                           ? "its backend has 0 vhosts (drained); it keeps the users it has"
-                       : info->hashed.family == 0
-                           ? "no backend of its tag is usable now"
-                           : "the vhost ring changed after the user was placed (a backend "
-                             "was added, brought up or re-weighted)";
+  const char *reason =
+    h != NULL && h->down            ? "its backend is down; a down backend keeps its users"
+    : h != NULL && h->vhost_count == 0 ? "its backend has 0 vhosts (drained); it keeps the users it has"
+    : info->hashed.family == 0      ? "no backend of its tag is usable now"
+                                    : "the vhost ring changed after the user was placed (a backend "
+                                      "was added, brought up or re-weighted)";
   return g_strdup_printf("on %s, not on its hashed backend %s: %s. A directory entry keeps its "
                          "backend until it expires (the last session's end plus user_expire), "
                          "or until `doveadm director flush` / `usherctl move` moves it",
@@ -420,7 +417,7 @@ build_sessions(Usherd *u, JsonBuilder *b, const UsherAdminCmd *cmd)
   json_builder_begin_array(b);
   if (u->proxy != NULL) {
     g_autoptr(GPtrArray) list =
-        proxy_list_sessions(u->proxy, cmd->user, cmd->has_ip ? &cmd->ip : NULL);
+      proxy_list_sessions(u->proxy, cmd->user, cmd->has_ip ? &cmd->ip : NULL);
     for (guint i = 0; i < list->len; i++) {
       const ProxySessionInfo *s = g_ptr_array_index(list, i);
       json_builder_begin_object(b);
@@ -553,8 +550,7 @@ run_extension(Usherd *u, const UsherAdminCmd *cmd, GString *out)
   g_string_append_printf(out, "%s\n", text);
 }
 
-/* ---- Running commands
- * ------------------------------------------------------------------------------- */
+/* ---- Running commands ------------------------------------------------------------------------------- */
 
 static void
 client_run(AdminClient *c)
@@ -612,8 +608,7 @@ admin_server_reply(AdminServer *a, guint64 op, const char *text)
     client_run(c);
 }
 
-/* ---- Input
- * ------------------------------------------------------------------------------------------ */
+/* ---- Input ------------------------------------------------------------------------------------------ */
 
 static gboolean
 on_client_readable(GSocket *socket, GIOCondition cond, gpointer data)
@@ -707,8 +702,7 @@ on_incoming(GSocketService *service, GSocketConnection *connection, GObject *sou
   return TRUE;
 }
 
-/* ---- The UNIX socket
- * -------------------------------------------------------------------------------- */
+/* ---- The UNIX socket -------------------------------------------------------------------------------- */
 
 /* Makes room for the socket at path: refuses a file that is not a socket, and a socket that a
  * running program still answers on; removes a stale one. */
@@ -732,7 +726,7 @@ prepare_socket_path(const char *path, GError **error)
   g_autoptr(GSocketClient) probe = g_socket_client_new();
   g_autoptr(GSocketAddress) address = g_unix_socket_address_new(path);
   g_autoptr(GSocketConnection) live =
-      g_socket_client_connect(probe, G_SOCKET_CONNECTABLE(address), NULL, NULL);
+    g_socket_client_connect(probe, G_SOCKET_CONNECTABLE(address), NULL, NULL);
   if (live != NULL) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_ADDRESS_IN_USE,
                 "admin socket %s: another program (another usherd?) is listening on it", path);
@@ -751,8 +745,8 @@ set_socket_owner(const UsherConfig *config, GError **error)
 {
   const char *path = config->admin_socket;
   if (chmod(path, config->admin_socket_mode) != 0) {
-    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "admin socket %s: chmod: %s", path,
-                g_strerror(errno));
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "admin socket %s: chmod: %s",
+                path, g_strerror(errno));
     return FALSE;
   }
   uid_t uid = (uid_t)-1;
@@ -770,14 +764,15 @@ set_socket_owner(const UsherConfig *config, GError **error)
     struct group *gr = getgrnam(config->admin_socket_group);
     if (gr == NULL) {
       g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-                  "[daemon] admin_socket_group: no group named \"%s\"", config->admin_socket_group);
+                  "[daemon] admin_socket_group: no group named \"%s\"",
+                  config->admin_socket_group);
       return FALSE;
     }
     gid = gr->gr_gid;
   }
   if ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(path, uid, gid) != 0) {
-    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "admin socket %s: chown: %s", path,
-                g_strerror(errno));
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "admin socket %s: chown: %s",
+                path, g_strerror(errno));
     return FALSE;
   }
   return TRUE;
@@ -812,7 +807,7 @@ admin_server_new(Usherd *u, GError **error)
   }
   if (config->has_admin_listen) {
     g_autoptr(GSocketAddress) tcp =
-        usherd_gaddress_from_ip(&config->admin_listen.ip, config->admin_listen.port);
+      usherd_gaddress_from_ip(&config->admin_listen.ip, config->admin_listen.port);
     if (!g_socket_listener_add_address(G_SOCKET_LISTENER(a->service), tcp, G_SOCKET_TYPE_STREAM,
                                        G_SOCKET_PROTOCOL_TCP, NULL, NULL, error)) {
       g_prefix_error(error, "[daemon] admin_listen: ");

@@ -96,7 +96,7 @@ usherd_metrics_text(Usherd *u)
     proxy_get_stats(u->proxy, &ps);
 #define STAT(name)                                                                                 \
   if (g_str_has_suffix(#name, "_now"))                                                             \
-    gauge(out, "usher_proxy_" #name, "Proxy gauge " #name " (usherctl stats).", (gint64)ps.name);  \
+    gauge(out, "usher_proxy_" #name, "Proxy gauge " #name " (usherctl stats).", (gint64)ps.name); \
   else                                                                                             \
     counter(out, "proxy_" #name, "Proxy counter " #name " (usherctl stats).", ps.name);
     PROXY_STATS(STAT)
@@ -108,10 +108,10 @@ usherd_metrics_text(Usherd *u)
   static const struct {
     const char *name, *help;
   } backend_families[] = {
-      {"usher_backend_users", "Users assigned to the backend."},
-      {"usher_backend_vhosts", "The backend's vhost count (its weight)."},
-      {"usher_backend_up", "1 if the backend is up, 0 if down."},
-      {"usher_backend_state_changed_seconds", "When the backend last went up or down (UNIX time)."},
+    {"usher_backend_users", "Users assigned to the backend."},
+    {"usher_backend_vhosts", "The backend's vhost count (its weight)."},
+    {"usher_backend_up", "1 if the backend is up, 0 if down."},
+    {"usher_backend_state_changed_seconds", "When the backend last went up or down (UNIX time)."},
   };
   for (gsize f = 0; f < G_N_ELEMENTS(backend_families); f++) {
     family(out, backend_families[f].name, "gauge", backend_families[f].help);
@@ -124,7 +124,7 @@ usherd_metrics_text(Usherd *u)
       g_string_append(labels, "\",hostname=\"");
       label_value(labels, h->hostname != NULL ? h->hostname : "");
       g_string_append_c(labels, '"');
-      gint64 v = f == 0   ? h->user_count
+      gint64 v = f == 0 ? h->user_count
                  : f == 1 ? h->vhost_count
                  : f == 2 ? !h->down
                           : h->last_updown_change;
@@ -185,11 +185,11 @@ usherd_metrics_text(Usherd *u)
   static const struct {
     const char *name, *type, *help;
   } link_families[] = {
-      {"usher_ring_link_bytes_in_total", "counter", "Bytes received on the ring link."},
-      {"usher_ring_link_bytes_out_total", "counter", "Bytes sent on the ring link."},
-      {"usher_ring_link_buffered_bytes", "gauge", "Output waiting to be written on the link."},
-      {"usher_ring_link_ping_milliseconds", "gauge", "Round trip of the link's latest PING."},
-      {"usher_ring_link_synced", "gauge", "1 if the link is handshaked and synced."},
+    {"usher_ring_link_bytes_in_total", "counter", "Bytes received on the ring link."},
+    {"usher_ring_link_bytes_out_total", "counter", "Bytes sent on the ring link."},
+    {"usher_ring_link_buffered_bytes", "gauge", "Output waiting to be written on the link."},
+    {"usher_ring_link_ping_milliseconds", "gauge", "Round trip of the link's latest PING."},
+    {"usher_ring_link_synced", "gauge", "1 if the link is handshaked and synced."},
   };
   static const char *const roles[] = {"none", "left", "right", "in", "out"};
   for (gsize f = 0; f < G_N_ELEMENTS(link_families); f++) {
@@ -200,12 +200,11 @@ usherd_metrics_text(Usherd *u)
         continue;
       char ip[USHER_IP_STRLEN];
       g_autofree char *labels =
-          m->has_addr
-              ? g_strdup_printf("peer=\"%s:%u\",link=\"%s\",conn=\"%u\"",
-                                usher_ip_to_string(&m->addr.ip, ip), m->addr.port, roles[m->role],
-                                m->conn)
-              : g_strdup_printf("peer=\"\",link=\"%s\",conn=\"%u\"", roles[m->role], m->conn);
-      gint64 v = f == 0   ? (gint64)m->bytes_in
+        m->has_addr ? g_strdup_printf("peer=\"%s:%u\",link=\"%s\",conn=\"%u\"",
+                                      usher_ip_to_string(&m->addr.ip, ip), m->addr.port,
+                                      roles[m->role], m->conn)
+                    : g_strdup_printf("peer=\"\",link=\"%s\",conn=\"%u\"", roles[m->role], m->conn);
+      gint64 v = f == 0 ? (gint64)m->bytes_in
                  : f == 1 ? (gint64)m->bytes_out
                  : f == 2 ? (gint64)m->buffered
                  : f == 3 ? MAX(m->ping_rtt_ms, 0)

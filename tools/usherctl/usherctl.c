@@ -29,8 +29,7 @@
 static const char *opt_socket = SOCKET_DEFAULT;
 static gboolean opt_json = FALSE;
 
-/* ---- The connection
- * ---------------------------------------------------------------------------------- */
+/* ---- The connection ---------------------------------------------------------------------------------- */
 
 typedef struct {
   GSocketConnection *connection;
@@ -38,7 +37,8 @@ typedef struct {
   GOutputStream *out;
 } Admin;
 
-static void G_GNUC_NORETURN G_GNUC_PRINTF(2, 3) die(int status, const char *fmt, ...)
+static void G_GNUC_NORETURN G_GNUC_PRINTF(2, 3)
+die(int status, const char *fmt, ...)
 {
   va_list args;
   va_start(args, fmt);
@@ -88,10 +88,8 @@ admin_connect(void)
   g_autoptr(GError) error = NULL;
   a->connection = g_socket_client_connect(client, where, NULL, &error);
   if (a->connection == NULL)
-    die(EXIT_UNAVAILABLE,
-        "cannot reach the director at %s: %s (is usherd running? -a names "
-        "another socket)",
-        opt_socket, error->message);
+    die(EXIT_UNAVAILABLE, "cannot reach the director at %s: %s (is usherd running? -a names "
+        "another socket)", opt_socket, error->message);
   a->in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(a->connection)));
   g_data_input_stream_set_newline_type(a->in, G_DATA_STREAM_NEWLINE_TYPE_LF);
   a->out = g_io_stream_get_output_stream(G_IO_STREAM(a->connection));
@@ -184,8 +182,7 @@ print_ok(const char *what)
     print_result_json(TRUE, what, NULL);
 }
 
-/* ---- Output helpers
- * ---------------------------------------------------------------------------------- */
+/* ---- Output helpers ---------------------------------------------------------------------------------- */
 
 static char *
 format_time(gint64 t)
@@ -228,8 +225,7 @@ print_table(const char *const *header, GPtrArray *cells /* char** rows */)
   }
 }
 
-/* ---- Argument helpers
- * -------------------------------------------------------------------------------- */
+/* ---- Argument helpers -------------------------------------------------------------------------------- */
 
 typedef struct {
   const char *name;
@@ -274,8 +270,7 @@ uint_arg(const char *text, const char *what, guint max)
   return text;
 }
 
-/* ---- Verbs
- * ------------------------------------------------------------------------------------------- */
+/* ---- Verbs ------------------------------------------------------------------------------------------- */
 
 static int
 cmd_status(int argc, char **argv)
@@ -398,7 +393,8 @@ static int
 cmd_update(int argc, char **argv)
 {
   (void)argc;
-  const char *fields[] = {"HOST-UPDATE", ip_arg(argv[0]), uint_arg(argv[1], "VHOSTS", 1000), NULL};
+  const char *fields[] = {"HOST-UPDATE", ip_arg(argv[0]), uint_arg(argv[1], "VHOSTS", 1000),
+                          NULL};
   return simple_change(fields, argv[0]);
 }
 
@@ -435,7 +431,8 @@ cmd_move(int argc, char **argv)
   admin_send(a, fields);
   g_autofree char *line = read_line(a);
   if (strcmp(line, "TRYAGAIN") == 0) {
-    fprintf(stderr, "usherctl: %s is already being moved; wait for that move to finish\n", argv[0]);
+    fprintf(stderr, "usherctl: %s is already being moved; wait for that move to finish\n",
+            argv[0]);
     return EXIT_TEMPFAIL;
   }
   if (strcmp(line, "NOTFOUND") == 0) {
@@ -561,10 +558,8 @@ json_command(const char *const *fields)
   g_autoptr(JsonParser) parser = json_parser_new();
   g_autoptr(GError) error = NULL;
   if (!json_parser_load_from_data(parser, line, -1, &error))
-    die(EXIT_PROTOCOL,
-        "%s: %s answers %s without JSON (is this a Dovecot director? explain, "
-        "ring and stats need usherd): %s",
-        opt_socket, fields[0], line, error->message);
+    die(EXIT_PROTOCOL, "%s: %s answers %s without JSON (is this a Dovecot director? explain, "
+        "ring and stats need usherd): %s", opt_socket, fields[0], line, error->message);
   return json_node_copy(json_parser_get_root(parser));
 }
 
@@ -597,12 +592,12 @@ cmd_ring(int argc, char **argv)
   gboolean synced = json_object_get_boolean_member(o, "synced");
   printf("this director: %s, ring %s", json_object_get_string_member(o, "self"),
          !json_object_get_boolean_member(o, "handshaked") ? "handshaking"
-         : synced                                         ? "synced"
-                                                          : "syncing");
+         : synced                                          ? "synced"
+                                                           : "syncing");
   if (!synced)
     printf(" (for %" G_GINT64_FORMAT " s)", member_int(o, "unsynced_secs"));
-  printf(", %" G_GINT64_FORMAT " members, %" G_GINT64_FORMAT " users\n", member_int(o, "n_members"),
-         member_int(o, "n_users"));
+  printf(", %" G_GINT64_FORMAT " members, %" G_GINT64_FORMAT " users\n",
+         member_int(o, "n_members"), member_int(o, "n_users"));
   JsonArray *members = json_object_get_array_member(o, "members");
   g_autoptr(GPtrArray) cells = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
   for (guint i = 0; i < json_array_get_length(members); i++) {
@@ -611,8 +606,8 @@ cmd_ring(int argc, char **argv)
     gboolean has_link = strcmp(link, "none") != 0;
     char **row = g_new0(char *, 8);
     JsonNode *addr = json_object_get_member(m, "address");
-    row[0] =
-        g_strdup(JSON_NODE_HOLDS_NULL(addr) ? "(not identified yet)" : json_node_get_string(addr));
+    row[0] = g_strdup(JSON_NODE_HOLDS_NULL(addr) ? "(not identified yet)"
+                                                 : json_node_get_string(addr));
     row[1] = g_strdup(json_object_get_boolean_member(m, "self")      ? "self"
                       : json_object_get_boolean_member(m, "removed") ? "removed"
                       : has_link                                     ? link
@@ -633,13 +628,13 @@ cmd_ring(int argc, char **argv)
     row[4] = has_link ? g_strdup_printf("%" G_GINT64_FORMAT "/%" G_GINT64_FORMAT,
                                         member_int(m, "bytes_in"), member_int(m, "bytes_out"))
                       : g_strdup("");
-    row[5] =
-        has_link ? g_strdup_printf("%" G_GINT64_FORMAT, member_int(m, "buffered")) : g_strdup("");
+    row[5] = has_link ? g_strdup_printf("%" G_GINT64_FORMAT, member_int(m, "buffered"))
+                      : g_strdup("");
     row[6] = format_time(member_int(m, "last_failure"));
     g_ptr_array_add(cells, row);
   }
-  const char *header[] = {"director",     "link",     "state",        "ping ms",
-                          "bytes in/out", "buffered", "last failure", NULL};
+  const char *header[] = {"director", "link", "state", "ping ms", "bytes in/out", "buffered",
+                          "last failure", NULL};
   print_table(header, cells);
   return 0;
 }
@@ -668,16 +663,14 @@ cmd_explain(int argc, char **argv)
     JsonObject *e = json_node_get_object(entry);
     g_autofree char *stamped = format_time(member_int(e, "timestamp"));
     g_autofree char *expires = format_time(member_int(e, "expires"));
-    printf(
-        "directory:      %s, last refreshed %s, expires %s (in %" G_GINT64_FORMAT " s)%s%s\n",
-        json_object_get_string_member(e, "backend"), stamped, expires,
-        member_int(e, "expires_in_secs"), json_object_get_boolean_member(e, "weak") ? ", weak" : "",
-        strcmp(json_object_get_string_member(e, "move_state"), "none") != 0 ? ", being moved" : "");
+    printf("directory:      %s, last refreshed %s, expires %s (in %" G_GINT64_FORMAT " s)%s%s\n",
+           json_object_get_string_member(e, "backend"), stamped, expires,
+           member_int(e, "expires_in_secs"), json_object_get_boolean_member(e, "weak") ? ", weak" : "",
+           strcmp(json_object_get_string_member(e, "move_state"), "none") != 0 ? ", being moved" : "");
   }
   JsonNode *hashed = json_object_get_member(o, "hashed");
   JsonNode *initial = json_object_get_member(o, "initial_config");
-  printf("hashed backend: %s\n",
-         JSON_NODE_HOLDS_NULL(hashed) ? "none" : json_node_get_string(hashed));
+  printf("hashed backend: %s\n", JSON_NODE_HOLDS_NULL(hashed) ? "none" : json_node_get_string(hashed));
   printf("initial config: %s\n",
          JSON_NODE_HOLDS_NULL(initial) ? "none" : json_node_get_string(initial));
   printf("why:            %s\n", json_object_get_string_member(o, "why"));
@@ -818,70 +811,66 @@ cmd_stats(int argc, char **argv)
 }
 
 static const Verb verbs[] = {
-    {"status", "[USER [TAG]]",
-     "Without USER: every backend with its tag, vhosts, state and users (doveadm director\n"
-     "status). With USER (a login name, or a number taken as the user hash): the backend the user\n"
-     "is on now, the one the vhost ring gives it, and the one the initial configuration gave it.",
-     cmd_status, 0, 2},
-    {"add", "IP[@TAG] [VHOSTS]",
-     "Add a backend (100 vhosts unless given), or set an existing backend's vhosts. Answers once\n"
-     "the change has gone round the ring.",
-     cmd_add, 1, 2},
-    {"update", "IP VHOSTS", "Set an existing backend's vhosts (0 drains it: no new users).",
-     cmd_update, 2, 2},
-    {"up", "IP", "Mark a backend up: it gets new users again.", cmd_up, 1, 1},
-    {"down", "IP",
-     "Mark a backend down: no new users; users it has stay until they expire or are flushed\n"
-     "(as with Dovecot's director).",
-     cmd_down, 1, 1},
-    {"remove", "IP", "Forget a backend and its users (their sessions are not kicked).", cmd_remove,
-     1, 1},
-    {"move", "USER IP", "Move a user (login name or hash) to a backend, kicking its sessions.",
-     cmd_move, 2, 2},
-    {"kick", "[--field FIELD] [--nowait] USER",
-     "Disconnect a user's proxied sessions on every director (by login name, or by the passdb\n"
-     "field FIELD). --nowait: fail with status 75 instead of waiting for a free kick slot.",
-     cmd_kick, 1, 1},
-    {"flush", "[--force] [--max-parallel N] IP|all",
-     "Move the users of a backend (or of all) whose hashed backend differs, kicking their\n"
-     "sessions, at most N at a time. --force drops their entries without kicking (unsafe: a\n"
-     "user may briefly run on two backends).",
-     cmd_flush, 1, 1},
-    {"users", "[IP]", "Every user entry (hash, backend, expiry), or those of one backend.",
-     cmd_users, 0, 1},
-    {"dump", "", "The backend list as usherctl commands that recreate it.", cmd_dump, 0, 0},
-    {"ring", "[status | add IP [PORT] | remove IP [PORT]]",
-     "The ring as this director sees it: members, links, handshake progress, ping, bytes, "
-     "buffered\n"
-     "output (usherd only). add/remove change the ring's members (doveadm director ring "
-     "add/remove).",
-     cmd_ring, 0, 3},
-    {"explain", "USER [TAG]",
-     "Everything about one user: hash, tag, directory entry with timestamp and expiry, weak or\n"
-     "moving state, hashed and initial backends, and why it is where it is (usherd only).",
-     cmd_explain, 1, 2},
-    {"stats", "", "Every counter of the director, the daemon and the proxy (usherd only).",
-     cmd_stats, 0, 0},
-    {"health", "",
-     "Backend health checks: each backend's state, this director's own view from its probes, the\n"
-     "votes of every director, the quorum, and which directors vote (usherd only).",
-     cmd_health, 0, 0},
-    {"sessions", "[USER | IP]",
-     "The sessions this usherd's proxy has logged in: user, protocol, client, backend, since;\n"
-     "only those of one login name, or of one backend (usherd only).",
-     cmd_sessions, 0, 1},
+  {"status", "[USER [TAG]]",
+   "Without USER: every backend with its tag, vhosts, state and users (doveadm director\n"
+   "status). With USER (a login name, or a number taken as the user hash): the backend the user\n"
+   "is on now, the one the vhost ring gives it, and the one the initial configuration gave it.",
+   cmd_status, 0, 2},
+  {"add", "IP[@TAG] [VHOSTS]",
+   "Add a backend (100 vhosts unless given), or set an existing backend's vhosts. Answers once\n"
+   "the change has gone round the ring.",
+   cmd_add, 1, 2},
+  {"update", "IP VHOSTS", "Set an existing backend's vhosts (0 drains it: no new users).",
+   cmd_update, 2, 2},
+  {"up", "IP", "Mark a backend up: it gets new users again.", cmd_up, 1, 1},
+  {"down", "IP",
+   "Mark a backend down: no new users; users it has stay until they expire or are flushed\n"
+   "(as with Dovecot's director).",
+   cmd_down, 1, 1},
+  {"remove", "IP", "Forget a backend and its users (their sessions are not kicked).", cmd_remove,
+   1, 1},
+  {"move", "USER IP", "Move a user (login name or hash) to a backend, kicking its sessions.",
+   cmd_move, 2, 2},
+  {"kick", "[--field FIELD] [--nowait] USER",
+   "Disconnect a user's proxied sessions on every director (by login name, or by the passdb\n"
+   "field FIELD). --nowait: fail with status 75 instead of waiting for a free kick slot.",
+   cmd_kick, 1, 1},
+  {"flush", "[--force] [--max-parallel N] IP|all",
+   "Move the users of a backend (or of all) whose hashed backend differs, kicking their\n"
+   "sessions, at most N at a time. --force drops their entries without kicking (unsafe: a\n"
+   "user may briefly run on two backends).",
+   cmd_flush, 1, 1},
+  {"users", "[IP]", "Every user entry (hash, backend, expiry), or those of one backend.",
+   cmd_users, 0, 1},
+  {"dump", "", "The backend list as usherctl commands that recreate it.", cmd_dump, 0, 0},
+  {"ring", "[status | add IP [PORT] | remove IP [PORT]]",
+   "The ring as this director sees it: members, links, handshake progress, ping, bytes, buffered\n"
+   "output (usherd only). add/remove change the ring's members (doveadm director ring add/remove).",
+   cmd_ring, 0, 3},
+  {"explain", "USER [TAG]",
+   "Everything about one user: hash, tag, directory entry with timestamp and expiry, weak or\n"
+   "moving state, hashed and initial backends, and why it is where it is (usherd only).",
+   cmd_explain, 1, 2},
+  {"stats", "", "Every counter of the director, the daemon and the proxy (usherd only).",
+   cmd_stats, 0, 0},
+  {"health", "",
+   "Backend health checks: each backend's state, this director's own view from its probes, the\n"
+   "votes of every director, the quorum, and which directors vote (usherd only).",
+   cmd_health, 0, 0},
+  {"sessions", "[USER | IP]",
+   "The sessions this usherd's proxy has logged in: user, protocol, client, backend, since;\n"
+   "only those of one login name, or of one backend (usherd only).",
+   cmd_sessions, 0, 1},
 };
 
 static void
 print_help(void)
 {
-  printf(
-      "usage: usherctl [-a SOCKET] [--json] VERB [ARGS]\n\n"
-      "Administers a director through its admin socket (default %s, or -a PATH or -a IP:PORT).\n"
-      "Works with usherd and, except for ring status, explain, stats, sessions and health, with\n"
-      "Dovecot 2.3's "
-      "director too. Backends are given as IP addresses.\n\nverbs:\n",
-      SOCKET_DEFAULT);
+  printf("usage: usherctl [-a SOCKET] [--json] VERB [ARGS]\n\n"
+         "Administers a director through its admin socket (default %s, or -a PATH or -a IP:PORT).\n"
+         "Works with usherd and, except for ring status, explain, stats, sessions and health, with\n"
+         "Dovecot 2.3's director too. Backends are given as IP addresses.\n\nverbs:\n",
+         SOCKET_DEFAULT);
   for (gsize i = 0; i < G_N_ELEMENTS(verbs); i++)
     printf("  %-8s %s\n", verbs[i].name, verbs[i].usage);
   printf("\n`usherctl VERB --help` explains one verb. --json prints JSON for scripts.\n"
@@ -896,16 +885,15 @@ main(int argc, char **argv)
   gboolean help = FALSE, version = FALSE;
   char *socket_path = NULL;
   GOptionEntry entries[] = {
-      {"socket", 'a', 0, G_OPTION_ARG_STRING, &socket_path, "Admin socket path or IP:PORT",
-       "SOCKET"},
-      {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json, "Print JSON", NULL},
-      {"nowait", 0, 0, G_OPTION_ARG_NONE, &opt_nowait, "kick: do not wait for a kick slot", NULL},
-      {"field", 'f', 0, G_OPTION_ARG_STRING, &opt_field, "kick: match this passdb field", "FIELD"},
-      {"force", 'F', 0, G_OPTION_ARG_NONE, &opt_force, "flush: drop entries without kicking", NULL},
-      {"max-parallel", 0, 0, G_OPTION_ARG_INT, &opt_max_parallel, "flush: moves at a time", "N"},
-      {"help", 'h', 0, G_OPTION_ARG_NONE, &help, "Show help", NULL},
-      {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version", NULL},
-      {NULL, 0, 0, 0, NULL, NULL, NULL},
+    {"socket", 'a', 0, G_OPTION_ARG_STRING, &socket_path, "Admin socket path or IP:PORT", "SOCKET"},
+    {"json", 0, 0, G_OPTION_ARG_NONE, &opt_json, "Print JSON", NULL},
+    {"nowait", 0, 0, G_OPTION_ARG_NONE, &opt_nowait, "kick: do not wait for a kick slot", NULL},
+    {"field", 'f', 0, G_OPTION_ARG_STRING, &opt_field, "kick: match this passdb field", "FIELD"},
+    {"force", 'F', 0, G_OPTION_ARG_NONE, &opt_force, "flush: drop entries without kicking", NULL},
+    {"max-parallel", 0, 0, G_OPTION_ARG_INT, &opt_max_parallel, "flush: moves at a time", "N"},
+    {"help", 'h', 0, G_OPTION_ARG_NONE, &help, "Show help", NULL},
+    {"version", 0, 0, G_OPTION_ARG_NONE, &version, "Print the version", NULL},
+    {NULL, 0, 0, 0, NULL, NULL, NULL},
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
   g_option_context_set_help_enabled(ctx, FALSE);
