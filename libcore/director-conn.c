@@ -664,7 +664,7 @@ cmd_options(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
   }
   if (msg->options.usher_ext && !c->usher_ext) {
     c->usher_ext = TRUE;
-    d->stats.usher_peer_links++;
+    d->stats.links_with_extension++;
     if (c->incoming && !c->usher_ext_sent)
       send_options(d, c);
   }

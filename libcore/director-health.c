@@ -66,6 +66,14 @@ health_init(UsherDirector *d, const UsherConfig *config, UsherNow now)
   h->voters = g_ptr_array_new_with_free_func(voter_free);
 }
 
+/* The director starts: the first probes go out at once. */
+void
+health_start(UsherDirector *d, UsherNow now)
+{
+  if (d->health.enabled)
+    d->health.next_tick_us = now.mono_us;
+}
+
 void
 health_free(UsherDirector *d)
 {
@@ -465,7 +473,7 @@ health_timers(UsherDirector *d, UsherNow now)
       probe_result(d, now, b, FALSE, "the probe was not answered in time");
     }
   }
-  if (h->next_tick_us == 0 || h->next_tick_us <= now.mono_us) {
+  if (h->next_tick_us <= now.mono_us) {
     h->next_tick_us = now.mono_us + (gint64)h->interval_secs * SEC_US;
     sync_backends(d);
     for (guint i = 0; i < h->backends->len; i++) {

@@ -415,6 +415,7 @@ void users_kill(UsherDirector *d, UsherNow now, Member *src, UsherTag *tag, Ushe
 
 /* director-health.c */
 void health_init(UsherDirector *d, const UsherConfig *config, UsherNow now);
+void health_start(UsherDirector *d, UsherNow now);
 void health_free(UsherDirector *d);
 gint64 health_next_deadline(UsherDirector *d);
 void health_timers(UsherDirector *d, UsherNow now);

@@ -693,6 +693,7 @@ usher_director_start(UsherDirector *d, UsherNow now)
   dir_enter(d, now);
   g_return_if_fail(!d->started);
   d->started = TRUE;
+  health_start(d, now);
   dir_connect(d, now, "starting");
 }
 

@@ -392,7 +392,7 @@ typedef struct {
   guint64 health_reports_refused; /* from a non-member, malformed for us, or stale */
   guint64 health_downs, health_ups; /* decisions this director took */
   guint64 health_no_quorum;         /* evaluations skipped: too few live voters */
-  guint64 usher_peer_links;         /* ring links on which the peer announced the extension */
+  guint64 links_with_extension;         /* ring links on which the peer announced the extension */
 } UsherDirectorStats;
 
 const UsherRingAddr *usher_director_get_self(const UsherDirector *director);

@@ -117,6 +117,11 @@ sim_world_print_summary(SimWorld *w, FILE *out)
     sum.flushes_timed_out += st->flushes_timed_out;
     sum.requests_cancelled += st->requests_cancelled;
     sum.handshake_pauses += st->handshake_pauses;
+    sum.probes_sent += st->probes_sent;
+    sum.probes_failed += st->probes_failed;
+    sum.health_downs += st->health_downs;
+    sum.health_ups += st->health_ups;
+    sum.health_no_quorum += st->health_no_quorum;
   }
   fprintf(out, "directors (all that are up, since their last start): %" G_GUINT64_FORMAT
                " users moved by admin commands and flushes; every director's moves: %" G_GUINT64_FORMAT
@@ -138,6 +143,13 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                " login requests cancelled; %" G_GUINT64_FORMAT " handshake pauses\n",
           sum.kicks_timed_out, sum.flushes_failed, sum.flushes_timed_out, sum.requests_cancelled,
           sum.handshake_pauses);
+  if (sum.probes_sent > 0)
+    fprintf(out, "health checks: %" G_GUINT64_FORMAT " probes (%" G_GUINT64_FORMAT
+                 " failed); %" G_GUINT64_FORMAT " backends taken down and %" G_GUINT64_FORMAT
+                 " brought up by a quorum; %" G_GUINT64_FORMAT " times a director had too few "
+                 "voters to decide\n",
+            sum.probes_sent, sum.probes_failed, sum.health_downs, sum.health_ups,
+            sum.health_no_quorum);
   if (w->kicks_lost + w->flushes_lost + w->flushes_failed > 0)
     fprintf(out, "driver faults: %" G_GUINT64_FORMAT " kicks never reported done, %" G_GUINT64_FORMAT
                  " flush hooks never reported, %" G_GUINT64_FORMAT " reported failed\n",
@@ -259,6 +271,11 @@ sim_world_report_json(SimWorld *w)
       INT("flushes_failed", st->flushes_failed);
       INT("flushes_timed_out", st->flushes_timed_out);
       INT("requests_cancelled", st->requests_cancelled);
+      INT("probes_sent", st->probes_sent);
+      INT("probes_failed", st->probes_failed);
+      INT("health_downs", st->health_downs);
+      INT("health_ups", st->health_ups);
+      INT("health_no_quorum", st->health_no_quorum);
       INT("lines_in", st->lines_in);
       INT("lines_out", st->lines_out);
     }

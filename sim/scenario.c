@@ -1028,6 +1028,9 @@ sim_counter_name(SimCounter counter)
     [SIM_COUNTER_DIR_HANDSHAKE_PAUSES] = "directors.handshake_pauses",
     [SIM_COUNTER_DIR_MOVES_FINISHED] = "directors.moves_finished",
     [SIM_COUNTER_DIR_MOVES_TIMED_OUT] = "directors.moves_timed_out",
+    [SIM_COUNTER_DIR_HEALTH_DOWNS] = "directors.health_downs",
+    [SIM_COUNTER_DIR_HEALTH_UPS] = "directors.health_ups",
+    [SIM_COUNTER_DIR_HEALTH_NO_QUORUM] = "directors.health_no_quorum",
   };
   return counter < SIM_N_COUNTERS ? names[counter] : "?";
 }

@@ -1183,6 +1183,15 @@ counter_value(SimWorld *w, SimCounter counter)
     case SIM_COUNTER_DIR_MOVES_TIMED_OUT:
       sum += st->moves_timed_out;
       break;
+    case SIM_COUNTER_DIR_HEALTH_DOWNS:
+      sum += st->health_downs;
+      break;
+    case SIM_COUNTER_DIR_HEALTH_UPS:
+      sum += st->health_ups;
+      break;
+    case SIM_COUNTER_DIR_HEALTH_NO_QUORUM:
+      sum += st->health_no_quorum;
+      break;
     default:
       break;
     }

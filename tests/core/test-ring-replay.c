@@ -238,7 +238,7 @@ test_usher_peer_ping(void)
 {
   Replay *r = replay_new(NULL);
   complete_ring_with(r, TRUE);
-  g_assert_cmpuint(usher_director_get_stats(r->d)->usher_peer_links, ==, 2);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->links_with_extension, ==, 2);
   /* The PINGs of the handshake are answered; then both links go quiet. */
   feed(r, r->out, "PONG\t1795393980\t0\n");
   feed(r, r->in, "PONG\t1795393980\t0\n");
@@ -257,7 +257,7 @@ test_usher_peer_ping(void)
 
   r = replay_new(NULL);
   complete_ring_with(r, FALSE);
-  g_assert_cmpuint(usher_director_get_stats(r->d)->usher_peer_links, ==, 0);
+  g_assert_cmpuint(usher_director_get_stats(r->d)->links_with_extension, ==, 0);
   feed(r, r->out, "PONG\t1795393980\t0\n");
   feed(r, r->in, "PONG\t1795393980\t0\n");
   g_string_truncate(r->sent_out, 0);
