@@ -116,9 +116,13 @@ conn_close(UsherDirector *d, UsherNow now, Conn *c, const char *reason, CloseFla
     e.disconnect.reason = g_strdup(reason);
     g_array_append_val(d->effects, e);
   }
+  /* A usherd peer that stopped answering is skipped as well, however long its link lived: its
+   * kernel still accepts connections, and redialling it would cost the ME timeout first. */
   if ((flags & CLOSE_FAILURE) && c->host != NULL &&
-      now.mono_us - c->created_us < SHORT_LIVED_SECS * SEC_US)
+      (now.mono_us - c->created_us < SHORT_LIVED_SECS * SEC_US || c->usher_ext))
     c->host->last_network_failure = dir_wall_secs(now);
+  if (c->usher_ext && c->host != NULL)
+    c->host->usher_ext = TRUE;
 
   if (was_left)
     d->left = NULL;
@@ -345,6 +349,17 @@ ping_idle_timeout_us(const UsherDirector *d, const Conn *c)
   return (gint64)secs * SEC_US;
 }
 
+/* Dialling a member that was a usherd peer before: a stopped process still completes the TCP
+ * handshake in its kernel but never sends ME, so wait only 1 s + usher_ping_timeout for it
+ * (Dovecot's 10 s otherwise; CONNECT_TIMEOUT_SECS and ME_TIMEOUT_SECS are both 10). */
+static gint64
+connect_timeout_us(const UsherDirector *d, const Conn *c)
+{
+  if (!c->incoming && c->host != NULL && c->host->usher_ext)
+    return (gint64)(USHER_PEER_PING_INTERVAL_SECS + d->usher_ping_timeout_secs) * SEC_US;
+  return (c->incoming || c->connected ? ME_TIMEOUT_SECS : CONNECT_TIMEOUT_SECS) * SEC_US;
+}
+
 /* Silence counts from our PING or the peer's last input, whichever is later; on usher links also
  * from the last time the driver's backlog for the link shrank. A PING queued behind a bulk
  * stream waits there, and a peer busy reading that stream has no reason to send anything back:
@@ -367,9 +382,9 @@ conn_next_deadline(UsherDirector *d, Conn *c)
   if (c->send_more_us != 0)
     t = MIN(t, c->send_more_us);
   if (!c->incoming && !c->connected)
-    return MIN(t, c->created_us + CONNECT_TIMEOUT_SECS * SEC_US);
+    return MIN(t, c->created_us + connect_timeout_us(d, c));
   if (!c->me_received)
-    return MIN(t, c->timeout_base_us + ME_TIMEOUT_SECS * SEC_US);
+    return MIN(t, c->timeout_base_us + connect_timeout_us(d, c));
   if (!handshake_done(c)) {
     gint64 limit = c->incoming ? DONE_TIMEOUT_SECS : SEND_USERS_TIMEOUT_SECS;
     t = MIN(t, c->timeout_base_us + limit * SEC_US);
@@ -402,12 +417,12 @@ conn_timers(UsherDirector *d, UsherNow now, Conn *c)
       return;
   }
   if (!c->incoming && !c->connected) {
-    if (c->created_us + CONNECT_TIMEOUT_SECS * SEC_US <= n)
+    if (c->created_us + connect_timeout_us(d, c) <= n)
       conn_close(d, now, c, "connect timed out", CLOSE_SEND_DISCONNECT | CLOSE_FAILURE);
     return;
   }
   if (!c->me_received) {
-    if (c->timeout_base_us + ME_TIMEOUT_SECS * SEC_US <= n)
+    if (c->timeout_base_us + connect_timeout_us(d, c) <= n)
       conn_close(d, now, c, "no ME received in time", CLOSE_SEND_DISCONNECT | CLOSE_FAILURE);
     return;
   }
@@ -664,6 +679,8 @@ cmd_options(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
   }
   if (msg->options.usher_ext && !c->usher_ext) {
     c->usher_ext = TRUE;
+    if (c->host != NULL)
+      c->host->usher_ext = TRUE;
     d->stats.links_with_extension++;
     if (c->incoming && !c->usher_ext_sent)
       send_options(d, c);
@@ -1226,6 +1243,10 @@ cmd_done(UsherDirector *d, UsherNow now, Conn *c)
   c->handshake_received = TRUE;
   c->handshake_sending_hosts = FALSE;
   c->ignore_host_events = FALSE;
+  /* We have just completed a handshake with it: whatever failed before, it is reachable now
+   * (a usherd restarted after a crash was otherwise skipped for 60 s). */
+  if (c->usher_ext)
+    c->host->last_network_failure = 0;
   gint64 secs = (now.mono_us - c->handshake_start_us) / SEC_US;
   dir_log(d, G_LOG_LEVEL_INFO,
           "handshake with %s done in %" G_GINT64_FORMAT " s (%" G_GUINT64_FORMAT

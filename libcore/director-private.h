@@ -76,6 +76,7 @@ typedef struct {
   guint32 delayed_sync_timestamp;
   guint32 delayed_sync_hosts_hash;
   gint64 last_network_failure;  /* wall seconds, 0 = never */
+  gboolean usher_ext;           /* a link with it announced Usher's extension (it is a usherd) */
   gint64 last_protocol_failure; /* wall seconds, 0 = never */
 } Member;
 

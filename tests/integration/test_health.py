@@ -124,6 +124,10 @@ def run(lab, t):
     t.ok(len(placed) == 60 and on_victim, f"60 users placed, {len(on_victim)} on {victim.ip}")
 
     # 2. A killed backend goes down everywhere, its users are placed again, it comes back.
+    entries = [line for line in us[0].admin().command_multi("USER-LIST")
+               if line.split("\t")[2] == victim.ip]
+    t.ok(len(entries) == len(on_victim), f"{len(entries)} directory entries on {victim.ip} "
+         "before the kill")
     victim.kill9(group=True)
     victim.stop()
     took = wait_all(us, "down", lambda u: backend_state(u, victim.ip)["down"], 15)
@@ -136,11 +140,11 @@ def run(lab, t):
     decisions = sum(json.loads(u.usherctl("--json", "stats")[1])["director"]["health_downs"]
                     for u in us)
     t.ok(decisions == 1, f"one director took the decision (health_downs {decisions})")
-    ul.poll_until(lambda: all(not any(line.split("\t")[1] == victim.ip
+    ul.poll_until(lambda: all(not any(line.split("\t")[2] == victim.ip
                                       for line in u.admin().command_multi("USER-LIST"))
                               for u in us), 5)
     left = {u.name: [line for line in u.admin().command_multi("USER-LIST")
-                     if line.split("\t")[1] == victim.ip] for u in us}
+                     if line.split("\t")[2] == victim.ip] for u in us}
     t.ok(all(not v for v in left.values()), "no directory entry points at the down backend",
          str(left))
     status, ans, _ = lookup(us[0], on_victim[0])
