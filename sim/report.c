@@ -143,6 +143,12 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                " login requests cancelled; %" G_GUINT64_FORMAT " handshake pauses\n",
           sum.kicks_timed_out, sum.flushes_failed, sum.flushes_timed_out, sum.requests_cancelled,
           sum.handshake_pauses);
+  for (guint i = 0; i < w->health_decisions->len; i++) {
+    const SimHealthDecision *hd = &g_array_index(w->health_decisions, SimHealthDecision, i);
+    g_autofree char *t = world_time(hd->t_us);
+    fprintf(out, "health decision at %s: director %u took a backend %s\n", t, hd->director,
+            hd->down ? "down" : "up");
+  }
   if (sum.probes_sent > 0)
     fprintf(out, "health checks: %" G_GUINT64_FORMAT " probes (%" G_GUINT64_FORMAT
                  " failed); %" G_GUINT64_FORMAT " backends taken down and %" G_GUINT64_FORMAT
@@ -223,6 +229,18 @@ sim_world_report_json(SimWorld *w)
   INT("flushes_failed", w->flushes_failed);
   INT("output_overflows", sim_net_get_stats(w->net)->output_overflows);
   INT("peak_queued_bytes", sim_net_get_stats(w->net)->peak_queued);
+  json_builder_set_member_name(b, "health_decisions");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->health_decisions->len; i++) {
+    const SimHealthDecision *hd = &g_array_index(w->health_decisions, SimHealthDecision, i);
+    json_builder_begin_object(b);
+    INT("t_us", hd->t_us);
+    INT("director", hd->director);
+    json_builder_set_member_name(b, "down");
+    json_builder_add_boolean_value(b, hd->down);
+    json_builder_end_object(b);
+  }
+  json_builder_end_array(b);
   json_builder_set_member_name(b, "login_latency_us");
   json_builder_begin_object(b);
   INT("p50", world_latency_percentile(w, 50));

@@ -715,6 +715,8 @@ static const struct {
   {"kick", SIM_EV_KICK},
   {"director-crash", SIM_EV_DIRECTOR_CRASH},
   {"director-restart", SIM_EV_DIRECTOR_RESTART},
+  {"director-pause", SIM_EV_DIRECTOR_PAUSE},
+  {"director-resume", SIM_EV_DIRECTOR_RESUME},
   {"partition", SIM_EV_PARTITION},
   {"heal", SIM_EV_HEAL},
   {"link-delay", SIM_EV_LINK_DELAY},
@@ -842,7 +844,9 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
     break;
   }
   case SIM_EV_DIRECTOR_CRASH:
-  case SIM_EV_DIRECTOR_RESTART: {
+  case SIM_EV_DIRECTOR_RESTART:
+  case SIM_EV_DIRECTOR_PAUSE:
+  case SIM_EV_DIRECTOR_RESUME: {
     static const char *const a[] = {"at", "type", "director", NULL};
     if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director))
       return FALSE;
@@ -938,8 +942,9 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
   }
   case SIM_EV_BACKEND_FAIL:
   case SIM_EV_BACKEND_RECOVER: {
-    static const char *const a[] = {"at", "type", "host", "from", NULL};
-    if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host))
+    static const char *const a[] = {"at", "type", "host", "from", "mute", NULL};
+    if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host) ||
+        !get_bool(ctx, p, o, "mute", &ev->mute))
       return FALSE;
     JsonNode *f = json_object_get_member(o, "from");
     if (f != NULL) {

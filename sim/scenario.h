@@ -38,6 +38,8 @@ typedef enum {
   SIM_EV_KICK,
   SIM_EV_DIRECTOR_CRASH,
   SIM_EV_DIRECTOR_RESTART,
+  SIM_EV_DIRECTOR_PAUSE,
+  SIM_EV_DIRECTOR_RESUME,
   SIM_EV_PARTITION,
   SIM_EV_HEAL,
   SIM_EV_LINK_DELAY,
@@ -68,6 +70,7 @@ typedef struct {
   guint percent;    /* link-loss: share of deliveries that need a retransmission */
   gint64 rate_milli; /* workload-rate: logins per second x 1000 */
   guint64 from_mask; /* backend-fail/-recover: only as seen from these directors; 0 = all */
+  gboolean mute;     /* backend-fail: it accepts connections and never answers (probes time out) */
 } SimScenarioEvent;
 
 typedef enum {

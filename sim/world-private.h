@@ -37,13 +37,22 @@ typedef struct {
   UsherRingAddr addr;
   UsherDirector *d;
   gboolean up;
+  gboolean paused; /* director-pause: a stopped process (SIGSTOP): no timers, no input */
   guint incarnation;
   gint64 deadline;   /* cached next_deadline; recomputed after each call into d */
   gint64 wall_offset_us;
   gint drift_ppm;
   gint64 drift_since_us;
   gint64 drift_base_us;
+  guint64 health_downs_seen, health_ups_seen; /* the director's counters at the last drain */
 } SimNode;
+
+/* A backend taken down or up by a health decision. */
+typedef struct {
+  gint64 t_us;
+  guint director;
+  gboolean down;
+} SimHealthDecision;
 
 typedef struct {
   guint32 hash;
@@ -73,6 +82,7 @@ typedef struct {
   guint live;
   gboolean failed;
   guint64 unreachable_from; /* directors (bit mask) that cannot reach it while it works */
+  gboolean mute;            /* failed by accepting and never answering: probes time out */
   gint64 last_unsafe_us; /* last host-remove / forced flush of this backend */
   guint64 sessions_total;
 } SimBackend;
@@ -120,6 +130,7 @@ struct SimWorld {
 
   gint64 now_us;
   guint64 health_probes; /* backend health probes answered */
+  GArray *health_decisions; /* SimHealthDecision, in time order */
   SimNet *net; /* the event heap and the links between directors */
   guint64 events;
   gboolean budget_exhausted;

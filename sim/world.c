@@ -395,7 +395,7 @@ pick_director(SimWorld *w)
 {
   guint up[64], n = 0;
   for (guint i = 0; i < w->n_nodes; i++)
-    if (w->nodes[i].up)
+    if (w->nodes[i].up && !w->nodes[i].paused)
       up[n++] = i;
   if (n == 0)
     return G_MAXUINT;
@@ -623,9 +623,10 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
      * fails the probe as a refused connection would. */
     guint b = backend_index(w, &e->probe.host);
     gboolean ok = b != G_MAXUINT && backend_reachable(w, b, node_idx);
+    gboolean mute = !ok && b != G_MAXUINT && g_array_index(w->backends, SimBackend, b).mute;
+    gint64 took = mute ? (gint64)w->sc->config->health_timeout_secs * SEC_US : PROBE_LATENCY_US;
     mix(w, ok);
-    schedule(w, w->now_us + PROBE_LATENCY_US, EV_PROBE_DONE, node_idx, e->probe.id, ok ? 0 : 1,
-             NULL);
+    schedule(w, w->now_us + took, EV_PROBE_DONE, node_idx, e->probe.id, ok ? 0 : 1, NULL);
     break;
   }
   }
@@ -648,6 +649,14 @@ drain(SimWorld *w, guint node_idx)
   }
   gint64 deadline = usher_director_next_deadline(n->d);
   n->deadline = deadline == USHER_DEADLINE_NEVER ? G_MAXINT64 : deadline - MONO_BASE_US;
+  const UsherDirectorStats *st = usher_director_get_stats(n->d);
+  if (st->health_downs != n->health_downs_seen || st->health_ups != n->health_ups_seen) {
+    SimHealthDecision hd = {w->now_us, node_idx, st->health_downs != n->health_downs_seen};
+    g_array_append_val(w->health_decisions, hd);
+    add_mark(w, "director %u: health decision: a backend %s", node_idx, hd.down ? "down" : "up");
+    n->health_downs_seen = st->health_downs;
+    n->health_ups_seen = st->health_ups;
+  }
 }
 
 static void
@@ -658,6 +667,8 @@ node_start(SimWorld *w, guint i)
   guint64 seed = usher_splitmix64(&sm);
   n->incarnation++;
   n->d = usher_director_new(w->sc->config, &n->addr, seed, node_now(w, n), NULL);
+  n->health_downs_seen = 0;
+  n->health_ups_seen = 0;
   g_assert(n->d != NULL);
   n->up = TRUE;
   sim_net_node_up(w->net, i, n->incarnation);
@@ -838,6 +849,26 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
       start_probe(w, "director restart");
     }
     break;
+  case SIM_EV_DIRECTOR_PAUSE:
+    /* A stopped process: its links hang (the kernel keeps them open), its timers stand still,
+     * and the load balancer sends new clients elsewhere. */
+    if (n->up && !n->paused && !sim_net_partitioned(w->net)) {
+      guint64 groups[2] = {G_GUINT64_CONSTANT(1) << ev->director,
+                           ((G_GUINT64_CONSTANT(1) << w->n_nodes) - 1) &
+                             ~(G_GUINT64_CONSTANT(1) << ev->director)};
+      n->paused = TRUE;
+      fault_begin(w);
+      sim_net_partition(w->net, groups, 2, FALSE);
+    }
+    break;
+  case SIM_EV_DIRECTOR_RESUME:
+    if (n->paused) {
+      n->paused = FALSE;
+      sim_net_heal(w->net);
+      fault_end(w, w->sc->convergence_budget_us);
+      start_probe(w, "director resume");
+    }
+    break;
   case SIM_EV_PARTITION:
     if (!sim_net_partitioned(w->net))
       fault_begin(w);
@@ -882,6 +913,7 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
       be->failed = TRUE;
     else
       be->unreachable_from |= ev->from_mask;
+    be->mute = ev->mute;
     /* Sessions through a director that lost the backend end with it. */
     for (guint32 s = 0; s < w->sessions->len; s++) {
       SimSession *ss = session_at(w, s);
@@ -900,6 +932,7 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
     if (ev->from_mask == 0) {
       be->failed = FALSE;
       be->unreachable_from = 0;
+      be->mute = FALSE;
     } else {
       be->unreachable_from &= ~ev->from_mask;
     }
@@ -1377,6 +1410,11 @@ process(SimWorld *w, SimEvent *ev)
   gboolean node_event = ev->kind <= EV_PROBE_DONE;
   if (node_event && (!n->up || n->incarnation != ev->incarnation))
     return;
+  if (node_event && n->paused) {
+    /* The stopped process reads this when it runs again. */
+    schedule(w, w->now_us + SEC_US / 10, (SimEvKind)ev->kind, ev->node, ev->a, ev->b, NULL);
+    return;
+  }
   switch ((SimEvKind)ev->kind) {
   case EV_KICK_DONE:
     usher_director_kick_done(n->d, node_now(w, n), ev->a);
@@ -1449,7 +1487,7 @@ run_until(SimWorld *w, gint64 end)
     guint best_node = 0;
     for (guint i = 0; i < w->n_nodes; i++) {
       SimNode *n = &w->nodes[i];
-      if (n->up && n->deadline < best) {
+      if (n->up && !n->paused && n->deadline < best) {
         best = n->deadline;
         best_node = i;
       }
@@ -1589,6 +1627,7 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   w->convergences = g_array_new(FALSE, TRUE, sizeof(SimConvergence));
   w->samples = g_array_new(FALSE, TRUE, sizeof(SimSample));
   w->marks = g_array_new(FALSE, TRUE, sizeof(SimMark));
+  w->health_decisions = g_array_new(FALSE, TRUE, sizeof(SimHealthDecision));
   w->failures = g_ptr_array_new_with_free_func(g_free);
   w->next_login = 1;
   w->rate_milli = sc->rate_milli;
@@ -1662,6 +1701,7 @@ sim_world_free(SimWorld *w)
   for (guint i = 0; i < w->marks->len; i++)
     g_free(g_array_index(w->marks, SimMark, i).text);
   g_array_unref(w->marks);
+  g_array_unref(w->health_decisions);
   g_ptr_array_unref(w->failures);
   g_free(w->probe_after);
   g_free(w);

@@ -50,7 +50,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import usherlab as ul  # noqa: E402
 
 HEALTH = "[health]\nenabled = true\ninterval = 1s\ntimeout = 1s\nfall = 2\nrise = 2\n"
-USERS = 200
+USERS = 200      # in the passwd-file; LMTP delivers to all of them
+IMAP_USERS = 60  # IMAP logins come from fewer users, so a user logs in several times per phase
 IMAP_CLIENTS = 4
 LMTP_PER_SEC = 10
 CLIENT_TIMEOUT = 5.0
@@ -117,6 +118,7 @@ class Load:
         self.live = {}          # user -> {session id: backend}
         self.next_sid = 0
         self.acked = {}         # message id -> user (250 received)
+        self.last_backend = {}  # user -> (backend, phase) of its last successful login
         self.msg_n = 0
         self.threads = []
 
@@ -151,6 +153,13 @@ class Load:
             sid = self.next_sid
             others = {b for b in self.live.get(user, {}).values() if b != backend}
             self.live.setdefault(user, {})[sid] = backend
+            # A move counts in the phase where both logins happened (the simulator runs each
+            # fault on its own).
+            prev = self.last_backend.get(user)
+            moved = prev is not None and prev[1] == self.phase and prev[0] != backend
+            self.last_backend[user] = (backend, self.phase)
+        if moved:
+            self.count("backend_changes")
         if others:
             self.count("client_two_backends")
             self.note("client_two_backends_seen", f"{user}: {backend} and {sorted(others)}")
@@ -170,7 +179,7 @@ class Load:
     def imap_client(self, seed):
         rnd = random.Random(seed)
         while not self.stop_flag.is_set():
-            user = f"user{rnd.randint(1, USERS)}"
+            user = f"user{rnd.randint(1, IMAP_USERS)}"
             u = rnd.choice(self.directors())
             try:
                 self.imap_once(u, user, rnd)
