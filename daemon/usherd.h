@@ -53,7 +53,8 @@ typedef struct {
   X(admin_kicks) X(kicks_timed_out) X(flushes_failed) X(flushes_timed_out) X(users_expired)      \
   X(alone_declared) X(requests_refused) X(requests_cancelled) X(admin_refused) X(moves_refused)   \
   X(kicks_untracked) X(users_refused) X(tags_refused) X(logs_suppressed) X(handshake_pauses)     \
-  X(times_clamped) X(weak_users_given_up)
+  X(times_clamped) X(weak_users_given_up) X(user_updates_held) X(user_updates_held_applied)        \
+  X(user_updates_held_dropped) X(user_updates_held_overflow)
 
 #define DAEMON_STATS(X)                                                                            \
   X(ring_refused) X(ring_output_overflows) X(ring_connect_failures) X(ring_bytes_in)              \

@@ -325,6 +325,11 @@ typedef struct {
   guint64 times_clamped;       /* peer timestamps outside 0 .. 2^32-1 s */
   guint64 weak_users_given_up; /* weak flags cleared (and announced) when no USER-WEAK came back
                                   within the login timeout */
+  /* USER updates for a backend we did not know (yet): its HOST was lost or is still on its way */
+  guint64 user_updates_held;          /* kept, to be applied when the backend's HOST comes */
+  guint64 user_updates_held_applied;  /* ... applied when it came */
+  guint64 user_updates_held_dropped;  /* ... dropped: no HOST within 30 s, or HOST-REMOVE for it */
+  guint64 user_updates_held_overflow; /* not kept: the hold queue was full (dropped, as Dovecot) */
 } UsherDirectorStats;
 
 const UsherRingAddr *usher_director_get_self(const UsherDirector *director);
