@@ -1016,11 +1016,14 @@ static gboolean
 cmd_user(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
 {
   UsherHost *host = host_by_ip(d, &msg->user.ip);
-  if (host == NULL)
-    return TRUE; /* the host was probably just removed */
+  gint64 ts = msg->user.has_timestamp ? dir_clamp_peer_time(d, msg->user.timestamp) : 0;
+  if (host == NULL) {
+    /* Its HOST was lost or is still on its way: kept for a while (users_hold_update). */
+    users_hold_update(d, now, c, msg->user.hash, &msg->user.ip, ts, msg->user.has_timestamp);
+    return TRUE;
+  }
   gboolean forced;
   UsherUser *user;
-  gint64 ts = msg->user.has_timestamp ? dir_clamp_peer_time(d, msg->user.timestamp) : 0;
   if (users_refresh(d, now, c, msg->user.hash, host, ts, msg->user.has_timestamp, FALSE, &forced,
                     &user))
     users_update_user(d, forced ? d->self : c->host, host->tag, user);
@@ -1334,6 +1337,8 @@ dispatch(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     if (host != NULL) {
       users_remove_host(d, now, c->host, orig, host);
       dir_state_changed(d, now);
+    } else {
+      users_drop_held(d, &msg->host_ref.ip);
     }
     return dir_conn_by_id(d, id) != NULL;
   case USHER_RING_MSG_HOST_FLUSH:

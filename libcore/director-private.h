@@ -52,6 +52,8 @@
 #define STATE_MAX_KICKS 100000  /* kicks tracked at once (beyond: run untracked) */
 #define STATE_MAX_MOVES 100000  /* moves at once (a ring move beyond it is refused) */
 #define STATE_MAX_USERS 50000000 /* directory entries, every tag (about 1.5 GB) */
+#define STATE_MAX_HELD_USERS 100000 /* USER updates waiting for their backend's HOST */
+#define HELD_USER_SECS 30           /* ... each for at most this long */
 #define LOGS_PER_CALL_MAX 1000  /* LOG effects in one input call */
 #define TIME_PEER_MAX G_GINT64_CONSTANT(4294967295) /* peer timestamps are clamped to 0 .. this */
 
@@ -186,6 +188,21 @@ typedef struct {
   guint32 hash;
 } TagHash;
 
+/* ---- USER updates for a backend we do not know yet ------------------------------------------ */
+
+/* A USER that named a backend we did not know when it arrived: the HOST that adds it was lost to
+ * the "seen" check on the other way round the ring, or is still on its way. Kept for
+ * HELD_USER_SECS and applied if a HOST adds the backend meanwhile (the host list heals through
+ * the hosts_hash check in SYNC; the users would not). Keyed by (hash, ip). */
+typedef struct {
+  guint32 hash;
+  UsherIp ip;
+  gint64 timestamp;  /* the sender's (clamped), or our wall time when it sent none */
+  UsherRingAddr src; /* the member it came from: not sent back there */
+  gint64 deadline_us;
+  GList *link; /* in UsherDirector.held_users */
+} HeldUser;
+
 /* ---- Requests --------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -301,6 +318,9 @@ struct UsherDirector {
   GHashTable *kicks; /* id -> Kick*; owns */
   GQueue kick_order;         /* Kick*, oldest first (= deadline order) */
   guint admin_kicks_running; /* kicks in d->kicks started by admin operations (the slots) */
+  /* USER updates waiting for their backend's HOST (users_hold_update) */
+  GQueue held_users;      /* HeldUser*, in arrival (= deadline) order; owns */
+  GHashTable *held_index; /* the same, by (hash, ip); NULL until the first */
   /* Placement by the configuration the director started with (USER-LOOKUP "initial config",
    * HOST-LIST-REMOVED); never changed after creation. */
   UsherHostTable *initial_hosts;
@@ -400,6 +420,9 @@ void users_flush_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
 void users_update_host(UsherDirector *d, UsherNow now, Member *src, Member *orig,
                        UsherHost *host);
 void users_resend_hosts(UsherDirector *d, UsherNow now);
+void users_hold_update(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, const UsherIp *ip,
+                       gint64 timestamp, gboolean has_timestamp);
+void users_drop_held(UsherDirector *d, const UsherIp *ip);
 void users_timers(UsherDirector *d, UsherNow now);
 gint64 users_next_deadline(UsherDirector *d);
 /* Every public input starts with this: checks the time contract and starts a new call. */

@@ -203,6 +203,137 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
   return ret;
 }
 
+/* ---- USER updates for a backend we do not know yet ------------------------------------------ */
+
+static guint
+held_user_hash(gconstpointer p)
+{
+  const HeldUser *h = p;
+  return h->hash ^ usher_ip_table_hash(&h->ip);
+}
+
+static gboolean
+held_user_equal(gconstpointer a, gconstpointer b)
+{
+  const HeldUser *x = a, *y = b;
+  return x->hash == y->hash && usher_ip_equal(&x->ip, &y->ip);
+}
+
+static void
+held_user_forget(UsherDirector *d, HeldUser *h)
+{
+  g_queue_delete_link(&d->held_users, h->link);
+  g_hash_table_remove(d->held_index, h);
+  g_free(h);
+}
+
+/* A USER for a backend we do not know. Dovecot drops it ("the host was probably just removed"),
+ * and so did Usher: when the backend's HOST had been lost to the "seen" check (a later command of
+ * the same origin overtook it on the other way round the ring), the host list healed a few
+ * seconds later through the hosts_hash check in SYNC, but the users were missing on this director
+ * for the rest of their lives (ushersim swarm, seed 2717). Keep it for HELD_USER_SECS instead;
+ * users_update_host() applies it if the backend becomes known meanwhile. */
+void
+users_hold_update(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, const UsherIp *ip,
+                  gint64 timestamp, gboolean has_timestamp)
+{
+  gint64 wall = dir_wall_secs(now);
+  if (!has_timestamp)
+    timestamp = wall; /* the peer meant "now" (minor < 9) */
+  if (timestamp + (gint64)d->user_expire_secs <= wall)
+    return; /* expired by our clock: it would be ignored anyway */
+  if (d->held_index == NULL)
+    d->held_index = g_hash_table_new(held_user_hash, held_user_equal);
+  HeldUser key = {.hash = hash, .ip = *ip};
+  HeldUser *h = g_hash_table_lookup(d->held_index, &key);
+  if (h != NULL) {
+    /* The same update from the other side of the ring: keep the newer time, not a second entry. */
+    h->timestamp = MAX(h->timestamp, timestamp);
+    return;
+  }
+  if (d->held_users.length >= STATE_MAX_HELD_USERS) {
+    d->stats.user_updates_held_overflow++;
+    return;
+  }
+  h = g_new0(HeldUser, 1);
+  *h = key;
+  h->timestamp = timestamp;
+  if (conn != NULL && conn->host != NULL)
+    h->src = conn->host->addr;
+  h->deadline_us = now.mono_us + HELD_USER_SECS * SEC_US;
+  g_queue_push_tail(&d->held_users, h);
+  h->link = d->held_users.tail;
+  g_hash_table_add(d->held_index, h);
+  d->stats.user_updates_held++;
+}
+
+/* The backend's HOST came: apply what waited for it, in arrival order, as if it arrived now. The
+ * HOST has already been flooded, so every director we forward to knows the backend first. */
+static void
+apply_held_users(UsherDirector *d, UsherNow now, UsherHost *host)
+{
+  if (d->held_users.length == 0)
+    return;
+  g_autoptr(GPtrArray) due = g_ptr_array_new_with_free_func(g_free);
+  for (GList *l = d->held_users.head; l != NULL;) {
+    GList *next = l->next;
+    HeldUser *h = l->data;
+    if (usher_ip_equal(&h->ip, &host->ip)) {
+      g_queue_delete_link(&d->held_users, l);
+      g_hash_table_remove(d->held_index, h);
+      g_ptr_array_add(due, h);
+    }
+    l = next;
+  }
+  if (due->len == 0)
+    return;
+  dir_log(d, G_LOG_LEVEL_INFO,
+          "backend %s is known now: applying %u user updates that arrived before it", host->ip_str,
+          due->len);
+  for (guint i = 0; i < due->len; i++) {
+    HeldUser *h = g_ptr_array_index(due, i);
+    d->stats.user_updates_held_applied++;
+    gboolean forced;
+    UsherUser *user;
+    if (users_refresh(d, now, NULL, h->hash, host, h->timestamp, TRUE, FALSE, &forced, &user)) {
+      Member *src = forced ? d->self : dir_member_lookup(d, &h->src.ip, h->src.port);
+      users_update_user(d, src, host->tag, user);
+    }
+  }
+}
+
+/* A HOST-REMOVE named a backend we never knew: what waited for it goes with it. */
+void
+users_drop_held(UsherDirector *d, const UsherIp *ip)
+{
+  for (GList *l = d->held_users.head; l != NULL;) {
+    GList *next = l->next;
+    HeldUser *h = l->data;
+    if (usher_ip_equal(&h->ip, ip)) {
+      d->stats.user_updates_held_dropped++;
+      held_user_forget(d, h);
+    }
+    l = next;
+  }
+}
+
+static void
+held_users_timers(UsherDirector *d, UsherNow now)
+{
+  guint n = 0;
+  HeldUser *h;
+  while ((h = g_queue_peek_head(&d->held_users)) != NULL && h->deadline_us <= now.mono_us) {
+    d->stats.user_updates_held_dropped++;
+    n++;
+    held_user_forget(d, h);
+  }
+  if (n > 0)
+    dir_log(d, G_LOG_LEVEL_WARNING,
+            "%u user updates for backends we do not know were dropped: no HOST for them came "
+            "within %d s",
+            n, HELD_USER_SECS);
+}
+
 /* ---- Hosts ------------------------------------------------------------------------------------ */
 
 static void
@@ -230,6 +361,7 @@ users_update_host(UsherDirector *d, UsherNow now, Member *src, Member *orig, Ush
   flood_host(d, src, orig, host);
   if (d->left != NULL || d->right != NULL)
     host->desynced = TRUE;
+  apply_held_users(d, now, host);
   dir_sync(d, now);
 }
 
@@ -705,6 +837,9 @@ users_next_deadline(UsherDirector *d)
   const Kick *oldest = g_queue_peek_head(&d->kick_order);
   if (oldest != NULL)
     t = MIN(t, oldest->deadline_us);
+  const HeldUser *held = g_queue_peek_head(&d->held_users);
+  if (held != NULL)
+    t = MIN(t, held->deadline_us);
   for (guint i = 0; i < usher_host_table_n_tags(d->hosts); i++) {
     gint64 wall = usher_user_dir_next_deadline(usher_host_table_nth_tag(d->hosts, i)->users);
     if (wall != G_MAXINT64)
@@ -763,6 +898,7 @@ users_timers(UsherDirector *d, UsherNow now)
 {
   kicks_timers(d, now);
   flush_timers(d, now);
+  held_users_timers(d, now);
   g_autoptr(GPtrArray) due = g_ptr_array_new();
   GHashTableIter it;
   gpointer k;
@@ -804,6 +940,8 @@ users_timers(UsherDirector *d, UsherNow now)
 void
 users_free_all(UsherDirector *d)
 {
+  g_queue_clear_full(&d->held_users, g_free);
+  g_clear_pointer(&d->held_index, g_hash_table_unref);
   Request *r;
   while ((r = g_queue_pop_head(&d->requests)) != NULL) {
     g_free(r->username);

@@ -393,6 +393,11 @@ typedef struct {
   guint64 health_downs, health_ups; /* decisions this director took */
   guint64 health_no_quorum;         /* evaluations skipped: too few live voters */
   guint64 links_with_extension;         /* ring links on which the peer announced the extension */
+  /* USER updates for a backend we did not know (yet): its HOST was lost or is still on its way */
+  guint64 user_updates_held;          /* kept, to be applied when the backend's HOST comes */
+  guint64 user_updates_held_applied;  /* ... applied when it came */
+  guint64 user_updates_held_dropped;  /* ... dropped: no HOST within 30 s, or HOST-REMOVE for it */
+  guint64 user_updates_held_overflow; /* not kept: the hold queue was full (dropped, as Dovecot) */
 } UsherDirectorStats;
 
 const UsherRingAddr *usher_director_get_self(const UsherDirector *director);

@@ -122,6 +122,10 @@ sim_world_print_summary(SimWorld *w, FILE *out)
     sum.health_downs += st->health_downs;
     sum.health_ups += st->health_ups;
     sum.health_no_quorum += st->health_no_quorum;
+    sum.user_updates_held += st->user_updates_held;
+    sum.user_updates_held_applied += st->user_updates_held_applied;
+    sum.user_updates_held_dropped += st->user_updates_held_dropped;
+    sum.user_updates_held_overflow += st->user_updates_held_overflow;
   }
   fprintf(out, "directors (all that are up, since their last start): %" G_GUINT64_FORMAT
                " users moved by admin commands and flushes; every director's moves: %" G_GUINT64_FORMAT
@@ -156,6 +160,13 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                  "voters to decide\n",
             sum.probes_sent, sum.probes_failed, sum.health_downs, sum.health_ups,
             sum.health_no_quorum);
+  if (sum.user_updates_held + sum.user_updates_held_overflow > 0)
+    fprintf(out,
+            "user updates for a backend not known yet: %" G_GUINT64_FORMAT
+            " held, %" G_GUINT64_FORMAT " applied when its HOST came, %" G_GUINT64_FORMAT
+            " dropped, %" G_GUINT64_FORMAT " not held (queue full)\n",
+            sum.user_updates_held, sum.user_updates_held_applied, sum.user_updates_held_dropped,
+            sum.user_updates_held_overflow);
   if (w->kicks_lost + w->flushes_lost + w->flushes_failed > 0)
     fprintf(out, "driver faults: %" G_GUINT64_FORMAT " kicks never reported done, %" G_GUINT64_FORMAT
                  " flush hooks never reported, %" G_GUINT64_FORMAT " reported failed\n",
@@ -285,6 +296,10 @@ sim_world_report_json(SimWorld *w)
       INT("floods_held", st->floods_held);
       INT("floods_held_overflow", st->floods_held_overflow);
       INT("handshake_pauses", st->handshake_pauses);
+      INT("user_updates_held", st->user_updates_held);
+      INT("user_updates_held_applied", st->user_updates_held_applied);
+      INT("user_updates_held_dropped", st->user_updates_held_dropped);
+      INT("user_updates_held_overflow", st->user_updates_held_overflow);
       INT("kicks_timed_out", st->kicks_timed_out);
       INT("flushes_failed", st->flushes_failed);
       INT("flushes_timed_out", st->flushes_timed_out);

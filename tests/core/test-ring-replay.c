@@ -5,6 +5,7 @@
  * (1795393974 here) where Dovecot starts at 0 (doc/ring-protocol.md). */
 #include "libcore/config.h"
 #include "libcore/director.h"
+#include "libcore/host.h"
 
 #include <string.h>
 
@@ -467,6 +468,131 @@ test_bad_input(void)
   replay_free(r);
 }
 
+static gboolean
+has_user(Replay *r, guint32 hash, const char *ip)
+{
+  UsherUserInfo info;
+  usher_director_lookup_user(r->d, r->wall_us, hash, NULL, &info);
+  if (!info.found)
+    return FALSE;
+  char buf[USHER_IP_STRLEN];
+  g_assert_cmpstr(usher_ip_to_string(&info.current, buf), ==, ip);
+  return TRUE;
+}
+
+static gboolean
+has_host(Replay *r, const char *ip)
+{
+  UsherIp addr = {0};
+  g_assert_true(usher_ip_parse(ip, -1, &addr));
+  return usher_host_table_lookup(usher_director_get_hosts(r->d), &addr) != NULL;
+}
+
+/* Lets virtual time pass on a quiet ring: the peer PINGs now and then, so the links stay up. */
+static void
+advance_quiet(Replay *r, gint64 secs)
+{
+  for (gint64 i = 0; i < secs; i++) {
+    r->mono_us += SEC;
+    r->wall_us += SEC;
+    usher_director_on_deadline(r->d, now(r));
+    collect(r);
+    if (i % 5 == 4) {
+      g_autofree char *ping = g_strdup_printf("PING\t%" G_GINT64_FORMAT "\t0\n", r->wall_us / SEC);
+      feed(r, r->in, ping);
+      feed(r, r->out, ping);
+    }
+  }
+  g_string_truncate(r->sent_out, 0);
+  g_string_truncate(r->sent_in, 0);
+}
+
+/* Swarm seed 2717: a later command of the peer (a kick) overtakes, on the other way round the
+ * ring, the HOST that adds a backend; the HOST is dropped as already seen. The USER lines for that
+ * backend that follow used to be dropped too ("unknown host"), for good: the host list heals
+ * through the hosts_hash check in SYNC, which re-sends the hosts, but nothing re-sends the users.
+ * They are now kept and applied when a HOST adds the backend (doc/ring-protocol.md). */
+static void
+test_user_before_host(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  const UsherDirectorStats *st = usher_director_get_stats(r->d);
+  guint64 dups = st->duplicate_commands;
+  feed(r, r->in, "USER-KICK-HASH\t127.0.5.2\t19190\t11\t12345\t127.0.2.1\n");
+  feed(r, r->in, "HOST\t127.0.5.2\t19190\t10\t127.0.2.9\t100\t\tU0\t\n");
+  g_assert_cmpuint(st->duplicate_commands, ==, dups + 1);
+  g_assert_false(has_host(r, "127.0.2.9"));
+  gint64 ts = r->wall_us / SEC;
+  g_autofree char *user = g_strdup_printf("USER\t4242\t127.0.2.9\t%" G_GINT64_FORMAT "\n", ts);
+  feed(r, r->in, user);
+  feed(r, r->out, user); /* the same update the other way round: held once */
+  g_assert_false(has_user(r, 4242, NULL));
+  g_assert_cmpuint(st->user_updates_held, ==, 1);
+  g_assert_cmpint(usher_director_next_deadline(r->d), <=, r->mono_us + 30 * SEC);
+  /* The peer's SYNC said our hosts differ; it re-sends its hosts a few seconds later. */
+  advance_quiet(r, 5);
+  feed(r, r->in, "HOST\t127.0.5.2\t19190\t12\t127.0.2.9\t100\t\tU0\t\n");
+  g_assert_true(has_host(r, "127.0.2.9"));
+  g_assert_true(has_user(r, 4242, "127.0.2.9"));
+  UsherUserInfo info;
+  usher_director_lookup_user(r->d, r->wall_us, 4242, NULL, &info);
+  g_assert_cmpint(info.timestamp, ==, ts); /* the sender's time, not the time it was applied */
+  g_assert_cmpuint(st->user_updates_held_applied, ==, 1);
+  g_assert_cmpuint(st->user_updates_held_dropped, ==, 0);
+  replay_free(r);
+}
+
+/* What waits for a backend is bounded: 30 s, then dropped; a HOST-REMOVE of that backend drops it
+ * at once; an update already expired by our clock is not kept; at most 100000 wait at once. */
+static void
+test_held_users_bounded(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  const UsherDirectorStats *st = usher_director_get_stats(r->d);
+  gint64 ts = r->wall_us / SEC;
+  g_autofree char *late = g_strdup_printf("USER\t4243\t127.0.2.8\t%" G_GINT64_FORMAT "\n", ts);
+  feed(r, r->in, late);
+  g_assert_cmpuint(st->user_updates_held, ==, 1);
+  advance_quiet(r, 29);
+  g_assert_cmpuint(st->user_updates_held_dropped, ==, 0);
+  advance_quiet(r, 1);
+  g_assert_cmpuint(st->user_updates_held_dropped, ==, 1);
+  feed(r, r->in, "HOST\t127.0.5.2\t19190\t20\t127.0.2.8\t100\t\tU0\t\n");
+  g_assert_true(has_host(r, "127.0.2.8"));
+  g_assert_false(has_user(r, 4243, NULL));
+
+  ts = r->wall_us / SEC;
+  g_autofree char *removed = g_strdup_printf("USER\t4244\t127.0.2.7\t%" G_GINT64_FORMAT "\n", ts);
+  feed(r, r->in, removed);
+  feed(r, r->in, "HOST-REMOVE\t127.0.5.2\t19190\t21\t127.0.2.7\n");
+  g_assert_cmpuint(st->user_updates_held_dropped, ==, 2);
+  feed(r, r->in, "HOST\t127.0.5.2\t19190\t22\t127.0.2.7\t100\t\tU0\t\n");
+  g_assert_false(has_user(r, 4244, NULL));
+
+  g_autofree char *expired =
+    g_strdup_printf("USER\t4245\t127.0.2.6\t%" G_GINT64_FORMAT "\n", ts - 900);
+  feed(r, r->in, expired);
+  g_assert_cmpuint(st->user_updates_held, ==, 2);
+
+  const guint max = 100000;
+  GString *many = g_string_new(NULL);
+  for (guint i = 0; i <= max; i++)
+    g_string_append_printf(many, "USER\t%u\t127.0.2.6\t%" G_GINT64_FORMAT "\n", 10000 + i, ts);
+  usher_director_peer_bytes(r->d, now(r), r->in, many->str, many->len);
+  g_string_free(many, TRUE);
+  g_array_unref(usher_director_take_effects(r->d));
+  g_assert_cmpuint(st->user_updates_held, ==, 2 + max);
+  g_assert_cmpuint(st->user_updates_held_overflow, ==, 1);
+  feed(r, r->in, "HOST\t127.0.5.2\t19190\t23\t127.0.2.6\t100\t\tU0\t\n");
+  g_assert_cmpuint(st->user_updates_held_applied, ==, max);
+  g_assert_true(has_user(r, 10000, "127.0.2.6"));
+  g_assert_true(has_user(r, 10000 + max - 1, "127.0.2.6"));
+  g_assert_false(has_user(r, 10000 + max, NULL));
+  replay_free(r);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -479,5 +605,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring-replay/usher-health-report", test_usher_health_report);
   g_test_add_func("/core/ring-replay/flood-before-version", test_flood_before_version);
   g_test_add_func("/core/ring-replay/flood-hold-limit", test_flood_hold_limit);
+  g_test_add_func("/core/ring-replay/user-before-host", test_user_before_host);
+  g_test_add_func("/core/ring-replay/held-users-bounded", test_held_users_bounded);
   return g_test_run();
 }
