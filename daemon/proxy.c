@@ -2860,6 +2860,8 @@ kick_on_worker(gpointer data)
               (j->except.family == 0 || !usher_ip_equal(&j->except, &s->backend));
     else if (j->kind == USHER_KICK_NAME)
       match = strcmp(s->user, j->name) == 0;
+    else if (j->kind == USHER_KICK_BACKEND)
+      match = usher_ip_equal(&j->except, &s->backend);
     if (!match)
       continue;
     kicked++;

@@ -375,6 +375,8 @@ users_resend_hosts(UsherDirector *d, UsherNow now)
 
 static void move_free(UsherDirector *d, UsherNow now, Move *m, gboolean notify);
 static int cmp_move_due(gconstpointer a, gconstpointer b);
+static guint64 new_kick(UsherDirector *d, UsherNow now, gboolean for_move, gboolean admin,
+                        UsherTag *tag, guint32 hash);
 
 /* Moves of users that are about to disappear with their host. */
 static void
@@ -428,6 +430,17 @@ users_flush_host(UsherDirector *d, UsherNow now, Member *src, Member *orig, Ushe
   }
   drop_moves_of_host(d, now, host);
   (void)usher_host_table_flush(d->hosts, host);
+  if (host->down) {
+    /* The users of a down backend are placed again at their next login: sessions still open on
+     * it through this director must end, or a user could run on two backends (a backend that
+     * some directors still reach: swarm with health checks). Dovecot's HOST-FLUSH kicks nobody;
+     * Dovecot members of the ring keep theirs. */
+    UsherEffect e = {.type = USHER_EFFECT_KICK};
+    e.kick.id = new_kick(d, now, FALSE, FALSE, NULL, 0);
+    e.kick.kind = USHER_KICK_BACKEND;
+    e.kick.except = host->ip;
+    g_array_append_val(d->effects, e);
+  }
   dir_sync(d, now);
 }
 

@@ -101,6 +101,7 @@ typedef enum {
   USHER_KICK_HASH = 0, /* sessions whose login name hashes to hash (in any tag), sparing except */
   USHER_KICK_NAME,     /* sessions whose login name is name */
   USHER_KICK_ALT,      /* sessions whose alternative name field `name` equals value */
+  USHER_KICK_BACKEND,  /* every session proxied to the backend `except` (a down backend flushed) */
 } UsherKickKind;
 
 typedef struct {
@@ -132,7 +133,7 @@ typedef struct {
       guint64 id;
       UsherKickKind kind;
       guint32 hash;
-      UsherIp except; /* family 0: spare nobody */
+      UsherIp except; /* HASH: family 0 spares nobody; BACKEND: the backend */
       char *name;     /* NAME: login name; ALT: field name */
       char *value;    /* ALT: field value */
     } kick;

@@ -218,8 +218,39 @@ sim_swarm_scenario(guint64 seed)
     g_string_append_printf(driver, "%s\"login_cancel\": %u, \"login_cancel_after\": {\"kind\": "
                                    "\"uniform\", \"min\": \"100ms\", \"max\": \"%us\"}",
                            driver->len > 0 ? ", " : "", cancel_pct, cancel_max);
-  g_string_append_printf(s, "  \"cluster\": {%s], \"settings\": {%s}},\n", cluster->str,
-                         settings->str);
+  /* 5. health checks (doc/health.md) in about one seed in three, and then in one such seed in
+   * two a backend that only some directors cannot reach; drawn last, as the driver faults. */
+  gboolean health = pick(&r, 0, 2) == 0;
+  guint h_interval = pick(&r, 1, 5), h_fall = pick(&r, 1, 3), h_rise = pick(&r, 1, 3);
+  gboolean h_keep = pick(&r, 0, 3) == 0;
+  gboolean path_fault = pick(&r, 0, 1) == 0;
+  gint64 pf_at = pick(&r, 120, (guint)MAX(last - 60, 121));
+  gint64 pf_end = fault_end(&r, pf_at, 10, 600, last);
+  guint pf_host = pick(&r, 2, backends);
+  guint64 pf_mask = usher_rng_below(&r, G_GUINT64_CONSTANT(1) << directors);
+  GString *health_json = g_string_new(NULL);
+  if (health) {
+    g_string_append_printf(health_json, ", \"health\": {\"enabled\": true, \"interval\": \"%us\", "
+                                        "\"fall\": %u, \"rise\": %u, \"down_action\": \"%s\"}",
+                           h_interval, h_fall, h_rise, h_keep ? "keep" : "replace");
+    if (path_fault && pf_mask != 0) {
+      GString *from = g_string_new(NULL);
+      for (guint i = 0; i < directors; i++)
+        if (pf_mask & (G_GUINT64_CONSTANT(1) << i))
+          g_string_append_printf(from, "%s%u", from->len > 0 ? ", " : "", i);
+      /* rest ends with "\n  ],\n": put the two events before that. */
+      g_string_truncate(rest, rest->len - strlen("\n  ],\n"));
+      g_string_append_printf(rest, "%s\n    {\"at\": \"%" G_GINT64_FORMAT "s\", \"type\": \"backend-fail\", "
+                                   "\"host\": \"10.0.2.%u\", \"from\": [%s]}, {\"at\": \"%" G_GINT64_FORMAT
+                                   "s\", \"type\": \"backend-recover\", \"host\": \"10.0.2.%u\", "
+                                   "\"from\": [%s]}\n  ],\n",
+                             first ? "" : ",", pf_at, pf_host, from->str, pf_end, pf_host, from->str);
+      g_string_free(from, TRUE);
+    }
+  }
+  g_string_append_printf(s, "  \"cluster\": {%s], \"settings\": {%s}%s},\n", cluster->str,
+                         settings->str, health_json->str);
+  g_string_free(health_json, TRUE);
   g_string_append_printf(s, "  \"network\": {%s},\n", network->str);
   g_string_append(s, rest->str);
   if (driver->len > 0)

@@ -499,7 +499,17 @@ static void
 kick(SimWorld *w, guint node, const UsherEffect *e)
 {
   g_autoptr(GArray) victims = g_array_new(FALSE, FALSE, sizeof(guint32));
-  if (e->kick.kind == USHER_KICK_HASH) {
+  if (e->kick.kind == USHER_KICK_BACKEND) {
+    /* Every session this director proxies to the backend. */
+    for (guint32 s = 0; s < w->sessions->len; s++) {
+      SimSession *ss = session_at(w, s);
+      SimBackend *b = &g_array_index(w->backends, SimBackend, ss->backend);
+      if (ss->alive && ss->director == node &&
+          ss->director_incarnation == w->nodes[node].incarnation &&
+          usher_ip_equal(&e->kick.except, &b->ip))
+        session_end(w, s, TRUE);
+    }
+  } else if (e->kick.kind == USHER_KICK_HASH) {
     /* Every user with this hash (collisions share it). */
     guint64 key = (guint64)e->kick.hash << 32;
     guint64 lo = 0, hi = w->n_users;

@@ -211,7 +211,7 @@ main(int argc, char **argv)
   g_test_add_func("/sim/swarm-scenarios-valid", test_swarm_scenarios_valid);
   g_test_add_func("/sim/swarm-draws-driver-faults", test_swarm_draws_driver_faults);
   g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
-  const char *subdirs[] = {"", "regressions"};
+  const char *subdirs[] = {"", "regressions", "faults"};
   for (guint k = 0; k < G_N_ELEMENTS(subdirs); k++) {
     g_autofree char *path = g_build_filename(scenario_dir(), subdirs[k], NULL);
     g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
