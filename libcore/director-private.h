@@ -39,6 +39,8 @@
 /* Links between usherd directors (both announced USHER_RING_OPTION_USHER_EXT): a PING after this
  * much silence, and the link is closed after usher_ping_timeout_secs more without input. */
 #define USHER_PEER_PING_INTERVAL_SECS 1
+/* A usherd member that failed is skipped this long, and a ring without it tries it this often. */
+#define USHER_PEER_RETRY_SECS 5
 /* Health: a voter's report is live for this many of its own intervals. */
 #define HEALTH_REPORT_LIVE_INTERVALS 3
 #define HEALTH_VOTERS_MAX STATE_MAX_MEMBERS

@@ -292,6 +292,27 @@ purge_removed_members(UsherDirector *d)
  * wait ALONE_GRACE_SECS (retrying every second with failure marks cleared) and then declare
  * ourselves alone. Unlike Dovecot, the grace applies to every such episode, not only the first
  * in the process's life (spec 4.9, weakness 4). */
+/* How long a member that failed is skipped, and how often a ring that lacks it (alone, or with
+ * another right than the preferred one) tries it again: Dovecot's 60 s and 30 s, but 5 s for a
+ * member known to be a usherd, whose failures are detected in seconds and whose heals should be
+ * too (doc/health.md, "Fast failure detection"). */
+static guint
+retry_secs(const Member *m, guint dovecot_secs)
+{
+  return m != NULL && m->usher_ext ? USHER_PEER_RETRY_SECS : dovecot_secs;
+}
+
+static gboolean
+any_usher_member(UsherDirector *d)
+{
+  for (guint i = 0; i < d->members->len; i++) {
+    Member *m = g_ptr_array_index(d->members, i);
+    if (!m->self && !m->removed && m->usher_ext)
+      return TRUE;
+  }
+  return FALSE;
+}
+
 void
 dir_connect(UsherDirector *d, UsherNow now, const char *reason)
 {
@@ -304,7 +325,8 @@ dir_connect(UsherDirector *d, UsherNow now, const char *reason)
     Member *m = g_ptr_array_index(d->members, (self_idx + i) % n);
     if (m->removed)
       continue;
-    if (m->last_network_failure != 0 && m->last_network_failure + RECONNECT_RETRY_SECS > wall)
+    if (m->last_network_failure != 0 &&
+        m->last_network_failure + retry_secs(m, RECONNECT_RETRY_SECS) > wall)
       continue;
     if (m->last_protocol_failure != 0 &&
         m->last_protocol_failure + PROTOCOL_FAILURE_RETRY_SECS > wall)
@@ -327,7 +349,8 @@ dir_connect(UsherDirector *d, UsherNow now, const char *reason)
     /* Already alone: keep trying the others now and then (their failure marks expire after
      * RECONNECT_RETRY_SECS), quietly. Dovecot never retries here, so an isolated director
      * stays apart until someone else connects to it. */
-    d->connect_timer_us = now.mono_us + RECONNECT_RETRY_SECS * SEC_US;
+    d->connect_timer_us =
+      now.mono_us + (any_usher_member(d) ? USHER_PEER_RETRY_SECS : RECONNECT_RETRY_SECS) * SEC_US;
     return;
   }
   if (others) {
@@ -350,7 +373,8 @@ dir_connect(UsherDirector *d, UsherNow now, const char *reason)
   d->alone_since_us = 0;
   if (others) {
     d->alone = TRUE;
-    d->connect_timer_us = now.mono_us + RECONNECT_RETRY_SECS * SEC_US;
+    d->connect_timer_us =
+      now.mono_us + (any_usher_member(d) ? USHER_PEER_RETRY_SECS : RECONNECT_RETRY_SECS) * SEC_US;
   }
   if (d->left != NULL) {
     /* Alone: the left connection cannot be part of a ring any more. */
@@ -460,7 +484,9 @@ dir_set_ring_synced(UsherDirector *d, UsherNow now)
   d->sync_timer_us = 0;
   if (d->right != NULL && d->right->host != dir_preferred_right(d)) {
     if (d->preferred_right_timer_us == 0)
-      d->preferred_right_timer_us = now.mono_us + PREFERRED_RIGHT_RECONNECT_SECS * SEC_US;
+      d->preferred_right_timer_us =
+        now.mono_us +
+        retry_secs(dir_preferred_right(d), PREFERRED_RIGHT_RECONNECT_SECS) * SEC_US;
   } else {
     d->preferred_right_timer_us = 0;
   }
@@ -887,7 +913,8 @@ usher_director_on_deadline(UsherDirector *d, UsherNow now)
       }
       /* Unlike Dovecot (one attempt per synced ring), keep trying while the right is not the
        * preferred one, so a healed partition rejoins without waiting for another change. */
-      d->preferred_right_timer_us = now.mono_us + PREFERRED_RIGHT_RECONNECT_SECS * SEC_US;
+      d->preferred_right_timer_us =
+        now.mono_us + retry_secs(pref, PREFERRED_RIGHT_RECONNECT_SECS) * SEC_US;
     }
   }
   if (d->purge_timer_us != 0 && d->purge_timer_us <= now.mono_us)

@@ -51,7 +51,7 @@ import usherlab as ul  # noqa: E402
 
 HEALTH = "[health]\nenabled = true\ninterval = 1s\ntimeout = 1s\nfall = 2\nrise = 2\n"
 USERS = 200      # in the passwd-file; LMTP delivers to all of them
-IMAP_USERS = 60  # IMAP logins come from fewer users, so a user logs in several times per phase
+IMAP_USERS = 30  # IMAP logins come from fewer users, so a user logs in several times per phase
 IMAP_CLIENTS = 4
 LMTP_PER_SEC = 10
 CLIENT_TIMEOUT = 5.0
@@ -420,6 +420,7 @@ def run(lab, t, report):
     def phase(name, inject, detect, repair, settle_members=None, detect_limit=None):
         load.phase = name
         r = {}
+        time.sleep(6)   # some logins of the phase before the fault (moves are counted per phase)
         t0 = time.monotonic()
         inject()
         r["detect_s"] = timed(detect, 30) if detect is not None else None
