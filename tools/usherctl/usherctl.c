@@ -838,7 +838,8 @@ static const Verb verbs[] = {
   {"flush", "[--force] [--max-parallel N] IP|all",
    "Move the users of a backend (or of all) whose hashed backend differs, kicking their\n"
    "sessions, at most N at a time. --force drops their entries without kicking (unsafe: a\n"
-   "user may briefly run on two backends).",
+   "user may briefly run on two backends), except that the usherd of the ring close their\n"
+   "sessions on a backend that is down.",
    cmd_flush, 1, 1},
   {"users", "[IP]", "Every user entry (hash, backend, expiry), or those of one backend.",
    cmd_users, 0, 1},
