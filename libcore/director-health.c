@@ -26,12 +26,7 @@
 static HealthBackend *
 backend_find(UsherDirector *d, const UsherIp *ip)
 {
-  for (guint i = 0; i < d->health.backends->len; i++) {
-    HealthBackend *b = g_ptr_array_index(d->health.backends, i);
-    if (usher_ip_equal(&b->ip, ip))
-      return b;
-  }
-  return NULL;
+  return g_hash_table_lookup(d->health.by_ip, ip);
 }
 
 static void
@@ -40,6 +35,13 @@ backend_free(gpointer p)
   HealthBackend *b = p;
   g_free(b->last_detail);
   g_free(b);
+}
+
+static int
+cmp_backend_ip(gconstpointer a, gconstpointer b)
+{
+  const HealthBackend *x = *(HealthBackend *const *)a, *y = *(HealthBackend *const *)b;
+  return usher_ip_cmp(&x->ip, &y->ip);
 }
 
 static void
@@ -63,6 +65,7 @@ health_init(UsherDirector *d, const UsherConfig *config, UsherNow now)
   h->down_replace = config->health_down_replace;
   h->boot = (guint32)CLAMP(dir_wall_secs(now), 0, (gint64)G_MAXUINT32);
   h->backends = g_ptr_array_new_with_free_func(backend_free);
+  h->by_ip = g_hash_table_new(usher_ip_table_hash, usher_ip_table_equal);
   h->voters = g_ptr_array_new_with_free_func(voter_free);
 }
 
@@ -77,6 +80,7 @@ health_start(UsherDirector *d, UsherNow now)
 void
 health_free(UsherDirector *d)
 {
+  g_clear_pointer(&d->health.by_ip, g_hash_table_unref);
   g_clear_pointer(&d->health.backends, g_ptr_array_unref);
   g_clear_pointer(&d->health.voters, g_ptr_array_unref);
 }
@@ -96,13 +100,15 @@ health_member_gone(UsherDirector *d, Member *m)
 /* ---- Bookkeeping ------------------------------------------------------------------------------
  */
 
-/* Adds entries for new backends (starting in the ring's state) and drops those of removed ones. */
+/* Adds entries for new backends (starting in the ring's state) and drops those of removed ones,
+ * keeping the host table's order. Linear in the number of backends: it runs for every report. */
 static void
 sync_backends(UsherDirector *d)
 {
   GPtrArray *bs = d->health.backends;
   for (guint i = 0; i < bs->len; i++)
     ((HealthBackend *)g_ptr_array_index(bs, i))->seen = FALSE;
+  gboolean changed = FALSE;
   for (guint i = 0; i < usher_host_table_n_hosts(d->hosts); i++) {
     UsherHost *host = usher_host_table_nth(d->hosts, i);
     HealthBackend *b = backend_find(d, &host->ip);
@@ -111,15 +117,23 @@ sync_backends(UsherDirector *d)
       b->ip = host->ip;
       b->failing = host->down;
       g_ptr_array_add(bs, b);
+      g_hash_table_insert(d->health.by_ip, &b->ip, b);
+      changed = TRUE;
     }
     b->seen = TRUE;
   }
   for (guint i = 0; i < bs->len;) {
-    if (!((HealthBackend *)g_ptr_array_index(bs, i))->seen)
-      g_ptr_array_remove_index(bs, i);
-    else
+    HealthBackend *b = g_ptr_array_index(bs, i);
+    if (!b->seen) {
+      g_hash_table_remove(d->health.by_ip, &b->ip);
+      g_ptr_array_remove_index(bs, i); /* frees b */
+      changed = TRUE;
+    } else {
       i++;
+    }
   }
+  if (changed)
+    g_ptr_array_sort(bs, cmp_backend_ip);
 }
 
 /* Forgets a health-down mark that no longer describes the backend: it came up, or something
@@ -581,12 +595,7 @@ usher_director_get_health(const UsherDirector *d, UsherNow now, UsherHealthRepor
     info.ip = host->ip;
     usher_ip_to_string(&host->ip, info.ip_str);
     info.down = host->down;
-    const HealthBackend *b = NULL;
-    for (guint j = 0; j < d->health.backends->len && b == NULL; j++) {
-      const HealthBackend *x = g_ptr_array_index(d->health.backends, j);
-      if (usher_ip_equal(&x->ip, &host->ip))
-        b = x;
-    }
+    const HealthBackend *b = g_hash_table_lookup(d->health.by_ip, &host->ip);
     if (b != NULL) {
       info.failing = b->failing;
       info.fails_in_row = b->fails;

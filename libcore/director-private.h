@@ -259,6 +259,7 @@ typedef struct {
   gboolean report_now;
   gboolean had_quorum;
   GPtrArray *backends; /* HealthBackend*, owns */
+  GHashTable *by_ip;   /* UsherIp* (the entry's own) -> HealthBackend* in backends */
   GPtrArray *voters;   /* HealthVoter*, owns */
 } Health;
 
