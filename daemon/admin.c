@@ -509,7 +509,12 @@ build_health(Usherd *u, JsonBuilder *b, UsherNow now)
     json_builder_set_member_name(b, "interval_ms");
     json_builder_add_int_value(b, v->interval_ms);
     json_builder_set_member_name(b, "failing");
-    json_builder_add_int_value(b, v->n_failing);
+    json_builder_begin_array(b);
+    for (guint k = 0; k < v->n_failing; k++) {
+      char ip[USHER_IP_STRLEN];
+      json_builder_add_string_value(b, usher_ip_to_string(&v->failing[k], ip));
+    }
+    json_builder_end_array(b);
     json_builder_set_member_name(b, "complete");
     json_builder_add_boolean_value(b, v->complete);
     json_builder_end_object(b);

@@ -622,7 +622,9 @@ usher_director_get_health(const UsherDirector *d, UsherNow now, UsherHealthRepor
       hv.age_ms = (now.mono_us - v->received_us) / 1000;
       hv.live = voter_live(d, v, now.mono_us);
       hv.interval_ms = v->interval_ms;
-      hv.n_failing = v->failing->len;
+      hv.n_failing = MIN(v->failing->len, (guint)USHER_RING_HEALTH_LIST_MAX);
+      for (guint k = 0; k < hv.n_failing; k++)
+        hv.failing[k] = g_array_index(v->failing, UsherIp, k);
       hv.complete = v->complete;
       hv.seq = v->seq;
       g_array_append_val(out->voters, hv);

@@ -282,6 +282,7 @@ typedef struct {
   gboolean live;   /* that report is fresh (3 of its intervals) */
   guint interval_ms;
   guint n_failing;
+  UsherIp failing[USHER_RING_HEALTH_LIST_MAX]; /* the backends it sees failing (n_failing) */
   gboolean complete;
   guint32 seq;
 } UsherHealthVoter;

@@ -112,6 +112,8 @@ def run(lab, t):
     rc, out, _ = us[0].usherctl("health")
     t.ok(rc == 0 and "3 of 3 ring members vote" in out and "IMAP greeting" in out,
          "usherctl health prints the votes and the last probe", out)
+    t.ok(all(v["live"] and v["failing"] == [] for v in h0["voters"]) and len(h0["voters"]) == 2,
+         "the two other directors vote, each seeing no backend failing", json.dumps(h0["voters"]))
 
     # Users on every backend.
     placed = {}
@@ -135,6 +137,9 @@ def run(lab, t):
          f"in {took if took is None else round(took, 1)} s (limit 10 s)",
          json.dumps(backend_state(us[0], victim.ip)))
     st = backend_state(us[2], victim.ip)
+    voters = health(us[2])["voters"]
+    t.ok(any(victim.ip in v["failing"] for v in voters),
+         "usherctl health names the backend in the other directors' votes", json.dumps(voters))
     t.ok(st["down_by_health"] and st["votes_failing"] >= 2,
          "the decision is a health decision with a majority of votes", json.dumps(st))
     decisions = sum(json.loads(u.usherctl("--json", "stats")[1])["director"]["health_downs"]

@@ -762,12 +762,20 @@ cmd_health(int argc, char **argv)
       row[0] = g_strdup(json_object_get_string_member(v, "director"));
       row[1] = g_strdup(json_object_get_boolean_member(v, "live") ? "yes" : "no (stale)");
       row[2] = g_strdup_printf("%.1f s", member_int(v, "report_age_ms") / 1000.0);
-      row[3] = g_strdup_printf("%" G_GINT64_FORMAT "%s", member_int(v, "failing"),
-                               json_object_get_boolean_member(v, "complete") ? "" : " (list cut)");
+      JsonArray *failing = json_object_get_array_member(v, "failing");
+      GString *seen = g_string_new(NULL);
+      for (guint k = 0; k < json_array_get_length(failing); k++)
+        g_string_append_printf(seen, "%s%s", k > 0 ? " " : "",
+                               json_array_get_string_element(failing, k));
+      if (seen->len == 0)
+        g_string_append(seen, "none");
+      if (!json_object_get_boolean_member(v, "complete"))
+        g_string_append(seen, " (and more)");
+      row[3] = g_string_free(seen, FALSE);
       g_ptr_array_add(vcells, row);
     }
     printf("\n");
-    const char *vheader[] = {"voter", "live", "last report", "backends failing", NULL};
+    const char *vheader[] = {"voter", "live", "last report", "sees failing", NULL};
     print_table(vheader, vcells);
   }
   return 0;
