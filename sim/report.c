@@ -91,6 +91,12 @@ sim_world_print_summary(SimWorld *w, FILE *out)
     if (c->took_us >= 0) {
       fprintf(out, "converged after %s in ", c->after);
       print_ms(out, c->took_us);
+      if (c->settled_us > c->took_us) {
+        fprintf(out, "; the moves it started ran until ");
+        print_ms(out, c->settled_us);
+      } else if (c->settled_us < 0) {
+        fprintf(out, "; its moves were still running at the next change");
+      }
       fprintf(out, "\n");
     } else {
       fprintf(out, "did NOT converge after %s\n", c->after);
@@ -267,6 +273,7 @@ sim_world_report_json(SimWorld *w)
     json_builder_set_member_name(b, "after");
     json_builder_add_string_value(b, c->after);
     INT("took_us", c->took_us);
+    INT("settled_us", c->settled_us);
     json_builder_end_object(b);
   }
   json_builder_end_array(b);

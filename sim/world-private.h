@@ -118,6 +118,9 @@ typedef struct {
 typedef struct {
   gint64 since_us;
   gint64 took_us; /* -1: did not converge within the budget */
+  /* When the moves running at agreement (a flush, a move) had all finished, from since_us: the
+   * change's full cost. took_us when none ran; -1 when the next change came first. */
+  gint64 settled_us;
   char *after;
 } SimConvergence;
 
@@ -159,6 +162,7 @@ struct SimWorld {
 
   gboolean probing;
   gint64 probe_since_us;
+  gint settling;        /* index in convergences of one whose moves still run, or -1 */
   char *probe_after;
   GArray *convergences; /* SimConvergence */
 
