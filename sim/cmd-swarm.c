@@ -159,6 +159,94 @@ still_fails(JsonNode *scenario, guint64 seed, const char *kind)
   return FALSE;
 }
 
+/* Faults and the events that end them: a shrink never keeps a fault without its end (a
+ * partition never healed fails for another reason than the bug), so an end is only ever removed
+ * together with its start. */
+static const struct {
+  const char *start, *end, *key; /* key: the field both must share ("" for none) */
+} fault_pairs[] = {
+  {"partition", "heal", ""},
+  {"director-crash", "director-restart", "director"},
+  {"director-pause", "director-resume", "director"},
+  {"backend-fail", "backend-recover", "host"},
+};
+
+static gint64
+event_at(JsonObject *e)
+{
+  gint64 us = 0;
+  JsonNode *at = json_object_get_member(e, "at");
+  if (at != NULL && JSON_NODE_HOLDS_VALUE(at) && json_node_get_value_type(at) == G_TYPE_STRING)
+    (void)sim_parse_duration_us(json_node_get_string(at), &us);
+  return us;
+}
+
+static const char *
+event_type(JsonObject *e)
+{
+  JsonNode *t = json_object_get_member(e, "type");
+  return t != NULL && JSON_NODE_HOLDS_VALUE(t) && json_node_get_value_type(t) == G_TYPE_STRING
+           ? json_node_get_string(t)
+           : "";
+}
+
+static gboolean
+same_member(JsonObject *a, JsonObject *b, const char *key)
+{
+  if (key[0] == '\0')
+    return TRUE;
+  JsonNode *x = json_object_get_member(a, key), *y = json_object_get_member(b, key);
+  if (x == NULL || y == NULL)
+    return x == y;
+  return json_node_equal(x, y);
+}
+
+/* For event i: -2 if it ends a fault (never removed alone), the index of the event that ends it
+ * if it starts one (the first matching end at or after it), else -1. */
+static gint
+fault_partner(JsonArray *ev, guint i)
+{
+  JsonObject *e = json_array_get_object_element(ev, i);
+  const char *type = event_type(e);
+  for (guint p = 0; p < G_N_ELEMENTS(fault_pairs); p++) {
+    if (strcmp(type, fault_pairs[p].end) == 0)
+      return -2;
+    if (strcmp(type, fault_pairs[p].start) != 0)
+      continue;
+    gint best = -1;
+    gint64 at = event_at(e), best_at = G_MAXINT64;
+    for (guint k = 0; k < json_array_get_length(ev); k++) {
+      JsonObject *x = json_array_get_object_element(ev, k);
+      gint64 x_at = event_at(x);
+      if (strcmp(event_type(x), fault_pairs[p].end) == 0 && x_at >= at && x_at < best_at &&
+          same_member(e, x, fault_pairs[p].key)) {
+        best = (gint)k;
+        best_at = x_at;
+      }
+    }
+    return best;
+  }
+  return -1;
+}
+
+/* What the shrunk scenario still holds, for its description. */
+static char *
+describe_events(JsonArray *ev)
+{
+  GString *s = g_string_new(NULL);
+  for (guint i = 0; ev != NULL && i < json_array_get_length(ev); i++) {
+    JsonObject *e = json_array_get_object_element(ev, i);
+    JsonNode *at = json_object_get_member(e, "at");
+    g_string_append_printf(s, "%s%s at %s", i > 0 ? ", " : "", event_type(e),
+                           at != NULL && json_node_get_value_type(at) == G_TYPE_STRING
+                             ? json_node_get_string(at)
+                             : "?");
+  }
+  if (s->len == 0)
+    g_string_append(s, "no events");
+  return g_string_free(s, FALSE);
+}
+
 int
 ushersim_cmd_shrink(int argc, char **argv)
 {
@@ -218,25 +306,28 @@ ushersim_cmd_shrink(int argc, char **argv)
   if (kind != NULL)
     printf("shrink: keeping failures of the kind \"%s\"\n", kind);
   JsonObject *so = json_node_get_object(sc);
-  /* 1. Drop events while it still fails. */
+  /* 1. Drop events while it still fails: a fault's start together with its end, never an end
+   * alone. */
   if (json_object_has_member(so, "events")) {
-    JsonArray *ev = json_object_get_array_member(so, "events");
-    for (gint i = (gint)json_array_get_length(ev) - 1; i >= 0; i--) {
-      g_autoptr(JsonNode) removed = json_node_copy(json_array_get_element(ev, (guint)i));
-      json_array_remove_element(ev, (guint)i);
+    for (gint i = (gint)json_array_get_length(json_object_get_array_member(so, "events")) - 1;
+         i >= 0; i--) {
+      JsonArray *ev = json_object_get_array_member(so, "events");
+      if ((guint)i >= json_array_get_length(ev))
+        continue;
+      gint partner = fault_partner(ev, (guint)i);
+      if (partner == -2)
+        continue;
+      g_autoptr(JsonArray) cut = json_array_new();
+      for (guint k = 0; k < json_array_get_length(ev); k++)
+        if (k != (guint)i && (gint)k != partner)
+          json_array_add_element(cut, json_node_copy(json_array_get_element(ev, k)));
+      g_autoptr(JsonArray) before = json_array_ref(ev);
+      json_object_set_array_member(so, "events", json_array_ref(cut));
       runs++;
-      if (!still_fails(sc, seed, kind)) {
-        /* Needed: put it back where it was. */
-        g_autoptr(JsonArray) rebuilt = json_array_new();
-        for (guint k = 0; k < json_array_get_length(ev) + 1; k++) {
-          if (k == (guint)i)
-            json_array_add_element(rebuilt, json_node_copy(removed));
-          if (k < json_array_get_length(ev))
-            json_array_add_element(rebuilt, json_node_copy(json_array_get_element(ev, k)));
-        }
-        json_object_set_array_member(so, "events", json_array_ref(rebuilt));
-        ev = json_object_get_array_member(so, "events");
-      }
+      if (!still_fails(sc, seed, kind))
+        json_object_set_array_member(so, "events", json_array_ref(before)); /* needed */
+      else if (partner >= 0 && partner < i)
+        i--; /* the end sat before the start in the list: one more index is gone */
     }
   }
   /* 2. Halve the workload while it still fails. */
@@ -258,6 +349,16 @@ ushersim_cmd_shrink(int argc, char **argv)
   }
   g_autofree char *name = g_strdup_printf("regression-%" G_GUINT64_FORMAT, seed);
   json_object_set_string_member(so, "name", name);
+  /* The original description speaks of events that may be gone: say what is left. */
+  g_autofree char *left =
+    describe_events(json_object_has_member(so, "events") ? json_object_get_array_member(so, "events")
+                                                         : NULL);
+  g_autofree char *desc = g_strdup_printf(
+    "Shrunk by ushersim shrink from a failing run of seed %" G_GUINT64_FORMAT "%s%s%s. Left: %s. "
+    "Say here what it showed and how it was fixed.",
+    seed, kind != NULL ? " (kept failure: \"" : "", kind != NULL ? g_strstrip(kind) : "",
+    kind != NULL ? "\")" : "", left);
+  json_object_set_string_member(so, "description", desc);
   json_object_set_int_member(so, "seed", (gint64)seed);
   g_autoptr(JsonGenerator) gen = json_generator_new();
   json_generator_set_root(gen, sc);

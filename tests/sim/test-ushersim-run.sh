@@ -42,6 +42,25 @@ check "shrink keeps the kind of the first failure" 'grep -q "keeping failures of
 check "shrink writes a smaller scenario" '[ $? -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d.get(\"events\", [])) == 0 and d[\"workload\"][\"users\"] < 64" "$tmp/small.json"'
 "$sim" run -q "$tmp/small.json"
 check "the shrunk scenario still fails" '[ $? -eq 1 ]'
+cat > "$tmp/split.json" <<'JSON'
+{"name": "split", "description": "a partition whose minority has no health quorum", "duration": "5m",
+ "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.2"],
+             "health": {"enabled": true, "interval": "1s"}},
+ "workload": {"users": 64, "logins_per_second": 2},
+ "events": [{"at": "1m", "type": "partition", "groups": [[0], [1, 2]]},
+            {"at": "1m30s", "type": "link-delay", "a": 1, "b": 2, "delay": "1ms"},
+            {"at": "2m", "type": "heal"}],
+ "checks": [{"type": "counter", "name": "directors.health_no_quorum", "max": 0}]}
+JSON
+"$sim" run -q "$tmp/split.json" --trace "$tmp/st.json" > /dev/null
+"$sim" shrink "$tmp/st.json" --out "$tmp/split-small.json" > /dev/null
+check "shrink keeps a fault's end with the fault, and says what is left" 'python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+types = [e[\"type\"] for e in d[\"events\"]]
+assert types == [\"partition\", \"heal\"], types
+assert \"Left: partition at 1m, heal at 2m\" in d[\"description\"], d[\"description\"]
+" "$tmp/split-small.json"'
 "$sim" shrink "$tmp/t.json" --out "$tmp/none.json" > /dev/null
 check "shrinking a passing trace exits 1" '[ $? -eq 1 ]'
 
