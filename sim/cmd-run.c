@@ -60,6 +60,8 @@ ushersim_run_scenario_text(const char *text, const char *source, gint64 seed_opt
     fprintf(stderr, "ushersim: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;
   }
+  for (guint i = 0; i < sc->warnings->len; i++)
+    fprintf(stderr, "ushersim: warning: %s\n", (const char *)g_ptr_array_index(sc->warnings, i));
   /* Output files are checked before the run, not after it. */
   const struct {
     const char *option, *path;

@@ -1122,6 +1122,19 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
         !get_milli(ctx, p, o, "min", 0, 100000, &lo) ||
         !get_milli(ctx, p, o, "max", 0, 100000, &hi))
       return FALSE;
+    gboolean known = FALSE;
+    for (guint i = 0; i < sc->backends->len && !known; i++)
+      known = usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip, &c->host);
+    for (guint i = 0; i < sc->events->len && !known; i++) {
+      const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
+      known = ev->kind == SIM_EV_HOST_ADD && usher_ip_equal(&ev->host, &c->host);
+    }
+    if (!known) {
+      char ip[USHER_IP_STRLEN];
+      g_autofree char *hp = sub(p, "host");
+      return fail(ctx, hp, "%s is not a backend of the scenario (cluster.backends or a host-add)",
+                  usher_ip_to_string(&c->host, ip));
+    }
     if (lo > hi)
       return fail(ctx, p, "min is above max");
     c->min_x100 = (guint)(lo / 10);
@@ -1202,6 +1215,8 @@ backend_free(gpointer p)
   g_free(b);
 }
 
+static void find_idle_events(SimScenario *sc);
+
 SimScenario *
 sim_scenario_load_data(const char *data, gssize len, const char *source, GError **error)
 {
@@ -1209,6 +1224,7 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
   sc->source = g_strdup(source);
   sc->backends = g_ptr_array_new_with_free_func(backend_free);
   sc->events = g_array_new(FALSE, TRUE, sizeof(SimScenarioEvent));
+  sc->warnings = g_ptr_array_new_with_free_func(g_free);
   g_array_set_clear_func(sc->events, event_clear);
   sc->checks = g_array_new(FALSE, TRUE, sizeof(SimCheck));
   g_array_set_clear_func(sc->checks, check_clear);
@@ -1283,6 +1299,7 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
         return NULL;
       }
       SimScenarioEvent ev = {0};
+      ev.file_index = i;
       if (!load_event(&ctx, sc, p, json_node_get_object(e), &ev)) {
         event_clear(&ev);
         return NULL;
@@ -1291,6 +1308,7 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
     }
     /* Stable sort: events at the same time keep their order in the file. */
     g_array_sort(sc->events, cmp_event_time);
+    find_idle_events(sc);
   }
   JsonNode *chn = json_object_get_member(root, "checks");
   if (chn != NULL) {
@@ -1315,6 +1333,143 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
     }
   }
   return g_steal_pointer(&sc);
+}
+
+/* ---- Events that can do nothing -------------------------------------------------------------- */
+
+static gboolean
+ip_in(GArray *ips, const UsherIp *ip)
+{
+  for (guint i = 0; i < ips->len; i++)
+    if (usher_ip_equal(&g_array_index(ips, UsherIp, i), ip))
+      return TRUE;
+  return FALSE;
+}
+
+static void
+ip_drop(GArray *ips, const UsherIp *ip)
+{
+  for (guint i = 0; i < ips->len; i++)
+    if (usher_ip_equal(&g_array_index(ips, UsherIp, i), ip)) {
+      g_array_remove_index(ips, i);
+      return;
+    }
+}
+
+static void idle_warn(SimScenario *sc, const SimScenarioEvent *ev, const char *fmt, ...)
+  G_GNUC_PRINTF(3, 4);
+
+static void
+idle_warn(SimScenario *sc, const SimScenarioEvent *ev, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  g_autofree char *why = g_strdup_vprintf(fmt, ap);
+  va_end(ap);
+  g_autofree char *at = format_duration(ev->at_us);
+  g_ptr_array_add(sc->warnings,
+                  g_strdup_printf("%s: events[%u] (%s at %s) does nothing: %s", sc->source,
+                                  ev->file_index, sim_event_kind_name(ev->kind), at, why));
+}
+
+/* Walks the events in time order with the state they act on and notes every one that cannot do
+ * anything then. Not an error: a swarm draws such events now and then, and they are harmless. */
+static void
+find_idle_events(SimScenario *sc)
+{
+  gboolean up[SIM_MAX_DIRECTORS], paused[SIM_MAX_DIRECTORS];
+  for (guint i = 0; i < SIM_MAX_DIRECTORS; i++) {
+    up[i] = TRUE;
+    paused[i] = FALSE;
+  }
+  gboolean partitioned = FALSE;
+  g_autoptr(GArray) hosts = g_array_new(FALSE, FALSE, sizeof(UsherIp));
+  g_autoptr(GArray) failed = g_array_new(FALSE, FALSE, sizeof(UsherIp));
+  for (guint i = 0; i < sc->backends->len; i++)
+    g_array_append_val(hosts, ((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip);
+  for (guint i = 0; i < sc->events->len; i++) {
+    const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
+    guint d = ev->director;
+    char ip[USHER_IP_STRLEN] = "";
+    if (ev->has_host)
+      usher_ip_to_string(&ev->host, ip);
+    switch (ev->kind) {
+    case SIM_EV_DIRECTOR_CRASH:
+      if (!up[d])
+        idle_warn(sc, ev, "director %u is down already", d);
+      up[d] = FALSE;
+      paused[d] = FALSE;
+      break;
+    case SIM_EV_DIRECTOR_RESTART:
+      if (up[d])
+        idle_warn(sc, ev, "director %u is not down", d);
+      up[d] = TRUE;
+      break;
+    case SIM_EV_DIRECTOR_PAUSE:
+      if (!up[d] || paused[d] || partitioned)
+        idle_warn(sc, ev, "%s", !up[d]     ? "the director is down"
+                                : paused[d] ? "the director is paused already"
+                                            : "a partition is in force (a pause is one too)");
+      else
+        paused[d] = TRUE;
+      break;
+    case SIM_EV_DIRECTOR_RESUME:
+      if (!paused[d])
+        idle_warn(sc, ev, "director %u is not paused", d);
+      paused[d] = FALSE;
+      break;
+    case SIM_EV_HEAL:
+      if (!partitioned)
+        idle_warn(sc, ev, "there is no partition to heal");
+      partitioned = FALSE;
+      break;
+    case SIM_EV_PARTITION:
+      partitioned = TRUE;
+      break;
+    case SIM_EV_HOST_ADD:
+      if (!ip_in(hosts, &ev->host))
+        g_array_append_val(hosts, ev->host);
+      break;
+    case SIM_EV_HOST_REMOVE:
+      if (!ip_in(hosts, &ev->host))
+        idle_warn(sc, ev, "%s is not a backend then (never added, or removed before)", ip);
+      ip_drop(hosts, &ev->host);
+      break;
+    case SIM_EV_HOST_DOWN:
+    case SIM_EV_HOST_UP:
+    case SIM_EV_HOST_VHOSTS:
+    case SIM_EV_MOVE:
+      if (ev->has_host && !ip_in(hosts, &ev->host))
+        idle_warn(sc, ev, "%s is not a backend then", ip);
+      break;
+    case SIM_EV_FLUSH:
+      if (ev->has_host && !ip_in(hosts, &ev->host))
+        idle_warn(sc, ev, "%s is not a backend then", ip);
+      break;
+    case SIM_EV_BACKEND_FAIL:
+      if (ev->from_mask == 0) {
+        if (ip_in(failed, &ev->host))
+          idle_warn(sc, ev, "%s has failed already", ip);
+        else
+          g_array_append_val(failed, ev->host);
+      }
+      break;
+    case SIM_EV_BACKEND_RECOVER:
+      if (ev->from_mask == 0 && !ip_in(failed, &ev->host))
+        idle_warn(sc, ev, "%s has not failed for every director", ip);
+      if (ev->from_mask == 0)
+        ip_drop(failed, &ev->host);
+      break;
+    default:
+      break;
+    }
+    if ((ev->kind == SIM_EV_HOST_DOWN || ev->kind == SIM_EV_HOST_UP ||
+         ev->kind == SIM_EV_HOST_VHOSTS || ev->kind == SIM_EV_HOST_ADD ||
+         ev->kind == SIM_EV_HOST_REMOVE || ev->kind == SIM_EV_FLUSH || ev->kind == SIM_EV_MOVE ||
+         ev->kind == SIM_EV_KICK) &&
+        d < SIM_MAX_DIRECTORS && !up[d])
+      idle_warn(sc, ev, "director %u, which it is sent to, is down then", d);
+  }
 }
 
 SimScenario *
@@ -1345,5 +1500,6 @@ sim_scenario_free(SimScenario *sc)
   g_free(sc->tag);
   g_array_unref(sc->events);
   g_array_unref(sc->checks);
+  g_clear_pointer(&sc->warnings, g_ptr_array_unref);
   g_free(sc);
 }

@@ -71,6 +71,7 @@ typedef struct {
   gint64 rate_milli; /* workload-rate: logins per second x 1000 */
   guint64 from_mask; /* backend-fail/-recover: only as seen from these directors; 0 = all */
   gboolean mute;     /* backend-fail: it accepts connections and never answers (probes time out) */
+  guint file_index;  /* its place in the file's "events", for messages */
 } SimScenarioEvent;
 
 typedef enum {
@@ -169,6 +170,9 @@ typedef struct {
 
   GArray *events; /* SimScenarioEvent, sorted by time (stable) */
   GArray *checks; /* SimCheck */
+  /* Events that can do nothing when they come (a crash of a director that is down, a heal with
+   * no partition, ...), one sentence each; `run` prints them. */
+  GPtrArray *warnings;
 } SimScenario;
 
 SimScenario *sim_scenario_load_file(const char *path, GError **error);

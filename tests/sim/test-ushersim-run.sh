@@ -64,6 +64,23 @@ assert \"Left: partition at 1m, heal at 2m\" in d[\"description\"], d[\"descript
 "$sim" shrink "$tmp/t.json" --out "$tmp/none.json" > /dev/null
 check "shrinking a passing trace exits 1" '[ $? -eq 1 ]'
 
+cat > "$tmp/idle.json" <<'JSON'
+{"name": "idle", "duration": "10m",
+ "cluster": {"directors": 2, "backends": ["10.0.2.1-10.0.2.2"]},
+ "workload": {"users": 64, "logins_per_second": 2},
+ "events": [{"at": "1m", "type": "heal"},
+            {"at": "2m", "type": "director-crash", "director": 1},
+            {"at": "3m", "type": "director-crash", "director": 1},
+            {"at": "4m", "type": "host-remove", "director": 0, "host": "10.0.2.2"},
+            {"at": "5m", "type": "host-remove", "director": 0, "host": "10.0.2.2"}],
+ "checks": [{"type": "share", "host": "10.0.2.1", "min": 0, "max": 100}]}
+JSON
+"$sim" run -q "$tmp/idle.json" 2> "$tmp/idle.txt" > /dev/null
+check "events that can do nothing are named, with the reason" '[ $(grep -c "does nothing" "$tmp/idle.txt") -eq 3 ] && grep -q "events\[2\] (director-crash at 3m) does nothing: director 1 is down already" "$tmp/idle.txt"'
+sed 's/"10.0.2.1", "min"/"10.0.2.9", "min"/' "$tmp/idle.json" > "$tmp/share.json"
+"$sim" run -q "$tmp/share.json" 2> "$tmp/share.txt" > /dev/null
+check "a share check on an address that is no backend is an error" '[ $? -eq 2 ] && grep -q "checks\[0\].host: 10.0.2.9 is not a backend of the scenario" "$tmp/share.txt"'
+
 echo '{"name": "x", "cluster": {"backends": ["10.0.2.1"]}, "workload": {}, "extra": 1}' > "$tmp/bad.json"
 "$sim" run "$tmp/bad.json" 2> "$tmp/bad.txt"
 check "a bad scenario exits 2 naming the field" '[ $? -eq 2 ] && grep -q "extra: unknown field" "$tmp/bad.txt"'
