@@ -10,6 +10,54 @@ print_ms(FILE *out, gint64 us)
   fprintf(out, "%" G_GINT64_FORMAT ".%03d ms", us / 1000, (int)(us % 1000));
 }
 
+/* "ok", "FAILED", or "not evaluated" (a run cut short before the check's time). */
+static const char *
+check_verdict(SimWorld *w, guint i)
+{
+  const SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+  if (w->check_verdicts[i] == 1)
+    return "ok";
+  if (w->check_verdicts[i] == 0)
+    return "FAILED";
+  for (guint f = 0; f < w->failures->len; f++)
+    if (strstr(g_ptr_array_index(w->failures, f), c->text) != NULL)
+      return "FAILED";
+  return "not evaluated";
+}
+
+/* The logins that changed backend, per (from, to) pair, most first. */
+typedef struct {
+  guint from, to;
+  guint64 n;
+} MovePair;
+
+static int
+cmp_move_pair(gconstpointer a, gconstpointer b)
+{
+  const MovePair *x = a, *y = b;
+  if (x->n != y->n)
+    return x->n > y->n ? -1 : 1;
+  if (x->from != y->from)
+    return x->from < y->from ? -1 : 1;
+  return x->to < y->to ? -1 : x->to > y->to;
+}
+
+static GArray *
+move_pairs(SimWorld *w)
+{
+  GArray *a = g_array_new(FALSE, FALSE, sizeof(MovePair));
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, w->moves_between);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    guint64 key = *(guint64 *)k;
+    MovePair p = {(guint)(key >> 32), (guint)(key & 0xffffffffu), GPOINTER_TO_SIZE(v)};
+    g_array_append_val(a, p);
+  }
+  g_array_sort(a, cmp_move_pair);
+  return a;
+}
+
 void
 sim_world_print_summary(SimWorld *w, FILE *out)
 {
@@ -63,6 +111,16 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                "delivered again: %" G_GUINT64_FORMAT ")\n",
           w->users_moved, w->backend_changes, w->sessions_kicked, w->sessions_cut,
           w->lmtp_redelivered);
+  {
+    g_autoptr(GArray) pairs = move_pairs(w);
+    for (guint i = 0; i < pairs->len && i < 5; i++) {
+      const MovePair *mp = &g_array_index(pairs, MovePair, i);
+      fprintf(out, "  %s -> %s: %" G_GUINT64_FORMAT " logins%s\n",
+              g_array_index(w->backends, SimBackend, mp->from).ip_str,
+              g_array_index(w->backends, SimBackend, mp->to).ip_str, mp->n,
+              i == 4 && pairs->len > 5 ? " (more pairs in --report)" : "");
+    }
+  }
   guint64 open_windows = g_hash_table_size(w->windows);
   fprintf(out, "users on two backends at once: %" G_GUINT64_FORMAT " in split brain, %" G_GUINT64_FORMAT
                " after unsafe host changes, %" G_GUINT64_FORMAT " violations, %" G_GUINT64_FORMAT
@@ -187,10 +245,7 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   fprintf(out, "fingerprint %016" G_GINT64_MODIFIER "x\n", w->fingerprint);
   for (guint i = 0; i < w->sc->checks->len; i++) {
     const SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
-    gboolean failed = FALSE;
-    for (guint f = 0; f < w->failures->len; f++)
-      failed |= strstr(g_ptr_array_index(w->failures, f), c->text) != NULL;
-    fprintf(out, "check %s %s\n", c->text, failed ? "FAILED" : "ok");
+    fprintf(out, "check %s %s\n", c->text, check_verdict(w, i));
   }
   if (w->failures_total > 0) {
     fprintf(out, "\n%" G_GUINT64_FORMAT " failures:\n", w->failures_total);
@@ -246,6 +301,34 @@ sim_world_report_json(SimWorld *w)
   INT("flushes_failed", w->flushes_failed);
   INT("output_overflows", sim_net_get_stats(w->net)->output_overflows);
   INT("peak_queued_bytes", sim_net_get_stats(w->net)->peak_queued);
+  json_builder_set_member_name(b, "checks");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->sc->checks->len; i++) {
+    const SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "check");
+    json_builder_add_string_value(b, c->text);
+    json_builder_set_member_name(b, "verdict");
+    json_builder_add_string_value(b, check_verdict(w, i));
+    json_builder_end_object(b);
+  }
+  json_builder_end_array(b);
+  json_builder_set_member_name(b, "moves_between");
+  json_builder_begin_array(b);
+  {
+    g_autoptr(GArray) pairs = move_pairs(w);
+    for (guint i = 0; i < pairs->len; i++) {
+      const MovePair *mp = &g_array_index(pairs, MovePair, i);
+      json_builder_begin_object(b);
+      json_builder_set_member_name(b, "from");
+      json_builder_add_string_value(b, g_array_index(w->backends, SimBackend, mp->from).ip_str);
+      json_builder_set_member_name(b, "to");
+      json_builder_add_string_value(b, g_array_index(w->backends, SimBackend, mp->to).ip_str);
+      INT("logins", mp->n);
+      json_builder_end_object(b);
+    }
+  }
+  json_builder_end_array(b);
   json_builder_set_member_name(b, "health_decisions");
   json_builder_begin_array(b);
   for (guint i = 0; i < w->health_decisions->len; i++) {
@@ -318,6 +401,27 @@ sim_world_report_json(SimWorld *w)
       INT("health_no_quorum", st->health_no_quorum);
       INT("lines_in", st->lines_in);
       INT("lines_out", st->lines_out);
+      /* Its final host table (which of two racing updates won) and its user count. */
+      UsherRingInfo ring;
+      usher_director_get_ring_info(w->nodes[i].d, &ring);
+      INT("users", ring.n_users);
+      json_builder_set_member_name(b, "hosts");
+      json_builder_begin_array(b);
+      g_autoptr(GArray) hosts = usher_director_list_hosts(w->nodes[i].d);
+      for (guint h = 0; h < hosts->len; h++) {
+        const UsherHostInfo *hi = &g_array_index(hosts, UsherHostInfo, h);
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "ip");
+        json_builder_add_string_value(b, hi->ip_str);
+        json_builder_set_member_name(b, "tag");
+        json_builder_add_string_value(b, hi->tag);
+        INT("vhosts", hi->vhost_count);
+        json_builder_set_member_name(b, "down");
+        json_builder_add_boolean_value(b, hi->down);
+        INT("users", hi->user_count);
+        json_builder_end_object(b);
+      }
+      json_builder_end_array(b);
     }
     json_builder_end_object(b);
   }

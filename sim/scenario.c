@@ -1011,6 +1011,10 @@ static const struct {
   {"max-kicked", SIM_CHECK_MAX_KICKED},
   {"min-logins", SIM_CHECK_MIN_LOGINS},
   {"counter", SIM_CHECK_COUNTER},
+  {"user-on", SIM_CHECK_USER_ON},
+  {"max-moved-between", SIM_CHECK_MAX_MOVED_BETWEEN},
+  {"moves-finished", SIM_CHECK_MOVES_FINISHED},
+  {"director-users", SIM_CHECK_DIRECTOR_USERS},
 };
 
 const char *
@@ -1163,6 +1167,50 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
       return FALSE;
     break;
   }
+  case SIM_CHECK_USER_ON: {
+    static const char *const a[] = {"type", "at", "user", "host", NULL};
+    if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &c->host, NULL))
+      return FALSE;
+    const char *user = get_string(ctx, p, o, "user", TRUE);
+    if (user == NULL)
+      return FALSE;
+    if (c->at_us < 0)
+      return fail(ctx, p, "\"at\" is missing: say when the user must be on the backend");
+    c->user = g_strdup(user);
+    break;
+  }
+  case SIM_CHECK_MAX_MOVED_BETWEEN: {
+    static const char *const a[] = {"type", "at", "from", "to", "max", NULL};
+    if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "from", FALSE, &c->from, &c->has_from) ||
+        !get_ip(ctx, p, o, "to", FALSE, &c->to, &c->has_to))
+      return FALSE;
+    if (json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "\"max\" is missing");
+    if (!get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_MOVES_FINISHED: {
+    static const char *const a[] = {"type", "at", "within", NULL};
+    if (!only_members(ctx, p, o, a))
+      return FALSE;
+    if (json_object_get_member(o, "within") == NULL)
+      return fail(ctx, p, "\"within\" is missing");
+    if (!get_duration(ctx, p, o, "within", 0, G_MAXINT64, &c->within_us))
+      return FALSE;
+    break;
+  }
+  case SIM_CHECK_DIRECTOR_USERS: {
+    static const char *const a[] = {"type", "at", "director", "min", "max", NULL};
+    c->max = G_MAXUINT64;
+    if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &c->director) ||
+        !get_uint(ctx, p, o, "min", 0, G_MAXINT64, &c->min) ||
+        !get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
+      return FALSE;
+    if (json_object_get_member(o, "min") == NULL && json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "give \"min\", \"max\" or both");
+    break;
+  }
   case SIM_CHECK_LOGIN_LATENCY: {
     static const char *const a[] = {"type", "at", "percentile", "max", NULL};
     v = 99;
@@ -1205,6 +1253,7 @@ static void
 check_clear(gpointer p)
 {
   g_free(((SimCheck *)p)->text);
+  g_free(((SimCheck *)p)->user);
 }
 
 static void

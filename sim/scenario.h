@@ -83,6 +83,10 @@ typedef enum {
   SIM_CHECK_LOGIN_LATENCY,
   SIM_CHECK_MAX_KICKED,
   SIM_CHECK_MIN_LOGINS,
+  SIM_CHECK_USER_ON,           /* user is on host (every director that is up), at a time */
+  SIM_CHECK_MAX_MOVED_BETWEEN, /* logins that changed from one backend to another */
+  SIM_CHECK_MOVES_FINISHED,    /* the moves each change started finished within */
+  SIM_CHECK_DIRECTOR_USERS,    /* a director holds between min and max user entries */
   SIM_CHECK_COUNTER,
 } SimCheckKind;
 
@@ -126,6 +130,10 @@ typedef struct {
   gint64 within_us; /* converged */
   guint percentile; /* login-latency */
   gint64 max_us;    /* login-latency */
+  char *user;       /* user-on */
+  gboolean has_from, has_to; /* max-moved-between: absent = any backend */
+  UsherIp from, to;
+  guint director;   /* director-users */
   char *text;       /* the check as written, for reports */
 } SimCheck;
 

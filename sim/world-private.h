@@ -134,6 +134,8 @@ struct SimWorld {
   gint64 now_us;
   guint64 health_probes; /* backend health probes answered */
   GArray *health_decisions; /* SimHealthDecision, in time order */
+  GHashTable *moves_between; /* (from backend index << 32 | to) -> logins that changed so */
+  gint8 *check_verdicts;     /* per scenario check: -1 not evaluated yet, 0 failed, 1 passed */
   SimNet *net; /* the event heap and the links between directors */
   guint64 events;
   gboolean budget_exhausted;

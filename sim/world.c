@@ -267,6 +267,10 @@ session_start(SimWorld *w, SimLogin *lg, guint backend, guint refresh_secs)
   w->sessions_started++;
   if (u->last_backend != 0 && u->last_backend != backend + 1) {
     w->backend_changes++;
+    guint64 key = ((guint64)(u->last_backend - 1) << 32) | backend;
+    gpointer old = g_hash_table_lookup(w->moves_between, &key);
+    guint64 *k = g_memdup2(&key, sizeof(key));
+    g_hash_table_replace(w->moves_between, k, GSIZE_TO_POINTER(GPOINTER_TO_SIZE(old) + 1));
     if (!u->moved) {
       u->moved = 1;
       w->users_moved++;
@@ -1275,11 +1279,110 @@ counter_value(SimWorld *w, SimCounter counter)
   return sum;
 }
 
-/* Evaluates one check now; returns FALSE (and records why) if it fails. */
+static gboolean evaluate_check_now(SimWorld *w, const SimCheck *c);
+
+/* Evaluates one check now and keeps its verdict for the report; FALSE (and the reason recorded)
+ * if it fails. */
 static gboolean
 evaluate_check(SimWorld *w, const SimCheck *c)
 {
+  gboolean ok = evaluate_check_now(w, c);
+  guint idx = (guint)(c - &g_array_index(w->sc->checks, SimCheck, 0));
+  if (idx < w->sc->checks->len)
+    w->check_verdicts[idx] = ok ? 1 : 0;
+  return ok;
+}
+
+static guint64
+moved_between(SimWorld *w, const SimCheck *c)
+{
+  guint64 n = 0;
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init(&it, w->moves_between);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    guint64 key = *(guint64 *)k;
+    const SimBackend *from = &g_array_index(w->backends, SimBackend, key >> 32);
+    const SimBackend *to = &g_array_index(w->backends, SimBackend, key & 0xffffffffu);
+    if ((!c->has_from || usher_ip_equal(&from->ip, &c->from)) &&
+        (!c->has_to || usher_ip_equal(&to->ip, &c->to)))
+      n += GPOINTER_TO_SIZE(v);
+  }
+  return n;
+}
+
+static gboolean
+evaluate_check_now(SimWorld *w, const SimCheck *c)
+{
   switch (c->kind) {
+  case SIM_CHECK_USER_ON: {
+    gint64 user = user_by_name(w, c->user);
+    if (user < 0) {
+      world_fail(w, "check %s: %s is not a user of the workload", c->text, c->user);
+      return FALSE;
+    }
+    GString *wrong = g_string_new(NULL);
+    for (guint i = 0; i < w->n_nodes; i++) {
+      SimNode *n = &w->nodes[i];
+      if (!n->up)
+        continue;
+      UsherUserInfo info;
+      usher_director_lookup_user(n->d, node_now(w, n).wall_us,
+                                 usher_director_user_hash(n->d, c->user), w->sc->tag, &info);
+      char ip[USHER_IP_STRLEN] = "no entry";
+      if (info.found)
+        usher_ip_to_string(&info.current, ip);
+      if (!info.found || !usher_ip_equal(&info.current, &c->host))
+        g_string_append_printf(wrong, "%sdirector %u: %s", wrong->len > 0 ? ", " : "", i, ip);
+    }
+    gboolean ok = wrong->len == 0;
+    if (!ok)
+      world_fail(w, "check %s: %s", c->text, wrong->str);
+    g_string_free(wrong, TRUE);
+    return ok;
+  }
+  case SIM_CHECK_MAX_MOVED_BETWEEN: {
+    guint64 n = moved_between(w, c);
+    if (n > c->max) {
+      world_fail(w, "check %s: %" G_GUINT64_FORMAT " logins changed backend so (max %" G_GUINT64_FORMAT
+                 ")", c->text, n, c->max);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  case SIM_CHECK_MOVES_FINISHED: {
+    gboolean ok = TRUE;
+    for (guint i = 0; i < w->convergences->len; i++) {
+      const SimConvergence *cv = &g_array_index(w->convergences, SimConvergence, i);
+      if (cv->settled_us > c->within_us) {
+        world_fail(w, "check %s: the moves after %s ran for %.1f s", c->text, cv->after,
+                   cv->settled_us / 1e6);
+        ok = FALSE;
+      }
+    }
+    if (w->settling >= 0) {
+      const SimConvergence *cv = &g_array_index(w->convergences, SimConvergence, w->settling);
+      if (w->now_us - cv->since_us > c->within_us) {
+        world_fail(w, "check %s: the moves after %s are still running", c->text, cv->after);
+        ok = FALSE;
+      }
+    }
+    return ok;
+  }
+  case SIM_CHECK_DIRECTOR_USERS: {
+    SimNode *n = &w->nodes[c->director];
+    if (!n->up) {
+      world_fail(w, "check %s: director %u is down", c->text, c->director);
+      return FALSE;
+    }
+    UsherRingInfo ring;
+    usher_director_get_ring_info(n->d, &ring);
+    if (ring.n_users < c->min || ring.n_users > c->max) {
+      world_fail(w, "check %s: director %u holds %u users", c->text, c->director, ring.n_users);
+      return FALSE;
+    }
+    return TRUE;
+  }
   case SIM_CHECK_MAX_MOVED:
     if (w->users_moved > c->max) {
       world_fail(w, "check %s: %" G_GUINT64_FORMAT " users changed backend (max %" G_GUINT64_FORMAT ")",
@@ -1672,6 +1775,9 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   w->samples = g_array_new(FALSE, TRUE, sizeof(SimSample));
   w->marks = g_array_new(FALSE, TRUE, sizeof(SimMark));
   w->health_decisions = g_array_new(FALSE, TRUE, sizeof(SimHealthDecision));
+  w->moves_between = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
+  w->check_verdicts = g_new(gint8, MAX(sc->checks->len, 1u));
+  memset(w->check_verdicts, -1, MAX(sc->checks->len, 1u));
   w->failures = g_ptr_array_new_with_free_func(g_free);
   w->next_login = 1;
   w->rate_milli = sc->rate_milli;
@@ -1746,6 +1852,8 @@ sim_world_free(SimWorld *w)
     g_free(g_array_index(w->marks, SimMark, i).text);
   g_array_unref(w->marks);
   g_array_unref(w->health_decisions);
+  g_hash_table_unref(w->moves_between);
+  g_free(w->check_verdicts);
   g_ptr_array_unref(w->failures);
   g_free(w->probe_after);
   g_free(w);

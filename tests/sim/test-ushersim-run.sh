@@ -81,6 +81,31 @@ sed 's/"10.0.2.1", "min"/"10.0.2.9", "min"/' "$tmp/idle.json" > "$tmp/share.json
 "$sim" run -q "$tmp/share.json" 2> "$tmp/share.txt" > /dev/null
 check "a share check on an address that is no backend is an error" '[ $? -eq 2 ] && grep -q "checks\[0\].host: 10.0.2.9 is not a backend of the scenario" "$tmp/share.txt"'
 
+cat > "$tmp/checks.json" <<'JSON'
+{"name": "checks", "duration": "20m",
+ "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.3"]},
+ "workload": {"users": 300, "logins_per_second": 5},
+ "events": [{"at": "5m", "type": "host-remove", "director": 0, "host": "10.0.2.3"},
+            {"at": "10m", "type": "director-crash", "director": 2},
+            {"at": "10m30s", "type": "director-restart", "director": 2},
+            {"at": "12m", "type": "flush", "director": 1, "max_parallel": 5}],
+ "checks": [{"type": "user-on", "user": "user7@example.com", "host": "10.0.2.1", "at": "4m"},
+            {"type": "max-moved-between", "from": "10.0.2.1", "max": 0},
+            {"type": "moves-finished", "within": "1m"},
+            {"type": "director-users", "director": 2, "min": 100, "at": "11m"}]}
+JSON
+"$sim" run "$tmp/checks.json" --report "$tmp/checks-report.json" > "$tmp/checks.txt"
+check "user-on, max-moved-between, moves-finished and director-users hold; the report has every verdict and the move pairs" '[ $? -eq 0 ] && python3 -c "
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert [c[\"verdict\"] for c in r[\"checks\"]] == [\"ok\"] * 4, r[\"checks\"]
+assert all(m[\"from\"] == \"10.0.2.3\" for m in r[\"moves_between\"]), r[\"moves_between\"]
+assert all(\"hosts\" in d and \"users\" in d for d in r[\"directors\"] if d[\"up\"])
+" "$tmp/checks-report.json"'
+sed 's/"host": "10.0.2.1", "at": "4m"/"host": "10.0.2.2", "at": "4m"/; s/"from": "10.0.2.1", "max": 0/"from": "10.0.2.3", "max": 0/' "$tmp/checks.json" > "$tmp/checks2.json"
+"$sim" run "$tmp/checks2.json" > "$tmp/checks2.txt"
+check "user-on and max-moved-between fail when they should, naming what they saw" '[ $? -eq 1 ] && grep -q "director 0: 10.0.2.1" "$tmp/checks2.txt" && grep -q "logins changed backend so (max 0)" "$tmp/checks2.txt"'
+
 echo '{"name": "x", "cluster": {"backends": ["10.0.2.1"]}, "workload": {}, "extra": 1}' > "$tmp/bad.json"
 "$sim" run "$tmp/bad.json" 2> "$tmp/bad.txt"
 check "a bad scenario exits 2 naming the field" '[ $? -eq 2 ] && grep -q "extra: unknown field" "$tmp/bad.txt"'
