@@ -149,6 +149,7 @@ sim_world_print_summary(SimWorld *w, FILE *out)
     if (c->took_us >= 0) {
       fprintf(out, "converged after %s in ", c->after);
       print_ms(out, c->took_us);
+      fprintf(out, " (%u user entries)", c->users);
       if (c->settled_us > c->took_us) {
         fprintf(out, "; the moves it started ran until ");
         print_ms(out, c->settled_us);
@@ -357,6 +358,7 @@ sim_world_report_json(SimWorld *w)
     json_builder_add_string_value(b, c->after);
     INT("took_us", c->took_us);
     INT("settled_us", c->settled_us);
+    INT("users", c->users);
     json_builder_end_object(b);
   }
   json_builder_end_array(b);

@@ -121,6 +121,7 @@ typedef struct {
   /* When the moves running at agreement (a flush, a move) had all finished, from since_us: the
    * change's full cost. took_us when none ran; -1 when the next change came first. */
   gint64 settled_us;
+  guint users; /* user entries each director held at agreement: what a handshake carried */
   char *after;
 } SimConvergence;
 

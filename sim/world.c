@@ -1163,7 +1163,14 @@ probe(SimWorld *w)
   }
   if (w->faults_active == 0 && converged_now(w)) {
     gint64 took = w->now_us - w->probe_since_us;
-    SimConvergence c = {w->probe_since_us, took, took, g_strdup(w->probe_after)};
+    SimConvergence c = {w->probe_since_us, took, took, 0, g_strdup(w->probe_after)};
+    for (guint i = 0; i < w->n_nodes && c.users == 0; i++) {
+      if (w->nodes[i].up) {
+        UsherRingInfo ring;
+        usher_director_get_ring_info(w->nodes[i].d, &ring);
+        c.users = ring.n_users;
+      }
+    }
     check_counts(w);
     if (moving_users(w) > 0) {
       c.settled_us = -1;
@@ -1177,7 +1184,7 @@ probe(SimWorld *w)
     return;
   }
   if (w->faults_active == 0 && w->now_us - w->probe_since_us > w->sc->convergence_budget_us) {
-    SimConvergence c = {w->probe_since_us, -1, -1, g_strdup(w->probe_after)};
+    SimConvergence c = {w->probe_since_us, -1, -1, 0, g_strdup(w->probe_after)};
     g_array_append_val(w->convergences, c);
     g_autofree char *why = describe_divergence(w);
     world_fail(w, "the directors did not converge within %" G_GINT64_FORMAT " s after %s: %s",
