@@ -212,6 +212,22 @@ sim_world_print_summary(SimWorld *w, FILE *out)
                " login requests cancelled; %" G_GUINT64_FORMAT " handshake pauses\n",
           sum.kicks_timed_out, sum.flushes_failed, sum.flushes_timed_out, sum.requests_cancelled,
           sum.handshake_pauses);
+  if (w->conflicts->len > 0) {
+    fprintf(out, "users placed on two backends by the two halves of a split, settled when they met "
+                 "(the lower backend address wins; sessions on the other one were kicked): %u\n",
+            w->conflicts->len);
+    for (guint i = 0; i < w->conflicts->len && i < 5; i++) {
+      const SimConflict *c = &g_array_index(w->conflicts, SimConflict, i);
+      char name[128], kept[USHER_IP_STRLEN], lost[USHER_IP_STRLEN];
+      const char *who = world_user_of_hash(w, c->hash, name, sizeof(name));
+      g_autofree char *t = world_time(c->t_us);
+      fprintf(out, "  %s: %s (hash %u) kept on %s; the other half's placement on %s undone\n", t,
+              who != NULL ? who : "a user", c->hash, usher_ip_to_string(&c->kept, kept),
+              usher_ip_to_string(&c->lost, lost));
+    }
+    if (w->conflicts->len > 5)
+      fprintf(out, "  ... and %u more (--report lists them all)\n", w->conflicts->len - 5);
+  }
   for (guint i = 0; i < w->health_decisions->len; i++) {
     const SimHealthDecision *hd = &g_array_index(w->health_decisions, SimHealthDecision, i);
     g_autofree char *t = world_time(hd->t_us);
@@ -328,6 +344,27 @@ sim_world_report_json(SimWorld *w)
       INT("logins", mp->n);
       json_builder_end_object(b);
     }
+  }
+  json_builder_end_array(b);
+  json_builder_set_member_name(b, "split_conflicts");
+  json_builder_begin_array(b);
+  for (guint i = 0; i < w->conflicts->len; i++) {
+    const SimConflict *c = &g_array_index(w->conflicts, SimConflict, i);
+    char name[128], ip[USHER_IP_STRLEN];
+    const char *who = world_user_of_hash(w, c->hash, name, sizeof(name));
+    json_builder_begin_object(b);
+    INT("t_us", c->t_us);
+    INT("hash", c->hash);
+    json_builder_set_member_name(b, "user");
+    if (who != NULL)
+      json_builder_add_string_value(b, who);
+    else
+      json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "kept");
+    json_builder_add_string_value(b, usher_ip_to_string(&c->kept, ip));
+    json_builder_set_member_name(b, "lost");
+    json_builder_add_string_value(b, usher_ip_to_string(&c->lost, ip));
+    json_builder_end_object(b);
   }
   json_builder_end_array(b);
   json_builder_set_member_name(b, "health_decisions");

@@ -47,6 +47,14 @@ typedef struct {
   guint64 health_downs_seen, health_ups_seen; /* the director's counters at the last drain */
 } SimNode;
 
+/* A user placed on two backends by two halves of a split ring, settled at the merge: the lower
+ * IP wins and sessions on the other backend are kicked. */
+typedef struct {
+  gint64 t_us;
+  guint32 hash;
+  UsherIp kept, lost;
+} SimConflict;
+
 /* A backend taken down or up by a health decision. */
 typedef struct {
   gint64 t_us;
@@ -135,6 +143,7 @@ struct SimWorld {
   gint64 now_us;
   guint64 health_probes; /* backend health probes answered */
   GArray *health_decisions; /* SimHealthDecision, in time order */
+  GArray *conflicts;        /* SimConflict, one per user hash (the first time) */
   GHashTable *moves_between; /* (from backend index << 32 | to) -> logins that changed so */
   gint8 *check_verdicts;     /* per scenario check: -1 not evaluated yet, 0 failed, 1 passed */
   SimNet *net; /* the event heap and the links between directors */
@@ -194,4 +203,5 @@ struct SimWorld {
 
 void world_fail(SimWorld *w, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 char *world_time(gint64 us);
+const char *world_user_of_hash(SimWorld *w, guint32 hash, char *buf, gsize size);
 gint64 world_latency_percentile(SimWorld *w, guint pct);

@@ -579,6 +579,54 @@ flush(SimWorld *w, guint node, const UsherEffect *e)
   schedule(w, w->now_us + took, EV_FLUSH_DONE, node, e->flush.id, 0, NULL);
 }
 
+/* A workload user with this hash (the first, if several share it), or NULL. */
+const char *
+world_user_of_hash(SimWorld *w, guint32 hash, char *buf, gsize size)
+{
+  guint64 key = (guint64)hash << 32;
+  guint64 lo = 0, hi = w->n_users;
+  while (lo < hi) {
+    guint64 mid = (lo + hi) / 2;
+    if (w->hash_index[mid] < key)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo >= w->n_users || (w->hash_index[lo] >> 32) != hash)
+    return NULL;
+  return user_name(w, (guint32)w->hash_index[lo], buf, size);
+}
+
+/* The core says "user hash H is being sent to two backends: A and B (via ...); the lower IP
+ * wins" when it settles a conflict (director-users.c): keep the first per user hash. */
+static void
+note_conflict(SimWorld *w, const char *message)
+{
+  static const char prefix[] = "user hash ";
+  if (!g_str_has_prefix(message, prefix) || strstr(message, "the lower IP wins") == NULL)
+    return;
+  guint32 hash = (guint32)g_ascii_strtoull(message + strlen(prefix), NULL, 10);
+  const char *two = strstr(message, "backends: ");
+  if (two == NULL)
+    return;
+  two += strlen("backends: ");
+  const char *and = strstr(two, " and ");
+  const char *via = and != NULL ? strstr(and, " (via") : NULL;
+  if (and == NULL || via == NULL)
+    return;
+  SimConflict c = {w->now_us, hash, {0}, {0}};
+  UsherIp a, b;
+  if (!usher_ip_parse(two, and - two, &a) || !usher_ip_parse(and + 5, via - (and + 5), &b))
+    return;
+  for (guint i = 0; i < w->conflicts->len; i++)
+    if (g_array_index(w->conflicts, SimConflict, i).hash == hash)
+      return;
+  gboolean a_lower = usher_ip_cmp(&a, &b) <= 0;
+  c.kept = a_lower ? a : b;
+  c.lost = a_lower ? b : a;
+  g_array_append_val(w->conflicts, c);
+}
+
 static void
 handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
 {
@@ -625,6 +673,7 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
                (int)strcspn(e->admin.text, "\n"), e->admin.text);
     break;
   case USHER_EFFECT_LOG:
+    note_conflict(w, e->log.message);
     if (w->log != NULL) {
       g_autofree char *t = world_time(w->now_us);
       fprintf(w->log, "%s director %u: %s\n", t, node_idx, e->log.message);
@@ -1783,6 +1832,7 @@ sim_world_new(const SimScenario *sc, guint64 seed)
   w->marks = g_array_new(FALSE, TRUE, sizeof(SimMark));
   w->health_decisions = g_array_new(FALSE, TRUE, sizeof(SimHealthDecision));
   w->moves_between = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
+  w->conflicts = g_array_new(FALSE, TRUE, sizeof(SimConflict));
   w->check_verdicts = g_new(gint8, MAX(sc->checks->len, 1u));
   memset(w->check_verdicts, -1, MAX(sc->checks->len, 1u));
   w->failures = g_ptr_array_new_with_free_func(g_free);
@@ -1860,6 +1910,7 @@ sim_world_free(SimWorld *w)
   g_array_unref(w->marks);
   g_array_unref(w->health_decisions);
   g_hash_table_unref(w->moves_between);
+  g_array_unref(w->conflicts);
   g_free(w->check_verdicts);
   g_ptr_array_unref(w->failures);
   g_free(w->probe_after);
