@@ -106,6 +106,15 @@ sed 's/"host": "10.0.2.1", "at": "4m"/"host": "10.0.2.2", "at": "4m"/; s/"from":
 "$sim" run "$tmp/checks2.json" > "$tmp/checks2.txt"
 check "user-on and max-moved-between fail when they should, naming what they saw" '[ $? -eq 1 ] && grep -q "director 0: 10.0.2.1" "$tmp/checks2.txt" && grep -q "logins changed backend so (max 0)" "$tmp/checks2.txt"'
 
+"$sim" run "$scen/ring-split-and-merge.json" --report "$tmp/split-report.json" > "$tmp/split.txt"
+check "users settled by lower-IP-wins at a merge are named, in the text and the report" 'grep -q "settled when they met" "$tmp/split.txt" && python3 -c "
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r[\"split_conflicts\"]
+assert c and all(x[\"kept\"] < x[\"lost\"] or len(x[\"kept\"]) < len(x[\"lost\"]) for x in c), c[:3]
+assert all(x[\"user\"] for x in c)
+" "$tmp/split-report.json"'
+
 echo '{"name": "x", "cluster": {"backends": ["10.0.2.1"]}, "workload": {}, "extra": 1}' > "$tmp/bad.json"
 "$sim" run "$tmp/bad.json" 2> "$tmp/bad.txt"
 check "a bad scenario exits 2 naming the field" '[ $? -eq 2 ] && grep -q "extra: unknown field" "$tmp/bad.txt"'
