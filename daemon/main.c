@@ -1,6 +1,7 @@
 /* main.c - usherd: options, configuration, signals, start and stop order. */
 
 
+#include "common/cli.h"
 #include "common/config-file.h"
 #include "daemon/proxy.h"
 #include "daemon/usherd.h"
@@ -136,7 +137,7 @@ choose_self(Usherd *u, const char *option, GError **error)
 int
 main(int argc, char **argv)
 {
-  setlocale(LC_ALL, "");
+  usher_cli_init();
   /* A client gone mid-write is an error return (EPIPE), not a signal: splice(2) to a socket has
    * no MSG_NOSIGNAL. */
   signal(SIGPIPE, SIG_IGN);

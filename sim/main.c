@@ -1,4 +1,5 @@
 /* main.c - ushersim: the cluster simulator, placement preview, change planning, benchmarks. */
+#include "common/cli.h"
 #include "sim/sim.h"
 
 #include <stdio.h>
@@ -36,6 +37,7 @@ usage(FILE *out)
 int
 main(int argc, char **argv)
 {
+  usher_cli_init();
   if (argc < 2) {
     usage(stderr);
     return USHERSIM_EXIT_USAGE;

@@ -5,6 +5,7 @@
  * explain, ring and stats use Usher's own JSON commands. Plain text for people, --json for
  * scripts. Exit status: 0 success, 64 usage error, 68 not found, 69 cannot reach the director,
  * 75 temporary failure (TRYAGAIN, ring sync timed out, refused), 76 protocol error. */
+#include "common/cli.h"
 #include "libcore/admin-proto.h"
 #include "libcore/ip.h"
 
@@ -890,7 +891,7 @@ print_help(void)
 int
 main(int argc, char **argv)
 {
-  setlocale(LC_ALL, "");
+  usher_cli_init();
   gboolean help = FALSE, version = FALSE;
   char *socket_path = NULL;
   GOptionEntry entries[] = {
