@@ -117,6 +117,8 @@ assert c and all(x[\"kept\"] < x[\"lost\"] or len(x[\"kept\"]) < len(x[\"lost\"]
 assert all(x[\"user\"] for x in c)
 " "$tmp/split-report.json"'
 
+check "help reads right in the C locale (no [OPTION?])" 'LC_ALL=C "$sim" run --help | grep -q "^  ushersim run \[OPTION\.\.\.\]" && ! LC_ALL=C "$sim" run --help | grep -q "OPTION?"'
+
 echo '{"name": "x", "cluster": {"backends": ["10.0.2.1"]}, "workload": {}, "extra": 1}' > "$tmp/bad.json"
 "$sim" run "$tmp/bad.json" 2> "$tmp/bad.txt"
 check "a bad scenario exits 2 naming the field" '[ $? -eq 2 ] && grep -q "extra: unknown field" "$tmp/bad.txt"'
