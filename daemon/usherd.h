@@ -56,7 +56,7 @@ typedef struct {
   X(kicks_untracked) X(users_refused) X(tags_refused) X(logs_suppressed) X(handshake_pauses)     \
   X(times_clamped) X(weak_users_given_up) X(probes_sent) X(probes_failed) X(probes_timed_out)    \
   X(health_reports_sent) X(health_reports_received) X(health_reports_refused) X(health_downs)    \
-  X(health_ups) X(health_no_quorum) X(links_with_extension) X(user_updates_held)                 \
+  X(health_ups) X(health_no_quorum) X(health_reflushes) X(links_with_extension) X(user_updates_held)                 \
   X(user_updates_held_applied) X(user_updates_held_dropped) X(user_updates_held_overflow)
 
 #define DAEMON_STATS(X)                                                                            \

@@ -231,6 +231,53 @@ votes(const UsherDirector *d, gint64 mono_us, const HealthBackend *b, guint *fai
   *ok_out = ok;
 }
 
+/* ---- down_action = replace, kept true ----------------------------------------------------------- */
+
+/* A health decision took this backend down and placed its users elsewhere. */
+gboolean
+health_replaced(UsherDirector *d, const UsherHost *host)
+{
+  if (!d->health.down_replace || host == NULL || !host->down)
+    return FALSE;
+  HealthBackend *b = backend_find(d, &host->ip);
+  return b != NULL && b->health_down_time != 0 && b->health_down_time == host->last_updown_change;
+}
+
+/* The director that took a backend down with down_action = replace floods HOST-FLUSH again
+ * whenever entries for it show up later: a USER still on its way when the decision was made, or
+ * the users of a director that was cut off and rejoins, brought entries back on some directors
+ * only, and nothing removed them again (swarm seeds 16373, 19296, 21257). Only that director
+ * does it, and only while it has a quorum and a synced ring: a director whose view is stale (cut
+ * off when the backend came back) must not flush a backend the others use again. */
+void
+health_enforce(UsherDirector *d, UsherNow now)
+{
+  if (d->health.backends == NULL || !d->ring_synced)
+    return;
+  Tally t;
+  tally(d, now.mono_us, &t);
+  if (t.live < t.quorum)
+    return;
+  for (guint i = 0; i < d->health.backends->len; i++) {
+    HealthBackend *b = g_ptr_array_index(d->health.backends, i);
+    if (!b->decided_here)
+      continue;
+    UsherHost *host = usher_host_table_lookup(d->hosts, &b->ip);
+    if (!health_replaced(d, host)) {
+      b->decided_here = FALSE;
+      continue;
+    }
+    if (host->user_count > 0 && !host->desynced) {
+      dir_log(d, G_LOG_LEVEL_INFO,
+              "health: %u users showed up on %s, which a health decision took down: flushing "
+              "it again",
+              host->user_count, host->ip_str);
+      d->stats.health_reflushes++;
+      users_flush_host(d, now, d->self, NULL, host);
+    }
+  }
+}
+
 /* ---- Reports ----------------------------------------------------------------------------------
  */
 
@@ -325,6 +372,7 @@ decide(UsherDirector *d, UsherNow now, UsherHost *host, HealthBackend *b, gboole
   users_update_host(d, now, d->self, NULL, host);
   if (down) {
     b->health_down_time = host->last_updown_change;
+    b->decided_here = d->health.down_replace;
     d->stats.health_downs++;
     dir_log(d, G_LOG_LEVEL_WARNING,
             "health: backend %s is down: %u of %u live directors see it failing (quorum %u of "
@@ -399,6 +447,7 @@ static void
 after_change(UsherDirector *d, UsherNow now)
 {
   evaluate(d, now);
+  health_enforce(d, now);
   if (d->health.report_now) {
     d->health.report_now = FALSE;
     send_report(d, NULL);

@@ -239,6 +239,7 @@ typedef struct {
   /* > 0: a health decision took it down at this up/down time (ours or learnt from a report) */
   gint64 health_down_time;
   gint64 pending_since_us; /* the votes call for a change since then (0 = they do not) */
+  gboolean decided_here;   /* this director took it down (replace): it keeps it flushed */
 } HealthBackend;
 
 typedef struct {
@@ -449,6 +450,8 @@ void health_timers(UsherDirector *d, UsherNow now);
 gboolean health_cmd_report(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg);
 void health_peer_ready(UsherDirector *d, UsherNow now, Conn *c);
 void health_member_gone(UsherDirector *d, Member *m);
+gboolean health_replaced(UsherDirector *d, const UsherHost *host);
+void health_enforce(UsherDirector *d, UsherNow now);
 
 /* director-admin.c */
 void admin_continue(UsherDirector *d, UsherNow now);

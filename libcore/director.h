@@ -394,6 +394,7 @@ typedef struct {
   guint64 health_reports_refused; /* from a non-member, malformed for us, or stale */
   guint64 health_downs, health_ups; /* decisions this director took */
   guint64 health_no_quorum;         /* evaluations skipped: too few live voters */
+  guint64 health_reflushes;         /* HOST-FLUSH again: entries came back on a replaced backend */
   guint64 links_with_extension;         /* ring links on which the peer announced the extension */
   /* USER updates for a backend we did not know (yet): its HOST was lost or is still on its way */
   guint64 user_updates_held;          /* kept, to be applied when the backend's HOST comes */
