@@ -1044,6 +1044,15 @@ sim_counter_name(SimCounter counter)
   return counter < SIM_N_COUNTERS ? names[counter] : "?";
 }
 
+/* A member the check cannot do without. */
+static gboolean
+require(Ctx *ctx, const char *p, JsonObject *o, const char *member)
+{
+  if (json_object_get_member(o, member) != NULL)
+    return TRUE;
+  return fail(ctx, p, "\"%s\" is missing", member);
+}
+
 static gboolean
 load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
 {
@@ -1184,19 +1193,14 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
     if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "from", FALSE, &c->from, &c->has_from) ||
         !get_ip(ctx, p, o, "to", FALSE, &c->to, &c->has_to))
       return FALSE;
-    if (json_object_get_member(o, "max") == NULL)
-      return fail(ctx, p, "\"max\" is missing");
-    if (!get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
+    if (!require(ctx, p, o, "max") || !get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
       return FALSE;
     break;
   }
   case SIM_CHECK_MOVES_FINISHED: {
     static const char *const a[] = {"type", "at", "within", NULL};
-    if (!only_members(ctx, p, o, a))
-      return FALSE;
-    if (json_object_get_member(o, "within") == NULL)
-      return fail(ctx, p, "\"within\" is missing");
-    if (!get_duration(ctx, p, o, "within", 0, G_MAXINT64, &c->within_us))
+    if (!only_members(ctx, p, o, a) || !require(ctx, p, o, "within") ||
+        !get_duration(ctx, p, o, "within", 0, G_MAXINT64, &c->within_us))
       return FALSE;
     break;
   }

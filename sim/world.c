@@ -499,6 +499,22 @@ arrival(SimWorld *w, gboolean is_arrival)
 
 /* ---- Directors --------------------------------------------------------------------------------- */
 
+/* The first place in hash_index (users sorted by hash) with this hash, or n_users. */
+static guint64
+first_of_hash(SimWorld *w, guint32 hash)
+{
+  guint64 key = (guint64)hash << 32;
+  guint64 lo = 0, hi = w->n_users;
+  while (lo < hi) {
+    guint64 mid = (lo + hi) / 2;
+    if (w->hash_index[mid] < key)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 static void
 kick(SimWorld *w, guint node, const UsherEffect *e)
 {
@@ -515,16 +531,8 @@ kick(SimWorld *w, guint node, const UsherEffect *e)
     }
   } else if (e->kick.kind == USHER_KICK_HASH) {
     /* Every user with this hash (collisions share it). */
-    guint64 key = (guint64)e->kick.hash << 32;
-    guint64 lo = 0, hi = w->n_users;
-    while (lo < hi) {
-      guint64 mid = (lo + hi) / 2;
-      if (w->hash_index[mid] < key)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    for (guint64 i = lo; i < w->n_users && (w->hash_index[i] >> 32) == e->kick.hash; i++) {
+    for (guint64 i = first_of_hash(w, e->kick.hash);
+         i < w->n_users && (w->hash_index[i] >> 32) == e->kick.hash; i++) {
       guint32 user = (guint32)w->hash_index[i];
       g_array_append_val(victims, user);
     }
@@ -583,15 +591,7 @@ flush(SimWorld *w, guint node, const UsherEffect *e)
 const char *
 world_user_of_hash(SimWorld *w, guint32 hash, char *buf, gsize size)
 {
-  guint64 key = (guint64)hash << 32;
-  guint64 lo = 0, hi = w->n_users;
-  while (lo < hi) {
-    guint64 mid = (lo + hi) / 2;
-    if (w->hash_index[mid] < key)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
+  guint64 lo = first_of_hash(w, hash);
   if (lo >= w->n_users || (w->hash_index[lo] >> 32) != hash)
     return NULL;
   return user_name(w, (guint32)w->hash_index[lo], buf, size);
