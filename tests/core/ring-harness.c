@@ -559,3 +559,14 @@ harness_ip(const char *text)
   g_assert_true(usher_ip_parse(text, -1, &ip));
   return ip;
 }
+
+const char *
+harness_login_now(Harness *h, guint i, const char *username)
+{
+  guint64 r = harness_login(h, i, username, NULL);
+  harness_run(h, 100000);
+  const HarnessLogin *res = harness_login_result(h, r);
+  g_assert_true(res->answered);
+  g_assert_cmpint(res->status, ==, USHER_LOGIN_OK);
+  return res->host;
+}

@@ -45,6 +45,8 @@ gboolean harness_run_until_synced(Harness *h, gint64 max_us);
 /* A login through node i; the answer is looked up with harness_login_result(). */
 guint64 harness_login(Harness *h, guint i, const char *username, const char *tag);
 const HarnessLogin *harness_login_result(Harness *h, guint64 request);
+/* A login through node i that must succeed within 100 ms of virtual time: the backend's IP. */
+const char *harness_login_now(Harness *h, guint i, const char *username);
 
 /* Crash (state lost, links reset) and restart with a fresh director. */
 void harness_crash(Harness *h, guint i);

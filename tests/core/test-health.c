@@ -27,17 +27,6 @@ host_down(Harness *h, guint i, const char *ip)
   return host->down;
 }
 
-static const char *
-login_now(Harness *h, guint i, const char *name)
-{
-  guint64 r = harness_login(h, i, name, NULL);
-  harness_run(h, SEC / 10);
-  const HarnessLogin *res = harness_login_result(h, r);
-  g_assert_true(res->answered);
-  g_assert_cmpint(res->status, ==, USHER_LOGIN_OK);
-  return res->host;
-}
-
 static guint64
 downs(Harness *h, guint n)
 {
@@ -87,7 +76,7 @@ test_majority_down_and_up(void)
   char name[32] = "";
   for (guint i = 0; i < 200 && name[0] == '\0'; i++) {
     g_snprintf(name, sizeof(name), "hu%u", i);
-    if (strcmp(login_now(h, 0, name), "127.0.2.2") != 0)
+    if (strcmp(harness_login_now(h, 0, name), "127.0.2.2") != 0)
       name[0] = '\0';
   }
   g_assert_cmpstr(name, !=, "");
@@ -99,7 +88,7 @@ test_majority_down_and_up(void)
   g_assert_cmpuint(downs(h, 3), ==, 1); /* one director acts: the lowest-addressed voter */
   g_assert_cmpuint(usher_director_get_stats(harness_node(h, 0))->health_downs, ==, 1);
   g_assert_true(harness_converged(h));
-  g_assert_cmpstr(login_now(h, 2, name), !=, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 2, name), !=, "127.0.2.2");
   UsherHealthReport rep;
   usher_director_get_health(harness_node(h, 2), harness_now(h), &rep);
   g_assert_true(g_array_index(rep.backends, UsherHealthInfo, 1).health_down);
@@ -114,7 +103,7 @@ test_majority_down_and_up(void)
     ups += usher_director_get_stats(harness_node(h, i))->health_ups;
   g_assert_cmpuint(ups, >=, 1);
   /* No flapping: the user stays where it went until it expires. */
-  g_assert_cmpstr(login_now(h, 1, name), !=, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 1, name), !=, "127.0.2.2");
   g_assert_true(harness_converged(h));
   harness_free(h);
 }
@@ -143,7 +132,7 @@ test_keep_users(void)
   char name[32] = "";
   for (guint i = 0; i < 200 && name[0] == '\0'; i++) {
     g_snprintf(name, sizeof(name), "ku%u", i);
-    if (strcmp(login_now(h, 0, name), "127.0.2.3") != 0)
+    if (strcmp(harness_login_now(h, 0, name), "127.0.2.3") != 0)
       name[0] = '\0';
   }
   harness_set_backend_failing(h, "127.0.2.3", 0x7);

@@ -280,17 +280,6 @@ host_of(Harness *h, guint i, const char *ip)
   return usher_host_table_lookup(usher_director_get_hosts(harness_node(h, i)), &a);
 }
 
-static const char *
-login_now(Harness *h, guint i, const char *name)
-{
-  guint64 r = harness_login(h, i, name, NULL);
-  harness_run(h, SEC / 10);
-  const HarnessLogin *res = harness_login_result(h, r);
-  g_assert_true(res->answered);
-  g_assert_cmpint(res->status, ==, USHER_LOGIN_OK);
-  return res->host;
-}
-
 /* Changing vhosts on one director reaches every director; new users then land exactly where the
  * real Dovecot ring puts them with vhosts 50/100/200 (tests/data, table 2). */
 static void
@@ -317,7 +306,7 @@ test_vhost_change(void)
   static const char *const want[][2] = {
     {"user1", "127.0.2.2"}, {"user6", "127.0.2.3"}, {"user17", "127.0.2.1"}};
   for (guint k = 0; k < G_N_ELEMENTS(want); k++)
-    g_assert_cmpstr(login_now(h, k % 3, want[k][0]), ==, want[k][1]);
+    g_assert_cmpstr(harness_login_now(h, k % 3, want[k][0]), ==, want[k][1]);
   /* Limits and errors, answered as Dovecot answers them. */
   guint64 bad = harness_new_op(h);
   usher_director_admin_host_update(harness_node(h, 1), harness_now(h), bad, &a, 1001);
@@ -340,7 +329,7 @@ test_down_up_remove_flush(void)
 {
   Harness *h = synced_ring(3);
   /* user1 lives on .2 (Dovecot's answer). */
-  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 0, "user1"), ==, "127.0.2.2");
   UsherIp b = harness_ip("127.0.2.2");
   guint64 op = harness_new_op(h);
   usher_director_admin_host_set_down(harness_node(h, 1), harness_now(h), op, &b, TRUE);
@@ -350,8 +339,8 @@ test_down_up_remove_flush(void)
   for (guint i = 0; i < 3; i++)
     g_assert_true(host_of(h, i, "127.0.2.2")->down);
   /* Existing users stay on a down host; new users avoid it (user5 -> .3, as in Dovecot). */
-  g_assert_cmpstr(login_now(h, 2, "user1"), ==, "127.0.2.2");
-  g_assert_cmpstr(login_now(h, 2, "user5"), ==, "127.0.2.3");
+  g_assert_cmpstr(harness_login_now(h, 2, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 2, "user5"), ==, "127.0.2.3");
   op = harness_new_op(h);
   usher_director_admin_host_set_down(harness_node(h, 2), harness_now(h), op, &b, FALSE);
   harness_run(h, 5 * SEC);
@@ -368,7 +357,7 @@ test_down_up_remove_flush(void)
     g_assert_nonnull(host_of(h, i, "127.0.2.2"));
   }
   /* Remove: the host and its users go everywhere. */
-  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 0, "user1"), ==, "127.0.2.2");
   op = harness_new_op(h);
   usher_director_admin_host_remove(harness_node(h, 2), harness_now(h), op, &b);
   harness_run(h, 5 * SEC);
@@ -377,7 +366,7 @@ test_down_up_remove_flush(void)
     g_assert_null(host_of(h, i, "127.0.2.2"));
     g_assert_null(harness_user_host(h, i, "user1"));
   }
-  g_assert_cmpstr(login_now(h, 1, "user1"), ==, "127.0.2.3");
+  g_assert_cmpstr(harness_login_now(h, 1, "user1"), ==, "127.0.2.3");
   g_assert_true(harness_converged(h));
   harness_free(h);
 }
@@ -388,7 +377,7 @@ static void
 test_move_and_kick(void)
 {
   Harness *h = synced_ring(3);
-  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 0, "user1"), ==, "127.0.2.2");
   UsherIp c = harness_ip("127.0.2.3");
   guint32 hash = usher_director_user_hash(harness_node(h, 1), "user1");
   guint64 kicks_before[3];
@@ -435,7 +424,7 @@ test_reset_users(void)
   Harness *h = synced_ring(3);
   for (guint u = 1; u <= 60; u++) {
     g_autofree char *name = g_strdup_printf("user%u", u);
-    (void)login_now(h, u % 3, name);
+    (void)harness_login_now(h, u % 3, name);
   }
   UsherIp c = harness_ip("127.0.2.3");
   guint64 op = harness_new_op(h);
@@ -492,8 +481,8 @@ test_split_diverge_merge(void)
   usher_director_admin_host_set_down(harness_node(h, 0), harness_now(h), op, &b, TRUE);
   harness_run(h, 5 * SEC);
   g_assert_cmpstr(harness_admin_reply(h, op), ==, "OK");
-  g_assert_cmpstr(login_now(h, 1, "user1"), ==, "127.0.2.3");
-  g_assert_cmpstr(login_now(h, 2, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 1, "user1"), ==, "127.0.2.3");
+  g_assert_cmpstr(harness_login_now(h, 2, "user1"), ==, "127.0.2.2");
   harness_heal(h);
   g_assert_true(harness_run_until_synced(h, 180 * SEC));
   harness_run(h, 120 * SEC);
@@ -583,7 +572,7 @@ test_weak_user(void)
   Harness *h = harness_new(3, BACKENDS, "[director]\nuser_expire = 60s\n");
   harness_start_all(h);
   g_assert_true(harness_run_until_synced(h, 120 * SEC));
-  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 0, "user1"), ==, "127.0.2.2");
   UsherIp b = harness_ip("127.0.2.2");
   guint64 op = harness_new_op(h);
   usher_director_admin_host_update(harness_node(h, 1), harness_now(h), op, &b, 0);
@@ -625,7 +614,7 @@ test_weak_user_round_cut(void)
   Harness *h = harness_new(3, BACKENDS, "[director]\nuser_expire = 60s\n");
   harness_start_all(h);
   g_assert_true(harness_run_until_synced(h, 120 * SEC));
-  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 0, "user1"), ==, "127.0.2.2");
   UsherIp b = harness_ip("127.0.2.2");
   guint64 op = harness_new_op(h);
   usher_director_admin_host_update(harness_node(h, 1), harness_now(h), op, &b, 0);
@@ -648,7 +637,7 @@ test_weak_user_round_cut(void)
   g_assert_false(user_is_weak(h, 2, "user1"));
   g_assert_false(user_is_weak(h, 0, "user1"));
   /* Node 0 answers its own login of the user at once. */
-  g_assert_cmpstr(login_now(h, 0, "user1"), ==, "127.0.2.2");
+  g_assert_cmpstr(harness_login_now(h, 0, "user1"), ==, "127.0.2.2");
 
   harness_heal(h);
   harness_run(h, 120 * SEC);
