@@ -17,7 +17,8 @@
  *  - up: the backend is down because of a health decision (the report's downs list carries the
  *    up/down time of that decision) and a majority of the live voters see it healthy. A backend an
  *    operator took down is never brought up here.
- * Several directors may reach the same decision at once; HOST's conflict rule settles it.
+ * One director acts on a decision (the lowest-addressed live voter; the others only if it has not
+ * come round two intervals later), and HOST's conflict rule settles any race.
  */
 #include "libcore/director-private.h"
 
@@ -97,8 +98,7 @@ health_member_gone(UsherDirector *d, Member *m)
   }
 }
 
-/* ---- Bookkeeping ------------------------------------------------------------------------------
- */
+/* ---- Bookkeeping ----------------------------------------------------------------------------- */
 
 /* Adds entries for new backends (starting in the ring's state) and drops those of removed ones,
  * keeping the host table's order. Linear in the number of backends: it runs for every report. */
@@ -231,7 +231,7 @@ votes(const UsherDirector *d, gint64 mono_us, const HealthBackend *b, guint *fai
   *ok_out = ok;
 }
 
-/* ---- down_action = replace, kept true ----------------------------------------------------------- */
+/* ---- down_action = replace, kept true ------------------------------------------------------ */
 
 /* A health decision took this backend down and placed its users elsewhere. */
 gboolean
@@ -278,8 +278,7 @@ health_enforce(UsherDirector *d, UsherNow now)
   }
 }
 
-/* ---- Reports ----------------------------------------------------------------------------------
- */
+/* ---- Reports --------------------------------------------------------------------------------- */
 
 static void
 list_append(GString *list, const UsherIp *ip, gint64 time)
@@ -359,8 +358,7 @@ health_peer_ready(UsherDirector *d, UsherNow now, Conn *c)
     send_report(d, c);
 }
 
-/* ---- Decisions --------------------------------------------------------------------------------
- */
+/* ---- Decisions ------------------------------------------------------------------------------- */
 
 static void
 decide(UsherDirector *d, UsherNow now, UsherHost *host, HealthBackend *b, gboolean down,
@@ -454,8 +452,7 @@ after_change(UsherDirector *d, UsherNow now)
   }
 }
 
-/* ---- Probes -----------------------------------------------------------------------------------
- */
+/* ---- Probes ---------------------------------------------------------------------------------- */
 
 static void
 probe_result(UsherDirector *d, UsherNow now, HealthBackend *b, gboolean ok, const char *detail)
@@ -556,8 +553,7 @@ health_timers(UsherDirector *d, UsherNow now)
   after_change(d, now);
 }
 
-/* ---- Reports from peers -----------------------------------------------------------------------
- */
+/* ---- Reports from peers ---------------------------------------------------------------------- */
 
 gboolean
 health_cmd_report(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
@@ -614,8 +610,7 @@ health_cmd_report(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *m
   return TRUE;
 }
 
-/* ---- Queries ----------------------------------------------------------------------------------
- */
+/* ---- Queries --------------------------------------------------------------------------------- */
 
 static void
 health_info_clear(gpointer p)
