@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- swarm --------------------------------------------------------------------------------------- */
 
@@ -20,11 +21,25 @@ typedef struct {
   guint64 events;
 } SwarmJob;
 
+/* Seeds finished and failed so far, for the progress line. */
+static gint swarm_done, swarm_failed;
+
+static void swarm_run_one_inner(SwarmJob *job);
+
 static void
 swarm_run_one(gpointer data, gpointer user_data)
 {
-  SwarmJob *job = data;
   (void)user_data;
+  SwarmJob *job = data;
+  swarm_run_one_inner(job);
+  if (job->status != USHERSIM_EXIT_OK)
+    g_atomic_int_inc(&swarm_failed);
+  g_atomic_int_inc(&swarm_done);
+}
+
+static void
+swarm_run_one_inner(SwarmJob *job)
+{
   job->scenario = sim_swarm_scenario(job->seed);
   g_autoptr(GError) error = NULL;
   g_autofree char *source = g_strdup_printf("swarm seed %" G_GUINT64_FORMAT, job->seed);
@@ -88,6 +103,15 @@ ushersim_cmd_swarm(int argc, char **argv)
   for (gint64 i = 0; i < seeds; i++) {
     all[i].seed = (guint64)(start + i);
     g_thread_pool_push(pool, &all[i], NULL);
+  }
+  /* On a terminal, a progress line on standard error (nothing when it is not a terminal). */
+  if (isatty(STDERR_FILENO)) {
+    while (g_atomic_int_get(&swarm_done) < seeds) {
+      fprintf(stderr, "\r  %d of %" G_GINT64_FORMAT " seeds, %d failed ", g_atomic_int_get(&swarm_done),
+              seeds, g_atomic_int_get(&swarm_failed));
+      g_usleep(G_USEC_PER_SEC / 2);
+    }
+    fprintf(stderr, "\r%60s\r", "");
   }
   g_thread_pool_free(pool, FALSE, TRUE);
   guint failed = 0;
