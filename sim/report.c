@@ -2,6 +2,7 @@
 #include "sim/world-private.h"
 
 #include <cairo-svg.h>
+#include <math.h>
 #include <string.h>
 
 static void
@@ -504,10 +505,119 @@ static const double palette[][3] = {
   {0.58, 0.40, 0.74}, {0.55, 0.34, 0.29}, {0.89, 0.47, 0.76}, {0.50, 0.50, 0.50},
 };
 
+/* A round step for about n ticks up to max: 1, 2 or 5 times a power of ten. */
+static double
+nice_step(double max, int n)
+{
+  double raw = MAX(max, 1) / n, p = 1;
+  while (p * 10 <= raw)
+    p *= 10;
+  while (p > raw)
+    p /= 10;
+  return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
+}
+
+static void
+text_at(cairo_t *cr, double x, double y, const char *text, double align)
+{
+  cairo_text_extents_t e;
+  cairo_text_extents(cr, text, &e);
+  cairo_move_to(cr, x - e.x_advance * align, y);
+  cairo_show_text(cr, text);
+}
+
+/* Horizontal grid, round ticks and a title on the left for a panel of height ph at top. */
+static void
+draw_y_axis(cairo_t *cr, double left, double top, double pw, double ph, double max, double step,
+            const char *title)
+{
+  cairo_set_font_size(cr, 11);
+  for (double v = 0; v <= max + step / 2; v += step) {
+    double y = top + ph - ph * v / max;
+    char label[32];
+    g_snprintf(label, sizeof(label), "%.0f", v);
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    text_at(cr, left - 6, y + 4, label, 1.0);
+    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
+    cairo_move_to(cr, left, y);
+    cairo_line_to(cr, left + pw, y);
+    cairo_stroke(cr);
+  }
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_rectangle(cr, left, top, pw, ph);
+  cairo_stroke(cr);
+  cairo_save(cr);
+  cairo_move_to(cr, 16, top + ph / 2);
+  cairo_rotate(cr, -G_PI / 2);
+  cairo_text_extents_t e;
+  cairo_text_extents(cr, title, &e);
+  cairo_rel_move_to(cr, -e.x_advance / 2, 0);
+  cairo_show_text(cr, title);
+  cairo_restore(cr);
+}
+
 gboolean
 sim_world_write_chart(SimWorld *w, const char *path, GError **error)
 {
-  const double width = 960, height = 480, left = 70, right = 190, top = 40, bottom = 50;
+  const double width = 960, left = 70, right = 170, title_h = 30, label_row = 12;
+  const double p1h = 300, gap = 46, p2h = 130, bottom = 44;
+  /* Event labels sit in rows above the top panel (at most 4), each in the first row where it
+   * fits; the same event many times at one instant is one label ("kick x40"); a label that fits
+   * no row is left out (its line stays) and counted. */
+  guint n_rows = 1, omitted = 0;
+  double row_end[4] = {0};
+  g_autofree gint *mark_row = g_new0(gint, MAX(w->marks->len, 1u));
+  g_autofree guint *mark_count = g_new0(guint, MAX(w->marks->len, 1u));
+  gint64 dur = MAX(w->sc->duration_us, 1);
+  double pw = width - left - right;
+  {
+    cairo_surface_t *probe = cairo_image_surface_create(CAIRO_FORMAT_ARGB32, 1, 1);
+    cairo_t *pc = cairo_create(probe);
+    cairo_select_font_face(pc, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+    cairo_set_font_size(pc, 9);
+    gint group = -1;
+    for (guint i = 0; i < w->marks->len; i++) {
+      SimMark *m = &g_array_index(w->marks, SimMark, i);
+      if (group >= 0) {
+        SimMark *g = &g_array_index(w->marks, SimMark, group);
+        if (strcmp(g->text, m->text) == 0 && pw * (double)(m->t_us - g->t_us) / (double)dur < 2) {
+          mark_count[group]++;
+          mark_row[i] = -2; /* part of the group's label */
+          continue;
+        }
+      }
+      group = (gint)i;
+      mark_count[i] = 1;
+      mark_row[i] = -1;
+    }
+    for (guint i = 0; i < w->marks->len; i++) {
+      if (mark_row[i] == -2)
+        continue;
+      SimMark *m = &g_array_index(w->marks, SimMark, i);
+      double x = left + pw * (double)m->t_us / (double)dur;
+      g_autofree char *label = mark_count[i] > 1 ? g_strdup_printf("%s x%u", m->text, mark_count[i])
+                                                 : g_strdup(m->text);
+      cairo_text_extents_t e;
+      cairo_text_extents(pc, label, &e);
+      guint r = 0;
+      while (r < G_N_ELEMENTS(row_end) && r < n_rows && row_end[r] > x - 2)
+        r++;
+      if (r == G_N_ELEMENTS(row_end)) {
+        omitted++;
+        continue;
+      }
+      if (r == n_rows)
+        n_rows++;
+      row_end[r] = x + 3 + e.x_advance;
+      mark_row[i] = (gint)r;
+    }
+    cairo_destroy(pc);
+    cairo_surface_destroy(probe);
+  }
+  const double top = title_h + n_rows * label_row + 6;
+  const double top2 = top + p1h + gap;
+  const double height = top2 + p2h + bottom;
+
   cairo_surface_t *surface = cairo_svg_surface_create(path, width, height);
   if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS) {
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s: cannot write the chart: %s", path,
@@ -518,46 +628,66 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
   cairo_t *cr = cairo_create(surface);
   cairo_set_source_rgb(cr, 1, 1, 1);
   cairo_paint(cr);
-  double pw = width - left - right, ph = height - top - bottom;
-  guint32 maxv = 1;
-  for (guint i = 0; i < w->samples->len; i++)
+  guint32 maxv = 1, max2 = 1;
+  for (guint i = 0; i < w->samples->len; i++) {
+    const SimSample *smp = &g_array_index(w->samples, SimSample, i);
     for (guint k = 0; k < w->backends->len; k++)
-      maxv = MAX(maxv, g_array_index(w->samples, SimSample, i).live[k]);
-  gint64 dur = MAX(w->sc->duration_us, 1);
+      maxv = MAX(maxv, smp->live[k]);
+    max2 = MAX(max2, smp->two_backends);
+    if (i > 0) {
+      const SimSample *prev = &g_array_index(w->samples, SimSample, i - 1);
+      max2 = MAX(max2, (guint32)MIN(smp->backend_changes - prev->backend_changes, G_MAXUINT32));
+      max2 = MAX(max2, (guint32)MIN(smp->kicked - prev->kicked, G_MAXUINT32));
+    }
+  }
+  double step1 = nice_step(maxv, 5), top1v = ceil(maxv / step1) * step1;
+  double step2 = nice_step(max2, 4), top2v = ceil(max2 / step2) * step2;
 
-  /* Title and axes. */
+  /* Title. */
   cairo_set_source_rgb(cr, 0, 0, 0);
   cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_BOLD);
   cairo_set_font_size(cr, 15);
-  cairo_move_to(cr, left, 24);
-  g_autofree char *title = g_strdup_printf("%s: live sessions per backend (seed %" G_GUINT64_FORMAT ")",
-                                           w->sc->name, w->seed);
+  cairo_move_to(cr, left, 22);
+  g_autofree char *title = g_strdup_printf("%s (seed %" G_GUINT64_FORMAT ")", w->sc->name, w->seed);
   cairo_show_text(cr, title);
   cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
-  cairo_set_font_size(cr, 11);
   cairo_set_line_width(cr, 1);
-  cairo_rectangle(cr, left, top, pw, ph);
-  cairo_stroke(cr);
-  for (int i = 0; i <= 4; i++) {
-    double y = top + ph - ph * i / 4;
-    char label[32];
-    g_snprintf(label, sizeof(label), "%u", (guint)((guint64)maxv * (guint)i / 4));
-    cairo_move_to(cr, 8, y + 4);
-    cairo_show_text(cr, label);
-    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
-    cairo_move_to(cr, left, y);
-    cairo_line_to(cr, left + pw, y);
-    cairo_stroke(cr);
-    cairo_set_source_rgb(cr, 0, 0, 0);
+
+  /* Convergence: from each change to agreement, shaded on both panels. */
+  for (guint i = 0; i < w->convergences->len; i++) {
+    const SimConvergence *c = &g_array_index(w->convergences, SimConvergence, i);
+    gint64 end = c->took_us < 0 ? dur : c->since_us + MAX(c->settled_us, c->took_us);
+    double x0 = left + pw * (double)c->since_us / (double)dur;
+    double x1 = left + pw * (double)MIN(end, dur) / (double)dur;
+    cairo_set_source_rgba(cr, 0.55, 0.7, 0.95, 0.25);
+    cairo_rectangle(cr, x0, top, MAX(x1 - x0, 1.5), p1h);
+    cairo_rectangle(cr, x0, top2, MAX(x1 - x0, 1.5), p2h);
+    cairo_fill(cr);
   }
-  for (int i = 0; i <= 6; i++) {
-    double x = left + pw * i / 6;
-    g_autofree char *t = world_time(dur * i / 6);
-    t[8] = '\0'; /* hh:mm:ss */
-    cairo_move_to(cr, x - 22, top + ph + 18);
-    cairo_show_text(cr, t);
+  draw_y_axis(cr, left, top, pw, p1h, top1v, step1, "live sessions");
+  draw_y_axis(cr, left, top2, pw, p2h, top2v, step2, "per sample");
+
+  /* Time axis under each panel: round steps of minutes or hours. */
+  static const gint64 steps_s[] = {10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600};
+  gint64 tstep = steps_s[G_N_ELEMENTS(steps_s) - 1] * SEC_US;
+  for (gsize i = 0; i < G_N_ELEMENTS(steps_s); i++)
+    if (dur / (steps_s[i] * SEC_US) <= 8) {
+      tstep = steps_s[i] * SEC_US;
+      break;
+    }
+  cairo_set_font_size(cr, 11);
+  for (gint64 t = 0; t <= dur; t += tstep) {
+    double x = left + pw * (double)t / (double)dur;
+    g_autofree char *label = t % (3600 * SEC_US) == 0 && dur > 3 * 3600 * SEC_US
+                               ? g_strdup_printf("%" G_GINT64_FORMAT "h", t / (3600 * SEC_US))
+                               : g_strdup_printf("%" G_GINT64_FORMAT "m%s", t / (60 * SEC_US),
+                                                 t % (60 * SEC_US) != 0 ? "30s" : "");
+    text_at(cr, x, top + p1h + 15, label, 0.5);
+    text_at(cr, x, top2 + p2h + 15, label, 0.5);
   }
-  /* Event marks. */
+  text_at(cr, left + pw / 2, top2 + p2h + 34, "simulated time since the start", 0.5);
+
+  /* Events: a dashed line through both panels, the label in its row above. */
   cairo_set_font_size(cr, 9);
   for (guint i = 0; i < w->marks->len; i++) {
     SimMark *m = &g_array_index(w->marks, SimMark, i);
@@ -565,25 +695,35 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
     cairo_set_source_rgba(cr, 0.6, 0, 0, 0.6);
     double dashes[] = {3, 3};
     cairo_set_dash(cr, dashes, 2, 0);
-    cairo_move_to(cr, x, top);
-    cairo_line_to(cr, x, top + ph);
+    double ly = title_h + MAX(mark_row[i], 0) * label_row + 9;
+    cairo_move_to(cr, x, mark_row[i] >= 0 ? ly + 2 : top);
+    cairo_line_to(cr, x, top2 + p2h);
     cairo_stroke(cr);
     cairo_set_dash(cr, NULL, 0, 0);
-    cairo_save(cr);
-    cairo_move_to(cr, x + 3, top + 4 + (i % 4) * 11);
-    cairo_show_text(cr, m->text);
-    cairo_restore(cr);
+    if (mark_row[i] < 0)
+      continue;
+    g_autofree char *label = mark_count[i] > 1 ? g_strdup_printf("%s x%u", m->text, mark_count[i])
+                                               : g_strdup(m->text);
+    cairo_set_source_rgb(cr, 0.5, 0, 0);
+    cairo_move_to(cr, x + 3, ly);
+    cairo_show_text(cr, label);
   }
-  /* One line per backend. */
+  if (omitted > 0) {
+    g_autofree char *more = g_strdup_printf("(%u more events: the summary lists them)", omitted);
+    cairo_set_source_rgb(cr, 0.5, 0, 0);
+    text_at(cr, left + pw, 22, more, 1.0);
+  }
+
+  /* Top panel: one line per backend. */
   cairo_set_line_width(cr, 1.6);
   cairo_set_font_size(cr, 11);
   for (guint k = 0; k < w->backends->len; k++) {
     const double *c = palette[k % G_N_ELEMENTS(palette)];
     cairo_set_source_rgb(cr, c[0], c[1], c[2]);
     for (guint i = 0; i < w->samples->len; i++) {
-      SimSample *s = &g_array_index(w->samples, SimSample, i);
-      double x = left + pw * (double)s->t_us / (double)dur;
-      double y = top + ph - ph * (double)s->live[k] / (double)maxv;
+      SimSample *smp = &g_array_index(w->samples, SimSample, i);
+      double x = left + pw * (double)smp->t_us / (double)dur;
+      double y = top + p1h - p1h * (double)smp->live[k] / top1v;
       if (i == 0)
         cairo_move_to(cr, x, y);
       else
@@ -596,6 +736,44 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
     cairo_move_to(cr, left + pw + 32, top + 15 + k * 18);
     cairo_show_text(cr, g_array_index(w->backends, SimBackend, k).ip_str);
   }
+
+  /* Bottom panel: users on two backends, logins that changed backend and sessions kicked. */
+  static const struct {
+    const char *name;
+    double rgb[3];
+  } series[] = {
+    {"users on two backends", {0.84, 0.15, 0.16}},
+    {"logins moved", {0.58, 0.40, 0.74}},
+    {"sessions kicked", {0.50, 0.50, 0.50}},
+  };
+  for (guint k = 0; k < G_N_ELEMENTS(series); k++) {
+    cairo_set_source_rgb(cr, series[k].rgb[0], series[k].rgb[1], series[k].rgb[2]);
+    for (guint i = 0; i < w->samples->len; i++) {
+      const SimSample *smp = &g_array_index(w->samples, SimSample, i);
+      const SimSample *prev = i > 0 ? &g_array_index(w->samples, SimSample, i - 1) : smp;
+      double v = k == 0   ? smp->two_backends
+                 : k == 1 ? (double)(smp->backend_changes - prev->backend_changes)
+                          : (double)(smp->kicked - prev->kicked);
+      double x = left + pw * (double)smp->t_us / (double)dur;
+      double y = top2 + p2h - p2h * v / top2v;
+      if (i == 0)
+        cairo_move_to(cr, x, y);
+      else
+        cairo_line_to(cr, x, y);
+    }
+    cairo_stroke(cr);
+    cairo_rectangle(cr, left + pw + 15, top2 + 10 + k * 18, 12, 3);
+    cairo_fill(cr);
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    cairo_move_to(cr, left + pw + 32, top2 + 15 + k * 18);
+    cairo_show_text(cr, series[k].name);
+  }
+  cairo_set_source_rgba(cr, 0.55, 0.7, 0.95, 0.5);
+  cairo_rectangle(cr, left + pw + 15, top2 + 10 + 3 * 18 - 4, 12, 8);
+  cairo_fill(cr);
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_move_to(cr, left + pw + 32, top2 + 15 + 3 * 18);
+  cairo_show_text(cr, "until the ring agreed");
   cairo_destroy(cr);
   cairo_surface_finish(surface);
   cairo_status_t st = cairo_surface_status(surface);

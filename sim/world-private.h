@@ -116,11 +116,15 @@ typedef struct {
   gint64 t_us;
   guint32 *live;  /* per backend */
   guint32 *users; /* per backend, from the first director that is up */
+  guint32 two_backends;    /* users with live sessions on two backends now */
+  guint64 backend_changes; /* logins so far that landed on another backend than the last */
+  guint64 kicked;          /* sessions kicked so far */
 } SimSample;
 
 typedef struct {
   gint64 t_us;
   char *text;
+  gboolean admin; /* sent to one director only: on a split ring, only its half sees it at once */
 } SimMark;
 
 typedef struct {

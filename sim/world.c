@@ -842,7 +842,15 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
   char ip[USHER_IP_STRLEN] = "";
   if (ev->has_host)
     usher_ip_to_string(&ev->host, ip);
-  add_mark(w, "%s%s%s", sim_event_kind_name(ev->kind), ev->has_host ? " " : "", ip);
+  gboolean one_director = ev->kind == SIM_EV_HOST_ADD || ev->kind == SIM_EV_HOST_REMOVE ||
+                          ev->kind == SIM_EV_HOST_DOWN || ev->kind == SIM_EV_HOST_UP ||
+                          ev->kind == SIM_EV_HOST_VHOSTS || ev->kind == SIM_EV_FLUSH ||
+                          ev->kind == SIM_EV_MOVE || ev->kind == SIM_EV_KICK;
+  if (one_director && sim_net_partitioned(w->net))
+    add_mark(w, "%s%s%s (director %u, one half only)", sim_event_kind_name(ev->kind),
+             ev->has_host ? " " : "", ip, ev->director);
+  else
+    add_mark(w, "%s%s%s", sim_event_kind_name(ev->kind), ev->has_host ? " " : "", ip);
   mix(w, ev->kind);
   guint64 op = w->events; /* admin op ids: unique per run */
   gboolean admin = FALSE;
@@ -1266,6 +1274,9 @@ sample(SimWorld *w)
     }
     break;
   }
+  s.two_backends = g_hash_table_size(w->windows);
+  s.backend_changes = w->backend_changes;
+  s.kicked = w->sessions_kicked;
   g_array_append_val(w->samples, s);
   if (w->now_us + w->sc->sample_us <= w->sc->duration_us)
     schedule(w, w->now_us + w->sc->sample_us, EV_SAMPLE, 0, 0, 0, NULL);

@@ -15,6 +15,19 @@ check() { if eval "$2"; then ok "$1"; else not_ok "$1"; fi; }
 check "a passing scenario exits 0" '[ $? -eq 0 ] && grep -q "RESULT: PASS" "$tmp/out.txt"'
 check "the report is JSON and says passed" 'python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d[\"passed\"] and d[\"logins_ok\"] > 0 and len(d[\"samples\"]) > 0 and len(d[\"directors\"]) == 3" "$tmp/r.json"'
 check "the chart is an SVG" 'head -c 200 "$tmp/c.svg" | grep -q "<svg"'
+if command -v rsvg-convert > /dev/null; then
+  rsvg-convert -w 1000 "$tmp/c.svg" -o "$tmp/c.png"
+  check "the chart renders to a PNG of 1000 px by about 620, with content (rsvg-convert)" 'python3 -c "
+import struct, sys, os
+data = open(sys.argv[1], \"rb\").read()
+assert data[:8] == b\"\\x89PNG\\r\\n\\x1a\\n\", \"not a PNG\"
+w, h = struct.unpack(\">II\", data[16:24])
+assert w == 1000 and 500 <= h <= 800, (w, h)
+assert os.path.getsize(sys.argv[1]) > 20000, os.path.getsize(sys.argv[1])
+" "$tmp/c.png"'
+else
+  echo "ok - # SKIP the chart is not rendered: no rsvg-convert (librsvg2-bin; tools/deps installs it)"
+fi
 "$sim" replay "$tmp/t.json" > "$tmp/replay.txt"
 check "replay reproduces the fingerprint" '[ $? -eq 0 ] && grep -q "reproduced fingerprint" "$tmp/replay.txt"'
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["fingerprint"]="0000000000000000"; json.dump(d, open(sys.argv[2],"w"))' "$tmp/t.json" "$tmp/t2.json"
