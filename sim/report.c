@@ -2,7 +2,6 @@
 #include "sim/world-private.h"
 
 #include <cairo-svg.h>
-#include <math.h>
 #include <string.h>
 
 static void
@@ -640,8 +639,10 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
       max2 = MAX(max2, (guint32)MIN(smp->kicked - prev->kicked, G_MAXUINT32));
     }
   }
-  double step1 = nice_step(maxv, 5), top1v = ceil(maxv / step1) * step1;
-  double step2 = nice_step(max2, 4), top2v = ceil(max2 / step2) * step2;
+  /* Counts: whole steps, and the top of each axis the first tick at or above the largest value. */
+  guint64 step1 = (guint64)MAX(nice_step(maxv, 5), 1), step2 = (guint64)MAX(nice_step(max2, 4), 1);
+  double top1v = (double)((maxv + step1 - 1) / step1 * step1);
+  double top2v = (double)((max2 + step2 - 1) / step2 * step2);
 
   /* Title. */
   cairo_set_source_rgb(cr, 0, 0, 0);
@@ -664,8 +665,8 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
     cairo_rectangle(cr, x0, top2, MAX(x1 - x0, 1.5), p2h);
     cairo_fill(cr);
   }
-  draw_y_axis(cr, left, top, pw, p1h, top1v, step1, "live sessions");
-  draw_y_axis(cr, left, top2, pw, p2h, top2v, step2, "per sample");
+  draw_y_axis(cr, left, top, pw, p1h, top1v, (double)step1, "live sessions");
+  draw_y_axis(cr, left, top2, pw, p2h, top2v, (double)step2, "per sample");
 
   /* Time axis under each panel: round steps of minutes or hours. */
   static const gint64 steps_s[] = {10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600};
