@@ -252,14 +252,32 @@ health_replaced(UsherDirector *d, const UsherHost *host)
 void
 health_enforce(UsherDirector *d, UsherNow now)
 {
-  if (d->health.backends == NULL || !d->ring_synced)
+  Health *h = &d->health;
+  if (h->backends == NULL)
+    return;
+  if (!d->ring_synced) {
+    h->synced_since_us = 0;
+    return;
+  }
+  /* Not while a merge is still settling: the entries that come back then may be legitimate
+   * ones of a backend that is about to come up again (swarm seed 12718). */
+  if (h->synced_since_us == 0)
+    h->synced_since_us = now.mono_us;
+  if (now.mono_us - h->synced_since_us < 2 * (gint64)h->interval_secs * SEC_US)
     return;
   Tally t;
   tally(d, now.mono_us, &t);
-  if (t.live < t.quorum)
+  /* Nor right after directors joined or left the vote: at a merge, the side that rejoins may
+   * vote the backend up a moment later, and its entries for it are then legitimate. */
+  if (t.live != h->enforce_live) {
+    h->enforce_live = t.live;
+    h->enforce_live_since_us = now.mono_us;
+  }
+  if (t.live < t.quorum ||
+      now.mono_us - h->enforce_live_since_us < 2 * (gint64)h->interval_secs * SEC_US)
     return;
-  for (guint i = 0; i < d->health.backends->len; i++) {
-    HealthBackend *b = g_ptr_array_index(d->health.backends, i);
+  for (guint i = 0; i < h->backends->len; i++) {
+    HealthBackend *b = g_ptr_array_index(h->backends, i);
     if (!b->decided_here)
       continue;
     UsherHost *host = usher_host_table_lookup(d->hosts, &b->ip);

@@ -259,6 +259,9 @@ typedef struct {
   gint64 next_tick_us; /* probes and the periodic report; 0 = not started */
   gboolean report_now;
   gboolean had_quorum;
+  gint64 synced_since_us; /* the ring has been synced since (health_enforce), 0 = it is not */
+  guint enforce_live;            /* live voters at the last health_enforce ... */
+  gint64 enforce_live_since_us;  /* ... unchanged since */
   GPtrArray *backends; /* HealthBackend*, owns */
   GHashTable *by_ip;   /* UsherIp* (the entry's own) -> HealthBackend* in backends */
   GPtrArray *voters;   /* HealthVoter*, owns */
