@@ -91,6 +91,21 @@ add_rows(GArray *rows, Side *s, gboolean before)
   }
 }
 
+/* The backend as the table names it: its address, its [backend] host name, and whether the
+ * change removes it, adds it or keeps it down. */
+static char *
+row_label(const Row *r)
+{
+  const UsherHost *h = r->after != NULL ? r->after : r->before;
+  const char *state = r->after == NULL             ? " [removed]"
+                      : r->before == NULL          ? " [new]"
+                      : r->after->down             ? " [down]"
+                                                   : "";
+  if (h != NULL && h->hostname != NULL && h->hostname[0] != '\0')
+    return g_strdup_printf("%s (%s)%s", r->ip_str, h->hostname, state);
+  return g_strdup_printf("%s%s", r->ip_str, state);
+}
+
 /* Percent with two decimals as an integer number of hundredths, rounded. */
 static gboolean
 round_number(const GMatchInfo *match, GString *out, gpointer data)
@@ -352,6 +367,16 @@ ushersim_cmd_plan(int argc, char **argv)
       json_builder_begin_object(b);
       json_builder_set_member_name(b, "backend");
       json_builder_add_string_value(b, r->ip_str);
+      const UsherHost *hh = r->after != NULL ? r->after : r->before;
+      json_builder_set_member_name(b, "hostname");
+      if (hh != NULL && hh->hostname != NULL && hh->hostname[0] != '\0')
+        json_builder_add_string_value(b, hh->hostname);
+      else
+        json_builder_add_null_value(b);
+      json_builder_set_member_name(b, "removed");
+      json_builder_add_boolean_value(b, r->after == NULL);
+      json_builder_set_member_name(b, "added");
+      json_builder_add_boolean_value(b, r->before == NULL);
       json_builder_set_member_name(b, "users_before");
       json_builder_add_int_value(b, (gint64)r->users_before);
       json_builder_set_member_name(b, "users_after");
@@ -402,10 +427,11 @@ ushersim_cmd_plan(int argc, char **argv)
     for (guint i = 0; i < n; i++) {
       Row *r = &g_array_index(rows, Row, i);
       guint64 sb = hundredths(r->users_before, total), sa = hundredths(r->users_after, total);
+      g_autofree char *label = row_label(r);
       printf("%-40s %10" G_GUINT64_FORMAT " %10" G_GUINT64_FORMAT " %5" G_GUINT64_FORMAT
              ".%02u%% %5" G_GUINT64_FORMAT ".%02u%% %9" G_GUINT64_FORMAT " %9" G_GUINT64_FORMAT
              "\n",
-             r->ip_str, r->users_before, r->users_after, sb / 100, (guint)(sb % 100), sa / 100,
+             label, r->users_before, r->users_after, sb / 100, (guint)(sb % 100), sa / 100,
              (guint)(sa % 100), r->moved_out, r->moved_in);
     }
     if (none_before > 0 || none_after > 0)

@@ -103,5 +103,9 @@ printf 'user1\n\nuser2\n' | "$sim" map --backends 10.0.0.1 > /dev/null 2> "$tmp/
 check "one empty line: \"1 empty line skipped\"" 'grep -q "1 empty line skipped" "$tmp/empty1.err"'
 check "plan --json writes shares as hundredths (no 38.399999999999999)" \
   '! grep -Eq "[0-9]+\.[0-9]{3,}" "$tmp/plan.json"'
+printf '[backends]\nhosts = 10.0.0.1 10.0.0.2\n[backend 10.0.0.1]\nhostname = mail1\n' > "$tmp/removed.conf"
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/removed.conf" --user-count 500 > "$tmp/removed.txt"
+check "a removed backend is marked [removed], a [backend] host name is shown" \
+  'grep -q "^10.0.0.3 \[removed\]" "$tmp/removed.txt" && grep -q "^10.0.0.1 (mail1) " "$tmp/removed.txt"'
 echo "1..$n"
 [ $failed -eq 0 ]
