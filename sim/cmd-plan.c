@@ -5,6 +5,7 @@
 #include "libcore/host.h"
 #include "sim/sim.h"
 
+#include <cairo-svg.h>
 #include <json-glib/json-glib.h>
 #include <errno.h>
 #include <stdio.h>
@@ -106,6 +107,158 @@ row_label(const Row *r)
   return g_strdup_printf("%s%s", r->ip_str, state);
 }
 
+/* --chart: for a change ticket. Two bars per backend (share before, share after) on a round
+ * percentage axis, and the largest moves written out under them. */
+static gboolean
+plan_chart(const char *path, GArray *rows, const guint64 *moved, guint64 total, guint64 total_moved,
+           gboolean safe)
+{
+  guint n = rows->len;
+  const double width = 960, left = 70, right = 30, top = 60, ph = 300, bar_gap = 0.25;
+  guint n_moves = 0;
+  for (guint f = 0; f <= n; f++)
+    for (guint t = 0; t <= n; t++)
+      n_moves += moved[(gsize)f * (n + 1) + t] > 0;
+  guint shown = MIN(n_moves, 8u);
+  const double height = top + ph + 90 + 16 * shown + 20;
+  cairo_surface_t *surface = cairo_svg_surface_create(path, width, height);
+  if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS) {
+    fprintf(stderr, "ushersim plan: --chart %s: %s\n", path,
+            cairo_status_to_string(cairo_surface_status(surface)));
+    cairo_surface_destroy(surface);
+    return FALSE;
+  }
+  cairo_t *cr = cairo_create(surface);
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  double pw = width - left - right;
+  double max_pct = 1;
+  for (guint i = 0; i < n; i++) {
+    const Row *r = &g_array_index(rows, Row, i);
+    max_pct = MAX(max_pct, 100.0 * (double)MAX(r->users_before, r->users_after) / (double)MAX(total, 1));
+  }
+  static const double steps[] = {1, 2, 5, 10, 20, 25, 50};
+  double step = 50;
+  for (gsize i = 0; i < G_N_ELEMENTS(steps); i++)
+    if (max_pct / steps[i] <= 6) {
+      step = steps[i];
+      break;
+    }
+  double top_pct = step * (double)(guint)((max_pct + step - 1e-9) / step);
+  if (top_pct < max_pct)
+    top_pct += step;
+  cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_BOLD);
+  cairo_set_font_size(cr, 15);
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_move_to(cr, left, 24);
+  g_autofree char *title = g_strdup_printf(
+    "the change moves %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " users (%.1f%%): %s", total_moved,
+    total, 100.0 * (double)total_moved / (double)MAX(total, 1),
+    safe ? "safe to apply in one step" : "NOT safe in one step");
+  cairo_show_text(cr, title);
+  cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr, 11);
+  cairo_set_line_width(cr, 1);
+  for (double v = 0; v <= top_pct + step / 2; v += step) {
+    double y = top + ph - ph * v / top_pct;
+    char label[32];
+    g_snprintf(label, sizeof(label), "%.0f%%", v);
+    cairo_text_extents_t e;
+    cairo_text_extents(cr, label, &e);
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    cairo_move_to(cr, left - 6 - e.x_advance, y + 4);
+    cairo_show_text(cr, label);
+    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
+    cairo_move_to(cr, left, y);
+    cairo_line_to(cr, left + pw, y);
+    cairo_stroke(cr);
+  }
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_rectangle(cr, left, top, pw, ph);
+  cairo_stroke(cr);
+  cairo_save(cr);
+  cairo_move_to(cr, 16, top + ph / 2 + 40);
+  cairo_rotate(cr, -G_PI / 2);
+  cairo_show_text(cr, "share of the users");
+  cairo_restore(cr);
+  double slot = pw / MAX(n, 1u), bw = slot * (1 - bar_gap) / 2;
+  static const double before_rgb[3] = {0.65, 0.65, 0.65}, after_rgb[3] = {0.12, 0.47, 0.71};
+  for (guint i = 0; i < n; i++) {
+    const Row *r = &g_array_index(rows, Row, i);
+    double x = left + slot * i + slot * bar_gap / 2;
+    double hb = ph * (100.0 * (double)r->users_before / (double)MAX(total, 1)) / top_pct;
+    double ha = ph * (100.0 * (double)r->users_after / (double)MAX(total, 1)) / top_pct;
+    cairo_set_source_rgb(cr, before_rgb[0], before_rgb[1], before_rgb[2]);
+    cairo_rectangle(cr, x, top + ph - hb, bw, hb);
+    cairo_fill(cr);
+    cairo_set_source_rgb(cr, after_rgb[0], after_rgb[1], after_rgb[2]);
+    cairo_rectangle(cr, x + bw, top + ph - ha, bw, ha);
+    cairo_fill(cr);
+    g_autofree char *label = row_label(r);
+    cairo_text_extents_t e;
+    cairo_set_font_size(cr, n > 12 ? 8 : 10);
+    cairo_text_extents(cr, label, &e);
+    cairo_set_source_rgb(cr, 0, 0, 0);
+    cairo_save(cr);
+    if (e.x_advance > slot) {
+      cairo_move_to(cr, x + bw, top + ph + 12);
+      cairo_rotate(cr, G_PI / 6);
+    } else {
+      cairo_move_to(cr, x + bw - e.x_advance / 2, top + ph + 14);
+    }
+    cairo_show_text(cr, label);
+    cairo_restore(cr);
+  }
+  cairo_set_font_size(cr, 11);
+  double ly = top + ph + 66;
+  cairo_set_source_rgb(cr, before_rgb[0], before_rgb[1], before_rgb[2]);
+  cairo_rectangle(cr, left, ly - 9, 12, 10);
+  cairo_fill(cr);
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_move_to(cr, left + 16, ly);
+  cairo_show_text(cr, "before");
+  cairo_set_source_rgb(cr, after_rgb[0], after_rgb[1], after_rgb[2]);
+  cairo_rectangle(cr, left + 80, ly - 9, 12, 10);
+  cairo_fill(cr);
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_move_to(cr, left + 96, ly);
+  cairo_show_text(cr, "after");
+  /* The largest moves, most first. */
+  g_autofree guint *order = g_new0(guint, MAX(n_moves, 1u));
+  guint k = 0;
+  for (guint f = 0; f <= n; f++)
+    for (guint t = 0; t <= n; t++)
+      if (moved[(gsize)f * (n + 1) + t] > 0)
+        order[k++] = f * (n + 1) + t;
+  for (guint a = 0; a < k; a++)
+    for (guint b = a + 1; b < k; b++)
+      if (moved[order[b]] > moved[order[a]]) {
+        guint tmp = order[a];
+        order[a] = order[b];
+        order[b] = tmp;
+      }
+  cairo_move_to(cr, left + 180, ly);
+  cairo_show_text(cr, n_moves > shown ? "largest moves (the rest in the text output):"
+                                       : "moves:");
+  for (guint i = 0; i < shown; i++) {
+    guint f = order[i] / (n + 1), t = order[i] % (n + 1);
+    g_autofree char *line = g_strdup_printf(
+      "%s -> %s: %" G_GUINT64_FORMAT " users", f < n ? g_array_index(rows, Row, f).ip_str : "(none)",
+      t < n ? g_array_index(rows, Row, t).ip_str : "(none)", moved[order[i]]);
+    cairo_move_to(cr, left + 200, ly + 16 * (i + 1));
+    cairo_show_text(cr, line);
+  }
+  cairo_destroy(cr);
+  cairo_surface_finish(surface);
+  cairo_status_t st = cairo_surface_status(surface);
+  cairo_surface_destroy(surface);
+  if (st != CAIRO_STATUS_SUCCESS) {
+    fprintf(stderr, "ushersim plan: --chart %s: %s\n", path, cairo_status_to_string(st));
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* Percent with two decimals as an integer number of hundredths, rounded. */
 static gboolean
 round_number(const GMatchInfo *match, GString *out, gpointer data)
@@ -144,6 +297,7 @@ ushersim_cmd_plan(int argc, char **argv)
 #define UNSET (-G_MAXDOUBLE) /* an option not given */
   gdouble max_moved = UNSET, max_share = UNSET;
   gboolean json = FALSE;
+  g_autofree char *chart = NULL;
   GOptionEntry entries[] = {
     {"config", 'c', 0, G_OPTION_ARG_FILENAME, &current, "The configuration in use", "FILE"},
     {"proposed", 'p', 0, G_OPTION_ARG_FILENAME, &proposed, "The configuration to roll out", "FILE"},
@@ -160,6 +314,8 @@ ushersim_cmd_plan(int argc, char **argv)
     {"max-share", 0, 0, G_OPTION_ARG_DOUBLE, &max_share,
      "Fail (exit 1) if any backend would get more than PCT percent of the users", "PCT"},
     {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print the plan as JSON", NULL},
+    {"chart", 0, 0, G_OPTION_ARG_FILENAME, &chart,
+     "Also draw it (SVG): each backend's share before and after, and the largest moves", "FILE"},
     {NULL},
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("- what a configuration change moves");
@@ -186,6 +342,15 @@ ushersim_cmd_plan(int argc, char **argv)
   if (current == NULL || proposed == NULL) {
     fprintf(stderr, "ushersim plan: --config FILE and --proposed FILE are both required\n");
     return USHERSIM_EXIT_USAGE;
+  }
+  if (chart != NULL) {
+    g_autofree char *dir = g_path_get_dirname(chart);
+    if (g_file_test(chart, G_FILE_TEST_IS_DIR) || !g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+      fprintf(stderr, "ushersim plan: --chart %s: %s\n", chart,
+              g_file_test(chart, G_FILE_TEST_IS_DIR) ? "is a directory"
+                                                     : "is in a directory that does not exist");
+      return USHERSIM_EXIT_USAGE;
+    }
   }
   if (users_path != NULL && user_count != G_MININT64) {
     fprintf(stderr, "ushersim plan: give --users or --user-count, not both\n");
@@ -460,6 +625,12 @@ ushersim_cmd_plan(int argc, char **argv)
     printf("limits: --max-moved %.2f%%%s%s\n", max_moved, moved_default ? " (default)" : "",
            max_share >= 0 ? "" : ", no --max-share");
     printf("safe to apply in one step: %s\n", safe ? "yes" : "no");
+  }
+  if (chart != NULL && !plan_chart(chart, rows, moved, total, total_moved, safe)) {
+    g_free(moved);
+    side_clear(&before);
+    side_clear(&after);
+    return USHERSIM_EXIT_USAGE;
   }
   g_free(moved);
   side_clear(&before);

@@ -107,5 +107,19 @@ printf '[backends]\nhosts = 10.0.0.1 10.0.0.2\n[backend 10.0.0.1]\nhostname = ma
 "$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/removed.conf" --user-count 500 > "$tmp/removed.txt"
 check "a removed backend is marked [removed], a [backend] host name is shown" \
   'grep -q "^10.0.0.3 \[removed\]" "$tmp/removed.txt" && grep -q "^10.0.0.1 (mail1) " "$tmp/removed.txt"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/removed.conf" --user-count 500 --chart "$tmp/plan.svg" > /dev/null
+check "plan --chart writes an SVG" 'head -c 300 "$tmp/plan.svg" | grep -q "<svg"'
+if command -v rsvg-convert > /dev/null; then
+  rsvg-convert -w 1000 "$tmp/plan.svg" -o "$tmp/plan.png"
+  check "the plan chart renders to a PNG with content (rsvg-convert)" 'python3 -c "
+import struct, sys, os
+data = open(sys.argv[1], \"rb\").read()
+w, h = struct.unpack(\">II\", data[16:24])
+assert data[:4] == b\"\\x89PNG\" and w == 1000 and 400 <= h <= 800, (w, h)
+assert os.path.getsize(sys.argv[1]) > 10000
+" "$tmp/plan.png"'
+fi
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/removed.conf" --user-count 500 --chart "$tmp/no/such/dir/p.svg" > /dev/null 2> "$tmp/chart.err"
+check "plan --chart into a missing directory fails at once (exit 2)" '[ $? -eq 2 ] && grep -q "does not exist" "$tmp/chart.err"'
 echo "1..$n"
 [ $failed -eq 0 ]
