@@ -5,6 +5,8 @@
 #include "libcore/host.h"
 #include "sim/sim.h"
 
+#include "sim/chart.h"
+
 #include <cairo-svg.h>
 #include <json-glib/json-glib.h>
 #include <errno.h>
@@ -159,28 +161,7 @@ plan_chart(const char *path, GArray *rows, const guint64 *moved, guint64 total, 
   cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
   cairo_set_font_size(cr, 11);
   cairo_set_line_width(cr, 1);
-  for (double v = 0; v <= top_pct + step / 2; v += step) {
-    double y = top + ph - ph * v / top_pct;
-    char label[32];
-    g_snprintf(label, sizeof(label), "%.0f%%", v);
-    cairo_text_extents_t e;
-    cairo_text_extents(cr, label, &e);
-    cairo_set_source_rgb(cr, 0, 0, 0);
-    cairo_move_to(cr, left - 6 - e.x_advance, y + 4);
-    cairo_show_text(cr, label);
-    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
-    cairo_move_to(cr, left, y);
-    cairo_line_to(cr, left + pw, y);
-    cairo_stroke(cr);
-  }
-  cairo_set_source_rgb(cr, 0, 0, 0);
-  cairo_rectangle(cr, left, top, pw, ph);
-  cairo_stroke(cr);
-  cairo_save(cr);
-  cairo_move_to(cr, 16, top + ph / 2 + 40);
-  cairo_rotate(cr, -G_PI / 2);
-  cairo_show_text(cr, "share of the users");
-  cairo_restore(cr);
+  sim_chart_y_axis(cr, left, top, pw, ph, top_pct, step, "%", "share of the users");
   double slot = pw / MAX(n, 1u), bw = slot * (1 - bar_gap) / 2;
   static const double before_rgb[3] = {0.65, 0.65, 0.65}, after_rgb[3] = {0.12, 0.47, 0.71};
   for (guint i = 0; i < n; i++) {

@@ -2,6 +2,8 @@
 #include "sim/world-private.h"
 
 #include <cairo-svg.h>
+
+#include "sim/chart.h"
 #include <string.h>
 
 static void
@@ -516,45 +518,6 @@ nice_step(double max, int n)
   return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
 }
 
-static void
-text_at(cairo_t *cr, double x, double y, const char *text, double align)
-{
-  cairo_text_extents_t e;
-  cairo_text_extents(cr, text, &e);
-  cairo_move_to(cr, x - e.x_advance * align, y);
-  cairo_show_text(cr, text);
-}
-
-/* Horizontal grid, round ticks and a title on the left for a panel of height ph at top. */
-static void
-draw_y_axis(cairo_t *cr, double left, double top, double pw, double ph, double max, double step,
-            const char *title)
-{
-  cairo_set_font_size(cr, 11);
-  for (double v = 0; v <= max + step / 2; v += step) {
-    double y = top + ph - ph * v / max;
-    char label[32];
-    g_snprintf(label, sizeof(label), "%.0f", v);
-    cairo_set_source_rgb(cr, 0, 0, 0);
-    text_at(cr, left - 6, y + 4, label, 1.0);
-    cairo_set_source_rgb(cr, 0.9, 0.9, 0.9);
-    cairo_move_to(cr, left, y);
-    cairo_line_to(cr, left + pw, y);
-    cairo_stroke(cr);
-  }
-  cairo_set_source_rgb(cr, 0, 0, 0);
-  cairo_rectangle(cr, left, top, pw, ph);
-  cairo_stroke(cr);
-  cairo_save(cr);
-  cairo_move_to(cr, 16, top + ph / 2);
-  cairo_rotate(cr, -G_PI / 2);
-  cairo_text_extents_t e;
-  cairo_text_extents(cr, title, &e);
-  cairo_rel_move_to(cr, -e.x_advance / 2, 0);
-  cairo_show_text(cr, title);
-  cairo_restore(cr);
-}
-
 gboolean
 sim_world_write_chart(SimWorld *w, const char *path, GError **error)
 {
@@ -665,8 +628,8 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
     cairo_rectangle(cr, x0, top2, MAX(x1 - x0, 1.5), p2h);
     cairo_fill(cr);
   }
-  draw_y_axis(cr, left, top, pw, p1h, top1v, (double)step1, "live sessions");
-  draw_y_axis(cr, left, top2, pw, p2h, top2v, (double)step2, "per sample");
+  sim_chart_y_axis(cr, left, top, pw, p1h, top1v, (double)step1, "", "live sessions");
+  sim_chart_y_axis(cr, left, top2, pw, p2h, top2v, (double)step2, "", "per sample");
 
   /* Time axis under each panel: round steps of minutes or hours. */
   static const gint64 steps_s[] = {10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 21600};
@@ -683,10 +646,10 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
                                ? g_strdup_printf("%" G_GINT64_FORMAT "h", t / (3600 * SEC_US))
                                : g_strdup_printf("%" G_GINT64_FORMAT "m%s", t / (60 * SEC_US),
                                                  t % (60 * SEC_US) != 0 ? "30s" : "");
-    text_at(cr, x, top + p1h + 15, label, 0.5);
-    text_at(cr, x, top2 + p2h + 15, label, 0.5);
+    sim_chart_text_at(cr, x, top + p1h + 15, label, 0.5);
+    sim_chart_text_at(cr, x, top2 + p2h + 15, label, 0.5);
   }
-  text_at(cr, left + pw / 2, top2 + p2h + 34, "simulated time since the start", 0.5);
+  sim_chart_text_at(cr, left + pw / 2, top2 + p2h + 34, "simulated time since the start", 0.5);
 
   /* Events: a dashed line through both panels, the label in its row above. */
   cairo_set_font_size(cr, 9);
@@ -712,7 +675,7 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
   if (omitted > 0) {
     g_autofree char *more = g_strdup_printf("(%u more events: the summary lists them)", omitted);
     cairo_set_source_rgb(cr, 0.5, 0, 0);
-    text_at(cr, left + pw, 22, more, 1.0);
+    sim_chart_text_at(cr, left + pw, 22, more, 1.0);
   }
 
   /* Top panel: one line per backend. */
