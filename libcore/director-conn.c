@@ -879,7 +879,7 @@ cmd_host_hand_start(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg 
   }
   gboolean remote = msg->host_hand.ring_handshaked;
   c->handshake_sending_hosts = TRUE;
-  if (remote && !d->ring_handshaked) {
+  if (remote && !d->ring_handshaked && !d->took_ring_hosts) {
     /* We are joining a complete ring: its hosts replace ours. Dovecot drops all of ours (and
      * their users) first; Usher applies the ring's list and drops only the hosts it does not
      * name, at HOST-HAND-END. The users we hold came from ring members (a director that never
@@ -887,9 +887,14 @@ cmd_host_hand_start(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg 
      * before this handshake (found by ushersim swarm, seed 3778). */
     dir_log(d, G_LOG_LEVEL_INFO, "joining a ring: replacing our hosts with %s's", c->name);
     c->replacing_hosts = g_array_new(FALSE, FALSE, sizeof(UsherIp));
+  } else if (remote && !d->ring_handshaked) {
+    /* We took one ring member's host list already; a second member's list is merged, not
+     * taken: after a split the two can differ, and taking the second dropped a backend the
+     * first named, with its users, which the first member's side still had (swarm seed 36460). */
   } else if (!remote && d->ring_handshaked) {
     /* It is joining our complete ring: its host list does not count. */
     c->ignore_host_events = TRUE;
+    c->host_list_ignored = TRUE;
   }
   return TRUE;
 }
@@ -993,6 +998,7 @@ static void
 finish_replacing_hosts(UsherDirector *d, UsherNow now, Conn *c)
 {
   g_autoptr(GArray) seen = g_steal_pointer(&c->replacing_hosts);
+  d->took_ring_hosts = TRUE;
   for (guint i = 0; i < usher_host_table_n_hosts(d->hosts);) {
     UsherHost *h = usher_host_table_nth(d->hosts, i);
     gboolean named = FALSE;
@@ -1038,12 +1044,22 @@ cmd_handshake_user(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *
     return FALSE;
   }
   UsherHost *host = host_by_ip(d, &msg->handshake_user.ip);
+  gint64 ts = MIN((gint64)msg->handshake_user.timestamp, dir_wall_secs(now));
+  if (host == NULL && c->host_list_ignored) {
+    /* A director joining our ring placed it on a backend we have not heard of: one added on its
+     * side of a split. Dovecot calls this a protocol error, so the director cannot join; it then
+     * takes another member's host list and drops that backend and its users, while the directors
+     * that stayed on its side keep them (swarm seed 36460). Held like a ring USER: the backend's
+     * HOST comes with the merge. */
+    c->users_received++;
+    users_hold_update(d, now, c, msg->handshake_user.hash, &msg->handshake_user.ip, ts, TRUE);
+    return TRUE;
+  }
   if (host == NULL) {
     conn_protocol_error(d, now, c, "handshake user points to an unknown host");
     return FALSE;
   }
   c->users_received++;
-  gint64 ts = MIN((gint64)msg->handshake_user.timestamp, dir_wall_secs(now));
   gboolean forced;
   UsherUser *user;
   if (users_refresh(d, now, c, msg->handshake_user.hash, host, ts, TRUE,

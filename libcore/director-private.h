@@ -110,6 +110,7 @@ struct Conn {
   /* Handshake, receiving side */
   gboolean handshake_sending_hosts; /* between HOST-HAND-START and HOST-HAND-END */
   gboolean ignore_host_events;      /* the peer is joining our completed ring */
+  gboolean host_list_ignored;       /* ...and so its handshake's HOSTs were ignored */
   GArray *replacing_hosts;          /* we are joining its ring: IPs its host list named */
   gboolean handshake_received;      /* the peer's DONE arrived */
   guint64 users_received;
@@ -299,6 +300,7 @@ struct UsherDirector {
   /* Ring state */
   gboolean started;
   gboolean ring_handshaked;
+  gboolean took_ring_hosts; /* a complete ring's host list replaced ours once already */
   gboolean ring_synced;
   guint ring_min_version;
   guint32 sync_seq;

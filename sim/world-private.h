@@ -155,6 +155,10 @@ struct SimWorld {
   gboolean budget_exhausted;
   gboolean quiescing; /* after the end: no new logins, let in-flight updates settle */
   gint64 max_skew_seen_secs;
+  /* The lowest and highest wall clock offset (against the simulation's clock) any director has
+   * had so far, sampled at each check and around each clock step. */
+  gint64 min_offset_seen_us, max_offset_seen_us;
+  gboolean offsets_seen;
 
   guint n_nodes;
   SimNode nodes[64];

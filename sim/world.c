@@ -1049,7 +1049,20 @@ static gint64
 max_skew_secs(SimWorld *w)
 {
   w->max_skew_seen_secs = MAX(w->max_skew_seen_secs, skew_now_secs(w));
-  return w->max_skew_seen_secs;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    if (!w->nodes[i].up)
+      continue;
+    gint64 off = node_wall_us(w, &w->nodes[i]) - (WALL_BASE_US + w->now_us);
+    w->min_offset_seen_us = w->offsets_seen ? MIN(w->min_offset_seen_us, off) : off;
+    w->max_offset_seen_us = w->offsets_seen ? MAX(w->max_offset_seen_us, off) : off;
+    w->offsets_seen = TRUE;
+  }
+  /* A timestamp minted (or clamped to its clock) by a director under one offset expires there
+   * under its offset of the time: a director 26 s behind that then steps 40 s forward expires
+   * the entry 40 s before a director without skew, though the two are only 14 s apart now
+   * (swarm seed 29803). */
+  gint64 span = (w->max_offset_seen_us - w->min_offset_seen_us + SEC_US - 1) / SEC_US;
+  return MAX(w->max_skew_seen_secs, span);
 }
 
 static gint64
