@@ -593,6 +593,114 @@ test_held_users_bounded(void)
   replay_free(r);
 }
 
+/* The handshake of a director that joins our completed ring without having completed one itself
+ * (it restarted during a split): its host list is ignored, as in Dovecot, but its users on a
+ * backend added on its side of the split are kept until that backend's HOST arrives, instead of
+ * the protocol error that kept it out of the ring (swarm seed 36460). */
+static void
+test_joining_peer_user_on_new_backend(void)
+{
+  Replay *r = replay_new(NULL);
+  complete_two_member_ring(r);
+  const UsherDirectorStats *st = usher_director_get_stats(r->d);
+  guint64 errors = st->protocol_errors;
+  UsherIp peer;
+  g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
+  UsherConnId c = usher_director_peer_accepted(r->d, now(r), &peer);
+  collect(r);
+  gint64 ts = r->wall_us / SEC;
+  g_autofree char *hello = g_strdup_printf(
+    "VERSION\tdirector\t1\t9\n"
+    "ME\t127.0.5.2\t19190\t%" G_GINT64_FORMAT "\n"
+    "DIRECTOR\t127.0.5.1\t19190\n"
+    "DIRECTOR\t127.0.5.2\t19190\n"
+    "HOST-HAND-START\t0\n"
+    "HOST\t127.0.2.1\t100\t\tU0\t\n"
+    "HOST\t127.0.2.9\t100\t\tU0\t\n"
+    "HOST-HAND-END\t0\n"
+    "U\t4246\t127.0.2.9\t%" G_GINT64_FORMAT "\n"
+    "U\t4247\t127.0.2.1\t%" G_GINT64_FORMAT "\n"
+    "DONE\n",
+    ts, ts, ts);
+  feed(r, c, hello);
+  g_assert_cmpuint(st->protocol_errors, ==, errors);
+  g_assert_false(has_host(r, "127.0.2.9")); /* a joining director's host list does not count */
+  g_assert_true(has_user(r, 4247, "127.0.2.1"));
+  g_assert_false(has_user(r, 4246, NULL));
+  g_assert_cmpuint(st->user_updates_held, ==, 1);
+  /* The merge brings the backend: the user is placed where the joining side had it. */
+  feed(r, c, "HOST\t127.0.5.2\t19190\t30\t127.0.2.9\t100\t\tU0\t\n");
+  g_assert_true(has_user(r, 4246, "127.0.2.9"));
+  g_assert_cmpuint(st->user_updates_held_applied, ==, 1);
+
+  /* A director that did list the backend and still sends a user on one it never named is wrong:
+   * that stays a protocol error. */
+  UsherConnId bad = usher_director_peer_accepted(r->d, now(r), &peer);
+  collect(r);
+  g_autofree char *lie = g_strdup_printf(
+    "VERSION\tdirector\t1\t9\n"
+    "ME\t127.0.5.2\t19190\t%" G_GINT64_FORMAT "\n"
+    "HOST-HAND-START\t1\n"
+    "HOST\t127.0.2.1\t100\t\tU0\t\n"
+    "HOST-HAND-END\t1\n"
+    "U\t4248\t127.0.2.8\t%" G_GINT64_FORMAT "\n",
+    ts, ts);
+  feed(r, bad, lie);
+  g_assert_cmpuint(st->protocol_errors, ==, errors + 1);
+  g_assert_false(has_user(r, 4248, NULL));
+  replay_free(r);
+}
+
+/* A director that has not completed a ring yet takes the first complete ring's host list (and
+ * drops the hosts it does not name); a second ring member's list, which after a split can lack a
+ * backend the first named, is merged: taking it too dropped that backend and its users for good
+ * on this director (swarm seed 36460). */
+static void
+test_second_ring_host_list_merged(void)
+{
+  Replay *r = replay_new(NULL);
+  usher_director_start(r->d, now(r));
+  collect(r);
+  g_assert_false(usher_director_is_ring_handshaked(r->d));
+  UsherIp peer;
+  g_assert_true(usher_ip_parse("127.0.5.2", -1, &peer));
+  gint64 ts = r->wall_us / SEC;
+  UsherConnId first = usher_director_peer_accepted(r->d, now(r), &peer);
+  collect(r);
+  g_autofree char *from_first = g_strdup_printf(
+    "VERSION\tdirector\t1\t9\n"
+    "ME\t127.0.5.2\t19190\t%" G_GINT64_FORMAT "\n"
+    "HOST-HAND-START\t1\n"
+    "HOST\t127.0.2.1\t100\t\tU0\t\n"
+    "HOST\t127.0.2.9\t100\t\tU0\t\n"
+    "HOST-HAND-END\t1\n"
+    "U\t4249\t127.0.2.9\t%" G_GINT64_FORMAT "\n"
+    "DONE\n",
+    ts, ts);
+  feed(r, first, from_first);
+  /* Replaced: the configured 127.0.2.2 and .3 are gone, the ring's 127.0.2.9 came. */
+  g_assert_false(has_host(r, "127.0.2.2"));
+  g_assert_true(has_host(r, "127.0.2.9"));
+  g_assert_true(has_user(r, 4249, "127.0.2.9"));
+  g_assert_false(usher_director_is_ring_handshaked(r->d));
+
+  UsherConnId second = usher_director_peer_accepted(r->d, now(r), &peer);
+  collect(r);
+  g_autofree char *from_second = g_strdup_printf("VERSION\tdirector\t1\t9\n"
+                                                 "ME\t127.0.5.2\t19190\t%" G_GINT64_FORMAT "\n"
+                                                 "HOST-HAND-START\t1\n"
+                                                 "HOST\t127.0.2.1\t100\t\tU0\t\n"
+                                                 "HOST\t127.0.2.3\t100\t\tU0\t\n"
+                                                 "HOST-HAND-END\t1\n"
+                                                 "DONE\n",
+                                                 ts);
+  feed(r, second, from_second);
+  g_assert_true(has_host(r, "127.0.2.9"));
+  g_assert_true(has_host(r, "127.0.2.3"));
+  g_assert_true(has_user(r, 4249, "127.0.2.9"));
+  replay_free(r);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -607,5 +715,9 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring-replay/flood-hold-limit", test_flood_hold_limit);
   g_test_add_func("/core/ring-replay/user-before-host", test_user_before_host);
   g_test_add_func("/core/ring-replay/held-users-bounded", test_held_users_bounded);
+  g_test_add_func("/core/ring-replay/joining-peer-user-on-new-backend",
+                  test_joining_peer_user_on_new_backend);
+  g_test_add_func("/core/ring-replay/second-ring-host-list-merged",
+                  test_second_ring_host_list_merged);
   return g_test_run();
 }
