@@ -164,6 +164,20 @@ bench_directory(guint64 n, DirFigures *fig, volatile guint64 *sink)
   g_free(hashes);
 }
 
+/* On a terminal, which stage runs now, on standard error (nothing when it is not a terminal,
+ * so that the figures on standard output stay clean); stage 0 clears the line. */
+static void
+bench_progress(guint stage, guint stages, const char *what)
+{
+  if (!isatty(STDERR_FILENO))
+    return;
+  if (stage == 0)
+    fprintf(stderr, "\r%70s\r", "");
+  else
+    fprintf(stderr, "\r  %u of %u: %-60s", stage, stages, what);
+  fflush(stderr);
+}
+
 int
 ushersim_cmd_bench_core(int argc, char **argv)
 {
@@ -181,7 +195,8 @@ ushersim_cmd_bench_core(int argc, char **argv)
   g_autoptr(GOptionContext) ctx = g_option_context_new("- benchmark the placement core");
   g_option_context_set_summary(
     ctx, "Targets on a 2-core machine: >= 3 million placements/s on one core, <= 64 bytes per\n"
-         "user. Runs single-threaded; takes about 15 s with the defaults.");
+         "user. Runs single-threaded; takes about 15 s with the defaults. On a terminal, the stage\n"
+         "running now is shown on standard error.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
@@ -197,11 +212,20 @@ ushersim_cmd_bench_core(int argc, char **argv)
 
   volatile guint64 sink = 0;
   guint64 placements = (guint64)MAX(users, 3000000);
+  guint stages = large > 0 ? 3 : 2;
+  bench_progress(1, stages, "placements");
   double placement_rate = bench_placement(placements, &sink);
   DirFigures small = {0}, big = {0};
+  g_autofree char *what = g_strdup_printf("user directory, %" G_GINT64_FORMAT " users", users);
+  bench_progress(2, stages, what);
   bench_directory((guint64)users, &small, &sink);
-  if (large > 0)
+  if (large > 0) {
+    g_free(what);
+    what = g_strdup_printf("user directory, %" G_GINT64_FORMAT " users", large);
+    bench_progress(3, stages, what);
     bench_directory((guint64)large, &big, &sink);
+  }
+  bench_progress(0, 0, NULL);
 
   if (json) {
     g_autoptr(JsonBuilder) b = json_builder_new();

@@ -67,6 +67,13 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   g_autofree char *dur = world_time(sc->duration_us);
   fprintf(out, "scenario %s: %u directors, %u backends, %" G_GUINT64_FORMAT " users, %s\n",
           sc->name, sc->directors, sc->backends->len, sc->users, dur);
+  if (sc->n_tags > 1) {
+    fprintf(out, "users by tag:");
+    for (guint i = 0; i < sc->n_tags; i++)
+      fprintf(out, "%s %s %u%%", i > 0 ? "," : "", sc->tags[i],
+               sc->tag_cum[i] - (i > 0 ? sc->tag_cum[i - 1] : 0));
+    fprintf(out, "\n");
+  }
   if (sc->description != NULL && sc->description[0] != '\0')
     fprintf(out, "%s\n", sc->description);
   fprintf(out, "seed %" G_GUINT64_FORMAT " (network 0x%016" G_GINT64_MODIFIER "x, workload 0x%016" G_GINT64_MODIFIER
@@ -125,11 +132,11 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   }
   guint64 open_windows = g_hash_table_size(w->windows);
   fprintf(out, "users on two backends at once: %" G_GUINT64_FORMAT " in split brain, %" G_GUINT64_FORMAT
-               " after unsafe host changes, %" G_GUINT64_FORMAT " violations, %" G_GUINT64_FORMAT
-               " still open; longest %" G_GINT64_FORMAT " s\n",
-          w->windows_split_brain, w->windows_unsafe, w->windows_violation, open_windows,
-          w->window_longest_us / SEC_US);
-  if (w->windows_split_brain + w->windows_unsafe > 0) {
+               " from clock skew, %" G_GUINT64_FORMAT " after unsafe host changes, %" G_GUINT64_FORMAT
+               " violations, %" G_GUINT64_FORMAT " still open; longest %" G_GINT64_FORMAT " s\n",
+          w->windows_split_brain, w->windows_clock_skew, w->windows_unsafe, w->windows_violation,
+          open_windows, w->window_longest_us / SEC_US);
+  if (w->windows_split_brain + w->windows_clock_skew + w->windows_unsafe > 0) {
     gboolean allowed = FALSE, checked = FALSE;
     for (guint i = 0; i < sc->checks->len; i++) {
       const SimCheck *c = &g_array_index(sc->checks, SimCheck, i);
@@ -139,8 +146,9 @@ sim_world_print_summary(SimWorld *w, FILE *out)
       }
     }
     fprintf(out, "  (split brain: both halves of a split ring placed the user, as Dovecot's "
-                 "director does; unsafe: after a host removal or a forced flush, which may cut "
-                 "sessions; %s)\n",
+                 "director does; clock skew: a director whose clock is ahead dropped the entry "
+                 "and placed the user afresh while another still held it; unsafe: after a host "
+                 "removal or a forced flush, which may cut sessions; %s)\n",
             !checked  ? "no no-double-backend check judges them in this scenario"
             : allowed ? "this scenario's no-double-backend check allows both (allow_split_brain), "
                         "only violations fail it"
@@ -313,6 +321,7 @@ sim_world_report_json(SimWorld *w)
   INT("sessions_cut", w->sessions_cut);
   INT("lmtp_redelivered", w->lmtp_redelivered);
   INT("windows_split_brain", w->windows_split_brain);
+  INT("windows_clock_skew", w->windows_clock_skew);
   INT("windows_unsafe", w->windows_unsafe);
   INT("windows_violation", w->windows_violation);
   INT("window_longest_us", w->window_longest_us);

@@ -555,6 +555,74 @@ load_network(Ctx *ctx, SimScenario *sc, JsonObject *root)
 }
 
 static gboolean
+tag_known(const SimScenario *sc, const char *tag)
+{
+  if (tag[0] == '\0')
+    return TRUE;
+  for (guint i = 0; i < sc->backends->len; i++)
+    if (strcmp(((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->tag, tag) == 0)
+      return TRUE;
+  return FALSE;
+}
+
+/* workload.tag: one tag for every login ("eu"), or a mix of tags with the percentage of the users
+ * that ask for each ({"eu": 70, "us": 30}). */
+static gboolean
+parse_tags(Ctx *ctx, JsonObject *w, SimScenario *sc)
+{
+  JsonNode *n = json_object_get_member(w, "tag");
+  if (n == NULL || !JSON_NODE_HOLDS_OBJECT(n)) {
+    const char *tag = get_string(ctx, "workload", w, "tag", FALSE);
+    if (tag == NULL && ctx->failed)
+      return FALSE;
+    sc->tag = g_strdup(tag != NULL ? tag : "");
+    if (!tag_known(sc, sc->tag))
+      return fail(ctx, "workload.tag", "no backend has tag \"%s\"", sc->tag);
+    sc->n_tags = 1;
+    sc->tags[0] = g_strdup(sc->tag);
+    sc->tag_cum[0] = 100;
+    return TRUE;
+  }
+  JsonObject *mix = json_node_get_object(n);
+  g_autoptr(GList) names = json_object_get_members(mix);
+  names = g_list_sort(names, (GCompareFunc)strcmp);
+  guint count = g_list_length(names);
+  if (count < 1 || count > SIM_MAX_TAGS)
+    return fail(ctx, "workload.tag", "a mix names 1 to %d tags, not %u", SIM_MAX_TAGS, count);
+  guint64 sum = 0;
+  for (GList *l = names; l != NULL; l = l->next) {
+    const char *name = l->data;
+    guint64 pct = 0;
+    if (!get_uint(ctx, "workload.tag", mix, name, 0, 100, &pct))
+      return FALSE;
+    if (!tag_known(sc, name)) {
+      g_autofree char *p = g_strdup_printf("workload.tag.%s", name);
+      return fail(ctx, p, "no backend has tag \"%s\"", name);
+    }
+    sum += pct;
+    sc->tags[sc->n_tags] = g_strdup(name);
+    sc->tag_cum[sc->n_tags] = (guint)MIN(sum, 100);
+    sc->n_tags++;
+  }
+  if (sum != 100)
+    return fail(ctx, "workload.tag", "the shares add up to %u, not 100", (guint)sum);
+  sc->tag = g_strdup(sc->tags[0]);
+  return TRUE;
+}
+
+const char *
+sim_scenario_user_tag(const SimScenario *sc, guint64 user)
+{
+  if (sc->n_tags <= 1)
+    return sc->tag;
+  guint64 position = user * 100 / MAX(sc->users, 1); /* 0 to 99 */
+  for (guint i = 0; i < sc->n_tags; i++)
+    if (position < sc->tag_cum[i])
+      return sc->tags[i];
+  return sc->tags[sc->n_tags - 1];
+}
+
+static gboolean
 load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
 {
   JsonObject *w = get_object(ctx, "", root, "workload", TRUE);
@@ -580,15 +648,8 @@ load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
     return fail(ctx, "workload.user_format", "must contain %%u exactly once and no other %%");
   sc->user_prefix = g_strndup(fmt, (gsize)(pct - fmt));
   sc->user_suffix = g_strdup(pct + 2);
-  const char *tag = get_string(ctx, "workload", w, "tag", FALSE);
-  if (tag == NULL && ctx->failed)
+  if (!parse_tags(ctx, w, sc))
     return FALSE;
-  sc->tag = g_strdup(tag != NULL ? tag : "");
-  gboolean tag_known = sc->tag[0] == '\0';
-  for (guint i = 0; i < sc->backends->len && !tag_known; i++)
-    tag_known = strcmp(((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->tag, sc->tag) == 0;
-  if (!tag_known)
-    return fail(ctx, "workload.tag", "no backend has tag \"%s\"", sc->tag);
   sc->rate_milli = 10000;
   if (!get_milli(ctx, "workload", w, "logins_per_second", 0, G_GINT64_CONSTANT(100000000),
                  &sc->rate_milli))
@@ -1551,6 +1612,8 @@ sim_scenario_free(SimScenario *sc)
   g_free(sc->user_prefix);
   g_free(sc->user_suffix);
   g_free(sc->tag);
+  for (guint i = 0; i < sc->n_tags; i++)
+    g_free(sc->tags[i]);
   g_array_unref(sc->events);
   g_array_unref(sc->checks);
   g_clear_pointer(&sc->warnings, g_ptr_array_unref);

@@ -19,6 +19,8 @@ GQuark sim_scenario_error_quark(void);
 #define SIM_MAX_DIRECTORS 32
 #define SIM_MAX_USERS 20000000
 
+#define SIM_MAX_TAGS 16 /* tags a workload may mix */
+
 typedef struct {
   UsherIp ip;
   guint vhosts;
@@ -157,6 +159,12 @@ typedef struct {
   guint64 users;
   char *user_prefix, *user_suffix; /* user_format split at its %u */
   char *tag;                       /* the tag every login asks for ("" = untagged ring) */
+  /* A workload mixing tags: users 1 to users are split among them in the order of tags (sorted
+   * by name), tag_cum[i] percent of them up to the end of tags[i]. Without a mix: n_tags 1,
+   * tags[0] = tag, tag_cum[0] = 100. */
+  guint n_tags;
+  char *tags[SIM_MAX_TAGS];
+  guint tag_cum[SIM_MAX_TAGS];
   gint64 rate_milli;               /* logins per second x 1000 */
   guint daily_curve[24];           /* weights per hour of the day; all equal if not given */
   gboolean has_daily_curve;
@@ -184,6 +192,8 @@ typedef struct {
 } SimScenario;
 
 SimScenario *sim_scenario_load_file(const char *path, GError **error);
+/* The tag user (0 to users - 1) asks for: the scenario's tag, or its share of a mix. */
+const char *sim_scenario_user_tag(const SimScenario *sc, guint64 user);
 SimScenario *sim_scenario_load_data(const char *data, gssize len, const char *source,
                                     GError **error);
 void sim_scenario_free(SimScenario *sc);

@@ -41,6 +41,7 @@ typedef struct {
   guint incarnation;
   gint64 deadline;   /* cached next_deadline; recomputed after each call into d */
   gint64 wall_offset_us;
+  gint64 last_clock_step_us; /* simulation time of its last clock-step, 0 = none */
   gint drift_ppm;
   gint64 drift_since_us;
   gint64 drift_base_us;
@@ -77,7 +78,10 @@ typedef struct {
   guint16 backend;
   guint8 director;
   guint8 proto;
-  gboolean alive;
+  guint8 alive;
+  /* A refresh found no entry on the session's director after that director's clock stepped:
+   * the step expired the entry early, and nothing keeps the user on this backend any more. */
+  guint8 orphaned_by_step;
   guint director_incarnation;
   gint64 start_us;
   guint refresh_secs;
@@ -194,7 +198,7 @@ struct SimWorld {
   guint64 sessions_started, sessions_kicked, sessions_cut;
   guint64 lmtp_redelivered; /* LMTP deliveries cut by a failure, delivered again by the MTA */
   guint64 users_moved, backend_changes;
-  guint64 windows_split_brain, windows_unsafe, windows_violation;
+  guint64 windows_split_brain, windows_clock_skew, windows_unsafe, windows_violation;
   gint64 window_total_us, window_longest_us;
   guint64 latency_hist[64 * 16];
   guint64 latency_count;

@@ -155,6 +155,48 @@ distinct_backends(SimWorld *w, SimUser *u, guint *first_out)
 static gint64 skew_now_secs(SimWorld *w);
 static gint64 max_skew_secs(SimWorld *w);
 
+/* Whether the directors' clocks explain a user's second backend (spec weakness 7): directors
+ * expire entries by their own clocks, so one whose clock is ahead (or that minted the timestamp
+ * while behind) can drop the user and place it afresh while another still holds it. That is so
+ * when some director still holds the user on another backend than the newest session's with an
+ * entry that the most advanced clock of the ring sees expired, or within the span of clock
+ * offsets (plus 2 s) of expiring; or when an older session lost its entry to a clock step of its
+ * own director (orphaned_by_step: its refreshes keep nothing alive any more, and the others expire
+ * the entry in turn). Without clock differences, or with an entry that has long to live
+ * everywhere, the window is not the clocks' doing. */
+static gboolean
+skew_explains(SimWorld *w, guint32 user)
+{
+  const SimUser *u = &w->users[user];
+  gint64 span = max_skew_secs(w);
+  if (span <= 1 || u->sessions == 0)
+    return FALSE;
+  const SimSession *first = session_at(w, u->sessions - 1);
+  const SimBackend *newest = &g_array_index(w->backends, SimBackend, first->backend);
+  for (guint32 s = first->next; s != 0; s = session_at(w, s - 1)->next) {
+    const SimSession *older = session_at(w, s - 1);
+    if (older->orphaned_by_step && older->backend != first->backend)
+      return TRUE;
+  }
+  gint64 ahead = G_MININT64;
+  for (guint i = 0; i < w->n_nodes; i++)
+    if (w->nodes[i].up)
+      ahead = MAX(ahead, node_now(w, &w->nodes[i]).wall_us / SEC_US);
+  gint64 expire = w->sc->config->user_expire_secs;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    SimNode *n = &w->nodes[i];
+    if (!n->up)
+      continue;
+    UsherUserInfo info;
+    usher_director_lookup_user(n->d, node_now(w, n).wall_us, u->hash,
+                               sim_scenario_user_tag(w->sc, user), &info);
+    if (info.found && !usher_ip_equal(&info.current, &newest->ip) &&
+        (gint64)info.timestamp + expire <= ahead + span + 2)
+      return TRUE;
+  }
+  return FALSE;
+}
+
 /* Re-evaluates the user's double-backend state after its sessions changed. */
 static void
 track_backends(SimWorld *w, guint32 user)
@@ -166,23 +208,23 @@ track_backends(SimWorld *w, guint32 user)
   if (before < 2 && n >= 2) {
     SimWindow *win = g_new0(SimWindow, 1);
     win->start_us = w->now_us;
-    if (w->faults_active > 0 || w->now_us < w->fault_grace_until_us) {
-      win->allowed = TRUE;
-      win->cause = "split brain";
-    } else if (skew_now_secs(w) > 1) {
-      /* Directors whose clocks disagree expire entries at different times: a user can be placed
-       * afresh on one while another still holds it (spec weakness 7). */
-      win->allowed = TRUE;
-      win->cause = "split brain";
-    } else {
-      for (guint32 s = u->sessions; s != 0; s = session_at(w, s - 1)->next) {
-        SimSession *ss = session_at(w, s - 1);
-        SimBackend *b = &g_array_index(w->backends, SimBackend, ss->backend);
-        if (b->last_unsafe_us > 0 && ss->start_us <= b->last_unsafe_us) {
-          win->allowed = TRUE;
-          win->cause = "unsafe host change";
-        }
+    /* The most specific cause first: a session older than an unsafe change of its backend
+     * explains the window whatever else is going on. */
+    for (guint32 s = u->sessions; s != 0; s = session_at(w, s - 1)->next) {
+      SimSession *ss = session_at(w, s - 1);
+      SimBackend *b = &g_array_index(w->backends, SimBackend, ss->backend);
+      if (b->last_unsafe_us > 0 && ss->start_us <= b->last_unsafe_us) {
+        win->allowed = TRUE;
+        win->cause = "unsafe host change";
       }
+    }
+    if (!win->allowed && (w->faults_active > 0 || w->now_us < w->fault_grace_until_us)) {
+      win->allowed = TRUE;
+      win->cause = "split brain";
+    }
+    if (!win->allowed && skew_explains(w, user)) {
+      win->allowed = TRUE;
+      win->cause = "clock skew";
     }
     if (!win->allowed) {
       win->cause = "violation";
@@ -201,6 +243,8 @@ track_backends(SimWorld *w, guint32 user)
         w->windows_violation++;
       else if (strcmp(win->cause, "split brain") == 0)
         w->windows_split_brain++;
+      else if (strcmp(win->cause, "clock skew") == 0)
+        w->windows_clock_skew++;
       else
         w->windows_unsafe++;
       g_hash_table_remove(w->windows, GUINT_TO_POINTER(user + 1));
@@ -428,7 +472,8 @@ login_attempt(SimWorld *w, SimLogin *lg)
   mix(w, lg->id);
   mix(w, lg->user);
   usher_director_login_request(n->d, node_now(w, n), lg->id,
-                               user_name(w, lg->user, name, sizeof(name)), w->sc->tag);
+                               user_name(w, lg->user, name, sizeof(name)),
+                               sim_scenario_user_tag(w->sc, lg->user));
   /* Some clients give up on a login that has not been answered after a while. */
   if (w->sc->login_cancel_milli > 0 &&
       usher_rng_below(&w->rng_driver, 100000) < w->sc->login_cancel_milli) {
@@ -982,9 +1027,8 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
   case SIM_EV_CLOCK_STEP:
     (void)max_skew_secs(w); /* remember the skew before the step, too */
     n->wall_offset_us += ev->value_us;
-    /* Skewed timestamps change when entries expire: allow split-brain windows for a while. */
-    w->fault_grace_until_us =
-      MAX(w->fault_grace_until_us, w->now_us + 2 * (gint64)w->sc->config->user_expire_secs * SEC_US);
+    n->last_clock_step_us = w->now_us;
+    (void)max_skew_secs(w);
     break;
   case SIM_EV_CLOCK_DRIFT:
     n->drift_base_us += (w->now_us - n->drift_since_us) * n->drift_ppm / 1000000;
@@ -1413,7 +1457,8 @@ evaluate_check_now(SimWorld *w, const SimCheck *c)
         continue;
       UsherUserInfo info;
       usher_director_lookup_user(n->d, node_now(w, n).wall_us,
-                                 usher_director_user_hash(n->d, c->user), w->sc->tag, &info);
+                                 usher_director_user_hash(n->d, c->user),
+                                 sim_scenario_user_tag(w->sc, (guint64)user), &info);
       char ip[USHER_IP_STRLEN] = "no entry";
       if (info.found)
         usher_ip_to_string(&info.current, ip);
@@ -1502,11 +1547,16 @@ evaluate_check_now(SimWorld *w, const SimCheck *c)
     for (guint i = 0; i < w->n_nodes; i++) {
       if (!w->nodes[i].up)
         continue;
+      /* The share among the backends of its own tag: what a mixed workload's users of that tag
+       * spread over. */
       UsherHostTable *t = usher_director_get_hosts(w->nodes[i].d);
+      UsherHost *target = usher_host_table_lookup(t, &c->host);
       for (guint h = 0; h < usher_host_table_n_hosts(t); h++) {
         UsherHost *host = usher_host_table_nth(t, h);
+        if (target != NULL && host->tag != target->tag)
+          continue;
         total += host->user_count;
-        if (usher_ip_equal(&host->ip, &c->host))
+        if (host == target)
           mine = host->user_count;
       }
       break;
@@ -1527,7 +1577,7 @@ evaluate_check_now(SimWorld *w, const SimCheck *c)
     while (g_hash_table_iter_next(&it, NULL, &v))
       bad += ((SimWindow *)v)->allowed ? (c->allow_split_brain ? 0 : 1) : 1;
     if (!c->allow_split_brain)
-      bad += w->windows_split_brain + w->windows_unsafe;
+      bad += w->windows_split_brain + w->windows_clock_skew + w->windows_unsafe;
     if (bad > 0) {
       world_fail(w, "check %s: %" G_GUINT64_FORMAT " times a user had live sessions on two backends",
                  c->text, bad);
@@ -1687,6 +1737,13 @@ process(SimWorld *w, SimEvent *ev)
     SimNode *d = &w->nodes[s->director];
     if (d->up && d->incarnation == s->director_incarnation) {
       char name[256];
+      if (d->last_clock_step_us > s->start_us) {
+        UsherUserInfo info;
+        usher_director_lookup_user(d->d, node_now(w, d).wall_us, w->users[s->user].hash,
+                                   sim_scenario_user_tag(w->sc, s->user), &info);
+        if (!info.found)
+          s->orphaned_by_step = TRUE;
+      }
       usher_director_user_refresh(d->d, node_now(w, d), user_name(w, s->user, name, sizeof(name)));
       drain(w, s->director);
     }

@@ -192,6 +192,15 @@ test_errors(void)
                "checks[0].name: \"bogus\" is not a counter (logins_ok, ");
   expect_error("{" BASE ", \"checks\": [{\"type\": \"counter\", \"name\": \"kicks_lost\"}]}",
                "give \"min\", \"max\" or both");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1@eu\", \"10.0.3.1@us\"]}, "
+               "\"workload\": {\"tag\": {\"eu\": 70, \"us\": 20}}}",
+               "workload.tag: the shares add up to 90, not 100");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1@eu\"]}, "
+               "\"workload\": {\"tag\": {\"eu\": 50, \"asia\": 50}}}",
+               "workload.tag.asia: no backend has tag \"asia\"");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1@eu\"]}, "
+               "\"workload\": {\"tag\": {\"eu\": 150}}}",
+               "workload.tag.eu: ");
   expect_error("[1, 2]", "must be a JSON object");
   expect_error("{", "not valid JSON");
 }

@@ -130,6 +130,29 @@ assert c and all(x[\"kept\"] < x[\"lost\"] or len(x[\"kept\"]) < len(x[\"lost\"]
 assert all(x[\"user\"] for x in c)
 " "$tmp/split-report.json"'
 
+python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["events"].append({"at": "22m", "type": "clock-step", "director": 2, "step": "+45s"})
+json.dump(d, open(sys.argv[2], "w"))' "$scen/host-removal.json" "$tmp/removal-step.json"
+"$sim" run "$scen/host-removal.json" | grep "^users on two backends" > "$tmp/removal.txt"
+"$sim" run "$tmp/removal-step.json" | grep "^users on two backends" > "$tmp/removal-step.txt"
+check "an unrelated clock step leaves the windows of an unsafe host removal labelled unsafe" 'diff "$tmp/removal.txt" "$tmp/removal-step.txt" > /dev/null && grep -q "0 in split brain, 0 from clock skew, [1-9][0-9]* after unsafe" "$tmp/removal-step.txt"'
+cat > "$tmp/skew.json" <<'JSON'
+{"name": "skew", "duration": "20m",
+ "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.3"], "settings": {"user_expire": "60s"}},
+ "workload": {"users": 300, "logins_per_second": 3,
+              "session_duration": {"kind": "log-uniform", "min": "10s", "max": "10m"}},
+ "events": [{"at": "5m", "type": "host-add", "director": 0, "host": "10.0.2.4"},
+            {"at": "8m", "type": "clock-step", "director": 2, "step": "+40s"}],
+ "checks": [{"type": "no-double-backend", "allow_split_brain": true}]}
+JSON
+"$sim" run "$tmp/skew.json" > "$tmp/skew.txt"
+check "a clock step that expires entries early gives clock-skew windows, allowed as split brain is" '[ $? -eq 0 ] && grep -q "0 in split brain, [1-9][0-9]* from clock skew, 0 after unsafe host changes, 0 violations" "$tmp/skew.txt"'
+sed 's/"allow_split_brain": true/"allow_split_brain": false/' "$tmp/skew.json" > "$tmp/skew-strict.json"
+"$sim" run "$tmp/skew-strict.json" > "$tmp/skew-strict.txt"
+check "without allow_split_brain the same windows fail no-double-backend" '[ $? -eq 1 ] && grep -q "times a user had live sessions on two backends" "$tmp/skew-strict.txt"'
+
 check "help reads right in the C locale (no [OPTION?])" 'LC_ALL=C "$sim" run --help | grep -q "^  ushersim run \[OPTION\.\.\.\]" && ! LC_ALL=C "$sim" run --help | grep -q "OPTION?"'
 
 echo '{"name": "x", "cluster": {"backends": ["10.0.2.1"]}, "workload": {}, "extra": 1}' > "$tmp/bad.json"
