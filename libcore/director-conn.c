@@ -38,6 +38,21 @@ conn_outgoing_to(UsherDirector *d, Member *host)
   return NULL;
 }
 
+/* A peer has said who it is (ME) and its handshake is not done: its state is still arriving. */
+gboolean
+dir_handshake_in_progress(UsherDirector *d)
+{
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, d->conns);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    Conn *c = v;
+    if (c->me_received && !c->handshake_received && !c->closing)
+      return TRUE;
+  }
+  return FALSE;
+}
+
 static gboolean
 have_outgoing_in_progress(UsherDirector *d)
 {

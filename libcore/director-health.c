@@ -414,6 +414,14 @@ evaluate(UsherDirector *d, UsherNow now)
   Health *h = &d->health;
   if (!h->enabled || !d->started || !d->ring_synced)
     return;
+  /* Nor while the ring is still forming: a director that was alone keeps its synced state when
+   * its first neighbour is adopted (the ring goes unsynced only once it has both), and a peer's
+   * handshake may still be coming in. A flush then crosses the user list the peer sent before it
+   * heard of the flush, and those users come back on this director only (swarm seed 40169: a
+   * backend taken down the moment a partition of two directors healed). Alone (no neighbour at
+   * all) the quorum decides. */
+  if ((d->left == NULL) != (d->right == NULL) || dir_handshake_in_progress(d))
+    return;
   Tally t;
   tally(d, now.mono_us, &t);
   gboolean have = t.live >= t.quorum;

@@ -390,6 +390,7 @@ typedef enum {
 void conn_close(UsherDirector *d, UsherNow now, Conn *conn, const char *reason, CloseFlags flags);
 GArray *dir_conn_ids_sorted(UsherDirector *d);
 Conn *dir_conn_by_id(UsherDirector *d, UsherConnId id);
+gboolean dir_handshake_in_progress(UsherDirector *d);
 void conn_protocol_error(UsherDirector *d, UsherNow now, Conn *conn, const char *reason);
 void conn_ping(UsherDirector *d, UsherNow now, Conn *conn);
 void conn_adopt_waiting_left(UsherDirector *d, UsherNow now);
