@@ -38,7 +38,6 @@ import random
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -138,16 +137,8 @@ class Load:
         return [u for u in self.us]
 
     def imap_once(self, u, user, rnd):
-        conn = ul._IMAP(u.ip, ul.IMAP_PORT, timeout=CLIENT_TIMEOUT)
-        try:
-            conn.login(user, ul.PASSWORD)
-            backend = ul.imap_id(conn).get("x-lab-backend")
-        except BaseException:
-            try:
-                conn.shutdown()
-            except OSError:
-                pass
-            raise
+        conn, ident = ul.imap_open(u.ip, ul.IMAP_PORT, user, timeout=CLIENT_TIMEOUT)
+        backend = ident.get("x-lab-backend")
         with self.lock:
             self.next_sid += 1
             sid = self.next_sid
@@ -385,21 +376,6 @@ def timed(pred, timeout, interval=0.1):
 
 # ---- The faults --------------------------------------------------------------------------------
 
-class SilentListener:
-    def __init__(self, ip, ports):
-        self.socks = []
-        for port in ports:
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((ip, port))
-            s.listen(128)
-            self.socks.append(s)
-
-    def close(self):
-        for s in self.socks:
-            s.close()
-
-
 def run(lab, t, report):
     bs = [lab.dovecot_backend(lab.backend_ip(i)) for i in (1, 2, 3)]
     ring = [lab.director_ip(i) for i in (1, 2, 3)]
@@ -477,7 +453,7 @@ def run(lab, t, report):
 
     def mute_on():
         mute.stop()
-        holder["l"] = SilentListener(mute.ip, [ul.IMAP_PORT, ul.LMTP_PORT])
+        holder["l"] = ul.SilentListener(mute.ip, [ul.IMAP_PORT, ul.LMTP_PORT])
 
     def mute_off():
         time.sleep(15)

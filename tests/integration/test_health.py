@@ -19,7 +19,6 @@ Prints TAP-style lines; exits 0 pass, 1 fail, 77 skipped (no Dovecot or no usher
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -57,38 +56,6 @@ def lookup(u, user):
     t0 = time.monotonic()
     status, _, body = u.http_get(f"/lookup?user={user}", timeout=35)
     return status, json.loads(body) if status == 200 else body, time.monotonic() - t0
-
-
-class SilentListener:
-    """Accepts TCP connections on ip:port and never sends a byte (a hung backend)."""
-
-    def __init__(self, ip, port):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.conns = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
-
-    def loop(self):
-        while not self.stop:
-            try:
-                c, _ = self.sock.accept()
-                self.conns.append(c)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    def close(self):
-        self.stop = True
-        self.thread.join(5)
-        for c in self.conns:
-            c.close()
-        self.sock.close()
 
 
 def run(lab, t):
@@ -167,7 +134,7 @@ def run(lab, t):
     # 3. A backend that accepts but never greets.
     mute = bs[2]
     mute.stop()
-    listener = SilentListener(mute.ip, ul.IMAP_PORT)
+    listener = ul.SilentListener(mute.ip, ul.IMAP_PORT)
     try:
         took = wait_all(us, "down", lambda u: backend_state(u, mute.ip)["down"], 15)
         st = backend_state(us[1], mute.ip)

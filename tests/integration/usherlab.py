@@ -39,6 +39,7 @@ import smtplib
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 
@@ -540,6 +541,57 @@ def imap_id(conn, fields=None):
         raise LabError(f"IMAP ID failed: {typ}")
     data = conn.untagged_responses.pop("ID", [])
     return parse_imap_id(data)
+
+
+def imap_open(host, port, user, password=PASSWORD, timeout=10.0, source_ip=None):
+    """Log in over IMAP and ask ID; return (connection, ID reply as a dict).  If either fails the
+    connection is shut down and the error raised."""
+    conn = _IMAP(host, port, timeout=timeout, source_ip=source_ip)
+    try:
+        conn.login(user, password)
+        return conn, imap_id(conn)
+    except BaseException:
+        try:
+            conn.shutdown()
+        except OSError:
+            pass
+        raise
+
+
+class SilentListener:
+    """Accepts TCP connections on ip at each of ports and never sends a byte: a hung backend.
+    close() drops them all."""
+
+    def __init__(self, ip, ports):
+        self.socks = []
+        for port in ([ports] if isinstance(ports, int) else ports):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+            s.listen(128)
+            s.settimeout(0.2)
+            self.socks.append(s)
+        self.conns = []
+        self.stop = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stop:
+            for s in self.socks:
+                try:
+                    c, _ = s.accept()
+                    self.conns.append(c)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+
+    def close(self):
+        self.stop = True
+        self.thread.join(5)
+        for c in self.conns + self.socks:
+            c.close()
 
 
 class RawLogin:
@@ -1905,16 +1957,7 @@ class Lab:
         backend named in its ID reply.  keep=True leaves the session logged in (the lab closes
         it at stop(); Session.close() logs out)."""
         t0 = time.monotonic()
-        conn = _IMAP(host, port, timeout=timeout, source_ip=source_ip)
-        try:
-            typ, data = conn.login(user, password)
-            ident = imap_id(conn)
-        except BaseException:
-            try:
-                conn.shutdown()
-            except OSError:
-                pass
-            raise
+        conn, ident = imap_open(host, port, user, password, timeout=timeout, source_ip=source_ip)
         s = Session("imap", user, host, port, conn, ident.get("x-lab-backend"),
                     time.monotonic() - t0, conn.sock.getsockname())
         s.id_reply = ident
