@@ -38,33 +38,42 @@ conn_outgoing_to(UsherDirector *d, Member *host)
   return NULL;
 }
 
-/* A peer has said who it is (ME) and its handshake is not done: its state is still arriving. */
-gboolean
-dir_handshake_in_progress(UsherDirector *d)
+static gboolean
+any_conn(UsherDirector *d, gboolean (*match)(const Conn *c))
 {
   GHashTableIter it;
   gpointer v;
   g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v)) {
-    Conn *c = v;
-    if (c->me_received && !c->handshake_received && !c->closing)
+  while (g_hash_table_iter_next(&it, NULL, &v))
+    if (!((Conn *)v)->closing && match(v))
       return TRUE;
-  }
   return FALSE;
+}
+
+/* The peer has said who it is (ME) and its handshake is not done: its state is still arriving. */
+static gboolean
+conn_handshaking(const Conn *c)
+{
+  return c->me_received && !c->handshake_received;
+}
+
+gboolean
+dir_handshake_in_progress(UsherDirector *d)
+{
+  return any_conn(d, conn_handshaking);
+}
+
+/* An outgoing connection not (yet) adopted as our right neighbour. */
+static gboolean
+conn_outgoing_attempt(const Conn *c)
+{
+  return !c->incoming && !c->is_right;
 }
 
 static gboolean
 have_outgoing_in_progress(UsherDirector *d)
 {
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v)) {
-    Conn *c = v;
-    if (!c->incoming && !c->is_right && !c->closing)
-      return TRUE;
-  }
-  return FALSE;
+  return any_conn(d, conn_outgoing_attempt);
 }
 
 Conn *
