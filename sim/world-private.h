@@ -82,6 +82,9 @@ typedef struct {
   /* A refresh found no entry on the session's director after that director's clock stepped:
    * the step expired the entry early, and nothing keeps the user on this backend any more. */
   guint8 orphaned_by_step;
+  /* When the login was answered, a director whose clock differed from the answering one's by
+   * more than a second held the user on another backend. */
+  guint8 placed_across_skew;
   guint director_incarnation;
   gint64 start_us;
   guint refresh_secs;

@@ -155,15 +155,43 @@ distinct_backends(SimWorld *w, SimUser *u, guint *first_out)
 static gint64 skew_now_secs(SimWorld *w);
 static gint64 max_skew_secs(SimWorld *w);
 
+/* Whether, as the director answered a login with backend, a director whose clock differs from
+ * its own by more than a second held the user on another backend: the two disagree because they
+ * expire the entry at different times (the one behind keeps it longer, and a login there
+ * refreshes it, so by the time the second session starts the entries no longer show it). */
+static gboolean
+placed_across_skew(SimWorld *w, guint32 user, guint director, guint backend)
+{
+  if (max_skew_secs(w) <= 1)
+    return FALSE;
+  const SimBackend *b = &g_array_index(w->backends, SimBackend, backend);
+  gint64 here = node_now(w, &w->nodes[director]).wall_us;
+  for (guint i = 0; i < w->n_nodes; i++) {
+    SimNode *n = &w->nodes[i];
+    if (!n->up || i == director)
+      continue;
+    gint64 there = node_now(w, n).wall_us;
+    if (ABS(there - here) <= SEC_US)
+      continue;
+    UsherUserInfo info;
+    usher_director_lookup_user(n->d, there, w->users[user].hash,
+                               sim_scenario_user_tag(w->sc, user), &info);
+    if (info.found && !usher_ip_equal(&info.current, &b->ip))
+      return TRUE;
+  }
+  return FALSE;
+}
+
 /* Whether the directors' clocks explain a user's second backend (spec weakness 7): directors
  * expire entries by their own clocks, so one whose clock is ahead (or that minted the timestamp
  * while behind) can drop the user and place it afresh while another still holds it. That is so
  * when some director still holds the user on another backend than the newest session's with an
  * entry that the most advanced clock of the ring sees expired, or within the span of clock
- * offsets (plus 2 s) of expiring; or when an older session lost its entry to a clock step of its
- * own director (orphaned_by_step: its refreshes keep nothing alive any more, and the others expire
- * the entry in turn). Without clock differences, or with an entry that has long to live
- * everywhere, the window is not the clocks' doing. */
+ * offsets (plus 2 s) of expiring; or when one of the sessions was placed while a director with
+ * another clock held the user elsewhere (placed_across_skew); or when an older session lost its
+ * entry to a clock step of its own director (orphaned_by_step: its refreshes keep nothing alive
+ * any more, and the others expire the entry in turn). Without clock differences, or when the
+ * directors that disagree share a clock, the window is not the clocks' doing. */
 static gboolean
 skew_explains(SimWorld *w, guint32 user)
 {
@@ -173,9 +201,11 @@ skew_explains(SimWorld *w, guint32 user)
     return FALSE;
   const SimSession *first = session_at(w, u->sessions - 1);
   const SimBackend *newest = &g_array_index(w->backends, SimBackend, first->backend);
+  if (first->placed_across_skew)
+    return TRUE;
   for (guint32 s = first->next; s != 0; s = session_at(w, s - 1)->next) {
     const SimSession *older = session_at(w, s - 1);
-    if (older->orphaned_by_step && older->backend != first->backend)
+    if ((older->orphaned_by_step || older->placed_across_skew) && older->backend != first->backend)
       return TRUE;
   }
   gint64 ahead = G_MININT64;
@@ -302,6 +332,7 @@ session_start(SimWorld *w, SimLogin *lg, guint backend, guint refresh_secs)
   s->alive = TRUE;
   s->start_us = w->now_us;
   s->refresh_secs = refresh_secs;
+  s->placed_across_skew = placed_across_skew(w, lg->user, lg->director, backend);
   SimUser *u = &w->users[lg->user];
   s->next = u->sessions;
   u->sessions = idx + 1;
