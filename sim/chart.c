@@ -1,6 +1,37 @@
 /* chart.c - drawing helpers the simulator's charts share (run --chart, plan --chart). */
 #include "sim/chart.h"
 
+#include <cairo-svg.h>
+
+cairo_t *
+sim_chart_begin(const char *path, double width, double height, const char **why)
+{
+  cairo_surface_t *surface = cairo_svg_surface_create(path, width, height);
+  cairo_status_t st = cairo_surface_status(surface);
+  if (st != CAIRO_STATUS_SUCCESS) {
+    *why = cairo_status_to_string(st);
+    cairo_surface_destroy(surface);
+    return NULL;
+  }
+  cairo_t *cr = cairo_create(surface);
+  cairo_surface_destroy(surface); /* cr holds it */
+  cairo_set_source_rgb(cr, 1, 1, 1);
+  cairo_paint(cr);
+  return cr;
+}
+
+const char *
+sim_chart_end(cairo_t *cr)
+{
+  cairo_surface_t *surface = cairo_surface_reference(cairo_get_target(cr));
+  cairo_destroy(cr);
+  cairo_surface_finish(surface);
+  cairo_status_t st = cairo_surface_status(surface);
+  cairo_surface_destroy(surface);
+  cairo_debug_reset_static_data(); /* drop cairo's font caches: one chart per process */
+  return st == CAIRO_STATUS_SUCCESS ? NULL : cairo_status_to_string(st);
+}
+
 void
 sim_chart_text_at(cairo_t *cr, double x, double y, const char *text, double align)
 {

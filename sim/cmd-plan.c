@@ -7,7 +7,6 @@
 
 #include "sim/chart.h"
 
-#include <cairo-svg.h>
 #include <json-glib/json-glib.h>
 #include <errno.h>
 #include <stdio.h>
@@ -123,16 +122,12 @@ plan_chart(const char *path, GArray *rows, const guint64 *moved, guint64 total, 
       n_moves += moved[(gsize)f * (n + 1) + t] > 0;
   guint shown = MIN(n_moves, 8u);
   const double height = top + ph + 90 + 16 * shown + 20;
-  cairo_surface_t *surface = cairo_svg_surface_create(path, width, height);
-  if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS) {
-    fprintf(stderr, "ushersim plan: --chart %s: %s\n", path,
-            cairo_status_to_string(cairo_surface_status(surface)));
-    cairo_surface_destroy(surface);
+  const char *why = NULL;
+  cairo_t *cr = sim_chart_begin(path, width, height, &why);
+  if (cr == NULL) {
+    fprintf(stderr, "ushersim plan: --chart %s: %s\n", path, why);
     return FALSE;
   }
-  cairo_t *cr = cairo_create(surface);
-  cairo_set_source_rgb(cr, 1, 1, 1);
-  cairo_paint(cr);
   double pw = width - left - right;
   double max_pct = 1;
   for (guint i = 0; i < n; i++) {
@@ -229,12 +224,9 @@ plan_chart(const char *path, GArray *rows, const guint64 *moved, guint64 total, 
     cairo_move_to(cr, left + 200, ly + 16 * (i + 1));
     cairo_show_text(cr, line);
   }
-  cairo_destroy(cr);
-  cairo_surface_finish(surface);
-  cairo_status_t st = cairo_surface_status(surface);
-  cairo_surface_destroy(surface);
-  if (st != CAIRO_STATUS_SUCCESS) {
-    fprintf(stderr, "ushersim plan: --chart %s: %s\n", path, cairo_status_to_string(st));
+  why = sim_chart_end(cr);
+  if (why != NULL) {
+    fprintf(stderr, "ushersim plan: --chart %s: %s\n", path, why);
     return FALSE;
   }
   return TRUE;

@@ -1,7 +1,6 @@
 /* report.c - what a run shows: the readable summary, the JSON report and the SVG chart. */
 #include "sim/world-private.h"
 
-#include <cairo-svg.h>
 
 #include "sim/chart.h"
 #include <string.h>
@@ -527,6 +526,18 @@ nice_step(double max, int n)
   return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
 }
 
+/* A legend entry for a line series: a short bar in the current colour, then the label in black
+ * on baseline y. */
+static void
+legend_line(cairo_t *cr, double x, double y, const char *label)
+{
+  cairo_rectangle(cr, x, y - 5, 12, 3);
+  cairo_fill(cr);
+  cairo_set_source_rgb(cr, 0, 0, 0);
+  cairo_move_to(cr, x + 17, y);
+  cairo_show_text(cr, label);
+}
+
 gboolean
 sim_world_write_chart(SimWorld *w, const char *path, GError **error)
 {
@@ -589,16 +600,13 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
   const double top2 = top + p1h + gap;
   const double height = top2 + p2h + bottom;
 
-  cairo_surface_t *surface = cairo_svg_surface_create(path, width, height);
-  if (cairo_surface_status(surface) != CAIRO_STATUS_SUCCESS) {
+  const char *why = NULL;
+  cairo_t *cr = sim_chart_begin(path, width, height, &why);
+  if (cr == NULL) {
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s: cannot write the chart: %s", path,
-                cairo_status_to_string(cairo_surface_status(surface)));
-    cairo_surface_destroy(surface);
+                why);
     return FALSE;
   }
-  cairo_t *cr = cairo_create(surface);
-  cairo_set_source_rgb(cr, 1, 1, 1);
-  cairo_paint(cr);
   guint32 maxv = 1, max2 = 1;
   for (guint i = 0; i < w->samples->len; i++) {
     const SimSample *smp = &g_array_index(w->samples, SimSample, i);
@@ -703,11 +711,8 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
         cairo_line_to(cr, x, y);
     }
     cairo_stroke(cr);
-    cairo_rectangle(cr, left + pw + 15, top + 10 + k * 18, 12, 3);
-    cairo_fill(cr);
-    cairo_set_source_rgb(cr, 0, 0, 0);
-    cairo_move_to(cr, left + pw + 32, top + 15 + k * 18);
-    cairo_show_text(cr, g_array_index(w->backends, SimBackend, k).ip_str);
+    legend_line(cr, left + pw + 15, top + 15 + k * 18,
+                g_array_index(w->backends, SimBackend, k).ip_str);
   }
 
   /* Bottom panel: users on two backends, logins that changed backend and sessions kicked. */
@@ -735,11 +740,7 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
         cairo_line_to(cr, x, y);
     }
     cairo_stroke(cr);
-    cairo_rectangle(cr, left + pw + 15, top2 + 10 + k * 18, 12, 3);
-    cairo_fill(cr);
-    cairo_set_source_rgb(cr, 0, 0, 0);
-    cairo_move_to(cr, left + pw + 32, top2 + 15 + k * 18);
-    cairo_show_text(cr, series[k].name);
+    legend_line(cr, left + pw + 15, top2 + 15 + k * 18, series[k].name);
   }
   cairo_set_source_rgba(cr, 0.55, 0.7, 0.95, 0.5);
   cairo_rectangle(cr, left + pw + 15, top2 + 10 + 3 * 18 - 4, 12, 8);
@@ -747,14 +748,10 @@ sim_world_write_chart(SimWorld *w, const char *path, GError **error)
   cairo_set_source_rgb(cr, 0, 0, 0);
   cairo_move_to(cr, left + pw + 32, top2 + 15 + 3 * 18);
   cairo_show_text(cr, "until the ring agreed");
-  cairo_destroy(cr);
-  cairo_surface_finish(surface);
-  cairo_status_t st = cairo_surface_status(surface);
-  cairo_surface_destroy(surface);
-  cairo_debug_reset_static_data(); /* drop cairo's font caches: one chart per run */
-  if (st != CAIRO_STATUS_SUCCESS) {
+  why = sim_chart_end(cr);
+  if (why != NULL) {
     g_set_error(error, G_FILE_ERROR, G_FILE_ERROR_FAILED, "%s: cannot write the chart: %s", path,
-                cairo_status_to_string(st));
+                why);
     return FALSE;
   }
   return TRUE;
