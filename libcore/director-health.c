@@ -243,38 +243,50 @@ health_replaced(UsherDirector *d, const UsherHost *host)
   return b != NULL && b->health_down_time != 0 && b->health_down_time == host->last_updown_change;
 }
 
+/* Has the ring been synced, with the same number of directors voting, for two check intervals?
+ * Decisions and re-flushes wait for that. While a merge settles, user lists and USERs that left
+ * a director before it heard of a flush are still on their way: a decision then flushes a backend
+ * on some directors while those messages bring its users back on others, and when the backend
+ * comes up again nothing removes them (swarm seed 62781: a 2+2 partition healed, three directors
+ * met and took a backend down 5 ms later while the fourth was still rejoining). A re-flush then
+ * may remove entries of a backend that the side which rejoins is about to vote up again (seed
+ * 12718). A backend that fails in a settled ring is decided as fast as before. */
+static gboolean
+ring_settled(UsherDirector *d, UsherNow now)
+{
+  Health *h = &d->health;
+  gint64 hold = 2 * (gint64)h->interval_secs * SEC_US;
+  if (!d->ring_synced) {
+    h->synced_since_us = 0;
+    return FALSE;
+  }
+  if (h->synced_since_us == 0)
+    h->synced_since_us = now.mono_us;
+  Tally t;
+  tally(d, now.mono_us, &t);
+  if (t.live != h->settled_live) {
+    h->settled_live = t.live;
+    h->settled_live_since_us = now.mono_us;
+  }
+  return now.mono_us - h->synced_since_us >= hold &&
+         now.mono_us - h->settled_live_since_us >= hold;
+}
+
 /* The director that took a backend down with down_action = replace floods HOST-FLUSH again
  * whenever entries for it show up later: a USER still on its way when the decision was made, or
  * the users of a director that was cut off and rejoins, brought entries back on some directors
  * only, and nothing removed them again (swarm seeds 16373, 19296, 21257). Only that director
- * does it, and only while it has a quorum and a synced ring: a director whose view is stale (cut
+ * does it, and only while it has a quorum and a settled ring: a director whose view is stale (cut
  * off when the backend came back) must not flush a backend the others use again. */
 void
 health_enforce(UsherDirector *d, UsherNow now)
 {
   Health *h = &d->health;
-  if (h->backends == NULL)
-    return;
-  if (!d->ring_synced) {
-    h->synced_since_us = 0;
-    return;
-  }
-  /* Not while a merge is still settling: the entries that come back then may be legitimate
-   * ones of a backend that is about to come up again (swarm seed 12718). */
-  if (h->synced_since_us == 0)
-    h->synced_since_us = now.mono_us;
-  if (now.mono_us - h->synced_since_us < 2 * (gint64)h->interval_secs * SEC_US)
+  if (h->backends == NULL || !h->settled)
     return;
   Tally t;
   tally(d, now.mono_us, &t);
-  /* Nor right after directors joined or left the vote: at a merge, the side that rejoins may
-   * vote the backend up a moment later, and its entries for it are then legitimate. */
-  if (t.live != h->enforce_live) {
-    h->enforce_live = t.live;
-    h->enforce_live_since_us = now.mono_us;
-  }
-  if (t.live < t.quorum ||
-      now.mono_us - h->enforce_live_since_us < 2 * (gint64)h->interval_secs * SEC_US)
+  if (t.live < t.quorum)
     return;
   for (guint i = 0; i < h->backends->len; i++) {
     HealthBackend *b = g_ptr_array_index(h->backends, i);
@@ -409,19 +421,22 @@ decide(UsherDirector *d, UsherNow now, UsherHost *host, HealthBackend *b, gboole
 }
 
 static void
+pending_clear(Health *h)
+{
+  if (h->backends == NULL)
+    return;
+  for (guint i = 0; i < h->backends->len; i++)
+    ((HealthBackend *)g_ptr_array_index(h->backends, i))->pending_since_us = 0;
+}
+
+static void
 evaluate(UsherDirector *d, UsherNow now)
 {
   Health *h = &d->health;
-  if (!h->enabled || !d->started || !d->ring_synced)
+  if (!h->enabled || !d->started || !d->ring_synced) {
+    pending_clear(h);
     return;
-  /* Nor while the ring is still forming: a director that was alone keeps its synced state when
-   * its first neighbour is adopted (the ring goes unsynced only once it has both), and a peer's
-   * handshake may still be coming in. A flush then crosses the user list the peer sent before it
-   * heard of the flush, and those users come back on this director only (swarm seed 40169: a
-   * backend taken down the moment a partition of two directors healed). Alone (no neighbour at
-   * all) the quorum decides. */
-  if ((d->left == NULL) != (d->right == NULL) || dir_handshake_in_progress(d))
-    return;
+  }
   Tally t;
   tally(d, now.mono_us, &t);
   gboolean have = t.live >= t.quorum;
@@ -435,8 +450,18 @@ evaluate(UsherDirector *d, UsherNow now)
                    "%u do",
             t.live, t.members, t.quorum);
   }
-  if (!have)
+  /* Decisions wait for a settled ring (ring_settled), and not while the ring is still forming:
+   * a director that was alone keeps its synced state when its first neighbour is adopted (the
+   * ring goes unsynced only once it has both), and a peer's handshake may still be coming in. A
+   * flush then crosses the user list the peer sent before it heard of the flush, and those users
+   * come back on this director only (swarm seed 40169: a backend taken down the moment a
+   * partition of two directors healed). Alone (no neighbour at all) the quorum decides. The
+   * wait of a director that is not the first to act counts from then (pending_since_us). */
+  if (!have || !h->settled || (d->left == NULL) != (d->right == NULL) ||
+      dir_handshake_in_progress(d)) {
+    pending_clear(h);
     return;
+  }
   sync_backends(d);
   gboolean first = lowest_live_voter(d, now.mono_us);
   for (guint i = 0; i < h->backends->len; i++) {
@@ -470,6 +495,7 @@ evaluate(UsherDirector *d, UsherNow now)
 static void
 after_change(UsherDirector *d, UsherNow now)
 {
+  d->health.settled = ring_settled(d, now);
   evaluate(d, now);
   health_enforce(d, now);
   if (d->health.report_now) {

@@ -260,9 +260,10 @@ typedef struct {
   gint64 next_tick_us; /* probes and the periodic report; 0 = not started */
   gboolean report_now;
   gboolean had_quorum;
-  gint64 synced_since_us; /* the ring has been synced since (health_enforce), 0 = it is not */
-  guint enforce_live;            /* live voters at the last health_enforce ... */
-  gint64 enforce_live_since_us;  /* ... unchanged since */
+  gint64 synced_since_us;       /* the ring has been synced since, 0 = it is not */
+  guint settled_live;           /* live voters at the last look ... */
+  gint64 settled_live_since_us; /* ... unchanged since */
+  gboolean settled;             /* both for two intervals: decisions possible (ring_settled) */
   GPtrArray *backends; /* HealthBackend*, owns */
   GHashTable *by_ip;   /* UsherIp* (the entry's own) -> HealthBackend* in backends */
   GPtrArray *voters;   /* HealthVoter*, owns */
