@@ -661,6 +661,12 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
    * reached two of six directors: swarm seed 7102). Good until 2106 at one command a second on
    * average, and invisible to Dovecot peers, which only compare. */
   d->self->last_seq = (guint32)CLAMP(dir_wall_secs(now), 0, (gint64)G_MAXUINT32 / 2);
+  /* The same for our SYNC: directors that are not our neighbours (no ME, no connect to reset
+   * what they remember of us) dropped a restarted director's SYNC as stale for up to 120 s after
+   * its last one, and it could not finish its handshake: in a rolling restart 40 s apart, every
+   * restarted director but the first kept its logins waiting for up to two minutes (scenario
+   * rolling-restart). A ring change bumps it, far less than once a second. */
+  d->sync_seq = d->self->last_seq;
 
   d->initial_hosts = usher_host_table_new(config->user_expire_secs);
   if (!usher_host_table_add_backends(d->hosts, config->backends, error) ||
