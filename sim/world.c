@@ -155,6 +155,30 @@ distinct_backends(SimWorld *w, SimUser *u, guint *first_out)
 static gint64 skew_now_secs(SimWorld *w);
 static gint64 max_skew_secs(SimWorld *w);
 
+/* The backend director n holds a user on (its entry not expired by n's own clock, or still
+ * moving or weak) and the entry's timestamp: what usher_director_lookup_user() reports as
+ * found/current/timestamp, without the placements that call also computes (it builds the vhost
+ * ring of the initial configuration every time: far too slow once per session; a swarm chunk
+ * took four times as long). */
+static gboolean
+held_by(SimWorld *w, SimNode *n, guint32 user, UsherIp *ip_out, guint32 *timestamp_out)
+{
+  UsherHostTable *hosts = usher_director_get_hosts(n->d);
+  const UsherTag *tag =
+      usher_host_table_find_tag_const(hosts, sim_scenario_user_tag(w->sc, user));
+  if (tag == NULL)
+    return FALSE;
+  const UsherUser *u = usher_user_dir_lookup(tag->users, w->users[user].hash);
+  if (u == NULL || (usher_user_dir_is_expired(tag->users, u, node_now(w, n).wall_us / SEC_US) &&
+                    u->kill_state == USHER_KILL_NONE && !u->weak))
+    return FALSE;
+  if (ip_out != NULL)
+    *ip_out = usher_host_table_get(hosts, u->host)->ip;
+  if (timestamp_out != NULL)
+    *timestamp_out = u->timestamp;
+  return TRUE;
+}
+
 /* Whether, as the director answered a login with backend, a director whose clock differs from
  * its own by more than a second held the user on another backend: the two disagree because they
  * expire the entry at different times (the one behind keeps it longer, and a login there
@@ -173,10 +197,8 @@ placed_across_skew(SimWorld *w, guint32 user, guint director, guint backend)
     gint64 there = node_now(w, n).wall_us;
     if (ABS(there - here) <= SEC_US)
       continue;
-    UsherUserInfo info;
-    usher_director_lookup_user(n->d, there, w->users[user].hash,
-                               sim_scenario_user_tag(w->sc, user), &info);
-    if (info.found && !usher_ip_equal(&info.current, &b->ip))
+    UsherIp held;
+    if (held_by(w, n, user, &held, NULL) && !usher_ip_equal(&held, &b->ip))
       return TRUE;
   }
   return FALSE;
@@ -217,11 +239,10 @@ skew_explains(SimWorld *w, guint32 user)
     SimNode *n = &w->nodes[i];
     if (!n->up)
       continue;
-    UsherUserInfo info;
-    usher_director_lookup_user(n->d, node_now(w, n).wall_us, u->hash,
-                               sim_scenario_user_tag(w->sc, user), &info);
-    if (info.found && !usher_ip_equal(&info.current, &newest->ip) &&
-        (gint64)info.timestamp + expire <= ahead + span + 2)
+    UsherIp held;
+    guint32 timestamp;
+    if (held_by(w, n, user, &held, &timestamp) && !usher_ip_equal(&held, &newest->ip) &&
+        (gint64)timestamp + expire <= ahead + span + 2)
       return TRUE;
   }
   return FALSE;
@@ -1769,10 +1790,7 @@ process(SimWorld *w, SimEvent *ev)
     if (d->up && d->incarnation == s->director_incarnation) {
       char name[256];
       if (d->last_clock_step_us > s->start_us) {
-        UsherUserInfo info;
-        usher_director_lookup_user(d->d, node_now(w, d).wall_us, w->users[s->user].hash,
-                                   sim_scenario_user_tag(w->sc, s->user), &info);
-        if (!info.found)
+        if (!held_by(w, d, s->user, NULL, NULL))
           s->orphaned_by_step = TRUE;
       }
       usher_director_user_refresh(d->d, node_now(w, d), user_name(w, s->user, name, sizeof(name)));
