@@ -32,6 +32,7 @@ typedef struct {
   gboolean tls; /* imaps/pop3s: TLS from the first byte */
   gboolean unix_socket; /* LMTP on a UNIX socket */
   PollerWatch *watch;
+  gboolean paused; /* out of file descriptors: not watched until the next tick */
   char ip[USHER_IP_STRLEN]; /* where it listens; "" for a wildcard address (ask each socket) */
   guint16 port;
 } Listener;
@@ -69,6 +70,8 @@ struct Proxy {
   char *imap_caps;          /* what every one of them offers, less what usherd says itself */
   GHashTable *registry; /* (worker << 56 | session id) -> ProxySessionInfo*, logged-in sessions */
   guint total;
+  guint fd_ceiling; /* the connections the open-files limit leaves room for (fd_ceiling()) */
+  gint fd_warned;   /* atomic: "out of file descriptors" was logged */
   ProxyStats stats;
   const UsherLoginHasher *hasher;
   guint refresh_secs;

@@ -27,6 +27,7 @@
 #include <openssl/err.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -49,6 +50,9 @@
 #define SPLICE_PIPE_SIZE (256 * 1024) /* asked for; the kernel's default (64 KiB) if refused */
 #define SPLICE_PIPES_MAX 256          /* per worker, in use at once; more bursts are copied */
 #define SPLICE_POOL 16                /* empty pipes a worker keeps for the next burst */
+/* Descriptors kept free of proxied connections: ring links, admin and HTTP clients, health
+ * probes, the state file, log sockets (the splice pipes are counted apart). */
+#define FD_RESERVE 256
 
 typedef struct Session Session;
 
@@ -1906,7 +1910,7 @@ proxy_admit(Proxy *p, gboolean total, const char *ip)
   g_mutex_lock(&p->lock);
   guint n = ip != NULL ? GPOINTER_TO_UINT(g_hash_table_lookup(p->per_ip, ip)) : 0;
   gboolean ok = TRUE;
-  if (total && p->total >= c->proxy_max_connections) {
+  if (total && p->total >= MIN(c->proxy_max_connections, p->fd_ceiling)) {
     p->stats.refused_total++;
     ok = FALSE;
   } else if (ip != NULL && n >= c->proxy_max_connections_per_ip) {
@@ -2656,6 +2660,27 @@ address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN], guint1
   }
 }
 
+/* accept4() found no descriptor (or memory) for a waiting client. The listener stays readable
+ * while the client waits in the backlog, so a level-triggered watch would spin; it rests until
+ * the next tick (half a second) instead, as nginx does, and the kernel keeps the clients
+ * queued meanwhile. Counted; logged once. */
+static void
+listener_out_of_fds(Listener *l, int err)
+{
+  Proxy *p = l->w->proxy;
+  proxy_stat_add(p, &p->stats.accept_fd_exhausted, 1);
+  if (!l->paused) {
+    l->paused = TRUE;
+    poller_modify(l->w->poller, l->watch, 0);
+  }
+  if (g_atomic_int_compare_and_exchange(&p->fd_warned, 0, 1))
+    g_warning("proxy: cannot accept a client: %s (%u proxied connections now, room for %u "
+              "under the open-files limit): the listener pauses for %d ms each time; raise "
+              "LimitNOFILE or lower [proxy] max_connections (logged once, counted in "
+              "usher_proxy_accept_fd_exhausted_total)",
+              g_strerror(err), p->total, p->fd_ceiling, TICK_MS);
+}
+
 static void
 on_listener(gpointer data, guint32 events)
 {
@@ -2668,8 +2693,13 @@ on_listener(gpointer data, guint32 events)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+        listener_out_of_fds(l, errno);
+      if (errno == ECONNABORTED || errno == EPROTO || errno == EPERM)
+        continue; /* that client is gone or refused by a firewall rule; the next may be there */
       break;
+    }
     char ip[USHER_IP_STRLEN] = "unix";
     guint16 port = 0;
     if (!l->unix_socket)
@@ -2766,6 +2796,13 @@ on_tick(gpointer data)
 {
   Worker *w = data;
   gint64 now = g_get_monotonic_time();
+  for (guint i = 0; i < w->listeners->len; i++) {
+    Listener *l = g_ptr_array_index(w->listeners, i);
+    if (l->paused) {
+      l->paused = FALSE;
+      poller_modify(w->poller, l->watch, EPOLLIN);
+    }
+  }
   lmtp_tick(w, now);
   if (w->spliced > 0 || w->splice_refused > 0) {
     proxy_stat_add(w->proxy, &w->proxy->stats.spliced_bytes, (gint64)w->spliced);
@@ -3024,6 +3061,31 @@ quit_worker(gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+/* Raises the open-files limit to its hard maximum and returns how many proxied connections
+ * fit under it: each holds two descriptors (client and backend; an LMTP transaction to several
+ * backends holds more, a pre-login one fewer), each worker up to SPLICE_PIPES_MAX pipes of two,
+ * and FD_RESERVE stay free for the rest of usherd. proxy_admit() refuses clients past it as at
+ * max_connections, so a full table is a polite BYE rather than a failing accept(). */
+static guint
+fd_ceiling(guint n_workers, rlim_t *limit_out)
+{
+  struct rlimit rl;
+  *limit_out = RLIM_INFINITY;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return G_MAXUINT;
+  if (rl.rlim_cur != rl.rlim_max) {
+    struct rlimit raised = {rl.rlim_max, rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+      rl.rlim_cur = rl.rlim_max;
+  }
+  *limit_out = rl.rlim_cur;
+  if (rl.rlim_cur == RLIM_INFINITY)
+    return G_MAXUINT;
+  guint64 reserve = (guint64)n_workers * SPLICE_PIPES_MAX * 2 + FD_RESERVE;
+  guint64 room = rl.rlim_cur > reserve ? (rl.rlim_cur - reserve) / 2 : 1;
+  return (guint)MIN(MAX(room, 1), G_MAXUINT);
+}
+
 Proxy *
 proxy_new(Usherd *u, GError **error)
 {
@@ -3062,6 +3124,16 @@ proxy_new(Usherd *u, GError **error)
   p->refresh_secs = MAX(usher_director_get_user_expire_secs(u->director) / 4, REFRESH_MIN_SECS);
   p->n_workers = c->proxy_workers != 0 ? c->proxy_workers : MAX(g_get_num_processors(), 1);
   p->workers = g_new0(Worker *, p->n_workers);
+  rlim_t nofile;
+  p->fd_ceiling = fd_ceiling(p->n_workers, &nofile);
+  if (p->fd_ceiling < c->proxy_max_connections)
+    g_warning("proxy: the open-files limit (%llu) leaves room for %u proxied connections, "
+              "fewer than [proxy] max_connections = %u: clients past %u are refused as at "
+              "max_connections; raise LimitNOFILE to %llu for the full count",
+              (unsigned long long)nofile, p->fd_ceiling, c->proxy_max_connections,
+              p->fd_ceiling,
+              (unsigned long long)c->proxy_max_connections * 2 +
+                  (unsigned long long)p->n_workers * SPLICE_PIPES_MAX * 2 + FD_RESERVE);
   for (guint i = 0; i < p->n_workers; i++) {
     Worker *w = g_new0(Worker, 1);
     p->workers[i] = w;

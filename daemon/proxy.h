@@ -41,7 +41,7 @@ gboolean proxy_reload_tls(Proxy *proxy, GError **error);
   X(accepted) X(refused_total) X(refused_per_ip) X(prelogin_timeouts) X(bad_commands_closed)       \
   X(logins_ok) X(logins_failed) X(backend_unavailable) X(kicked) X(proxy_headers)                  \
   X(proxy_header_errors) X(proxy_header_refused) X(tls_handshakes) X(tls_failures) X(starttls)    \
-  X(spliced_bytes) X(splice_pipes_refused) X(lmtp_sessions) X(lmtp_transactions)                  \
+  X(spliced_bytes) X(splice_pipes_refused) X(accept_fd_exhausted) X(lmtp_sessions) X(lmtp_transactions)                  \
   X(lmtp_recipients) X(lmtp_delivered) X(lmtp_rejected) X(lmtp_tempfail_route)                    \
   X(lmtp_tempfail_backend) X(lmtp_tempfail_reply) X(lmtp_backend_failures) X(lmtp_bad_commands)    \
   X(sessions_now) X(proxying_now) X(lmtp_now)

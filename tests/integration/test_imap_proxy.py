@@ -167,6 +167,45 @@ def run(lab, t):
     s = lab.imap_login(us[0].ip, ul.IMAP_PORT, "user12")
     t.ok(s.backend == where["user12"], "usherd still serves logins after the bad input")
 
+    # -- the open-files limit bounds the connections: past it, a BYE rather than a failing
+    # accept(). 1000 descriptors, one worker: 256 pipes of two and 256 others kept free, two per
+    # connection: room for 116.
+    lim_ip = lab.director_ip(4)
+    lim = lab.usherd(lim_ip, ring=[lim_ip], backends=bs, nofile=1000,
+                     extra_conf=f"[proxy]\nimap_listen = {lim_ip}:{ul.IMAP_PORT}\nworkers = 1\n"
+                                f"max_connections_per_ip = 1000\n")
+    lim.start()
+    with open(lim.log_path, errors="replace") as f:
+        log = f.read()
+    t.ok("open-files limit (1000) leaves room for 116 proxied connections" in log and
+         "raise LimitNOFILE to 200768" in log,
+         "a low open-files limit is said at start, with the connections it leaves room for",
+         log[-600:])
+    socks, greetings = [], []
+    try:
+        for _ in range(120):
+            sk = socket.create_connection((lim_ip, ul.IMAP_PORT), timeout=10)
+            socks.append(sk)
+            data = b""
+            while b"\r\n" not in data:
+                part = sk.recv(4096)
+                if not part:
+                    break
+                data += part
+            greetings.append(data)
+        ok = sum(1 for g in greetings if g.startswith(b"* OK"))
+        busy = sum(1 for g in greetings if g.startswith(b"* BYE Too many connections"))
+        t.ok(ok == 116 and busy == 4,
+             f"120 clients under that limit: 116 greeted, 4 told 'Too many connections' "
+             f"({ok} greeted, {busy} refused)")
+    finally:
+        for sk in socks:
+            sk.close()
+    time.sleep(0.5)
+    s = lab.imap_login(lim_ip, ul.IMAP_PORT, "user12")
+    t.ok(s.backend in [b.ip for b in bs], "once they leave, logins go through again")
+    lim.stop()
+
     # -- a graceful stop: no new clients, sessions go on, then a BYE at shutdown_timeout
     held = lab.imap_login(us[1].ip, ul.IMAP_PORT, "user13", keep=True)
     t0 = time.monotonic()

@@ -33,6 +33,7 @@ import json
 import os
 import poplib
 import re
+import resource
 import shutil
 import signal
 import smtplib
@@ -1206,7 +1207,7 @@ class Usherd:
     kind = "usherd"
 
     def __init__(self, lab, name, ip, ring, backends, ring_port=RING_PORT, extra_conf="",
-                 http_port=None, http_conf=""):
+                 http_port=None, http_conf="", nofile=None):
         if USHERD is None or not os.access(USHERD, os.X_OK):
             raise LabError("set $USHERD to the usherd binary (meson does)")
         self.lab = lab
@@ -1218,6 +1219,7 @@ class Usherd:
         self.extra_conf = extra_conf
         self.http_port = http_port
         self.http_conf = http_conf
+        self.nofile = nofile  # an open-files limit (soft and hard) for the process, or None
         self.dir = os.path.join(lab.root, name)
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
         self.conf_path = os.path.join(self.dir, "usher.conf")
@@ -1272,9 +1274,15 @@ state_dir = {self.state_dir}
         if self.http_port is not None:
             check_port_free(self.ip, self.http_port)
         with open(self.log_path, "ab") as log:
+            nofile = self.nofile
+
+            def preexec():
+                _set_pdeathsig()
+                if nofile is not None:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
             self.proc = subprocess.Popen(
                 [USHERD, "-c", self.conf_path], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                cwd=self.dir, start_new_session=True, preexec_fn=_set_pdeathsig, close_fds=True)
+                cwd=self.dir, start_new_session=True, preexec_fn=preexec, close_fds=True)
         self.starts += 1
         self.started_at = time.monotonic()
         if wait:
