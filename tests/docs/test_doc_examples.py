@@ -26,6 +26,7 @@ NOT_RUN = {
     "tools/demo": "the main job: minutes of real processes (tools/test runs its parts)",
     "tools/test": "the test suite itself",
     "tools/bench-ring": "a benchmark of several minutes (doc/performance.md)",
+    "tools/bench-sim": "a benchmark of several minutes (doc/performance.md)",
     "tools/bench-proxy": "a benchmark with real Dovecot (doc/performance.md)",
     "tools/bench-lmtp": "a benchmark with real Dovecot (doc/performance.md)",
     "sudo": "needs root and real processes (tools/fidelity)",
