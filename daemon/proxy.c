@@ -2673,12 +2673,16 @@ listener_out_of_fds(Listener *l, int err)
     l->paused = TRUE;
     poller_modify(l->w->poller, l->watch, 0);
   }
-  if (g_atomic_int_compare_and_exchange(&p->fd_warned, 0, 1))
+  if (g_atomic_int_compare_and_exchange(&p->fd_warned, 0, 1)) {
+    g_mutex_lock(&p->lock);
+    guint total = p->total;
+    g_mutex_unlock(&p->lock);
     g_warning("proxy: cannot accept a client: %s (%u proxied connections now, room for %u "
-              "under the open-files limit): the listener pauses for %d ms each time; raise "
-              "LimitNOFILE or lower [proxy] max_connections (logged once, counted in "
+              "under the open-files limit): the listener rests for up to %d ms each time; "
+              "raise LimitNOFILE or lower [proxy] max_connections (logged once, counted in "
               "usher_proxy_accept_fd_exhausted_total)",
-              g_strerror(err), p->total, p->fd_ceiling, TICK_MS);
+              g_strerror(err), total, p->fd_ceiling, TICK_MS);
+  }
 }
 
 static void
@@ -2694,9 +2698,10 @@ on_listener(gpointer data, guint32 events)
     socklen_t sl = sizeof(ss);
     int fd = accept4(l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-        listener_out_of_fds(l, errno);
-      if (errno == ECONNABORTED || errno == EPROTO || errno == EPERM)
+      int err = errno;
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+        listener_out_of_fds(l, err);
+      if (err == ECONNABORTED || err == EPROTO || err == EPERM)
         continue; /* that client is gone or refused by a firewall rule; the next may be there */
       break;
     }
