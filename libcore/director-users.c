@@ -152,8 +152,14 @@ users_refresh(UsherDirector *d, UsherNow now, Conn *conn, guint32 hash, UsherHos
     ret = TRUE;
   } else if (cur == host) {
     /* same host */
-  } else if (usher_user_dir_is_near_expiring(users, user, wall)) {
-    /* The other side has probably let it expire already; take its host. */
+  } else if (usher_user_dir_is_near_expiring(users, user, wall) &&
+             timestamp > (gint64)user->timestamp) {
+    /* The other side has probably let it expire already and placed the user afresh (its
+     * timestamp is newer): take its host. With the same timestamp nobody placed it afresh: two
+     * placements of a split meet, and the conflict rule below settles them. Dovecot takes the
+     * other host whenever ours is near expiring; two such placements then chase each other
+     * round the ring, each director taking whichever arrives last, until the entry expires
+     * (swarm seed 98522: millions of USER lines within a second). */
     ret = TRUE;
   } else if (user->kill_state != USHER_KILL_NONE) {
     /* Being moved: the sender has not seen the move yet. Remember it: when the move ends we
