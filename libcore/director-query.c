@@ -160,6 +160,26 @@ usher_director_get_ring_info(const UsherDirector *d, UsherRingInfo *info)
   info->n_users = dir_count_users(d);
 }
 
+/* The entry of tag's user hash that still counts at wall_secs: not expired, or still being moved
+ * or re-confirmed (weak). */
+static const UsherUser *
+held_user(const UsherTag *tag, guint32 hash, gint64 wall_secs)
+{
+  const UsherUser *u = usher_user_dir_lookup(tag->users, hash);
+  if (u == NULL || (usher_user_dir_is_expired(tag->users, u, wall_secs) &&
+                    u->kill_state == USHER_KILL_NONE && !u->weak))
+    return NULL;
+  return u;
+}
+
+const UsherUser *
+usher_director_held_user(const UsherDirector *d, gint64 now_wall_us, guint32 hash,
+                         const char *tag_name)
+{
+  const UsherTag *tag = usher_host_table_find_tag_const(d->hosts, tag_name);
+  return tag != NULL ? held_user(tag, hash, now_wall_us / SEC_US) : NULL;
+}
+
 void
 usher_director_lookup_user(const UsherDirector *d, gint64 now_wall_us, guint32 hash,
                            const char *tag_name, UsherUserInfo *info)
@@ -169,10 +189,8 @@ usher_director_lookup_user(const UsherDirector *d, gint64 now_wall_us, guint32 h
   const UsherTag *tag = usher_host_table_find_tag_const(d->hosts, tag_name);
   if (tag != NULL) {
     info->tag_known = TRUE;
-    const UsherUser *u = usher_user_dir_lookup(tag->users, hash);
-    gint64 wall = now_wall_us / SEC_US;
-    if (u != NULL && (!usher_user_dir_is_expired(tag->users, u, wall) ||
-                      u->kill_state != USHER_KILL_NONE || u->weak)) {
+    const UsherUser *u = held_user(tag, hash, now_wall_us / SEC_US);
+    if (u != NULL) {
       const UsherHost *h = usher_host_table_get_const(d->hosts, u->host);
       info->found = TRUE;
       info->current = h->ip;

@@ -500,6 +500,11 @@ typedef struct {
   UsherIp initial;
 } UsherUserInfo;
 
+/* The entry that usher_director_lookup_user() reports as found (not expired at now_wall_us, or
+ * still moving or weak), or NULL; without the placements that call also computes (it builds the
+ * initial configuration's vhost ring each time). The host is usher_host_table_get(hosts, ->host). */
+const UsherUser *usher_director_held_user(const UsherDirector *director, gint64 now_wall_us,
+                                          guint32 hash, const char *tag_name);
 /* USER-LOOKUP of a user hash in tag (NULL or "": the default tag) at wall time now_wall_us. */
 void usher_director_lookup_user(const UsherDirector *director, gint64 now_wall_us, guint32 hash,
                                 const char *tag, UsherUserInfo *info_out);

@@ -155,25 +155,18 @@ distinct_backends(SimWorld *w, SimUser *u, guint *first_out)
 static gint64 skew_now_secs(SimWorld *w);
 static gint64 max_skew_secs(SimWorld *w);
 
-/* The backend director n holds a user on (its entry not expired by n's own clock, or still
- * moving or weak) and the entry's timestamp: what usher_director_lookup_user() reports as
- * found/current/timestamp, without the placements that call also computes (it builds the vhost
- * ring of the initial configuration every time: far too slow once per session; a swarm chunk
- * took four times as long). */
+/* The backend director n holds a user on, and the entry's timestamp, by n's own clock
+ * (usher_director_held_user(): once per session, where usher_director_lookup_user() would build
+ * a vhost ring each time). */
 static gboolean
 held_by(SimWorld *w, SimNode *n, guint32 user, UsherIp *ip_out, guint32 *timestamp_out)
 {
-  UsherHostTable *hosts = usher_director_get_hosts(n->d);
-  const UsherTag *tag =
-      usher_host_table_find_tag_const(hosts, sim_scenario_user_tag(w->sc, user));
-  if (tag == NULL)
-    return FALSE;
-  const UsherUser *u = usher_user_dir_lookup(tag->users, w->users[user].hash);
-  if (u == NULL || (usher_user_dir_is_expired(tag->users, u, node_now(w, n).wall_us / SEC_US) &&
-                    u->kill_state == USHER_KILL_NONE && !u->weak))
+  const UsherUser *u = usher_director_held_user(n->d, node_now(w, n).wall_us, w->users[user].hash,
+                                                sim_scenario_user_tag(w->sc, user));
+  if (u == NULL)
     return FALSE;
   if (ip_out != NULL)
-    *ip_out = usher_host_table_get(hosts, u->host)->ip;
+    *ip_out = usher_host_table_get(usher_director_get_hosts(n->d), u->host)->ip;
   if (timestamp_out != NULL)
     *timestamp_out = u->timestamp;
   return TRUE;
