@@ -252,7 +252,7 @@ health_replaced(UsherDirector *d, const UsherHost *host)
  * may remove entries of a backend that the side which rejoins is about to vote up again (seed
  * 12718). A backend that fails in a settled ring is decided as fast as before. */
 static gboolean
-ring_settled(UsherDirector *d, UsherNow now)
+ring_settled(UsherDirector *d, UsherNow now, const Tally *t)
 {
   Health *h = &d->health;
   gint64 hold = 2 * (gint64)h->interval_secs * SEC_US;
@@ -262,10 +262,8 @@ ring_settled(UsherDirector *d, UsherNow now)
   }
   if (h->synced_since_us == 0)
     h->synced_since_us = now.mono_us;
-  Tally t;
-  tally(d, now.mono_us, &t);
-  if (t.live != h->settled_live) {
-    h->settled_live = t.live;
+  if (t->live != h->settled_live) {
+    h->settled_live = t->live;
     h->settled_live_since_us = now.mono_us;
   }
   return now.mono_us - h->synced_since_us >= hold &&
@@ -278,15 +276,11 @@ ring_settled(UsherDirector *d, UsherNow now)
  * only, and nothing removed them again (swarm seeds 16373, 19296, 21257). Only that director
  * does it, and only while it has a quorum and a settled ring: a director whose view is stale (cut
  * off when the backend came back) must not flush a backend the others use again. */
-void
-health_enforce(UsherDirector *d, UsherNow now)
+static void
+enforce(UsherDirector *d, UsherNow now, const Tally *t)
 {
   Health *h = &d->health;
-  if (h->backends == NULL || !h->settled)
-    return;
-  Tally t;
-  tally(d, now.mono_us, &t);
-  if (t.live < t.quorum)
+  if (h->backends == NULL || !h->settled || t->live < t->quorum)
     return;
   for (guint i = 0; i < h->backends->len; i++) {
     HealthBackend *b = g_ptr_array_index(h->backends, i);
@@ -430,15 +424,14 @@ pending_clear(Health *h)
 }
 
 static void
-evaluate(UsherDirector *d, UsherNow now)
+evaluate(UsherDirector *d, UsherNow now, const Tally *tp)
 {
   Health *h = &d->health;
   if (!h->enabled || !d->started || !d->ring_synced) {
     pending_clear(h);
     return;
   }
-  Tally t;
-  tally(d, now.mono_us, &t);
+  const Tally t = *tp;
   gboolean have = t.live >= t.quorum;
   if (have != h->had_quorum) {
     h->had_quorum = have;
@@ -495,9 +488,12 @@ evaluate(UsherDirector *d, UsherNow now)
 static void
 after_change(UsherDirector *d, UsherNow now)
 {
-  d->health.settled = ring_settled(d, now);
-  evaluate(d, now);
-  health_enforce(d, now);
+  /* One tally for the three: who votes depends only on the reports and the time. */
+  Tally t;
+  tally(d, now.mono_us, &t);
+  d->health.settled = ring_settled(d, now, &t);
+  evaluate(d, now, &t);
+  enforce(d, now, &t);
   if (d->health.report_now) {
     d->health.report_now = FALSE;
     send_report(d, NULL);

@@ -458,7 +458,6 @@ gboolean health_cmd_report(UsherDirector *d, UsherNow now, Conn *c, const UsherR
 void health_peer_ready(UsherDirector *d, UsherNow now, Conn *c);
 void health_member_gone(UsherDirector *d, Member *m);
 gboolean health_replaced(UsherDirector *d, const UsherHost *host);
-void health_enforce(UsherDirector *d, UsherNow now);
 
 /* director-admin.c */
 void admin_continue(UsherDirector *d, UsherNow now);
