@@ -5,14 +5,12 @@ guint
 usher_driver_drain(UsherDirector *d, UsherEffectHandler handler, gpointer data)
 {
   guint total = 0;
-  for (;;) {
+  while (usher_director_has_effects(d)) {
     GArray *effects = usher_director_take_effects(d);
-    guint len = effects->len;
-    for (guint i = 0; i < len; i++)
+    for (guint i = 0; i < effects->len; i++)
       handler(data, &g_array_index(effects, UsherEffect, i));
+    total += effects->len;
     g_array_unref(effects);
-    total += len;
-    if (len == 0)
-      return total;
   }
+  return total;
 }

@@ -69,6 +69,12 @@ usher_director_take_effects(UsherDirector *d)
   return out;
 }
 
+gboolean
+usher_director_has_effects(const UsherDirector *d)
+{
+  return d->effects->len > 0;
+}
+
 void
 dir_log(UsherDirector *d, GLogLevelFlags level, const char *fmt, ...)
 {

@@ -177,6 +177,8 @@ void usher_director_free(UsherDirector *director);
 /* Drains the outbox: an array of UsherEffect in the order they were produced (transfer full;
  * free with g_array_unref, which clears each effect). Never NULL. */
 GArray *usher_director_take_effects(UsherDirector *director);
+/* TRUE if the outbox holds effects (a drain loop asks this instead of taking an empty outbox). */
+gboolean usher_director_has_effects(const UsherDirector *director);
 
 /* ---- Inputs -------------------------------------------------------------------------------- */
 

@@ -1,6 +1,8 @@
 /* net.c - the simulated network (see net.h). */
 #include "sim/net.h"
 
+#include <string.h>
+
 typedef struct {
   guint node[2];        /* 0: the dialling side, 1: the accepting side */
   UsherConnId conn[2];  /* 0 until that side has an id */
@@ -9,13 +11,15 @@ typedef struct {
   gint64 last_delivery_us[2]; /* per receiving side: keeps each direction in order */
   gboolean clogged;           /* hung by a partition */
   gboolean syn_pending;       /* a connect waiting in a partition */
-  GQueue clogged_data[2];     /* GBytes* held while clogged, per sending side */
+  GQueue clogged_data[2];     /* Chunk* held while clogged, per sending side */
   /* Per sending side: */
   guint64 held_bytes[2];  /* the bytes in clogged_data */
   gint64 tx_end_us[2];    /* when the last byte written so far will have been transmitted */
   gint64 report_us[2];    /* the pending progress report (SIM_NET_EV_TX), 0 = none */
   gboolean overflow[2];   /* closed for a full output buffer: nothing more is sent */
 } Link;
+
+typedef struct HeapKey HeapKey;
 
 typedef struct {
   gboolean up;
@@ -33,7 +37,10 @@ struct SimNet {
   guint64 output_limit; /* bytes a side may have queued; 0 = unlimited */
   SimNetStats stats;
   guint64 seq;
-  GArray *heap; /* SimEvent */
+  HeapKey *heap; /* see "Event heap" */
+  guint heap_len, heap_cap;
+  GArray *bodies;     /* SimEvent, by slot */
+  GArray *free_slots; /* guint32: slots of bodies not in use */
   NetNode nodes[SIM_NET_MAX_NODES];
   GPtrArray *links; /* Link*, owned */
   guint64 groups[SIM_NET_MAX_NODES];
@@ -45,58 +52,111 @@ struct SimNet {
 
 #define NOW(net) (*(net)->clock_us)
 
-/* ---- Event heap ------------------------------------------------------------------------------- */
+/* Bytes on the wire: one write, copied once (a large ring moves tens of millions of them). */
+typedef struct {
+  gsize len;
+  char data[];
+} Chunk;
 
-static gboolean
-ev_before(const SimEvent *a, const SimEvent *b)
+static Chunk *
+chunk_new(const char *data, gsize len)
 {
-  return a->t < b->t || (a->t == b->t && a->seq < b->seq);
+  Chunk *c = g_malloc(sizeof(Chunk) + len);
+  c->len = len;
+  memcpy(c->data, data, len);
+  return c;
 }
 
-/* The heap is 4-ary (half the depth of a binary one, and a node's children share a cache line
- * or two) and moves a hole instead of swapping: the pending events of a large ring are counted
- * in hundreds of thousands, and this is the simulator's inner loop. (t, seq) orders events
- * totally, so the order they come out in is the same with any correct heap. */
+/* ---- Event heap ------------------------------------------------------------------------------- */
+
+/* The pending events of a large ring are counted in hundreds of thousands, and taking the next
+ * one is the simulator's inner loop. The heap is 4-ary (half the depth of a binary one) and holds
+ * 16-byte keys, aligned so that a node's four children share one cache line; the event bodies
+ * (SimEvent) sit in a separate array, touched once when scheduled and once when taken. A sift
+ * moves a hole instead of swapping. (t, seq) orders events totally, so the order they come out
+ * in is the same with any correct heap. */
 #define HEAP_ARITY 4
+#define HEAP_PAD 3 /* keys[-3..-1] unused: keys[1..4], the root's children, start a cache line */
+#define SLOT_BITS 28
+#define SLOT_MASK ((G_GUINT64_CONSTANT(1) << SLOT_BITS) - 1)
+
+struct HeapKey {
+  gint64 t;
+  guint64 order; /* seq << SLOT_BITS | the body's slot */
+};
+
+static inline gboolean
+key_before(const HeapKey *a, const HeapKey *b)
+{
+  return a->t < b->t || (a->t == b->t && a->order < b->order);
+}
+
+static void
+heap_grow(SimNet *net)
+{
+  guint cap = MAX(net->heap_cap * 2, 1024u);
+  HeapKey *base = g_aligned_alloc(cap + HEAP_PAD, sizeof(HeapKey), 64);
+  if (net->heap != NULL) {
+    memcpy(base + HEAP_PAD, net->heap, net->heap_len * sizeof(HeapKey));
+    g_aligned_free(net->heap - HEAP_PAD);
+  }
+  net->heap = base + HEAP_PAD;
+  net->heap_cap = cap;
+}
 
 void
 sim_net_schedule(SimNet *net, SimEvent ev)
 {
   ev.seq = net->seq++;
-  g_array_set_size(net->heap, net->heap->len + 1);
-  SimEvent *h = (SimEvent *)net->heap->data;
-  guint i = net->heap->len - 1;
+  g_assert(ev.seq < G_GUINT64_CONSTANT(1) << (64 - SLOT_BITS));
+  guint32 slot;
+  if (net->free_slots->len > 0) {
+    slot = g_array_index(net->free_slots, guint32, net->free_slots->len - 1);
+    g_array_set_size(net->free_slots, net->free_slots->len - 1);
+    g_array_index(net->bodies, SimEvent, slot) = ev;
+  } else {
+    g_assert(net->bodies->len <= SLOT_MASK);
+    slot = net->bodies->len;
+    g_array_append_val(net->bodies, ev);
+  }
+  if (net->heap_len == net->heap_cap)
+    heap_grow(net);
+  HeapKey key = {ev.t, ev.seq << SLOT_BITS | slot};
+  HeapKey *h = net->heap;
+  guint i = net->heap_len++;
   while (i > 0) {
     guint p = (i - 1) / HEAP_ARITY;
-    if (!ev_before(&ev, &h[p]))
+    if (!key_before(&key, &h[p]))
       break;
     h[i] = h[p];
     i = p;
   }
-  h[i] = ev;
+  h[i] = key;
 }
 
 gint64
 sim_net_next_time(const SimNet *net)
 {
-  return net->heap->len > 0 ? g_array_index(net->heap, SimEvent, 0).t : G_MAXINT64;
+  return net->heap_len > 0 ? net->heap[0].t : G_MAXINT64;
 }
 
 guint
 sim_net_pending(const SimNet *net)
 {
-  return net->heap->len;
+  return net->heap_len;
 }
 
 gboolean
 sim_net_pop(SimNet *net, SimEvent *ev_out)
 {
-  if (net->heap->len == 0)
+  if (net->heap_len == 0)
     return FALSE;
-  SimEvent *h = (SimEvent *)net->heap->data;
-  *ev_out = h[0];
-  guint n = net->heap->len - 1;
-  const SimEvent last = h[n];
+  HeapKey *h = net->heap;
+  guint32 slot = (guint32)(h[0].order & SLOT_MASK);
+  *ev_out = g_array_index(net->bodies, SimEvent, slot);
+  g_array_append_val(net->free_slots, slot);
+  guint n = --net->heap_len;
+  const HeapKey last = h[n];
   guint i = 0;
   for (;;) {
     guint first = HEAP_ARITY * i + 1;
@@ -104,15 +164,14 @@ sim_net_pop(SimNet *net, SimEvent *ev_out)
       break;
     guint m = first, end = MIN(first + HEAP_ARITY, n);
     for (guint c = first + 1; c < end; c++)
-      if (ev_before(&h[c], &h[m]))
+      if (key_before(&h[c], &h[m]))
         m = c;
-    if (!ev_before(&h[m], &last))
+    if (!key_before(&h[m], &last))
       break;
     h[i] = h[m];
     i = m;
   }
   h[i] = last;
-  g_array_set_size(net->heap, n);
   return TRUE;
 }
 
@@ -208,7 +267,7 @@ transmit(SimNet *net, Link *l, guint from, const char *data, gsize len)
   }
   t = MAX(t, l->last_delivery_us[to]); /* TCP keeps the order */
   l->last_delivery_us[to] = t;
-  push_link_event(net, t, SIM_NET_EV_DELIVER, l, to, (guint64)(gsize)g_bytes_new(data, len));
+  push_link_event(net, t, SIM_NET_EV_DELIVER, l, to, (guint64)(gsize)chunk_new(data, len));
   arm_report(net, l, from);
 }
 
@@ -269,7 +328,7 @@ sim_net_send(SimNet *net, guint node, UsherConnId conn, const char *data, gsize 
     return FALSE;
   }
   if (l->clogged) {
-    g_queue_push_tail(&l->clogged_data[from], g_bytes_new(data, len));
+    g_queue_push_tail(&l->clogged_data[from], chunk_new(data, len));
     l->held_bytes[from] += len;
   } else {
     transmit(net, l, from, data, len);
@@ -378,14 +437,11 @@ sim_net_heal(SimNet *net)
     l->clogged = FALSE;
     for (guint s = 0; s < 2; s++) {
       gboolean held = l->held_bytes[s] > 0;
-      GBytes *b;
-      while ((b = g_queue_pop_head(&l->clogged_data[s])) != NULL) {
-        if (l->open[s] && l->open[1 - s]) {
-          gsize len;
-          const char *data = g_bytes_get_data(b, &len);
-          transmit(net, l, s, data, len);
-        }
-        g_bytes_unref(b);
+      Chunk *c;
+      while ((c = g_queue_pop_head(&l->clogged_data[s])) != NULL) {
+        if (l->open[s] && l->open[1 - s])
+          transmit(net, l, s, c->data, c->len);
+        g_free(c);
       }
       l->held_bytes[s] = 0;
       if (!l->open[s] && l->open[1 - s] && l->conn[1 - s] != 0)
@@ -451,7 +507,7 @@ sim_net_process(SimNet *net, SimEvent *ev)
   NetNode *n = &net->nodes[ev->node];
   if (!n->up || n->incarnation != ev->incarnation) {
     if (ev->kind == SIM_NET_EV_DELIVER)
-      g_bytes_unref((GBytes *)(gsize)ev->b);
+      g_free((Chunk *)(gsize)ev->b);
     return TRUE;
   }
   Link *l = ev->p;
@@ -467,14 +523,12 @@ sim_net_process(SimNet *net, SimEvent *ev)
     net->cb.drain(net->user, ev->node);
     break;
   case SIM_NET_EV_DELIVER: {
-    GBytes *b = (GBytes *)(gsize)ev->b;
+    Chunk *c = (Chunk *)(gsize)ev->b;
     if (l->open[side] && l->conn[side] != 0) {
-      gsize len;
-      const char *data = g_bytes_get_data(b, &len);
-      net->cb.bytes(net->user, ev->node, l->conn[side], data, len);
+      net->cb.bytes(net->user, ev->node, l->conn[side], c->data, c->len);
       net->cb.drain(net->user, ev->node);
     }
-    g_bytes_unref(b);
+    g_free(c);
     break;
   }
   case SIM_NET_EV_TX:
@@ -512,7 +566,8 @@ sim_net_new(const gint64 *clock_us, guint64 rng_seed, const SimNetCallbacks *cal
   net->user = user;
   usher_rng_seed(&net->rng, rng_seed);
   net->latency = (SimDist){SIM_DIST_FIXED, 500, 500};
-  net->heap = g_array_new(FALSE, FALSE, sizeof(SimEvent));
+  net->bodies = g_array_new(FALSE, FALSE, sizeof(SimEvent));
+  net->free_slots = g_array_new(FALSE, FALSE, sizeof(guint32));
   net->links = g_ptr_array_new();
   for (guint i = 0; i < SIM_NET_MAX_NODES; i++)
     net->nodes[i].conns = g_hash_table_new(NULL, NULL);
@@ -524,18 +579,21 @@ sim_net_free(SimNet *net)
 {
   if (net == NULL)
     return;
-  for (guint i = 0; i < net->heap->len; i++) {
-    SimEvent *ev = &g_array_index(net->heap, SimEvent, i);
+  for (guint i = 0; i < net->heap_len; i++) {
+    SimEvent *ev = &g_array_index(net->bodies, SimEvent, (guint32)(net->heap[i].order & SLOT_MASK));
     if (ev->kind == SIM_NET_EV_DELIVER)
-      g_bytes_unref((GBytes *)(gsize)ev->b);
+      g_free((Chunk *)(gsize)ev->b);
     else if (ev->kind >= SIM_NET_EV_DRIVER && net->cb.discard != NULL)
       net->cb.discard(net->user, ev);
   }
-  g_array_unref(net->heap);
+  if (net->heap != NULL)
+    g_aligned_free(net->heap - HEAP_PAD);
+  g_array_unref(net->bodies);
+  g_array_unref(net->free_slots);
   for (guint i = 0; i < net->links->len; i++) {
     Link *l = g_ptr_array_index(net->links, i);
     for (guint s = 0; s < 2; s++)
-      g_queue_clear_full(&l->clogged_data[s], (GDestroyNotify)g_bytes_unref);
+      g_queue_clear_full(&l->clogged_data[s], g_free);
     g_free(l);
   }
   g_ptr_array_unref(net->links);

@@ -1,6 +1,7 @@
 /* world.c - the simulator engine (see world.h). */
 #include "sim/world-private.h"
 
+#include "common/driver.h"
 #include "sim/dist.h"
 
 #include <string.h>
@@ -785,21 +786,26 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
   }
 }
 
+typedef struct {
+  SimWorld *w;
+  guint node_idx;
+} EffectTarget;
+
+static void
+handle_effect_cb(gpointer data, UsherEffect *e)
+{
+  EffectTarget *t = data;
+  handle_effect(t->w, t->node_idx, e);
+}
+
 static void
 drain(SimWorld *w, guint node_idx)
 {
   SimNode *n = &w->nodes[node_idx];
   if (n->d == NULL)
     return;
-  for (;;) {
-    GArray *effects = usher_director_take_effects(n->d);
-    guint len = effects->len;
-    for (guint i = 0; i < len; i++)
-      handle_effect(w, node_idx, &g_array_index(effects, UsherEffect, i));
-    g_array_unref(effects);
-    if (len == 0)
-      break;
-  }
+  EffectTarget target = {w, node_idx};
+  usher_driver_drain(n->d, handle_effect_cb, &target);
   gint64 deadline = usher_director_next_deadline(n->d);
   n->deadline = deadline == USHER_DEADLINE_NEVER ? G_MAXINT64 : deadline - MONO_BASE_US;
   const UsherDirectorStats *st = usher_director_get_stats(n->d);
