@@ -8,21 +8,37 @@
 
 /* ---- Small helpers ---------------------------------------------------------------------------- */
 
+/* The run's fingerprint folds in every input and effect, every byte a director writes included:
+ * tens of millions of writes in a large ring. It takes 8 bytes per multiply (a byte-wise FNV
+ * spent about 4 % of such a run); the tail word carries the length, so writes of different
+ * lengths never fold alike. */
+static inline guint64
+fp_word(guint64 h, guint64 v)
+{
+  h = (h ^ v) * G_GUINT64_CONSTANT(0x9e3779b97f4a7c15);
+  return h ^ (h >> 29);
+}
+
 static guint64
-fnv(guint64 h, const void *data, gsize len)
+fp_bytes(guint64 h, const void *data, gsize len)
 {
   const guint8 *p = data;
-  for (gsize i = 0; i < len; i++) {
-    h ^= p[i];
-    h *= G_GUINT64_CONSTANT(0x100000001b3);
+  gsize n = len;
+  for (; n >= 8; p += 8, n -= 8) {
+    guint64 v;
+    memcpy(&v, p, 8);
+    h = fp_word(h, v);
   }
-  return h;
+  guint64 tail = (guint64)(len & 0xff) << 56;
+  for (gsize i = 0; i < n; i++)
+    tail |= (guint64)p[i] << (8 * i);
+  return fp_word(h, tail);
 }
 
 static void
 mix(SimWorld *w, guint64 v)
 {
-  w->fingerprint = fnv(w->fingerprint, &v, sizeof(v));
+  w->fingerprint = fp_word(w->fingerprint, v);
 }
 
 char *
@@ -725,7 +741,7 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
   mix(w, e->type);
   switch (e->type) {
   case USHER_EFFECT_SEND:
-    w->fingerprint = fnv(w->fingerprint, e->send.data, e->send.len);
+    w->fingerprint = fp_bytes(w->fingerprint, e->send.data, e->send.len);
   {
     gsize queued;
     (void)sim_net_send(w->net, node_idx, e->send.conn, e->send.data, e->send.len, &queued);
@@ -748,7 +764,7 @@ handle_effect(SimWorld *w, guint node_idx, UsherEffect *e)
   case USHER_EFFECT_LOGIN_RESULT:
     mix(w, e->login.request);
     mix(w, e->login.status);
-    w->fingerprint = fnv(w->fingerprint, &e->login.host, sizeof(e->login.host));
+    w->fingerprint = fp_bytes(w->fingerprint, &e->login.host, sizeof(e->login.host));
     login_result(w, node_idx, e);
     break;
   case USHER_EFFECT_KICK:
