@@ -10,8 +10,8 @@
 
 /* The run's fingerprint folds in every input and effect, every byte a director writes included:
  * tens of millions of writes in a large ring. It takes 8 bytes per multiply (a byte-wise FNV
- * spent about 4 % of such a run); the tail word carries the length, so writes of different
- * lengths never fold alike. */
+ * spent about 4 % of such a run); the last word also carries the write's length (its low
+ * 8 bits), so where one write ends is part of what is folded. */
 static inline guint64
 fp_word(guint64 h, guint64 v)
 {
