@@ -1,6 +1,7 @@
 /* ring-harness.c - see ring-harness.h. */
 #include "ring-harness.h"
 
+#include "common/driver.h"
 #include "libcore/config.h"
 #include "sim/net.h"
 
@@ -163,19 +164,26 @@ harness_set_backend_failing(Harness *h, const char *ip, guint64 node_mask)
   h->failing_mask[h->n_failing++] = node_mask;
 }
 
+typedef struct {
+  Harness *h;
+  guint node_idx;
+} EffectTarget;
+
+static void
+handle_effect_cb(gpointer data, UsherEffect *e)
+{
+  EffectTarget *t = data;
+  handle_effect(t->h, t->node_idx, e);
+}
+
 static void
 drain(Harness *h, guint node_idx)
 {
   Node *node = &h->nodes[node_idx];
   if (node->d == NULL)
     return;
-  for (;;) {
-    g_autoptr(GArray) effects = usher_director_take_effects(node->d);
-    if (effects->len == 0)
-      break;
-    for (guint i = 0; i < effects->len; i++)
-      handle_effect(h, node_idx, &g_array_index(effects, UsherEffect, i));
-  }
+  EffectTarget target = {h, node_idx};
+  usher_driver_drain(node->d, handle_effect_cb, &target);
 }
 
 /* ---- What the network does to the directors ---------------------------------------------------- */
