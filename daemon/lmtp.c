@@ -430,7 +430,7 @@ backend_fail(LmtpBackend *b, const char *why)
   b->data_ok = FALSE;
   b->deadline_us = 0;
   if (b->watch != NULL) {
-    poller_remove(s->w->poller, b->watch);
+    poller_remove_closing(s->w->poller, b->watch); /* the watch exists only with the fd */
     b->watch = NULL;
   }
   if (b->fd >= 0) {
@@ -446,7 +446,7 @@ backend_free(gpointer data)
 {
   LmtpBackend *b = data;
   if (b->watch != NULL)
-    poller_remove(b->s->w->poller, b->watch);
+    poller_remove_closing(b->s->w->poller, b->watch);
   if (b->fd >= 0)
     close(b->fd);
   if (b->out != NULL)
@@ -1297,7 +1297,7 @@ session_close(LmtpSession *s, const char *why)
   g_ptr_array_unref(s->rcpts);
   if (s->has_held)
     usher_smtp_cmd_clear(&s->held);
-  poller_remove(w->poller, s->watch);
+  poller_remove_closing(w->poller, s->watch);
   close(s->fd);
   proxy_release(w->proxy, s->unix_client ? NULL : s->cip);
   proxy_stat_add(w->proxy, &w->proxy->stats.lmtp_now, -1);
@@ -1351,10 +1351,7 @@ lmtp_accept(Worker *w, const Listener *l, int fd, const char *ip, guint16 port)
   s->cport = port;
   g_strlcpy(s->lip, l->ip, sizeof(s->lip));
   s->lport = l->port;
-  if (!s->unix_client) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  }
+  /* TCP_NODELAY comes from the listener (proxy.c, open_listener). */
   s->reader = usher_smtp_reader_new(USHER_SMTP_LINE_MAX_DEFAULT);
   s->rcpts = g_ptr_array_new_with_free_func(rcpt_free);
   s->backends = g_ptr_array_new_with_free_func(backend_free);

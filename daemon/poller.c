@@ -2,9 +2,14 @@
 #include "daemon/poller.h"
 
 #include <errno.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #define BATCH 256
+/* Rounds of posted calls run after one batch: calls posted by those calls run in the next round
+ * (a worker's question to the core on the same thread, then the core's answer). What is still
+ * queued after these waits for the next wakeup, so posts cannot starve the descriptors. */
+#define POST_ROUNDS 4
 
 struct PollerWatch {
   int fd;
@@ -19,6 +24,14 @@ typedef struct {
   Poller *poller;
 } PollerSource;
 
+static GSourceFuncs poller_funcs;
+
+typedef struct {
+  PollerPostFunc func;
+  gpointer data;
+  GDestroyNotify destroy;
+} PollerPost;
+
 struct Poller {
   int epfd;
   GSource *source;
@@ -26,7 +39,44 @@ struct Poller {
   guint count;
   GPtrArray *graveyard; /* watches removed during a dispatch, freed after it */
   gboolean dispatching;
+  /* Posts (poller_post): the queue and the flag are guarded by lock; running is only ever
+   * touched by the poller's own thread, the other threads only compare it with themselves. */
+  GMutex lock;
+  GArray *posts;   /* PollerPost, in order */
+  GArray *running; /* the round being run, swapped with posts */
+  int eventfd;
+  gboolean signalled;   /* the eventfd was written and not yet read */
+  GThread *dispatcher;  /* atomic: the thread inside poller_dispatch, or NULL */
 };
+
+#define EVENTFD_TAG ((gpointer)&poller_funcs)
+
+static void
+run_posts(Poller *p)
+{
+  for (int round = 0; round < POST_ROUNDS; round++) {
+    g_mutex_lock(&p->lock);
+    GArray *batch = p->posts;
+    p->posts = p->running;
+    p->running = batch;
+    g_mutex_unlock(&p->lock);
+    if (batch->len == 0)
+      return;
+    for (guint i = 0; i < batch->len; i++) {
+      PollerPost *post = &g_array_index(batch, PollerPost, i);
+      post->func(post->data);
+    }
+    g_array_set_size(batch, 0);
+  }
+  /* More is queued: come back after the descriptors had their turn. */
+  g_mutex_lock(&p->lock);
+  gboolean wake = p->posts->len > 0 && !p->signalled;
+  if (wake)
+    p->signalled = TRUE;
+  g_mutex_unlock(&p->lock);
+  if (wake)
+    (void)eventfd_write(p->eventfd, 1);
+}
 
 static gboolean
 poller_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
@@ -38,18 +88,45 @@ poller_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
   int n = epoll_wait(p->epfd, evs, BATCH, 0);
   if (n < 0 && errno != EINTR)
     g_error("epoll_wait: %s", g_strerror(errno));
+  g_atomic_pointer_set(&p->dispatcher, g_thread_self());
   p->dispatching = TRUE;
   for (int i = 0; i < n; i++) {
+    if (evs[i].data.ptr == EVENTFD_TAG) {
+      eventfd_t value;
+      (void)eventfd_read(p->eventfd, &value);
+      g_mutex_lock(&p->lock);
+      p->signalled = FALSE;
+      g_mutex_unlock(&p->lock);
+      continue; /* the posts run below */
+    }
     PollerWatch *w = evs[i].data.ptr;
     if (!w->removed)
       w->func(w->data, evs[i].events);
   }
+  run_posts(p);
   p->dispatching = FALSE;
+  g_atomic_pointer_set(&p->dispatcher, NULL);
   g_ptr_array_set_size(p->graveyard, 0); /* frees the removed watches */
   return G_SOURCE_CONTINUE;
 }
 
 static GSourceFuncs poller_funcs = {.dispatch = poller_dispatch};
+
+void
+poller_post(Poller *p, PollerPostFunc func, gpointer data, GDestroyNotify destroy)
+{
+  PollerPost post = {func, data, destroy};
+  /* The poller's own thread inside a dispatch runs the queue before it polls again. */
+  gboolean inside = g_atomic_pointer_get(&p->dispatcher) == g_thread_self();
+  g_mutex_lock(&p->lock);
+  g_array_append_val(p->posts, post);
+  gboolean wake = !inside && !p->signalled;
+  if (wake)
+    p->signalled = TRUE;
+  g_mutex_unlock(&p->lock);
+  if (wake)
+    (void)eventfd_write(p->eventfd, 1);
+}
 
 Poller *
 poller_new(GMainContext *context)
@@ -59,6 +136,15 @@ poller_new(GMainContext *context)
   if (p->epfd < 0)
     g_error("epoll_create1: %s", g_strerror(errno));
   p->graveyard = g_ptr_array_new_with_free_func(g_free);
+  g_mutex_init(&p->lock);
+  p->posts = g_array_new(FALSE, FALSE, sizeof(PollerPost));
+  p->running = g_array_new(FALSE, FALSE, sizeof(PollerPost));
+  p->eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (p->eventfd < 0)
+    g_error("eventfd: %s", g_strerror(errno));
+  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = EVENTFD_TAG};
+  if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->eventfd, &ev) != 0)
+    g_error("epoll_ctl ADD eventfd: %s", g_strerror(errno));
   p->source = g_source_new(&poller_funcs, sizeof(PollerSource));
   ((PollerSource *)p->source)->poller = p;
   g_source_set_name(p->source, "usherd poller");
@@ -79,7 +165,17 @@ poller_free(Poller *p)
   g_source_destroy(p->source);
   g_source_unref(p->source);
   close(p->epfd);
+  close(p->eventfd);
   g_ptr_array_unref(p->graveyard);
+  /* Calls never made (their thread has stopped): their data is only released. */
+  for (guint i = 0; i < p->posts->len; i++) {
+    PollerPost *post = &g_array_index(p->posts, PollerPost, i);
+    if (post->destroy != NULL)
+      post->destroy(post->data);
+  }
+  g_array_unref(p->posts);
+  g_array_unref(p->running);
+  g_mutex_clear(&p->lock);
   g_free(p);
 }
 
@@ -109,12 +205,9 @@ poller_modify(Poller *p, PollerWatch *w, guint32 events)
     g_error("epoll_ctl MOD %d: %s", w->fd, g_strerror(errno));
 }
 
-void
-poller_remove(Poller *p, PollerWatch *w)
+static void
+forget(Poller *p, PollerWatch *w)
 {
-  if (w == NULL)
-    return;
-  (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, w->fd, NULL);
   w->removed = TRUE;
   p->count--;
   /* Another ready event of this batch may still point at it: free it after the batch. */
@@ -122,6 +215,22 @@ poller_remove(Poller *p, PollerWatch *w)
     g_ptr_array_add(p->graveyard, w);
   else
     g_free(w);
+}
+
+void
+poller_remove(Poller *p, PollerWatch *w)
+{
+  if (w == NULL)
+    return;
+  (void)epoll_ctl(p->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+  forget(p, w);
+}
+
+void
+poller_remove_closing(Poller *p, PollerWatch *w)
+{
+  if (w != NULL)
+    forget(p, w);
 }
 
 guint

@@ -7,7 +7,15 @@
  * Cost per wakeup: the ready descriptors, not all of them. Level-triggered.
  *
  * Handlers may add, change and remove watches, their own included, at any time: a removed
- * watch's handler is never called again, even later in the same batch. */
+ * watch's handler is never called again, even later in the same batch.
+ *
+ * Posts are how threads talk (DESIGN.md section 3: workers ask the core thread by request id):
+ * poller_post() queues a call for the poller's thread, from any thread, and never runs it inline.
+ * The queue is drained after each batch of ready descriptors, so a call posted by the poller's
+ * own thread while it dispatches (a worker asking the core that shares its thread) costs no
+ * system call at all; from another thread, or from outside a dispatch, it costs one eventfd
+ * write, and only when the queue was empty and not yet signalled. Calls run in the order they
+ * were posted. */
 #pragma once
 
 #include <glib.h>
@@ -29,7 +37,14 @@ PollerWatch *poller_add(Poller *poller, int fd, guint32 events, PollerFunc func,
 void poller_modify(Poller *poller, PollerWatch *watch, guint32 events);
 /* Stops watching (the fd is not closed). */
 void poller_remove(Poller *poller, PollerWatch *watch);
+/* Stops watching a descriptor the caller closes right after, holding no duplicate of it: the
+ * close takes it out of the epoll set, which saves a system call per descriptor. */
+void poller_remove_closing(Poller *poller, PollerWatch *watch);
 guint poller_count(const Poller *poller);
+/* Calls func(data) on the poller's thread soon; thread-safe. A call still queued when the poller
+ * is freed is not made: destroy(data) is called instead (destroy may be NULL). */
+typedef void (*PollerPostFunc)(gpointer data);
+void poller_post(Poller *poller, PollerPostFunc func, gpointer data, GDestroyNotify destroy);
 /* The events a watch asks for now (as last set). */
 guint32 poller_events(const PollerWatch *watch);
 

@@ -63,6 +63,7 @@ struct Proxy {
   Usherd *u;
   Worker **workers;
   guint n_workers;
+  Poller *core_poller; /* worker 0's, on the core thread: posts to the core go here */
   GHashTable *routes; /* core thread: request id -> RouteJob* (owned) */
   GMutex lock;        /* guards per_ip, stats, backend_caps, imap_caps and tls_ctx */
   GHashTable *per_ip; /* client IP text -> count */

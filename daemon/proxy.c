@@ -1,10 +1,13 @@
 /* proxy.c - worker threads and IMAP/POP3 sessions of usherd's proxy (see proxy.h).
  *
- * Threads: the core thread owns the director; each worker owns its sessions. They talk only by
- * messages posted to each other's GMainContext (g_main_context_invoke_full): a worker asks for a
- * route (user -> backend) with a session id; the core answers with the same id; the core posts
- * kicks to every worker and learns when all are done; workers post the names of users with live
- * sessions for refreshes. A session that is gone when its answer arrives is simply not found.
+ * Threads: the core thread owns the director; each worker owns its sessions. Worker 0 runs on
+ * the core thread itself (its poller is a source of the core's GMainContext), the others on
+ * threads of their own. They talk only by calls posted to each other's poller (poller_post,
+ * never run inline): a worker asks for a route (user -> backend) with a session id; the core
+ * answers with the same id; the core posts kicks to every worker and learns when all are done;
+ * workers post the names of users with live sessions for refreshes. A session that is gone when
+ * its answer arrives is simply not found. Worker 0's questions and their answers cost no thread
+ * wakeup: both run after the batch of events that asked (see poller.h).
  *
  * Memory per session is the struct, the client and backend sockets, and output queues that exist
  * only while bytes wait (released when they drain). Every limit is a constant or a setting:
@@ -657,7 +660,7 @@ static void
 backend_close(Session *s)
 {
   if (s->bwatch != NULL) {
-    poller_remove(s->w->poller, s->bwatch);
+    poller_remove_closing(s->w->poller, s->bwatch); /* the watch exists only with the fd */
     s->bwatch = NULL;
   }
   if (s->bfd >= 0) {
@@ -811,7 +814,7 @@ session_close(Session *s, const char *why)
   pipe_give(w, &s->bpipe);
   backend_close(s);
   if (s->cwatch != NULL)
-    poller_remove(w->poller, s->cwatch);
+    poller_remove_closing(w->poller, s->cwatch);
   if (s->ssl != NULL) {
     if (!s->tls_handshaking)
       (void)SSL_shutdown(s->ssl); /* a close_notify if the socket takes it; no waiting */
@@ -870,15 +873,15 @@ route_job_free(gpointer data)
   g_free(j);
 }
 
-static gboolean
+static void
 route_answer_on_worker(gpointer data)
 {
   RouteJob *j = data;
   j->answer(j->w, j->session, j->request, j->status, &j->host);
-  return G_SOURCE_REMOVE;
+  route_job_free(j);
 }
 
-static gboolean
+static void
 route_on_core(gpointer data)
 {
   RouteJob *j = data;
@@ -887,7 +890,6 @@ route_on_core(gpointer data)
   if (!usher_director_login_request(u->director, usherd_now(), j->request, j->user, NULL))
     g_assert_not_reached(); /* proxy ids are never reused */
   usherd_core_after_call(u);
-  return G_SOURCE_REMOVE;
 }
 
 gboolean
@@ -904,8 +906,7 @@ proxy_login_result(Proxy *p, const UsherEffect *e)
     return;
   j->status = e->login.status;
   j->host = e->login.host;
-  g_main_context_invoke_full(j->w->context, G_PRIORITY_DEFAULT, route_answer_on_worker, j,
-                             route_job_free);
+  poller_post(j->w->poller, route_answer_on_worker, j, route_job_free);
 }
 
 guint64
@@ -921,7 +922,7 @@ proxy_route(Worker *w, guint64 session, const char *user, ProxyRouteAnswer answe
   /* Request ids of the proxy live above 2^62, apart from the HTTP lookups' (u->next_request). */
   j->request = (G_GUINT64_CONSTANT(1) << 62) | (guint64)g_atomic_int_add(&p->next_request, 1);
   guint64 request = j->request;
-  g_main_context_invoke_full(p->u->context, G_PRIORITY_DEFAULT, route_on_core, j, NULL);
+  poller_post(p->core_poller, route_on_core, j, route_job_free);
   return request;
 }
 
@@ -930,7 +931,7 @@ typedef struct {
   guint64 request;
 } CancelJob;
 
-static gboolean
+static void
 cancel_on_core(gpointer data)
 {
   CancelJob *j = data;
@@ -939,7 +940,7 @@ cancel_on_core(gpointer data)
     usher_director_login_cancel(u->director, usherd_now(), j->request);
     usherd_core_after_call(u);
   }
-  return G_SOURCE_REMOVE;
+  g_free(j);
 }
 
 void
@@ -948,7 +949,7 @@ proxy_route_cancel(Worker *w, guint64 request)
   CancelJob *j = g_new0(CancelJob, 1);
   j->proxy = w->proxy;
   j->request = request;
-  g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, cancel_on_core, j, g_free);
+  poller_post(w->proxy->core_poller, cancel_on_core, j, g_free);
 }
 
 static void backend_connect(Session *s);
@@ -2747,8 +2748,7 @@ on_listener(gpointer data, guint32 events)
       if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
         address_text(&ls, s->lip, &s->lport);
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_NODELAY comes from the listener (Linux copies it to accepted sockets). */
     s->deadline_us = g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
     s->link.data = s;
     g_queue_push_tail_link(&w->sessions, &s->link);
@@ -2784,7 +2784,7 @@ refresh_job_free(gpointer data)
   g_free(j);
 }
 
-static gboolean
+static void
 refresh_on_core(gpointer data)
 {
   RefreshJob *j = data;
@@ -2793,7 +2793,7 @@ refresh_on_core(gpointer data)
   for (guint i = 0; i < j->users->len; i++)
     usher_director_user_refresh(u->director, now, g_ptr_array_index(j->users, i));
   usherd_core_after_call(u);
-  return G_SOURCE_REMOVE;
+  refresh_job_free(j);
 }
 
 static gboolean
@@ -2843,8 +2843,7 @@ on_tick(gpointer data)
         g_ptr_array_add(j->users, g_strdup(s->user));
     }
     if (j->users->len > 0)
-      g_main_context_invoke_full(w->proxy->u->context, G_PRIORITY_DEFAULT, refresh_on_core, j,
-                                 refresh_job_free);
+      poller_post(w->proxy->core_poller, refresh_on_core, j, refresh_job_free);
     else
       refresh_job_free(j);
   }
@@ -2863,15 +2862,11 @@ typedef struct {
   gint pending; /* workers still working on it */
 } KickJob;
 
-static gboolean
-kick_done_on_core(gpointer data)
-{
-  KickJob *j = data;
-  Usherd *u = j->proxy->u;
-  usher_director_kick_done(u->director, usherd_now(), j->kick);
-  usherd_core_after_call(u);
-  return G_SOURCE_REMOVE;
-}
+/* One worker's share of a kick. */
+typedef struct {
+  KickJob *job;
+  Worker *w;
+} KickPart;
 
 static void
 kick_job_free_all(gpointer data)
@@ -2881,15 +2876,33 @@ kick_job_free_all(gpointer data)
   g_free(j);
 }
 
-static gboolean
-kick_on_worker(gpointer data)
+static void
+kick_done_on_core(gpointer data)
 {
   KickJob *j = data;
-  guint me = 0;
-  for (guint i = 0; i < j->proxy->n_workers; i++)
-    if (g_main_context_is_owner(j->proxy->workers[i]->context))
-      me = i;
-  Worker *w = j->proxy->workers[me];
+  Usherd *u = j->proxy->u;
+  usher_director_kick_done(u->director, usherd_now(), j->kick);
+  usherd_core_after_call(u);
+  kick_job_free_all(j);
+}
+
+/* A share never worked on (usherd is stopping): the last one releases the job. */
+static void
+kick_part_drop(gpointer data)
+{
+  KickPart *part = data;
+  if (g_atomic_int_dec_and_test(&part->job->pending))
+    kick_job_free_all(part->job);
+  g_free(part);
+}
+
+static void
+kick_on_worker(gpointer data)
+{
+  KickPart *part = data;
+  KickJob *j = part->job;
+  Worker *w = part->w;
+  g_free(part);
   guint kicked = 0;
   for (GList *l = w->sessions.head; l != NULL;) {
     Session *s = l->data;
@@ -2915,9 +2928,7 @@ kick_on_worker(gpointer data)
   if (kicked > 0)
     proxy_stat_add(j->proxy, &j->proxy->stats.kicked, kicked);
   if (g_atomic_int_dec_and_test(&j->pending))
-    g_main_context_invoke_full(j->proxy->u->context, G_PRIORITY_DEFAULT, kick_done_on_core, j,
-                               kick_job_free_all);
-  return G_SOURCE_REMOVE;
+    poller_post(j->proxy->core_poller, kick_done_on_core, j, kick_job_free_all);
 }
 
 void
@@ -2931,8 +2942,12 @@ proxy_kick(Proxy *p, const UsherEffect *e)
   j->except = e->kick.except;
   j->name = g_strdup(e->kick.name);
   j->pending = (gint)p->n_workers;
-  for (guint i = 0; i < p->n_workers; i++)
-    g_main_context_invoke(p->workers[i]->context, kick_on_worker, j);
+  for (guint i = 0; i < p->n_workers; i++) {
+    KickPart *part = g_new(KickPart, 1);
+    part->job = j;
+    part->w = p->workers[i];
+    poller_post(p->workers[i]->poller, kick_on_worker, part, kick_part_drop);
+  }
 }
 
 /* ---- Workers -------------------------------------------------------------------------------------- */
@@ -2948,6 +2963,8 @@ open_listener(const UsherDirectorAddr *a, GError **error)
   int one = 1;
   if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+      /* Inherited by every accepted socket: small replies leave at once, no setsockopt each. */
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0 ||
       bind(fd, (struct sockaddr *)&ss, (socklen_t)sl) != 0 || listen(fd, 1024) != 0) {
     int saved = errno;
     char ip[USHER_IP_STRLEN];
@@ -2987,14 +3004,11 @@ open_unix_listener(const char *path, GError **error)
   return fd;
 }
 
-static gpointer
-worker_main(gpointer data)
+/* Stopping: every session still open gets a goodbye it can read (when the backend is not in the
+ * middle of a line) and is closed. On the worker's thread. */
+static void
+worker_close_all(Worker *w)
 {
-  Worker *w = data;
-  g_main_context_push_thread_default(w->context);
-  g_main_loop_run(w->loop);
-  /* Stopping: every session still open gets a goodbye it can read (when the backend is not in
-   * the middle of a line) and is closed. */
   while (w->sessions.head != NULL) {
     Session *s = w->sessions.head->data;
     if (s->client_eol || s->state != S_PROXYING)
@@ -3002,6 +3016,16 @@ worker_main(gpointer data)
     session_end(s, "usherd is stopping");
   }
   lmtp_close_all(w);
+}
+
+/* The workers after the first: a thread each. */
+static gpointer
+worker_main(gpointer data)
+{
+  Worker *w = data;
+  g_main_context_push_thread_default(w->context);
+  g_main_loop_run(w->loop);
+  worker_close_all(w);
   g_main_context_pop_thread_default(w->context);
   return NULL;
 }
@@ -3024,12 +3048,13 @@ worker_free(Worker *w)
   poller_free(w->poller);
   g_hash_table_unref(w->by_id);
   g_hash_table_unref(w->lmtp_by_id);
-  g_main_loop_unref(w->loop);
+  if (w->loop != NULL)
+    g_main_loop_unref(w->loop);
   g_main_context_unref(w->context);
   g_free(w);
 }
 
-static gboolean
+static void
 stop_accepting_on_worker(gpointer data)
 {
   Worker *w = data;
@@ -3040,14 +3065,13 @@ stop_accepting_on_worker(gpointer data)
     close(l->fd);
   }
   g_ptr_array_set_size(w->listeners, 0);
-  return G_SOURCE_REMOVE;
 }
 
 void
 proxy_stop_accepting(Proxy *p)
 {
   for (guint i = 0; i < p->n_workers; i++)
-    g_main_context_invoke(p->workers[i]->context, stop_accepting_on_worker, p->workers[i]);
+    poller_post(p->workers[i]->poller, stop_accepting_on_worker, p->workers[i], NULL);
 }
 
 guint
@@ -3059,11 +3083,10 @@ proxy_count_sessions(Proxy *p)
   return n;
 }
 
-static gboolean
+static void
 quit_worker(gpointer data)
 {
   g_main_loop_quit(((Worker *)data)->loop);
-  return G_SOURCE_REMOVE;
 }
 
 /* Raises the open-files limit to its hard maximum and returns how many proxied connections
@@ -3144,8 +3167,9 @@ proxy_new(Usherd *u, GError **error)
     p->workers[i] = w;
     w->proxy = p;
     w->index = i;
-    w->context = g_main_context_new();
-    w->loop = g_main_loop_new(w->context, FALSE);
+    /* Worker 0 shares the core thread (its lookups cross no thread); the others get their own. */
+    w->context = i == 0 ? g_main_context_ref(u->context) : g_main_context_new();
+    w->loop = i == 0 ? NULL : g_main_loop_new(w->context, FALSE);
     w->poller = poller_new(w->context);
     w->by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
     w->lmtp_by_id = g_hash_table_new(g_int64_hash, g_int64_equal);
@@ -3206,7 +3230,8 @@ proxy_new(Usherd *u, GError **error)
     g_source_set_callback(w->tick, on_tick, w, NULL);
     g_source_attach(w->tick, w->context);
   }
-  for (guint i = 0; i < p->n_workers; i++) {
+  p->core_poller = p->workers[0]->poller;
+  for (guint i = 1; i < p->n_workers; i++) {
     g_autofree char *name = g_strdup_printf("usherd-worker%u", i);
     p->workers[i]->thread = g_thread_new(name, worker_main, p->workers[i]);
   }
@@ -3225,13 +3250,17 @@ proxy_free(Proxy *p)
 {
   if (p == NULL)
     return;
-  for (guint i = 0; i < p->n_workers; i++) {
+  /* The threads stop first: what they post to the core while closing their sessions is
+   * released with worker 0's poller, the core's, freed last. */
+  for (guint i = p->n_workers; i-- > 0;) {
     Worker *w = p->workers[i];
     if (w == NULL)
       continue;
     if (w->thread != NULL) {
-      g_main_context_invoke(w->context, quit_worker, w);
+      poller_post(w->poller, quit_worker, w, NULL);
       g_thread_join(w->thread);
+    } else if (i == 0) {
+      worker_close_all(w); /* on the core thread, which is this one */
     }
     worker_free(w);
   }
