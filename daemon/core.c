@@ -116,8 +116,14 @@ void
 usherd_core_after_call(Usherd *u)
 {
   usher_driver_drain(u->director, handle_effect, u);
+  /* The timer only ever moves earlier here: GLib wakes its context on every change of a ready
+   * time (an eventfd write and one more loop), and most calls (a login's lookup) move the
+   * director's deadline later. A timer that fires early costs one harmless call (the core's
+   * contract), after which on_timer sets it exactly. */
   gint64 deadline = usher_director_next_deadline(u->director);
-  g_source_set_ready_time(u->timer, deadline == USHER_DEADLINE_NEVER ? -1 : deadline);
+  gint64 armed = g_source_get_ready_time(u->timer);
+  if (deadline != USHER_DEADLINE_NEVER && (armed < 0 || deadline < armed))
+    g_source_set_ready_time(u->timer, deadline);
 }
 
 /* ---- Life cycle ------------------------------------------------------------------------------------ */

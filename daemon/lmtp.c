@@ -13,8 +13,12 @@
  * and every other recipient keeps what its backend said.
  *
  * Replies to the client go out in command order (PIPELINING): each command leaves a slot, filled
- * at once or when its backend answers. Commands that change the transaction (MAIL, DATA, BDAT,
- * RSET, LHLO, QUIT) wait until every recipient before them has its answer.
+ * at once or when its backend answers, and the answers go out together once none before the
+ * last is owed (one write for MAIL, RCPT and DATA of a pipelined group). Commands that change
+ * the transaction (MAIL, RSET, LHLO, QUIT) wait until every recipient before them has its
+ * answer; DATA (and a first BDAT) only until each recipient has its backend: it goes to the
+ * backends behind their RCPTs, in the same write, and a backend whose recipients all failed
+ * refuses it itself (RFC 2033: 503).
  */
 #include "daemon/proxy-private.h"
 
@@ -236,12 +240,15 @@ slots_to_output(LmtpSession *s)
   }
 }
 
-/* Writes what the client takes; FALSE if the session was closed. */
+/* Writes what the client takes, once no answer is owed; FALSE if the session was closed. */
 static gboolean
 client_flush(LmtpSession *s)
 {
   slots_to_output(s);
-  while (s->out != NULL && s->out_off < s->out->len) {
+  /* An answer still owed (by the core or a backend) holds back the known ones after it, which
+   * slots_to_output left in place, and those before it: the client of a pipelined group reads
+   * them together, and gets them as soon as the last is known. */
+  while (g_queue_is_empty(&s->slots) && s->out != NULL && s->out_off < s->out->len) {
     ssize_t n = send(s->fd, s->out->data + s->out_off, s->out->len - s->out_off, MSG_NOSIGNAL);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
       break;
@@ -564,6 +571,7 @@ offers_xclient(const char *reply)
 static gboolean all_data_answered(LmtpSession *s);
 static void tx_data_answered(LmtpSession *s);
 static void tx_maybe_done(LmtpSession *s);
+static void tx_abort(LmtpSession *s);
 
 /* One complete reply of a backend (code and all its lines). */
 static void
@@ -650,9 +658,18 @@ backend_reply(LmtpBackend *b, guint code, const char *text)
       count(s, code >= 500 ? &STATS(s)->lmtp_rejected : &STATS(s)->lmtp_tempfail_reply, 1);
     break;
   }
-  case EXP_DATA:
+  case EXP_DATA: {
     b->data_sent = FALSE;
-    if (code == 354) {
+    /* DATA went out behind the RCPTs, whose answers came first: a server that refused them
+     * all must refuse DATA too; one that asks for the body anyway is not to be trusted. */
+    gboolean takes = FALSE;
+    for (guint i = 0; i < s->rcpts->len && !takes; i++) {
+      Rcpt *r = g_ptr_array_index(s->rcpts, i);
+      takes = r->b == b && r->state == RCPT_ACCEPTED;
+    }
+    if (code == 354 && !takes) {
+      backend_fail(b, "it asked for the message after refusing every recipient");
+    } else if (code == 354) {
       b->data_ok = TRUE;
       b->line_start = TRUE;
     } else {
@@ -666,6 +683,7 @@ backend_reply(LmtpBackend *b, guint code, const char *text)
       }
     }
     break;
+  }
   case EXP_FINAL: {
     Rcpt *r = e->rcpt;
     if (r->final == NULL) {
@@ -778,6 +796,30 @@ rcpts_pending(const LmtpSession *s)
   return n;
 }
 
+/* Recipients still asking the core for their backend. */
+static guint
+rcpts_routing(const LmtpSession *s)
+{
+  guint n = 0;
+  for (guint i = 0; i < s->rcpts->len; i++)
+    if (((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state == RCPT_ROUTING)
+      n++;
+  return n;
+}
+
+/* Recipients accepted by their backend or waiting for its answer. */
+static guint
+rcpts_hopeful(const LmtpSession *s)
+{
+  guint n = 0;
+  for (guint i = 0; i < s->rcpts->len; i++) {
+    RcptState st = ((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state;
+    if (st == RCPT_ACCEPTED || st == RCPT_WAITING)
+      n++;
+  }
+  return n;
+}
+
 static guint
 rcpts_accepted(const LmtpSession *s)
 {
@@ -860,8 +902,7 @@ route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus statu
     }
     g_autofree char *line = g_strdup_printf("RCPT TO:<%s>%s%s", r->path, r->params[0] ? " " : "",
                                             r->params);
-    backend_command(b, EXP_RCPT, r, line);
-    backend_flush(b);
+    backend_command(b, EXP_RCPT, r, line); /* written by session_process, with what follows */
   }
   session_process(s);
 }
@@ -915,9 +956,12 @@ tx_data_answered(LmtpSession *s)
       any = TRUE;
   if (!any) {
     /* Nobody takes the body. With DATA the client is told now and sends none; BDAT chunks
-     * are in the stream anyway: they are read and dropped, each answered with the failure. */
-    s->data_failure = g_strdup("451 4.4.0 No mail server accepted the message data, try again "
-                               "later");
+     * are in the stream anyway: they are read and dropped, each answered with the failure.
+     * Every recipient refused (their RCPT answers said so): RFC 2033's 503. */
+    s->data_failure = g_strdup(rcpts_accepted(s) == 0
+                                 ? "503 5.5.1 No valid recipients"
+                                 : "451 4.4.0 No mail server accepted the message data, try "
+                                   "again later");
     if (!s->bdat) {
       add_text(s, "%s", s->data_failure);
       for (guint i = 0; i < s->rcpts->len; i++) {
@@ -925,7 +969,7 @@ tx_data_answered(LmtpSession *s)
         if (r->state == RCPT_ACCEPTED)
           count(s, &STATS(s)->lmtp_tempfail_backend, 1);
       }
-      tx_reset(s);
+      tx_abort(s); /* the backends still hold MAIL and their recipients: RSET there */
       return;
     }
     s->discard_body = TRUE;
@@ -943,16 +987,15 @@ start_data(LmtpSession *s)
   s->tx = TX_DATA_WAIT;
   for (guint i = 0; i < s->backends->len; i++) {
     LmtpBackend *b = g_ptr_array_index(s->backends, i);
-    gboolean has = FALSE;
+    gboolean has = FALSE; /* a recipient accepted there, or not answered yet */
     for (guint k = 0; k < s->rcpts->len && !has; k++) {
       Rcpt *r = g_ptr_array_index(s->rcpts, k);
-      has = r->b == b && r->state == RCPT_ACCEPTED;
+      has = r->b == b && (r->state == RCPT_ACCEPTED || r->state == RCPT_WAITING);
     }
     if (!has || b->failed)
       continue;
     b->data_sent = TRUE;
-    backend_command(b, EXP_DATA, NULL, "DATA");
-    backend_flush(b);
+    backend_command(b, EXP_DATA, NULL, "DATA"); /* written at the end of session_process */
   }
   if (all_data_answered(s))
     tx_data_answered(s);
@@ -1064,10 +1107,12 @@ lhlo_reply(LmtpSession *s)
 static gboolean
 handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
 {
-  gboolean barrier = cmd->verb == USHER_SMTP_VERB_MAIL || cmd->verb == USHER_SMTP_VERB_DATA ||
-                     cmd->verb == USHER_SMTP_VERB_BDAT || cmd->verb == USHER_SMTP_VERB_RSET ||
+  gboolean barrier = cmd->verb == USHER_SMTP_VERB_MAIL || cmd->verb == USHER_SMTP_VERB_RSET ||
                      cmd->verb == USHER_SMTP_VERB_LHLO || cmd->verb == USHER_SMTP_VERB_QUIT;
-  if (barrier && rcpts_pending(s) > 0)
+  /* DATA, and BDAT (its first chunk starts DATA), need each recipient's backend, not its answer:
+   * they are pipelined behind the RCPTs. */
+  gboolean data = cmd->verb == USHER_SMTP_VERB_DATA || cmd->verb == USHER_SMTP_VERB_BDAT;
+  if ((barrier && rcpts_pending(s) > 0) || (data && rcpts_routing(s) > 0))
     return FALSE;
   if (cmd->verb == USHER_SMTP_VERB_UNKNOWN) {
     count(s, &STATS(s)->lmtp_bad_commands, 1);
@@ -1118,7 +1163,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     handle_rcpt(s, cmd);
     return TRUE;
   case USHER_SMTP_VERB_DATA:
-    if (s->tx != TX_MAIL || rcpts_accepted(s) == 0) {
+    if (s->tx != TX_MAIL || rcpts_hopeful(s) == 0) {
       add_text(s, s->tx == TX_MAIL ? "503 5.5.1 No valid recipients" : "503 5.5.1 MAIL needed first");
       return TRUE;
     }
@@ -1127,7 +1172,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     return TRUE;
   case USHER_SMTP_VERB_BDAT:
     if (s->tx == TX_MAIL) {
-      if (rcpts_accepted(s) == 0) {
+      if (rcpts_hopeful(s) == 0) {
         /* The chunk follows anyway: read and drop it. */
         add_text(s, "503 5.5.1 No valid recipients");
         usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
@@ -1191,7 +1236,7 @@ body_end(LmtpSession *s)
   }
   if (s->discard_body) {
     add_text(s, "%s", s->data_failure);
-    tx_reset(s);
+    tx_abort(s); /* the backends still hold MAIL and their recipients: RSET there */
     return;
   }
   body_complete(s);
@@ -1276,7 +1321,7 @@ update_interest(LmtpSession *s)
   gboolean paused = (s->tx == TX_BODY && backends_behind(s)) || s->quitting;
   if (!paused && usher_smtp_reader_pending(s->reader) < LMTP_READ_CHUNK)
     ev |= EPOLLIN;
-  if (s->out != NULL)
+  if (s->out != NULL && g_queue_is_empty(&s->slots)) /* held answers wait for no socket */
     ev |= EPOLLOUT;
   poller_modify(s->w->poller, s->watch, ev);
 }

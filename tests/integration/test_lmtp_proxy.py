@@ -181,6 +181,28 @@ def run(lab, t):
     t.ok(all(mailbox_count(lab, f"user{n}", marker) == 1 for n in (1, 2, 3)),
          "the pipelined message arrived once for each")
 
+    # -- DATA pipelined behind recipients the backends refuse: usherd sends DATA behind the
+    # RCPTs, so it must turn the backends' refusals into the right answers
+    r = Raw(us[2].ip, ul.LMTP_PORT)
+    r.send(b"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<nosuch@example.org>\r\n"
+           b"RCPT TO:<nosuch2@example.org>\r\nDATA\r\nRSET\r\n")
+    got = [r.reply() for _ in range(6)]
+    marker = uuid.uuid4().hex
+    r.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<nosuch@example.org>\r\n"
+           b"RCPT TO:<user6@example.org>\r\nDATA\r\n")
+    got += [r.reply() for _ in range(4)]
+    r.send(f"Subject: half refused\r\nX-Marker: {marker}\r\n\r\nbody\r\n.\r\n".encode())
+    got.append(r.reply())
+    r.send(b"QUIT\r\n")
+    got.append(r.reply())
+    r.close()
+    codes = [g[:3] for g in got]
+    t.ok(codes == ["250", "250", "550", "550", "503", "250",
+                   "250", "550", "250", "354", "250", "221"] and
+         mailbox_count(lab, "user6", marker) == 1,
+         "pipelined DATA after two refused recipients: 503, the session goes on; after one "
+         "refused and one accepted: 354 and one answer after the body", "\n".join(got))
+
     # -- BDAT chunks (turned into one DATA, dot-stuffed)
     marker = uuid.uuid4().hex
     body = f"Subject: chunks\r\nX-Marker: {marker}\r\n\r\n.starts with a dot\r\n".encode()
