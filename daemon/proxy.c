@@ -1330,6 +1330,10 @@ proxy_bytes(Session *s, gboolean to_client_side)
       s->client_eol = buf[n - 1] == '\n';
     if ((*to_buf)->len - *to_off >= OUT_HIGH_WATER)
       break;
+    /* A short read emptied a plain socket: epoll says when more comes (no EAGAIN round). TLS
+     * may hold decrypted bytes that epoll cannot see: it reads on until it has none. */
+    if (n < (gssize)sizeof(buf) && (to_client_side || s->ssl == NULL))
+      break;
   }
   if (to_client_side)
     session_flush_client(s);
