@@ -277,6 +277,7 @@ main(int argc, char **argv)
     }
   }
   proxy_free(u.proxy);
+  u.proxy = NULL; /* what still runs below (a last callback) finds no proxy, not a freed one */
   http_server_free(u.http);
   admin_server_free(u.admin);
   ring_links_free(u.ring);
