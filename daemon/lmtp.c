@@ -762,10 +762,11 @@ on_backend(gpointer data, guint32 events)
   Worker *w = s->w;
   guint64 id = s->id;
   if (!b->connected) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+    /* A connect that failed says so with EPOLLERR; only then is its error asked for. */
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      int err = 0;
+      socklen_t len = sizeof(err);
+      getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &len);
       backend_fail(b, g_strerror(err != 0 ? err : ECONNREFUSED));
       goto after;
     }
@@ -784,51 +785,21 @@ after:
 
 /* ---- The transaction ------------------------------------------------------------------------- */
 
+/* How many of this transaction's recipients are in one of the states of the mask (RCPTS()). */
+#define RCPTS(state) (1u << (state))
 static guint
-rcpts_pending(const LmtpSession *s)
-{
-  guint n = 0;
-  for (guint i = 0; i < s->rcpts->len; i++) {
-    const Rcpt *r = g_ptr_array_index(s->rcpts, i);
-    if (r->state == RCPT_ROUTING || r->state == RCPT_WAITING)
-      n++;
-  }
-  return n;
-}
-
-/* Recipients still asking the core for their backend. */
-static guint
-rcpts_routing(const LmtpSession *s)
+rcpts_in(const LmtpSession *s, guint states)
 {
   guint n = 0;
   for (guint i = 0; i < s->rcpts->len; i++)
-    if (((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state == RCPT_ROUTING)
+    if (states & RCPTS(((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state))
       n++;
   return n;
 }
-
-/* Recipients accepted by their backend or waiting for its answer. */
-static guint
-rcpts_hopeful(const LmtpSession *s)
-{
-  guint n = 0;
-  for (guint i = 0; i < s->rcpts->len; i++) {
-    RcptState st = ((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state;
-    if (st == RCPT_ACCEPTED || st == RCPT_WAITING)
-      n++;
-  }
-  return n;
-}
-
-static guint
-rcpts_accepted(const LmtpSession *s)
-{
-  guint n = 0;
-  for (guint i = 0; i < s->rcpts->len; i++)
-    if (((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state == RCPT_ACCEPTED)
-      n++;
-  return n;
-}
+/* Still asking the core, or waiting for their backend's answer. */
+#define RCPTS_PENDING (RCPTS(RCPT_ROUTING) | RCPTS(RCPT_WAITING))
+/* Accepted by their backend, or waiting for its answer. */
+#define RCPTS_HOPEFUL (RCPTS(RCPT_ACCEPTED) | RCPTS(RCPT_WAITING))
 
 /* The transaction is over on every backend: they are ready for the next MAIL (an LMTP server
  * resets itself after the replies to the body; after RSET too). */
@@ -958,7 +929,7 @@ tx_data_answered(LmtpSession *s)
     /* Nobody takes the body. With DATA the client is told now and sends none; BDAT chunks
      * are in the stream anyway: they are read and dropped, each answered with the failure.
      * Every recipient refused (their RCPT answers said so): RFC 2033's 503. */
-    s->data_failure = g_strdup(rcpts_accepted(s) == 0
+    s->data_failure = g_strdup(rcpts_in(s, RCPTS(RCPT_ACCEPTED)) == 0
                                  ? "503 5.5.1 No valid recipients"
                                  : "451 4.4.0 No mail server accepted the message data, try "
                                    "again later");
@@ -1112,7 +1083,8 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
   /* DATA, and BDAT (its first chunk starts DATA), need each recipient's backend, not its answer:
    * they are pipelined behind the RCPTs. */
   gboolean data = cmd->verb == USHER_SMTP_VERB_DATA || cmd->verb == USHER_SMTP_VERB_BDAT;
-  if ((barrier && rcpts_pending(s) > 0) || (data && rcpts_routing(s) > 0))
+  if ((barrier && rcpts_in(s, RCPTS_PENDING) > 0) ||
+      (data && rcpts_in(s, RCPTS(RCPT_ROUTING)) > 0))
     return FALSE;
   if (cmd->verb == USHER_SMTP_VERB_UNKNOWN) {
     count(s, &STATS(s)->lmtp_bad_commands, 1);
@@ -1163,7 +1135,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     handle_rcpt(s, cmd);
     return TRUE;
   case USHER_SMTP_VERB_DATA:
-    if (s->tx != TX_MAIL || rcpts_hopeful(s) == 0) {
+    if (s->tx != TX_MAIL || rcpts_in(s, RCPTS_HOPEFUL) == 0) {
       add_text(s, s->tx == TX_MAIL ? "503 5.5.1 No valid recipients" : "503 5.5.1 MAIL needed first");
       return TRUE;
     }
@@ -1172,7 +1144,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     return TRUE;
   case USHER_SMTP_VERB_BDAT:
     if (s->tx == TX_MAIL) {
-      if (rcpts_hopeful(s) == 0) {
+      if (rcpts_in(s, RCPTS_HOPEFUL) == 0) {
         /* The chunk follows anyway: read and drop it. */
         add_text(s, "503 5.5.1 No valid recipients");
         usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);

@@ -1348,10 +1348,11 @@ on_backend(gpointer data, guint32 events)
   Worker *w = s->w;
   guint64 id = s->id;
   if (s->state == S_CONNECTING) {
-    int err = 0;
-    socklen_t len = sizeof(err);
-    getsockopt(s->bfd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0 || (events & (EPOLLERR | EPOLLHUP))) {
+    /* A connect that failed says so with EPOLLERR; only then is its error asked for. */
+    if (events & (EPOLLERR | EPOLLHUP)) {
+      int err = 0;
+      socklen_t len = sizeof(err);
+      getsockopt(s->bfd, SOL_SOCKET, SO_ERROR, &err, &len);
       backend_failed(s, g_strerror(err != 0 ? err : ECONNREFUSED));
       return;
     }
