@@ -17,8 +17,8 @@
  * last is owed (one write for MAIL, RCPT and DATA of a pipelined group). Commands that change
  * the transaction (MAIL, RSET, LHLO, QUIT) wait until every recipient before them has its
  * answer; DATA (and a first BDAT) only until each recipient has its backend: it goes to the
- * backends behind their RCPTs, in the same write, and a backend whose recipients all failed
- * refuses it itself (RFC 2033: 503).
+ * backends behind their RCPTs, in the same write (RFC 2033 makes PIPELINING mandatory for LMTP
+ * servers), and a backend whose recipients all failed refuses it itself (RFC 2033: 503).
  */
 #include "daemon/proxy-private.h"
 

@@ -14,6 +14,9 @@
  *   state.c      what survives a restart (the user directory snapshot)
  *   http.c       /metrics, placement lookups for nginx and Dovecot proxies (libsoup)
  *   metrics.c    the Prometheus text
+ *   poller.c     one epoll fd as one GSource; poller_post(), how the threads talk
+ *   proxy.c      the proxy workers (worker 0 runs on the core thread) and their sessions
+ *   lmtp.c       LMTP; tls.c OpenSSL; health.c backend probes; reload.c SIGHUP; notify.c systemd
  */
 #pragma once
 
