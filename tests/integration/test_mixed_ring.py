@@ -71,8 +71,14 @@ def check_agree(lab, t, members, label, users_too=True):
          "\n".join(f"{k}: {v}" for k, v in values.items()))
     if users_too:
         ok, values = agree(lab, members, "users", user_lists)
+        # On failure, the entries where members differ (a near miss, such as an expiry one second
+        # apart, shows as such), not only each list's first ones.
+        first = next(iter(values.values()), [])
+        diff = {k: (sorted(set(v) - set(first)), sorted(set(first) - set(v)))
+                for k, v in values.items()}
         t.ok(ok, f"{label}: every member has the same user entries (hash, expiry, backend)",
-             "\n".join(f"{k}: {len(v)} entries, first {v[:3]}" for k, v in values.items()))
+             "\n".join(f"{k}: {len(v)} entries, only here {diff[k][0][:5]}, "
+                       f"missing here {diff[k][1][:5]}" for k, v in values.items()))
 
 
 def doveadm_ok(t, member, label, *args):
