@@ -568,6 +568,25 @@ offers_xclient(const char *reply)
   return FALSE;
 }
 
+/* How many of this transaction's recipients are in one of the states of the mask (RCPTS()),
+ * on backend b (NULL: on any). */
+#define RCPTS(state) (1u << (state))
+static guint
+rcpts_in(const LmtpSession *s, const LmtpBackend *b, guint states)
+{
+  guint n = 0;
+  for (guint i = 0; i < s->rcpts->len; i++) {
+    const Rcpt *r = g_ptr_array_index(s->rcpts, i);
+    if ((b == NULL || r->b == b) && (states & RCPTS(r->state)))
+      n++;
+  }
+  return n;
+}
+/* Still asking the core, or waiting for their backend's answer. */
+#define RCPTS_PENDING (RCPTS(RCPT_ROUTING) | RCPTS(RCPT_WAITING))
+/* Accepted by their backend, or waiting for its answer. */
+#define RCPTS_HOPEFUL (RCPTS(RCPT_ACCEPTED) | RCPTS(RCPT_WAITING))
+
 static gboolean all_data_answered(LmtpSession *s);
 static void tx_data_answered(LmtpSession *s);
 static void tx_maybe_done(LmtpSession *s);
@@ -662,11 +681,7 @@ backend_reply(LmtpBackend *b, guint code, const char *text)
     b->data_sent = FALSE;
     /* DATA went out behind the RCPTs, whose answers came first: a server that refused them
      * all must refuse DATA too; one that asks for the body anyway is not to be trusted. */
-    gboolean takes = FALSE;
-    for (guint i = 0; i < s->rcpts->len && !takes; i++) {
-      Rcpt *r = g_ptr_array_index(s->rcpts, i);
-      takes = r->b == b && r->state == RCPT_ACCEPTED;
-    }
+    gboolean takes = rcpts_in(s, b, RCPTS(RCPT_ACCEPTED)) > 0;
     if (code == 354 && !takes) {
       backend_fail(b, "it asked for the message after refusing every recipient");
     } else if (code == 354) {
@@ -784,22 +799,6 @@ after:
 }
 
 /* ---- The transaction ------------------------------------------------------------------------- */
-
-/* How many of this transaction's recipients are in one of the states of the mask (RCPTS()). */
-#define RCPTS(state) (1u << (state))
-static guint
-rcpts_in(const LmtpSession *s, guint states)
-{
-  guint n = 0;
-  for (guint i = 0; i < s->rcpts->len; i++)
-    if (states & RCPTS(((const Rcpt *)g_ptr_array_index(s->rcpts, i))->state))
-      n++;
-  return n;
-}
-/* Still asking the core, or waiting for their backend's answer. */
-#define RCPTS_PENDING (RCPTS(RCPT_ROUTING) | RCPTS(RCPT_WAITING))
-/* Accepted by their backend, or waiting for its answer. */
-#define RCPTS_HOPEFUL (RCPTS(RCPT_ACCEPTED) | RCPTS(RCPT_WAITING))
 
 /* The transaction is over on every backend: they are ready for the next MAIL (an LMTP server
  * resets itself after the replies to the body; after RSET too). */
@@ -929,7 +928,7 @@ tx_data_answered(LmtpSession *s)
     /* Nobody takes the body. With DATA the client is told now and sends none; BDAT chunks
      * are in the stream anyway: they are read and dropped, each answered with the failure.
      * Every recipient refused (their RCPT answers said so): RFC 2033's 503. */
-    s->data_failure = g_strdup(rcpts_in(s, RCPTS(RCPT_ACCEPTED)) == 0
+    s->data_failure = g_strdup(rcpts_in(s, NULL, RCPTS(RCPT_ACCEPTED)) == 0
                                  ? "503 5.5.1 No valid recipients"
                                  : "451 4.4.0 No mail server accepted the message data, try "
                                    "again later");
@@ -958,12 +957,8 @@ start_data(LmtpSession *s)
   s->tx = TX_DATA_WAIT;
   for (guint i = 0; i < s->backends->len; i++) {
     LmtpBackend *b = g_ptr_array_index(s->backends, i);
-    gboolean has = FALSE; /* a recipient accepted there, or not answered yet */
-    for (guint k = 0; k < s->rcpts->len && !has; k++) {
-      Rcpt *r = g_ptr_array_index(s->rcpts, k);
-      has = r->b == b && (r->state == RCPT_ACCEPTED || r->state == RCPT_WAITING);
-    }
-    if (!has || b->failed)
+    /* A recipient accepted there, or not answered yet. */
+    if (rcpts_in(s, b, RCPTS_HOPEFUL) == 0 || b->failed)
       continue;
     b->data_sent = TRUE;
     backend_command(b, EXP_DATA, NULL, "DATA"); /* written at the end of session_process */
@@ -1083,8 +1078,8 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
   /* DATA, and BDAT (its first chunk starts DATA), need each recipient's backend, not its answer:
    * they are pipelined behind the RCPTs. */
   gboolean data = cmd->verb == USHER_SMTP_VERB_DATA || cmd->verb == USHER_SMTP_VERB_BDAT;
-  if ((barrier && rcpts_in(s, RCPTS_PENDING) > 0) ||
-      (data && rcpts_in(s, RCPTS(RCPT_ROUTING)) > 0))
+  if ((barrier && rcpts_in(s, NULL, RCPTS_PENDING) > 0) ||
+      (data && rcpts_in(s, NULL, RCPTS(RCPT_ROUTING)) > 0))
     return FALSE;
   if (cmd->verb == USHER_SMTP_VERB_UNKNOWN) {
     count(s, &STATS(s)->lmtp_bad_commands, 1);
@@ -1135,7 +1130,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     handle_rcpt(s, cmd);
     return TRUE;
   case USHER_SMTP_VERB_DATA:
-    if (s->tx != TX_MAIL || rcpts_in(s, RCPTS_HOPEFUL) == 0) {
+    if (s->tx != TX_MAIL || rcpts_in(s, NULL, RCPTS_HOPEFUL) == 0) {
       add_text(s, s->tx == TX_MAIL ? "503 5.5.1 No valid recipients" : "503 5.5.1 MAIL needed first");
       return TRUE;
     }
@@ -1144,7 +1139,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     return TRUE;
   case USHER_SMTP_VERB_BDAT:
     if (s->tx == TX_MAIL) {
-      if (rcpts_in(s, RCPTS_HOPEFUL) == 0) {
+      if (rcpts_in(s, NULL, RCPTS_HOPEFUL) == 0) {
         /* The chunk follows anyway: read and drop it. */
         add_text(s, "503 5.5.1 No valid recipients");
         usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
