@@ -38,15 +38,16 @@ struct Poller {
   gpointer tag;
   guint count;
   GPtrArray *graveyard; /* watches removed during a dispatch, freed after it */
-  gboolean dispatching;
-  /* Posts (poller_post): the queue and the flag are guarded by lock; running is only ever
-   * touched by the poller's own thread, the other threads only compare it with themselves. */
+  /* Posts (poller_post): the queue and the flag are guarded by lock; running and graveyard are
+   * only ever touched by the poller's own thread. */
   GMutex lock;
   GArray *posts;   /* PollerPost, in order */
   GArray *running; /* the round being run, swapped with posts */
   int eventfd;
   gboolean signalled;   /* the eventfd was written and not yet read */
-  GThread *dispatcher;  /* atomic: the thread inside poller_dispatch, or NULL */
+  /* Atomic: the thread inside poller_dispatch, or NULL. Other threads only compare it with
+   * themselves (is the poster the dispatching thread?). */
+  GThread *dispatcher;
 };
 
 #define EVENTFD_TAG ((gpointer)&poller_funcs)
@@ -89,7 +90,6 @@ poller_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
   if (n < 0 && errno != EINTR)
     g_error("epoll_wait: %s", g_strerror(errno));
   g_atomic_pointer_set(&p->dispatcher, g_thread_self());
-  p->dispatching = TRUE;
   for (int i = 0; i < n; i++) {
     if (evs[i].data.ptr == EVENTFD_TAG) {
       eventfd_t value;
@@ -104,7 +104,6 @@ poller_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
       w->func(w->data, evs[i].events);
   }
   run_posts(p);
-  p->dispatching = FALSE;
   g_atomic_pointer_set(&p->dispatcher, NULL);
   g_ptr_array_set_size(p->graveyard, 0); /* frees the removed watches */
   return G_SOURCE_CONTINUE;
@@ -210,8 +209,9 @@ forget(Poller *p, PollerWatch *w)
 {
   w->removed = TRUE;
   p->count--;
-  /* Another ready event of this batch may still point at it: free it after the batch. */
-  if (p->dispatching)
+  /* Another ready event of this batch may still point at it: free it after the batch. Watches
+   * change only on the poller's own thread, so a dispatcher here means this thread's batch. */
+  if (g_atomic_pointer_get(&p->dispatcher) != NULL)
     g_ptr_array_add(p->graveyard, w);
   else
     g_free(w);
