@@ -22,6 +22,16 @@ typedef struct {
 typedef struct HeapKey HeapKey;
 
 typedef struct {
+  HeapKey *keys; /* HEAP_PAD keys before it are unused (see "Event queue") */
+  guint len, cap;
+} Heap;
+
+typedef struct {
+  SimEvent ev;
+  guint32 next; /* the next body (slot + 1) in the same calendar bucket; 0: none */
+} Body;
+
+typedef struct {
   gboolean up;
   guint incarnation;
   GHashTable *conns; /* UsherConnId -> Link* */
@@ -37,9 +47,14 @@ struct SimNet {
   guint64 output_limit; /* bytes a side may have queued; 0 = unlimited */
   SimNetStats stats;
   guint64 seq;
-  HeapKey *heap; /* see "Event heap" */
-  guint heap_len, heap_cap;
-  GArray *bodies;     /* SimEvent, by slot */
+  /* See "Event queue". */
+  Heap near;        /* the events before horizon */
+  guint32 *buckets; /* CAL_BUCKETS calendar lists (body slot + 1, linked by Body.next) */
+  gint64 horizon;   /* where the calendar starts: a multiple of CAL_WIDTH_US */
+  guint n_far;      /* events in the calendar */
+  Heap overflow;    /* the events from horizon + CAL_SPAN_US on */
+  guint n_pending;
+  GArray *bodies;     /* Body, by slot */
   GArray *free_slots; /* guint32: slots of bodies not in use */
   NetNode nodes[SIM_NET_MAX_NODES];
   GPtrArray *links; /* Link*, owned */
@@ -67,18 +82,34 @@ chunk_new(const char *data, gsize len)
   return c;
 }
 
-/* ---- Event heap ------------------------------------------------------------------------------- */
+/* ---- Event queue ------------------------------------------------------------------------------ */
 
-/* The pending events of a large ring are counted in hundreds of thousands, and taking the next
- * one is the simulator's inner loop. The heap is 4-ary (half the depth of a binary one) and holds
- * 16-byte keys, aligned so that a node's four children share one cache line; the event bodies
- * (SimEvent) sit in a separate array, touched once when scheduled and once when taken. A sift
+/* The pending events of a large ring are counted in hundreds of thousands (every live session
+ * has its end and its next refresh pending, minutes ahead), and taking the next one is the
+ * simulator's inner loop. So the queue has three parts, by how far ahead an event is:
+ *
+ *   near      a 4-ary heap of the events before `horizon`: the next few milliseconds, a few
+ *             hundred events, which stay in the cache;
+ *   buckets   a calendar of CAL_BUCKETS lists, CAL_WIDTH_US wide each, for the events from
+ *             horizon to horizon + CAL_SPAN_US, unordered: scheduling one is a list push;
+ *   overflow  a second heap for the events further ahead (rare).
+ *
+ * When near runs empty, the bucket at the horizon is poured into it and the horizon moves one
+ * bucket on (jumping over empty time when only overflow events are left). Every event in near is
+ * earlier than every event elsewhere, so the near heap's top is the earliest of all.
+ *
+ * The heaps hold 16-byte keys, aligned so that a node's four children share one cache line; the
+ * event bodies sit in a separate array, touched once when scheduled and once when taken. A sift
  * moves a hole instead of swapping. (t, seq) orders events totally, so the order they come out
- * in is the same with any correct heap. */
+ * in is the same with any correct queue. */
 #define HEAP_ARITY 4
 #define HEAP_PAD 3 /* keys[-3..-1] unused: keys[1..4], the root's children, start a cache line */
 #define SLOT_BITS 28
 #define SLOT_MASK ((G_GUINT64_CONSTANT(1) << SLOT_BITS) - 1)
+#define CAL_SHIFT 14 /* buckets of 16.384 ms */
+#define CAL_WIDTH_US (G_GINT64_CONSTANT(1) << CAL_SHIFT)
+#define CAL_BUCKETS (1u << 16) /* 17.9 minutes ahead */
+#define CAL_SPAN_US ((gint64)CAL_BUCKETS * CAL_WIDTH_US)
 
 struct HeapKey {
   gint64 t;
@@ -92,38 +123,20 @@ key_before(const HeapKey *a, const HeapKey *b)
 }
 
 static void
-heap_grow(SimNet *net)
+heap_push(Heap *heap, HeapKey key)
 {
-  guint cap = MAX(net->heap_cap * 2, 1024u);
-  HeapKey *base = g_aligned_alloc(cap + HEAP_PAD, sizeof(HeapKey), 64);
-  if (net->heap != NULL) {
-    memcpy(base + HEAP_PAD, net->heap, net->heap_len * sizeof(HeapKey));
-    g_aligned_free(net->heap - HEAP_PAD);
+  if (heap->len == heap->cap) {
+    guint cap = MAX(heap->cap * 2, 1024u);
+    HeapKey *base = g_aligned_alloc(cap + HEAP_PAD, sizeof(HeapKey), 64);
+    if (heap->keys != NULL) {
+      memcpy(base + HEAP_PAD, heap->keys, heap->len * sizeof(HeapKey));
+      g_aligned_free(heap->keys - HEAP_PAD);
+    }
+    heap->keys = base + HEAP_PAD;
+    heap->cap = cap;
   }
-  net->heap = base + HEAP_PAD;
-  net->heap_cap = cap;
-}
-
-void
-sim_net_schedule(SimNet *net, SimEvent ev)
-{
-  ev.seq = net->seq++;
-  g_assert(ev.seq < G_GUINT64_CONSTANT(1) << (64 - SLOT_BITS));
-  guint32 slot;
-  if (net->free_slots->len > 0) {
-    slot = g_array_index(net->free_slots, guint32, net->free_slots->len - 1);
-    g_array_set_size(net->free_slots, net->free_slots->len - 1);
-    g_array_index(net->bodies, SimEvent, slot) = ev;
-  } else {
-    g_assert(net->bodies->len <= SLOT_MASK);
-    slot = net->bodies->len;
-    g_array_append_val(net->bodies, ev);
-  }
-  if (net->heap_len == net->heap_cap)
-    heap_grow(net);
-  HeapKey key = {ev.t, ev.seq << SLOT_BITS | slot};
-  HeapKey *h = net->heap;
-  guint i = net->heap_len++;
+  HeapKey *h = heap->keys;
+  guint i = heap->len++;
   while (i > 0) {
     guint p = (i - 1) / HEAP_ARITY;
     if (!key_before(&key, &h[p]))
@@ -134,28 +147,12 @@ sim_net_schedule(SimNet *net, SimEvent ev)
   h[i] = key;
 }
 
-gint64
-sim_net_next_time(const SimNet *net)
+/* Removes the top key (the heap is not empty). */
+static void
+heap_pop(Heap *heap)
 {
-  return net->heap_len > 0 ? net->heap[0].t : G_MAXINT64;
-}
-
-guint
-sim_net_pending(const SimNet *net)
-{
-  return net->heap_len;
-}
-
-gboolean
-sim_net_pop(SimNet *net, SimEvent *ev_out)
-{
-  if (net->heap_len == 0)
-    return FALSE;
-  HeapKey *h = net->heap;
-  guint32 slot = (guint32)(h[0].order & SLOT_MASK);
-  *ev_out = g_array_index(net->bodies, SimEvent, slot);
-  g_array_append_val(net->free_slots, slot);
-  guint n = --net->heap_len;
+  HeapKey *h = heap->keys;
+  guint n = --heap->len;
   const HeapKey last = h[n];
   guint i = 0;
   for (;;) {
@@ -172,6 +169,119 @@ sim_net_pop(SimNet *net, SimEvent *ev_out)
     i = m;
   }
   h[i] = last;
+}
+
+static void
+heap_clear(Heap *heap)
+{
+  if (heap->keys != NULL)
+    g_aligned_free(heap->keys - HEAP_PAD);
+  *heap = (Heap){0};
+}
+
+static inline Body *
+body(SimNet *net, guint32 slot)
+{
+  return &g_array_index(net->bodies, Body, slot);
+}
+
+/* Puts the event in body `slot` where it belongs (see "Event queue"). */
+static void
+enqueue(SimNet *net, guint32 slot)
+{
+  Body *b = body(net, slot);
+  HeapKey key = {b->ev.t, b->ev.seq << SLOT_BITS | slot};
+  if (key.t < net->horizon) {
+    heap_push(&net->near, key);
+  } else if (key.t - net->horizon < CAL_SPAN_US) {
+    guint32 *head = &net->buckets[(guint64)key.t >> CAL_SHIFT & (CAL_BUCKETS - 1)];
+    b->next = *head;
+    *head = slot + 1;
+    net->n_far++;
+  } else {
+    heap_push(&net->overflow, key);
+  }
+}
+
+void
+sim_net_schedule(SimNet *net, SimEvent ev)
+{
+  ev.seq = net->seq++;
+  g_assert(ev.seq < G_GUINT64_CONSTANT(1) << (64 - SLOT_BITS));
+  guint32 slot;
+  if (net->free_slots->len > 0) {
+    slot = g_array_index(net->free_slots, guint32, net->free_slots->len - 1);
+    g_array_set_size(net->free_slots, net->free_slots->len - 1);
+  } else {
+    g_assert(net->bodies->len <= SLOT_MASK);
+    slot = net->bodies->len;
+    g_array_set_size(net->bodies, slot + 1);
+  }
+  body(net, slot)->ev = ev;
+  net->n_pending++;
+  enqueue(net, slot);
+}
+
+/* Moves the overflow events that the calendar now covers into it. */
+static void
+pull_overflow(SimNet *net)
+{
+  while (net->overflow.len > 0 && net->overflow.keys[0].t - net->horizon < CAL_SPAN_US) {
+    guint32 slot = (guint32)(net->overflow.keys[0].order & SLOT_MASK);
+    heap_pop(&net->overflow);
+    enqueue(net, slot);
+  }
+}
+
+/* Fills the near heap from the calendar while it is empty and events are pending. */
+static void
+refill(SimNet *net)
+{
+  while (net->near.len == 0) {
+    if (net->n_far == 0) {
+      if (net->overflow.len == 0)
+        return;
+      /* Nothing in the calendar: jump to the bucket of the earliest overflow event. */
+      net->horizon = MAX(net->horizon, net->overflow.keys[0].t & ~(CAL_WIDTH_US - 1));
+      pull_overflow(net);
+    }
+    guint32 *head = &net->buckets[(guint64)net->horizon >> CAL_SHIFT & (CAL_BUCKETS - 1)];
+    for (guint32 ref = *head; ref != 0;) {
+      Body *b = body(net, ref - 1);
+      heap_push(&net->near, (HeapKey){b->ev.t, b->ev.seq << SLOT_BITS | (ref - 1)});
+      net->n_far--;
+      ref = b->next;
+    }
+    *head = 0;
+    net->horizon += CAL_WIDTH_US;
+    pull_overflow(net);
+  }
+}
+
+gint64
+sim_net_next_time(SimNet *net)
+{
+  refill(net);
+  return net->near.len > 0 ? net->near.keys[0].t : G_MAXINT64;
+}
+
+guint
+sim_net_pending(const SimNet *net)
+{
+  return net->n_pending;
+}
+
+gboolean
+sim_net_pop(SimNet *net, SimEvent *ev_out)
+{
+  refill(net);
+  if (net->near.len == 0)
+    return FALSE;
+  guint32 slot = (guint32)(net->near.keys[0].order & SLOT_MASK);
+  heap_pop(&net->near);
+  *ev_out = body(net, slot)->ev;
+  g_array_append_val(net->free_slots, slot);
+  net->n_pending--;
   return TRUE;
 }
 
@@ -566,7 +676,8 @@ sim_net_new(const gint64 *clock_us, guint64 rng_seed, const SimNetCallbacks *cal
   net->user = user;
   usher_rng_seed(&net->rng, rng_seed);
   net->latency = (SimDist){SIM_DIST_FIXED, 500, 500};
-  net->bodies = g_array_new(FALSE, FALSE, sizeof(SimEvent));
+  net->bodies = g_array_new(FALSE, FALSE, sizeof(Body));
+  net->buckets = g_new0(guint32, CAL_BUCKETS);
   net->free_slots = g_array_new(FALSE, FALSE, sizeof(guint32));
   net->links = g_ptr_array_new();
   for (guint i = 0; i < SIM_NET_MAX_NODES; i++)
@@ -579,15 +690,23 @@ sim_net_free(SimNet *net)
 {
   if (net == NULL)
     return;
-  for (guint i = 0; i < net->heap_len; i++) {
-    SimEvent *ev = &g_array_index(net->bodies, SimEvent, (guint32)(net->heap[i].order & SLOT_MASK));
+  /* What is still pending: every body not on the free list. */
+  guint8 *is_free = g_new0(guint8, net->bodies->len);
+  for (guint i = 0; i < net->free_slots->len; i++)
+    is_free[g_array_index(net->free_slots, guint32, i)] = 1;
+  for (guint32 slot = 0; slot < net->bodies->len; slot++) {
+    SimEvent *ev = &body(net, slot)->ev;
+    if (is_free[slot])
+      continue;
     if (ev->kind == SIM_NET_EV_DELIVER)
       g_free((Chunk *)(gsize)ev->b);
     else if (ev->kind >= SIM_NET_EV_DRIVER && net->cb.discard != NULL)
       net->cb.discard(net->user, ev);
   }
-  if (net->heap != NULL)
-    g_aligned_free(net->heap - HEAP_PAD);
+  g_free(is_free);
+  heap_clear(&net->near);
+  heap_clear(&net->overflow);
+  g_free(net->buckets);
   g_array_unref(net->bodies);
   g_array_unref(net->free_slots);
   for (guint i = 0; i < net->links->len; i++) {

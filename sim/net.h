@@ -1,11 +1,11 @@
 /* net.h - the simulated network that ushersim and the core's ring harness drive directors over:
- * one event heap in virtual time and the TCP links between nodes.
+ * one event queue in virtual time and the TCP links between nodes.
  *
  * Driver-side code (it is no part of libcore): the network knows nodes by index, connections by
  * the director's UsherConnId, and hands what arrives back to the driver through callbacks, which
  * call the director and drain its effects.
  *
- * The event heap orders events by (time, sequence), so events at the same time run in the order
+ * The event queue orders events by (time, sequence), so events at the same time run in the order
  * they were scheduled. The network's own events (deliveries, accepts, closes...) and the driver's
  * share it: the driver pops every event and passes it to sim_net_process(), which handles the
  * network's and returns FALSE for the driver's (kinds from SIM_NET_EV_DRIVER up).
@@ -81,12 +81,12 @@ SimNet *sim_net_new(const gint64 *clock_us, guint64 rng_seed, const SimNetCallba
                     gpointer user);
 void sim_net_free(SimNet *net);
 
-/* ---- Event heap ---------------------------------------------------------------------------- */
+/* ---- Event queue ---------------------------------------------------------------------------- */
 
 /* Schedules ev (its seq is assigned here). */
 void sim_net_schedule(SimNet *net, SimEvent ev);
-/* The time of the earliest pending event, or G_MAXINT64. */
-gint64 sim_net_next_time(const SimNet *net);
+/* The time of the earliest pending event, or G_MAXINT64 (may reorganise the queue). */
+gint64 sim_net_next_time(SimNet *net);
 guint sim_net_pending(const SimNet *net);
 /* Takes the earliest event; FALSE if none is pending. */
 gboolean sim_net_pop(SimNet *net, SimEvent *ev_out);

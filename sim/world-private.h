@@ -16,7 +16,7 @@
 #define MAX_FAILURES_KEPT 50
 #define MAX_PENDING_EVENTS 20000000 /* a message storm, not a workload */
 
-/* The world's events; the network's own (sim/net.h) come before them in the same heap. */
+/* The world's events; the network's own (sim/net.h) come before them in the same queue. */
 typedef enum {
   EV_KICK_DONE = SIM_NET_EV_DRIVER,
   EV_FLUSH_DONE,
@@ -157,7 +157,7 @@ struct SimWorld {
   GArray *conflicts;        /* SimConflict, one per user hash (the first time) */
   GHashTable *moves_between; /* (from backend index << 32 | to) -> logins that changed so */
   gint8 *check_verdicts;     /* per scenario check: -1 not evaluated yet, 0 failed, 1 passed */
-  SimNet *net; /* the event heap and the links between directors */
+  SimNet *net; /* the event queue and the links between directors */
   guint64 events;
   gboolean budget_exhausted;
   gboolean quiescing; /* after the end: no new logins, let in-flight updates settle */

@@ -1,5 +1,5 @@
 /* world.h - the simulated cluster: real libcore directors over a simulated network, backends,
- * clients and faults, driven by one event heap in virtual time.
+ * clients and faults, driven by one event queue in virtual time.
  *
  * Deterministic: one seed drives everything (sub-seeds are derived per component and printed);
  * the same scenario and seed give the same output and fingerprint, byte for byte.

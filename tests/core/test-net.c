@@ -156,6 +156,65 @@ test_heap_order(void)
   fake_free(f);
 }
 
+/* Events from the same instant to hours ahead, scheduled before and while others are taken,
+ * come out in (time, scheduling order): through the near heap, the calendar (including its
+ * wrap-around) and the overflow beyond it, and across empty stretches the queue jumps over. */
+static void
+test_queue_order_far(void)
+{
+  Fake *f = fake_new();
+  UsherRng rng;
+  usher_rng_seed(&rng, 7);
+  static const gint64 spans[] = {1, MS, SEC, 60 * SEC, 1200 * SEC, 5 * 3600 * SEC};
+  guint64 scheduled = 0, taken = 0;
+  GHashTable *pending = g_hash_table_new(NULL, NULL); /* a -> t, to check nothing is lost */
+  gint64 last_t = G_MININT64;
+  guint64 last_a = 0;
+  for (guint round = 0; round < 4000; round++) {
+    guint burst = usher_rng_below(&rng, 4);
+    for (guint i = 0; i < burst; i++) {
+      gint64 span = spans[usher_rng_below(&rng, G_N_ELEMENTS(spans))];
+      SimEvent ev = {.t = f->now_us + (gint64)usher_rng_below(&rng, (guint32)MIN(span, G_MAXUINT32)),
+                     .kind = SIM_NET_EV_DRIVER, .a = ++scheduled};
+      if (span > G_MAXUINT32)
+        ev.t += span; /* hours ahead: beyond the calendar */
+      g_hash_table_insert(pending, GSIZE_TO_POINTER(ev.a), NULL);
+      sim_net_schedule(f->net, ev);
+    }
+    g_assert_cmpuint(sim_net_pending(f->net), ==, scheduled - taken);
+    if (usher_rng_below(&rng, 3) == 0)
+      continue;
+    gint64 next = sim_net_next_time(f->net);
+    SimEvent ev;
+    if (!sim_net_pop(f->net, &ev)) {
+      g_assert_cmpint(next, ==, G_MAXINT64);
+      continue;
+    }
+    taken++;
+    g_assert_cmpint(ev.t, ==, next);
+    g_assert_true(ev.t > last_t || (ev.t == last_t && ev.a > last_a));
+    g_assert_true(g_hash_table_remove(pending, GSIZE_TO_POINTER(ev.a)));
+    last_t = ev.t;
+    last_a = ev.a;
+    f->now_us = MAX(f->now_us, ev.t);
+  }
+  /* The rest, in order, and nothing twice or lost. */
+  SimEvent ev;
+  while (sim_net_pop(f->net, &ev)) {
+    taken++;
+    g_assert_true(ev.t > last_t || (ev.t == last_t && ev.a > last_a));
+    g_assert_true(g_hash_table_remove(pending, GSIZE_TO_POINTER(ev.a)));
+    last_t = ev.t;
+    last_a = ev.a;
+  }
+  g_assert_cmpuint(taken, ==, scheduled);
+  g_assert_cmpuint(g_hash_table_size(pending), ==, 0);
+  g_assert_cmpint(sim_net_next_time(f->net), ==, G_MAXINT64);
+  g_assert_cmpint(last_t, >, 5 * 3600 * SEC); /* the overflow was used */
+  g_hash_table_unref(pending);
+  fake_free(f);
+}
+
 /* Without a bandwidth a write arrives one latency later and nothing stays queued. */
 static void
 test_unlimited(void)
@@ -294,6 +353,7 @@ main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/net/heap-order", test_heap_order);
+  g_test_add_func("/net/queue-order-far", test_queue_order_far);
   g_test_add_func("/net/unlimited", test_unlimited);
   g_test_add_func("/net/transmit-queue", test_transmit_queue);
   g_test_add_func("/net/overflow", test_overflow);
