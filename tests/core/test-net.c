@@ -174,8 +174,8 @@ test_queue_order_far(void)
     guint burst = usher_rng_below(&rng, 4);
     for (guint i = 0; i < burst; i++) {
       gint64 span = spans[usher_rng_below(&rng, G_N_ELEMENTS(spans))];
-      SimEvent ev = {.t = f->now_us + (gint64)usher_rng_below(&rng, (guint32)MIN(span, G_MAXUINT32)),
-                     .kind = SIM_NET_EV_DRIVER, .a = ++scheduled};
+      gint64 ahead = usher_rng_below(&rng, (guint32)MIN(span, G_MAXUINT32));
+      SimEvent ev = {.t = f->now_us + ahead, .kind = SIM_NET_EV_DRIVER, .a = ++scheduled};
       if (span > G_MAXUINT32)
         ev.t += span; /* hours ahead: beyond the calendar */
       g_hash_table_insert(pending, GSIZE_TO_POINTER(ev.a), NULL);
