@@ -811,6 +811,20 @@ usher_director_peer_bytes(UsherDirector *d, UsherNow now, UsherConnId id, const 
 }
 
 void
+usher_director_prefetch_bytes(UsherDirector *d, const void *data, gsize len)
+{
+  static const char prefix[] = "USER\t";
+  const char *p = data, *end = p + len;
+  if (len < sizeof(prefix) || memcmp(p, prefix, sizeof(prefix) - 1) != 0)
+    return;
+  guint32 hash = 0;
+  for (p += sizeof(prefix) - 1; p < end && *p >= '0' && *p <= '9' && hash < G_MAXUINT32 / 10; p++)
+    hash = hash * 10 + (guint32)(*p - '0');
+  for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++)
+    usher_user_dir_prefetch(usher_host_table_nth_tag(d->hosts, t)->users, hash);
+}
+
+void
 usher_director_peer_closed(UsherDirector *d, UsherNow now, UsherConnId id, const char *reason)
 {
   dir_enter(d, now);

@@ -203,6 +203,10 @@ void usher_director_peer_connected(UsherDirector *director, UsherNow now, UsherC
 /* Bytes arrived on a connection. */
 void usher_director_peer_bytes(UsherDirector *director, UsherNow now, UsherConnId conn,
                                const void *data, gsize len);
+/* A hint for a driver that knows what it will pass to usher_director_peer_bytes() next: if data
+ * start with a USER line, the director starts loading that user's directory slot, so that the
+ * cache miss overlaps the driver's work in between. Changes nothing. */
+void usher_director_prefetch_bytes(UsherDirector *director, const void *data, gsize len);
 /* The connection closed (EOF, error, failed connect, output overflow). reason is for the log. */
 void usher_director_peer_closed(UsherDirector *director, UsherNow now, UsherConnId conn,
                                 const char *reason);

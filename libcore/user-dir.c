@@ -268,6 +268,12 @@ usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash)
   return ref == NIL ? NULL : entry(dir, ref);
 }
 
+void
+usher_user_dir_prefetch(const UsherUserDir *dir, guint32 hash)
+{
+  __builtin_prefetch(&dir->slots[mix32(hash) & dir->slot_mask]);
+}
+
 static UsherUser *
 insert_at(UsherUserDir *dir, guint32 slot, guint32 hash, UsherHostId host, gint64 timestamp,
           gint64 now)
@@ -490,6 +496,19 @@ UsherUser *
 usher_user_dir_next(UsherUserDir *dir, const UsherUser *user)
 {
   return user->_next == NIL ? NULL : entry(dir, user->_next);
+}
+
+guint32
+usher_user_dir_n_stored(const UsherUserDir *dir)
+{
+  return dir->n_used_refs;
+}
+
+UsherUser *
+usher_user_dir_stored(const UsherUserDir *dir, guint32 i)
+{
+  g_assert(i < dir->n_used_refs);
+  return entry(dir, i + 1);
 }
 
 gsize

@@ -60,6 +60,9 @@ guint usher_user_dir_get_expire_secs(const UsherUserDir *dir);
 
 /* Takes a const directory (a lookup changes nothing); the entry it returns may be changed. */
 UsherUser *usher_user_dir_lookup(const UsherUserDir *dir, guint32 hash);
+/* A hint: starts loading the memory where hash will be looked up (in a directory of millions,
+ * a cache miss). Changes nothing. */
+void usher_user_dir_prefetch(const UsherUserDir *dir, guint32 hash);
 
 /* Adds a new entry (the hash must not be present). timestamp is clamped to now, as Dovecot does:
  * no entry is ever stamped in the future. */
@@ -100,6 +103,12 @@ void usher_user_dir_expire(UsherUserDir *dir, gint64 now, UsherExpireStats *stat
 UsherUser *usher_user_dir_oldest(UsherUserDir *dir);
 UsherUser *usher_user_dir_newest(UsherUserDir *dir);
 UsherUser *usher_user_dir_next(UsherUserDir *dir, const UsherUser *user);
+
+/* Storage-order iteration, for reading a large directory fast (entries in memory order, where
+ * the oldest-first list visits them at random): usher_user_dir_stored(dir, i) for
+ * i < usher_user_dir_n_stored(dir). An entry whose hash is 0 is free: skip it. */
+guint32 usher_user_dir_n_stored(const UsherUserDir *dir);
+UsherUser *usher_user_dir_stored(const UsherUserDir *dir, guint32 i);
 
 /* Bytes held by the directory's own allocations (slabs and index). */
 gsize usher_user_dir_memory_bytes(const UsherUserDir *dir);

@@ -285,6 +285,22 @@ sim_net_pop(SimNet *net, SimEvent *ev_out)
   return TRUE;
 }
 
+gboolean
+sim_net_peek_delivery(SimNet *net, guint *node_out, const char **data_out, gsize *len_out)
+{
+  refill(net);
+  if (net->near.len == 0)
+    return FALSE;
+  const SimEvent *ev = &body(net, (guint32)(net->near.keys[0].order & SLOT_MASK))->ev;
+  if (ev->kind != SIM_NET_EV_DELIVER)
+    return FALSE;
+  const Chunk *c = (const Chunk *)(gsize)ev->b;
+  *node_out = ev->node;
+  *data_out = c->data;
+  *len_out = c->len;
+  return TRUE;
+}
+
 /* ---- Links ------------------------------------------------------------------------------------ */
 
 static gboolean

@@ -90,6 +90,10 @@ gint64 sim_net_next_time(SimNet *net);
 guint sim_net_pending(const SimNet *net);
 /* Takes the earliest event; FALSE if none is pending. */
 gboolean sim_net_pop(SimNet *net, SimEvent *ev_out);
+/* If the earliest pending event delivers bytes to a node, that node and the bytes (for
+ * usher_director_prefetch_bytes()); FALSE otherwise. */
+gboolean sim_net_peek_delivery(SimNet *net, guint *node_out, const char **data_out,
+                               gsize *len_out);
 /* Handles ev if it is the network's (TRUE); FALSE: a driver event, untouched. */
 gboolean sim_net_process(SimNet *net, SimEvent *ev);
 

@@ -188,6 +188,7 @@ struct SimWorld {
   gint64 fault_grace_until_us;
 
   gboolean probing;
+  guint last_diverged; /* the director that differed at the last agreement check */
   gint64 probe_since_us;
   gint settling;        /* index in convergences of one whose moves still run, or -1 */
   char *probe_after;

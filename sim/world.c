@@ -1203,8 +1203,10 @@ settled(const UsherUser *u, guint expire_secs, gint64 wall_secs, gint64 margin)
  * under a steady load some always are, so agreement leaves them out (a ring of 16 directors at
  * 2,000 logins a second never had an instant of total agreement). */
 #define IN_FLIGHT_SECS 2
+#define COMPARE_BATCH 16
 
-/* Compares b's hosts and settled users with a's; counts differences; describes the first. */
+/* Compares b's hosts and settled users with a's; counts differences and describes the first.
+ * Without `first` (a yes-or-no question) it stops at the first difference. */
 static guint
 compare_directors(SimWorld *w, SimNode *na, SimNode *nb, GString *first)
 {
@@ -1217,6 +1219,8 @@ compare_directors(SimWorld *w, SimNode *na, SimNode *nb, GString *first)
         g_string_append_printf(first, " (first: backend %s only on director %u)", hb->ip_str,
                                nb->index);
       differ++;
+      if (first == NULL)
+        return differ;
     }
   }
   for (guint h = 0; h < usher_host_table_n_hosts(a); h++) {
@@ -1229,6 +1233,8 @@ compare_directors(SimWorld *w, SimNode *na, SimNode *nb, GString *first)
                                ha->ip_str, ha->vhost_count, ha->down ? " down" : "", na->index,
                                hb == NULL ? "absent" : hb->down ? "down" : "up");
       differ++;
+      if (first == NULL)
+        return differ;
     }
   }
   gint64 margin = max_skew_secs(w) + 2;
@@ -1240,27 +1246,44 @@ compare_directors(SimWorld *w, SimNode *na, SimNode *nb, GString *first)
     for (guint t = 0; t < usher_host_table_n_tags(x); t++) {
       UsherTag *tx = usher_host_table_nth_tag(x, t);
       UsherTag *ty = usher_host_table_find_tag(y, tx->name);
-      for (UsherUser *u = usher_user_dir_oldest(tx->users); u != NULL;
-           u = usher_user_dir_next(tx->users, u)) {
-        if (!settled(u, expire, wx, margin) || (gint64)u->timestamp > wx - IN_FLIGHT_SECS)
-          continue;
-        UsherUser *v = ty != NULL ? usher_user_dir_lookup(ty->users, u->hash) : NULL;
-        gboolean missing = v == NULL || !settled(v, expire, wy, -margin - 2);
-        gboolean other = !missing && pass == 0 &&
-                         !usher_ip_equal(&usher_host_table_get(x, u->host)->ip,
-                                         &usher_host_table_get(y, v->host)->ip);
-        if (!missing && !other)
-          continue;
-        if (differ == 0 && first != NULL)
-          g_string_append_printf(first,
-                                 " (first: user hash %u on director %u: %s ts %u%s%s; on director "
-                                 "%u: %s)",
-                                 u->hash, nx->index, usher_host_table_get(x, u->host)->ip_str,
-                                 u->timestamp, u->weak ? " weak" : "",
-                                 u->kill_state ? " moving" : "", ny->index,
-                                 v == NULL ? "absent"
-                                           : usher_host_table_get(y, v->host)->ip_str);
-        differ++;
+      /* In memory order and in batches whose lookups in y are started together: a director
+       * holds a million users, and one at a time each lookup would wait for memory. */
+      guint32 n = usher_user_dir_n_stored(tx->users);
+      for (guint32 i = 0; i < n; i += COMPARE_BATCH) {
+        UsherUser *us[COMPARE_BATCH], *vs[COMPARE_BATCH];
+        guint k = 0;
+        for (guint32 j = i; j < MIN(i + COMPARE_BATCH, n); j++) {
+          UsherUser *u = usher_user_dir_stored(tx->users, j);
+          if (u->hash == 0 || !settled(u, expire, wx, margin) ||
+              (gint64)u->timestamp > wx - IN_FLIGHT_SECS)
+            continue;
+          if (ty != NULL)
+            usher_user_dir_prefetch(ty->users, u->hash);
+          us[k++] = u;
+        }
+        for (guint q = 0; q < k; q++) {
+          vs[q] = ty != NULL ? usher_user_dir_lookup(ty->users, us[q]->hash) : NULL;
+          if (vs[q] != NULL)
+            __builtin_prefetch(vs[q]);
+        }
+        for (guint q = 0; q < k; q++) {
+          UsherUser *u = us[q], *v = vs[q];
+          gboolean missing = v == NULL || !settled(v, expire, wy, -margin - 2);
+          gboolean other = !missing && pass == 0 &&
+                           !usher_ip_equal(&usher_host_table_get(x, u->host)->ip,
+                                           &usher_host_table_get(y, v->host)->ip);
+          if (!missing && !other)
+            continue;
+          if (differ == 0 && first != NULL)
+            g_string_append_printf(
+                first, " (first: user hash %u on director %u: %s ts %u%s%s; on director %u: %s)",
+                u->hash, nx->index, usher_host_table_get(x, u->host)->ip_str, u->timestamp,
+                u->weak ? " weak" : "", u->kill_state ? " moving" : "", ny->index,
+                v == NULL ? "absent" : usher_host_table_get(y, v->host)->ip_str);
+          differ++;
+          if (first == NULL)
+            return differ;
+        }
       }
     }
   }
@@ -1281,8 +1304,18 @@ converged_now(SimWorld *w)
       return FALSE;
     if (ref == NULL)
       ref = n;
-    else if (compare_directors(w, ref, n, NULL) > 0)
+  }
+  if (ref == NULL)
+    return TRUE;
+  /* Comparing two directories of a million users takes a while, and the director that differed
+   * at the last probe most likely still does: ask it first. */
+  guint first = w->last_diverged < w->n_nodes ? w->last_diverged : 0;
+  for (guint k = 0; k < w->n_nodes; k++) {
+    SimNode *n = &w->nodes[(first + k) % w->n_nodes];
+    if (n->up && n != ref && compare_directors(w, ref, n, NULL) > 0) {
+      w->last_diverged = n->index;
       return FALSE;
+    }
   }
   return TRUE;
 }
@@ -1866,6 +1899,13 @@ run_until(SimWorld *w, gint64 end)
     if (top <= best) {
       SimEvent ev;
       (void)sim_net_pop(w->net, &ev);
+      /* In a large ring most events are ring lines, and each one's user is a cache miss in the
+       * receiving director's directory: start loading the next one's while this one runs. */
+      guint node;
+      const char *data;
+      gsize len;
+      if (sim_net_peek_delivery(w->net, &node, &data, &len) && w->nodes[node].up)
+        usher_director_prefetch_bytes(w->nodes[node].d, data, len);
       if (!sim_net_process(w->net, &ev))
         process(w, &ev);
     } else {
@@ -1899,9 +1939,10 @@ sim_world_run(SimWorld *w)
   if (!faulty) {
     w->quiescing = TRUE;
     gint64 limit = end + MAX(w->sc->convergence_budget_us, w->fault_grace_until_us - end);
-    while (!converged_now(w) && w->now_us < limit && !w->budget_exhausted)
+    gboolean agreed;
+    while (!(agreed = converged_now(w)) && w->now_us < limit && !w->budget_exhausted)
       run_until(w, w->now_us + SEC_US / 10);
-    if (!converged_now(w)) {
+    if (!agreed) {
       g_autofree char *why = describe_divergence(w);
       world_fail(w, "the directors still disagree %" G_GINT64_FORMAT " s after the end of the run: %s",
                  (w->now_us - end) / SEC_US, why);

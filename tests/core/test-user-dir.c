@@ -49,6 +49,34 @@ test_basic(void)
   assert_ok(dir);
 }
 
+/* Storage order visits every live entry once, free ones read hash 0, and a prefetch of any hash
+ * (present or not) changes nothing. */
+static void
+test_stored_order(void)
+{
+  g_autoptr(UsherUserDir) dir = usher_user_dir_new(NULL, 900);
+  for (guint32 h = 1; h <= 5000; h++)
+    usher_user_dir_add(dir, h * 2654435761u, 1, 1000 + h % 7, 1010);
+  for (guint32 h = 1; h <= 5000; h += 3)
+    usher_user_dir_remove(dir, usher_user_dir_lookup(dir, h * 2654435761u));
+  for (guint32 h = 0; h < 100; h++)
+    usher_user_dir_prefetch(dir, h);
+  g_autoptr(GHashTable) seen = g_hash_table_new(NULL, NULL);
+  guint live = 0;
+  for (guint32 i = 0; i < usher_user_dir_n_stored(dir); i++) {
+    UsherUser *u = usher_user_dir_stored(dir, i);
+    if (u->hash == 0)
+      continue;
+    live++;
+    g_assert_true(usher_user_dir_lookup(dir, u->hash) == u);
+    g_assert_true(g_hash_table_add(seen, GUINT_TO_POINTER(u->hash)));
+  }
+  g_assert_cmpuint(live, ==, usher_user_dir_count(dir));
+  g_assert_cmpuint(live, ==, 5000 - 1667);
+  g_assert_cmpuint(usher_user_dir_n_stored(dir), ==, 5000);
+  assert_ok(dir);
+}
+
 static void
 test_out_of_order_inserts(void)
 {
@@ -250,6 +278,7 @@ main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/core/user-dir/basic", test_basic);
+  g_test_add_func("/core/user-dir/stored-order", test_stored_order);
   g_test_add_func("/core/user-dir/out-of-order-inserts", test_out_of_order_inserts);
   g_test_add_func("/core/user-dir/expiry", test_expiry);
   g_test_add_func("/core/user-dir/expiry-kept-entries", test_expiry_kept_entries);

@@ -242,6 +242,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (pos + chunk > size)
       chunk = size - pos;
     UsherConnId conn = pos < half ? f->in : f->out;
+    usher_director_prefetch_bytes(f->d, data + pos, chunk); /* a hint: any bytes at all */
     if (conn != 0 && g_hash_table_contains(f->live_conns, GUINT_TO_POINTER(conn)))
       usher_director_peer_bytes(f->d, f->now, conn, data + pos, chunk);
     drain(f);

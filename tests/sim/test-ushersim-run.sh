@@ -55,6 +55,17 @@ check "shrink keeps the kind of the first failure" 'grep -q "keeping failures of
 check "shrink writes a smaller scenario" '[ $? -eq 0 ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d.get(\"events\", [])) == 0 and d[\"workload\"][\"users\"] < 64" "$tmp/small.json"'
 "$sim" run -q "$tmp/small.json"
 check "the shrunk scenario still fails" '[ $? -eq 1 ]'
+cat > "$tmp/slowhs.json" <<'JSON'
+{"name": "slow-handshake", "duration": "3m", "convergence_budget": "2s",
+ "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.4"]},
+ "network": {"bandwidth": "20k"},
+ "workload": {"users": 20000, "logins_per_second": 200},
+ "events": [{"at": "1m", "type": "director-crash", "director": 2},
+            {"at": "1m10s", "type": "director-restart", "director": 2}],
+ "checks": [{"type": "converged", "within": "1m"}]}
+JSON
+"$sim" run "$tmp/slowhs.json" > "$tmp/slowhs.txt"
+check "a restarted director still in its handshake when the budget ends: the failure counts the users it lacks and names one" '[ $? -eq 1 ] && grep -Eq "did not converge within 2 s after director restart.*director 2: not handshaked.* [0-9]{4} differences from director 0 \(first: user hash [0-9]+ on director 0: 10\.0\.2\.[1-4] ts [0-9]+; on director 2: absent\)" "$tmp/slowhs.txt"'
 cat > "$tmp/split.json" <<'JSON'
 {"name": "split", "description": "a partition whose minority has no health quorum", "duration": "5m",
  "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.2"],
