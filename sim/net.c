@@ -95,8 +95,10 @@ chunk_new(const char *data, gsize len)
  *   overflow  a second heap for the events further ahead (rare).
  *
  * When near runs empty, the bucket at the horizon is poured into it and the horizon moves one
- * bucket on (jumping over empty time when only overflow events are left). Every event in near is
- * earlier than every event elsewhere, so the near heap's top is the earliest of all.
+ * bucket on (jumping over empty time when only overflow events are left; events scheduled
+ * before a horizon that jumped go to near, which is then a plain heap until the time catches
+ * up). Every event in near is earlier than every event elsewhere, so the near heap's top is the
+ * earliest of all.
  *
  * The heaps hold 16-byte keys, aligned so that a node's four children share one cache line; the
  * event bodies sit in a separate array, touched once when scheduled and once when taken. A sift
