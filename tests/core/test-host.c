@@ -65,6 +65,28 @@ test_lifecycle(void)
   g_assert_null(d->hostname);
 }
 
+/* The per-host counts agree with the directory, removed entries included; a count that does
+ * not is found and named. */
+static void
+test_check_counts(void)
+{
+  g_autoptr(UsherHostTable) t = usher_host_table_new(900);
+  UsherHost *a = add(t, "127.0.2.1", 100, NULL);
+  UsherHost *b = add(t, "127.0.2.2", 100, NULL);
+  UsherTag *def = usher_host_table_find_tag(t, "");
+  for (guint32 h = 1; h <= 300; h++)
+    usher_user_dir_add(def->users, h, h % 3 == 0 ? a->id : b->id, 100, 100);
+  for (guint32 h = 1; h <= 300; h += 4)
+    usher_user_dir_remove(def->users, usher_user_dir_lookup(def->users, h));
+  g_autofree char *why = NULL;
+  g_assert_true(usher_host_table_check_counts(t, &why));
+  g_assert_null(why);
+  a->user_count++;
+  g_assert_false(usher_host_table_check_counts(t, &why));
+  g_assert_nonnull(strstr(why, "host 127.0.2.1 counts"));
+  a->user_count--;
+}
+
 static void
 test_tag_change_drops_users(void)
 {
@@ -131,6 +153,7 @@ main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/core/host/lifecycle", test_lifecycle);
+  g_test_add_func("/core/host/check-counts", test_check_counts);
   g_test_add_func("/core/host/tag-change-drops-users", test_tag_change_drops_users);
   g_test_add_func("/core/host/hosts-hash", test_hosts_hash);
   g_test_add_func("/core/host/limits", test_limits);
