@@ -53,7 +53,6 @@ struct SimNet {
   gint64 horizon;   /* where the calendar starts: a multiple of CAL_WIDTH_US */
   guint n_far;      /* events in the calendar */
   Heap overflow;    /* the events from horizon + CAL_SPAN_US on */
-  guint n_pending;
   GArray *bodies;     /* Body, by slot */
   GArray *free_slots; /* guint32: slots of bodies not in use */
   NetNode nodes[SIM_NET_MAX_NODES];
@@ -220,7 +219,6 @@ sim_net_schedule(SimNet *net, SimEvent ev)
     g_array_set_size(net->bodies, slot + 1);
   }
   body(net, slot)->ev = ev;
-  net->n_pending++;
   enqueue(net, slot);
 }
 
@@ -270,7 +268,7 @@ sim_net_next_time(SimNet *net)
 guint
 sim_net_pending(const SimNet *net)
 {
-  return net->n_pending;
+  return net->bodies->len - net->free_slots->len; /* every body not on the free list */
 }
 
 gboolean
@@ -283,7 +281,6 @@ sim_net_pop(SimNet *net, SimEvent *ev_out)
   heap_pop(&net->near);
   *ev_out = body(net, slot)->ev;
   g_array_append_val(net->free_slots, slot);
-  net->n_pending--;
   return TRUE;
 }
 
