@@ -87,6 +87,13 @@ struct Proxy {
   gint next_request; /* atomic */
   UsherHashFormat *lmtp_user_format; /* [proxy] lmtp_user_format, fixed at start */
   char *recipient_delimiter;         /* [proxy] recipient_delimiter, fixed at start */
+  /* [proxy] auth_mechanisms, fixed at start: a bit per UsherSaslMech offered, and the lists
+   * clients are shown (ManageSieve and submission log in with PLAIN or LOGIN only). */
+  guint auth_mechs;
+  char *auth_imap;        /* "AUTH=PLAIN AUTH=LOGIN" */
+  char *auth_names;       /* "PLAIN LOGIN" (POP3 CAPA's SASL line) */
+  char *auth_lines;       /* "PLAIN\r\nLOGIN\r\n" (POP3's bare AUTH) */
+  char *auth_plain_login; /* "PLAIN LOGIN", "PLAIN", "LOGIN" or "" */
 };
 
 /* Adds delta to one of p->stats' fields (under p->lock). */

@@ -1451,9 +1451,40 @@ on_backend(gpointer data, guint32 events)
  * backend has greeted). */
 #define CAPS_OURS "IMAP4rev1 SASL-IR ID LITERAL+"
 #define CAPS_BACKENDS_DEFAULT "LOGIN-REFERRALS ENABLE IDLE"
-#define CAPS_AUTH "AUTH=PLAIN AUTH=LOGIN AUTH=OAUTHBEARER AUTH=XOAUTH2"
 
 static void client_starttls(Session *s, const char *ok);
+
+/* [proxy] auth_mechanisms: usherd offers only what the operator lists (the backends' own
+ * auth_mechanisms), so no client picks a mechanism every backend would refuse. */
+static gboolean
+mech_offered(const Proxy *p, UsherSaslMech mech)
+{
+  return mech != 0 && (p->auth_mechs & (1u << mech)) != 0;
+}
+
+static void
+auth_lists_init(Proxy *p, guint mechs)
+{
+  static const UsherSaslMech order[] = {USHER_SASL_PLAIN, USHER_SASL_LOGIN, USHER_SASL_OAUTHBEARER,
+                                        USHER_SASL_XOAUTH2};
+  GString *imap = g_string_new(NULL), *names = g_string_new(NULL), *lines = g_string_new(NULL);
+  GString *plain_login = g_string_new(NULL);
+  p->auth_mechs = mechs;
+  for (gsize i = 0; i < G_N_ELEMENTS(order); i++) {
+    if (!mech_offered(p, order[i]))
+      continue;
+    const char *name = usher_sasl_mech_name(order[i]);
+    g_string_append_printf(imap, "%sAUTH=%s", imap->len > 0 ? " " : "", name);
+    g_string_append_printf(names, "%s%s", names->len > 0 ? " " : "", name);
+    g_string_append_printf(lines, "%s\r\n", name);
+    if (order[i] == USHER_SASL_PLAIN || order[i] == USHER_SASL_LOGIN)
+      g_string_append_printf(plain_login, "%s%s", plain_login->len > 0 ? " " : "", name);
+  }
+  p->auth_imap = g_string_free(imap, FALSE);
+  p->auth_names = g_string_free(names, FALSE);
+  p->auth_lines = g_string_free(lines, FALSE);
+  p->auth_plain_login = g_string_free(plain_login, FALSE);
+}
 
 /* TLS can start here: a certificate is configured and the connection is still plaintext. */
 static gboolean
@@ -1467,8 +1498,8 @@ imap_capabilities(const Session *s)
 {
   Proxy *p = s->w->proxy;
   g_mutex_lock(&p->lock);
-  char *caps = g_strdup_printf(CAPS_OURS "%s%s " CAPS_AUTH "%s", p->imap_caps[0] ? " " : "",
-                               p->imap_caps, can_starttls(s) ? " STARTTLS" : "");
+  char *caps = g_strdup_printf(CAPS_OURS "%s%s %s%s", p->imap_caps[0] ? " " : "", p->imap_caps,
+                               p->auth_imap, can_starttls(s) ? " STARTTLS" : "");
   g_mutex_unlock(&p->lock);
   return caps;
 }
@@ -1663,7 +1694,7 @@ imap_command(Session *s, UsherImapCmd *cmd)
     UsherSaslMech mech = mech_arg != NULL && mech_arg->type == USHER_IMAP_ARG_ATOM
                            ? usher_sasl_mech_from_name(mech_arg->value)
                            : 0;
-    if (mech == 0 || cmd->args->len > 2) {
+    if (!mech_offered(s->w->proxy, mech) || cmd->args->len > 2) {
       to_client_fmt(s, "%s NO [CANNOT] Unsupported authentication mechanism.\r\n", cmd->tag);
       s->bad_commands++;
       return;
@@ -1731,20 +1762,18 @@ sasl_line(Session *s, const char *line)
   session_route(s);
 }
 
-/* What a POP3 client is told before login (RFC 2449). The SASL list is what usherd can route:
- * the mechanisms whose first message names the user. */
+/* What a POP3 client is told before login (RFC 2449); the SASL line follows
+ * (auth_mechanisms). */
 #define POP3_CAPABILITIES                                                                          \
-  "CAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\n"                 \
-  "SASL PLAIN LOGIN OAUTHBEARER XOAUTH2\r\n"
+  "CAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\nUSER\r\n"
 
 static void
 pop3_command(Session *s, UsherPop3Cmd *cmd)
 {
   switch (cmd->type) {
   case USHER_POP3_CMD_CAPA:
-    to_client(s, can_starttls(s) ? "+OK\r\n" POP3_CAPABILITIES "STLS\r\n.\r\n"
-                                 : "+OK\r\n" POP3_CAPABILITIES ".\r\n",
-              -1);
+    to_client_fmt(s, "+OK\r\n" POP3_CAPABILITIES "SASL %s\r\n%s.\r\n", s->w->proxy->auth_names,
+                  can_starttls(s) ? "STLS\r\n" : "");
     return;
   case USHER_POP3_CMD_USER:
     forget_login(s);
@@ -1765,11 +1794,11 @@ pop3_command(Session *s, UsherPop3Cmd *cmd)
     return;
   case USHER_POP3_CMD_AUTH: {
     if (cmd->arg == NULL) {
-      to_client(s, "+OK\r\nPLAIN\r\nLOGIN\r\nOAUTHBEARER\r\nXOAUTH2\r\n.\r\n", -1);
+      to_client_fmt(s, "+OK\r\n%s.\r\n", s->w->proxy->auth_lines);
       return;
     }
     UsherSaslMech mech = usher_sasl_mech_from_name(cmd->arg);
-    if (mech == 0) {
+    if (!mech_offered(s->w->proxy, mech)) {
       to_client(s, "-ERR Unsupported authentication mechanism.\r\n", -1);
       s->bad_commands++;
       return;
@@ -2288,9 +2317,10 @@ sieve_capabilities(Session *s, const char *ok_text)
   Proxy *p = s->w->proxy;
   g_autofree char *ok = sieve_quote(ok_text);
   g_mutex_lock(&p->lock);
-  char *caps = g_strdup_printf("\"IMPLEMENTATION\" \"Usher\"\r\n\"SASL\" \"PLAIN LOGIN\"\r\n%s%s"
+  char *caps = g_strdup_printf("\"IMPLEMENTATION\" \"Usher\"\r\n\"SASL\" \"%s\"\r\n%s%s"
                                "\"VERSION\" \"1.0\"\r\nOK \"%s\"\r\n",
-                               p->sieve_caps, can_starttls(s) ? "\"STARTTLS\"\r\n" : "", ok);
+                               p->auth_plain_login, p->sieve_caps,
+                               can_starttls(s) ? "\"STARTTLS\"\r\n" : "", ok);
   g_mutex_unlock(&p->lock);
   return caps;
 }
@@ -2327,7 +2357,8 @@ sieve_command(Session *s, UsherSieveCmd *cmd)
     client_starttls(s, "OK \"Begin TLS negotiation now.\"\r\n");
   } else if (strcmp(name, "AUTHENTICATE") == 0 && cmd->args->len >= 1 && cmd->args->len <= 2) {
     UsherSaslMech mech = usher_sasl_mech_from_name(g_ptr_array_index(cmd->args, 0));
-    if (mech != USHER_SASL_PLAIN && mech != USHER_SASL_LOGIN) {
+    if ((mech != USHER_SASL_PLAIN && mech != USHER_SASL_LOGIN) ||
+        !mech_offered(s->w->proxy, mech)) {
       to_client(s, "NO \"Unsupported SASL mechanism.\"\r\n", -1);
       s->bad_commands++;
       return;
@@ -2406,9 +2437,10 @@ static void
 submission_ehlo(Session *s)
 {
   Proxy *p = s->w->proxy;
-  g_autofree char *reply = proxy_ehlo_reply(p, "", &p->submission_caps,
-                                            can_starttls(s) ? "AUTH PLAIN LOGIN\r\nSTARTTLS\r\n"
-                                                            : "AUTH PLAIN LOGIN\r\n");
+  g_autofree char *ours = g_strdup_printf("%s%s%s%s", p->auth_plain_login[0] ? "AUTH " : "",
+                                          p->auth_plain_login, p->auth_plain_login[0] ? "\r\n" : "",
+                                          can_starttls(s) ? "STARTTLS\r\n" : "");
+  g_autofree char *reply = proxy_ehlo_reply(p, "", &p->submission_caps, ours);
   to_client_fmt(s, "%s\r\n", reply);
 }
 
@@ -2449,7 +2481,8 @@ submission_command(Session *s, UsherSmtpCmd *cmd)
     }
     g_auto(GStrv) words = g_strsplit(cmd->arg, " ", 3);
     UsherSaslMech mech = words[0] != NULL ? usher_sasl_mech_from_name(words[0]) : 0;
-    if (mech != USHER_SASL_PLAIN && mech != USHER_SASL_LOGIN) {
+    if ((mech != USHER_SASL_PLAIN && mech != USHER_SASL_LOGIN) ||
+        !mech_offered(s->w->proxy, mech)) {
       to_client(s, "504 5.5.4 Unsupported authentication mechanism\r\n", -1);
       s->bad_commands++;
       return;
@@ -3152,6 +3185,7 @@ proxy_new(Usherd *u, GError **error)
   p->lmtp_caps = g_strdup("8BITMIME\r\n"); /* until a backend has answered LHLO */
   p->lmtp_user_format = usher_hash_format_new(c->lmtp_user_format, NULL); /* checked by config */
   p->recipient_delimiter = g_strdup(c->recipient_delimiter);
+  auth_lists_init(p, c->proxy_auth_mechs);
   p->tls_ctx = tls_ctx;
   p->tls_enabled = tls_ctx != NULL;
   p->refresh_secs = MAX(usher_director_get_user_expire_secs(u->director) / 4, REFRESH_MIN_SECS);
@@ -3278,6 +3312,10 @@ proxy_free(Proxy *p)
   if (p->lmtp_user_format != NULL)
     usher_hash_format_free(p->lmtp_user_format);
   g_free(p->recipient_delimiter);
+  g_free(p->auth_imap);
+  g_free(p->auth_names);
+  g_free(p->auth_lines);
+  g_free(p->auth_plain_login);
   g_free(p->sieve_caps);
   g_free(p->submission_caps);
   g_free(p->lmtp_caps);

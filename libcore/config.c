@@ -11,6 +11,7 @@
 #include "libcore/config.h"
 
 #include "libcore/host.h"
+#include "libcore/imap-login.h"
 
 #include <string.h>
 
@@ -627,6 +628,7 @@ usher_config_new(void)
   config->proxy_login_timeout_secs = 60;
   config->proxy_max_bad_commands = 10;
   config->proxy_greeting = g_strdup("Usher ready.");
+  config->proxy_auth_mechs = (1u << USHER_SASL_PLAIN) | (1u << USHER_SASL_LOGIN);
   config->trusted_proxies = g_array_new(FALSE, TRUE, sizeof(UsherNet));
   config->proxy_protocol_backends = g_array_new(FALSE, TRUE, sizeof(UsherNet));
   return config;
@@ -1089,7 +1091,7 @@ static const char *const proxy_keys[] = {
     "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
     "tls_key", "tls_min_version", "tls_sni", "shutdown_timeout", "lmtp_listen", "lmtp_socket",
     "lmtp_user_format", "recipient_delimiter", "sieve_listen", "submission_listen",
-    "submissions_listen", NULL,
+    "submissions_listen", "auth_mechanisms", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 static const char *const health_keys[] = {"enabled", "interval", "timeout", "fall", "rise",
@@ -1603,6 +1605,38 @@ get_listen_list(const KeyRef *ref, GArray *out, GError **error)
   return TRUE;
 }
 
+/* The SASL mechanisms offered to clients ("plain login oauthbearer", any case). */
+static gboolean
+get_auth_mechanisms(const KeyRef *ref, guint *out, GError **error)
+{
+  g_autofree char *value = NULL;
+  if (!get_value(ref, &value, error))
+    return FALSE;
+  guint mechs = 0;
+  const char *p = value;
+  Element elem = {0};
+  while (next_element(&p, &elem)) {
+    g_autofree char *name = g_strndup(elem.text, elem.len);
+    UsherSaslMech mech = usher_sasl_mech_from_name(name);
+    if (mech == 0) {
+      g_autofree char *q = quote(elem.text, (gssize)elem.len);
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "element %u, %s, is not a mechanism usherd passes through (plain, login, "
+                "oauthbearer, xoauth2)",
+                elem.number, q);
+      return FALSE;
+    }
+    mechs |= 1u << mech;
+  }
+  if (mechs == 0) {
+    key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+              "names no mechanism: list at least one of plain, login, oauthbearer, xoauth2");
+    return FALSE;
+  }
+  *out = mechs;
+  return TRUE;
+}
+
 /* A list of networks ("10.0.0.0/8 192.0.2.7, 2001:db8::/32"). */
 static gboolean
 get_net_list(const KeyRef *ref, GArray *out, GError **error)
@@ -1783,6 +1817,8 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return get_duration(ref, 0, &config->proxy_shutdown_timeout_secs, error);
   if (strcmp(key, "max_bad_commands") == 0)
     return get_uint(ref, 1, 1000, &config->proxy_max_bad_commands, error);
+  if (strcmp(key, "auth_mechanisms") == 0)
+    return get_auth_mechanisms(ref, &config->proxy_auth_mechs, error);
   g_autofree char *value = NULL;
   if (!get_value(ref, &value, error))
     return FALSE;

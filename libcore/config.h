@@ -105,6 +105,8 @@ typedef struct {
   guint proxy_max_bad_commands;
   guint proxy_shutdown_timeout_secs; /* SIGTERM: sessions may finish for this long; default 30 */
   char *proxy_greeting;
+  guint proxy_auth_mechs;          /* bit 1 << UsherSaslMech per mechanism offered; default
+                                    * PLAIN and LOGIN */
   GArray *trusted_proxies;         /* UsherNet: clients that must start with a PROXY header */
   GArray *lmtp_listen;       /* UsherDirectorAddr: LMTP over TCP */
   GArray *sieve_listen;      /* UsherDirectorAddr: ManageSieve (STARTTLS offered with tls_cert) */

@@ -1,5 +1,6 @@
 /* test-config.c - the configuration model: parsing, validation, defaults and error messages. */
 #include "libcore/config.h"
+#include "libcore/imap-login.h"
 #include "libcore/host.h"
 
 #include <string.h>
@@ -1059,6 +1060,17 @@ test_proxy_group(void)
   g_autoptr(UsherConfig) drain = parse_ok("[proxy]\nshutdown_timeout = 0s\n");
   g_assert_cmpuint(drain->proxy_shutdown_timeout_secs, ==, 0);
   g_assert_cmpuint(tls->proxy_shutdown_timeout_secs, ==, 30);
+  /* auth_mechanisms: PLAIN and LOGIN unless the operator lists others */
+  g_assert_cmpuint(tls->proxy_auth_mechs, ==, (1u << USHER_SASL_PLAIN) | (1u << USHER_SASL_LOGIN));
+  g_autoptr(UsherConfig) mechs = parse_ok("[proxy]\nauth_mechanisms = PLAIN, oauthbearer\n");
+  g_assert_cmpuint(mechs->proxy_auth_mechs, ==,
+                   (1u << USHER_SASL_PLAIN) | (1u << USHER_SASL_OAUTHBEARER));
+  parse_fails("[proxy]\nauth_mechanisms = plain cram-md5\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] auth_mechanisms: element 2, \"cram-md5\", is not a mechanism usherd passes "
+              "through (plain, login, oauthbearer, xoauth2)",
+              NULL);
+  parse_fails("[proxy]\nauth_mechanisms = ,\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] auth_mechanisms: names no mechanism", NULL);
 }
 
 int

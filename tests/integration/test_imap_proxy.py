@@ -63,8 +63,10 @@ def run(lab, t):
 
     # -- the login forms
     c = imaplib.IMAP4(us[0].ip, ul.IMAP_PORT)
-    t.ok("SASL-IR" in c.capabilities and "AUTH=PLAIN" in c.capabilities,
-         "pre-login capabilities offer SASL-IR and AUTH=PLAIN", str(c.capabilities))
+    t.ok("SASL-IR" in c.capabilities and "AUTH=PLAIN" in c.capabilities and
+         "AUTH=LOGIN" in c.capabilities and "AUTH=OAUTHBEARER" not in c.capabilities,
+         "pre-login capabilities offer SASL-IR and the default auth_mechanisms (PLAIN, LOGIN: "
+         "not OAUTHBEARER, which the backends do not offer)", str(c.capabilities))
     t.ok("XLAB-ALL" in c.capabilities and "IDLE" in c.capabilities and
          "XLAB-ONE" not in c.capabilities,
          "pre-login capabilities: what every backend's greeting offers (XLAB-ALL), not what "

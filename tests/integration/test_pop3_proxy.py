@@ -38,7 +38,7 @@ def run(lab, t):
     us = [lab.usherd(ip, ring=ring, backends=bs,
                      extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\n"
                                 f"pop3_listen = {ip}:{ul.POP3_PORT}\nworkers = 2\n"
-                                f"max_bad_commands = 3\n")
+                                f"max_bad_commands = 3\nauth_mechanisms = plain login xoauth2\n")
           for ip in ring]
     lab.start_all()
     lab.wait_ring_synced(us, timeout=30, via="admin")
@@ -60,10 +60,14 @@ def run(lab, t):
 
     # -- the login forms
     g, out = raw(us[0].ip, [b"CAPA\r\n"], b"\r\n.\r\n")
-    t.ok(g.startswith(b"+OK") and b"SASL PLAIN LOGIN" in out and b"USER" in out,
+    t.ok(g.startswith(b"+OK") and b"SASL PLAIN LOGIN XOAUTH2\r\n" in out and b"USER" in out,
          "greeting and CAPA (USER, SASL PLAIN LOGIN ...)", out)
     g, out = raw(us[0].ip, [b"AUTH\r\n"], b"\r\n.\r\n")
-    t.ok(b"PLAIN\r\n" in out and b"XOAUTH2\r\n" in out, "a bare AUTH lists the mechanisms", out)
+    t.ok(out.endswith(b"+OK\r\nPLAIN\r\nLOGIN\r\nXOAUTH2\r\n.\r\n"),
+         "a bare AUTH lists the mechanisms of auth_mechanisms", out)
+    g, out = raw(us[0].ip, [b"AUTH OAUTHBEARER bixhPXVzZXI3LAEBAQ==\r\n"])
+    t.ok(out.startswith(b"-ERR Unsupported authentication mechanism"),
+         "a mechanism auth_mechanisms does not list is refused", out)
     ir = b64("\0user7\0" + ul.PASSWORD)
     g, out = raw(us[1].ip, [f"AUTH PLAIN {ir}\r\n".encode()], b"Logged in")
     t.ok(b"+OK Logged in" in out, "AUTH PLAIN with an initial response", out)
