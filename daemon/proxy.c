@@ -1711,6 +1711,13 @@ imap_command(Session *s, UsherImapCmd *cmd)
     return;
   }
   case USHER_IMAP_CMD_OTHER:
+    if (strcmp(cmd->name, "ENABLE") == 0) {
+      /* Some clients enable extensions before they log in; Dovecot ignores that, and so do we
+       * (the client enables them again after login, where the backend answers). */
+      to_client_fmt(s, "* ENABLED\r\n%s OK ENABLE ignored in non-authenticated state.\r\n",
+                    cmd->tag);
+      return;
+    }
     break;
   }
   s->bad_commands++;
@@ -2213,16 +2220,16 @@ client_feed(Session *s, const void *data, gsize n)
     session_flush_client(s);
 }
 
-/* The first bytes of a PROXY v1 line or v2 header (as much of them as arrived). */
+/* The start of a PROXY v1 line ("PROXY ") or the whole v2 signature. A sender writes either in
+ * one piece; a shorter prefix is a client's own input ("\r\n" is an empty command line, "P" the
+ * first key a person typed), which the protocol's parser answers. */
 static gboolean
 looks_like_proxy_header(const char *buf, gsize n)
 {
   static const char v1[] = "PROXY ";
   static const char v2[] = "\r\n\r\n\0\r\nQUIT\n";
-  if (n == 0)
-    return FALSE;
-  return memcmp(buf, v1, MIN(n, sizeof(v1) - 1)) == 0 ||
-         memcmp(buf, v2, MIN(n, sizeof(v2) - 1)) == 0;
+  return (n >= sizeof(v1) - 1 && memcmp(buf, v1, sizeof(v1) - 1) == 0) ||
+         (n >= sizeof(v2) - 1 && memcmp(buf, v2, sizeof(v2) - 1) == 0);
 }
 
 static void

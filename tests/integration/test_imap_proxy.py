@@ -164,6 +164,10 @@ def run(lab, t):
     g, out = raw(us[0].ip, [b"a FOO\r\n", b"b BAR\r\n", b"c BAZ\r\n"], b"* BYE")
     t.ok(b"Please log in first" in out and b"* BYE Too many invalid commands" in out,
          "too many bad commands: BYE and close", out)
+    g, out = raw(us[0].ip, [b"e ENABLE UTF8=ACCEPT\r\n", b"f ENABLE CONDSTORE\r\n",
+                            b"g ENABLE QRESYNC\r\n", b"h NOOP\r\n"], b"h OK")
+    t.ok(out.count(b"OK ENABLE ignored in non-authenticated state") == 3 and b"h OK" in out,
+         "ENABLE before login: ignored with OK, as Dovecot does (not a bad command)", out)
     g, out = raw(us[0].ip, [b"\x00\xff\r\n"], b"BAD")
     t.ok(b"BAD" in out, "binary garbage: BAD, the connection stays", out)
     s = lab.imap_login(us[0].ip, ul.IMAP_PORT, "user12")

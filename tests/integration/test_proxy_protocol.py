@@ -134,6 +134,20 @@ def run(lab, t):
     t.ok(b"* BYE PROXY protocol header from an untrusted address" in out and
          after["proxy_header_refused"] == before["proxy_header_refused"] + 1,
          "a PROXY header from an address not in trusted_proxies: BYE, closed, counted", out)
+    out = talk(us[2].ip, ul.IMAP_PORT, f"127.{lab.net}.5.10",
+               v2_header("203.0.113.1", 1, "127.0.0.1", 143), [], b"BYE")
+    after = stats(us[2])
+    t.ok(b"* BYE PROXY protocol header from an untrusted address" in out and
+         after["proxy_header_refused"] == before["proxy_header_refused"] + 2,
+         "a PROXY v2 header from an address not in trusted_proxies: BYE, closed, counted", out)
+    # An empty line, or a first key typed alone, is a client's own input, not a PROXY header.
+    out = talk(us[2].ip, ul.IMAP_PORT, f"127.{lab.net}.5.10", b"", [b"\r\n", b"P", b" NOOP\r\n"],
+               b"P OK")
+    after = stats(us[2])
+    t.ok(b"* BAD" in out and b"P OK NOOP completed" in out and
+         after["proxy_header_refused"] == before["proxy_header_refused"] + 2,
+         "from an untrusted address, an empty first line gets BAD and a command split after its "
+         "first byte is answered (prefixes of a PROXY header are not refused)", out)
     out = talk(us[2].ip, ul.IMAP_PORT, lb, b"HELLO there\r\n", [], b"\r\n",
                expect_greeting=False)
     after2 = stats(us[2])
