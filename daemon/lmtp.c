@@ -1069,6 +1069,71 @@ lhlo_reply(LmtpSession *s)
   add_text(s, "%s", reply);
 }
 
+/* TRUE if the LHLO keywords learnt from the backends include `keyword`; its first argument (SIZE's
+ * limit, 0 when none) in *arg_out. */
+static gboolean
+lhlo_offers(Proxy *p, const char *keyword, guint64 *arg_out)
+{
+  gsize klen = strlen(keyword);
+  gboolean found = FALSE;
+  g_mutex_lock(&p->lock);
+  for (const char *line = p->lmtp_caps; *line != '\0' && !found;) {
+    const char *end = strstr(line, "\r\n");
+    gsize len = end != NULL ? (gsize)(end - line) : strlen(line);
+    if (len >= klen && g_ascii_strncasecmp(line, keyword, klen) == 0 &&
+        (len == klen || line[klen] == ' ')) {
+      found = TRUE;
+      if (arg_out != NULL)
+        *arg_out = len > klen ? g_ascii_strtoull(line + klen + 1, NULL, 10) : 0;
+    }
+    line += len + (end != NULL ? 2 : 0);
+  }
+  g_mutex_unlock(&p->lock);
+  return found;
+}
+
+/* MAIL's parameters may only belong to extensions the LHLO reply offered (RFC 5321 4.1.1.11);
+ * the reply that refuses them (Dovecot's words), or NULL. Refused here rather than by each
+ * backend after MAIL was accepted, which would fail every recipient. */
+static char *
+mail_params_refusal(LmtpSession *s, const char *params)
+{
+  Proxy *p = s->w->proxy;
+  g_auto(GStrv) words = g_strsplit(params, " ", -1);
+  for (char **w = words; *w != NULL; w++) {
+    if (**w == '\0')
+      continue;
+    char *eq = strchr(*w, '=');
+    const char *value = eq != NULL ? eq + 1 : NULL;
+    if (eq != NULL)
+      *eq = '\0';
+    guint64 limit = 0;
+    if (g_ascii_strcasecmp(*w, "BODY") == 0 && value != NULL &&
+        (g_ascii_strcasecmp(value, "7BIT") == 0 || g_ascii_strcasecmp(value, "8BITMIME") == 0) &&
+        lhlo_offers(p, "8BITMIME", NULL))
+      continue;
+    if (g_ascii_strcasecmp(*w, "BODY") == 0 && value != NULL &&
+        g_ascii_strcasecmp(value, "BINARYMIME") == 0 && lhlo_offers(p, "BINARYMIME", NULL))
+      continue;
+    if (g_ascii_strcasecmp(*w, "SIZE") == 0 && lhlo_offers(p, "SIZE", &limit)) {
+      if (value == NULL || *value == '\0' || strspn(value, "0123456789") != strlen(value) ||
+          strlen(value) > 19)
+        return g_strdup("501 5.5.4 Invalid SIZE parameter");
+      if (limit > 0 && g_ascii_strtoull(value, NULL, 10) > limit)
+        return g_strdup("552 5.3.4 Message size exceeds fixed maximum message size");
+      continue;
+    }
+    if (g_ascii_strcasecmp(*w, "SMTPUTF8") == 0 && value == NULL &&
+        lhlo_offers(p, "SMTPUTF8", NULL))
+      continue;
+    if ((g_ascii_strcasecmp(*w, "RET") == 0 || g_ascii_strcasecmp(*w, "ENVID") == 0) &&
+        value != NULL && lhlo_offers(p, "DSN", NULL))
+      continue;
+    return g_strdup("555 5.5.4 Unsupported parameters");
+  }
+  return NULL;
+}
+
 /* One command; FALSE when it must wait for the recipients before it (it is held). */
 static gboolean
 handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
@@ -1120,6 +1185,14 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
     if (s->tx != TX_NONE) {
       add_text(s, "503 5.5.1 MAIL already given");
       return TRUE;
+    }
+    {
+      g_autofree char *refusal = mail_params_refusal(s, cmd->params);
+      if (refusal != NULL) {
+        count(s, &STATS(s)->lmtp_bad_commands, 1);
+        add_text(s, "%s", refusal);
+        return TRUE;
+      }
     }
     s->mail_path = g_strdup(cmd->path);
     s->mail_params = g_strdup(cmd->params);

@@ -234,6 +234,14 @@ def run(lab, t):
     t.ok([g[:3] for g in got] == ["503", "500", "503", "500", "250", "501", "250"],
          "RCPT before MAIL, an unknown command, MAIL before LHLO, an overlong line, a bad "
          "address: refused; the session goes on", "\n".join(got))
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(b"LHLO x\r\nMAIL FROM:<a@example.org> FOO=bar\r\nMAIL FROM:<a@example.org> SIZE=100\r\n"
+           b"MAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<user1@example.org>\r\nRSET\r\n")
+    got = [r.reply() for _ in range(6)]
+    r.close()
+    t.ok([g[:3] for g in got] == ["250", "555", "555", "250", "250", "250"],
+         "MAIL with a parameter of an extension usherd does not offer (FOO, SIZE without SIZE "
+         "in LHLO): 555 at MAIL, as Dovecot; BODY=8BITMIME is fine", "\n".join(got))
 
     # -- the recipient limit: 1000 per message, the 1001st gets 452, the session goes on
     r = Raw(us[0].ip, ul.LMTP_PORT)
