@@ -98,19 +98,21 @@ usher_imap_reader_peek_pending(const UsherImapReader *r, gsize *len_out)
 
 /* ---- Lexing ------------------------------------------------------------------------------------ */
 
-/* atom-specials of RFC 9051, minus "]" (allowed in ASTRING) and plus nothing for bytes >= 0x80,
- * which Dovecot accepts in atoms. */
+/* What ends an atom, as Dovecot reads one: white space and controls, '(', ')', '{' and '"'. The
+ * list wildcards '%' and '*', '\\' and ']' (RFC 9051 atom-specials) are accepted, as are bytes
+ * >= 0x80: clients log in with `LOGIN user*master secret` (a master user) unquoted. */
 static gboolean
 atom_char(guint8 c)
 {
-  return c > 0x20 && c != 0x7f && c != '(' && c != ')' && c != '{' && c != '%' && c != '*' &&
-         c != '"' && c != '\\';
+  return c > 0x20 && c != 0x7f && c != '(' && c != ')' && c != '{' && c != '"';
 }
 
+/* A tag is strict (RFC 9051: ASTRING-CHAR except '+'): a line starting with '*' or '%' is
+ * not a command. */
 static gboolean
 tag_char(guint8 c)
 {
-  return atom_char(c) && c != '+';
+  return atom_char(c) && c != '+' && c != '%' && c != '*' && c != '\\';
 }
 
 static void
@@ -278,7 +280,7 @@ parse_segment(UsherImapReader *r, const guint8 *p, gsize len, const char **why)
       return SEG_LITERAL;
     }
     gsize start = i;
-    while (i < len && (atom_char(p[i]) || p[i] == ']'))
+    while (i < len && atom_char(p[i]))
       i++;
     if (i == start) {
       *why = "Error in IMAP command received by server: unexpected character";

@@ -109,6 +109,9 @@ test_commands(void)
         "CMD i ID/4 ( S[name/4] S[mutt/4] S[version/7] NIL )\nCMD j ID/4 NIL\n");
   check("i ID ({4}\r\nname \"x\")\r\n", -1, "CONTINUE\nCMD i ID/4 ( S[name/4] S[x/1] )\n");
   check("s SELECT INBOX\r\n", -1, "CMD s SELECT/0 A[INBOX/5]\n");
+  /* Atoms as Dovecot reads them: a master user and a password with list wildcards, unquoted. */
+  check("m LOGIN user1*master pa%s\\w]*\r\n", -1,
+        "CMD m LOGIN/6 A[user1*master/12] A[pa%s\\\\w]*/8]\n");
   check("a AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\n", -1,
         "CMD a AUTHENTICATE/7 A[PLAIN/5] A[AGFsaWNlAHNlY3JldA==/20]\n");
   /* Without SASL-IR: the next line is the response, whatever it looks like. */
@@ -122,6 +125,7 @@ test_refusals(void)
 {
   check("\r\n", -1, "BAD * Error in IMAP command received by server: no tag\n");
   check("+tag NOOP\r\n", -1, "BAD * Error in IMAP command received by server: no tag\n");
+  check("* NOOP\r\n", -1, "BAD * Error in IMAP command received by server: no tag\n");
   check("tag\r\nt2 NOOP\r\n", -1,
         "BAD tag Error in IMAP command received by server: no command name\nCMD t2 NOOP/2\n");
   check("t LOGIN  a b\r\n", -1,

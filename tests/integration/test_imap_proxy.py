@@ -15,6 +15,7 @@ an overlong line and too many bad commands close the connection with a BYE, and 
 serving. Exits 0 pass, 1 fail, 77 skipped.
 """
 
+import base64
 import imaplib
 import json
 import os
@@ -34,14 +35,22 @@ def raw(host, lines, read_until=b"\r\n", timeout=10, source_ip=None):
 
 
 def run(lab, t):
-    # Every backend offers XLAB-ALL after its defaults; only the first one XLAB-ONE.
+    # Every backend offers XLAB-ALL after its defaults; only the first one XLAB-ONE. A master
+    # user logs in as anyone with "user*master" and its own password.
+    master_path = os.path.join(lab.root, "master.passwd")
+    with open(master_path, "w") as f:
+        f.write("master:{PLAIN}masterpass\n")
+    os.chmod(master_path, 0o644)
+    master_conf = ("auth_master_user_separator = *\npassdb {\n  driver = passwd-file\n"
+                   f"  master = yes\n  args = scheme=PLAIN {master_path}\n}}\n")
     bs = [lab.dovecot_backend(lab.backend_ip(i),
                               extra_conf="imap_capability = +XLAB-ALL" +
-                                         (" XLAB-ONE" if i == 1 else "") + "\n")
+                                         (" XLAB-ONE" if i == 1 else "") + "\n" + master_conf)
           for i in (1, 2, 3)]
     ring = [lab.director_ip(i) for i in (1, 2, 3)]
     us = [lab.usherd(ip, ring=ring, backends=bs,
-                     extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\nworkers = 2\n"
+                     extra_conf=f"[director]\nmaster_user_separator = *\n"
+                                f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\nworkers = 2\n"
                                 f"max_bad_commands = 3\nshutdown_timeout = 3s\n")
           for ip in ring]
     lab.start_all()
@@ -88,6 +97,19 @@ def run(lab, t):
                  b"c OK")
     t.ok(b"a OK" in out and b"x-lab-backend" in out and b"c OK" in out,
          "LITERAL+ login with commands pipelined behind it: they reach the backend", out[-300:])
+    # A master user, unquoted (as Dovecot reads it) and as PLAIN's authorization identity:
+    # placed as the user it logs in as (master_user_separator), on that user's backend.
+    bad = []
+    for n in range(14, 20):
+        user = f"user{n}"
+        login = (f"m LOGIN {user}*master masterpass\r\n".encode() if n % 2 else
+                 b"m AUTHENTICATE PLAIN " +
+                 base64.b64encode(f"{user}\0master\0masterpass".encode()) + b"\r\n")
+        g, out = raw(us[n % 3].ip, [login, b"n ID NIL\r\n"], b"n OK")
+        if b"m OK" not in out or f'"x-lab-backend" "{where[user]}"'.encode() not in out:
+            bad.append(f"{user}: {out[-300:]!r}")
+    t.ok(not bad, "master-user logins (LOGIN user*master unquoted, AUTHENTICATE PLAIN with the "
+         "user as authzid) reach the user's own backend", "\n".join(bad))
     g, out = raw(us[0].ip, [b'a LOGIN "user7" "wrong"\r\n'], b"a NO")
     t.ok(b"a NO [AUTHENTICATIONFAILED]" in out, "a wrong password: NO as the backend said it",
          out)
