@@ -4,8 +4,9 @@
 A ring of three usherd with ManageSieve (STARTTLS), submission (587, STARTTLS) and submissions
 (465, TLS from the first byte) listeners, in front of three Dovecot 2.3 backends with
 managesieve and submission services; the backends relay submitted mail to a small SMTP sink of
-this test. The clients the project did not write: sieve-connect (ManageSieve, Perl) and Python's
-smtplib (SMTP with STARTTLS, SMTP_SSL); raw conversations check what they do not do.
+this test. The clients the project did not write: sieve-connect (ManageSieve, Perl), Python's
+smtplib (SMTP with STARTTLS, SMTP_SSL) and curl (both, certificate verified); raw conversations
+check what they do not do.
 
 Checked: sieve-connect uploads and lists a script over STARTTLS, on the user's backend (its log
 shows the client's address, passed by XCLIENT); AUTHENTICATE "PLAIN" with and without an
@@ -246,9 +247,33 @@ def run_with_sink(lab, t, cert, key, sink, sink_ip):
         seen = [(b.ip, l) for b in bs for l in logins(b, offsets[b], "submission")]
         got = any(marker.encode() in m for m in sink.messages)
         results.append((kind, got and len(seen) == 1 and seen[0][0] == where, seen, where))
+    # curl (libcurl) as a second client: STARTTLS with the certificate verified, AUTH, a message.
+    curl = shutil.which("curl")
+    for n, (scheme, port, extra) in enumerate((("smtp", SUBMISSION, ["--ssl-reqd"]),
+                                               ("smtps", SUBMISSIONS, []))):
+        user = f"user{9 + n}"
+        marker = uuid.uuid4().hex
+        msg = os.path.join(lab.root, f"curl-{marker}.eml")
+        with open(msg, "w") as f:
+            f.write(f"Subject: usher\r\nX-Marker: {marker}\r\n\r\nhello from curl\r\n")
+        offsets = {b: b.log_size() for b in bs}
+        r = (subprocess.run([curl, "-sS", "-m", "30", "--cacert", cert, "--resolve",
+                             f"usher.test:{port}:{us[n].ip}", *extra, "-u",
+                             f"{user}:{ul.PASSWORD}", "--mail-from", f"{user}@example.org",
+                             "--mail-rcpt", "someone@example.net", "-T", msg,
+                             f"{scheme}://usher.test:{port}"],
+                            capture_output=True, text=True, timeout=40)
+             if curl is not None else None)
+        time.sleep(0.3)
+        where = us[(n + 1) % 3].status_user(user)[0]
+        seen = [(b.ip, l) for b in bs for l in logins(b, offsets[b], "submission")]
+        got = any(marker.encode() in m for m in sink.messages)
+        results.append((f"curl {scheme}", r is not None and r.returncode == 0 and got and
+                        len(seen) == 1 and seen[0][0] == where, seen, where,
+                        r.stderr.strip() if r is not None else "curl is not installed"))
     bad = [r for r in results if not r[1]]
-    t.ok(not bad, "submission (STARTTLS, implicit TLS, AUTH PLAIN and LOGIN): each user logs in "
-         "on its backend, which relays the message", str(results))
+    t.ok(not bad, "submission (STARTTLS, implicit TLS, AUTH PLAIN and LOGIN; smtplib and curl): "
+         "each user logs in on its backend, which relays the message", str(results))
 
     # -- submission refusals
     r = Raw(us[0].ip, SUBMISSION)

@@ -3,8 +3,8 @@
 
 A ring of three usherd with imap, imaps, pop3 and pop3s listeners and a self-signed certificate
 made here with the openssl command (CN usher.test), in front of three Dovecot 2.3 backends.
-Python's imaplib and poplib, over Python's ssl module (the clients verify the certificate and
-the name), are the clients.
+Python's imaplib and poplib, over Python's ssl module, and curl (libcurl) are the clients; they
+verify the certificate and the name.
 
 Checked: IMAPS and POP3S logins, STARTTLS and STLS (offered before TLS, not after), TLS 1.2 or
 later; a user's logins over TLS and plaintext, IMAP and POP3, through any usherd reach its one
@@ -164,6 +164,38 @@ def run(lab, t):
          "\n".join(bad))
     t.ok(versions <= {"TLSv1.2", "TLSv1.3"} and versions,
          f"the certificate verifies for {NAME}; TLS version {sorted(versions)}")
+
+    # -- curl (libcurl), a client library usherd's authors did not write, over each TLS kind:
+    # it verifies the certificate for NAME, logs in, and asks the backend who it is.
+    curl = shutil.which("curl")
+    if curl is None:
+        t.ok(False, "curl is installed (tools/deps)")
+    else:
+        bad = []
+        for n in range(11, 15):
+            user = f"user{n}"
+            u = us[n % 3]
+            for scheme, port, extra in (("imaps", IMAPS_PORT, []),
+                                        ("imap", ul.IMAP_PORT, ["--ssl-reqd"]),
+                                        ("pop3s", POP3S_PORT, []),
+                                        ("pop3", ul.POP3_PORT, ["--ssl-reqd"])):
+                imap = scheme.startswith("imap")
+                r = subprocess.run([curl, "-sS", "-m", "20", "--cacert", cert,
+                                    "--resolve", f"{NAME}:{port}:{u.ip}", "-u",
+                                    f"{user}:{ul.PASSWORD}", *extra,
+                                    *(["-X", "ID NIL"] if imap else []),
+                                    f"{scheme}://{NAME}:{port}/"],
+                                   capture_output=True, text=True, timeout=30)
+                backend = (ul.parse_imap_id(r.stdout.encode()).get("x-lab-backend")
+                           if imap else None)
+                if r.returncode != 0 or (imap and backend is None):
+                    bad.append(f"{user} {scheme}: rc {r.returncode} {r.stderr.strip()} "
+                               f"{r.stdout[-200:]}")
+                elif imap and backend != u.status_user(user)[0]:
+                    bad.append(f"{user} {scheme}: reached {backend}, the ring says "
+                               f"{u.status_user(user)[0]}")
+        t.ok(not bad, "curl over IMAPS, IMAP STARTTLS, POP3S and POP3 STLS (certificate verified "
+             "for the name): logged in, IMAP on the user's backend", "\n".join(bad))
 
     # -- SNI: the certificate for the name the client asks for
     def sni_cert(name, cafile, check=True):
