@@ -6,8 +6,11 @@
  * that needs it, with LHLO and XCLIENT (the MTA's address, for Dovecot's
  * login_trusted_networks), kept for the next transactions of the session. The RCPT reply the
  * client sees is its backend's own. The message (DATA, or BDAT chunks turned into one DATA) is
- * streamed to every backend of the transaction as it arrives; reading the client pauses while a
- * backend has LMTP_QUEUE_HIGH bytes unwritten, so memory stays bounded whatever the size. The
+ * streamed to every backend of the transaction as it arrives; what a slow backend has not taken
+ * past LMTP_QUEUE_HIGH bytes waits in a spool file ([proxy] lmtp_spool_dir), so the others and
+ * the client go on at their own pace and memory stays bounded whatever the size; reading the
+ * client pauses only while a backend's spool holds lmtp_spool_max bytes (or, without a spool,
+ * while a backend has LMTP_QUEUE_HIGH bytes unwritten). The
  * replies after the body come back per recipient, in RCPT order (RFC 2033), each from its own
  * backend: a backend that fails or times out at any point gets 4xx for exactly its recipients,
  * and every other recipient keeps what its backend said.
@@ -28,6 +31,7 @@
 #include "libcore/user-hash.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -43,6 +47,7 @@
 #define LMTP_CLIENT_OUT_MAX (1024 * 1024)  /* replies a client leaves unread: dropped */
 #define LMTP_MAX_RECIPIENTS 1000           /* per transaction (RFC 5321 asks for 100 at least) */
 #define LMTP_BACKEND_LINE_MAX 4096
+#define LMTP_SPOOL_READ (256 * 1024) /* read back from a spool file at a time */
 
 typedef struct LmtpBackend LmtpBackend;
 
@@ -111,6 +116,10 @@ struct LmtpBackend {
   gboolean line_start; /* BDAT -> DATA: the next byte starts a line (dot-stuffing) */
   gint64 deadline_us;  /* for the oldest owed reply; 0 when none is owed */
   gint64 write_deadline_us; /* queued bytes must move by then (a backend that stops reading) */
+  /* Message bytes past LMTP_QUEUE_HIGH wait in a file of lmtp_spool_dir (-1: none), written at
+   * spool_w and read back from spool_r as the socket takes them. */
+  int spool_fd;
+  guint64 spool_w, spool_r;
 };
 
 typedef enum {
@@ -283,29 +292,142 @@ rcpt_name(const Rcpt *r)
 
 static void on_backend(gpointer data, guint32 events);
 
+/* ---- Spool files ------------------------------------------------------------------------------ */
+
+int
+lmtp_spool_open(const char *dir, GError **error)
+{
+  /* Nameless where the file system can (nothing to clean up after a crash); else a name
+   * unlinked at once. */
+  int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+    g_autofree char *path = g_build_filename(dir, "usherd-lmtp-XXXXXX", NULL);
+    fd = g_mkstemp_full(path, O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+      (void)unlink(path);
+  }
+  if (fd < 0)
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno),
+                "cannot create a spool file in %s: %s", dir, g_strerror(errno));
+  return fd;
+}
+
+static void
+spool_close(LmtpBackend *b)
+{
+  if (b->spool_fd >= 0)
+    close(b->spool_fd);
+  b->spool_fd = -1;
+  b->spool_w = b->spool_r = 0;
+}
+
+/* From now on b's message bytes go to a spool file; FALSE (they stay in memory) without one. */
+static gboolean
+spool_start(LmtpBackend *b)
+{
+  Proxy *p = b->s->w->proxy;
+  if (p->lmtp_spool_dir[0] == '\0')
+    return FALSE;
+  g_autoptr(GError) error = NULL;
+  b->spool_fd = lmtp_spool_open(p->lmtp_spool_dir, &error);
+  if (b->spool_fd < 0) {
+    count(b->s, &STATS(b->s)->lmtp_spool_errors, 1);
+    g_warning("lmtp %u/%" G_GUINT64_FORMAT ": backend %s is slow and %s: its message waits in "
+              "memory, the client is paused",
+              b->s->w->index, b->s->id, b->ip_text, error->message);
+    return FALSE;
+  }
+  b->spool_w = b->spool_r = 0;
+  return TRUE;
+}
+
+/* Appends to b's spool file; a file that cannot take them fails the backend (its recipients get
+ * 451 and are retried by the MTA: nothing is lost). */
+static void
+spool_append(LmtpBackend *b, const guint8 *data, gsize len)
+{
+  while (len > 0) {
+    ssize_t n = pwrite(b->spool_fd, data, len, (off_t)b->spool_w);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      count(b->s, &STATS(b->s)->lmtp_spool_errors, 1);
+      g_autofree char *why =
+        g_strdup_printf("spool file: %s", n < 0 ? g_strerror(errno) : "nothing written");
+      backend_fail(b, why);
+      return;
+    }
+    b->spool_w += (guint64)n;
+    count(b->s, &STATS(b->s)->lmtp_spooled_bytes, n);
+    data += n;
+    len -= (gsize)n;
+  }
+}
+
+/* The next spooled bytes into b's (empty) queue; FALSE when there are none (or b failed). Once
+ * all are read back the file goes: later bytes stay in memory until b falls behind again. */
+static gboolean
+spool_refill(LmtpBackend *b)
+{
+  if (b->spool_fd < 0 || b->spool_r == b->spool_w)
+    return FALSE;
+  gsize want = (gsize)MIN(b->spool_w - b->spool_r, (guint64)LMTP_SPOOL_READ);
+  b->out = g_byte_array_sized_new((guint)want);
+  g_byte_array_set_size(b->out, (guint)want);
+  b->out_off = 0;
+  ssize_t n;
+  do
+    n = pread(b->spool_fd, b->out->data, want, (off_t)b->spool_r);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    count(b->s, &STATS(b->s)->lmtp_spool_errors, 1);
+    g_autofree char *why =
+      g_strdup_printf("spool file: %s", n < 0 ? g_strerror(errno) : "shorter than written");
+    backend_fail(b, why);
+    return FALSE;
+  }
+  g_byte_array_set_size(b->out, (guint)n);
+  b->spool_r += (guint64)n;
+  if (b->spool_r == b->spool_w)
+    spool_close(b);
+  return TRUE;
+}
+
 static gboolean
 backend_flush(LmtpBackend *b)
 {
   gboolean moved = FALSE;
-  while (b->connected && b->out != NULL && b->out_off < b->out->len) {
-    ssize_t n = send(b->fd, b->out->data + b->out_off, b->out->len - b->out_off, MSG_NOSIGNAL);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-      break;
-    if (n <= 0) {
-      backend_fail(b, n < 0 ? g_strerror(errno) : "closed");
-      return FALSE;
+  for (;;) {
+    while (b->connected && b->out != NULL && b->out_off < b->out->len) {
+      ssize_t n = send(b->fd, b->out->data + b->out_off, b->out->len - b->out_off, MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        break;
+      if (n <= 0) {
+        backend_fail(b, n < 0 ? g_strerror(errno) : "closed");
+        return FALSE;
+      }
+      b->out_off += (gsize)n;
+      moved = TRUE;
     }
-    b->out_off += (gsize)n;
-    moved = TRUE;
+    if (b->out != NULL && b->out_off == b->out->len) {
+      g_clear_pointer(&b->out, g_byte_array_unref);
+      b->out_off = 0;
+    }
+    if (b->out != NULL || !b->connected || !spool_refill(b))
+      break;
   }
-  if (b->out != NULL && b->out_off == b->out->len) {
-    g_clear_pointer(&b->out, g_byte_array_unref);
-    b->out_off = 0;
-  }
+  if (b->failed)
+    return FALSE;
   /* A message being written owes no reply yet: what times it out is its bytes not moving. */
-  if (b->out == NULL)
+  if (b->out == NULL) {
     b->write_deadline_us = 0;
-  else if (moved || b->write_deadline_us == 0)
+    /* Its last bytes just went: the delivery's own time starts now (not when the client
+     * finished, which may be long before with a spool). */
+    Expect *head = g_queue_peek_head(&b->expect);
+    if (moved && head != NULL && head->kind == EXP_FINAL)
+      b->deadline_us =
+        g_get_monotonic_time() + (gint64)LMTP_BACKEND_FINAL_TIMEOUT_SECS * G_USEC_PER_SEC;
+  } else if (moved || b->write_deadline_us == 0)
     b->write_deadline_us =
       g_get_monotonic_time() + (gint64)LMTP_BACKEND_TIMEOUT_SECS * G_USEC_PER_SEC;
   return TRUE;
@@ -377,8 +499,13 @@ backend_command(LmtpBackend *b, ExpKind kind, Rcpt *r, const char *line)
     g_queue_push_tail(&b->deferred, d);
     return;
   }
-  backend_write(b, line, strlen(line));
-  backend_write(b, "\r\n", 2);
+  if (b->spool_fd >= 0) { /* behind message bytes still in the spool (not expected) */
+    spool_append(b, (const guint8 *)line, strlen(line));
+    spool_append(b, (const guint8 *)"\r\n", 2);
+  } else {
+    backend_write(b, line, strlen(line));
+    backend_write(b, "\r\n", 2);
+  }
   expect(b, kind, r);
 }
 
@@ -446,12 +573,14 @@ backend_fail(LmtpBackend *b, const char *why)
   }
   g_clear_pointer(&b->out, g_byte_array_unref);
   b->out_off = 0;
+  spool_close(b);
 }
 
 static void
 backend_free(gpointer data)
 {
   LmtpBackend *b = data;
+  spool_close(b);
   if (b->watch != NULL)
     poller_remove_closing(b->s->w->poller, b->watch);
   if (b->fd >= 0)
@@ -479,6 +608,7 @@ backend_open(LmtpSession *s, const UsherIp *ip)
   b->ip = *ip;
   usher_ip_to_string(ip, b->ip_text);
   b->fd = -1;
+  b->spool_fd = -1;
   b->line = g_string_new(NULL);
   b->reply = g_string_new(NULL);
   g_queue_init(&b->expect);
@@ -967,6 +1097,39 @@ start_data(LmtpSession *s)
     tx_data_answered(s);
 }
 
+/* A backend of the message that takes its bytes as fast as they come (no spool, a short queue). */
+static gboolean
+keeps_up(const LmtpBackend *b)
+{
+  return b->data_ok && !b->failed && b->spool_fd < 0 && backend_queued(b) < LMTP_QUEUE_HIGH;
+}
+
+/* Message bytes for b: to its socket or queue while it keeps up. Past LMTP_QUEUE_HIGH queued,
+ * while another backend of the message keeps up, to b's spool file (in order: once spooling,
+ * everything goes there until it is read back); when none keeps up the client is the fast one
+ * and is paused instead (no disk for a message every backend would take at the same pace). */
+static void
+body_write(LmtpBackend *b, const guint8 *data, gsize len)
+{
+  if (len == 0 || b->failed)
+    return;
+  if (b->spool_fd < 0 && backend_queued(b) + len > LMTP_QUEUE_HIGH) {
+    gboolean other = FALSE;
+    for (guint i = 0; i < b->s->backends->len && !other; i++) {
+      const LmtpBackend *o = g_ptr_array_index(b->s->backends, i);
+      other = o != b && keeps_up(o);
+    }
+    if (!other || !spool_start(b)) {
+      backend_write(b, data, len); /* the client is paused until b catches up */
+      return;
+    }
+  }
+  if (b->spool_fd >= 0)
+    spool_append(b, data, len);
+  else
+    backend_write_now(b, data, len);
+}
+
 /* The client's body bytes, as they come, to every backend that said 354. */
 static void
 body_bytes(LmtpSession *s, const guint8 *data, gsize len)
@@ -978,20 +1141,20 @@ body_bytes(LmtpSession *s, const guint8 *data, gsize len)
     if (!b->data_ok || b->failed)
       continue;
     if (!s->bdat) {
-      backend_write_now(b, data, len); /* already dot-stuffed, the terminator included */
+      body_write(b, data, len); /* already dot-stuffed, the terminator included */
       continue;
     }
     /* BDAT chunks become one DATA: a '.' that starts a line is doubled. */
     gsize from = 0;
     for (gsize k = 0; k < len; k++) {
       if (b->line_start && data[k] == '.') {
-        backend_write(b, data + from, k - from);
-        backend_write(b, ".", 1);
+        body_write(b, data + from, k - from);
+        body_write(b, (const guint8 *)".", 1);
         from = k;
       }
       b->line_start = data[k] == '\n';
     }
-    backend_write(b, data + from, len - from);
+    body_write(b, data + from, len - from);
   }
 }
 
@@ -1004,7 +1167,10 @@ body_complete(LmtpSession *s)
     if (!b->data_ok || b->failed)
       continue;
     if (s->bdat)
-      backend_write(b, b->line_start ? ".\r\n" : "\r\n.\r\n", b->line_start ? 3 : 5);
+      body_write(b, (const guint8 *)(b->line_start ? ".\r\n" : "\r\n.\r\n"),
+                 b->line_start ? 3 : 5);
+    if (b->failed) /* its spool file failed */
+      continue;
     for (guint k = 0; k < s->rcpts->len; k++) {
       Rcpt *r = g_ptr_array_index(s->rcpts, k);
       if (r->b == b && r->state == RCPT_ACCEPTED)
@@ -1282,12 +1448,18 @@ body_end(LmtpSession *s)
   body_complete(s);
 }
 
+/* A backend so far behind that the client must wait: its spool is full, or without a spool
+ * its queue is (the client outpaces every backend, or there is no spool). */
 static gboolean
 backends_behind(const LmtpSession *s)
 {
-  for (guint i = 0; i < s->backends->len; i++)
-    if (backend_queued(g_ptr_array_index(s->backends, i)) >= LMTP_QUEUE_HIGH)
+  guint64 spool_max = s->w->proxy->lmtp_spool_max;
+  for (guint i = 0; i < s->backends->len; i++) {
+    const LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (b->spool_fd >= 0 ? b->spool_w - b->spool_r >= spool_max
+                         : backend_queued(b) >= LMTP_QUEUE_HIGH)
       return TRUE;
+  }
   return FALSE;
 }
 

@@ -87,6 +87,8 @@ struct Proxy {
   gint next_request; /* atomic */
   UsherHashFormat *lmtp_user_format; /* [proxy] lmtp_user_format, fixed at start */
   char *recipient_delimiter;         /* [proxy] recipient_delimiter, fixed at start */
+  char *lmtp_spool_dir;              /* [proxy] lmtp_spool_dir ("" = none), fixed at start */
+  guint64 lmtp_spool_max;            /* [proxy] lmtp_spool_max, fixed at start */
   /* [proxy] auth_mechanisms, fixed at start: a bit per UsherSaslMech offered, and the lists
    * clients are shown (ManageSieve and submission log in with PLAIN or LOGIN only). */
   guint auth_mechs;
@@ -121,6 +123,8 @@ void proxy_learn_caps(Proxy *proxy, char **field, const char *caps);
 
 /* lmtp.c: the LMTP proxy on the workers. */
 void lmtp_accept(Worker *w, const Listener *l, int fd, const char *ip, guint16 port);
+/* A new, nameless spool file in dir (lmtp_spool_dir), or -1 with *error. */
+int lmtp_spool_open(const char *dir, GError **error);
 /* Timeouts, every tick. */
 void lmtp_tick(Worker *w, gint64 now_us);
 /* Closes every LMTP session of the worker (it is stopping). */

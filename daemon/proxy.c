@@ -3192,6 +3192,8 @@ proxy_new(Usherd *u, GError **error)
   p->lmtp_caps = g_strdup("8BITMIME\r\n"); /* until a backend has answered LHLO */
   p->lmtp_user_format = usher_hash_format_new(c->lmtp_user_format, NULL); /* checked by config */
   p->recipient_delimiter = g_strdup(c->recipient_delimiter);
+  p->lmtp_spool_dir = g_strdup(c->lmtp_spool_dir);
+  p->lmtp_spool_max = c->lmtp_spool_max;
   auth_lists_init(p, c->proxy_auth_mechs);
   p->tls_ctx = tls_ctx;
   p->tls_enabled = tls_ctx != NULL;
@@ -3208,6 +3210,19 @@ proxy_new(Usherd *u, GError **error)
               p->fd_ceiling,
               (unsigned long long)c->proxy_max_connections * 2 +
                   (unsigned long long)p->n_workers * SPLICE_PIPES_MAX * 2 + FD_RESERVE);
+  if ((c->lmtp_listen->len > 0 || c->lmtp_socket[0] != '\0') && p->lmtp_spool_dir[0] != '\0') {
+    g_autoptr(GError) why = NULL;
+    int fd = lmtp_spool_open(p->lmtp_spool_dir, &why);
+    if (fd < 0) {
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                  "[proxy] lmtp_spool_dir: %s (name a writable directory, or set it empty to "
+                  "spool nowhere)",
+                  why->message);
+      proxy_free(p);
+      return NULL;
+    }
+    close(fd);
+  }
   for (guint i = 0; i < p->n_workers; i++) {
     Worker *w = g_new0(Worker, 1);
     p->workers[i] = w;
@@ -3319,6 +3334,7 @@ proxy_free(Proxy *p)
   if (p->lmtp_user_format != NULL)
     usher_hash_format_free(p->lmtp_user_format);
   g_free(p->recipient_delimiter);
+  g_free(p->lmtp_spool_dir);
   g_free(p->auth_imap);
   g_free(p->auth_names);
   g_free(p->auth_lines);

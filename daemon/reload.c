@@ -92,6 +92,8 @@ note_restart_keys(const UsherConfig *a, const UsherConfig *b, GString *out)
   DIFF_STR(lmtp_socket, "[proxy]lmtp_socket")
   DIFF_STR(lmtp_user_format, "[proxy]lmtp_user_format")
   DIFF_STR(recipient_delimiter, "[proxy]recipient_delimiter")
+  DIFF_STR(lmtp_spool_dir, "[proxy]lmtp_spool_dir")
+  DIFF(lmtp_spool_max, "[proxy]lmtp_spool_max")
 #undef DIFF
 #undef DIFF_STR
   const struct {

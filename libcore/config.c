@@ -41,6 +41,8 @@ usher_config_error_quark(void)
 #define OUTPUT_BUFFER_DEFAULT (G_GUINT64_CONSTANT(10) * 1024 * 1024)
 #define OUTPUT_BUFFER_MIN (G_GUINT64_CONSTANT(64) * 1024)
 #define OUTPUT_BUFFER_MAX (G_GUINT64_CONSTANT(1024) * 1024 * 1024)
+#define LMTP_SPOOL_MIN (G_GUINT64_CONSTANT(1024) * 1024)
+#define LMTP_SPOOL_MAX (G_GUINT64_CONSTANT(1024) * 1024 * 1024 * 1024)
 
 #define QUOTE_MAX_CHARS 80
 
@@ -613,6 +615,8 @@ usher_config_new(void)
   config->lmtp_socket = g_strdup("");
   config->lmtp_user_format = g_strdup("%u");
   config->recipient_delimiter = g_strdup("+");
+  config->lmtp_spool_dir = g_strdup("/tmp");
+  config->lmtp_spool_max = G_GUINT64_CONSTANT(256) * 1024 * 1024;
   config->http_max_pending_lookups = 10000;
   config->imap_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
   config->pop3_listen = g_array_new(FALSE, TRUE, sizeof(UsherDirectorAddr));
@@ -661,6 +665,7 @@ usher_config_free(UsherConfig *config)
   g_clear_pointer(&config->submissions_listen, g_array_unref);
   g_free(config->lmtp_socket);
   g_free(config->lmtp_user_format);
+  g_free(config->lmtp_spool_dir);
   g_free(config->recipient_delimiter);
   g_free(config->health_probe_user);
   g_free(config->health_probe_password);
@@ -1091,7 +1096,7 @@ static const char *const proxy_keys[] = {
     "trusted_proxies", "proxy_protocol_backends", "imaps_listen", "pop3s_listen", "tls_cert",
     "tls_key", "tls_min_version", "tls_sni", "shutdown_timeout", "lmtp_listen", "lmtp_socket",
     "lmtp_user_format", "recipient_delimiter", "sieve_listen", "submission_listen",
-    "submissions_listen", "auth_mechanisms", NULL,
+    "submissions_listen", "auth_mechanisms", "lmtp_spool_dir", "lmtp_spool_max", NULL,
 };
 static const char *const backend_keys[] = {"vhosts", "tag", "hostname", "down", NULL};
 static const char *const health_keys[] = {"enabled", "interval", "timeout", "fall", "rise",
@@ -1759,6 +1764,22 @@ parse_proxy_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return get_listen_list(ref, config->submission_listen, error);
   if (strcmp(key, "submissions_listen") == 0)
     return get_listen_list(ref, config->submissions_listen, error);
+  if (strcmp(key, "lmtp_spool_max") == 0)
+    return get_size(ref, LMTP_SPOOL_MIN, LMTP_SPOOL_MAX, &config->lmtp_spool_max, error);
+  if (strcmp(key, "lmtp_spool_dir") == 0) {
+    g_autofree char *value = NULL;
+    if (!get_value(ref, &value, error))
+      return FALSE;
+    if (value[0] != '\0' && value[0] != '/') {
+      g_autofree char *q = quote(value, -1);
+      key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
+                "%s is not an absolute path (or empty: no spooling)", q);
+      return FALSE;
+    }
+    g_free(config->lmtp_spool_dir);
+    config->lmtp_spool_dir = g_steal_pointer(&value);
+    return TRUE;
+  }
   if (strcmp(key, "lmtp_socket") == 0 || strcmp(key, "lmtp_user_format") == 0 ||
       strcmp(key, "recipient_delimiter") == 0) {
     g_autofree char *value = NULL;

@@ -115,6 +115,8 @@ typedef struct {
   char *lmtp_socket;         /* LMTP on a UNIX socket at this path; "" = none */
   char *lmtp_user_format;    /* recipient address (detail cut) -> user name; default "%u" */
   char *recipient_delimiter; /* bytes that start an address's detail; default "+" */
+  char *lmtp_spool_dir;      /* where a message for a slow backend is spooled; "" = nowhere */
+  guint64 lmtp_spool_max;    /* bytes spooled per backend and message; default 256 MiB */
   GArray *proxy_protocol_backends; /* UsherNet: backends that get a PROXY v2 header */
   /* [health]: backend health checks (doc/health.md) */
   gboolean health_enabled;       /* default FALSE */

@@ -1071,6 +1071,17 @@ test_proxy_group(void)
               NULL);
   parse_fails("[proxy]\nauth_mechanisms = ,\n", USHER_CONFIG_ERROR_INVALID,
               "[proxy] auth_mechanisms: names no mechanism", NULL);
+  /* LMTP spool: /tmp and 256 MiB unless set; empty: no spool */
+  g_assert_cmpstr(tls->lmtp_spool_dir, ==, "/tmp");
+  g_assert_cmpuint(tls->lmtp_spool_max, ==, G_GUINT64_CONSTANT(256) << 20);
+  g_autoptr(UsherConfig) spool = parse_ok("[proxy]\nlmtp_spool_dir =\nlmtp_spool_max = 2G\n");
+  g_assert_cmpstr(spool->lmtp_spool_dir, ==, "");
+  g_assert_cmpuint(spool->lmtp_spool_max, ==, G_GUINT64_CONSTANT(2) << 30);
+  parse_fails("[proxy]\nlmtp_spool_dir = spool\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] lmtp_spool_dir: \"spool\" is not an absolute path (or empty: no spooling)",
+              NULL);
+  parse_fails("[proxy]\nlmtp_spool_max = 512k\n", USHER_CONFIG_ERROR_INVALID,
+              "[proxy] lmtp_spool_max: \"512k\" is below the minimum of", NULL);
 }
 
 int

@@ -14,15 +14,17 @@ as its user; an unknown user is refused by its backend's own 550; a stopped back
 for exactly its recipients at RCPT, and when it dies after RCPT or in the middle of the body the
 others are still delivered (2xx) and its own get 4xx (no loss, no duplicate), and the MTA's
 retry delivers them once; a user moved during a delivery; a 50 MB message with bounded memory;
-BDAT chunks
-(dot-stuffed on the way); pipelined commands answered in order; bad commands; the UNIX socket;
-the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
+a backend stopped (SIGSTOP) during a message: its bytes wait in a spool file while the client and
+the other backend go on; BDAT chunks (dot-stuffed on the way); pipelined commands answered in
+order; MAIL parameters of extensions not offered; bad commands; the UNIX socket; the counters in
+usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
 """
 
 import glob
 import json
 import os
 import smtplib
+import signal
 import socket
 import subprocess
 import sys
@@ -374,6 +376,47 @@ def run(lab, t):
          (asan or grown < 16 * 1024),
          f"a 50 MB message to two users: delivered, usherd's peak memory grew {grown} KiB "
          f"(bound 16 MiB{', not checked under ASan' if asan else ''})", "\n".join(got))
+
+    # -- a slow backend: what it has not taken waits in a spool file; the client and the other
+    # backend go on. One backend's LMTP processes are stopped (SIGSTOP) during the message.
+    placed = {}
+    for n in range(20, 40):
+        placed.setdefault(us[0].status_user(f"user{n}")[0], f"user{n}")
+    fast_b, slow_b = [b for b in bs if b.ip in placed][:2]
+    fast_u, slow_u = placed[fast_b.ip], placed[slow_b.ip]
+    before = stats(us[0])
+    marker = uuid.uuid4().hex
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
+           f"RCPT TO:<{slow_u}@{DOMAIN}>\r\nDATA\r\n".encode())
+    got = [r.reply() for _ in range(5)]
+    stopped = [p for p in slow_b.processes() if ul._cmdline(p).endswith("/lmtp")]
+    for p in stopped:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r.send(f"Subject: spool\r\nX-Marker: {marker}\r\n\r\n".encode())
+        for _ in range(24):
+            r.send(chunk)  # 24 MiB, far more than the sockets and usherd's memory queue hold
+        r.send(b".\r\n")
+        sent_in = time.monotonic() - t0
+        mid = stats(us[0])
+        fast_saved = ul.poll_until(lambda: mailbox_count(lab, fast_u, marker) == 1, 20)
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
+    got += [r.reply(), r.reply()]
+    r.close()
+    after = stats(us[0])
+    spooled = mid.get("lmtp_spooled_bytes", 0) - before.get("lmtp_spooled_bytes", 0)
+    t.ok(stopped and [g[:3] for g in got] == ["250", "250", "250", "250", "354", "250", "250"] and
+         sent_in < 15 and spooled > 8 * 1024 * 1024 and fast_saved and
+         mailbox_count(lab, slow_u, marker) == 1 and
+         after.get("lmtp_spool_errors", 0) == before.get("lmtp_spool_errors", 0),
+         f"a backend stopped during a 24 MiB message: the client sent it all in {sent_in:.1f} s, "
+         f"{spooled >> 20} MiB spooled for the stopped backend, the other backend saved it "
+         f"meanwhile; resumed, both recipients get 250 and the message once",
+         "\n".join(got) + f" stopped {stopped}")
 
     st = stats(us[0])
     t.ok(st.get("lmtp_delivered", 0) >= 50 and st.get("lmtp_recipients", 0) >= 50 and
