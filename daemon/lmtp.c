@@ -120,6 +120,7 @@ struct LmtpBackend {
    * spool_w and read back from spool_r as the socket takes them. */
   int spool_fd;
   guint64 spool_w, spool_r;
+  gboolean spool_refused; /* no spool file could be made for this message */
 };
 
 typedef enum {
@@ -331,6 +332,7 @@ spool_start(LmtpBackend *b)
   g_autoptr(GError) error = NULL;
   b->spool_fd = lmtp_spool_open(p->lmtp_spool_dir, &error);
   if (b->spool_fd < 0) {
+    b->spool_refused = TRUE; /* not tried again for this message */
     count(b->s, &STATS(b->s)->lmtp_spool_errors, 1);
     g_warning("lmtp %u/%" G_GUINT64_FORMAT ": backend %s is slow and %s: its message waits in "
               "memory, the client is paused",
@@ -1091,6 +1093,7 @@ start_data(LmtpSession *s)
     if (rcpts_in(s, b, RCPTS_HOPEFUL) == 0 || b->failed)
       continue;
     b->data_sent = TRUE;
+    b->spool_refused = FALSE;
     backend_command(b, EXP_DATA, NULL, "DATA"); /* written at the end of session_process */
   }
   if (all_data_answered(s))
@@ -1104,6 +1107,21 @@ keeps_up(const LmtpBackend *b)
   return b->data_ok && !b->failed && b->spool_fd < 0 && backend_queued(b) < LMTP_QUEUE_HIGH;
 }
 
+/* b, behind, should spool: spooling is on, worked for this message, and another backend of the
+ * message keeps up (else the client is the fast one: it waits, no disk is used). */
+static gboolean
+should_spool(const LmtpBackend *b)
+{
+  if (b->s->w->proxy->lmtp_spool_dir[0] == '\0' || b->spool_refused)
+    return FALSE;
+  for (guint i = 0; i < b->s->backends->len; i++) {
+    const LmtpBackend *o = g_ptr_array_index(b->s->backends, i);
+    if (o != b && keeps_up(o))
+      return TRUE;
+  }
+  return FALSE;
+}
+
 /* Message bytes for b: to its socket or queue while it keeps up. Past LMTP_QUEUE_HIGH queued,
  * while another backend of the message keeps up, to b's spool file (in order: once spooling,
  * everything goes there until it is read back); when none keeps up the client is the fast one
@@ -1113,16 +1131,10 @@ body_write(LmtpBackend *b, const guint8 *data, gsize len)
 {
   if (len == 0 || b->failed)
     return;
-  if (b->spool_fd < 0 && backend_queued(b) + len > LMTP_QUEUE_HIGH) {
-    gboolean other = FALSE;
-    for (guint i = 0; i < b->s->backends->len && !other; i++) {
-      const LmtpBackend *o = g_ptr_array_index(b->s->backends, i);
-      other = o != b && keeps_up(o);
-    }
-    if (!other || !spool_start(b)) {
-      backend_write(b, data, len); /* the client is paused until b catches up */
-      return;
-    }
+  if (b->spool_fd < 0 && backend_queued(b) + len > LMTP_QUEUE_HIGH &&
+      (!should_spool(b) || !spool_start(b))) {
+    backend_write(b, data, len); /* the client is paused until b catches up */
+    return;
   }
   if (b->spool_fd >= 0)
     spool_append(b, data, len);
@@ -1448,8 +1460,8 @@ body_end(LmtpSession *s)
   body_complete(s);
 }
 
-/* A backend so far behind that the client must wait: its spool is full, or without a spool
- * its queue is (the client outpaces every backend, or there is no spool). */
+/* A backend so far behind that the client must wait: its spool is full, or its queue is and it
+ * cannot spool (the client outpaces every backend, or there is no spool). */
 static gboolean
 backends_behind(const LmtpSession *s)
 {
@@ -1457,8 +1469,8 @@ backends_behind(const LmtpSession *s)
   for (guint i = 0; i < s->backends->len; i++) {
     const LmtpBackend *b = g_ptr_array_index(s->backends, i);
     if (b->spool_fd >= 0 ? b->spool_w - b->spool_r >= spool_max
-                         : backend_queued(b) >= LMTP_QUEUE_HIGH)
-      return TRUE;
+                         : backend_queued(b) >= LMTP_QUEUE_HIGH && !should_spool(b))
+      return TRUE; /* (one that should spool starts with the next bytes read) */
   }
   return FALSE;
 }
