@@ -42,6 +42,7 @@
 #define OUT_MAX (4 * 1024 * 1024)   /* a peer that never reads is dropped */
 #define TICK_MS 500
 #define BACKEND_CONNECT_TIMEOUT_SECS 10
+#define HALF_CLOSE_SECS 30 /* after the client's end, the backend's answers may take this long */
 #define BACKEND_LOGIN_TIMEOUT_SECS 30
 #define BACKEND_RETRY_DELAY_MS 500
 #define BACKEND_LINE_MAX 65536
@@ -128,6 +129,8 @@ struct Session {
   UsherProxyHeader *pheader; /* S_PROXY_HEADER */
   gboolean input_seen;       /* the client has sent something */
   gboolean cin_parked;       /* its reads are off until its login is answered */
+  gboolean client_eof;       /* proxying: the client sent its last byte (half-close) */
+  gboolean backend_shut;     /* ... and it went on to the backend, whose write side is shut */
   guint bad_commands;
   gint64 deadline_us; /* pre-login / backend timeouts (mono) */
   /* The login being routed */
@@ -253,9 +256,11 @@ update_interest(Session *s)
       if (s->tls_handshaking)
         ev = 0;
       ev |= s->tls_wants;
-      if ((ev & EPOLLIN) && !s->tls_handshaking && SSL_pending(s->ssl) > 0)
+      if ((ev & EPOLLIN) && !s->client_eof && !s->tls_handshaking && SSL_pending(s->ssl) > 0)
         tls_kick(s); /* decrypted bytes wait in OpenSSL: epoll will not say so */
     }
+    if (s->client_eof)
+      ev &= ~(guint32)EPOLLIN; /* at its end, a socket would stay readable for ever */
     poller_modify(poller, s->cwatch, ev);
   }
   if (s->bwatch != NULL) {
@@ -625,8 +630,14 @@ session_flush_client(Session *s)
 static void
 session_flush_backend(Session *s)
 {
-  if (s->bfd >= 0 && flush_fd(s, FALSE, &s->bout, &s->bout_off))
-    update_interest(s);
+  if (s->bfd < 0 || !flush_fd(s, FALSE, &s->bout, &s->bout_off))
+    return;
+  if (s->client_eof && !s->backend_shut && s->bout == NULL &&
+      (s->bpipe == NULL || s->bpipe->held == 0)) {
+    (void)shutdown(s->bfd, SHUT_WR); /* the backend reads its end, answers, and closes */
+    s->backend_shut = TRUE;
+  }
+  update_interest(s);
 }
 
 /* ---- Life cycle ------------------------------------------------------------------------------------ */
@@ -1286,6 +1297,20 @@ splice_burst(Session *s, gboolean to_client_side)
   return r == -1 ? SPLICE_WAIT : SPLICE_MOVED;
 }
 
+/* The client sent its last byte (a FIN; with TLS, close_notify or a FIN) while proxying: like a
+ * TCP relay, what it sent still goes to the backend, then the backend's write side is shut, and
+ * the backend's answers (the BYE of a LOGOUT piped with `printf ... | nc`) still reach the client
+ * until the backend closes, for at most HALF_CLOSE_SECS. */
+static void
+client_finished(Session *s)
+{
+  if (s->client_eof)
+    return;
+  s->client_eof = TRUE;
+  s->deadline_us = g_get_monotonic_time() + HALF_CLOSE_SECS * G_USEC_PER_SEC;
+  session_flush_backend(s);
+}
+
 /* Moves what one side has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup):
  * from the backend to the client when to_client_side, else from the client to the backend. */
 static void
@@ -1316,9 +1341,12 @@ proxy_bytes(Session *s, gboolean to_client_side)
     }
     if (n == -1)
       break;
+    if (n == 0 && !to_client_side) {
+      client_finished(s);
+      return;
+    }
     if (n <= 0) {
-      session_end(s, n == 0 ? (to_client_side ? "backend closed" : "client closed")
-                            : g_strerror(errno));
+      session_end(s, n == 0 ? "backend closed" : g_strerror(errno));
       return;
     }
     queue(to_buf, to_off, buf, (gsize)n);
@@ -2254,7 +2282,10 @@ on_client(gpointer data, guint32 events)
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
     return;
   if (s->state == S_PROXYING) {
-    proxy_bytes(s, FALSE);
+    if (!s->client_eof)
+      proxy_bytes(s, FALSE);
+    else if (events & (EPOLLERR | EPOLLHUP))
+      session_close(s, "client gone");
     return;
   }
   if (s->state == S_PROXY_HEADER) {
@@ -2862,8 +2893,12 @@ on_tick(gpointer data)
   for (GList *l = w->sessions.head; l != NULL;) {
     Session *s = l->data;
     l = l->next;
-    if (s->state == S_PROXYING || s->deadline_us > now)
+    if ((s->state == S_PROXYING && !s->client_eof) || s->deadline_us > now)
       continue;
+    if (s->state == S_PROXYING) {
+      session_end(s, "the backend did not close after the client's end");
+      continue;
+    }
     if (s->state == S_PROXY_HEADER) {
       proxy_stat_add(w->proxy, &w->proxy->stats.prelogin_timeouts, 1);
       session_close(s, "no PROXY header before the login timeout");

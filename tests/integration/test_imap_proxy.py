@@ -97,6 +97,21 @@ def run(lab, t):
                  b"c OK")
     t.ok(b"a OK" in out and b"x-lab-backend" in out and b"c OK" in out,
          "LITERAL+ login with commands pipelined behind it: they reach the backend", out[-300:])
+    # `printf 'a LOGIN ...\r\nb LOGOUT\r\n' | nc`: the client's end (a FIN) comes right behind
+    # its commands; the backend's answers still reach it (a half-close, as a TCP relay does).
+    def half_close(host, port, data):
+        c = socket.create_connection((host, port), timeout=10)
+        c.recv(4096)
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        out = ul.read_until_closed(c, timeout=10)
+        c.close()
+        return out
+    out = half_close(us[2].ip, ul.IMAP_PORT, b"a LOGIN user7 pass\r\nb NOOP\r\nc LOGOUT\r\n")
+    t.ok(b"a OK" in out and b"b OK NOOP" in out and b"* BYE" in out and b"c OK" in out,
+         "the client ends its side right behind LOGIN, NOOP and LOGOUT: every answer reaches it, "
+         "then the connection closes", out[-200:])
+
     # A master user, unquoted (as Dovecot reads it) and as PLAIN's authorization identity:
     # placed as the user it logs in as (master_user_separator), on that user's backend.
     bad = []

@@ -17,6 +17,7 @@ answered and usherd keeps serving. Exits 0 pass, 1 fail, 77 skipped.
 import base64
 import os
 import subprocess
+import socket
 import sys
 
 sys.dont_write_bytecode = True
@@ -68,6 +69,14 @@ def run(lab, t):
     g, out = raw(us[0].ip, [b"AUTH OAUTHBEARER bixhPXVzZXI3LAEBAQ==\r\n"])
     t.ok(out.startswith(b"-ERR Unsupported authentication mechanism"),
          "a mechanism auth_mechanisms does not list is refused", out)
+    c = socket.create_connection((us[1].ip, ul.POP3_PORT), timeout=10)
+    c.recv(4096)
+    c.sendall(b"USER user7\r\nPASS " + ul.PASSWORD.encode() + b"\r\nSTAT\r\nQUIT\r\n")
+    c.shutdown(socket.SHUT_WR)
+    out = ul.read_until_closed(c, timeout=10)
+    c.close()
+    t.ok(out.count(b"+OK") == 4 and b"Logging out" in out,
+         "the client's end right behind USER, PASS, STAT and QUIT: every answer reaches it", out)
     ir = b64("\0user7\0" + ul.PASSWORD)
     g, out = raw(us[1].ip, [f"AUTH PLAIN {ir}\r\n".encode()], b"Logged in")
     t.ok(b"+OK Logged in" in out, "AUTH PLAIN with an initial response", out)
