@@ -169,6 +169,7 @@ struct LmtpSession {
   gboolean discard_body; /* a BDAT chunk that no backend will take (its answer is a failure) */
   char *data_failure;    /* DATA/BDAT refused by every backend: the answer */
   gboolean quitting;
+  gboolean client_eof; /* the MTA ended its side: what it sent is answered, then the close */
   gboolean client_gone;
   gint64 deadline_us;
 };
@@ -1475,6 +1476,16 @@ backends_behind(const LmtpSession *s)
   return FALSE;
 }
 
+/* After the MTA's end (`printf ... | nc`, a FIN right behind its commands): every command it
+ * sent has been answered and the answers are written, or its message can never be complete. */
+static gboolean
+client_eof_done(LmtpSession *s)
+{
+  if (s->has_held || !g_queue_is_empty(&s->slots) || s->out != NULL)
+    return FALSE;
+  return s->tx == TX_NONE || s->tx == TX_MAIL || (s->tx == TX_BODY && !backends_behind(s));
+}
+
 /* Runs what the client sent as far as it can go now, then writes the answers. */
 static void
 session_process(LmtpSession *s)
@@ -1529,8 +1540,14 @@ session_process(LmtpSession *s)
   tx_maybe_done(s);
   if (!client_flush(s))
     return;
-  if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) != NULL)
-    update_interest(s);
+  if ((s = g_hash_table_lookup(w->lmtp_by_id, &id)) == NULL)
+    return;
+  if (s->client_eof && client_eof_done(s)) {
+    session_close(s, s->tx == TX_BODY ? "client closed in the middle of a message"
+                                      : "client closed");
+    return;
+  }
+  update_interest(s);
 }
 
 /* ---- The client ------------------------------------------------------------------------------ */
@@ -1542,7 +1559,7 @@ update_interest(LmtpSession *s)
   /* While the client waits for its backends, its reads stay on (no epoll_ctl per message; an
    * MTA waits for answers): what it sends meanwhile is kept, up to one read's worth, and then
    * its reads are off until that is used. A backend behind on a message stops them at once. */
-  gboolean paused = (s->tx == TX_BODY && backends_behind(s)) || s->quitting;
+  gboolean paused = (s->tx == TX_BODY && backends_behind(s)) || s->quitting || s->client_eof;
   if (!paused && usher_smtp_reader_pending(s->reader) < LMTP_READ_CHUNK)
     ev |= EPOLLIN;
   if (s->out != NULL && g_queue_is_empty(&s->slots)) /* held answers wait for no socket */
@@ -1588,6 +1605,15 @@ on_client(gpointer data, guint32 events)
   LmtpSession *s = data;
   if ((events & EPOLLOUT) && !client_flush(s))
     return;
+  if (s->client_eof) { /* nothing more to read; a reset ends the wait for the answers */
+    if (events & (EPOLLERR | EPOLLHUP))
+      session_close(s, "client gone");
+    else if (client_eof_done(s))
+      session_close(s, "client closed");
+    else
+      update_interest(s);
+    return;
+  }
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))) {
     update_interest(s);
     return;
@@ -1598,9 +1624,15 @@ on_client(gpointer data, guint32 events)
     update_interest(s);
     return;
   }
-  if (n <= 0) {
-    /* An MTA that goes away mid-message: the backends drop the half message with the close. */
-    session_close(s, n == 0 ? "client closed" : g_strerror(errno));
+  if (n == 0) {
+    /* What it sent before its end is answered first; an MTA that goes away mid-message: the
+     * backends drop the half message with the close. */
+    s->client_eof = TRUE;
+    session_process(s);
+    return;
+  }
+  if (n < 0) {
+    session_close(s, g_strerror(errno));
     return;
   }
   s->deadline_us = g_get_monotonic_time() + LMTP_CLIENT_TIMEOUT_SECS * G_USEC_PER_SEC;

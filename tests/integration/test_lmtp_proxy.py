@@ -14,7 +14,7 @@ as its user; an unknown user is refused by its backend's own 550; a stopped back
 for exactly its recipients at RCPT, and when it dies after RCPT or in the middle of the body the
 others are still delivered (2xx) and its own get 4xx (no loss, no duplicate), and the MTA's
 retry delivers them once; a user moved during a delivery; a 50 MB message with bounded memory;
-a backend stopped (SIGSTOP) during a message: its bytes wait in a spool file while the client and
+the MTA's end right behind a pipelined delivery; a backend stopped (SIGSTOP) during a message: its bytes wait in a spool file while the client and
 the other backend go on; BDAT chunks (dot-stuffed on the way); pipelined commands answered in
 order; MAIL parameters of extensions not offered; bad commands; the UNIX socket; the counters in
 usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
@@ -139,7 +139,8 @@ def run(lab, t):
     rcpts = [f"user{n}@{DOMAIN}" for n in range(1, 51)]
     offsets = {b: b.log_size() for b in bs}
     at_rcpt, final, out = swaks(f"{us[0].ip}:{ul.LMTP_PORT}", rcpts, marker)
-    time.sleep(0.5)
+    # Dovecot's log process writes the save lines a moment after the replies.
+    ul.poll_until(lambda: all(saved_on(bs, offsets, f"user{n}") for n in range(1, 51)), 10)
     # Where the ring put each user, asked of another usherd than the one that delivered.
     owner = {f"user{n}": us[n % 3].status_user(f"user{n}")[0] for n in range(1, 51)}
     bad = []
@@ -159,7 +160,7 @@ def run(lab, t):
     offsets = {b: b.log_size() for b in bs}
     at_rcpt, final, out = swaks(f"{us[1].ip}:{ul.LMTP_PORT}",
                                 [f"user7+box@{DOMAIN}", f"nosuch@{DOMAIN}"], marker)
-    time.sleep(0.3)
+    ul.poll_until(lambda: saved_on(bs, offsets, "user7"), 10)
     t.ok(mailbox_count(lab, "user7", marker) == 1 and saved_on(bs, offsets, "user7") ==
          [owner["user7"]], "user7+box@ is delivered to user7 on user7's backend", out[-1500:])
     t.ok(at_rcpt.get(f"nosuch@{DOMAIN}") == 550 and final == {f"user7+box@{DOMAIN}": 250},
@@ -335,11 +336,13 @@ def run(lab, t):
     r.send(f"Subject: moved\r\nX-Marker: {marker}\r\n\r\nhi\r\n.\r\n".encode())
     got.append(r.reply())
     r.close()
+    # Dovecot's log process writes the line a moment after the reply.
+    ul.poll_until(lambda: saved_on(bs, offsets, user), 10)
     first_on = saved_on(bs, offsets, user)
     ul.wait_for("the move to finish", lambda: us[2].status_user(user)[0] == new, 20)
     offsets = {b: b.log_size() for b in bs}
     at_rcpt, final, out = swaks(f"{us[2].ip}:{ul.LMTP_PORT}", [f"{user}@{DOMAIN}"], marker)
-    time.sleep(0.3)
+    ul.poll_until(lambda: saved_on(bs, offsets, user), 10)
     t.ok(mv.returncode == 0 and [g[:3] for g in got] == ["250", "250", "250", "354", "250"] and
          first_on == [old] and saved_on(bs, offsets, user) == [new] and
          mailbox_count(lab, user, marker) == 2,
@@ -376,6 +379,20 @@ def run(lab, t):
          (asan or grown < 16 * 1024),
          f"a 50 MB message to two users: delivered, usherd's peak memory grew {grown} KiB "
          f"(bound 16 MiB{', not checked under ASan' if asan else ''})", "\n".join(got))
+
+    # -- `printf ... | nc`: the MTA's end (a FIN) right behind a whole pipelined delivery
+    marker = uuid.uuid4().hex
+    c = socket.create_connection((us[1].ip, ul.LMTP_PORT), timeout=20)
+    c.sendall(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user11@{DOMAIN}>\r\n"
+              f"DATA\r\nSubject: eof\r\nX-Marker: {marker}\r\n\r\nbye\r\n.\r\nQUIT\r\n".encode())
+    c.shutdown(socket.SHUT_WR)
+    out = ul.read_until_closed(c, timeout=20).decode("latin1")
+    c.close()
+    codes = [l[:3] for l in out.split("\r\n") if len(l) > 3 and l[3] == " "]
+    t.ok(codes == ["220", "250", "250", "250", "354", "250", "221"] and
+         mailbox_count(lab, "user11", marker) == 1,
+         "the MTA ends its side right behind a pipelined delivery and QUIT: every reply reaches "
+         "it and the message is saved once", out)
 
     # -- a slow backend: what it has not taken waits in a spool file; the client and the other
     # backend go on. One backend's LMTP processes are stopped (SIGSTOP) during the message.
