@@ -294,7 +294,7 @@ rcpt_name(const Rcpt *r)
 
 static void on_backend(gpointer data, guint32 events);
 
-/* ---- Spool files ------------------------------------------------------------------------------ */
+/* ---- Spool files ----------------------------------------------------------------------------- */
 
 int
 lmtp_spool_open(const char *dir, GError **error)

@@ -14,10 +14,10 @@ as its user; an unknown user is refused by its backend's own 550; a stopped back
 for exactly its recipients at RCPT, and when it dies after RCPT or in the middle of the body the
 others are still delivered (2xx) and its own get 4xx (no loss, no duplicate), and the MTA's
 retry delivers them once; a user moved during a delivery; a 50 MB message with bounded memory;
-the MTA's end right behind a pipelined delivery; a backend stopped (SIGSTOP) during a message: its bytes wait in a spool file while the client and
-the other backend go on; BDAT chunks (dot-stuffed on the way); pipelined commands answered in
-order; MAIL parameters of extensions not offered; bad commands; the UNIX socket; the counters in
-usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
+the MTA's end right behind a pipelined delivery; a backend stopped (SIGSTOP) during a message:
+its bytes wait in a spool file while the client and the other backend go on; BDAT chunks
+(dot-stuffed on the way); pipelined commands answered in order; MAIL parameters of extensions
+not offered; bad commands; the UNIX socket; the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
 """
 
 import glob
