@@ -1273,7 +1273,8 @@ lhlo_offers(Proxy *p, const char *keyword, guint64 *arg_out)
 
 /* MAIL's parameters may only belong to extensions the LHLO reply offered (RFC 5321 4.1.1.11);
  * the reply that refuses them (Dovecot's words), or NULL. Refused here rather than by each
- * backend after MAIL was accepted, which would fail every recipient. */
+ * backend after MAIL was accepted, which would fail every recipient. (BODY=BINARYMIME never
+ * passes: usherd does not offer BINARYMIME, see learn_lhlo.) */
 static char *
 mail_params_refusal(LmtpSession *s, const char *params)
 {
@@ -1290,9 +1291,6 @@ mail_params_refusal(LmtpSession *s, const char *params)
     if (g_ascii_strcasecmp(*w, "BODY") == 0 && value != NULL &&
         (g_ascii_strcasecmp(value, "7BIT") == 0 || g_ascii_strcasecmp(value, "8BITMIME") == 0) &&
         lhlo_offers(p, "8BITMIME", NULL))
-      continue;
-    if (g_ascii_strcasecmp(*w, "BODY") == 0 && value != NULL &&
-        g_ascii_strcasecmp(value, "BINARYMIME") == 0 && lhlo_offers(p, "BINARYMIME", NULL))
       continue;
     if (g_ascii_strcasecmp(*w, "SIZE") == 0 && lhlo_offers(p, "SIZE", &limit)) {
       if (value == NULL || *value == '\0' || strspn(value, "0123456789") != strlen(value) ||
@@ -1608,10 +1606,8 @@ on_client(gpointer data, guint32 events)
   if (s->client_eof) { /* nothing more to read; a reset ends the wait for the answers */
     if (events & (EPOLLERR | EPOLLHUP))
       session_close(s, "client gone");
-    else if (client_eof_done(s))
-      session_close(s, "client closed");
     else
-      update_interest(s);
+      session_process(s); /* closes once everything is answered */
     return;
   }
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))) {
