@@ -17,7 +17,8 @@ retry delivers them once; a user moved during a delivery; a 50 MB message with b
 the MTA's end right behind a pipelined delivery; a backend stopped (SIGSTOP) during a message:
 its bytes wait in a spool file while the client and the other backend go on; BDAT chunks
 (dot-stuffed on the way); pipelined commands answered in order; MAIL parameters of extensions
-not offered; bad commands; the UNIX socket; the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
+not offered; bad commands; a spool directory that does not exist (usherd refuses to start);
+the UNIX socket; the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
 """
 
 import glob
@@ -434,6 +435,22 @@ def run(lab, t):
          f"{spooled >> 20} MiB spooled for the stopped backend, the other backend saved it "
          f"meanwhile; resumed, both recipients get 250 and the message once",
          "\n".join(got) + f" stopped {stopped}")
+
+    # -- a spool directory usherd cannot write to: it refuses to start, saying which key and why
+    bad_dir = os.path.join(lab.root, "spool-test")
+    os.makedirs(bad_dir)
+    ip = f"127.{lab.net}.1.9"
+    conf = os.path.join(bad_dir, "usher.conf")
+    with open(conf, "w") as f:
+        f.write(f"[ring]\ndirectors = {ip}\n[backends]\nhosts = {bs[0].ip}\n[daemon]\n"
+                f"ring_address = {ip}:{ul.RING_PORT}\nadmin_socket = {bad_dir}/admin\n"
+                f"state_dir = {bad_dir}/state\n[proxy]\nlmtp_listen = {ip}:{ul.LMTP_PORT}\n"
+                f"lmtp_spool_dir = {bad_dir}/missing\n")
+    r = subprocess.run([ul.USHERD, "-c", conf], capture_output=True, text=True, timeout=20)
+    t.ok(r.returncode != 0 and f"[proxy] lmtp_spool_dir: cannot create a spool file in "
+         f"{bad_dir}/missing: No such file or directory" in r.stderr,
+         "an lmtp_spool_dir that does not exist: usherd refuses to start and says why",
+         f"exit {r.returncode}: {r.stderr[-500:]}")
 
     st = stats(us[0])
     t.ok(st.get("lmtp_delivered", 0) >= 50 and st.get("lmtp_recipients", 0) >= 50 and
