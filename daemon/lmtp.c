@@ -170,6 +170,8 @@ struct LmtpSession {
   char *data_failure;    /* DATA/BDAT refused by every backend: the answer */
   gboolean quitting;
   gboolean client_eof; /* the MTA ended its side: what it sent is answered, then the close */
+  gboolean client_ending; /* its FIN is in (EPOLLRDHUP or EOF): no message end is passed on */
+  gboolean body_cut;      /* this message will not be delivered (body_cut) */
   gboolean client_gone;
   gint64 deadline_us;
 };
@@ -522,16 +524,17 @@ lost_text(const Rcpt *r, const char *why)
 }
 
 /* The backend is gone: each recipient still waiting for it gets a temporary failure; the
- * others keep what they have. */
+ * others keep what they have. blame: the backend failed (logged and counted), rather than
+ * usherd closing it on purpose. */
 static void
-backend_fail(LmtpBackend *b, const char *why)
+backend_close(LmtpBackend *b, const char *why, gboolean blame)
 {
   LmtpSession *s = b->s;
   if (b->failed)
     return;
   b->failed = TRUE;
   /* A backend that closes an idle connection (its own timeout) owes nothing: not a failure. */
-  if (!g_queue_is_empty(&b->expect) || !g_queue_is_empty(&b->deferred) || b->in_tx) {
+  if (blame && (!g_queue_is_empty(&b->expect) || !g_queue_is_empty(&b->deferred) || b->in_tx)) {
     g_message("lmtp %u/%" G_GUINT64_FORMAT ": backend %s failed: %s", s->w->index, s->id,
               b->ip_text, why);
     count(s, &STATS(s)->lmtp_backend_failures, 1);
@@ -577,6 +580,12 @@ backend_fail(LmtpBackend *b, const char *why)
   g_clear_pointer(&b->out, g_byte_array_unref);
   b->out_off = 0;
   spool_close(b);
+}
+
+static void
+backend_fail(LmtpBackend *b, const char *why)
+{
+  backend_close(b, why, TRUE);
 }
 
 static void
@@ -952,7 +961,7 @@ tx_reset(LmtpSession *s)
   g_clear_pointer(&s->mail_path, g_free);
   g_clear_pointer(&s->mail_params, g_free);
   g_clear_pointer(&s->data_failure, g_free);
-  s->bdat = s->bdat_last = s->discard_body = FALSE;
+  s->bdat = s->bdat_last = s->discard_body = s->body_cut = FALSE;
   for (guint i = s->backends->len; i-- > 0;) {
     LmtpBackend *b = g_ptr_array_index(s->backends, i);
     if (b->failed) {
@@ -1143,11 +1152,45 @@ body_write(LmtpBackend *b, const guint8 *data, gsize len)
     backend_write_now(b, data, len);
 }
 
+/* The MTA's FIN came before the end of its message was passed on. An MTA closes before the
+ * answer only when it has given up waiting for it (its timeout ran out, say while usherd was
+ * stopped or starved), and then it sends the message again later: this copy must not be
+ * delivered as well. Its backends never get the terminator: their connections are closed in the
+ * middle of the body, which makes them drop it, and every recipient gets 451 (still written, for
+ * a client that only shut its sending side). A terminator already passed on before the FIN was
+ * seen is the race every SMTP server has (RFC 1047): that delivery stands. */
+static void
+body_cut(LmtpSession *s)
+{
+  if (s->body_cut)
+    return;
+  s->body_cut = TRUE;
+  g_message("lmtp %u/%" G_GUINT64_FORMAT " from %s:%u: the client closed before the end of its "
+            "message; not delivered",
+            s->w->index, s->id, s->cip, s->cport);
+  for (guint k = 0; k < s->rcpts->len; k++) {
+    Rcpt *r = g_ptr_array_index(s->rcpts, k);
+    if (r->state != RCPT_ACCEPTED || r->final != NULL)
+      continue;
+    r->final = g_strdup_printf("451 4.4.2 <%s> The connection closed before the end of the "
+                               "message: not delivered, try again",
+                               rcpt_name(r));
+    count(s, &STATS(s)->lmtp_tempfail_client_gone, 1);
+  }
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    if (b->data_ok && !b->failed)
+      backend_close(b, "the client closed in the middle of the message", FALSE);
+  }
+}
+
 /* The client's body bytes, as they come, to every backend that said 354. */
 static void
 body_bytes(LmtpSession *s, const guint8 *data, gsize len)
 {
-  if (s->discard_body)
+  if (s->client_ending)
+    body_cut(s); /* the terminator may be among these bytes */
+  if (s->discard_body || s->body_cut)
     return;
   for (guint i = 0; i < s->backends->len; i++) {
     LmtpBackend *b = g_ptr_array_index(s->backends, i);
@@ -1456,6 +1499,8 @@ body_end(LmtpSession *s)
     tx_abort(s); /* the backends still hold MAIL and their recipients: RSET there */
     return;
   }
+  if (s->client_ending)
+    body_cut(s);
   body_complete(s);
 }
 
@@ -1601,6 +1646,8 @@ static void
 on_client(gpointer data, guint32 events)
 {
   LmtpSession *s = data;
+  if (events & EPOLLRDHUP)
+    s->client_ending = TRUE; /* what is left to read is all it sent before its FIN */
   if ((events & EPOLLOUT) && !client_flush(s))
     return;
   if (s->client_eof) { /* nothing more to read; a reset ends the wait for the answers */
@@ -1623,7 +1670,7 @@ on_client(gpointer data, guint32 events)
   if (n == 0) {
     /* What it sent before its end is answered first; an MTA that goes away mid-message: the
      * backends drop the half message with the close. */
-    s->client_eof = TRUE;
+    s->client_eof = s->client_ending = TRUE;
     session_process(s);
     return;
   }

@@ -44,6 +44,7 @@ gboolean proxy_reload_tls(Proxy *proxy, GError **error);
   X(spliced_bytes) X(splice_pipes_refused) X(accept_fd_exhausted) X(lmtp_sessions) X(lmtp_transactions)                  \
   X(lmtp_recipients) X(lmtp_delivered) X(lmtp_rejected) X(lmtp_tempfail_route)                    \
   X(lmtp_tempfail_backend) X(lmtp_tempfail_reply) X(lmtp_backend_failures) X(lmtp_bad_commands)    \
+  X(lmtp_tempfail_client_gone)                                                                   \
   X(lmtp_spooled_bytes) X(lmtp_spool_errors)                                                      \
   X(sessions_now) X(proxying_now) X(lmtp_now)
 

@@ -15,7 +15,9 @@ IMAP logins and LMTP deliveries, while one fault at a time hits the ring:
 For each fault it measures, and prints as a table (and as JSON with --report FILE):
   * logins that failed even after one client retry 2 s later (a load balancer's retry);
   * deliveries acknowledged with 250 but missing from the mail store (lost), and messages stored
-    twice (duplicated), counted in the Maildirs themselves; an MTA retries 4xx every 2 s;
+    twice (duplicated), counted in the Maildirs themselves; an MTA retries 4xx every 2 s. A
+    message whose answer to its end never came (the fault took it) may be stored twice: the MTA
+    cannot know it was saved (RFC 1047). Those are listed, not counted as failures;
   * users seen with sessions on two backends at once: by `doveadm who` on the three backends,
     polled together every 0.3 s, and by the clients (two live sessions of one user answered by
     two different backends);
@@ -23,8 +25,8 @@ For each fault it measures, and prints as a table (and as JSON with --report FIL
     everywhere) and convergence time (after the repair: the ring synced and every usherd holding
     the same users on the same backends).
 
-Targets (issue 12): 0 deliveries lost or duplicated, 0 users on two backends, no failed login
-that the 2 s retry does not fix; detection of a hung usherd within 5 s.
+Targets (issue 12): 0 deliveries lost or duplicated (but for a lost answer), 0 users on two
+backends, no failed login that the 2 s retry does not fix; detection of a hung usherd within 5 s.
 
 The test runs itself inside a new network namespace (unshare -n) so that its routing rules cannot
 touch the machine's own network. Exits 0 pass, 1 fail, 77 skipped (no Dovecot, no usherd, or no
@@ -106,6 +108,17 @@ class Partition:
 
 # ---- The load --------------------------------------------------------------------------------
 
+class EndTrackingLMTP(smtplib.LMTP):
+    """smtplib's LMTP client, remembering whether the end of a message went out: when the answer
+    to it is then lost, the MTA cannot know whether the message was saved (RFC 1047)."""
+    end_sent = False
+
+    def send(self, s):
+        super().send(s)
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.end_sent = True
+
+
 class Load:
     def __init__(self, lab, us):
         self.lab = lab
@@ -117,6 +130,7 @@ class Load:
         self.live = {}          # user -> {session id: backend}
         self.next_sid = 0
         self.acked = {}         # message id -> user (250 received)
+        self.unanswered = {}    # message id -> phase: its end was sent, its answer never came
         self.last_backend = {}  # user -> (backend, phase) of its last successful login
         self.msg_n = 0
         self.threads = []
@@ -204,8 +218,10 @@ class Load:
                     f"Message-ID: {mid}\r\n\r\nmessage {n}\r\n")
             for attempt in range(15):
                 u = rnd.choice(self.directors())
+                c = None
                 try:
-                    with smtplib.LMTP(u.ip, ul.LMTP_PORT, timeout=CLIENT_TIMEOUT) as c:
+                    c = EndTrackingLMTP(u.ip, ul.LMTP_PORT, timeout=CLIENT_TIMEOUT)
+                    with c:
                         c.sendmail("mta@usher.lab", [user], body)
                     with self.lock:
                         self.acked[mid] = user
@@ -218,8 +234,12 @@ class Load:
                     if code >= 500:
                         self.count("deliveries_rejected")
                         break
+                except smtplib.SMTPDataError:
+                    pass  # an answer to the message's end (451 and the like): not saved
                 except (smtplib.SMTPException, OSError):
-                    pass
+                    if c is not None and c.end_sent:
+                        with self.lock:
+                            self.unanswered.setdefault(mid, self.phase)
                 if self.stop_flag.wait(RETRY_AFTER):
                     self.count("deliveries_unfinished")
                     return
@@ -491,9 +511,16 @@ def run(lab, t, report):
     time.sleep(1)
     copies = count_store(lab)
     lost = [m for m in load.acked if copies.get(m, 0) == 0]
-    dup = [m for m, n in copies.items() if n > 1]
+    # A message stored twice is usherd's fault unless one of its attempts lost the answer to the
+    # message's end (RFC 1047's race: saved on the backend, then the fault took the answer away,
+    # so the MTA had to send it again). No relay can close that window; it only must not widen
+    # it (the stall case has its own exact test in test_lmtp_proxy).
+    dup = [m for m, n in copies.items() if n > 1 and m not in load.unanswered]
+    dup_unanswered = [m for m, n in copies.items() if n > 1 and m in load.unanswered]
     results["total"] = {"deliveries_acked": len(load.acked), "deliveries_lost": len(lost),
-                        "deliveries_duplicated": len(dup), "who_rounds": who.rounds}
+                        "deliveries_duplicated": len(dup),
+                        "deliveries_duplicated_after_lost_answer": len(dup_unanswered),
+                        "deliveries_answer_lost": len(load.unanswered), "who_rounds": who.rounds}
 
     print("# fault              detect_s  converge_s  logins_ok  failed  retried  "
           "two_backends(who/client)  acked")
@@ -511,7 +538,11 @@ def run(lab, t, report):
                 print(f"#   {name} {k}: {text}")
     t.ok(len(load.acked) > 100 and not lost,
          f"{len(load.acked)} deliveries acknowledged, {len(lost)} lost", str(lost[:5]))
-    t.ok(not dup, f"{len(dup)} messages stored twice", str(dup[:5]))
+    t.ok(not dup, f"{len(dup)} messages stored twice (besides {len(dup_unanswered)} of the "
+         f"{len(load.unanswered)} whose answer to the end of the message was lost with a fault)",
+         str(dup[:5]))
+    for m in dup_unanswered:
+        print(f"#   stored twice after its answer was lost in {load.unanswered[m]}: {m}")
     failed = sum(r.get("logins_failed", 0) for n, r in results.items() if n != "total")
     t.ok(failed == 0, f"{failed} logins failed even after a retry 2 s later")
     two = sum(r.get("backend_two_backends", 0) + r.get("client_two_backends", 0)
