@@ -13,10 +13,15 @@
 
 struct PollerWatch {
   int fd;
-  guint32 events;
+  guint32 events; /* what the owner asks for */
+  guint32 armed;  /* what the epoll set holds for it */
   PollerFunc func;
   gpointer data;
   gboolean removed;
+  /* EPOLLRDHUP was reported: it is not asked for again. Level-triggered, it would be reported
+   * on every wait while the owner still waits for the other direction (the backend's answers
+   * to a client that half-closed): a busy loop. */
+  gboolean peer_ended;
 };
 
 typedef struct {
@@ -79,6 +84,21 @@ run_posts(Poller *p)
     (void)eventfd_write(p->eventfd, 1);
 }
 
+static guint32
+arm_mask(const PollerWatch *w)
+{
+  return w->events | (w->peer_ended ? 0 : EPOLLRDHUP);
+}
+
+static void
+arm(Poller *p, PollerWatch *w, int op)
+{
+  struct epoll_event ev = {.events = arm_mask(w), .data.ptr = w};
+  if (epoll_ctl(p->epfd, op, w->fd, &ev) != 0)
+    g_error("epoll_ctl %s %d: %s", op == EPOLL_CTL_ADD ? "ADD" : "MOD", w->fd, g_strerror(errno));
+  w->armed = ev.events;
+}
+
 static gboolean
 poller_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
 {
@@ -100,8 +120,13 @@ poller_dispatch(GSource *source, GSourceFunc callback, gpointer user_data)
       continue; /* the posts run below */
     }
     PollerWatch *w = evs[i].data.ptr;
-    if (!w->removed)
-      w->func(w->data, evs[i].events);
+    if (w->removed)
+      continue;
+    if (evs[i].events & EPOLLRDHUP)
+      w->peer_ended = TRUE;
+    w->func(w->data, evs[i].events);
+    if (!w->removed && w->armed != arm_mask(w))
+      arm(p, w, EPOLL_CTL_MOD); /* the handler left the mask as it was */
   }
   run_posts(p);
   g_atomic_pointer_set(&p->dispatcher, NULL);
@@ -186,9 +211,7 @@ poller_add(Poller *p, int fd, guint32 events, PollerFunc func, gpointer data)
   w->events = events;
   w->func = func;
   w->data = data;
-  struct epoll_event ev = {.events = events | EPOLLRDHUP, .data.ptr = w};
-  if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
-    g_error("epoll_ctl ADD %d: %s", fd, g_strerror(errno));
+  arm(p, w, EPOLL_CTL_ADD);
   p->count++;
   return w;
 }
@@ -196,12 +219,9 @@ poller_add(Poller *p, int fd, guint32 events, PollerFunc func, gpointer data)
 void
 poller_modify(Poller *p, PollerWatch *w, guint32 events)
 {
-  if (w->events == events)
-    return;
   w->events = events;
-  struct epoll_event ev = {.events = events | EPOLLRDHUP, .data.ptr = w};
-  if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, w->fd, &ev) != 0)
-    g_error("epoll_ctl MOD %d: %s", w->fd, g_strerror(errno));
+  if (w->armed != arm_mask(w))
+    arm(p, w, EPOLL_CTL_MOD);
 }
 
 static void

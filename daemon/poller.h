@@ -26,7 +26,9 @@ G_BEGIN_DECLS
 typedef struct Poller Poller;
 typedef struct PollerWatch PollerWatch;
 
-/* events: EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP as epoll reports them. */
+/* events: EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP as epoll reports them. EPOLLRDHUP
+ * (the peer ended its side) comes once per watch, whatever it asks for; reading then gives what
+ * the peer sent before, then the end. */
 typedef void (*PollerFunc)(gpointer data, guint32 events);
 
 Poller *poller_new(GMainContext *context);

@@ -3,10 +3,12 @@
  * Posts are how usherd's threads talk (a worker's lookup, the core's answer, kicks), so what
  * matters is checked here directly: every post runs once, in order, on the poller's own thread;
  * a post made during a dispatch runs in that same dispatch; posts left when a poller is freed
- * are released, not run; a watch removed before its close is never called again. */
+ * are released, not run; a watch removed before its close is never called again; a peer's end
+ * (EPOLLRDHUP) is reported once. */
 #include "daemon/poller.h"
 
 #include <glib.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 typedef struct {
@@ -192,6 +194,42 @@ test_remove_closing(void)
   g_main_context_unref(ctx);
 }
 
+static void
+on_count(gpointer data, guint32 events)
+{
+  guint *calls = data;
+  g_assert_true(events & EPOLLRDHUP);
+  (*calls)++;
+}
+
+/* A peer that shut its sending side while the owner reads nothing more from it (a half-closed
+ * client waiting for its backend's answers): the end is reported once, not on every wait. */
+static void
+test_peer_end_once(void)
+{
+  GMainContext *ctx = g_main_context_new();
+  Poller *poller = poller_new(ctx);
+  int fds[2];
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), ==, 0);
+  guint calls = 0;
+  PollerWatch *watch = poller_add(poller, fds[0], 0, on_count, &calls);
+  g_assert_cmpint(shutdown(fds[1], SHUT_WR), ==, 0);
+  for (int i = 0; i < 100 && g_main_context_iteration(ctx, FALSE); i++)
+    ;
+  g_assert_cmpuint(calls, ==, 1);
+  /* Asking for other events later does not bring it back. */
+  poller_modify(poller, watch, EPOLLOUT);
+  poller_modify(poller, watch, 0);
+  for (int i = 0; i < 100 && g_main_context_iteration(ctx, FALSE); i++)
+    ;
+  g_assert_cmpuint(calls, ==, 1);
+  poller_remove(poller, watch);
+  close(fds[0]);
+  close(fds[1]);
+  poller_free(poller);
+  g_main_context_unref(ctx);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -200,5 +238,6 @@ main(int argc, char **argv)
   g_test_add_func("/daemon/poller/post-during-dispatch", test_post_during_dispatch);
   g_test_add_func("/daemon/poller/free-releases-posts", test_free_releases_posts);
   g_test_add_func("/daemon/poller/remove-closing", test_remove_closing);
+  g_test_add_func("/daemon/poller/peer-end-once", test_peer_end_once);
   return g_test_run();
 }
