@@ -1160,6 +1160,21 @@ body_write(LmtpBackend *b, const guint8 *data, gsize len)
  * a client that only shut its sending side). A terminator already passed on before the FIN was
  * seen is the race every SMTP server has (RFC 1047): that delivery stands. */
 static void
+withdraw(LmtpSession *s, LmtpBackend *b)
+{
+  for (guint k = 0; k < s->rcpts->len; k++) {
+    Rcpt *r = g_ptr_array_index(s->rcpts, k);
+    if (r->b != b || r->state != RCPT_ACCEPTED || r->final != NULL)
+      continue;
+    r->final = g_strdup_printf("451 4.4.2 <%s> The connection closed before the end of the "
+                               "message: not delivered, try again",
+                               rcpt_name(r));
+    count(s, &STATS(s)->lmtp_tempfail_client_gone, 1);
+  }
+  backend_close(b, "the client closed before the end of the message", FALSE);
+}
+
+static void
 body_cut(LmtpSession *s)
 {
   if (s->body_cut)
@@ -1168,19 +1183,30 @@ body_cut(LmtpSession *s)
   g_message("lmtp %u/%" G_GUINT64_FORMAT " from %s:%u: the client closed before the end of its "
             "message; not delivered",
             s->w->index, s->id, s->cip, s->cport);
-  for (guint k = 0; k < s->rcpts->len; k++) {
-    Rcpt *r = g_ptr_array_index(s->rcpts, k);
-    if (r->state != RCPT_ACCEPTED || r->final != NULL)
-      continue;
-    r->final = g_strdup_printf("451 4.4.2 <%s> The connection closed before the end of the "
-                               "message: not delivered, try again",
-                               rcpt_name(r));
-    count(s, &STATS(s)->lmtp_tempfail_client_gone, 1);
-  }
   for (guint i = 0; i < s->backends->len; i++) {
     LmtpBackend *b = g_ptr_array_index(s->backends, i);
     if (b->data_ok && !b->failed)
-      backend_close(b, "the client closed in the middle of the message", FALSE);
+      withdraw(s, b);
+  }
+}
+
+/* The same after the body, for a backend that has not been sent the whole message yet (a slow
+ * one, its rest in memory or in a spool file): the end has not left usherd, so it still can be
+ * held back there. */
+static void
+withdraw_unsent_ends(LmtpSession *s)
+{
+  for (guint i = 0; i < s->backends->len; i++) {
+    LmtpBackend *b = g_ptr_array_index(s->backends, i);
+    const Expect *head = g_queue_peek_head(&b->expect);
+    if (b->failed || head == NULL || head->kind != EXP_FINAL)
+      continue;
+    if (backend_queued(b) > 0 || (b->spool_fd >= 0 && b->spool_w > b->spool_r)) {
+      g_message("lmtp %u/%" G_GUINT64_FORMAT " from %s:%u: the client closed before backend %s "
+                "had its whole message; not delivered there",
+                s->w->index, s->id, s->cip, s->cport, b->ip_text);
+      withdraw(s, b);
+    }
   }
 }
 
@@ -1537,6 +1563,8 @@ session_process(LmtpSession *s)
   guint64 id = s->id;
   if (s->tx == TX_DATA_WAIT && all_data_answered(s))
     tx_data_answered(s);
+  if (s->client_ending && s->tx == TX_FINAL)
+    withdraw_unsent_ends(s);
   tx_maybe_done(s);
   while (!s->quitting) {
     if (s->has_held) {

@@ -14,8 +14,10 @@ as its user; an unknown user is refused by its backend's own 550; a stopped back
 for exactly its recipients at RCPT, and when it dies after RCPT or in the middle of the body the
 others are still delivered (2xx) and its own get 4xx (no loss, no duplicate), and the MTA's
 retry delivers them once; a user moved during a delivery; a 50 MB message with bounded memory;
-the MTA's end right behind a pipelined delivery; a backend stopped (SIGSTOP) during a message:
-its bytes wait in a spool file while the client and the other backend go on; BDAT chunks
+an MTA that gave up (its message's end reached usherd behind its FIN, usherd being stopped):
+not delivered, so its retry cannot store it twice; the same bytes from `printf ... | nc`; a
+backend stopped (SIGSTOP) during a message: its bytes wait in a spool file while the client and
+the other backend go on, and if the MTA gives up meanwhile, that rest is never sent; BDAT chunks
 (dot-stuffed on the way); pipelined commands answered in order; MAIL parameters of extensions
 not offered; bad commands; a spool directory that does not exist (usherd refuses to start);
 the UNIX socket; the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
@@ -391,7 +393,7 @@ def run(lab, t):
     r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<user12@{DOMAIN}>\r\n"
            f"DATA\r\n".encode())
     got = [r.reply() for _ in range(4)]
-    os.kill(us[1].pid, signal.SIGSTOP)
+    ul.stop_process(us[1].pid)
     try:
         r.send(f"Subject: stall\r\nX-Marker: {marker}\r\n\r\nbye\r\n.\r\nQUIT\r\n".encode())
         r.close()
@@ -437,7 +439,7 @@ def run(lab, t):
     got = [r.reply() for _ in range(5)]
     stopped = [p for p in slow_b.processes() if ul._cmdline(p).endswith("/lmtp")]
     for p in stopped:
-        os.kill(p, signal.SIGSTOP)
+        ul.stop_process(p)
     try:
         t0 = time.monotonic()
         r.send(f"Subject: spool\r\nX-Marker: {marker}\r\n\r\n".encode())
@@ -462,6 +464,37 @@ def run(lab, t):
          f"{spooled >> 20} MiB spooled for the stopped backend, the other backend saved it "
          f"meanwhile; resumed, both recipients get 250 and the message once",
          "\n".join(got) + f" stopped {stopped}")
+
+    # -- the same, but the MTA gives up (closes) while the stopped backend's rest is still in
+    # usherd's spool: that rest is never sent, so the message is not saved there after the MTA
+    # has been told nothing (it sends the message again); the fast backend's copy stands.
+    before = stats(us[0])
+    marker = uuid.uuid4().hex
+    r = Raw(us[0].ip, ul.LMTP_PORT)
+    r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
+           f"RCPT TO:<{slow_u}@{DOMAIN}>\r\nDATA\r\n".encode())
+    got = [r.reply() for _ in range(5)]
+    stopped = [p for p in slow_b.processes() if ul._cmdline(p).endswith("/lmtp")]
+    for p in stopped:
+        ul.stop_process(p)
+    try:
+        r.send(f"Subject: gave up\r\nX-Marker: {marker}\r\n\r\n".encode())
+        for _ in range(12):
+            r.send(chunk)
+        r.send(b".\r\n")
+        fast_saved = ul.poll_until(lambda: mailbox_count(lab, fast_u, marker) == 1, 20)
+        r.close()
+        withdrawn = ul.poll_until(lambda: stats(us[0]).get("lmtp_tempfail_client_gone", 0) -
+                                  before.get("lmtp_tempfail_client_gone", 0) == 1, 10)
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
+    time.sleep(1)  # the resumed backend has what usherd sent it; it must not save a half message
+    t.ok(stopped and [g[:3] for g in got] == ["250", "250", "250", "250", "354"] and
+         fast_saved and withdrawn and mailbox_count(lab, slow_u, marker) == 0,
+         "the MTA closes while a stopped backend's rest is still spooled: that rest is never "
+         "sent, the message is not saved there (the MTA sends it again); the fast backend's copy "
+         "stands", "\n".join(got))
 
     # -- a spool directory usherd cannot write to: it refuses to start, saying which key and why
     bad_dir = os.path.join(lab.root, "spool-test")

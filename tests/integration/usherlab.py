@@ -149,6 +149,28 @@ def _proc_stat(pid):
     return rest[0], int(rest[1]), int(rest[2])
 
 
+def stop_process(pid, timeout=5):
+    """SIGSTOP to pid, then waits until every thread of it is stopped (the signal only asks: a
+    running thread goes on for a moment). True once stopped."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped():
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return False
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    data = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if data[data.rfind(")") + 2:].split()[0] not in ("T", "t"):
+                return False
+        return True
+    return poll_until(all_stopped, timeout, interval=0.005)
+
+
 def _cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
