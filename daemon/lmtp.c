@@ -1152,13 +1152,8 @@ body_write(LmtpBackend *b, const guint8 *data, gsize len)
     backend_write_now(b, data, len);
 }
 
-/* The MTA's FIN came before the end of its message was passed on. An MTA closes before the
- * answer only when it has given up waiting for it (its timeout ran out, say while usherd was
- * stopped or starved), and then it sends the message again later: this copy must not be
- * delivered as well. Its backends never get the terminator: their connections are closed in the
- * middle of the body, which makes them drop it, and every recipient gets 451 (still written, for
- * a client that only shut its sending side). A terminator already passed on before the FIN was
- * seen is the race every SMTP server has (RFC 1047): that delivery stands. */
+/* b's recipients get 451 and b never gets the message's end: its connection is closed in the
+ * middle of the body, which makes it drop what it has. */
 static void
 withdraw(LmtpSession *s, LmtpBackend *b)
 {
@@ -1174,6 +1169,13 @@ withdraw(LmtpSession *s, LmtpBackend *b)
   backend_close(b, "the client closed before the end of the message", FALSE);
 }
 
+/* The MTA's FIN came before the end of its message was passed on. An MTA closes before the
+ * answer only when it has given up waiting for it (its timeout ran out, say while usherd was
+ * stopped or starved), and then it sends the message again later: this copy must not be
+ * delivered as well. Its backends never get the terminator: their connections are closed in the
+ * middle of the body, which makes them drop it, and every recipient gets 451 (still written, for
+ * a client that only shut its sending side). A terminator already passed on before the FIN was
+ * seen is the race every SMTP server has (RFC 1047): that delivery stands. */
 static void
 body_cut(LmtpSession *s)
 {
