@@ -116,6 +116,8 @@ void
 usherd_core_after_call(Usherd *u)
 {
   usher_driver_drain(u->director, handle_effect, u);
+  if (u->proxy != NULL)
+    proxy_hosts_check(u->proxy, usher_director_get_hosts(u->director));
   /* The timer only ever moves earlier here: GLib wakes its context on every change of a ready
    * time (an eventfd write and one more loop), and most calls (a login's lookup) move the
    * director's deadline later. A timer that fires early costs one harmless call (the core's

@@ -2930,6 +2930,82 @@ on_tick(gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
+/* ---- Backends taken down ----------------------------------------------------------------------------- */
+
+/* A login that waits for its backend (connecting, or for the greeting and the login's answer)
+ * asks the core again, which answers once the user's place is settled: a backend that is down or
+ * mute is not waited for until the backend timeout, and a login cannot finish on the backend a
+ * user is being moved away from (a user on two backends). */
+static void
+login_reroute(Session *s, const char *why)
+{
+  char ip[USHER_IP_STRLEN];
+  g_message("the login of %s (session from %s:%u) waited for backend %s, which %s: routed again",
+            s->user, s->cip, s->cport, usher_ip_to_string(&s->backend, ip), why);
+  proxy_stat_add(s->w->proxy, &s->w->proxy->stats.logins_rerouted, 1);
+  backend_close(s);
+  s->retried = FALSE;
+  session_route(s);
+}
+
+/* One worker's share: the backends up after a change of the host table. */
+typedef struct {
+  Worker *w;
+  GArray *up; /* UsherIp */
+} UpJob;
+
+static void
+up_job_free(gpointer data)
+{
+  UpJob *j = data;
+  g_array_unref(j->up);
+  g_free(j);
+}
+
+/* Logins still waiting for a backend that is no longer up are routed again: once the user is
+ * placed elsewhere (a health decision that re-places the backend's users, a removal), they go
+ * there instead of waiting out the backend timeout on a backend that is down, or mute (it accepts
+ * connections and never greets: only a health check can tell). */
+static void
+up_on_worker(gpointer data)
+{
+  UpJob *j = data;
+  Worker *w = j->w;
+  for (GList *l = w->sessions.head; l != NULL; l = l->next) {
+    Session *s = l->data;
+    if (s->state != S_CONNECTING && s->state != S_BACKEND_LOGIN)
+      continue;
+    gboolean up = FALSE;
+    for (guint i = 0; i < j->up->len && !up; i++)
+      up = usher_ip_equal(&g_array_index(j->up, UsherIp, i), &s->backend);
+    if (up)
+      continue;
+    login_reroute(s, "is no longer up");
+  }
+}
+
+void
+proxy_hosts_check(Proxy *p, UsherHostTable *hosts)
+{
+  guint64 generation = usher_host_table_get_generation(hosts);
+  if (generation == p->hosts_generation)
+    return;
+  p->hosts_generation = generation;
+  GArray *up = g_array_new(FALSE, FALSE, sizeof(UsherIp));
+  for (guint i = 0; i < usher_host_table_n_hosts(hosts); i++) {
+    const UsherHost *h = usher_host_table_nth(hosts, i);
+    if (!h->down)
+      g_array_append_val(up, h->ip);
+  }
+  for (guint i = 0; i < p->n_workers; i++) {
+    UpJob *j = g_new(UpJob, 1);
+    j->w = p->workers[i];
+    j->up = g_array_ref(up);
+    poller_post(p->workers[i]->poller, up_on_worker, j, up_job_free);
+  }
+  g_array_unref(up);
+}
+
 /* ---- Kicks -------------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -2987,7 +3063,10 @@ kick_on_worker(gpointer data)
   for (GList *l = w->sessions.head; l != NULL;) {
     Session *s = l->data;
     l = l->next;
-    if (s->state != S_PROXYING || s->user == NULL)
+    /* A login still waiting for its backend is routed again (below) when the user moves or its
+     * backend is flushed; an admin's kick of a user name leaves it alone. */
+    gboolean waiting = s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN;
+    if (s->user == NULL || !(s->state == S_PROXYING || (waiting && j->kind != USHER_KICK_NAME)))
       continue;
     gboolean match = FALSE;
     if (j->kind == USHER_KICK_HASH)
@@ -2999,6 +3078,11 @@ kick_on_worker(gpointer data)
       match = usher_ip_equal(&j->except, &s->backend);
     if (!match)
       continue;
+    if (waiting) {
+      login_reroute(s, j->kind == USHER_KICK_HASH ? "the user is moving away from"
+                                                  : "is being flushed");
+      continue;
+    }
     kicked++;
     /* A BYE only where it cannot cut a line the backend was sending. */
     if (s->client_eol)

@@ -30,6 +30,9 @@ guint proxy_count_sessions(Proxy *proxy);
 /* Core-thread side of the bridge (called from core.c's effect dispatch). */
 gboolean proxy_owns_request(Proxy *proxy, guint64 request);
 void proxy_login_result(Proxy *proxy, const UsherEffect *e);
+/* Core thread, after each call into the director: after a change of the host table, logins
+ * still waiting for a backend that is not up (down, or removed) are routed again. */
+void proxy_hosts_check(Proxy *proxy, UsherHostTable *hosts);
 /* A KICK effect: every worker closes its matching sessions; kick_done when all have. */
 void proxy_kick(Proxy *proxy, const UsherEffect *e);
 /* SIGHUP: reads tls_cert/tls_key again (same paths; new certificate contents). Sessions keep
@@ -39,7 +42,8 @@ gboolean proxy_reload_tls(Proxy *proxy, GError **error);
 /* Counters (the _now ones are gauges), in /metrics as usher_proxy_<name> and in usherctl stats. */
 #define PROXY_STATS(X)                                                                             \
   X(accepted) X(refused_total) X(refused_per_ip) X(prelogin_timeouts) X(bad_commands_closed)       \
-  X(logins_ok) X(logins_failed) X(backend_unavailable) X(kicked) X(proxy_headers)                  \
+  X(logins_ok) X(logins_failed) X(backend_unavailable) X(logins_rerouted) X(kicked)                \
+  X(proxy_headers)                                                                               \
   X(proxy_header_errors) X(proxy_header_refused) X(tls_handshakes) X(tls_failures) X(starttls)    \
   X(spliced_bytes) X(splice_pipes_refused) X(accept_fd_exhausted) X(lmtp_sessions) X(lmtp_transactions)                  \
   X(lmtp_recipients) X(lmtp_delivered) X(lmtp_rejected) X(lmtp_tempfail_route)                    \

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -194,6 +195,47 @@ def run(lab, t):
     g, out = raw(us[0].ip, [f"a LOGIN {victim_user} pass\r\n".encode()], b"a ", timeout=15)
     t.ok(b"a NO [UNAVAILABLE]" in out, f"{victim_user}'s backend stopped: NO [UNAVAILABLE]", out)
     bs[2].start()
+
+    # -- a backend that accepts connections and never greets (hung): a login waiting for its
+    # greeting is routed again once the backend is down and its users placed elsewhere (here
+    # the admin's down and flush; a health check's decision does both), instead of waiting out
+    # the 30 s backend timeout.
+    def rerouted():
+        return json.loads(subprocess.run([ctl, "-a", us[0].admin_socket, "--json", "stats"],
+                                         capture_output=True, text=True).stdout)["proxy"][
+                                             "logins_rerouted"]
+    hung_user = next(u for u, b in where.items() if b == bs[1].ip)
+    before = rerouted()
+    bs[1].stop()
+    silent = ul.SilentListener(bs[1].ip, ul.IMAP_PORT)
+    got = {}
+
+    def hung_login():
+        t0 = time.monotonic()
+        try:
+            got["backend"] = lab.imap_login(us[0].ip, ul.IMAP_PORT, hung_user, timeout=25).backend
+        except Exception as e:  # noqa: BLE001 - reported below
+            got["error"] = repr(e)
+        got["secs"] = time.monotonic() - t0
+    th = threading.Thread(target=hung_login)
+    try:
+        th.start()
+        time.sleep(1.5)  # it waits for the greeting by now
+        down = subprocess.run([ctl, "-a", us[2].admin_socket, "down", bs[1].ip],
+                              capture_output=True, text=True)
+        flush = subprocess.run([ctl, "-a", us[2].admin_socket, "flush", bs[1].ip],
+                               capture_output=True, text=True)
+        th.join(30)
+    finally:
+        silent.close()
+    subprocess.run([ctl, "-a", us[2].admin_socket, "up", bs[1].ip], capture_output=True)
+    bs[1].start()
+    t.ok(down.returncode == 0 and flush.returncode == 0 and
+         got.get("backend") not in (None, bs[1].ip) and got["secs"] < 10 and
+         rerouted() > before,
+         f"a login waiting for a hung backend's greeting: routed again when the backend is taken "
+         f"down, logged in on {got.get('backend')} after {got.get('secs', 0):.1f} s",
+         f"{got} {down.stderr} {flush.stderr}")
 
     # -- bad input
     g, out = raw(us[0].ip, [b"a LOGIN " + b"x" * 20000 + b"\r\n"], b"BYE")
