@@ -253,15 +253,24 @@ slots_to_output(LmtpSession *s)
   }
 }
 
-/* Writes what the client takes, once no answer is owed; FALSE if the session was closed. */
+/* An answer still owed (by the core or a backend) holds back the known ones after it, which
+ * slots_to_output left in place, and those before it: the client of a pipelined group reads
+ * them together, and gets them as soon as the last is known. The answers after a message are the
+ * exception: each goes out once it and those before it are known (RFC 2033 allows it), so an MTA
+ * that gives up waiting for a slow backend already has the other backends' answers, and does not
+ * send their recipients the message again. */
+static gboolean
+answers_writable(LmtpSession *s)
+{
+  return g_queue_is_empty(&s->slots) || s->tx == TX_FINAL;
+}
+
+/* Writes what the client takes, once it may; FALSE if the session was closed. */
 static gboolean
 client_flush(LmtpSession *s)
 {
   slots_to_output(s);
-  /* An answer still owed (by the core or a backend) holds back the known ones after it, which
-   * slots_to_output left in place, and those before it: the client of a pipelined group reads
-   * them together, and gets them as soon as the last is known. */
-  while (g_queue_is_empty(&s->slots) && s->out != NULL && s->out_off < s->out->len) {
+  while (answers_writable(s) && s->out != NULL && s->out_off < s->out->len) {
     ssize_t n = send(s->fd, s->out->data + s->out_off, s->out->len - s->out_off, MSG_NOSIGNAL);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
       break;
@@ -1635,7 +1644,7 @@ update_interest(LmtpSession *s)
   gboolean paused = (s->tx == TX_BODY && backends_behind(s)) || s->quitting || s->client_eof;
   if (!paused && usher_smtp_reader_pending(s->reader) < LMTP_READ_CHUNK)
     ev |= EPOLLIN;
-  if (s->out != NULL && g_queue_is_empty(&s->slots)) /* held answers wait for no socket */
+  if (s->out != NULL && answers_writable(s)) /* held answers wait for no socket */
     ev |= EPOLLOUT;
   poller_modify(s->w->poller, s->watch, ev);
 }
