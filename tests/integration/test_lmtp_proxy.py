@@ -432,15 +432,32 @@ def run(lab, t):
         placed.setdefault(us[0].status_user(f"user{n}")[0], f"user{n}")
     fast_b, slow_b = [b for b in bs if b.ip in placed][:2]
     fast_u, slow_u = placed[fast_b.ip], placed[slow_b.ip]
+
+    def data_to_fast_and_stopped():
+        """A message to fast_u, then slow_u, answered 354; slow_b's LMTP processes stopped."""
+        r = Raw(us[0].ip, ul.LMTP_PORT)
+        r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
+               f"RCPT TO:<{slow_u}@{DOMAIN}>\r\nDATA\r\n".encode())
+        got = [r.reply() for _ in range(5)]
+        stopped = [p for p in slow_b.processes() if ul._cmdline(p).endswith("/lmtp")]
+        for p in stopped:
+            ul.stop_process(p)
+        return r, got, stopped
+
+    def reply_while_stopped(r):
+        """The fast recipient's answer (first in RCPT order): it need not wait for the slow
+        backend (an MTA that gave up then would send it the message again)."""
+        r.s.settimeout(10)
+        try:
+            return r.reply()
+        except OSError as e:
+            return f"no answer while the slow backend is stopped: {e}"
+        finally:
+            r.s.settimeout(20)
+
     before = stats(us[0])
     marker = uuid.uuid4().hex
-    r = Raw(us[0].ip, ul.LMTP_PORT)
-    r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
-           f"RCPT TO:<{slow_u}@{DOMAIN}>\r\nDATA\r\n".encode())
-    got = [r.reply() for _ in range(5)]
-    stopped = [p for p in slow_b.processes() if ul._cmdline(p).endswith("/lmtp")]
-    for p in stopped:
-        ul.stop_process(p)
+    r, got, stopped = data_to_fast_and_stopped()
     try:
         t0 = time.monotonic()
         r.send(f"Subject: spool\r\nX-Marker: {marker}\r\n\r\n".encode())
@@ -450,14 +467,7 @@ def run(lab, t):
         sent_in = time.monotonic() - t0
         mid = stats(us[0])
         fast_saved = ul.poll_until(lambda: mailbox_count(lab, fast_u, marker) == 1, 20)
-        # The fast recipient comes first in RCPT order: its answer need not wait for the slow
-        # backend (an MTA that gave up then would send it the message again).
-        r.s.settimeout(10)
-        try:
-            got.append(r.reply())
-        except OSError as e:
-            got.append(f"no answer while the slow backend is stopped: {e}")
-        r.s.settimeout(20)
+        got.append(reply_while_stopped(r))
     finally:
         for p in stopped:
             os.kill(p, signal.SIGCONT)
@@ -480,24 +490,14 @@ def run(lab, t):
     # the fast recipient's 250 already and sends the message again to the other one only.
     before = stats(us[0])
     marker = uuid.uuid4().hex
-    r = Raw(us[0].ip, ul.LMTP_PORT)
-    r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
-           f"RCPT TO:<{slow_u}@{DOMAIN}>\r\nDATA\r\n".encode())
-    got = [r.reply() for _ in range(5)]
-    stopped = [p for p in slow_b.processes() if ul._cmdline(p).endswith("/lmtp")]
-    for p in stopped:
-        ul.stop_process(p)
+    r, got, stopped = data_to_fast_and_stopped()
     try:
         r.send(f"Subject: gave up\r\nX-Marker: {marker}\r\n\r\n".encode())
         for _ in range(12):
             r.send(chunk)
         r.send(b".\r\n")
         fast_saved = ul.poll_until(lambda: mailbox_count(lab, fast_u, marker) == 1, 20)
-        r.s.settimeout(10)
-        try:
-            got.append(r.reply())
-        except OSError as e:
-            got.append(f"no answer while the slow backend is stopped: {e}")
+        got.append(reply_while_stopped(r))
         r.close()
         withdrawn = ul.poll_until(lambda: stats(us[0]).get("lmtp_tempfail_client_gone", 0) -
                                   before.get("lmtp_tempfail_client_gone", 0) == 1, 10)
