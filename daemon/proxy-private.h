@@ -97,6 +97,7 @@ struct Proxy {
   char *auth_lines;       /* "PLAIN\r\nLOGIN\r\n" (POP3's bare AUTH) */
   char *auth_plain_login; /* "PLAIN LOGIN", "PLAIN", "LOGIN" or "" */
   guint64 hosts_generation; /* core thread: the host table's, as proxy_hosts_check last saw it */
+  gboolean freeing;         /* core thread: proxy_free is taking the workers down */
 };
 
 /* Adds delta to one of p->stats' fields (under p->lock). */

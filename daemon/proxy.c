@@ -2988,7 +2988,7 @@ void
 proxy_hosts_check(Proxy *p, UsherHostTable *hosts)
 {
   guint64 generation = usher_host_table_get_generation(hosts);
-  if (generation == p->hosts_generation)
+  if (generation == p->hosts_generation || p->freeing)
     return;
   p->hosts_generation = generation;
   GArray *up = g_array_new(FALSE, FALSE, sizeof(UsherIp));
@@ -3432,6 +3432,7 @@ proxy_free(Proxy *p)
     return;
   /* The threads stop first: what they post to the core while closing their sessions is
    * released with worker 0's poller, the core's, freed last. */
+  p->freeing = TRUE;
   for (guint i = p->n_workers; i-- > 0;) {
     Worker *w = p->workers[i];
     if (w == NULL)
