@@ -201,9 +201,7 @@ def run(lab, t):
     # the admin's down and flush; a health check's decision does both), instead of waiting out
     # the 30 s backend timeout.
     def rerouted():
-        return json.loads(subprocess.run([ctl, "-a", us[0].admin_socket, "--json", "stats"],
-                                         capture_output=True, text=True).stdout)["proxy"][
-                                             "logins_rerouted"]
+        return json.loads(us[0].usherctl("--json", "stats")[1])["proxy"]["logins_rerouted"]
     hung_user = next(u for u, b in where.items() if b == bs[1].ip)
     before = rerouted()
     bs[1].stop()
@@ -221,21 +219,19 @@ def run(lab, t):
     try:
         th.start()
         time.sleep(1.5)  # it waits for the greeting by now
-        down = subprocess.run([ctl, "-a", us[2].admin_socket, "down", bs[1].ip],
-                              capture_output=True, text=True)
-        flush = subprocess.run([ctl, "-a", us[2].admin_socket, "flush", bs[1].ip],
-                               capture_output=True, text=True)
+        down = us[2].usherctl("down", bs[1].ip)
+        flush = us[2].usherctl("flush", bs[1].ip)
         th.join(30)
     finally:
         silent.close()
-    subprocess.run([ctl, "-a", us[2].admin_socket, "up", bs[1].ip], capture_output=True)
+    us[2].usherctl("up", bs[1].ip)
     bs[1].start()
-    t.ok(down.returncode == 0 and flush.returncode == 0 and
+    t.ok(down[0] == 0 and flush[0] == 0 and
          got.get("backend") not in (None, bs[1].ip) and got["secs"] < 10 and
          rerouted() > before,
          f"a login waiting for a hung backend's greeting: routed again when the backend is taken "
          f"down, logged in on {got.get('backend')} after {got.get('secs', 0):.1f} s",
-         f"{got} {down.stderr} {flush.stderr}")
+         f"{got} {down[2]} {flush[2]}")
 
     # -- bad input
     g, out = raw(us[0].ip, [b"a LOGIN " + b"x" * 20000 + b"\r\n"], b"BYE")

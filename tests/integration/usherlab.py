@@ -138,10 +138,11 @@ def _tail(path, lines=30):
     return "\n".join(data.splitlines()[-lines:])
 
 
-def _proc_stat(pid):
-    """(state, ppid, pgid) of a process, or None if it is gone."""
+def _proc_stat(pid, tid=None):
+    """(state, ppid, pgid) of a process (or of its thread tid), or None if it is gone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
+        with open(path, "rb") as f:
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return None
@@ -160,12 +161,8 @@ def stop_process(pid, timeout=5):
         except OSError:
             return False
         for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                    data = f.read().decode("utf-8", "replace")
-            except OSError:
-                continue
-            if data[data.rfind(")") + 2:].split()[0] not in ("T", "t"):
+            st = _proc_stat(pid, tid)
+            if st is not None and st[0] not in ("T", "t"):
                 return False
         return True
     return poll_until(all_stopped, timeout, interval=0.005)
