@@ -68,15 +68,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     g_array_unref(effects);
   }
-  /* Every change is answered by the time the waits run out. */
-  for (int i = 0; i < 4 && pending > 0; i++) {
+  /* Every change is answered by the time the waits run out. A reset-users with a move limit
+   * starts its moves a few at a time, each after the last ones ended: report the kicks done as
+   * the proxy would. That is one user per 31 s round at worst, and every user is gone after
+   * its 15 minutes of expiry (29 rounds), which ends the reset: 40 rounds always suffice. */
+  for (int i = 0; i < 40 && pending > 0; i++) {
     now.mono_us += 31000000;
     now.wall_us += 31000000;
     usher_director_on_deadline(d, now);
     GArray *effects = usher_director_take_effects(d);
-    for (guint k = 0; k < effects->len; k++)
-      if (g_array_index(effects, UsherEffect, k).type == USHER_EFFECT_ADMIN_REPLY)
+    for (guint k = 0; k < effects->len; k++) {
+      UsherEffect *e = &g_array_index(effects, UsherEffect, k);
+      if (e->type == USHER_EFFECT_ADMIN_REPLY)
         pending--;
+      if (e->type == USHER_EFFECT_KICK)
+        usher_director_kick_done(d, now, e->kick.id);
+    }
     g_array_unref(effects);
   }
   g_assert(pending == 0);
