@@ -367,10 +367,10 @@ usher_smtp_recipient_user(const char *path, const char *delimiters)
     }
   } else
     g_string_append_len(local, path, (gssize)local_len);
-  if (delimiters != NULL && delimiters[0] != '\0') {
+  if (delimiters != NULL && delimiters[0] != '\0' && local->len > 0) {
     /* A detail never leaves the local part empty: "+box@example.org" stays as it is. */
     gsize cut = strcspn(local->str + 1, delimiters) + 1;
-    if (local->len > 0 && cut < local->len)
+    if (cut < local->len)
       g_string_truncate(local, cut);
   }
   if (local->len == 0) {

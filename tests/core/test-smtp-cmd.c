@@ -204,6 +204,8 @@ test_recipient_user(void)
     {"postmaster", "+", "postmaster"},
     {"", "+", NULL},
     {"@example.org", "+", NULL},
+    {"\"\"@example.org", "+", NULL}, /* an empty quoted local part (read past its end once) */
+    {"\"\"", "+", NULL},
   };
   for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
     g_autofree char *u = usher_smtp_recipient_user(cases[i].path, cases[i].delim);
