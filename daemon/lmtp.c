@@ -113,6 +113,7 @@ struct LmtpBackend {
   char *mail_refused; /* the backend refused MAIL: this answer goes to each of its recipients */
   gboolean data_sent; /* DATA went out, waiting for 354 */
   gboolean data_ok;   /* 354 came: the body goes here */
+  gboolean end_sent;  /* the message's end went out: the backend resets itself after its replies */
   gboolean line_start; /* BDAT -> DATA: the next byte starts a line (dot-stuffing) */
   gint64 deadline_us;  /* for the oldest owed reply; 0 when none is owed */
   gint64 write_deadline_us; /* queued bytes must move by then (a backend that stops reading) */
@@ -167,6 +168,7 @@ struct LmtpSession {
   gboolean bdat_last;    /* the chunk being read is the last */
   guint64 chunk_bytes;   /* size of the BDAT chunk being read */
   gboolean discard_body; /* a BDAT chunk that no backend will take (its answer is a failure) */
+  gboolean skip_chunk;   /* a BDAT chunk outside a transaction: read and dropped, answered */
   char *data_failure;    /* DATA/BDAT refused by every backend: the answer */
   gboolean quitting;
   gboolean client_eof; /* the MTA ended its side: what it sent is answered, then the close */
@@ -951,8 +953,10 @@ after:
 
 /* ---- The transaction ------------------------------------------------------------------------- */
 
-/* The transaction is over on every backend: they are ready for the next MAIL (an LMTP server
- * resets itself after the replies to the body; after RSET too). */
+/* The transaction is over on every backend: they are ready for the next MAIL. An LMTP server
+ * resets itself after its replies to the body; one that took MAIL but never got a body (its
+ * recipients all refused, DATA refused, or the message dropped before its body) still holds
+ * the transaction and would answer the next MAIL with 503: it gets RSET. */
 static void
 tx_reset(LmtpSession *s)
 {
@@ -977,7 +981,11 @@ tx_reset(LmtpSession *s)
       g_ptr_array_remove_index(s->backends, i);
       continue;
     }
-    b->in_tx = b->data_sent = b->data_ok = FALSE;
+    if (b->in_tx && !b->end_sent) {
+      backend_command(b, EXP_RSET, NULL, "RSET");
+      backend_flush(b);
+    }
+    b->in_tx = b->data_sent = b->data_ok = b->end_sent = FALSE;
     g_clear_pointer(&b->mail_refused, g_free);
   }
   g_ptr_array_set_size(s->rcpts, 0);
@@ -1270,6 +1278,7 @@ body_complete(LmtpSession *s)
         expect(b, EXP_FINAL, r);
     }
     b->data_ok = FALSE;
+    b->end_sent = TRUE;
     backend_flush(b);
   }
   for (guint k = 0; k < s->rcpts->len; k++) {
@@ -1297,20 +1306,15 @@ tx_maybe_done(LmtpSession *s)
 }
 
 /* RSET, or a new LHLO: the transaction is dropped everywhere. A backend in the middle of a body
- * cannot be reset: its connection is closed (the half message is discarded there). */
+ * cannot be reset: its connection is closed (the half message is discarded there). The others
+ * get RSET from tx_reset. */
 static void
 tx_abort(LmtpSession *s)
 {
   for (guint i = 0; i < s->backends->len; i++) {
     LmtpBackend *b = g_ptr_array_index(s->backends, i);
-    if (b->failed || !b->in_tx)
-      continue;
-    if (b->data_ok || b->data_sent) {
+    if (!b->failed && b->in_tx && (b->data_ok || b->data_sent))
       backend_fail(b, "transaction aborted during the message");
-      continue;
-    }
-    backend_command(b, EXP_RSET, NULL, "RSET");
-    backend_flush(b);
   }
   /* Recipients of failed backends got answers that are no longer wanted. */
   slots_to_output(s);
@@ -1392,6 +1396,14 @@ mail_params_refusal(LmtpSession *s, const char *params)
 }
 
 /* One command; FALSE when it must wait for the recipients before it (it is held). */
+/* A BDAT chunk no transaction takes: its bytes are read and dropped (the command was answered). */
+static void
+skip_chunk(LmtpSession *s, guint64 size)
+{
+  s->skip_chunk = TRUE;
+  usher_smtp_reader_expect_bdat(s->reader, size);
+}
+
 static gboolean
 handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
 {
@@ -1411,8 +1423,19 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
   if (cmd->syntax_error != NULL) {
     count(s, &STATS(s)->lmtp_bad_commands, 1);
     add_text(s, "501 5.5.4 %s", cmd->syntax_error);
-    if (cmd->verb == USHER_SMTP_VERB_BDAT && s->tx == TX_BODY)
-      tx_abort(s); /* the chunk's size is unknown: the stream is lost for this message */
+    if (cmd->verb == USHER_SMTP_VERB_BDAT) {
+      /* A chunk follows the line all the same: the message is lost. With its size known it is
+       * skipped and the session goes on; without, nobody can tell where the next command
+       * starts, and the session ends (RFC 3030 leaves no other way). */
+      if (s->tx == TX_BODY)
+        tx_abort(s);
+      if (cmd->bdat_sized) {
+        skip_chunk(s, cmd->bdat_size);
+      } else {
+        add_text(s, "421 4.5.0 The BDAT stream is lost, closing");
+        s->quitting = TRUE;
+      }
+    }
     return TRUE;
   }
   /* Between BDAT chunks only BDAT, RSET, NOOP and QUIT make sense. */
@@ -1470,8 +1493,7 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
   case USHER_SMTP_VERB_BDAT:
     if (s->tx == TX_MAIL) {
       if (rcpts_in(s, NULL, RCPTS_HOPEFUL) == 0) {
-        /* The chunk follows anyway: read and drop it. */
-        add_text(s, "503 5.5.1 No valid recipients");
+        /* The chunk follows anyway: read and drop it; its end gets the answer (body_end). */
         usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
         s->discard_body = TRUE;
         s->bdat = TRUE;
@@ -1493,8 +1515,9 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
       usher_smtp_reader_expect_bdat(s->reader, cmd->bdat_size);
       return TRUE;
     }
-    /* Not in a transaction: the chunk still follows. */
+    /* Not in a transaction: the chunk still follows, and is dropped. */
     add_text(s, "503 5.5.1 MAIL needed first");
+    skip_chunk(s, cmd->bdat_size);
     return TRUE;
   case USHER_SMTP_VERB_RSET:
     tx_abort(s);
@@ -1606,9 +1629,13 @@ session_process(LmtpSession *s)
       count(s, &STATS(s)->lmtp_bad_commands, 1);
       add_text(s, "500 5.5.2 Line too long");
     } else if (ev == USHER_SMTP_BODY) {
-      body_bytes(s, data, len);
+      if (!s->skip_chunk)
+        body_bytes(s, data, len);
     } else if (ev == USHER_SMTP_BODY_END) {
-      body_end(s);
+      if (s->skip_chunk)
+        s->skip_chunk = FALSE; /* answered with its command */
+      else
+        body_end(s);
     }
     tx_maybe_done(s);
   }

@@ -151,6 +151,7 @@ usher_smtp_parse_command(const char *line, gsize len, UsherSmtpCmd *cmd)
     else if (*p != '\0')
       cmd->syntax_error = "Invalid BDAT syntax, use BDAT size [LAST]";
     cmd->bdat_size = size;
+    cmd->bdat_sized = digits;
     break;
   }
   case USHER_SMTP_VERB_DATA:

@@ -48,9 +48,12 @@ typedef struct {
   /* MAIL FROM:<path> / RCPT TO:<path> */
   char *path;   /* inside the angle brackets, as sent ("" for the null path <>) */
   char *params; /* ESMTP parameters after the path ("SIZE=100 BODY=8BITMIME"); "" when none */
-  /* BDAT size [LAST] */
+  /* BDAT size [LAST]. bdat_sized: the size is known (a number that fits), even when the rest
+   * of the line is a syntax error; the chunk's bytes follow the line all the same. Without it
+   * nobody can tell where the next command starts. */
   guint64 bdat_size;
   gboolean bdat_last;
+  gboolean bdat_sized;
   /* Set when the command is recognised but its arguments are not valid (the text says why,
    * ready for a "501 5.5.4 ..." answer); verb is still set. */
   const char *syntax_error;

@@ -118,11 +118,21 @@ test_bdat(void)
   usher_smtp_parse_command("BDAT 12 LAST", 12, &cmd);
   g_assert_cmpuint(cmd.bdat_size, ==, 12);
   g_assert_true(cmd.bdat_last);
+  g_assert_true(cmd.bdat_sized);
   usher_smtp_cmd_clear(&cmd);
-  const char *bad[] = {"BDAT", "BDAT x", "BDAT 5 NOW", "BDAT 99999999999999999999999"};
+  /* A size followed by junk is still a size: the driver can skip the chunk. */
+  struct {
+    const char *line;
+    gboolean sized;
+    guint64 size;
+  } bad[] = {{"BDAT", FALSE, 0}, {"BDAT x", FALSE, 0}, {"BDAT 5 NOW", TRUE, 5},
+             {"BDAT 99999999999999999999999", FALSE, 0}};
   for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
-    usher_smtp_parse_command(bad[i], strlen(bad[i]), &cmd);
+    usher_smtp_parse_command(bad[i].line, strlen(bad[i].line), &cmd);
     g_assert_nonnull(cmd.syntax_error);
+    g_assert_cmpint(cmd.bdat_sized, ==, bad[i].sized);
+    if (bad[i].sized)
+      g_assert_cmpuint(cmd.bdat_size, ==, bad[i].size);
     usher_smtp_cmd_clear(&cmd);
   }
 }

@@ -19,7 +19,9 @@ not delivered, so its retry cannot store it twice; the same bytes from `printf .
 backend stopped (SIGSTOP) during a message: its bytes wait in a spool file while the client and
 the other backend go on, the other recipient's answer comes at once, and if the MTA gives up
 meanwhile, that rest is never sent; BDAT chunks
-(dot-stuffed on the way); pipelined commands answered in order; MAIL parameters of extensions
+(dot-stuffed on the way), BDAT that no transaction takes (skipped, one answer) or without a size
+(421, closed); a backend whose recipients were all refused is reset (RSET) before the next
+message on the connection; pipelined commands answered in order; MAIL parameters of extensions
 not offered; bad commands; a spool directory that does not exist (usherd refuses to start);
 the UNIX socket; the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -209,6 +211,53 @@ def run(lab, t):
          mailbox_count(lab, "user6", marker) == 1,
          "pipelined DATA after two refused recipients: 503, the session goes on; after one "
          "refused and one accepted: 354 and one answer after the body", "\n".join(got))
+
+    # -- a backend whose every recipient was refused took MAIL and no message: it is reset
+    # before the next message on the same connection (else it answers that MAIL with "503 MAIL
+    # already given", and its user's next message fails)
+    refusing = us[2].status_user("nosuch")[0]
+    there = next(u for u, b in owner.items() if b == refusing)
+    other = next(u for u, b in owner.items() if b != refusing)
+    m1, m2 = uuid.uuid4().hex, uuid.uuid4().hex
+    r = Raw(us[2].ip, ul.LMTP_PORT)
+    r.send(f"LHLO test\r\nMAIL FROM:<a@{DOMAIN}>\r\nRCPT TO:<nosuch@{DOMAIN}>\r\n"
+           f"RCPT TO:<{other}@{DOMAIN}>\r\nDATA\r\n".encode())
+    got = [r.reply() for _ in range(5)]
+    r.send(f"Subject: one\r\nX-Marker: {m1}\r\n\r\nbody\r\n.\r\n".encode())
+    got.append(r.reply())
+    r.send(f"MAIL FROM:<a@{DOMAIN}>\r\nRCPT TO:<{there}@{DOMAIN}>\r\nDATA\r\n".encode())
+    got += [r.reply() for _ in range(3)]
+    r.send(f"Subject: two\r\nX-Marker: {m2}\r\n\r\nbody\r\n.\r\nQUIT\r\n".encode())
+    got += [r.reply(), r.reply()]
+    r.close()
+    t.ok([g[:3] for g in got] == ["250", "250", "550", "250", "354", "250",
+                                  "250", "250", "354", "250", "221"] and
+         mailbox_count(lab, other, m1) == 1 and mailbox_count(lab, there, m2) == 1,
+         "a message whose only recipient on one backend was refused, then a message to another "
+         "user of that backend on the same connection: both delivered", "\n".join(got))
+
+    # -- BDAT where no transaction takes it: one answer per chunk, its bytes never commands
+    r = Raw(us[2].ip, ul.LMTP_PORT)
+    r.send(f"LHLO test\r\nMAIL FROM:<a@{DOMAIN}>\r\nRCPT TO:<nosuch@{DOMAIN}>\r\n".encode())
+    got = [r.reply() for _ in range(3)]
+    chunk = b"QUIT\r\nQUIT\r\n"
+    r.send(b"BDAT %d LAST\r\n%sNOOP\r\n" % (len(chunk), chunk))  # every recipient refused
+    r.send(b"BDAT %d\r\n%sNOOP\r\n" % (len(chunk), chunk))  # no transaction
+    r.send(b"BDAT %d NOW\r\n%sNOOP\r\n" % (len(chunk), chunk))  # a syntax error, a size
+    got += [r.reply() for _ in range(6)]
+    r.send(b"BDAT many\r\n" + chunk)  # no size: the stream is lost
+    got += [r.reply(), r.reply()]
+    r.s.settimeout(5)
+    try:
+        closed = r.s.recv(100) == b""
+    except OSError:
+        closed = False
+    r.close()
+    t.ok([g[:3] for g in got] == ["250", "250", "550", "503", "250", "503", "250", "501", "250",
+                                  "501", "421"] and closed,
+         "BDAT after every recipient was refused, outside a transaction and with junk after "
+         "its size: one answer each, the chunk's bytes are not run as commands; BDAT without "
+         "a size: 501, 421 and the close", "\n".join(got))
 
     # -- BDAT chunks (turned into one DATA, dot-stuffed)
     marker = uuid.uuid4().hex
