@@ -49,6 +49,7 @@ struct Worker {
   GHashTable *by_id; /* session id -> Session* */
   guint64 next_session;
   GSource *tick;
+  GQueue later; /* SessionRef*: session_later's sources not yet run */
   gint64 next_refresh_us;
   GPtrArray *free_pipes; /* Pipe*, empty */
   guint pipes_busy;      /* held by sessions */

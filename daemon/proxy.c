@@ -131,8 +131,13 @@ struct Session {
   gboolean cin_parked;       /* its reads are off until its login is answered */
   gboolean client_eof;       /* proxying: the client sent its last byte (half-close) */
   gboolean backend_shut;     /* ... and it went on to the backend, whose write side is shut */
+  gboolean backend_eof;      /* proxying: the backend closed; what it sent still goes out */
+  gboolean bparked;          /* the backend hung up with bytes unread while the client is
+                              * behind: out of epoll (a hung-up socket is always ready) */
   guint bad_commands;
-  gint64 deadline_us; /* pre-login / backend timeouts (mono) */
+  gint64 deadline_us;       /* pre-login / backend timeouts (mono) */
+  gint64 login_deadline_us; /* login_timeout after the connection came: a failed login's
+                             * client goes on until then, not longer */
   /* The login being routed */
   char *ctag;
   char *user;
@@ -170,6 +175,8 @@ struct Session {
 typedef struct {
   Worker *w;
   guint64 session;
+  GSource *source; /* session_later's: on w->later until it has run or is destroyed */
+  GList link;
 } SessionRef;
 
 /* On the session's worker thread only. */
@@ -179,17 +186,29 @@ session_ref_get(const SessionRef *ref)
   return g_hash_table_lookup(ref->w->by_id, &ref->session);
 }
 
-/* Calls fn with a SessionRef on the session's worker after delay_ms (0: as soon as it is idle). */
+static void
+session_later_done(gpointer data)
+{
+  SessionRef *ref = data;
+  g_queue_unlink(&ref->w->later, &ref->link);
+  g_free(ref);
+}
+
+/* Calls fn with a SessionRef on the session's worker after delay_ms (0: as soon as it is idle).
+ * Worker 0 shares the core's context, which runs on after the proxy is freed: worker_free
+ * destroys what is still pending. */
 static void
 session_later(Session *s, guint delay_ms, GSourceFunc fn)
 {
   SessionRef *ref = g_new0(SessionRef, 1);
   ref->w = s->w;
   ref->session = s->id;
-  GSource *src = delay_ms == 0 ? g_idle_source_new() : g_timeout_source_new(delay_ms);
-  g_source_set_callback(src, fn, ref, g_free);
-  g_source_attach(src, s->w->context);
-  g_source_unref(src);
+  ref->link.data = ref;
+  g_queue_push_tail_link(&s->w->later, &ref->link);
+  ref->source = delay_ms == 0 ? g_idle_source_new() : g_timeout_source_new(delay_ms);
+  g_source_set_callback(ref->source, fn, ref, session_later_done);
+  g_source_attach(ref->source, s->w->context);
+  g_source_unref(ref->source);
 }
 
 static void session_close(Session *s, const char *why);
@@ -225,6 +244,7 @@ proxy_get_stats(Proxy *p, ProxyStats *out)
 /* ---- Output ------------------------------------------------------------------------------------- */
 
 static void tls_kick(Session *s);
+static void on_backend(gpointer data, guint32 events);
 
 static void
 update_interest(Session *s)
@@ -239,8 +259,8 @@ update_interest(Session *s)
     bq += OUT_HIGH_WATER;
   if (s->cwatch != NULL) {
     guint32 ev = 0;
-    /* Read the client unless the backend is behind (backpressure), or while routing. */
-    if (s->state != S_PROXYING || bq < OUT_HIGH_WATER)
+    /* Read the client unless the backend is behind (backpressure) or gone, or while routing. */
+    if (s->state != S_PROXYING || (bq < OUT_HIGH_WATER && !s->backend_eof))
       ev |= EPOLLIN;
     if (s->state == S_ROUTING || s->state == S_CONNECTING || s->state == S_BACKEND_LOGIN) {
       /* The client waits for its login's answer. Its reads are parked only once it does send
@@ -262,6 +282,10 @@ update_interest(Session *s)
     if (s->client_eof)
       ev &= ~(guint32)EPOLLIN; /* at its end, a socket would stay readable for ever */
     poller_modify(poller, s->cwatch, ev);
+  }
+  if (s->bparked && cq < OUT_HIGH_WATER) {
+    s->bparked = FALSE;
+    s->bwatch = poller_add(poller, s->bfd, EPOLLIN, on_backend, s);
   }
   if (s->bwatch != NULL) {
     guint32 ev = 0;
@@ -620,11 +644,23 @@ flush_fd(Session *s, gboolean client, GByteArray **buf, gsize *off)
   return TRUE;
 }
 
+/* Bytes for the client still in usherd (queued or in the splice pipe). */
+static gboolean
+client_output_pending(const Session *s)
+{
+  return s->cout != NULL || (s->cpipe != NULL && s->cpipe->held > 0);
+}
+
 static void
 session_flush_client(Session *s)
 {
-  if (flush_fd(s, TRUE, &s->cout, &s->cout_off))
-    update_interest(s);
+  if (!flush_fd(s, TRUE, &s->cout, &s->cout_off))
+    return;
+  if (s->backend_eof && !client_output_pending(s)) {
+    session_close(s, "backend closed");
+    return;
+  }
+  update_interest(s);
 }
 
 static void
@@ -678,6 +714,7 @@ backend_close(Session *s)
     close(s->bfd);
     s->bfd = -1;
   }
+  s->bparked = FALSE;
   g_clear_pointer(&s->bout, g_byte_array_unref);
   s->bout_off = 0;
   if (s->bline != NULL) {
@@ -978,6 +1015,7 @@ login_route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus
     reply_unavailable(s, "No backend available for you right now, try again later");
     forget_login(s);
     s->state = S_PRELOGIN;
+    s->deadline_us = s->login_deadline_us;
     session_flush_client(s);
     return;
   }
@@ -998,8 +1036,6 @@ session_route(Session *s)
 }
 
 /* ---- The backend ------------------------------------------------------------------------------------ */
-
-static void on_backend(gpointer data, guint32 events);
 
 static gboolean
 retry_connect(gpointer data)
@@ -1022,6 +1058,10 @@ backend_failed(Session *s, const char *why)
   if (!s->retried) {
     s->retried = TRUE;
     s->state = S_CONNECTING;
+    /* The timeout that may have brought us here is not the retry's (backend_connect sets it). */
+    s->deadline_us = g_get_monotonic_time() +
+                     (gint64)BACKEND_RETRY_DELAY_MS * 1000 +
+                     BACKEND_CONNECT_TIMEOUT_SECS * G_USEC_PER_SEC;
     session_later(s, BACKEND_RETRY_DELAY_MS, retry_connect);
     update_interest(s);
     return;
@@ -1031,6 +1071,7 @@ backend_failed(Session *s, const char *why)
   forget_login(s);
   s->retried = FALSE;
   s->state = S_PRELOGIN;
+  s->deadline_us = s->login_deadline_us;
   session_flush_client(s);
 }
 
@@ -1122,6 +1163,7 @@ login_refused(Session *s, const char *client_text)
   backend_close(s);
   forget_login(s);
   s->state = S_PRELOGIN;
+  s->deadline_us = s->login_deadline_us; /* guesses end with login_timeout, as commands do */
   Worker *w = s->w;
   guint64 id = s->id;
   client_prelogin_input(s); /* commands pipelined behind the failed login */
@@ -1311,6 +1353,25 @@ client_finished(Session *s)
   session_flush_backend(s);
 }
 
+/* The backend closed (or failed) while proxying. Like a TCP relay, what it sent before still
+ * reaches the client, which may be slower (a big RETR with QUIT pipelined behind it): usherd
+ * stops reading the client and closes it once those bytes are out, or after HALF_CLOSE_SECS. */
+static void
+backend_finished(Session *s, const char *why)
+{
+  if (!client_output_pending(s)) {
+    session_close(s, why);
+    return;
+  }
+  g_debug("session %u/%" G_GUINT64_FORMAT " from %s:%u: %s; sending the client the rest",
+          s->w->index, s->id, s->cip, s->cport, why);
+  pipe_give(s->w, &s->bpipe); /* client bytes for the backend: nowhere to go now */
+  backend_close(s);
+  s->backend_eof = TRUE;
+  s->deadline_us = g_get_monotonic_time() + HALF_CLOSE_SECS * G_USEC_PER_SEC;
+  session_flush_client(s);
+}
+
 /* Moves what one side has into the other side's queue (bounded by OUT_HIGH_WATER per wakeup):
  * from the backend to the client when to_client_side, else from the client to the backend. */
 static void
@@ -1345,8 +1406,12 @@ proxy_bytes(Session *s, gboolean to_client_side)
       client_finished(s);
       return;
     }
-    if (n <= 0) {
-      session_end(s, n == 0 ? "backend closed" : g_strerror(errno));
+    if (n <= 0 && to_client_side) {
+      backend_finished(s, n == 0 ? "backend closed" : g_strerror(errno));
+      return;
+    }
+    if (n < 0) {
+      session_close(s, g_strerror(errno)); /* the client is gone: nobody to send anything to */
       return;
     }
     queue(to_buf, to_off, buf, (gsize)n);
@@ -1424,6 +1489,15 @@ on_backend(gpointer data, guint32 events)
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
     return;
   if (s->state == S_PROXYING) {
+    if ((events & EPOLLHUP) && !(events & (EPOLLIN | EPOLLERR))) {
+      /* Hung up (its FIN after the client's, the write side shut) with bytes still unread,
+       * while the client is behind: epoll would report it ready for ever. Out of epoll until
+       * the client has caught up (update_interest). */
+      poller_remove(w->poller, s->bwatch);
+      s->bwatch = NULL;
+      s->bparked = TRUE;
+      return;
+    }
     proxy_bytes(s, TRUE);
     return;
   }
@@ -2282,7 +2356,7 @@ on_client(gpointer data, guint32 events)
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
     return;
   if (s->state == S_PROXYING) {
-    if (!s->client_eof)
+    if (!s->client_eof && !s->backend_eof)
       proxy_bytes(s, FALSE);
     else if (events & (EPOLLERR | EPOLLHUP))
       session_close(s, "client gone");
@@ -2290,6 +2364,11 @@ on_client(gpointer data, guint32 events)
   }
   if (s->state == S_PROXY_HEADER) {
     proxy_header_input(s);
+    return;
+  }
+  if (s->state != S_PRELOGIN && (events & (EPOLLERR | EPOLLHUP))) {
+    /* Reset while its login was routed or made: epoll reports that whatever it was asked. */
+    session_close(s, "client gone during its login");
     return;
   }
   if (s->state != S_PRELOGIN) {
@@ -2685,8 +2764,8 @@ submission_backend_line(Session *s, const char *line)
     g_string_truncate(s->bcaps, 0);
     s->reply_lines = 0;
     to_backend_fmt(s, "EHLO %s\r\n", s->helo != NULL ? s->helo : "usher");
-    session_flush_backend(s);
     s->sub_step = SUB_EHLO;
+    session_flush_backend(s); /* may close s: the caller looks it up again */
     return TRUE;
   case SUB_EHLO:
     if (code != 250) {
@@ -2825,7 +2904,8 @@ on_listener(gpointer data, guint32 events)
         address_text(&ls, s->lip, &s->lport);
     }
     /* TCP_NODELAY comes from the listener (Linux copies it to accepted sockets). */
-    s->deadline_us = g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
+    s->deadline_us = s->login_deadline_us =
+      g_get_monotonic_time() + (gint64)c->proxy_login_timeout_secs * G_USEC_PER_SEC;
     s->link.data = s;
     g_queue_push_tail_link(&w->sessions, &s->link);
     g_hash_table_insert(w->by_id, &s->id, s);
@@ -2893,10 +2973,11 @@ on_tick(gpointer data)
   for (GList *l = w->sessions.head; l != NULL;) {
     Session *s = l->data;
     l = l->next;
-    if ((s->state == S_PROXYING && !s->client_eof) || s->deadline_us > now)
+    if ((s->state == S_PROXYING && !s->client_eof && !s->backend_eof) || s->deadline_us > now)
       continue;
     if (s->state == S_PROXYING) {
-      session_end(s, "the backend did not close after the client's end");
+      session_end(s, s->backend_eof ? "the client did not take the backend's last bytes in time"
+                                     : "the backend did not close after the client's end");
       continue;
     }
     if (s->state == S_PROXY_HEADER) {
@@ -3204,6 +3285,8 @@ worker_free(Worker *w)
     close(l->fd);
   }
   g_ptr_array_unref(w->listeners);
+  while (w->later.head != NULL)
+    g_source_destroy(((SessionRef *)w->later.head->data)->source); /* unlinks it */
   if (w->tick != NULL) {
     g_source_destroy(w->tick);
     g_source_unref(w->tick);

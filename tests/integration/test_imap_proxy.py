@@ -10,7 +10,8 @@ reach one backend, the one `doveadm director status` (usherd's admin socket) sho
 password is refused as the backend said; the backend sees the real client address (IMAP ID, in
 its log); commands pipelined behind LOGIN reach the backend; a kick from the admin ends the
 session with a BYE; a 3 MiB APPEND and FETCH arrive intact through splice(2), and a kick after
-them still gets its BYE; a stopped backend gives a temporary failure (NO [UNAVAILABLE]); bad input:
+them still gets its BYE; a stopped backend gives a temporary failure (NO [UNAVAILABLE]); a client reset while its login
+waits for a hung backend costs no CPU (it is closed at once); bad input:
 an overlong line and too many bad commands close the connection with a BYE, and usherd keeps
 serving. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -21,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -232,6 +234,31 @@ def run(lab, t):
          f"a login waiting for a hung backend's greeting: routed again when the backend is taken "
          f"down, logged in on {got.get('backend')} after {got.get('secs', 0):.1f} s",
          f"{got} {down[2]} {flush[2]}")
+
+    # -- a client reset while its login waits for a hung backend's greeting: closed at once (a
+    # reset socket is ready for epoll whatever it is asked; waiting out the backend's 30 s
+    # would spin a worker meanwhile)
+    # a user nobody logged in yet, whose hash says bs[1] (the flush moved the others away)
+    on_b1 = next(f"user{n}" for n in range(31, 41)
+                 if us[0].status_user(f"user{n}")[:2] == (None, bs[1].ip))
+    bs[1].stop()
+    silent = ul.SilentListener(bs[1].ip, ul.IMAP_PORT)
+    try:
+        c = socket.create_connection((us[0].ip, ul.IMAP_PORT), timeout=10)
+        c.recv(4096)
+        c.sendall(f"a LOGIN {on_b1} {ul.PASSWORD}\r\n".encode())
+        time.sleep(0.5)  # waiting for the greeting by now
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # a reset
+        time.sleep(0.2)
+        cpu0 = ul.cpu_seconds(us[0].pid)
+        time.sleep(2)
+        cpu = ul.cpu_seconds(us[0].pid) - cpu0
+    finally:
+        silent.close()
+        bs[1].start()
+    t.ok(cpu < 0.3, f"a client reset while its login waits for a hung backend: usherd used "
+         f"{cpu:.2f} s of CPU in the 2 s after (bound 0.3 s)")
 
     # -- bad input
     g, out = raw(us[0].ip, [b"a LOGIN " + b"x" * 20000 + b"\r\n"], b"BYE")

@@ -9,7 +9,8 @@ Checked: USER/PASS, AUTH PLAIN with and without an initial response, AUTH LOGIN,
 list and CAPA; a user's POP3 logins through any of the three usherd reach one backend, the one
 its IMAP logins reach and `doveadm director status` shows; the backend logs the real client
 address (XCLIENT); a wrong password is refused as the backend said; commands pipelined behind
-PASS reach the backend; a kick from the admin ends the session with an -ERR; a stopped backend
+PASS reach the backend; a slow client gets all of a big RETR and QUIT's answer although the backend
+closed before it had read them; a kick from the admin ends the session with an -ERR; a stopped backend
 gives -ERR [SYS/TEMP]; bad input (an overlong line, too many bad commands, STLS without TLS) is
 answered and usherd keeps serving. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -103,6 +104,13 @@ def run(lab, t):
     bye = ul.read_until_closed(held.client.sock)
     t.ok(b"-ERR" in bye and b"moving" in bye, "the kicked session got an -ERR before the close",
          bye)
+
+    # -- a slow client gets every byte the backend sent before it closed
+    got, size = lab.slow_pop3_retr(us[1].ip, ul.POP3_PORT, "user13")
+    t.ok(got.endswith(b"\r\n.\r\n+OK Logging out.\r\n") and len(got) > size,
+         f"a slow client, RETR of a {size >> 20} MiB message and QUIT pipelined: the backend "
+         f"closed first, the client still got all of it ({len(got)} bytes) and QUIT's answer",
+         got[-300:])
 
     # -- a stopped backend: a temporary failure, no other backend
     victim = next(u for u, b in where.items() if b == bs[2].ip)

@@ -10,6 +10,7 @@ Checked: IMAPS and POP3S logins, STARTTLS and STLS (offered before TLS, not afte
 later; a user's logins over TLS and plaintext, IMAP and POP3, through any usherd reach its one
 backend; commands pipelined in plaintext behind STARTTLS are refused (CVE-2011-0411); a client
 that is not speaking TLS on imaps is dropped and counted; a kick reaches a TLS session as a BYE;
+a slow POP3S client gets all of a big RETR that the backend sent before it closed;
 SIGHUP loads a renewed certificate for new connections while a session that started before it
 goes on; SNI picks the tls_sni certificate (exact name, *.domain), others get tls_cert. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -164,6 +165,15 @@ def run(lab, t):
          "\n".join(bad))
     t.ok(versions <= {"TLSv1.2", "TLSv1.3"} and versions,
          f"the certificate verifies for {NAME}; TLS version {sorted(versions)}")
+
+    # -- a slow POP3S client gets every byte the backend sent before it closed (TLS is copied,
+    # not spliced: the backend's end can come while a whole read of it waits in usherd)
+    got, size = lab.slow_pop3_retr(us[2].ip, POP3S_PORT, "user30",
+                                   wrap=lambda c: ctx.wrap_socket(c, server_hostname=NAME))
+    t.ok(got.endswith(b"\r\n.\r\n+OK Logging out.\r\n") and len(got) > size,
+         f"a slow POP3S client, RETR of a {size >> 20} MiB message and QUIT pipelined: the "
+         f"backend closed first, the client still got all of it ({len(got)} bytes) and QUIT's "
+         f"answer", got[-300:])
 
     # -- curl (libcurl), a client library usherd's authors did not write, over each TLS kind:
     # it verifies the certificate for NAME, logs in, and asks the backend who it is.

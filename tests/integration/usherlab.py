@@ -150,6 +150,14 @@ def _proc_stat(pid, tid=None):
     return rest[0], int(rest[1]), int(rest[2])
 
 
+def cpu_seconds(pid):
+    """User plus system CPU time a process has used so far, in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read().decode("utf-8", "replace")
+    rest = data[data.rfind(")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_process(pid, timeout=5):
     """SIGSTOP to pid, then waits until every thread of it is stopped (the signal only asks: a
     running thread goes on for a moment). True once stopped."""
@@ -2041,6 +2049,46 @@ class Lab:
             s.backend = self.find_login_backend(offsets, user, local if match_client else None,
                                                 "pop3")
         return s
+
+    def slow_pop3_retr(self, host, port, user, wrap=None, size=32 << 20):
+        """Puts a message of size bytes in user's INBOX, sends USER, PASS, RETR 1 and QUIT in
+        one go and reads the answers at about 8 MB/s through an 8 KiB receive buffer: slower than
+        the backend and usherd, so the backend has sent everything and closed while the end of
+        the message still waits in usherd. wrap turns the socket into a TLS one. Returns
+        (everything read, the message's size)."""
+        md = os.path.join(self.mail_root, user, "Maildir")
+        for d in (os.path.join(self.mail_root, user), md,
+                  *(os.path.join(md, x) for x in ("new", "cur", "tmp"))):
+            os.makedirs(d, exist_ok=True)
+            os.chown(d, MAIL_UID, MAIL_UID)
+        line = b"x" * 78 + b"\r\n"
+        message = b"Subject: big\r\n\r\n" + line * (size // len(line))
+        path = os.path.join(md, "new", f"{time.time_ns()}.big")
+        with open(path, "wb") as f:
+            f.write(message)
+        os.chown(path, MAIL_UID, MAIL_UID)
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        c.settimeout(20)
+        c.connect((host, port))
+        if wrap is not None:
+            c = wrap(c)
+        got, t0 = bytearray(), time.monotonic()
+        try:
+            while b"\r\n" not in got:
+                got += c.recv(4096)
+            got.clear()
+            c.sendall(f"USER {user}\r\nPASS {PASSWORD}\r\nRETR 1\r\nQUIT\r\n".encode())
+            while time.monotonic() - t0 < 60:
+                part = c.recv(16384)
+                if not part:
+                    break
+                got += part
+                time.sleep(0.002)
+        except OSError as e:
+            got += f"\n(read failed: {e})".encode()
+        c.close()
+        return bytes(got), len(message)
 
     def find_login_backend(self, offsets, user, local, proto, timeout=5.0):
         """The backend whose log (after offsets[b]) shows `proto-login: Login: user=<user>` from
