@@ -56,7 +56,7 @@ on_drain_tick(gpointer data)
   if (left > 0)
     g_message("stopping: %u session%s still open after [proxy] shutdown_timeout: closing them",
               left, left == 1 ? "" : "s");
-  u->drain_timer = 0;
+  g_clear_pointer(&u->drain_timer, g_source_unref);
   g_main_loop_quit(u->loop);
   return G_SOURCE_REMOVE;
 }
@@ -86,10 +86,9 @@ on_stop_signal(gpointer data)
   usherd_notify_draining(u, sessions);
   proxy_stop_accepting(u->proxy);
   u->drain_deadline_us = g_get_monotonic_time() + (gint64)timeout * G_USEC_PER_SEC;
-  GSource *t = g_timeout_source_new(100);
-  g_source_set_callback(t, on_drain_tick, u, NULL);
-  u->drain_timer = g_source_attach(t, u->context);
-  g_source_unref(t);
+  u->drain_timer = g_timeout_source_new(100);
+  g_source_set_callback(u->drain_timer, on_drain_tick, u, NULL);
+  g_source_attach(u->drain_timer, u->context);
   return G_SOURCE_CONTINUE;
 }
 
@@ -260,8 +259,11 @@ main(int argc, char **argv)
     usherd_state_watch_runtime(&u);
     usherd_notify_ready(&u);
     g_main_loop_run(u.loop);
-    if (u.drain_timer != 0)
-      g_source_remove(u.drain_timer);
+    if (u.drain_timer != NULL) {
+      /* In u.context, not the default context that g_source_remove() would look in. */
+      g_source_destroy(u.drain_timer);
+      g_clear_pointer(&u.drain_timer, g_source_unref);
+    }
     usherd_notify_stopping(&u);
     usherd_state_stop(&u);
     g_autoptr(GError) save_error = NULL;

@@ -103,7 +103,7 @@ struct _Usherd {
   UsherdStats stats;
   gboolean stopping;
   gint64 drain_deadline_us; /* graceful stop: when the sessions are closed anyway */
-  guint drain_timer;
+  GSource *drain_timer; /* SIGTERM's wait for the sessions, in context */
 };
 
 /* core.c */

@@ -11,7 +11,8 @@ password is refused as the backend said; the backend sees the real client addres
 its log); commands pipelined behind LOGIN reach the backend; a kick from the admin ends the
 session with a BYE; a 3 MiB APPEND and FETCH arrive intact through splice(2), and a kick after
 them still gets its BYE; a stopped backend gives a temporary failure (NO [UNAVAILABLE]); a client reset while its login
-waits for a hung backend costs no CPU (it is closed at once); bad input:
+waits for a hung backend costs no CPU (it is closed at once); SIGTERM drains, a second one
+stops at once; bad input:
 an overlong line and too many bad commands close the connection with a BYE, and usherd keeps
 serving. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -336,6 +337,24 @@ def run(lab, t):
     t.ok(b"* BYE Server shutting down" in bye and 2.5 <= waited <= 8,
          f"after shutdown_timeout (3 s) the session gets a BYE ({waited:.1f} s) and usherd exits",
          bye)
+
+    # -- a second SIGTERM while draining: usherd stops at once, cleanly
+    held = lab.imap_login(us[2].ip, ul.IMAP_PORT, "user14", keep=True)
+    log_from = os.path.getsize(us[2].log_path)
+    t0 = time.monotonic()
+    os.kill(us[2].pid, signal.SIGTERM)
+    time.sleep(0.5)
+    os.kill(us[2].pid, signal.SIGTERM)
+    bye = ul.read_until_closed(held.client.sock)
+    rc = us[2].proc.wait(timeout=10)
+    waited = time.monotonic() - t0
+    with open(us[2].log_path, errors="replace") as f:
+        f.seek(log_from)
+        log = f.read()
+    t.ok(rc == 0 and waited < 2.5 and b"* BYE Server shutting down" in bye and
+         "stopping now" in log and "CRITICAL" not in log and "WARNING" not in log,
+         f"a second SIGTERM while draining: the session gets its BYE and usherd exits 0 at once "
+         f"({waited:.1f} s)", f"exit {rc}\n{log[-1500:]}")
 
 
 def main():
