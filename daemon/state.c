@@ -124,6 +124,23 @@ usherd_state_save_users(Usherd *u, GError **error)
   return ok;
 }
 
+/* A whole line [p, end) "<prefix><decimal number>\n" with the number in [min, max]. The mapped
+ * snapshot has no NUL after its last byte: nothing here reads past the line (no scanf). */
+static gboolean
+number_line(const char *p, const char *end, const char *prefix, gint64 min, gint64 max,
+            gint64 *out)
+{
+  const char *nl = memchr(p, '\n', (gsize)(end - p));
+  gsize plen = strlen(prefix);
+  if (nl == NULL || (gsize)(nl - p) <= plen || (gsize)(nl - p) - plen > 20 ||
+      memcmp(p, prefix, plen) != 0)
+    return FALSE;
+  char digits[24];
+  memcpy(digits, p + plen, (gsize)(nl - p) - plen);
+  digits[(gsize)(nl - p) - plen] = '\0';
+  return g_ascii_string_to_signed(digits, 10, min, max, out, NULL);
+}
+
 /* The last line of a snapshot, "end <count>": a file cut short lacks it and is refused whole. */
 static gboolean
 snapshot_complete(const char *data, gsize len, guint *count_out)
@@ -132,7 +149,11 @@ snapshot_complete(const char *data, gsize len, guint *count_out)
     return FALSE;
   const char *last = g_strrstr_len(data, (gssize)len - 1, "\n");
   last = last != NULL ? last + 1 : data;
-  return sscanf(last, "end %u\n", count_out) == 1;
+  gint64 count;
+  if (!number_line(last, data + len, "end ", 0, G_MAXUINT, &count))
+    return FALSE;
+  *count_out = (guint)count;
+  return TRUE;
 }
 
 /* Reads the snapshot back before the director starts. A missing file is normal (first start);
@@ -157,7 +178,8 @@ usherd_state_load_users(Usherd *u)
   gint64 written;
   const char *header_end = NULL;
   if (len < sizeof(SNAPSHOT_MAGIC) || memcmp(data, SNAPSHOT_MAGIC "\n", sizeof(SNAPSHOT_MAGIC)) != 0 ||
-      sscanf(data + sizeof(SNAPSHOT_MAGIC), "written %" G_GINT64_FORMAT, &written) != 1 ||
+      !number_line(data + sizeof(SNAPSHOT_MAGIC), data + len, "written ", 0, G_MAXINT64,
+                   &written) ||
       (header_end = memchr(data + sizeof(SNAPSHOT_MAGIC), '\n', len - sizeof(SNAPSHOT_MAGIC))) ==
         NULL) {
     g_warning("user snapshot %s: not a usherd users snapshot (version 1): ignored", path);
@@ -410,7 +432,7 @@ parse_runtime(char *text, const char *expect_checksum, GArray *directors, GPtrAr
       UsherIp ip;
       guint64 vhosts, updown;
       if (g_strv_length(f) != 6 || !usher_ip_parse(f[0], -1, &ip) ||
-          !parse_field_uint(f[2], USHER_VHOST_MAX_ADMIN, &vhosts) ||
+          !parse_field_uint(f[2], USHER_VHOST_MAX_RING, &vhosts) || /* a peer's, maybe */
           (strcmp(f[3], "U") != 0 && strcmp(f[3], "D") != 0) ||
           !parse_field_uint(f[4], G_MAXUINT32, &updown)) {
         *why_out = g_strdup_printf("line %u is not a backend line", i + 1);

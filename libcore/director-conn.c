@@ -942,7 +942,7 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
                         "tagging support");
     return FALSE;
   }
-  if (vhost_count > VHOST_MAX_FROM_RING) {
+  if (vhost_count > USHER_VHOST_MAX_RING) {
     conn_protocol_error(d, now, c, "HOST vhost count is unreasonably large");
     return FALSE;
   }

@@ -48,7 +48,6 @@
 #define STATE_MAX_MEMBERS USHER_CONFIG_MAX_DIRECTORS
 #define STATE_MAX_CONNECTIONS 64    /* connections of any kind at once; more are refused */
 #define STATE_MAX_PENDING_REQUESTS 100000
-#define VHOST_MAX_FROM_RING 100000 /* a peer claiming more vhosts is lying */
 /* ---- Bounds (doc/architecture.md, "Bounds"); a refusal at each is counted in the stats -------- */
 #define CONN_HELD_FLOODS_MAX_BYTES (1024 * 1024) /* floods held per connection until VERSION */
 #define STATE_MAX_KICKS 100000  /* kicks tracked at once (beyond: run untracked) */

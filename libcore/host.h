@@ -12,6 +12,7 @@ G_BEGIN_DECLS
 
 #define USHER_VHOST_DEFAULT 100
 #define USHER_VHOST_MAX_ADMIN 1000 /* the highest vhost count an operator may set */
+#define USHER_VHOST_MAX_RING 100000 /* ... and a peer may announce (more: it is lying) */
 #define USHER_HOSTS_MAX 4096       /* hard cap on backends in one table */
 #define USHER_TAGS_MAX 1024        /* hard cap on tags ever created in one table */
 #define USHER_TAG_MAX_LEN 255
