@@ -201,6 +201,7 @@ main(int argc, char **argv)
     }
     g_free(u.config->admin_socket);
     u.config->admin_socket = g_strdup(admin_socket);
+    u.admin_socket_option = g_strdup(admin_socket);
   }
   if (state_dir != NULL) {
     if (state_dir[0] != '\0' && state_dir[0] != '/') {
@@ -210,6 +211,7 @@ main(int argc, char **argv)
     }
     g_free(u.config->state_dir);
     u.config->state_dir = g_strdup(state_dir);
+    u.state_dir_option = g_strdup(state_dir);
   }
   if (!choose_self(&u, ring_address, &error)) {
     fprintf(stderr, "usherd: %s\n", error->message);
@@ -294,6 +296,8 @@ main(int argc, char **argv)
   g_free(u.config_path);
   g_free(u.runtime_written);
   g_free(u.config_checksum);
+  g_free(u.admin_socket_option);
+  g_free(u.state_dir_option);
   g_array_unref(u.file_directors);
   return status;
 }

@@ -215,6 +215,15 @@ usherd_reload(Usherd *u)
   }
   usherd_core_after_call(u);
 
+  /* The command line still overrides the file: no restart would change those. */
+  if (u->admin_socket_option != NULL) {
+    g_free(fresh->admin_socket);
+    fresh->admin_socket = g_strdup(u->admin_socket_option);
+  }
+  if (u->state_dir_option != NULL) {
+    g_free(fresh->state_dir);
+    fresh->state_dir = g_strdup(u->state_dir_option);
+  }
   g_autoptr(GString) restart = g_string_new(NULL);
   note_restart_keys(cur, fresh, restart);
   if (restart->len > 0)
@@ -244,6 +253,9 @@ usherd_reload(Usherd *u)
   g_array_unref(u->file_directors);
   u->file_directors = g_array_ref(fresh->directors);
   g_clear_pointer(&u->config_checksum, g_free);
+  /* runtime.state names the file's lists by their checksum: written again with the new one
+   * even when the ring's lists stay as they were (else the next start would not use it). */
+  g_clear_pointer(&u->runtime_written, g_free);
   g_message("SIGHUP: configuration reloaded: %u change%s applied as admin operations", changes,
             changes == 1 ? "" : "s");
 }

@@ -100,6 +100,7 @@ struct _Usherd {
   GSource *watchdog;
   char *last_status;
   guint64 reload_ops;
+  char *admin_socket_option, *state_dir_option; /* --admin-socket, --state-dir (NULL: none) */
   UsherdStats stats;
   gboolean stopping;
   gint64 drain_deadline_us; /* graceful stop: when the sessions are closed anyway */
