@@ -14,7 +14,13 @@
  * through a director would assign it, so an nginx proxy and a Dovecot proxy pointed at two
  * different directors of one ring send a user to the same backend. An answer waits (bounded by
  * the core's 30 s) while the ring is not synced or the user is being moved. At most
- * max_pending_lookups wait at once; more are answered "try again" and counted. */
+ * max_pending_lookups wait at once; more are answered "try again" and counted.
+ *
+ * Limits (none of this is meant for the open internet, but a stray client must not hurt the
+ * director): at most max_pending_lookups + HTTP_SPARE_CONNECTIONS connections at once (more are
+ * closed at once and counted), a connection that moves no byte for HTTP_IDLE_SECS is closed (the
+ * socket's own timeout), and a request body over HTTP_BODY_MAX (or of a size not said up front)
+ * is refused with 413 before libsoup reads it: none of the endpoints takes a body. */
 #include "daemon/usherd.h"
 
 #include <json-glib/json-glib.h>
@@ -36,10 +42,16 @@ typedef struct {
   gulong disconnected_id;
 } Lookup;
 
+#define HTTP_SPARE_CONNECTIONS 100 /* beyond the waiting lookups: scrapes, refreshes */
+#define HTTP_IDLE_SECS 60
+#define HTTP_BODY_MAX 65536
+
 struct _HttpServer {
   Usherd *u;
   SoupServer *server;
-  GHashTable *lookups; /* request id -> Lookup* */
+  GSocketService *service; /* accepts, within the limits, and hands connections to libsoup */
+  GHashTable *connections; /* GSocketConnection* (weak references) */
+  GHashTable *lookups;     /* request id -> Lookup* */
 };
 
 static void
@@ -291,6 +303,73 @@ on_other(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTabl
                "usherd serves /metrics, /lookup?user=NAME, /nginx-auth and /refresh?user=NAME\n");
 }
 
+/* ---- Limits ----------------------------------------------------------------------------------------- */
+
+/* Before the body is read: a body no endpoint wants is refused, not accumulated in memory. */
+static void
+on_early(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTable *query,
+         gpointer data)
+{
+  HttpServer *h = data;
+  (void)server;
+  (void)path;
+  (void)query;
+  SoupMessageHeaders *in = soup_server_message_get_request_headers(msg);
+  SoupEncoding encoding = soup_message_headers_get_encoding(in);
+  if (encoding == SOUP_ENCODING_NONE ||
+      (encoding == SOUP_ENCODING_CONTENT_LENGTH &&
+       soup_message_headers_get_content_length(in) <= HTTP_BODY_MAX))
+    return;
+  h->u->stats.http_requests++;
+  h->u->stats.http_bad_requests++;
+  h->u->stats.http_bodies_refused++;
+  /* libsoup would read the whole body before answering: the connection is taken from it, told
+   * why in a few bytes (a fresh socket's buffer takes them at once) and closed. */
+  static const char why[] = "usherd's endpoints take no request body over 65536 bytes or "
+                            "without a Content-Length.\n";
+  g_autofree char *answer = g_strdup_printf("HTTP/1.1 413 Request Entity Too Large\r\n"
+                                            "Connection: close\r\nContent-Type: text/plain\r\n"
+                                            "Content-Length: %zu\r\n\r\n%s",
+                                            sizeof(why) - 1, why);
+  GIOStream *conn = soup_server_message_steal_connection(msg);
+  (void)g_output_stream_write_all(g_io_stream_get_output_stream(conn), answer, strlen(answer),
+                                  NULL, NULL, NULL);
+  (void)g_io_stream_close(conn, NULL, NULL);
+  g_object_unref(conn);
+}
+
+static void
+on_connection_gone(gpointer data, GObject *gone)
+{
+  HttpServer *h = data;
+  g_hash_table_remove(h->connections, gone);
+}
+
+static gboolean
+on_incoming(GSocketService *service, GSocketConnection *conn, GObject *source, gpointer data)
+{
+  HttpServer *h = data;
+  (void)service;
+  (void)source;
+  guint limit = h->u->config->http_max_pending_lookups + HTTP_SPARE_CONNECTIONS;
+  if (g_hash_table_size(h->connections) >= limit) {
+    h->u->stats.http_connections_refused++;
+    (void)g_io_stream_close(G_IO_STREAM(conn), NULL, NULL);
+    return TRUE;
+  }
+  g_socket_set_timeout(g_socket_connection_get_socket(conn), HTTP_IDLE_SECS);
+  g_autoptr(GSocketAddress) local = g_socket_connection_get_local_address(conn, NULL);
+  g_autoptr(GSocketAddress) remote = g_socket_connection_get_remote_address(conn, NULL);
+  g_autoptr(GError) error = NULL;
+  if (!soup_server_accept_iostream(h->server, G_IO_STREAM(conn), local, remote, &error)) {
+    g_message("http: a connection not taken: %s", error->message);
+    return TRUE;
+  }
+  g_hash_table_add(h->connections, conn);
+  g_object_weak_ref(G_OBJECT(conn), on_connection_gone, h);
+  return TRUE;
+}
+
 /* ---- Life cycle ------------------------------------------------------------------------------------- */
 
 HttpServer *
@@ -307,13 +386,22 @@ http_server_new(Usherd *u, GError **error)
   soup_server_add_handler(h->server, "/nginx-auth", on_nginx_auth, h, NULL);
   soup_server_add_handler(h->server, "/refresh", on_refresh, h, NULL);
   soup_server_add_handler(h->server, NULL, on_other, h, NULL);
+  /* Early handlers run for the paths of the normal ones: one per path. */
+  static const char *const paths[] = {"/metrics", "/lookup", "/nginx-auth", "/refresh", NULL};
+  for (gsize i = 0; i < G_N_ELEMENTS(paths); i++)
+    soup_server_add_early_handler(h->server, paths[i], on_early, h, NULL);
+  h->connections = g_hash_table_new(NULL, NULL);
+  h->service = g_socket_service_new();
   g_autoptr(GSocketAddress) address =
     usherd_gaddress_from_ip(&u->config->http_listen.ip, u->config->http_listen.port);
-  if (!soup_server_listen(h->server, address, 0, error)) {
+  if (!g_socket_listener_add_address(G_SOCKET_LISTENER(h->service), address, G_SOCKET_TYPE_STREAM,
+                                     G_SOCKET_PROTOCOL_TCP, NULL, NULL, error)) {
     g_prefix_error(error, "[http] listen: ");
     http_server_free(h);
     return NULL;
   }
+  g_signal_connect(h->service, "incoming", G_CALLBACK(on_incoming), h);
+  g_socket_service_start(h->service);
   return h;
 }
 
@@ -322,6 +410,20 @@ http_server_free(HttpServer *h)
 {
   if (h == NULL)
     return;
+  if (h->service != NULL) {
+    g_socket_service_stop(h->service);
+    g_socket_listener_close(G_SOCKET_LISTENER(h->service));
+    g_signal_handlers_disconnect_by_data(h->service, h);
+    g_object_unref(h->service);
+  }
+  if (h->connections != NULL) {
+    GHashTableIter it;
+    gpointer conn;
+    g_hash_table_iter_init(&it, h->connections);
+    while (g_hash_table_iter_next(&it, &conn, NULL))
+      g_object_weak_unref(conn, on_connection_gone, h);
+    g_hash_table_unref(h->connections);
+  }
   soup_server_disconnect(h->server);
   g_hash_table_unref(h->lookups);
   g_object_unref(h->server);

@@ -44,6 +44,8 @@ typedef struct {
   guint64 admin_commands;
   guint64 flush_hooks_run, flush_hooks_failed;
   guint64 http_requests, http_bad_requests;
+  guint64 http_connections_refused; /* over max_pending_lookups + 100 at once */
+  guint64 http_bodies_refused;      /* 413: a request body no endpoint takes */
   guint64 http_lookups, http_lookups_refused, http_lookups_failed;
   guint64 health_probes_run, health_probes_ok, health_probes_failed;
 } UsherdStats;
@@ -67,7 +69,7 @@ typedef struct {
   X(ring_bytes_out) X(admin_clients) X(admin_clients_refused) X(admin_protocol_errors)            \
   X(admin_overflows)                                                                               \
   X(admin_commands) X(flush_hooks_run) X(flush_hooks_failed) X(http_requests)                    \
-  X(http_bad_requests)                                                                             \
+  X(http_bad_requests) X(http_connections_refused) X(http_bodies_refused)                          \
   X(http_lookups) X(http_lookups_refused) X(http_lookups_failed) X(health_probes_run)             \
   X(health_probes_ok) X(health_probes_failed)
 

@@ -520,20 +520,34 @@ test_usherctl_and_check(void)
 
 /* GET path on addr ("ip:port") over HTTP/1.0 with extra header lines; returns the whole
  * response (status line, headers, body). */
-static char *
-http_get(const char *addr, const char *path, const char *headers)
+static GSocketConnection *
+http_connect(const char *addr)
 {
   g_autoptr(GSocketClient) client = g_socket_client_new();
   g_socket_client_set_enable_proxy(client, FALSE);
   g_socket_client_set_timeout(client, WAIT_SECS);
   g_autoptr(GError) error = NULL;
-  g_autoptr(GSocketConnection) c = g_socket_client_connect_to_host(client, addr, 0, NULL, &error);
+  GSocketConnection *c = g_socket_client_connect_to_host(client, addr, 0, NULL, &error);
   g_assert_no_error(error);
+  return c;
+}
+
+/* Sends a whole request as written; returns everything until the server closes. */
+static char *
+http_raw(const char *addr, const char *request)
+{
+  g_autoptr(GSocketConnection) c = http_connect(addr);
+  GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(c));
+  g_assert_true(g_output_stream_write_all(out, request, strlen(request), NULL, NULL, NULL));
+  return read_until_closed(c);
+}
+
+static char *
+http_get(const char *addr, const char *path, const char *headers)
+{
   g_autofree char *req = g_strdup_printf("GET %s HTTP/1.0\r\nHost: usherd\r\n%s\r\n", path,
                                          headers != NULL ? headers : "");
-  GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(c));
-  g_assert_true(g_output_stream_write_all(out, req, strlen(req), NULL, NULL, NULL));
-  return read_until_closed(c);
+  return http_raw(addr, req);
 }
 
 /* Every sample line's metric belongs to a family announced by # TYPE (with _total for
@@ -633,11 +647,48 @@ test_http(void)
   g_autofree char *missing = http_get(r->nodes[0].http, "/nothing", NULL);
   g_assert_nonnull(strstr(missing, " 404 "));
   g_assert_cmpint(stat_of(r->nodes[0].admin, "daemon", "http_bad_requests"), ==, 3);
+  /* Request bodies: one too big to hold, or of a size not given, is refused before it is read;
+   * a small one is fine. */
+  g_autofree char *huge = http_raw(r->nodes[0].http, "POST /refresh?user=bob HTTP/1.1\r\n"
+                                                     "Host: u\r\nContent-Length: 1000000000\r\n\r\n");
+  g_assert_nonnull(strstr(huge, " 413 "));
+  g_autofree char *chunked = http_raw(r->nodes[0].http, "POST /refresh?user=bob HTTP/1.1\r\n"
+                                                        "Host: u\r\nTransfer-Encoding: chunked\r\n"
+                                                        "\r\n5\r\nhello\r\n");
+  g_assert_nonnull(strstr(chunked, " 413 "));
+  g_autofree char *small = http_raw(r->nodes[0].http, "POST /refresh?user=bob HTTP/1.0\r\n"
+                                                      "Host: u\r\nContent-Length: 5\r\n\r\nhello");
+  g_assert_nonnull(strstr(small, " 204 "));
+  g_assert_cmpint(stat_of(r->nodes[0].admin, "daemon", "http_bodies_refused"), ==, 2);
   /* usherctl stats shows what /metrics shows. */
   g_autofree char *m2 = http_get(r->nodes[0].http, "/metrics", NULL);
   gint64 lookups = stat_of(r->nodes[0].admin, "daemon", "http_lookups");
   g_autofree char *line = g_strdup_printf("usher_http_lookups_total %" G_GINT64_FORMAT "\n", lookups);
   g_assert_nonnull(strstr(m2, line));
+  /* Connections: at most max_pending_lookups + 100 at once; the next is closed at once. */
+  node_stop_clean(&r->nodes[1]);
+  g_autofree char *conf = NULL;
+  g_assert_true(g_file_get_contents(r->nodes[1].config, &conf, NULL, NULL));
+  g_autofree char *limited = g_strconcat(conf, "max_pending_lookups = 1\n", NULL); /* [http] */
+  g_assert_true(g_file_set_contents(r->nodes[1].config, limited, -1, NULL));
+  node_start(r, 1);
+  wait_synced(r, 2);
+  g_autoptr(GPtrArray) held = g_ptr_array_new_with_free_func(g_object_unref);
+  for (int i = 0; i < 101; i++)
+    g_ptr_array_add(held, http_connect(r->nodes[1].http));
+  g_autofree char *past = http_get(r->nodes[1].http, "/metrics", NULL);
+  g_assert_cmpstr(past, ==, "");
+  g_assert_cmpint(stat_of(r->nodes[1].admin, "daemon", "http_connections_refused"), ==, 1);
+  g_ptr_array_set_size(held, 0);
+  g_autofree char *again = NULL;
+  for (int i = 0; i < WAIT_SECS * 10; i++) {
+    g_free(again);
+    again = http_get(r->nodes[1].http, "/metrics", NULL);
+    if (again[0] != '\0')
+      break;
+    g_usleep(100000);
+  }
+  g_assert_true(g_str_has_prefix(again, "HTTP/1.0 200") || g_str_has_prefix(again, "HTTP/1.1 200"));
   ring_free(r);
 }
 
