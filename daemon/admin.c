@@ -40,6 +40,7 @@ typedef struct {
   gboolean eof;
   GString *out;
   gsize out_off;
+  gint64 last_io_us; /* the last byte read or written (admin_idle_timeout) */
 } AdminClient;
 
 struct _AdminServer {
@@ -50,6 +51,7 @@ struct _AdminServer {
   guint next_client;
   guint64 next_op;
   char *socket_path; /* created by us: unlinked at exit */
+  GSource *idle_sweep;
 };
 
 static void client_run(AdminClient *c);
@@ -135,6 +137,7 @@ client_flush(AdminClient *c)
       return;
     }
     c->out_off += (gsize)n;
+    c->last_io_us = g_get_monotonic_time();
   }
   if (c->out_off == c->out->len) {
     g_string_truncate(c->out, 0);
@@ -635,6 +638,7 @@ on_client_readable(GSocket *socket, GIOCondition cond, gpointer data)
     (void)client_maybe_finish(c);
     return G_SOURCE_REMOVE;
   }
+  c->last_io_us = g_get_monotonic_time();
   usher_line_reader_feed(c->reader, buf, (gsize)n);
   for (;;) {
     char *line;
@@ -696,6 +700,7 @@ on_incoming(GSocketService *service, GSocketConnection *connection, GObject *sou
   g_socket_set_blocking(c->socket, FALSE);
   c->reader = usher_line_reader_new(USHER_ADMIN_LINE_MAX);
   c->out = g_string_new(USHER_ADMIN_GREETING);
+  c->last_io_us = g_get_monotonic_time();
   g_queue_init(&c->pending);
   g_hash_table_insert(a->clients, GUINT_TO_POINTER(c->id), c);
   u->stats.admin_clients++;
@@ -705,6 +710,33 @@ on_incoming(GSocketService *service, GSocketConnection *connection, GObject *sou
   g_debug("%s: connected", c->name);
   client_flush(c);
   return TRUE;
+}
+
+/* Closes the clients that have been silent for admin_idle_timeout (a command waiting for the
+ * ring keeps its client: the core bounds that wait). */
+static gboolean
+on_idle_sweep(gpointer data)
+{
+  AdminServer *a = data;
+  Usherd *u = a->u;
+  gint64 limit = g_get_monotonic_time() - (gint64)u->config->admin_idle_timeout_secs * G_USEC_PER_SEC;
+  g_autoptr(GPtrArray) idle = g_ptr_array_new();
+  GHashTableIter it;
+  gpointer v;
+  g_hash_table_iter_init(&it, a->clients);
+  while (g_hash_table_iter_next(&it, NULL, &v)) {
+    AdminClient *c = v;
+    if (c->waiting_op == 0 && c->last_io_us < limit)
+      g_ptr_array_add(idle, c);
+  }
+  for (guint i = 0; i < idle->len; i++) {
+    AdminClient *c = g_ptr_array_index(idle, i);
+    u->stats.admin_idle_closed++;
+    g_message("%s: silent for %u s (admin_idle_timeout): closing the connection", c->name,
+              u->config->admin_idle_timeout_secs);
+    client_free(c);
+  }
+  return G_SOURCE_CONTINUE;
 }
 
 /* ---- The UNIX socket -------------------------------------------------------------------------------- */
@@ -822,6 +854,10 @@ admin_server_new(Usherd *u, GError **error)
   }
   g_signal_connect(a->service, "incoming", G_CALLBACK(on_incoming), a);
   g_socket_service_start(a->service);
+  /* A tenth of the timeout (at most 10 s) between looks: closed within 10% late. */
+  a->idle_sweep = g_timeout_source_new(MIN(10000u, config->admin_idle_timeout_secs * 100u));
+  g_source_set_callback(a->idle_sweep, on_idle_sweep, a, NULL);
+  g_source_attach(a->idle_sweep, u->context);
   return a;
 }
 
@@ -830,6 +866,10 @@ admin_server_free(AdminServer *a)
 {
   if (a == NULL)
     return;
+  if (a->idle_sweep != NULL) {
+    g_source_destroy(a->idle_sweep);
+    g_source_unref(a->idle_sweep);
+  }
   g_socket_service_stop(a->service);
   g_socket_listener_close(G_SOCKET_LISTENER(a->service));
   g_object_unref(a->service);

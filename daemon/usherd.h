@@ -41,6 +41,7 @@ typedef struct {
   guint64 admin_clients_refused; /* over admin_max_clients */
   guint64 admin_protocol_errors;/* closed for a bad VERSION, bad command or overlong line */
   guint64 admin_overflows;      /* closed: too many queued commands or too much unread output */
+  guint64 admin_idle_closed;    /* closed: silent for admin_idle_timeout */
   guint64 admin_commands;
   guint64 flush_hooks_run, flush_hooks_failed;
   guint64 http_requests, http_bad_requests;
@@ -67,7 +68,7 @@ typedef struct {
 #define DAEMON_STATS(X)                                                                            \
   X(ring_refused) X(ring_output_overflows) X(ring_connect_failures) X(ring_bytes_in)              \
   X(ring_bytes_out) X(admin_clients) X(admin_clients_refused) X(admin_protocol_errors)            \
-  X(admin_overflows)                                                                               \
+  X(admin_overflows) X(admin_idle_closed)                                                          \
   X(admin_commands) X(flush_hooks_run) X(flush_hooks_failed) X(http_requests)                    \
   X(http_bad_requests) X(http_connections_refused) X(http_bodies_refused)                          \
   X(http_lookups) X(http_lookups_refused) X(http_lookups_failed) X(health_probes_run)             \

@@ -600,6 +600,7 @@ usher_config_new(void)
   config->admin_socket_user = g_strdup("");
   config->admin_socket_group = g_strdup("");
   config->admin_max_clients = 32;
+  config->admin_idle_timeout_secs = 120;
   config->state_dir = g_strdup(USHER_STATE_DIR_DEFAULT);
   config->users_snapshot_interval_secs = 300;
   config->backend_imap_port = 143;
@@ -1083,7 +1084,7 @@ static const char *const director_keys[] = {
 static const char *const ring_keys[] = {"directors", NULL};
 static const char *const daemon_keys[] = {
     "ring_address",      "admin_socket",  "admin_socket_mode", "admin_socket_user",
-    "admin_socket_group", "admin_listen", "admin_max_clients", "state_dir",
+    "admin_socket_group", "admin_listen", "admin_max_clients", "admin_idle_timeout", "state_dir",
     "users_snapshot_interval", NULL,
 };
 static const char *const backends_keys[] = {"hosts", "imap_port", "pop3_port", "smtp_port",
@@ -1405,6 +1406,8 @@ parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
   }
   if (strcmp(key, "admin_max_clients") == 0)
     return get_uint(ref, 1, 10000, &config->admin_max_clients, error);
+  if (strcmp(key, "admin_idle_timeout") == 0)
+    return get_duration(ref, 1, &config->admin_idle_timeout_secs, error);
   if (strcmp(key, "users_snapshot_interval") == 0)
     return get_duration(ref, 0, &config->users_snapshot_interval_secs, error);
 

@@ -80,6 +80,7 @@ typedef struct {
   gboolean has_admin_listen;
   UsherDirectorAddr admin_listen; /* an optional TCP admin listener */
   guint admin_max_clients;        /* default 32 */
+  guint admin_idle_timeout_secs;  /* default 120: a client silent that long is closed */
   char *state_dir;                /* "" = keep nothing across restarts; default USHER_STATE_DIR_DEFAULT */
   guint users_snapshot_interval_secs; /* default 300; 0 = only at a clean stop */
   /* [backends] ports: where the backends' services listen (usherd's proxy, nginx auth_http) */

@@ -944,12 +944,13 @@ test_daemon_group(void)
   g_assert_cmpstr(defaults->admin_socket_user, ==, "");
   g_assert_false(defaults->has_admin_listen);
   g_assert_cmpuint(defaults->admin_max_clients, ==, 32);
+  g_assert_cmpuint(defaults->admin_idle_timeout_secs, ==, 120);
 
   g_autoptr(UsherConfig) c = parse_ok(
     "[ring]\ndirectors = 10.0.0.1 10.0.0.2:7000\n"
     "[daemon]\nring_address = 10.0.0.2:7000\nadmin_socket = /run/x/admin\n"
     "admin_socket_mode = 660\nadmin_socket_group = mail\nadmin_listen = 127.0.0.1:9091\n"
-    "admin_max_clients = 5\n");
+    "admin_max_clients = 5\nadmin_idle_timeout = 10m\n");
   g_assert_true(c->has_ring_address);
   g_assert_cmpuint(c->ring_address.port, ==, 7000);
   g_assert_cmpstr(c->admin_socket, ==, "/run/x/admin");
@@ -958,6 +959,7 @@ test_daemon_group(void)
   g_assert_true(c->has_admin_listen);
   g_assert_cmpuint(c->admin_listen.port, ==, 9091);
   g_assert_cmpuint(c->admin_max_clients, ==, 5);
+  g_assert_cmpuint(c->admin_idle_timeout_secs, ==, 600);
 
   /* A bare IP takes the default ring port, and must then match a member with it. */
   g_autoptr(UsherConfig) bare =

@@ -356,7 +356,7 @@ test_admin_pipelined(void)
 static void
 test_admin_bad_clients(void)
 {
-  Ring *r = ring_new(3, 1, 1, "admin_max_clients = 3\n");
+  Ring *r = ring_new(3, 1, 1, "admin_max_clients = 3\nadmin_idle_timeout = 2s\n");
   const char *path = r->nodes[0].admin;
   /* No VERSION line: closed without a reply. */
   Admin *a = admin_open(path, TRUE);
@@ -397,6 +397,19 @@ test_admin_bad_clients(void)
   g_usleep(100000);
   g_assert_cmpint(stat_of(path, "daemon", "admin_protocol_errors"), ==, 4);
   g_assert_cmpint(stat_of(path, "daemon", "admin_clients_refused"), ==, 1);
+  /* Clients that say nothing are closed after admin_idle_timeout: they cannot keep the others
+   * out for ever. */
+  for (int i = 0; i < 3; i++)
+    keep[i] = admin_open(path, FALSE);
+  gint64 t0 = g_get_monotonic_time();
+  for (int i = 0; i < 3; i++) {
+    g_assert_null(admin_line(keep[i])); /* closed by usherd */
+    admin_close(keep[i]);
+  }
+  gint64 waited_ms = (g_get_monotonic_time() - t0) / 1000;
+  g_assert_cmpint(waited_ms, >=, 1500);
+  g_assert_cmpint(waited_ms, <, 6000);
+  g_assert_cmpint(stat_of(path, "daemon", "admin_idle_closed"), ==, 3);
   ring_free(r);
 }
 
