@@ -11,7 +11,7 @@
  *                   line, an empty line; the service answers "+" (success) or "-" (failure)
  *                   on its first line.
  * The core gives the hook USHER_FLUSH_TIMEOUT_SECS; a hook still running then is cancelled here
- * too, and its late answer is ignored by the core anyway. */
+ * too (an exec: program is killed), and its late answer is ignored by the core anyway. */
 
 
 #include "daemon/usherd.h"
@@ -24,6 +24,7 @@ typedef struct {
   guint64 id;
   GCancellable *cancel;
   GSource *timeout;
+  GSubprocess *proc; /* exec: */
   char *what; /* for the log */
   GSocketConnection *connection;
   GString *request;
@@ -39,6 +40,13 @@ hook_free(Hook *h)
     g_source_unref(h->timeout);
   }
   g_clear_object(&h->cancel);
+  if (h->proc != NULL) {
+    /* Still running (no answer in time, or usherd stops): killed, not left behind. GLib
+     * reaps it. */
+    if (g_subprocess_get_identifier(h->proc) != NULL)
+      g_subprocess_force_exit(h->proc);
+    g_object_unref(h->proc);
+  }
   if (h->connection != NULL) {
     g_io_stream_close(G_IO_STREAM(h->connection), NULL, NULL);
     g_object_unref(h->connection);
@@ -262,6 +270,7 @@ flush_hook_start(Usherd *u, const UsherEffect *e)
       return;
     }
     g_subprocess_wait_check_async(proc, h->cancel, on_exec_done, ref);
+    h->proc = g_steal_pointer(&proc);
     return;
   }
   h->request = g_string_new("VERSION\tscript\t4\t0\n-\n");

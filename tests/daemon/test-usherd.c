@@ -10,8 +10,10 @@
 #include <gio/gunixsocketaddress.h>
 #include <json-glib/json-glib.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 
 #define WAIT_SECS 20
 
@@ -923,6 +925,62 @@ test_reload(void)
   ring_free(r);
 }
 
+/* Moves user1 from 127.0.2.1 to 127.0.2.2 (it is placed on .1 first): a move this director
+ * starts, of a user with an old backend, runs the flush hook. */
+static void
+move_user1_across(const char *admin)
+{
+  g_assert_cmpint(run_usherctl(admin, NULL, "move", "user1", "127.0.2.1", NULL), ==, 0);
+  g_usleep(300000); /* the first move (no old backend: no hook) ends after the kick delay */
+  g_assert_cmpint(run_usherctl(admin, NULL, "move", "user1", "127.0.2.2", NULL), ==, 0);
+}
+
+static void
+test_flush_hooks(void)
+{
+  Ring *r = ring_new(12, 1, 0, NULL);
+  Node *n = &r->nodes[0];
+  g_autofree char *script = g_build_filename(r->dir, "flush.sh", NULL);
+  g_autofree char *out = g_build_filename(r->dir, "flush.out", NULL);
+  g_autofree char *pidfile = g_build_filename(r->dir, "flush.pid", NULL);
+  /* exec: gets FLUSH, the user's hash, old and new backend, old state and vhosts. With
+   * "hang" in the file it writes its pid and never ends. */
+  g_autofree char *text = g_strdup_printf("#!/bin/sh\necho \"$*\" >> %s\n"
+                                          "if [ -e %s.hang ]; then echo $$ > %s; exec sleep 600; fi\n",
+                                          out, script, pidfile);
+  g_assert_true(g_file_set_contents(script, text, -1, NULL));
+  g_assert_cmpint(chmod(script, 0755), ==, 0);
+  g_autofree char *director = g_strdup_printf("[director]\nflush_socket = exec:%s\n"
+                                              "user_kick_delay = 0\n", script);
+  node_write_config(r, 0, HOSTS_DEFAULT, director, NULL);
+  node_start(r, 0);
+  wait_synced(r, 0);
+  move_user1_across(n->admin);
+  g_autofree char *got = NULL;
+  for (int i = 0; i < WAIT_SECS * 10 && !g_file_get_contents(out, &got, NULL, NULL); i++)
+    g_usleep(100000);
+  g_assert_nonnull(got);
+  g_assert_true(g_str_has_prefix(got, "FLUSH "));
+  g_assert_true(g_str_has_suffix(got, " 127.0.2.1 127.0.2.2 up 100\n"));
+  g_assert_cmpint(stat_of(n->admin, "daemon", "flush_hooks_run"), ==, 1);
+  /* A hook that does not end in time fails the flush and is killed, not left behind. */
+  g_autofree char *hang = g_strconcat(script, ".hang", NULL);
+  g_assert_true(g_file_set_contents(hang, "", -1, NULL));
+  g_assert_cmpint(run_usherctl(n->admin, NULL, "move", "user1", "127.0.2.1", NULL), ==, 0);
+  g_autofree char *pid = NULL;
+  for (int i = 0; i < WAIT_SECS * 10 && !g_file_get_contents(pidfile, &pid, NULL, NULL); i++)
+    g_usleep(100000);
+  g_assert_nonnull(pid);
+  g_autofree char *proc = g_strdup_printf("/proc/%d", atoi(pid));
+  g_assert_true(g_file_test(proc, G_FILE_TEST_EXISTS));
+  /* USHER_FLUSH_TIMEOUT_SECS (10 s), then the kill; a zombie is gone once reaped. */
+  for (int i = 0; i < 150 && g_file_test(proc, G_FILE_TEST_EXISTS); i++)
+    g_usleep(100000);
+  g_assert_false(g_file_test(proc, G_FILE_TEST_EXISTS));
+  g_assert_cmpint(stat_of(n->admin, "daemon", "flush_hooks_failed"), ==, 1);
+  ring_free(r);
+}
+
 static void
 test_notify(void)
 {
@@ -971,5 +1029,6 @@ main(int argc, char **argv)
   g_test_add_func("/daemon/state/crash-while-writing", test_crash_while_writing);
   g_test_add_func("/daemon/reload/sighup", test_reload);
   g_test_add_func("/daemon/notify/ready-and-watchdog", test_notify);
+  g_test_add_func("/daemon/flush/exec-hooks", test_flush_hooks);
   return g_test_run();
 }
