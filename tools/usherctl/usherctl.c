@@ -27,6 +27,11 @@
 #define GREETING_TIMEOUT_SECS 5
 #define REPLY_TIMEOUT_SECS 70 /* changes wait up to 30 s for the ring, twice */
 
+/* A flush answers once its last move has started, which takes as long as the backend has users
+ * (max_parallel_moves at a time): no timeout then. It always ends (moves end by their own
+ * timeouts); an interrupted usherctl leaves it running. */
+static guint reply_timeout_secs = REPLY_TIMEOUT_SECS;
+
 static const char *opt_socket = SOCKET_DEFAULT;
 static gboolean opt_json = FALSE;
 
@@ -97,7 +102,7 @@ admin_connect(void)
   g_autofree char *greeting = read_line(a);
   if (!g_str_has_prefix(greeting, "VERSION\tdirector-doveadm\t1\t"))
     die(EXIT_PROTOCOL, "%s does not speak the director-admin protocol", opt_socket);
-  g_socket_set_timeout(g_socket_connection_get_socket(a->connection), REPLY_TIMEOUT_SECS);
+  g_socket_set_timeout(g_socket_connection_get_socket(a->connection), reply_timeout_secs);
   static const char version[] = "VERSION\tdirector-doveadm\t1\t0\n";
   if (!g_output_stream_write_all(a->out, version, strlen(version), NULL, NULL, &error))
     die(EXIT_UNAVAILABLE, "%s: %s", opt_socket, error->message);
@@ -479,6 +484,7 @@ cmd_flush(int argc, char **argv)
     return simple_change(fields, argv[0]);
   }
   const char *fields[] = {"HOST-RESET-USERS", ip, max, NULL};
+  reply_timeout_secs = 0;
   return simple_change(fields, argv[0]);
 }
 
@@ -846,9 +852,10 @@ static const Verb verbs[] = {
    cmd_kick, 1, 1},
   {"flush", "[--force] [--max-parallel N] IP|all",
    "Move the users of a backend (or of all) whose hashed backend differs, kicking their\n"
-   "sessions, at most N at a time. --force drops their entries without kicking (unsafe: a\n"
-   "user may briefly run on two backends), except that the usherd of the ring close their\n"
-   "sessions on a backend that is down.",
+   "sessions, at most N at a time; waits until the last move has started, however long\n"
+   "that takes (interrupted, the flush goes on). --force drops their entries without\n"
+   "kicking (unsafe: a user may briefly run on two backends), except that the usherd of the\n"
+   "ring close their sessions on a backend that is down.",
    cmd_flush, 1, 1},
   {"users", "[IP]", "Every user entry (hash, backend, expiry), or those of one backend.",
    cmd_users, 0, 1},
