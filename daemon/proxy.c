@@ -1686,6 +1686,14 @@ take_string(const UsherImapArg *a, char **out, gsize *len_out)
 static void
 sasl_message(Session *s, const char *b64)
 {
+  if (!usher_sasl_base64_valid(b64)) {
+    /* It goes to the backend as sent: nothing but base64 (a literal could hold a CRLF and a
+     * command the backend would take from usherd's trusted address). */
+    s->bad_commands++;
+    reply_auth_error(s, FALSE, "Invalid base64 data");
+    forget_login(s);
+    return;
+  }
   gsize len = 0;
   g_autofree guint8 *raw = NULL;
   if (strcmp(b64, "=") != 0)

@@ -493,6 +493,23 @@ clean_name(const guint8 *p, gsize len)
   return g_utf8_validate((const char *)p, (gssize)len, NULL);
 }
 
+gboolean
+usher_sasl_base64_valid(const char *text)
+{
+  if (strcmp(text, "=") == 0)
+    return TRUE;
+  gsize len = strlen(text);
+  if (len == 0 || len % 4 != 0)
+    return FALSE;
+  gsize pad = text[len - 1] == '=' ? (text[len - 2] == '=' ? 2 : 1) : 0;
+  for (gsize i = 0; i < len - pad; i++) {
+    char c = text[i];
+    if (!g_ascii_isalnum(c) && c != '+' && c != '/')
+      return FALSE;
+  }
+  return TRUE;
+}
+
 char *
 usher_sasl_login_name(UsherSaslMech mech, const guint8 *msg, gsize len, const char **why_out)
 {

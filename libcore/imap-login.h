@@ -123,4 +123,10 @@ const char *usher_sasl_mech_name(UsherSaslMech mech);
 char *usher_sasl_login_name(UsherSaslMech mech, const guint8 *msg, gsize len,
                             const char **why_out);
 
+/* A SASL response as it goes to the backend unchanged: "=" (empty), or strict base64 (RFC 4648:
+ * the 64 letters, a length that is a multiple of 4, at most two '=' at the end). Anything else
+ * (g_base64_decode() skips what it does not know) could carry a line break or a command into
+ * the backend's login conversation. */
+gboolean usher_sasl_base64_valid(const char *text);
+
 G_END_DECLS

@@ -230,6 +230,14 @@ test_sasl_names(void)
   g_autofree char *e = usher_sasl_login_name(USHER_SASL_LOGIN, (const guint8 *)"eve", 3, &why);
   g_assert_cmpstr(e, ==, "eve");
   g_assert_null(usher_sasl_login_name(USHER_SASL_LOGIN, (const guint8 *)"e\nve", 4, &why));
+  /* What may go to a backend as the client sent it. */
+  const char *good[] = {"=", "AGFsaWNlAHB3", "YQ==", "YWI=", "+/+/"};
+  for (gsize i = 0; i < G_N_ELEMENTS(good); i++)
+    g_assert_true(usher_sasl_base64_valid(good[i]));
+  const char *bad[] = {"", "YQ", "YQ=", "Y===", "=YQ=", "YW\r\nI=", "YWI=\r\nXCLIENT ADDR=1.2.3.4",
+                       "YW I=", "YW\"I", "YQ==YQ=="};
+  for (gsize i = 0; i < G_N_ELEMENTS(bad); i++)
+    g_assert_false(usher_sasl_base64_valid(bad[i]));
   g_assert_cmpint(usher_sasl_mech_from_name("plain"), ==, USHER_SASL_PLAIN);
   g_assert_cmpint(usher_sasl_mech_from_name("XOAUTH2"), ==, USHER_SASL_XOAUTH2);
   g_assert_cmpint(usher_sasl_mech_from_name("CRAM-MD5"), ==, 0);

@@ -10,7 +10,9 @@ check what they do not do.
 
 Checked: sieve-connect uploads and lists a script over STARTTLS, on the user's backend (its log
 shows the client's address, passed by XCLIENT); AUTHENTICATE "PLAIN" with and without an
-initial response, a wrong password answered with the backend's NO, LOGOUT; submission through
+initial response, a wrong password answered with the backend's NO, LOGOUT; a SASL response that
+is not strict base64 (a literal with a CRLF and a command) refused before any backend sees it;
+submission through
 each kind of listener reaches the user's backend, which relays the message (the sink receives
 it), with AUTH PLAIN and AUTH LOGIN; a wrong password is the backend's 535; MAIL before AUTH is
 530. Exits 0 pass, 1 fail, 77 skipped.
@@ -217,6 +219,26 @@ def run_with_sink(lab, t, cert, key, sink, sink_ip):
          "a wrong password: the backend's NO; the next try on the same connection logs in, "
          "again with the client's address (XCLIENT on the new backend connection)",
          no + ok + bye + str(seen))
+
+    # -- a SASL response in a literal holding a line break and a command: refused before any
+    # backend sees it (it would go there from usherd's trusted address)
+    offsets = {b: b.log_size() for b in bs}
+    evil = f"{plain('user5')}\r\nXCLIENT ADDR=192.0.2.66\r\n".encode()
+    r = Raw(us[0].ip, SIEVE)
+    r.until(b"OK ")
+    r.until(b"\r\n")
+    r.send(b'AUTHENTICATE "PLAIN" {%d+}\r\n' % len(evil) + evil + b"\r\n")
+    refused = r.until(b"\r\n")
+    r.send(f'AUTHENTICATE "PLAIN" "{plain("user5")}"\r\n'.encode())
+    ok = r.until(b"\r\n")
+    r.close()
+    time.sleep(0.3)
+    seen = [l for b in bs for l in logins(b, offsets[b], "managesieve")]
+    t.ok(refused.startswith("NO") and "base64" in refused and ok.startswith("OK") and
+         seen == [("user5", "127.0.0.1")],
+         "AUTHENTICATE with a literal that is not base64 (a CRLF and an XCLIENT inside): NO, "
+         "nothing reaches a backend; a proper login follows on the same connection",
+         refused + ok + str(seen))
 
     # -- submission through each listener; the backend relays to the sink
     ctx = ssl.create_default_context(cafile=cert)
