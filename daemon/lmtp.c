@@ -46,6 +46,7 @@
 #define LMTP_QUEUE_HIGH (1024 * 1024)      /* a backend this far behind pauses the client */
 #define LMTP_CLIENT_OUT_MAX (1024 * 1024)  /* replies a client leaves unread: dropped */
 #define LMTP_MAX_RECIPIENTS 1000           /* per transaction (RFC 5321 asks for 100 at least) */
+#define LMTP_SLOTS_MAX 4096 /* answers queued while one is owed: more commands wait unread */
 #define LMTP_BACKEND_LINE_MAX 4096
 #define LMTP_SPOOL_READ (256 * 1024) /* read back from a spool file at a time */
 
@@ -434,16 +435,16 @@ backend_flush(LmtpBackend *b)
   }
   if (b->failed)
     return FALSE;
-  /* A message being written owes no reply yet: what times it out is its bytes not moving. */
-  if (b->out == NULL) {
+  /* A message being written owes no reply yet: what times it out is its bytes not moving. The
+   * delivery's own time starts with its last byte (not when the client finished, which may be
+   * long before with a spool): while bytes move, it starts again. */
+  Expect *head = g_queue_peek_head(&b->expect);
+  if (moved && head != NULL && head->kind == EXP_FINAL)
+    b->deadline_us =
+      g_get_monotonic_time() + (gint64)LMTP_BACKEND_FINAL_TIMEOUT_SECS * G_USEC_PER_SEC;
+  if (b->out == NULL)
     b->write_deadline_us = 0;
-    /* Its last bytes just went: the delivery's own time starts now (not when the client
-     * finished, which may be long before with a spool). */
-    Expect *head = g_queue_peek_head(&b->expect);
-    if (moved && head != NULL && head->kind == EXP_FINAL)
-      b->deadline_us =
-        g_get_monotonic_time() + (gint64)LMTP_BACKEND_FINAL_TIMEOUT_SECS * G_USEC_PER_SEC;
-  } else if (moved || b->write_deadline_us == 0)
+  else if (moved || b->write_deadline_us == 0)
     b->write_deadline_us =
       g_get_monotonic_time() + (gint64)LMTP_BACKEND_TIMEOUT_SECS * G_USEC_PER_SEC;
   return TRUE;
@@ -971,6 +972,8 @@ tx_reset(LmtpSession *s)
     slot->rcpt = NULL;
   }
   s->tx = TX_NONE;
+  /* The client waited for the backends, not idled: its idle time starts now. */
+  s->deadline_us = g_get_monotonic_time() + LMTP_CLIENT_TIMEOUT_SECS * G_USEC_PER_SEC;
   g_clear_pointer(&s->mail_path, g_free);
   g_clear_pointer(&s->mail_params, g_free);
   g_clear_pointer(&s->data_failure, g_free);
@@ -1612,6 +1615,16 @@ session_process(LmtpSession *s)
       break; /* the backends speak first */
     if (s->tx == TX_BODY && backends_behind(s))
       break; /* backpressure: read on once they have written */
+    if (s->slots.length >= LMTP_SLOTS_MAX) {
+      slots_to_output(s); /* those known already */
+      if (s->slots.length >= LMTP_SLOTS_MAX) {
+        /* A client pipelining behind an answer that is owed (a user being moved, a slow
+         * backend) waits: its commands stay unread until that answer comes (its arrival runs
+         * this again), so a flood of NOOPs costs no memory. */
+        count(s, &STATS(s)->lmtp_pipeline_waits, 1);
+        break;
+      }
+    }
     UsherSmtpCmd cmd;
     const guint8 *data;
     gsize len;
@@ -1761,6 +1774,13 @@ lmtp_accept(Worker *w, const Listener *l, int fd, const char *ip, guint16 port)
   s->cport = port;
   g_strlcpy(s->lip, l->ip, sizeof(s->lip));
   s->lport = l->port;
+  if (s->lip[0] == '\0' && !s->unix_client) {
+    /* A wildcard listener: the address the MTA reached (for the PROXY header to backends). */
+    struct sockaddr_storage ls;
+    socklen_t ll = sizeof(ls);
+    if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
+      proxy_address_text(&ls, s->lip, &s->lport);
+  }
   /* TCP_NODELAY comes from the listener (proxy.c, open_listener). */
   s->reader = usher_smtp_reader_new(USHER_SMTP_LINE_MAX_DEFAULT);
   s->rcpts = g_ptr_array_new_with_free_func(rcpt_free);

@@ -10,6 +10,7 @@
 #include "libcore/user-hash.h"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 G_BEGIN_DECLS
 
@@ -105,6 +106,9 @@ struct Proxy {
 void proxy_stat_add(Proxy *proxy, guint64 *field, gint64 delta);
 /* TRUE if ip lies in one of nets (UsherNet). */
 gboolean proxy_in_nets(const GArray *nets, const UsherIp *ip);
+/* A socket address as IP text and port ("?" and 0 for anything but IPv4/IPv6). */
+void proxy_address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN],
+                        guint16 *port);
 /* Takes a connection slot (max_connections; and one of ip's when ip is not NULL); FALSE (and
  * counted) when none is free. proxy_release gives them back. */
 gboolean proxy_admit(Proxy *proxy, gboolean total, const char *ip);

@@ -2809,8 +2809,8 @@ submission_backend_line(Session *s, const char *line)
 
 /* ---- Accepting -------------------------------------------------------------------------------------- */
 
-static void
-address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN], guint16 *port)
+void
+proxy_address_text(const struct sockaddr_storage *ss, char ip[USHER_IP_STRLEN], guint16 *port)
 {
   g_autoptr(GSocketAddress) a =
     g_socket_address_new_from_native((gpointer)ss, sizeof(*ss));
@@ -2872,7 +2872,7 @@ on_listener(gpointer data, guint32 events)
     char ip[USHER_IP_STRLEN] = "unix";
     guint16 port = 0;
     if (!l->unix_socket)
-      address_text(&ss, ip, &port);
+      proxy_address_text(&ss, ip, &port);
     /* A trusted load balancer speaks for many clients: the per-address limit applies to the
      * client its PROXY header names. */
     UsherIp peer;
@@ -2909,7 +2909,7 @@ on_listener(gpointer data, guint32 events)
       struct sockaddr_storage ls;
       socklen_t ll = sizeof(ls);
       if (getsockname(fd, (struct sockaddr *)&ls, &ll) == 0)
-        address_text(&ls, s->lip, &s->lport);
+        proxy_address_text(&ls, s->lip, &s->lport);
     }
     /* TCP_NODELAY comes from the listener (Linux copies it to accepted sockets). */
     s->deadline_us = s->login_deadline_us =

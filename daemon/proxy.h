@@ -49,7 +49,7 @@ gboolean proxy_reload_tls(Proxy *proxy, GError **error);
   X(lmtp_recipients) X(lmtp_delivered) X(lmtp_rejected) X(lmtp_tempfail_route)                    \
   X(lmtp_tempfail_backend) X(lmtp_tempfail_reply) X(lmtp_backend_failures) X(lmtp_bad_commands)    \
   X(lmtp_tempfail_client_gone)                                                                   \
-  X(lmtp_spooled_bytes) X(lmtp_spool_errors)                                                      \
+  X(lmtp_spooled_bytes) X(lmtp_spool_errors) X(lmtp_pipeline_waits)                              \
   X(sessions_now) X(proxying_now) X(lmtp_now)
 
 typedef struct {

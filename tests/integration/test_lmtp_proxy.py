@@ -21,7 +21,8 @@ the other backend go on, the other recipient's answer comes at once, and if the 
 meanwhile, that rest is never sent; BDAT chunks
 (dot-stuffed on the way), BDAT that no transaction takes (skipped, one answer) or without a size
 (421, closed); a backend whose recipients were all refused is reset (RSET) before the next
-message on the connection; pipelined commands answered in order; MAIL parameters of extensions
+message on the connection; a flood of NOOPs pipelined behind an answer that is owed waits unread
+(bounded memory); pipelined commands answered in order; MAIL parameters of extensions
 not offered; bad commands; a spool directory that does not exist (usherd refuses to start);
 the UNIX socket; the counters in usherctl stats. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -34,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -432,6 +434,45 @@ def run(lab, t):
          (asan or grown < 16 * 1024),
          f"a 50 MB message to two users: delivered, usherd's peak memory grew {grown} KiB "
          f"(bound 16 MiB{', not checked under ASan' if asan else ''})", "\n".join(got))
+
+    # -- an MTA pipelining a flood of NOOPs behind a RCPT whose backend is stopped (its answer
+    # owed for up to a minute): the commands wait unread, usherd's memory does not follow them;
+    # once the backend answers, every command gets its answer, in order
+    victim = bs[0]
+    user = next(u for u, b in owner.items() if b == victim.ip)
+    before = stats(us[1])
+    rss_before = rss_kib(us[1].pid, "VmRSS")
+    stopped = [p for p in victim.processes() if ul.stop_process(p)]
+    n_noops = 1000000
+    try:
+        r = Raw(us[1].ip, ul.LMTP_PORT)
+        r.send(f"LHLO test\r\nMAIL FROM:<a@{DOMAIN}>\r\nRCPT TO:<{user}@{DOMAIN}>\r\n".encode())
+        sender = threading.Thread(target=lambda: r.send(b"NOOP\r\n" * n_noops + b"QUIT\r\n"))
+        sender.start()
+        time.sleep(3)
+        grown = rss_kib(us[1].pid, "VmRSS") - rss_before
+        waits = stats(us[1]).get("lmtp_pipeline_waits", 0) - before.get("lmtp_pipeline_waits", 0)
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
+    # Every answer (about 14 MB), until QUIT's.
+    r.s.settimeout(90)
+    answers = bytearray(r.buf)
+    while not answers.endswith(b"221 2.0.0 Bye\r\n"):
+        data = r.s.recv(1 << 20)
+        if not data:
+            break
+        answers += data
+    sender.join(30)
+    r.close()
+    lines = answers.split(b"\r\n")
+    noops = lines.count(b"250 2.0.0 OK")
+    t.ok(waits >= 1 and (asan or grown < 16 * 1024) and noops == n_noops and
+         lines[-2:] == [b"221 2.0.0 Bye", b""] and lines[-2 - n_noops - 1].startswith(b"250 2.1.5"),
+         f"a million NOOPs pipelined behind a RCPT whose backend is stopped: they wait unread "
+         f"(usherd grew {grown} KiB, bound 16 MiB{', not checked under ASan' if asan else ''}); "
+         f"then the RCPT's answer, {noops} NOOP answers and QUIT's, in order",
+         f"waits {waits}, tail {bytes(answers[-200:])!r}")
 
     # -- An MTA that gave up: usherd stopped (a stall, a VM paused) after its 354; meanwhile the
     # MTA sent the message, waited in vain for the answer, sent QUIT and closed. On waking up
