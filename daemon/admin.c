@@ -170,6 +170,17 @@ client_append(AdminClient *c, const char *text, gsize len)
 
 /* ---- Usher's JSON commands --------------------------------------------------------------------------- */
 
+void
+usherd_json_add_string(JsonBuilder *b, const char *text)
+{
+  if (text == NULL || g_utf8_validate(text, -1, NULL)) {
+    json_builder_add_string_value(b, text);
+    return;
+  }
+  g_autofree char *valid = g_utf8_make_valid(text, -1);
+  json_builder_add_string_value(b, valid);
+}
+
 static void
 add_ring_info(JsonBuilder *b, const UsherRingInfo *ring, gint64 now_mono_us)
 {
@@ -261,11 +272,11 @@ add_addr(JsonBuilder *b, const char *member, const UsherIp *ip, guint16 port)
   }
   usher_ip_to_string(ip, text);
   if (port == 0) {
-    json_builder_add_string_value(b, text);
+    usherd_json_add_string(b, text);
   } else {
     g_autofree char *full = ip->family == USHER_IP_V6 ? g_strdup_printf("[%s]:%u", text, port)
                                                        : g_strdup_printf("%s:%u", text, port);
-    json_builder_add_string_value(b, full);
+    usherd_json_add_string(b, full);
   }
 }
 
@@ -292,7 +303,7 @@ build_ring(Usherd *u, JsonBuilder *b, UsherNow now)
     json_builder_set_member_name(b, "last_failure");
     json_builder_add_int_value(b, m->last_failure);
     json_builder_set_member_name(b, "link");
-    json_builder_add_string_value(b, role_text(m->role));
+    usherd_json_add_string(b, role_text(m->role));
     if (m->role != USHER_LINK_NONE) {
 #define FIELD_BOOL(name)                                                                           \
   json_builder_set_member_name(b, #name);                                                          \
@@ -372,15 +383,15 @@ build_explain(Usherd *u, JsonBuilder *b, UsherNow now, const UsherAdminCmd *cmd)
   usher_director_lookup_user(u->director, now.wall_us, hash, cmd->tag, &info);
   json_builder_begin_object(b);
   json_builder_set_member_name(b, "user");
-  json_builder_add_string_value(b, cmd->user);
+  usherd_json_add_string(b, cmd->user);
   json_builder_set_member_name(b, "given_as_hash");
   json_builder_add_boolean_value(b, cmd->user_is_hash);
   json_builder_set_member_name(b, "hash");
   json_builder_add_int_value(b, hash);
   json_builder_set_member_name(b, "username_hash");
-  json_builder_add_string_value(b, u->config->username_hash);
+  usherd_json_add_string(b, u->config->username_hash);
   json_builder_set_member_name(b, "tag");
-  json_builder_add_string_value(b, cmd->tag);
+  usherd_json_add_string(b, cmd->tag);
   json_builder_set_member_name(b, "tag_known");
   json_builder_add_boolean_value(b, info.tag_known);
   json_builder_set_member_name(b, "entry");
@@ -396,7 +407,7 @@ build_explain(Usherd *u, JsonBuilder *b, UsherNow now, const UsherAdminCmd *cmd)
     json_builder_set_member_name(b, "weak");
     json_builder_add_boolean_value(b, info.weak);
     json_builder_set_member_name(b, "move_state");
-    json_builder_add_string_value(b, usher_kill_state_name(info.kill_state));
+    usherd_json_add_string(b, usher_kill_state_name(info.kill_state));
     json_builder_end_object(b);
   } else {
     json_builder_add_null_value(b);
@@ -405,7 +416,7 @@ build_explain(Usherd *u, JsonBuilder *b, UsherNow now, const UsherAdminCmd *cmd)
   add_addr(b, "initial_config", &info.initial, 0);
   json_builder_set_member_name(b, "why");
   g_autofree char *why = explain_why(u, &info);
-  json_builder_add_string_value(b, why);
+  usherd_json_add_string(b, why);
   json_builder_end_object(b);
 }
 
@@ -425,15 +436,15 @@ build_sessions(Usherd *u, JsonBuilder *b, const UsherAdminCmd *cmd)
       const ProxySessionInfo *s = g_ptr_array_index(list, i);
       json_builder_begin_object(b);
       json_builder_set_member_name(b, "user");
-      json_builder_add_string_value(b, s->user);
+      usherd_json_add_string(b, s->user);
       json_builder_set_member_name(b, "protocol");
-      json_builder_add_string_value(b, s->protocol);
+      usherd_json_add_string(b, s->protocol);
       json_builder_set_member_name(b, "tls");
       json_builder_add_boolean_value(b, s->tls);
       json_builder_set_member_name(b, "client");
-      json_builder_add_string_value(b, s->client);
+      usherd_json_add_string(b, s->client);
       json_builder_set_member_name(b, "backend");
-      json_builder_add_string_value(b, s->backend);
+      usherd_json_add_string(b, s->backend);
       json_builder_set_member_name(b, "since");
       json_builder_add_int_value(b, s->since);
       json_builder_end_object(b);
@@ -468,9 +479,9 @@ build_health(Usherd *u, JsonBuilder *b, UsherNow now)
     const UsherHealthInfo *h = &g_array_index(rep.backends, UsherHealthInfo, i);
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "backend");
-    json_builder_add_string_value(b, h->ip_str);
+    usherd_json_add_string(b, h->ip_str);
     json_builder_set_member_name(b, "view");
-    json_builder_add_string_value(b, h->failing ? "failing" : "healthy");
+    usherd_json_add_string(b, h->failing ? "failing" : "healthy");
     json_builder_set_member_name(b, "fails_in_row");
     json_builder_add_int_value(b, h->fails_in_row);
     json_builder_set_member_name(b, "oks_in_row");
@@ -485,7 +496,7 @@ build_health(Usherd *u, JsonBuilder *b, UsherNow now)
     if (h->last_probe == 0)
       json_builder_add_null_value(b);
     else
-      json_builder_add_string_value(b, h->last_detail != NULL ? h->last_detail
+      usherd_json_add_string(b, h->last_detail != NULL ? h->last_detail
                                        : h->last_ok           ? "ok"
                                                               : "failed");
     json_builder_set_member_name(b, "votes_failing");
@@ -515,7 +526,7 @@ build_health(Usherd *u, JsonBuilder *b, UsherNow now)
     json_builder_begin_array(b);
     for (guint k = 0; k < v->n_failing; k++) {
       char ip[USHER_IP_STRLEN];
-      json_builder_add_string_value(b, usher_ip_to_string(&v->failing[k], ip));
+      usherd_json_add_string(b, usher_ip_to_string(&v->failing[k], ip));
     }
     json_builder_end_array(b);
     json_builder_set_member_name(b, "complete");

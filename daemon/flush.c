@@ -196,6 +196,15 @@ on_script_connected(GObject *source, GAsyncResult *result, gpointer data)
 
 /* ---- Starting a hook -------------------------------------------------------------------------------- */
 
+/* A host name fit for a path or a command line: what a configuration file may say, and no
+ * leading dot (".." as a path component). A backend's host name may come from a ring peer;
+ * anything else ("../x", spaces) gives the IP instead. */
+static gboolean
+host_name_plain(const char *name)
+{
+  return usher_hostname_valid(name) && name[0] != '.';
+}
+
 /* flush_socket with %i / %{ip} and %h / %{host} expanded. */
 static char *
 expand_target(const char *setting, const char *ip, const char *host)
@@ -240,7 +249,9 @@ flush_hook_start(Usherd *u, const UsherEffect *e)
                         vhosts};
   g_autofree char *target =
     expand_target(e->flush.socket, new_ip,
-                  e->flush.new_hostname != NULL ? e->flush.new_hostname : new_ip);
+                  e->flush.new_hostname != NULL && host_name_plain(e->flush.new_hostname)
+                    ? e->flush.new_hostname
+                    : new_ip);
 
   Hook *h = g_new0(Hook, 1);
   h->u = u;

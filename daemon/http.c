@@ -186,9 +186,9 @@ http_server_login_result(HttpServer *h, const UsherEffect *e)
     g_autoptr(JsonBuilder) b = json_builder_new();
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "user");
-    json_builder_add_string_value(b, l->user);
+    usherd_json_add_string(b, l->user);
     json_builder_set_member_name(b, "error");
-    json_builder_add_string_value(b, e->login.reason);
+    usherd_json_add_string(b, e->login.reason);
     json_builder_end_object(b);
     g_autoptr(JsonNode) root = json_builder_get_root(b);
     g_autofree char *text = json_to_string(root, FALSE);
@@ -197,11 +197,11 @@ http_server_login_result(HttpServer *h, const UsherEffect *e)
     g_autoptr(JsonBuilder) b = json_builder_new();
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "user");
-    json_builder_add_string_value(b, l->user);
+    usherd_json_add_string(b, l->user);
     json_builder_set_member_name(b, "host");
-    json_builder_add_string_value(b, ip);
+    usherd_json_add_string(b, ip);
     json_builder_set_member_name(b, "hostname");
-    json_builder_add_string_value(b, e->login.hostname != NULL ? e->login.hostname : ip);
+    usherd_json_add_string(b, e->login.hostname != NULL ? e->login.hostname : ip);
     json_builder_set_member_name(b, "hash");
     json_builder_add_int_value(b, e->login.hash);
     json_builder_set_member_name(b, "refresh_secs");

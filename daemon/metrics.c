@@ -9,8 +9,12 @@
 #include <string.h>
 
 static void
-label_value(GString *out, const char *v)
+label_value(GString *out, const char *text)
 {
+  /* Tags and host names come from ring peers: the format is UTF-8, one bad label would spoil
+   * the whole scrape. */
+  g_autofree char *valid = g_utf8_validate(text, -1, NULL) ? NULL : g_utf8_make_valid(text, -1);
+  const char *v = valid != NULL ? valid : text;
   for (const char *p = v; *p != '\0'; p++) {
     if (*p == '\\' || *p == '"')
       g_string_append_c(out, '\\');

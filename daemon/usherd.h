@@ -26,6 +26,7 @@
 #include "libcore/director.h"
 
 #include <gio/gio.h>
+#include <json-glib/json-glib.h>
 
 G_BEGIN_DECLS
 
@@ -131,6 +132,10 @@ void admin_server_free(AdminServer *a);
 void admin_server_reply(AdminServer *a, guint64 op, const char *text);
 
 /* http.c */
+/* A string into JSON: names come from clients and ring peers, not always UTF-8; invalid bytes
+ * become U+FFFD (json-glib assumes valid UTF-8 and would read past the end of a bad one). */
+void usherd_json_add_string(JsonBuilder *builder, const char *text);
+
 HttpServer *http_server_new(Usherd *u, GError **error); /* NULL and no error: not configured */
 void http_server_free(HttpServer *h);
 void http_server_login_result(HttpServer *h, const UsherEffect *e);

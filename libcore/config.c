@@ -134,8 +134,8 @@ valid_tag(const char *s, gsize len)
   return TRUE;
 }
 
-static gboolean
-valid_hostname(const char *s)
+gboolean
+usher_hostname_valid(const char *s)
 {
   gsize len = strlen(s);
   if (len == 0 || len > USHER_HOSTNAME_MAX_LEN)
@@ -1454,7 +1454,7 @@ parse_daemon_key(UsherConfig *config, const KeyRef *ref, GError **error)
     return TRUE;
   }
   if (strcmp(key, "admin_socket_user") == 0 || strcmp(key, "admin_socket_group") == 0) {
-    if (*value != '\0' && !valid_hostname(value)) {
+    if (*value != '\0' && !usher_hostname_valid(value)) {
       key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
                 "%s is not a user or group name (letters, digits, . _ -)", q);
       return FALSE;
@@ -1925,7 +1925,7 @@ parse_backend_group_key(BackendGroup *bg, const KeyRef *ref, GError **error)
     return TRUE;
   }
   if (strcmp(ref->key, "hostname") == 0) {
-    if (*value != '\0' && !valid_hostname(value)) {
+    if (*value != '\0' && !usher_hostname_valid(value)) {
       key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
                 "%s is not a valid host name (1 to %d letters, digits, '.', '_' or '-')", q,
                 USHER_HOSTNAME_MAX_LEN);

@@ -511,6 +511,9 @@ test_usherctl_and_check(void)
   g_assert_cmpint(run_usherctl("/nonexistent/socket", &out, "status", NULL), ==, 69);
   g_assert_cmpint(run_usherctl(admin, &out, "explain", "user1", NULL), ==, 0);
   g_assert_nonnull(strstr(out, "why:"));
+  /* A name that is not UTF-8 (Latin-1 "été") still gives valid JSON: U+FFFD for the bad bytes. */
+  g_assert_cmpint(run_usherctl(admin, &out, "--json", "explain", "\xe9t\xe9", NULL), ==, 0);
+  g_assert_nonnull(strstr(out, "\"\xef\xbf\xbdt\xef\xbf\xbd\""));
   g_assert_cmpint(run_usherctl(admin, &out, "--json", "stats", NULL), ==, 0);
   g_assert_nonnull(strstr(out, "\"admin_commands\""));
   g_assert_cmpint(run_usherctl(admin, &out, "move", "--help", NULL), ==, 0);
