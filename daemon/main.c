@@ -297,6 +297,7 @@ main(int argc, char **argv)
   g_free(u.runtime_written);
   g_free(u.config_checksum);
   g_free(u.admin_socket_option);
+  g_clear_pointer(&u.reload_changes, g_hash_table_unref);
   g_free(u.state_dir_option);
   g_array_unref(u.file_directors);
   return status;

@@ -114,6 +114,7 @@ struct Session {
   SSL *ssl;               /* the client's TLS, NULL while plaintext */
   gboolean tls_handshaking;
   guint32 tls_wants;      /* EPOLLIN/EPOLLOUT the last TLS call is waiting for */
+  gboolean tls_wants_for_write; /* ... and that call was a write (else a read or handshake) */
   gboolean tls_kick;      /* an idle callback will read what OpenSSL already decrypted */
   GByteArray *cout; /* to the client */
   gsize cout_off;
@@ -246,17 +247,23 @@ proxy_get_stats(Proxy *p, ProxyStats *out)
 static void tls_kick(Session *s);
 static void on_backend(gpointer data, guint32 events);
 
+/* Bytes waiting for the backend (a pipe with bytes in it counts as full: its source is read
+ * again once it has drained). */
+static gsize
+backend_queued(const Session *s)
+{
+  gsize bq = s->bout != NULL ? s->bout->len - s->bout_off : 0;
+  return s->bpipe != NULL && s->bpipe->held > 0 ? bq + OUT_HIGH_WATER : bq;
+}
+
 static void
 update_interest(Session *s)
 {
   Poller *poller = s->w->poller;
   gsize cq = s->cout != NULL ? s->cout->len - s->cout_off : 0;
-  gsize bq = s->bout != NULL ? s->bout->len - s->bout_off : 0;
-  /* A pipe with bytes in it counts as full: its source is read again once it has drained. */
+  gsize bq = backend_queued(s);
   if (s->cpipe != NULL && s->cpipe->held > 0)
     cq += OUT_HIGH_WATER;
-  if (s->bpipe != NULL && s->bpipe->held > 0)
-    bq += OUT_HIGH_WATER;
   if (s->cwatch != NULL) {
     guint32 ev = 0;
     /* Read the client unless the backend is behind (backpressure) or gone, or while routing. */
@@ -273,9 +280,13 @@ update_interest(Session *s)
     if (cq > 0)
       ev |= EPOLLOUT;
     if (s->ssl != NULL) {
+      /* A read's wait counts only while the client is to be read (backpressure: a readable
+       * socket nobody reads would wake the loop for ever); a write's or the handshake's always. */
+      gboolean reading = (ev & EPOLLIN) != 0;
       if (s->tls_handshaking)
         ev = 0;
-      ev |= s->tls_wants;
+      if (s->tls_handshaking || s->tls_wants_for_write || reading)
+        ev |= s->tls_wants;
       if ((ev & EPOLLIN) && !s->client_eof && !s->tls_handshaking && SSL_pending(s->ssl) > 0)
         tls_kick(s); /* decrypted bytes wait in OpenSSL: epoll will not say so */
     }
@@ -478,6 +489,7 @@ sock_result(ssize_t n)
 static gssize
 tls_result(Session *s, int ok, size_t n, gboolean reading)
 {
+  s->tls_wants_for_write = !reading;
   if (ok == 1) {
     s->tls_wants = 0;
     return (gssize)n;
@@ -2354,7 +2366,8 @@ on_client(gpointer data, guint32 events)
         return;
       events |= EPOLLOUT; /* what waited for the handshake */
     }
-    events |= EPOLLIN; /* OpenSSL may want either direction for either; it says AGAIN if not */
+    /* OpenSSL may want either direction for either; it says AGAIN if not. */
+    events |= EPOLLIN | (s->cout != NULL ? EPOLLOUT : 0);
   }
   if (events & EPOLLOUT) {
     session_flush_client(s);
@@ -2364,7 +2377,9 @@ on_client(gpointer data, guint32 events)
   if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
     return;
   if (s->state == S_PROXYING) {
-    if (!s->client_eof && !s->backend_eof)
+    /* Backpressure holds for TLS too, whose reads are asked for whatever epoll said: the
+     * client is read on once the backend has taken its bytes (update_interest kicks TLS). */
+    if (!s->client_eof && !s->backend_eof && backend_queued(s) < OUT_HIGH_WATER)
       proxy_bytes(s, FALSE);
     else if (events & (EPOLLERR | EPOLLHUP))
       session_close(s, "client gone");

@@ -37,10 +37,96 @@ has_director(const GArray *list, const UsherDirectorAddr *a)
   return FALSE;
 }
 
-static guint64
-next_op(Usherd *u)
+/* A change a reload asked the director for, until its answer: refused, the file read before
+ * stays the base for that backend or member, so the next SIGHUP tries it again. */
+typedef struct {
+  gboolean director;
+  UsherIp ip;
+  guint16 port;
+  gboolean removal;        /* NOTFOUND: it is gone already, which is what was asked */
+  UsherBackendConfig *was; /* backends: the base's entry before (NULL: the file adds it) */
+  char *what;              /* for the log */
+} ReloadChange;
+
+static void
+reload_change_free(gpointer data)
 {
-  return RELOAD_OP_FLAG | ++u->reload_ops;
+  ReloadChange *c = data;
+  g_clear_pointer(&c->was, usher_backend_config_free);
+  g_free(c->what);
+  g_free(c);
+}
+
+static UsherBackendConfig *
+backend_copy(const UsherBackendConfig *b)
+{
+  UsherBackendConfig *copy = usher_backend_config_new(&b->ip, b->tag, b->vhost_count);
+  copy->hostname = g_strdup(b->hostname);
+  copy->down = b->down;
+  copy->updown_change = b->updown_change;
+  return copy;
+}
+
+static guint64
+track(Usherd *u, ReloadChange *c)
+{
+  if (u->reload_changes == NULL)
+    u->reload_changes =
+      g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, reload_change_free);
+  guint64 op = RELOAD_OP_FLAG | ++u->reload_ops;
+  g_hash_table_insert(u->reload_changes, g_memdup2(&op, sizeof(op)), c);
+  return op;
+}
+
+static guint64
+backend_op(Usherd *u, const UsherIp *ip, const UsherBackendConfig *was, gboolean removal,
+           const char *what)
+{
+  ReloadChange *c = g_new0(ReloadChange, 1);
+  c->ip = *ip;
+  c->was = was != NULL ? backend_copy(was) : NULL;
+  c->removal = removal;
+  c->what = g_strdup(what);
+  return track(u, c);
+}
+
+static guint64
+director_op(Usherd *u, const UsherDirectorAddr *a, gboolean removal, const char *what)
+{
+  ReloadChange *c = g_new0(ReloadChange, 1);
+  c->director = TRUE;
+  c->ip = a->ip;
+  c->port = a->port;
+  c->removal = removal;
+  c->what = g_strdup(what);
+  return track(u, c);
+}
+
+/* Puts the base back as it was for a refused change. */
+static void
+revert_base(Usherd *u, const ReloadChange *c)
+{
+  if (c->director) {
+    GArray *list = u->file_directors;
+    for (guint i = list->len; i-- > 0;) {
+      const UsherDirectorAddr *a = &g_array_index(list, UsherDirectorAddr, i);
+      if (usher_ip_equal(&a->ip, &c->ip) && a->port == c->port)
+        g_array_remove_index(list, i);
+    }
+    if (c->removal) {
+      UsherDirectorAddr a = {.ip = c->ip, .port = c->port};
+      g_array_append_val(list, a);
+    }
+    return;
+  }
+  GPtrArray *list = u->config->initial_backends;
+  if (list == NULL)
+    return;
+  for (guint i = list->len; i-- > 0;)
+    if (usher_ip_equal(&((UsherBackendConfig *)g_ptr_array_index(list, i))->ip, &c->ip))
+      g_ptr_array_remove_index(list, i);
+  if (c->was != NULL)
+    g_ptr_array_add(list, backend_copy(c->was));
 }
 
 gboolean
@@ -164,9 +250,12 @@ usherd_reload(Usherd *u)
     if (was == NULL) {
       g_message("SIGHUP: adding backend %s%s%s with %u vhosts%s", ip, b->tag[0] ? "@" : "",
                 b->tag, b->vhost_count, b->down ? ", down" : "");
-      usher_director_admin_host_set(d, now, next_op(u), &b->ip, b->tag, (gint)b->vhost_count);
+      g_autofree char *what = g_strdup_printf("adding backend %s", ip);
+      usher_director_admin_host_set(d, now, backend_op(u, &b->ip, NULL, FALSE, what), &b->ip,
+                                    b->tag, (gint)b->vhost_count);
       if (b->down)
-        usher_director_admin_host_set_down(d, now, next_op(u), &b->ip, TRUE);
+        usher_director_admin_host_set_down(d, now, backend_op(u, &b->ip, NULL, FALSE, what),
+                                           &b->ip, TRUE);
       changes++;
       continue;
     }
@@ -176,12 +265,17 @@ usherd_reload(Usherd *u)
                 ip, was->tag, b->tag);
     if (was->vhost_count != b->vhost_count) {
       g_message("SIGHUP: backend %s: vhosts %u -> %u", ip, was->vhost_count, b->vhost_count);
-      usher_director_admin_host_update(d, now, next_op(u), &b->ip, b->vhost_count);
+      g_autofree char *what = g_strdup_printf("backend %s's vhosts %u -> %u", ip, was->vhost_count,
+                                              b->vhost_count);
+      usher_director_admin_host_update(d, now, backend_op(u, &b->ip, was, FALSE, what), &b->ip,
+                                       b->vhost_count);
       changes++;
     }
     if (was->down != b->down) {
       g_message("SIGHUP: backend %s: %s", ip, b->down ? "down" : "up");
-      usher_director_admin_host_set_down(d, now, next_op(u), &b->ip, b->down);
+      g_autofree char *what = g_strdup_printf("backend %s %s", ip, b->down ? "down" : "up");
+      usher_director_admin_host_set_down(d, now, backend_op(u, &b->ip, was, FALSE, what), &b->ip,
+                                         b->down);
       changes++;
     }
   }
@@ -190,7 +284,8 @@ usherd_reload(Usherd *u)
     if (find_backend(fresh->backends, &was->ip) != NULL)
       continue;
     g_message("SIGHUP: removing backend %s", usher_ip_to_string(&was->ip, ip));
-    usher_director_admin_host_remove(d, now, next_op(u), &was->ip);
+    g_autofree char *what = g_strdup_printf("removing backend %s", ip);
+    usher_director_admin_host_remove(d, now, backend_op(u, &was->ip, was, TRUE, what), &was->ip);
     changes++;
   }
   for (guint i = 0; i < fresh->directors->len; i++) {
@@ -198,7 +293,8 @@ usherd_reload(Usherd *u)
     if (has_director(u->file_directors, a))
       continue;
     g_message("SIGHUP: adding director %s:%u", usher_ip_to_string(&a->ip, ip), a->port);
-    usher_director_admin_director_add(d, now, next_op(u), &a->ip, a->port);
+    g_autofree char *what = g_strdup_printf("adding director %s:%u", ip, a->port);
+    usher_director_admin_director_add(d, now, director_op(u, a, FALSE, what), &a->ip, a->port);
     changes++;
   }
   for (guint i = 0; i < u->file_directors->len; i++) {
@@ -211,10 +307,11 @@ usherd_reload(Usherd *u)
       continue;
     }
     g_message("SIGHUP: removing director %s:%u", usher_ip_to_string(&a->ip, ip), a->port);
-    usher_director_admin_director_remove(d, now, next_op(u), &a->ip, a->port);
+    g_autofree char *what = g_strdup_printf("removing director %s:%u", ip, a->port);
+    usher_director_admin_director_remove(d, now, director_op(u, a, TRUE, what), &a->ip,
+                                         a->port);
     changes++;
   }
-  usherd_core_after_call(u);
 
   /* The command line still overrides the file: no restart would change those. */
   if (u->admin_socket_option != NULL) {
@@ -259,15 +356,26 @@ usherd_reload(Usherd *u)
   g_clear_pointer(&u->runtime_written, g_free);
   g_message("SIGHUP: configuration reloaded: %u change%s applied as admin operations", changes,
             changes == 1 ? "" : "s");
+  /* The answers come from here on (some at once): refusals revert the base just adopted. */
+  usherd_core_after_call(u);
 }
 
 void
 usherd_reload_reply(Usherd *u, guint64 op, const char *text)
 {
-  (void)u;
-  if (g_str_has_prefix(text, "OK"))
-    g_debug("SIGHUP change %" G_GUINT64_FORMAT ": OK", op & ~RELOAD_OP_FLAG);
-  else
-    g_warning("SIGHUP change %" G_GUINT64_FORMAT " was refused: %.*s", op & ~RELOAD_OP_FLAG,
-              (int)strcspn(text, "\n"), text);
+  ReloadChange *c = u->reload_changes != NULL ? g_hash_table_lookup(u->reload_changes, &op) : NULL;
+  if (c == NULL)
+    return;
+  int len = (int)strcspn(text, "\n");
+  if (g_str_has_prefix(text, "OK") || (c->removal && g_str_has_prefix(text, "NOTFOUND"))) {
+    g_debug("SIGHUP: %s: done", c->what);
+  } else {
+    /* "Ring sync timed out" may also mean the change was made and is still on its way: trying
+     * again is harmless either way. */
+    g_warning("SIGHUP: %s was not applied (%.*s): the file read before stays the base for it, "
+              "SIGHUP again to retry",
+              c->what, len, text);
+    revert_base(u, c);
+  }
+  g_hash_table_remove(u->reload_changes, &op);
 }

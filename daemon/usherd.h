@@ -104,6 +104,7 @@ struct _Usherd {
   GSource *watchdog;
   char *last_status;
   guint64 reload_ops;
+  GHashTable *reload_changes; /* op -> the change a SIGHUP asked for, until its answer */
   char *admin_socket_option, *state_dir_option; /* --admin-socket, --state-dir (NULL: none) */
   UsherdStats stats;
   gboolean stopping;

@@ -925,6 +925,24 @@ test_reload(void)
   g_autofree char *after = host_list(n->admin);
   g_assert_cmpstr(after, ==, hosts);
   node_write_config(r, 0, "127.0.2.1=50 127.0.2.2 127.0.2.4@eu", NULL, NULL);
+  /* A change the director refuses (the backend was removed at run time, the file changes its
+   * vhosts): said so, and the next SIGHUP tries it again instead of taking the file as done. */
+  g_assert_cmpint(run_usherctl(n->admin, NULL, "remove", "127.0.2.1", NULL), ==, 0);
+  node_write_config(r, 0, "127.0.2.1=60 127.0.2.2 127.0.2.4@eu", NULL, NULL);
+  const char *refused = "SIGHUP: backend 127.0.2.1's vhosts 50 -> 60 was not applied (NOTFOUND)";
+  for (int round = 1; round <= 2; round++) {
+    g_subprocess_send_signal(n->proc, SIGHUP);
+    guint seen = 0;
+    for (int i = 0; i < WAIT_SECS * 10 && seen < (guint)round; i++) {
+      g_usleep(100000);
+      g_clear_pointer(&log, g_free);
+      g_assert_true(g_file_get_contents(n->log, &log, NULL, NULL));
+      seen = 0;
+      for (const char *p = strstr(log, refused); p != NULL; p = strstr(p + 1, refused))
+        seen++;
+    }
+    g_assert_cmpuint(seen, ==, round);
+  }
   ring_free(r);
 }
 

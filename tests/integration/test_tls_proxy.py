@@ -10,7 +10,8 @@ Checked: IMAPS and POP3S logins, STARTTLS and STLS (offered before TLS, not afte
 later; a user's logins over TLS and plaintext, IMAP and POP3, through any usherd reach its one
 backend; commands pipelined in plaintext behind STARTTLS are refused (CVE-2011-0411); a client
 that is not speaking TLS on imaps is dropped and counted; a kick reaches a TLS session as a BYE;
-a slow POP3S client gets all of a big RETR that the backend sent before it closed;
+a slow POP3S client gets all of a big RETR that the backend sent before it closed; a big
+APPEND over IMAPS to a stopped backend is held back (backpressure) and completes once it resumes;
 SIGHUP loads a renewed certificate for new connections while a session that started before it
 goes on; SNI picks the tls_sni certificate (exact name, *.domain), others get tls_cert. Exits 0 pass, 1 fail, 77 skipped.
 """
@@ -25,6 +26,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -174,6 +176,64 @@ def run(lab, t):
          f"a slow POP3S client, RETR of a {size >> 20} MiB message and QUIT pipelined: the "
          f"backend closed first, the client still got all of it ({len(got)} bytes) and QUIT's "
          f"answer", got[-300:])
+
+    # -- backpressure on a TLS leg: a 24 MiB APPEND while the user's backend is stopped. usherd
+    # stops reading the client once 256 KiB wait for the backend (it used to read TLS on
+    # regardless, and dropped the session at 4 MiB queued); resumed, the APPEND completes.
+    user = "user31"
+    c = ctx.wrap_socket(socket.create_connection((us[0].ip, IMAPS_PORT), timeout=30),
+                        server_hostname=NAME)
+    pending = b""
+    while b"\r\n" not in pending:
+        pending += c.recv(4096)
+    c.sendall(f"a LOGIN {user} {ul.PASSWORD}\r\n".encode())
+    pending = b""
+    while b"a OK" not in pending and b"a NO" not in pending:
+        pending += c.recv(4096)
+    backend = next(b for b in bs if b.ip == us[0].status_user(user)[0])
+    stopped = [p for p in backend.processes()
+               if ul._cmdline(p).endswith("/imap") and ul.stop_process(p)]
+    size = 24 << 20
+    sent = {}
+
+    def append():
+        try:
+            c.sendall(b"b APPEND INBOX {%d+}\r\n" % size)
+            left = size - 16
+            c.sendall(b"Subject: big\r\n\r\n")
+            while left > 0:
+                part = (b"y" * 1022 + b"\r\n") * min(1024, left // 1024)
+                if not part:
+                    part = b"y" * left
+                c.sendall(part)
+                left -= len(part)
+            c.sendall(b"\r\n")
+            sent["ok"] = True
+        except OSError as e:
+            sent["error"] = repr(e)
+    th = threading.Thread(target=append)
+    try:
+        th.start()
+        time.sleep(4)  # the backend's socket and usherd's queue are full by now
+        alive = th.is_alive()
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
+    th.join(60)
+    answer = b""
+    try:
+        while b"b OK" not in answer and b"b NO" not in answer and b"b BAD" not in answer:
+            part = c.recv(4096)
+            if not part:
+                break
+            answer += part
+    except OSError as e:
+        answer += repr(e).encode()
+    c.close()
+    t.ok(stopped and alive and sent.get("ok") and b"b OK" in answer,
+         "a 24 MiB APPEND over IMAPS while the backend is stopped: the client is held back "
+         "(backpressure), and once the backend resumes the APPEND completes",
+         f"stopped {stopped}, sender alive after 4 s: {alive}, {sent}, {answer[-300:]!r}")
 
     # -- curl (libcurl), a client library usherd's authors did not write, over each TLS kind:
     # it verifies the certificate for NAME, logs in, and asks the backend who it is.
