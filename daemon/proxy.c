@@ -645,7 +645,10 @@ flush_fd(Session *s, gboolean client, GByteArray **buf, gsize *off)
     *off += (gsize)n;
   }
   if (*buf != NULL && *off == (*buf)->len) {
-    /* Idle sessions hold no output buffer at all. */
+    /* Idle sessions hold no output buffer at all. Before the login is through, what went to the
+     * backend held the client's password: not left behind in freed memory. */
+    if (!client && s->state != S_PROXYING)
+      memset((*buf)->data, 0, (*buf)->len);
     g_clear_pointer(buf, g_byte_array_unref);
     *off = 0;
   } else if (*buf != NULL && (*buf)->len - *off > OUT_MAX) {
@@ -727,6 +730,8 @@ backend_close(Session *s)
     s->bfd = -1;
   }
   s->bparked = FALSE;
+  if (s->bout != NULL && s->state != S_PROXYING)
+    memset(s->bout->data, 0, s->bout->len); /* it may hold the login's password */
   g_clear_pointer(&s->bout, g_byte_array_unref);
   s->bout_off = 0;
   if (s->bline != NULL) {
