@@ -17,7 +17,10 @@
 #include "daemon/usherd.h"
 
 #include <gio/gunixsocketaddress.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
   Usherd *u;
@@ -43,8 +46,9 @@ hook_free(Hook *h)
   if (h->proc != NULL) {
     /* Still running (no answer in time, or usherd stops): killed, not left behind. GLib
      * reaps it. */
-    if (g_subprocess_get_identifier(h->proc) != NULL)
-      g_subprocess_force_exit(h->proc);
+    const char *pid = g_subprocess_get_identifier(h->proc);
+    if (pid != NULL)
+      (void)kill(-(pid_t)atoi(pid), SIGKILL); /* the hook's process group (own_process_group) */
     g_object_unref(h->proc);
   }
   if (h->connection != NULL) {
@@ -100,6 +104,13 @@ typedef struct {
   Usherd *u;
   guint64 id;
 } HookRef;
+
+static void
+own_process_group(gpointer data)
+{
+  (void)data;
+  (void)setpgid(0, 0);
+}
 
 static void
 on_exec_done(GObject *source, GAsyncResult *result, gpointer data)
@@ -273,8 +284,11 @@ flush_hook_start(Usherd *u, const UsherEffect *e)
     for (gsize i = 0; i < G_N_ELEMENTS(args); i++)
       argv[i + 1] = args[i];
     g_autoptr(GError) error = NULL;
-    g_autoptr(GSubprocess) proc = g_subprocess_newv(
-      argv, G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, &error);
+    g_autoptr(GSubprocessLauncher) launcher = g_subprocess_launcher_new(
+      G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE);
+    /* Its own process group: a hook cut off at the timeout is killed with what it started. */
+    g_subprocess_launcher_set_child_setup(launcher, own_process_group, NULL, NULL);
+    g_autoptr(GSubprocess) proc = g_subprocess_launcher_spawnv(launcher, argv, &error);
     if (proc == NULL) {
       g_free(ref);
       hook_done(h, FALSE, error->message);

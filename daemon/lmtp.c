@@ -1410,8 +1410,10 @@ skip_chunk(LmtpSession *s, guint64 size)
 static gboolean
 handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
 {
+  /* A BDAT that cannot be read ends the message: like RSET, once its recipients are placed. */
   gboolean barrier = cmd->verb == USHER_SMTP_VERB_MAIL || cmd->verb == USHER_SMTP_VERB_RSET ||
-                     cmd->verb == USHER_SMTP_VERB_LHLO || cmd->verb == USHER_SMTP_VERB_QUIT;
+                     cmd->verb == USHER_SMTP_VERB_LHLO || cmd->verb == USHER_SMTP_VERB_QUIT ||
+                     (cmd->verb == USHER_SMTP_VERB_BDAT && cmd->syntax_error != NULL);
   /* DATA, and BDAT (its first chunk starts DATA), need each recipient's backend, not its answer:
    * they are pipelined behind the RCPTs. */
   gboolean data = cmd->verb == USHER_SMTP_VERB_DATA || cmd->verb == USHER_SMTP_VERB_BDAT;
@@ -1430,8 +1432,8 @@ handle_command(LmtpSession *s, UsherSmtpCmd *cmd)
       /* A chunk follows the line all the same: the message is lost. With its size known it is
        * skipped and the session goes on; without, nobody can tell where the next command
        * starts, and the session ends (RFC 3030 leaves no other way). */
-      if (s->tx == TX_BODY)
-        tx_abort(s);
+      if (s->tx != TX_NONE)
+        tx_abort(s); /* later chunks of this message get "MAIL needed first" */
       if (cmd->bdat_sized) {
         skip_chunk(s, cmd->bdat_size);
       } else {

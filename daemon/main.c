@@ -288,9 +288,17 @@ main(int argc, char **argv)
   usherd_core_free(&u);
   g_main_loop_unref(u.loop);
   g_main_context_pop_thread_default(u.context);
-  /* Let cancelled operations (dials, flush hooks) finish their callbacks. */
-  while (g_main_context_iteration(u.context, FALSE))
-    ;
+  /* Let cancelled operations (dials, flush hooks) finish their callbacks. A cancelled connect
+   * may answer a moment later (its resolver or connect attempt ends first): waited for, up to
+   * 2 s, so nothing it holds is left behind. */
+  gint64 give_up = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+  for (;;) {
+    while (g_main_context_iteration(u.context, FALSE))
+      ;
+    if (ring_links_dials_pending() == 0 || g_get_monotonic_time() >= give_up)
+      break;
+    g_usleep(2000);
+  }
   g_main_context_unref(u.context);
   usher_config_free(u.config);
   g_free(u.config_path);

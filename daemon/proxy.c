@@ -1310,6 +1310,8 @@ typedef enum {
 /* One read of a logged-in plaintext session through a pipe, when a burst of at least SPLICE_MIN
  * bytes waits and nothing copied is queued ahead of it. Towards the client, the burst's last byte
  * is left for the next (copied) read, so client_eol stays true to the stream. */
+static void backend_finished(Session *s, const char *why);
+
 static SpliceResult
 splice_burst(Session *s, gboolean to_client_side)
 {
@@ -1336,7 +1338,10 @@ splice_burst(Session *s, gboolean to_client_side)
   ssize_t n = splice(src, NULL, (*pp)->wr, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
   if (n <= 0) {
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-      session_end(s, g_strerror(errno));
+      if (to_client_side)
+        backend_finished(s, g_strerror(errno)); /* what it sent before still goes out */
+      else
+        session_end(s, g_strerror(errno));
       return SPLICE_CLOSED;
     }
     return SPLICE_COPY; /* the pipe is full or the socket is empty after all: recv decides */

@@ -350,10 +350,10 @@ usherd_reload(Usherd *u)
   cur->initial_backends = g_ptr_array_ref(fresh->backends);
   g_array_unref(u->file_directors);
   u->file_directors = g_array_ref(fresh->directors);
-  g_clear_pointer(&u->config_checksum, g_free);
-  /* runtime.state names the file's lists by their checksum: written again with the new one
-   * even when the ring's lists stay as they were (else the next start would not use it). */
-  g_clear_pointer(&u->runtime_written, g_free);
+  /* runtime.state names the file's lists by their checksum: the new file's, taken now (a
+   * refused change reverts the base below, not what the file says), and written again even
+   * when the ring's lists stay as they were (else the next start would not use it). */
+  usherd_state_config_reloaded(u);
   g_message("SIGHUP: configuration reloaded: %u change%s applied as admin operations", changes,
             changes == 1 ? "" : "s");
   /* The answers come from here on (some at once): refusals revert the base just adopted. */

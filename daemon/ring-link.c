@@ -318,6 +318,15 @@ typedef struct {
   UsherConnId id;
 } Dial;
 
+/* Dials whose callback has not run yet (main thread only): at exit, usherd lets them finish. */
+static guint dials_pending;
+
+guint
+ring_links_dials_pending(void)
+{
+  return dials_pending;
+}
+
 static void
 on_connected(GObject *client, GAsyncResult *result, gpointer data)
 {
@@ -325,6 +334,7 @@ on_connected(GObject *client, GAsyncResult *result, gpointer data)
   RingLinks *r = dial->r;
   UsherConnId id = dial->id;
   g_free(dial);
+  dials_pending--;
   g_autoptr(GError) error = NULL;
   g_autoptr(GSocketConnection) connection =
     g_socket_client_connect_finish(G_SOCKET_CLIENT(client), result, &error);
@@ -358,6 +368,7 @@ ring_links_connect(RingLinks *r, UsherConnId id, const UsherRingAddr *addr)
   Dial *dial = g_new0(Dial, 1);
   dial->r = r;
   dial->id = id;
+  dials_pending++;
   /* The connect timeout is the core's (10 s): it sends DISCONNECT, which cancels this. */
   g_socket_client_connect_async(r->client, G_SOCKET_CONNECTABLE(target), l->dialling,
                                 on_connected, dial);

@@ -362,6 +362,14 @@ runtime_lists(Usherd *u)
   return g_string_free(text, FALSE);
 }
 
+void
+usherd_state_config_reloaded(Usherd *u)
+{
+  g_free(u->config_checksum);
+  u->config_checksum = config_lists_checksum(u);
+  g_clear_pointer(&u->runtime_written, g_free);
+}
+
 gboolean
 usherd_state_save_runtime(Usherd *u, GError **error)
 {

@@ -123,6 +123,8 @@ void usherd_core_free(Usherd *u);
 /* ring-link.c */
 RingLinks *ring_links_new(Usherd *u, GError **error);
 void ring_links_free(RingLinks *r);
+/* Outgoing connects whose callback has not run yet (cancelled ones included). */
+guint ring_links_dials_pending(void);
 void ring_links_send(RingLinks *r, UsherConnId conn, const char *data, gsize len);
 void ring_links_connect(RingLinks *r, UsherConnId conn, const UsherRingAddr *addr);
 void ring_links_disconnect(RingLinks *r, UsherConnId conn);
@@ -161,6 +163,8 @@ void usherd_state_stop(Usherd *u);
 void usherd_state_apply_runtime(Usherd *u);
 void usherd_state_watch_runtime(Usherd *u);
 gboolean usherd_state_save_runtime(Usherd *u, GError **error);
+/* SIGHUP adopted a new file: runtime.state is written again, with that file's checksum. */
+void usherd_state_config_reloaded(Usherd *u);
 
 /* notify.c (systemd) */
 void usherd_notify_ready(Usherd *u);

@@ -965,10 +965,11 @@ test_flush_hooks(void)
   g_autofree char *out = g_build_filename(r->dir, "flush.out", NULL);
   g_autofree char *pidfile = g_build_filename(r->dir, "flush.pid", NULL);
   /* exec: gets FLUSH, the user's hash, old and new backend, old state and vhosts. With
-   * "hang" in the file it writes its pid and never ends. */
+   * script.hang present it starts a child, writes both pids and never ends. */
   g_autofree char *text = g_strdup_printf("#!/bin/sh\necho \"$*\" >> %s\n"
-                                          "if [ -e %s.hang ]; then echo $$ > %s; exec sleep 600; fi\n",
-                                          out, script, pidfile);
+                                          "if [ -e %s.hang ]; then sleep 600 & echo $$ $! > %s.new;"
+                                          " mv %s.new %s; wait; fi\n",
+                                          out, script, pidfile, pidfile, pidfile);
   g_assert_true(g_file_set_contents(script, text, -1, NULL));
   g_assert_cmpint(chmod(script, 0755), ==, 0);
   g_autofree char *director = g_strdup_printf("[director]\nflush_socket = exec:%s\n"
@@ -992,12 +993,24 @@ test_flush_hooks(void)
   for (int i = 0; i < WAIT_SECS * 10 && !g_file_get_contents(pidfile, &pid, NULL, NULL); i++)
     g_usleep(100000);
   g_assert_nonnull(pid);
-  g_autofree char *proc = g_strdup_printf("/proc/%d", atoi(pid));
+  g_auto(GStrv) pids = g_strsplit(g_strstrip(pid), " ", 2);
+  g_assert_cmpuint(g_strv_length(pids), ==, 2);
+  g_autofree char *proc = g_strdup_printf("/proc/%s", pids[0]);
+  g_autofree char *child = g_strdup_printf("/proc/%s/stat", pids[1]);
   g_assert_true(g_file_test(proc, G_FILE_TEST_EXISTS));
-  /* USHER_FLUSH_TIMEOUT_SECS (10 s), then the kill; a zombie is gone once reaped. */
+  /* USHER_FLUSH_TIMEOUT_SECS (10 s), then the kill of the hook and what it started; a zombie
+   * is gone once reaped (the orphaned child's by init: its state then says Z at most). */
   for (int i = 0; i < 150 && g_file_test(proc, G_FILE_TEST_EXISTS); i++)
     g_usleep(100000);
   g_assert_false(g_file_test(proc, G_FILE_TEST_EXISTS));
+  g_autofree char *stat = NULL;
+  for (int i = 0; i < 20 && g_file_get_contents(child, &stat, NULL, NULL) &&
+                  strstr(stat, ") Z ") == NULL;
+       i++) {
+    g_clear_pointer(&stat, g_free);
+    g_usleep(100000);
+  }
+  g_assert_true(stat == NULL || strstr(stat, ") Z ") != NULL);
   g_assert_cmpint(stat_of(n->admin, "daemon", "flush_hooks_failed"), ==, 1);
   ring_free(r);
 }

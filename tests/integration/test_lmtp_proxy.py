@@ -247,6 +247,10 @@ def run(lab, t):
     r.send(b"BDAT %d\r\n%sNOOP\r\n" % (len(chunk), chunk))  # no transaction
     r.send(b"BDAT %d NOW\r\n%sNOOP\r\n" % (len(chunk), chunk))  # a syntax error, a size
     got += [r.reply() for _ in range(6)]
+    # a bad first chunk ends the message: the next chunk is not delivered as if it were whole
+    r.send(f"MAIL FROM:<a@{DOMAIN}>\r\nRCPT TO:<{other}@{DOMAIN}>\r\n".encode())
+    r.send(b"BDAT %d NOW\r\n%sBDAT 3 LAST\r\nabcNOOP\r\n" % (len(chunk), chunk))
+    got += [r.reply() for _ in range(5)]
     r.send(b"BDAT many\r\n" + chunk)  # no size: the stream is lost
     got += [r.reply(), r.reply()]
     r.s.settimeout(5)
@@ -256,10 +260,11 @@ def run(lab, t):
         closed = False
     r.close()
     t.ok([g[:3] for g in got] == ["250", "250", "550", "503", "250", "503", "250", "501", "250",
-                                  "501", "421"] and closed,
+                                  "250", "250", "501", "503", "250", "501", "421"] and closed,
          "BDAT after every recipient was refused, outside a transaction and with junk after "
-         "its size: one answer each, the chunk's bytes are not run as commands; BDAT without "
-         "a size: 501, 421 and the close", "\n".join(got))
+         "its size: one answer each, the chunk's bytes are not run as commands; a bad first "
+         "chunk ends the message (the next chunk gets 503); BDAT without a size: 501, 421 and "
+         "the close", "\n".join(got))
 
     # -- BDAT chunks (turned into one DATA, dot-stuffed)
     marker = uuid.uuid4().hex
