@@ -3085,8 +3085,9 @@ up_on_worker(gpointer data)
 {
   UpJob *j = data;
   Worker *w = j->w;
-  for (GList *l = w->sessions.head; l != NULL; l = l->next) {
+  for (GList *l = w->sessions.head; l != NULL;) {
     Session *s = l->data;
+    l = l->next; /* a reroute may end the session */
     if (s->state != S_CONNECTING && s->state != S_BACKEND_LOGIN)
       continue;
     gboolean up = FALSE;
@@ -3096,6 +3097,7 @@ up_on_worker(gpointer data)
       continue;
     login_reroute(s, "is no longer up");
   }
+  up_job_free(j);
 }
 
 void
