@@ -97,6 +97,8 @@ struct _Usherd {
   GHashTable *flushes; /* flush id -> running hook (flush.c) */
   GHashTable *probes;  /* probe id -> running health probe (health.c) */
   GSource *snapshot_timer;
+  GThread *snapshot_thread; /* a periodic snapshot being written (state.c), or NULL */
+  gint snapshot_done;       /* atomic: that thread has finished */
   GSource *runtime_timer;
   char *runtime_written; /* the lists last written to runtime.state */
   char *config_checksum; /* of the configuration file's lists (runtime.state's "config") */

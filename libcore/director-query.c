@@ -238,6 +238,25 @@ usher_director_list_users(const UsherDirector *d, const UsherIp *host_ip)
   return out;
 }
 
+GArray *
+usher_director_list_users_stored(const UsherDirector *d)
+{
+  GArray *out = g_array_sized_new(FALSE, FALSE, sizeof(UsherUserEntry), dir_count_users(d));
+  for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++) {
+    UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
+    guint32 n = usher_user_dir_n_stored(tag->users);
+    for (guint32 i = 0; i < n; i++) {
+      const UsherUser *u = usher_user_dir_stored(tag->users, i);
+      if (u->hash == 0)
+        continue; /* a free slot */
+      UsherUserEntry e = {.hash = u->hash, .timestamp = u->timestamp};
+      e.host = usher_host_table_get_const(d->hosts, u->host)->ip;
+      g_array_append_val(out, e);
+    }
+  }
+  return out;
+}
+
 guint
 usher_director_get_user_expire_secs(const UsherDirector *d)
 {

@@ -524,6 +524,11 @@ typedef struct {
 /* USER-LIST: every directory entry (every tag, oldest first), or only those on host (NULL: all).
  * An array of UsherUserEntry (transfer full). */
 GArray *usher_director_list_users(const UsherDirector *director, const UsherIp *host);
+/* The same entries as usher_director_list_users(director, NULL), in the order they lie in
+ * memory (no order an operator would want): several times faster on a large directory, whose
+ * oldest-first list visits memory at random. For a copy sorted elsewhere (the daemon's
+ * snapshot). */
+GArray *usher_director_list_users_stored(const UsherDirector *director);
 guint usher_director_get_user_expire_secs(const UsherDirector *director);
 
 /* A fingerprint of the state that must converge across a healed ring: hosts (ip, vhosts, down,

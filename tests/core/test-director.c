@@ -587,6 +587,17 @@ test_pending_requests_bound(void)
 
 /* ---- Read-only queries ------------------------------------------------------------------------------ */
 
+static gint
+entry_cmp(gconstpointer a, gconstpointer b)
+{
+  const UsherUserEntry *x = a, *y = b;
+  if (x->hash != y->hash)
+    return x->hash < y->hash ? -1 : 1;
+  if (x->timestamp != y->timestamp)
+    return x->timestamp < y->timestamp ? -1 : 1;
+  return memcmp(&x->host, &y->host, sizeof(x->host));
+}
+
 static void
 test_queries(void)
 {
@@ -672,6 +683,15 @@ test_queries(void)
                      g_array_index(all, UsherUserEntry, k).timestamp);
   g_autoptr(GArray) nobody = usher_director_list_users(s->d, &b3);
   g_assert_cmpuint(nobody->len, ==, 0);
+  /* In memory order: the same entries, free slots skipped. */
+  g_autoptr(GArray) stored = usher_director_list_users_stored(s->d);
+  g_autoptr(GArray) sorted = g_array_copy(all);
+  g_array_sort(stored, entry_cmp);
+  g_array_sort(sorted, entry_cmp);
+  g_assert_cmpuint(stored->len, ==, sorted->len);
+  for (guint k = 0; k < stored->len; k++)
+    g_assert_cmpint(entry_cmp(&g_array_index(stored, UsherUserEntry, k),
+                              &g_array_index(sorted, UsherUserEntry, k)), ==, 0);
 
   /* An unknown tag: nothing current, nothing hashed. */
   UsherUserInfo info;
