@@ -149,6 +149,12 @@ client_flush(AdminClient *c)
     (void)client_maybe_finish(c);
     return;
   }
+  /* What was sent goes, once it is half the buffer: a client that reads steadily but never
+   * quite catches up would otherwise keep every byte ever sent to it. */
+  if (c->out_off >= 64 * 1024 && c->out_off * 2 >= c->out->len) {
+    g_string_erase(c->out, 0, (gssize)c->out_off);
+    c->out_off = 0;
+  }
   if (c->out_source == NULL) {
     c->out_source = g_socket_create_source(c->socket, G_IO_OUT, NULL);
     g_source_set_callback(c->out_source, G_SOURCE_FUNC(on_client_writable), c, NULL);

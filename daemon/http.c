@@ -20,7 +20,9 @@
  * director): at most max_pending_lookups + HTTP_SPARE_CONNECTIONS connections at once (more are
  * closed at once and counted), a connection that moves no byte for HTTP_IDLE_SECS is closed (the
  * socket's own timeout), and a request body over HTTP_BODY_MAX (or of a size not said up front)
- * is refused with 413 before libsoup reads it: none of the endpoints takes a body. */
+ * is refused with 413 before libsoup reads it: none of the endpoints takes a body. Each
+ * connection serves one request (Connection: close): nginx's auth_http and Prometheus open one
+ * per request anyway, and no answer ever queues behind another in a client's socket. */
 #include "daemon/usherd.h"
 
 #include <json-glib/json-glib.h>
@@ -338,6 +340,18 @@ on_early(SoupServer *server, SoupServerMessage *msg, const char *path, GHashTabl
   g_object_unref(conn);
 }
 
+/* One request per connection (see the file's head): every answer says Connection: close, and
+ * libsoup closes after it. A client that pipelines requests without reading the answers then
+ * never has more than one answer waiting in its socket, which on_early's write relies on. */
+static void
+on_request_started(SoupServer *server, SoupServerMessage *msg, gpointer data)
+{
+  (void)server;
+  (void)data;
+  soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Connection",
+                               "close");
+}
+
 static void
 on_connection_gone(gpointer data, GObject *gone)
 {
@@ -381,6 +395,7 @@ http_server_new(Usherd *u, GError **error)
   h->u = u;
   h->lookups = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, (GDestroyNotify)lookup_free);
   h->server = soup_server_new("server-header", "usherd", NULL);
+  g_signal_connect(h->server, "request-started", G_CALLBACK(on_request_started), NULL);
   soup_server_add_handler(h->server, "/metrics", on_metrics, h, NULL);
   soup_server_add_handler(h->server, "/lookup", on_lookup, h, NULL);
   soup_server_add_handler(h->server, "/nginx-auth", on_nginx_auth, h, NULL);

@@ -1615,9 +1615,14 @@ session_process(LmtpSession *s)
     }
     if (s->tx == TX_DATA_WAIT || s->tx == TX_FINAL)
       break; /* the backends speak first */
-    if (s->tx == TX_BODY && backends_behind(s))
+    /* The end of a body whose last bytes were handed over is taken at once, whatever the
+     * backpressure: a backend that had them may already be answering, and its answers are
+     * expected only from body_end on (read before, they would count as a protocol error and
+     * its recipients be told 451 for a message it saved). */
+    gboolean end_next = usher_smtp_reader_end_pending(s->reader);
+    if (!end_next && s->tx == TX_BODY && backends_behind(s))
       break; /* backpressure: read on once they have written */
-    if (s->slots.length >= LMTP_SLOTS_MAX) {
+    if (!end_next && s->slots.length >= LMTP_SLOTS_MAX) {
       slots_to_output(s); /* those known already */
       if (s->slots.length >= LMTP_SLOTS_MAX) {
         /* A client pipelining behind an answer that is owed (a user being moved, a slow

@@ -73,11 +73,17 @@ usherd_write_file_atomic(const char *path, const char *data, gsize len, GError *
     }
     done += (gsize)n;
   }
-  if (fsync(fd) != 0 || close(fd) != 0) {
-    int saved = errno;
+  /* The descriptor is closed whatever fsync says (a failing disk would otherwise leak one on
+   * every retry, and keep the unlinked file's space). */
+  int synced = fsync(fd), sync_errno = errno;
+  if (close(fd) != 0 && synced == 0) {
+    synced = -1;
+    sync_errno = errno;
+  }
+  if (synced != 0) {
     unlink(tmp);
-    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(saved), "%s: %s", tmp,
-                g_strerror(saved));
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(sync_errno), "%s: %s", tmp,
+                g_strerror(sync_errno));
     return FALSE;
   }
   if (rename(tmp, path) != 0) {

@@ -250,6 +250,12 @@ data_step(UsherSmtpReader *r, guint8 c)
   }
 }
 
+gboolean
+usher_smtp_reader_end_pending(const UsherSmtpReader *r)
+{
+  return r->end_pending;
+}
+
 UsherSmtpEvent
 usher_smtp_reader_next(UsherSmtpReader *r, UsherSmtpCmd *cmd_out, const guint8 **data_out,
                        gsize *len_out)

@@ -86,6 +86,10 @@ UsherSmtpEvent usher_smtp_reader_next(UsherSmtpReader *reader, UsherSmtpCmd *cmd
 void usher_smtp_reader_expect_data(UsherSmtpReader *reader);
 /* A BDAT chunk of size bytes follows: body events for exactly those bytes, then BODY_END. */
 void usher_smtp_reader_expect_bdat(UsherSmtpReader *reader, guint64 size);
+/* The next event is BODY_END: the body's last bytes (for DATA, the terminator among them) were
+ * handed out, its end was not. A caller that stops between the two must know that those bytes
+ * may already have reached their destination. */
+gboolean usher_smtp_reader_end_pending(const UsherSmtpReader *reader);
 /* Bytes held and not yet handed out (pipelined commands, or a body's start). */
 gsize usher_smtp_reader_pending(const UsherSmtpReader *reader);
 /* Those bytes (valid until the next feed or next call). */

@@ -19,7 +19,10 @@ transcript(const char *input, gsize len, gsize step, gsize max_line)
     UsherSmtpCmd cmd;
     const guint8 *data;
     gsize n;
+    /* usher_smtp_reader_end_pending() says exactly when the next event is BODY_END. */
+    gboolean end_pending = usher_smtp_reader_end_pending(r);
     UsherSmtpEvent ev = usher_smtp_reader_next(r, &cmd, &data, &n);
+    g_assert_cmpint(end_pending, ==, ev == USHER_SMTP_BODY_END);
     if (ev == USHER_SMTP_NEED_MORE) {
       if (fed == len)
         break;

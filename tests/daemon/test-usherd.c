@@ -725,6 +725,14 @@ test_http(void)
                                                       "Host: u\r\nContent-Length: 5\r\n\r\nhello");
   g_assert_nonnull(strstr(small, " 204 "));
   g_assert_cmpint(stat_of(r->nodes[0].admin, "daemon", "http_bodies_refused"), ==, 2);
+  /* One request per connection: two pipelined HTTP/1.1 requests get one answer, which says
+   * Connection: close, and the connection is closed after it. */
+  g_autofree char *two = http_raw(r->nodes[0].http, "GET /lookup HTTP/1.1\r\nHost: u\r\n\r\n"
+                                                    "GET /lookup HTTP/1.1\r\nHost: u\r\n\r\n");
+  g_assert_nonnull(strstr(two, "HTTP/1.1 400 "));
+  g_assert_null(strstr(strstr(two, "HTTP/1.1 400 ") + 1, "HTTP/1.1 "));
+  g_autofree char *closing = header_value(two, "Connection");
+  g_assert_cmpstr(closing, ==, "close");
   /* usherctl stats shows what /metrics shows. */
   g_autofree char *m2 = http_get(r->nodes[0].http, "/metrics", NULL);
   gint64 lookups = stat_of(r->nodes[0].admin, "daemon", "http_lookups");

@@ -97,6 +97,83 @@ class Raw:
         self.s.close()
 
 
+class FakeLmtp:
+    """An LMTP backend (not Dovecot) that answers every command at once and 250 for each
+    recipient the moment it has a message's terminator. With pause, it reads the body slowly:
+    64 KiB every pause seconds through a small receive buffer, so that usherd holds what it has
+    not taken yet."""
+
+    def __init__(self, ip, port, pause=0.0):
+        self.pause = pause
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.ls.bind((ip, port))
+        self.ls.listen(16)
+        self.ls.settimeout(0.2)
+        self.stop = False
+        self.saved = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop:
+            try:
+                c, _ = self.ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        c.settimeout(60)
+        buf, rcpts = b"", 0
+        try:
+            c.sendall(b"220 slow LMTP\r\n")
+            while not self.stop:
+                while b"\r\n" not in buf:
+                    data = c.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                line, buf = buf.split(b"\r\n", 1)
+                verb = line[:4].upper()
+                if verb == b"LHLO":
+                    c.sendall(b"250-slow\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+                elif verb == b"MAIL":
+                    rcpts = 0
+                    c.sendall(b"250 2.1.0 OK\r\n")
+                elif verb == b"RCPT":
+                    rcpts += 1
+                    c.sendall(b"250 2.1.5 OK\r\n")
+                elif verb == b"DATA":
+                    c.sendall(b"354 go on\r\n")
+                    tail, buf = buf[-5:], b""
+                    while tail != b"\r\n.\r\n":
+                        time.sleep(self.pause)
+                        data = c.recv(65536)
+                        if not data:
+                            return
+                        tail = (tail + data)[-5:]
+                    self.saved += 1
+                    c.sendall(b"250 2.0.0 saved\r\n" * rcpts)
+                elif verb in (b"RSET", b"NOOP"):
+                    c.sendall(b"250 2.0.0 OK\r\n")
+                elif verb == b"QUIT":
+                    c.sendall(b"221 2.0.0 Bye\r\n")
+                    return
+                else:
+                    c.sendall(b"502 5.5.1 not here\r\n")
+        except OSError:
+            return
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop = True
+        self.ls.close()
+
+
 def swaks(target, rcpts, marker, sender=f"sender@{DOMAIN}"):
     """Delivers one message with swaks; returns ({rcpt: RCPT reply code},
     {rcpt: reply code after the body}, swaks' transcript)."""
@@ -605,6 +682,49 @@ def run(lab, t):
          "the MTA has the fast recipient's 250 and closes while a stopped backend's rest is still "
          "spooled: that rest is never sent, the message is not saved there (the MTA sends it "
          "again to that recipient only)", "\n".join(got))
+
+    # -- no spool, one backend slow to take a large message: the client is held to that
+    # backend's pace (usherd's queue for it stays bounded), while the other, which takes the
+    # bytes as they come, has the message's end long before. Its answer may come while usherd
+    # still holds the slow one's rest, the end of the client's message read but not yet taken
+    # (when the read that held the end filled the slow one's queue again): it is the answer
+    # owed for that recipient, not a protocol error. Two fake backends (Dovecot answers a
+    # message of this size later than the slow one's next read).
+    fast_ip, slow_ip = lab.backend_ip(8), lab.backend_ip(9)
+    fast, slow = FakeLmtp(fast_ip, ul.LMTP_PORT), FakeLmtp(slow_ip, ul.LMTP_PORT, pause=0.005)
+    try:
+        lone = lab.usherd(lab.director_ip(8), ring=[lab.director_ip(8)], backends=[fast_ip, slow_ip],
+                          extra_conf=f"[proxy]\nlmtp_listen = {lab.director_ip(8)}:{ul.LMTP_PORT}\n"
+                                     f"lmtp_user_format = %Ln\nlmtp_spool_dir =\n")
+        lone.start()
+        lab.wait_ring_synced([lone], timeout=30, via="admin")
+        where = {}
+        for n in range(1, 60):
+            where.setdefault(lone.status_user(f"user{n}")[1], f"user{n}")
+        fast_u, slow_u = where[fast_ip], where[slow_ip]
+        marker = uuid.uuid4().hex
+        r = Raw(lone.ip, ul.LMTP_PORT)
+        r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
+               f"RCPT TO:<{slow_u}@{DOMAIN}>\r\nDATA\r\n".encode())
+        got = [r.reply() for _ in range(5)]
+        sender = threading.Thread(target=lambda: r.send(
+            f"Subject: slow\r\nX-Marker: {marker}\r\n\r\n".encode() + chunk * 8 + b".\r\n"))
+        sender.start()
+        r.s.settimeout(60)
+        got += [r.reply(), r.reply()]
+        sender.join(60)
+        r.send(b"QUIT\r\n")
+        got.append(r.reply())
+        r.close()
+        t.ok([g[:3] for g in got] == ["250", "250", "250", "250", "354", "250", "250", "221"] and
+             fast.saved == 1 and slow.saved == 1,
+             "no spool and a backend slow to take an 8 MB message: the fast backend's answer and "
+             "the slow one's are their recipients' 250, in order; saved once on each",
+             "\n".join(got))
+        lone.stop()
+    finally:
+        fast.close()
+        slow.close()
 
     # -- a spool directory usherd cannot write to: it refuses to start, saying which key and why
     bad_dir = os.path.join(lab.root, "spool-test")
