@@ -249,8 +249,11 @@ poller_remove(Poller *p, PollerWatch *w)
 void
 poller_remove_closing(Poller *p, PollerWatch *w)
 {
-  if (w != NULL)
-    forget(p, w);
+  /* Taken out explicitly although the close would do it: a close takes a descriptor out of the
+   * epoll set only when no other descriptor shares its open file, and a child being forked (a
+   * flush hook) holds a copy of every one until its exec. An event in that window would come
+   * with a freed watch. */
+  poller_remove(p, w);
 }
 
 guint

@@ -39,8 +39,8 @@ PollerWatch *poller_add(Poller *poller, int fd, guint32 events, PollerFunc func,
 void poller_modify(Poller *poller, PollerWatch *watch, guint32 events);
 /* Stops watching (the fd is not closed). */
 void poller_remove(Poller *poller, PollerWatch *watch);
-/* Stops watching a descriptor the caller closes right after, holding no duplicate of it: the
- * close takes it out of the epoll set, which saves a system call per descriptor. */
+/* Stops watching a descriptor the caller closes right after (the same as poller_remove: a
+ * close alone does not take it out of the epoll set while a forked child still holds a copy). */
 void poller_remove_closing(Poller *poller, PollerWatch *watch);
 guint poller_count(const Poller *poller);
 /* Calls func(data) on the poller's thread soon; thread-safe. A call still queued when the poller
