@@ -151,6 +151,7 @@ struct Session {
   guint64 request;
   UsherIp backend;
   gboolean retried;
+  gboolean oauth_failed; /* the backend refused the token with a challenge (RFC 7628 3.2.2) */
   guint32 user_hash;
   /* Backend */
   int bfd;
@@ -349,6 +350,34 @@ to_backend(Session *s, const void *data, gsize len)
   queue(&s->bout, &s->bout_off, data, len);
 }
 
+/* A piece of a line for the backend. */
+typedef struct {
+  const void *data;
+  gsize len;
+} Piece;
+
+#define PIECE(str) ((Piece){(str), strlen(str)})
+
+/* Queues the pieces, one of which holds a password, as one line: it is put together in a buffer
+ * of its exact size (a printf's own buffers, or a growing string's old blocks, would be freed
+ * holding it) and wiped once queued. */
+static void
+to_backend_secret(Session *s, const Piece *pieces, guint n)
+{
+  gsize total = 0;
+  for (guint i = 0; i < n; i++)
+    total += pieces[i].len;
+  guint8 *line = g_malloc(total);
+  gsize at = 0;
+  for (guint i = 0; i < n; i++) {
+    memcpy(line + at, pieces[i].data, pieces[i].len);
+    at += pieces[i].len;
+  }
+  to_backend(s, line, total);
+  explicit_bzero(line, total);
+  g_free(line);
+}
+
 static G_GNUC_PRINTF(2, 3) void to_backend_fmt(Session *s, const char *fmt, ...)
 {
   va_list args;
@@ -356,7 +385,6 @@ static G_GNUC_PRINTF(2, 3) void to_backend_fmt(Session *s, const char *fmt, ...)
   g_autofree char *text = g_strdup_vprintf(fmt, args);
   va_end(args);
   to_backend(s, text, strlen(text));
-  memset(text, 0, strlen(text)); /* it may hold a password */
 }
 
 /* The client's pre-login reader, by protocol. */
@@ -1020,6 +1048,22 @@ proxy_route_cancel(Worker *w, guint64 request)
 static void backend_connect(Session *s);
 static void client_prelogin_input(Session *s);
 
+/* The login ended without a session (refused, or no backend to be had): the client may try
+ * again, and the commands it pipelined behind the login are read now (they sat in its reader
+ * while the login was out, and no new byte may ever come to wake it). May free the session. */
+static void
+back_to_prelogin(Session *s)
+{
+  forget_login(s);
+  s->state = S_PRELOGIN;
+  s->deadline_us = s->login_deadline_us; /* guesses end with login_timeout, as commands do */
+  Worker *w = s->w;
+  guint64 id = s->id;
+  client_prelogin_input(s);
+  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
+    session_flush_client(s);
+}
+
 static void
 login_route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus status,
                    const UsherIp *host)
@@ -1030,10 +1074,7 @@ login_route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus
   if (status != USHER_LOGIN_OK) {
     proxy_stat_add(w->proxy, &w->proxy->stats.backend_unavailable, 1);
     reply_unavailable(s, "No backend available for you right now, try again later");
-    forget_login(s);
-    s->state = S_PRELOGIN;
-    s->deadline_us = s->login_deadline_us;
-    session_flush_client(s);
+    back_to_prelogin(s);
     return;
   }
   s->backend = *host;
@@ -1047,6 +1088,7 @@ session_route(Session *s)
 {
   Proxy *p = s->w->proxy;
   s->state = S_ROUTING;
+  s->retried = FALSE; /* each login has its one retry */
   s->user_hash = usher_login_hasher_hash(p->hasher, s->user, -1);
   s->request = proxy_route(s->w, s->id, s->user, login_route_answer);
   update_interest(s);
@@ -1085,11 +1127,7 @@ backend_failed(Session *s, const char *why)
   }
   proxy_stat_add(s->w->proxy, &s->w->proxy->stats.backend_unavailable, 1);
   reply_unavailable(s, "Your mail server is not available, try again later");
-  forget_login(s);
-  s->retried = FALSE;
-  s->state = S_PRELOGIN;
-  s->deadline_us = s->login_deadline_us;
-  session_flush_client(s);
+  back_to_prelogin(s);
 }
 
 static void
@@ -1125,26 +1163,24 @@ backend_connect(Session *s)
 static void
 send_backend_login(Session *s)
 {
-  GString *out = g_string_new(NULL);
-  g_string_append_printf(out,
-                         "U1 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
-                         "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" \"x-session-id\" "
-                         "\"usher-%u-%" G_GUINT64_FORMAT "\")\r\n",
-                         s->cip, s->cport, s->lip, s->lport, s->w->index, s->id);
+  to_backend_fmt(s,
+                 "U1 ID (\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\" "
+                 "\"x-connected-ip\" \"%s\" \"x-connected-port\" \"%u\" \"x-session-id\" "
+                 "\"usher-%u-%" G_GUINT64_FORMAT "\")\r\n",
+                 s->cip, s->cport, s->lip, s->lport, s->w->index, s->id);
   if (s->kind == LOGIN_PLAIN_CMD) {
     /* LITERAL+ (Dovecot has it): any bytes, no round trip. */
-    g_string_append_printf(out, "U2 LOGIN {%zu+}\r\n", strlen(s->user));
-    g_string_append(out, s->user);
-    g_string_append_printf(out, " {%zu+}\r\n", s->secret_len);
-    g_string_append_len(out, s->secret, (gssize)s->secret_len);
-    g_string_append(out, "\r\n");
+    char head[48], mid[32];
+    g_snprintf(head, sizeof(head), "U2 LOGIN {%zu+}\r\n", strlen(s->user));
+    g_snprintf(mid, sizeof(mid), " {%zu+}\r\n", s->secret_len);
+    Piece line[] = {PIECE(head), PIECE(s->user), PIECE(mid), {s->secret, s->secret_len},
+                    PIECE("\r\n")};
+    to_backend_secret(s, line, G_N_ELEMENTS(line));
   } else {
-    g_string_append_printf(out, "U2 AUTHENTICATE %s %s\r\n", usher_sasl_mech_name(s->mech),
-                           s->secret_len > 0 ? s->secret : "=");
+    Piece line[] = {PIECE("U2 AUTHENTICATE "), PIECE(usher_sasl_mech_name(s->mech)), PIECE(" "),
+                    PIECE(s->secret_len > 0 ? s->secret : "="), PIECE("\r\n")};
+    to_backend_secret(s, line, G_N_ELEMENTS(line));
   }
-  to_backend(s, out->str, out->len);
-  memset(out->str, 0, out->len); /* the password does not outlive the queue */
-  g_string_free(out, TRUE);
 }
 
 /* The backend accepted the login: `client_text` (its answer, in the client's protocol) goes to
@@ -1178,15 +1214,26 @@ login_refused(Session *s, const char *client_text)
   proxy_stat_add(p, &p->stats.logins_failed, 1);
   to_client_fmt(s, "%s\r\n", client_text);
   backend_close(s);
-  forget_login(s);
-  s->state = S_PRELOGIN;
-  s->deadline_us = s->login_deadline_us; /* guesses end with login_timeout, as commands do */
-  Worker *w = s->w;
-  guint64 id = s->id;
-  client_prelogin_input(s); /* commands pipelined behind the failed login */
-  if ((s = g_hash_table_lookup(w->by_id, &id)) != NULL)
-    session_flush_client(s);
+  back_to_prelogin(s);
   return FALSE;
+}
+
+/* A continuation from the backend during the login. The one that an OAuth mechanism asks for
+ * is its failure (RFC 7628 3.2.2; Dovecot uses it for XOAUTH2 too): the error is in the
+ * challenge and the server waits for the client's dummy answer before its NO, which is relayed
+ * like any refusal (so the client refreshes its token instead of being told the server is
+ * unavailable). Any other is a backend usherd cannot log in to. TRUE if answered. */
+static gboolean
+oauth_failure_answered(Session *s)
+{
+  gboolean oauth = s->kind != LOGIN_PLAIN_CMD &&
+                   (s->mech == USHER_SASL_OAUTHBEARER || s->mech == USHER_SASL_XOAUTH2);
+  if (!oauth || s->oauth_failed)
+    return FALSE;
+  s->oauth_failed = TRUE;
+  /* OAUTHBEARER's dummy is a single 0x01 byte; XOAUTH2's an empty response. */
+  to_backend_fmt(s, "%s\r\n", s->mech == USHER_SASL_OAUTHBEARER ? "AQ==" : "");
+  return TRUE;
 }
 
 /* An IMAP backend's line during the login; FALSE if the session was closed or done. */
@@ -1215,6 +1262,8 @@ imap_backend_line(Session *s, const char *line)
     return login_refused(s, answer); /* NO or BAD, as the backend said it */
   }
   if (g_str_has_prefix(line, "+")) {
+    if (oauth_failure_answered(s))
+      return TRUE;
     /* A continuation we did not ask for (the backend lacks SASL-IR or LITERAL+). */
     backend_failed(s, "the backend wants continuations (no LITERAL+ / SASL-IR?)");
     return FALSE;
@@ -1246,22 +1295,19 @@ backend_plain_b64(Session *s)
 static void
 pop3_send_backend_login(Session *s, gboolean xclient)
 {
-  GString *out = g_string_new(NULL);
   if (xclient)
-    g_string_append_printf(out, "XCLIENT ADDR=%s PORT=%u SESSION=usher-%u-%" G_GUINT64_FORMAT
-                                "\r\n",
-                           s->cip, s->cport, s->w->index, s->id);
+    to_backend_fmt(s, "XCLIENT ADDR=%s PORT=%u SESSION=usher-%u-%" G_GUINT64_FORMAT "\r\n",
+                   s->cip, s->cport, s->w->index, s->id);
   if (s->kind == LOGIN_PLAIN_CMD) {
     g_autofree char *b64 = backend_plain_b64(s);
-    g_string_append_printf(out, "AUTH PLAIN %s\r\n", b64);
-    memset(b64, 0, strlen(b64));
+    Piece line[] = {PIECE("AUTH PLAIN "), PIECE(b64), PIECE("\r\n")};
+    to_backend_secret(s, line, G_N_ELEMENTS(line));
+    explicit_bzero(b64, strlen(b64));
   } else {
-    g_string_append_printf(out, "AUTH %s %s\r\n", usher_sasl_mech_name(s->mech),
-                           s->secret_len > 0 ? s->secret : "=");
+    Piece line[] = {PIECE("AUTH "), PIECE(usher_sasl_mech_name(s->mech)), PIECE(" "),
+                    PIECE(s->secret_len > 0 ? s->secret : "="), PIECE("\r\n")};
+    to_backend_secret(s, line, G_N_ELEMENTS(line));
   }
-  to_backend(s, out->str, out->len);
-  memset(out->str, 0, out->len); /* the password does not outlive the queue */
-  g_string_free(out, TRUE);
   s->pop3_step = xclient ? POP3_BACKEND_XCLIENT : POP3_BACKEND_AUTH;
   session_flush_backend(s);
 }
@@ -1295,6 +1341,8 @@ pop3_backend_line(Session *s, const char *line)
   }
   if (g_str_has_prefix(line, "-ERR"))
     return login_refused(s, line);
+  if (g_str_has_prefix(line, "+") && oauth_failure_answered(s))
+    return TRUE;
   /* "+ ...": a continuation we did not ask for (no initial response support?). */
   backend_failed(s, "the backend wants an AUTH continuation");
   return FALSE;
@@ -1474,6 +1522,7 @@ on_backend(gpointer data, guint32 events)
     s->state = S_BACKEND_LOGIN;
     s->deadline_us = g_get_monotonic_time() + BACKEND_LOGIN_TIMEOUT_SECS * G_USEC_PER_SEC;
     s->bline = g_string_new(NULL);
+    s->oauth_failed = FALSE;
     if (proxy_in_nets(w->proxy->u->config->proxy_protocol_backends, &s->backend)) {
       /* The backend learns the client's address from a PROXY v2 header (Dovecot:
        * haproxy = yes on its listener, usherd in haproxy_trusted_networks). */
@@ -2710,11 +2759,13 @@ sub_send_login(Session *s)
     s->sub_step = SUB_XCLIENT;
   } else {
     g_autofree char *b64 = backend_plain_b64(s);
+    Piece sieve[] = {PIECE("AUTHENTICATE \"PLAIN\" \""), PIECE(b64), PIECE("\"\r\n")};
+    Piece smtp[] = {PIECE("AUTH PLAIN "), PIECE(b64), PIECE("\r\n")};
     if (s->proto == PROTO_SIEVE)
-      to_backend_fmt(s, "AUTHENTICATE \"PLAIN\" \"%s\"\r\n", b64);
+      to_backend_secret(s, sieve, G_N_ELEMENTS(sieve));
     else
-      to_backend_fmt(s, "AUTH PLAIN %s\r\n", b64);
-    memset(b64, 0, strlen(b64));
+      to_backend_secret(s, smtp, G_N_ELEMENTS(smtp));
+    explicit_bzero(b64, strlen(b64));
     s->sub_step = SUB_AUTH; /* the password stays until the answer: a lost backend is retried */
   }
   session_flush_backend(s);

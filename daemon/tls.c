@@ -36,9 +36,12 @@ context_new(const char *cert_path, const char *key_path, guint min_version, cons
     return NULL;
   }
   SSL_CTX_set_min_proto_version(ctx, min_version >= 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
-  /* A client that closes its TCP connection without a close_notify simply ends the session. */
+  /* A client that closes its TCP connection without a close_notify simply ends the session.
+   * Decrypted records are wiped once read: the buffers released while a session is idle would
+   * otherwise go back to the heap holding the client's password. */
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF |
+                             SSL_OP_CLEANSE_PLAINTEXT);
   /* Writes may be retried with a different buffer address (the queue moves as it grows). */
   SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE |
                           SSL_MODE_RELEASE_BUFFERS);

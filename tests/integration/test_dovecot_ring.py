@@ -71,7 +71,7 @@ def run(lab, t):
     t.diag("processes per instance: " + ", ".join(f"{i.name}={len(i.processes())}"
                                                   for i in lab.instances))
 
-    t_ring = lab.wait_ring_synced(directors, timeout=30)
+    t_ring = lab.wait_ring_synced(directors, timeout=45)
     t.ok(True, "doveadm director ring status shows every link synced on every director")
     t.diag(f"timing: ring synced {t_ring:.2f}s after the last instance was ready, "
            f"{t_start + t_ring:.2f}s after the first start")

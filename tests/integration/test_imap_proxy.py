@@ -38,6 +38,110 @@ def raw(host, lines, read_until=b"\r\n", timeout=10, source_ip=None):
     return ul.raw_talk(host, ul.IMAP_PORT, lines, read_until, timeout, source_ip)
 
 
+class FakeOAuthBackend:
+    """An IMAP and POP3 backend (not Dovecot: the lab has no OAuth server) that refuses every
+    token as RFC 7628 3.2.2 says and Dovecot does: a challenge holding the error, then, after
+    the client's dummy answer, NO (IMAP) or -ERR (POP3). Records the dummy answers."""
+
+    CHALLENGE = b"+ eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIiwic2NvcGUiOiJtYWlsIn0=\r\n"
+
+    def __init__(self, ip):
+        self.dummies = []
+        self.stop = False
+        self.socks = []
+        for port in (ul.IMAP_PORT, ul.POP3_PORT):
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind((ip, port))
+            ls.listen(16)
+            ls.settimeout(0.2)
+            self.socks.append(ls)
+            threading.Thread(target=self._accept, args=(ls, port == ul.POP3_PORT),
+                             daemon=True).start()
+
+    def _accept(self, ls, pop3):
+        while not self.stop:
+            try:
+                c, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c, pop3), daemon=True).start()
+
+    def _serve(self, c, pop3):
+        c.settimeout(20)
+        f = c.makefile("rb")
+        try:
+            c.sendall(b"+OK fake ready\r\n" if pop3 else
+                      b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=OAUTHBEARER "
+                      b"AUTH=XOAUTH2] fake ready\r\n")
+            for line in iter(f.readline, b""):
+                words = line.split()
+                if pop3 and words[:1] == [b"AUTH"]:
+                    c.sendall(self.CHALLENGE)
+                    self.dummies.append(f.readline())
+                    c.sendall(b"-ERR [AUTH] Authentication failed.\r\n")
+                elif pop3:
+                    c.sendall(b"-ERR no\r\n")
+                elif words[1:2] == [b"ID"]:
+                    c.sendall(b"* ID NIL\r\n" + words[0] + b" OK ID completed.\r\n")
+                elif words[1:2] == [b"AUTHENTICATE"]:
+                    c.sendall(self.CHALLENGE)
+                    self.dummies.append(f.readline())
+                    c.sendall(words[0] + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                else:
+                    c.sendall(words[0] + b" BAD no\r\n")
+        except (OSError, IndexError):
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop = True
+        for ls in self.socks:
+            ls.close()
+
+
+def fake_backend_checks(lab, t):
+    """A one-member ring in front of a fake backend: OAuth refusals, and what a client pipelined
+    behind a login that found no backend."""
+    ip, fake_ip = lab.director_ip(8), lab.backend_ip(8)
+    fake = FakeOAuthBackend(fake_ip)
+    try:
+        lone = lab.usherd(ip, ring=[ip], backends=[fake_ip],
+                          extra_conf=f"[proxy]\nimap_listen = {ip}:{ul.IMAP_PORT}\n"
+                                     f"pop3_listen = {ip}:{ul.POP3_PORT}\n"
+                                     f"auth_mechanisms = plain oauthbearer xoauth2\n")
+        lone.start()
+        lab.wait_ring_synced([lone], timeout=45, via="admin")
+        bearer = base64.b64encode(b"n,a=user1,\x01auth=Bearer expired\x01\x01").decode()
+        xoauth = base64.b64encode(b"user=user1\x01auth=Bearer expired\x01\x01").decode()
+        _, imap_b = ul.raw_talk(ip, ul.IMAP_PORT,
+                                [f"a AUTHENTICATE OAUTHBEARER {bearer}\r\n".encode()], b"a ")
+        _, imap_x = ul.raw_talk(ip, ul.IMAP_PORT,
+                                [f"b AUTHENTICATE XOAUTH2 {xoauth}\r\n".encode()], b"b ")
+        _, pop3_b = ul.raw_talk(ip, ul.POP3_PORT,
+                                [f"AUTH OAUTHBEARER {bearer}\r\n".encode()], b"-ERR")
+        t.ok(b"a NO [AUTHENTICATIONFAILED]" in imap_b and b"b NO [AUTHENTICATIONFAILED]" in imap_x
+             and b"-ERR [AUTH]" in pop3_b and
+             fake.dummies == [b"AQ==\r\n", b"\r\n", b"AQ==\r\n"],
+             "an expired OAuth token (OAUTHBEARER and XOAUTH2 over IMAP, OAUTHBEARER over POP3): "
+             "usherd answers the backend's error challenge with the mechanism's dummy response "
+             "and relays its refusal, not 'unavailable'",
+             f"{imap_b!r} {imap_x!r} {pop3_b!r} dummies {fake.dummies!r}")
+    finally:
+        fake.close()
+    # The backend is gone now: the login gets its temporary failure, and the command the client
+    # pipelined behind it is answered (it waited unread for the login timeout).
+    _, out = ul.raw_talk(ip, ul.IMAP_PORT,
+                         [b"a LOGIN user1 pass\r\nb NOOP\r\n"], b"b ", timeout=15)
+    t.ok(b"a NO [UNAVAILABLE]" in out and b"b OK" in out,
+         "a login whose backend cannot be reached: NO [UNAVAILABLE], and the NOOP pipelined "
+         "behind it is answered at once", out)
+    lone.stop()
+
+
 def run(lab, t):
     # Every backend offers XLAB-ALL after its defaults; only the first one XLAB-ONE. A master
     # user logs in as anyone with "user*master" and its own password.
@@ -58,7 +162,7 @@ def run(lab, t):
                                 f"max_bad_commands = 3\nshutdown_timeout = 3s\n")
           for ip in ring]
     lab.start_all()
-    lab.wait_ring_synced(us, timeout=30, via="admin")
+    lab.wait_ring_synced(us, timeout=45, via="admin")
 
     # -- one backend per user, through any usherd
     where = {}
@@ -355,6 +459,8 @@ def run(lab, t):
          "stopping now" in log and "CRITICAL" not in log and "WARNING" not in log,
          f"a second SIGTERM while draining: the session gets its BYE and usherd exits 0 at once "
          f"({waited:.1f} s)", f"exit {rc}\n{log[-1500:]}")
+
+    fake_backend_checks(lab, t)
 
 
 def main():

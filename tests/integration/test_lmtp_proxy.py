@@ -217,7 +217,7 @@ def run(lab, t):
                                 (f"lmtp_socket = {sock}\n" if n == 0 else ""))
           for n, ip in enumerate(ring)]
     lab.start_all()
-    lab.wait_ring_synced(us, timeout=30, via="admin")
+    lab.wait_ring_synced(us, timeout=45, via="admin")
 
     # -- 50 recipients over three backends, one message
     marker = uuid.uuid4().hex
@@ -697,7 +697,7 @@ def run(lab, t):
                           extra_conf=f"[proxy]\nlmtp_listen = {lab.director_ip(8)}:{ul.LMTP_PORT}\n"
                                      f"lmtp_user_format = %Ln\nlmtp_spool_dir =\n")
         lone.start()
-        lab.wait_ring_synced([lone], timeout=30, via="admin")
+        lab.wait_ring_synced([lone], timeout=45, via="admin")
         where = {}
         for n in range(1, 60):
             where.setdefault(lone.status_user(f"user{n}")[1], f"user{n}")

@@ -48,7 +48,7 @@ def run(lab, t):
           for ip in ring[1:]]
     members = [d1] + us
     lab.start_all()
-    lab.wait_ring_synced(members, timeout=30)
+    lab.wait_ring_synced(members, timeout=45)
     for i in range(1, 41):
         lab.imap_login(d1.ip, ul.IMAP_PORT, f"user{i}")
     ul.poll_until(lambda: all(sum(int(h["users"]) for h in m.host_list()) == 40 for m in members),

@@ -43,7 +43,7 @@ def run(lab, t):
                                 f"max_bad_commands = 3\nauth_mechanisms = plain login xoauth2\n")
           for ip in ring]
     lab.start_all()
-    lab.wait_ring_synced(us, timeout=30, via="admin")
+    lab.wait_ring_synced(us, timeout=45, via="admin")
 
     # -- one backend per user, through any usherd, the same for POP3 and IMAP
     where = {}

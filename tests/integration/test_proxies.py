@@ -141,7 +141,7 @@ def part_proxies(lab, t):
     t0 = time.monotonic()
     lab.start_all()
     t_start = time.monotonic() - t0
-    t_sync = lab.wait_ring_synced(us, timeout=30)
+    t_sync = lab.wait_ring_synced(us, timeout=45)
     t.ok(True, f"3 backends, a ring of 3 usherd with [http] listeners, nginx mail ({ng.ip}, "
          f"auth_http {ng.auth_http}) and a Dovecot Lua proxy ({dp.ip}, {dp.lookup}) started; "
          "ring synced")

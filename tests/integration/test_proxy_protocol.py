@@ -82,7 +82,7 @@ def run(lab, t):
                                 f"proxy_protocol_backends = {bs[0].ip}\n")
           for ip in ring]
     lab.start_all()
-    lab.wait_ring_synced(us, timeout=30, via="admin")
+    lab.wait_ring_synced(us, timeout=45, via="admin")
 
     # Users on b1 (PROXY v2 from usherd) and on another backend (IMAP ID / XCLIENT).
     where = {}

@@ -160,7 +160,7 @@ def run_with_sink(lab, t, cert, key, sink, sink_ip):
                                 f"tls_cert = {cert}\ntls_key = {key}\nworkers = 2\n")
           for ip in ring]
     lab.start_all()
-    lab.wait_ring_synced(us, timeout=30, via="admin")
+    lab.wait_ring_synced(us, timeout=45, via="admin")
 
     # -- ManageSieve with sieve-connect (STARTTLS, AUTHENTICATE PLAIN), on the user's backend
     script = os.path.join(lab.root, "test.sieve")

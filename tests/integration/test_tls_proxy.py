@@ -119,7 +119,7 @@ def run(lab, t):
                                 f"*.wild.test:{wild_cert}\n")
           for ip in ring]
     lab.start_all()
-    lab.wait_ring_synced(us, timeout=30, via="admin")
+    lab.wait_ring_synced(us, timeout=45, via="admin")
 
     # -- one backend per user over every kind of connection
     bad = []

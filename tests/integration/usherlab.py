@@ -1965,7 +1965,10 @@ class Lab:
 
     def wait_ring_synced(self, directors=None, timeout=30.0, via="doveadm", interval=0.1):
         """Wait until ring_state() says synced (by default from `doveadm director ring status`
-        on every director; via="admin" uses DIRECTOR-LIST directly).  Returns seconds waited."""
+        on every director; via="admin" uses DIRECTOR-LIST directly).  Returns seconds waited.
+        At start, allow 45 s: a member that dialled its preferred right before that one was
+        listening takes another right and retries the preferred one after 30 s (Dovecot's
+        interval; 5 s once it knows the peer is a usherd)."""
         directors = directors or self.directors
         t0 = time.monotonic()
         wait_for(f"the ring of {', '.join(d.name for d in directors)} to sync",
