@@ -5,6 +5,7 @@
  * bytes follow, then the rest of the line). Parsed arguments are kept across segments, so every
  * byte is looked at once whatever the split of the input. */
 #include "libcore/imap-login.h"
+#include "libcore/wipe.h"
 
 #include <string.h>
 
@@ -37,8 +38,12 @@ usher_imap_cmd_clear(UsherImapCmd *cmd)
   g_free(cmd->tag);
   g_free(cmd->name);
   if (cmd->args != NULL) {
-    for (guint i = 0; i < cmd->args->len; i++)
-      g_free(g_array_index(cmd->args, UsherImapArg, i).value);
+    for (guint i = 0; i < cmd->args->len; i++) {
+      UsherImapArg *a = &g_array_index(cmd->args, UsherImapArg, i);
+      if (a->value != NULL)
+        explicit_bzero(a->value, a->len); /* a literal may hold NULs: its length, not strlen */
+      g_free(a->value);
+    }
     g_array_unref(cmd->args);
   }
   memset(cmd, 0, sizeof(*cmd));
@@ -58,7 +63,7 @@ usher_imap_reader_free(UsherImapReader *r)
   if (r == NULL)
     return;
   usher_imap_cmd_clear(&r->cmd);
-  g_byte_array_unref(r->buf);
+  usher_bytes_wipe_unref(r->buf);
   g_free(r);
 }
 
@@ -69,7 +74,7 @@ usher_imap_reader_feed(UsherImapReader *r, const void *data, gsize len)
     return;
   /* Drop what was consumed before growing. */
   if (r->pos > 0) {
-    g_byte_array_remove_range(r->buf, 0, (guint)r->pos);
+    usher_bytes_drop_front(r->buf, r->pos);
     r->pos = 0;
   }
   g_byte_array_append(r->buf, data, (guint)len);

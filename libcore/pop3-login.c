@@ -6,6 +6,7 @@
  * events the same however the input was split.
  */
 #include "libcore/pop3-login.h"
+#include "libcore/wipe.h"
 
 #include <string.h>
 
@@ -36,8 +37,8 @@ void
 usher_pop3_cmd_clear(UsherPop3Cmd *cmd)
 {
   g_free(cmd->name);
-  g_free(cmd->arg);
-  g_free(cmd->initial_response);
+  usher_wipe_free(cmd->arg); /* PASS's */
+  usher_wipe_free(cmd->initial_response);
   memset(cmd, 0, sizeof(*cmd));
 }
 
@@ -54,7 +55,7 @@ usher_pop3_reader_free(UsherPop3Reader *reader)
 {
   if (reader == NULL)
     return;
-  g_byte_array_unref(reader->buf);
+  usher_bytes_wipe_unref(reader->buf);
   g_free(reader);
 }
 
@@ -142,10 +143,11 @@ take(UsherPop3Reader *reader, gsize n)
   reader->start += n;
   reader->scanned = 0;
   if (reader->start == reader->buf->len) {
+    explicit_bzero(reader->buf->data, reader->buf->len);
     g_byte_array_set_size(reader->buf, 0);
     reader->start = 0;
   } else if (reader->start >= COMPACT_AT && reader->start * 2 >= reader->buf->len) {
-    g_byte_array_remove_range(reader->buf, 0, (guint)reader->start);
+    usher_bytes_drop_front(reader->buf, reader->start);
     reader->start = 0;
   }
 }

@@ -1,5 +1,6 @@
 /* sieve-login.c - see sieve-login.h. */
 #include "libcore/sieve-login.h"
+#include "libcore/wipe.h"
 
 #include <string.h>
 
@@ -21,6 +22,9 @@ void
 usher_sieve_cmd_clear(UsherSieveCmd *cmd)
 {
   g_clear_pointer(&cmd->name, g_free);
+  if (cmd->args != NULL) /* AUTHENTICATE's hold the password */
+    for (guint i = 0; i < cmd->args->len; i++)
+      explicit_bzero(g_ptr_array_index(cmd->args, i), strlen(g_ptr_array_index(cmd->args, i)));
   g_clear_pointer(&cmd->args, g_ptr_array_unref);
 }
 
@@ -37,7 +41,7 @@ usher_sieve_reader_free(UsherSieveReader *r)
 {
   if (r == NULL)
     return;
-  g_byte_array_unref(r->buf);
+  usher_bytes_wipe_unref(r->buf);
   g_free(r);
 }
 
@@ -47,7 +51,7 @@ usher_sieve_reader_feed(UsherSieveReader *r, const guint8 *data, gsize len)
   if (r->failed)
     return;
   if (r->off > 0) {
-    g_byte_array_remove_range(r->buf, 0, (guint)r->off);
+    usher_bytes_drop_front(r->buf, r->off);
     r->scanned -= MIN(r->scanned, r->off);
     r->off = 0;
   }

@@ -1,5 +1,6 @@
 /* smtp-cmd.c - see smtp-cmd.h. */
 #include "libcore/smtp-cmd.h"
+#include "libcore/wipe.h"
 
 #include <string.h>
 
@@ -46,8 +47,8 @@ void
 usher_smtp_cmd_clear(UsherSmtpCmd *cmd)
 {
   g_free(cmd->verb_text);
-  g_free(cmd->line);
-  g_free(cmd->arg);
+  usher_wipe_free(cmd->line); /* submission's AUTH lines */
+  usher_wipe_free(cmd->arg);
   g_free(cmd->path);
   g_free(cmd->params);
   memset(cmd, 0, sizeof(*cmd));

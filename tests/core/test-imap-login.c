@@ -1,6 +1,7 @@
 /* test-imap-login.c - the IMAP pre-login reader: every command form a client may send before
  * login, refusals and limits, and the same events for every split of the input. */
 #include "libcore/imap-login.h"
+#include "libcore/wipe.h"
 
 #include <string.h>
 
@@ -244,6 +245,25 @@ test_sasl_names(void)
   g_assert_cmpstr(usher_sasl_mech_name(USHER_SASL_OAUTHBEARER), ==, "OAUTHBEARER");
 }
 
+/* A reader's buffer, once the login line is consumed, keeps no copy of it past its end. */
+static void
+test_wipe(void)
+{
+  GByteArray *buf = g_byte_array_new();
+  const char *line = "a LOGIN user s3cret\r\nb NOOP\r\n";
+  g_byte_array_append(buf, (const guint8 *)line, (guint)strlen(line));
+  gsize first = strlen("a LOGIN user s3cret\r\n");
+  usher_bytes_drop_front(buf, first);
+  g_assert_cmpmem(buf->data, buf->len, "b NOOP\r\n", 8);
+  /* The capacity past the new end (still this array's memory) holds zeros, not the tail. */
+  for (gsize i = buf->len; i < strlen(line); i++)
+    g_assert_cmpint(buf->data[i], ==, 0);
+  usher_bytes_wipe_unref(buf);
+  char *secret = g_strdup("s3cret");
+  usher_wipe_free(secret);
+  usher_wipe_free(NULL);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -253,5 +273,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/imap-login/limits", test_limits);
   g_test_add_func("/core/imap-login/login-args", test_login_args);
   g_test_add_func("/core/imap-login/sasl-names", test_sasl_names);
+  g_test_add_func("/core/imap-login/wipe", test_wipe);
   return g_test_run();
 }
