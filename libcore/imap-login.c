@@ -28,6 +28,7 @@ struct UsherImapReader {
   guint depth;        /* list nesting */
   gsize line_bytes;   /* of the command's segments so far, literals excluded */
   gsize literal_len;  /* ST_LITERAL: bytes expected */
+  gsize literal_total; /* of the command's literals so far */
   gboolean literal_sync;
   gboolean literal_continued; /* CONTINUE was given for the current literal */
 };
@@ -279,6 +280,11 @@ parse_segment(UsherImapReader *r, const guint8 *p, gsize len, const char **why)
         *why = "Literal too large";
         return SEG_FAIL;
       }
+      if (r->literal_total + n > USHER_IMAP_LITERALS_MAX) {
+        *why = "Command too large";
+        return SEG_FAIL;
+      }
+      r->literal_total += (gsize)n;
       r->literal_len = (gsize)n;
       r->literal_sync = !plus;
       r->literal_continued = FALSE;
@@ -307,6 +313,7 @@ finish_command(UsherImapReader *r, UsherImapCmd *out)
   r->in_command = FALSE;
   r->depth = 0;
   r->line_bytes = 0;
+  r->literal_total = 0;
   r->state = r->sasl_next ? ST_SASL : ST_LINE;
 }
 
@@ -318,6 +325,8 @@ fail(UsherImapReader *r, char **tag_out, const char **why_out, const char *why)
   *why_out = why;
   usher_imap_cmd_clear(&r->cmd);
   r->in_command = FALSE;
+  r->literal_total = 0;
+  explicit_bzero(r->buf->data, r->buf->len);
   g_byte_array_set_size(r->buf, 0);
   r->pos = 0;
   r->scanned = 0;

@@ -24,6 +24,7 @@ G_BEGIN_DECLS
 #define USHER_IMAP_LINE_MAX 8192       /* bytes of one command line outside literals */
 #define USHER_IMAP_LITERAL_MAX 16384   /* bytes of one literal before login */
 #define USHER_IMAP_ARGS_MAX 64         /* arguments of one command, list items included */
+#define USHER_IMAP_LITERALS_MAX 32768  /* bytes of all the literals of one command (LOGIN: two) */
 
 typedef enum {
   USHER_IMAP_CMD_OTHER = 0,

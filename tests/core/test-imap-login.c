@@ -150,6 +150,12 @@ test_limits(void)
   /* A literal over the limit ends the connection before its bytes are read. */
   check("t LOGIN {16385}\r\n", -1, "FAIL t Literal too large\n");
   check("t LOGIN {99999999999999999999}\r\n", -1, "FAIL t Literal too large\n");
+  /* Literals of one command add up: two full ones (a LOGIN's), not a third. */
+  g_autofree char *lit = g_strnfill(USHER_IMAP_LITERAL_MAX, 'a');
+  g_autofree char *three = g_strdup_printf("t ID ({%d+}\r\n%s {%d+}\r\n%s {1+}\r\na)\r\n",
+                                           USHER_IMAP_LITERAL_MAX, lit, USHER_IMAP_LITERAL_MAX,
+                                           lit);
+  check(three, -1, "FAIL t Command too large\n");
   /* A line over the limit, with or without its end. */
   g_autofree char *big = g_strnfill(USHER_IMAP_LINE_MAX + 10, 'x');
   g_autofree char *line = g_strdup_printf("t LOGIN %s\r\n", big);
