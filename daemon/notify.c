@@ -59,9 +59,14 @@ usherd_notify_status(Usherd *u)
 void
 usherd_notify_draining(Usherd *u, guint sessions)
 {
-  g_autofree char *msg =
-    g_strdup_printf("STOPPING=1\nSTATUS=stopping: waiting for %u proxied session%s to finish",
-                    sessions, sessions == 1 ? "" : "s");
+  /* The drain may take [proxy] shutdown_timeout, and writing the user snapshot follows: systemd
+   * is told to wait that long plus 30 s, whatever its TimeoutStopSec (it would kill usherd
+   * before the snapshot). */
+  guint64 wait_us = ((guint64)u->config->proxy_shutdown_timeout_secs + 30) * G_USEC_PER_SEC;
+  g_autofree char *msg = g_strdup_printf(
+    "STOPPING=1\nEXTEND_TIMEOUT_USEC=%" G_GUINT64_FORMAT
+    "\nSTATUS=stopping: waiting for %u proxied session%s to finish",
+    wait_us, sessions, sessions == 1 ? "" : "s");
   sd_notify(0, msg);
   g_clear_pointer(&u->last_status, g_free); /* no more periodic status lines */
 }

@@ -565,6 +565,19 @@ test_usherctl_and_check(void)
   g_assert_nonnull(strstr(out, "\"admin_commands\""));
   g_assert_cmpint(run_usherctl(admin, &out, "move", "--help", NULL), ==, 0);
   g_assert_nonnull(strstr(out, "usage: usherctl"));
+  /* A change the director refuses for good is 65 (75 is for "try again"); bad values are
+   * usage errors before anything is sent. */
+  g_assert_cmpint(run_usherctl(admin, &out, "add", "127.0.2.1@other", NULL), ==, 65);
+  g_assert_cmpint(run_usherctl(admin, &out, "ring", "add", "127.0.4.69", "0", NULL), ==, 64);
+  g_assert_cmpint(run_usherctl(admin, &out, "flush", "--max-parallel", "0", "127.0.2.1", NULL),
+                  ==, 64);
+  g_autofree char *long_tag = g_strnfill(256, 't');
+  g_autofree char *long_host = g_strconcat("127.0.2.7@", long_tag, NULL);
+  g_assert_cmpint(run_usherctl(admin, &out, "add", long_host, NULL), ==, 64);
+  /* dump prints shell words, quoted: a tag with a space and a ';' comes back whole. */
+  g_assert_cmpint(run_usherctl(admin, &out, "add", "127.0.2.8@a b;c", "5", NULL), ==, 0);
+  g_assert_cmpint(run_usherctl(admin, &out, "dump", NULL), ==, 0);
+  g_assert_nonnull(strstr(out, " add '127.0.2.8@a b;c' '5'\n"));
   ring_free(r);
 
   /* usherd --check. */

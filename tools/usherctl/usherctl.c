@@ -3,10 +3,12 @@
  * Speaks the director-admin protocol on usherd's admin socket (the same one `doveadm director
  * -a SOCKET` uses), so every verb that doveadm has works against a Dovecot director's socket too;
  * explain, ring and stats use Usher's own JSON commands. Plain text for people, --json for
- * scripts. Exit status: 0 success, 64 usage error, 68 not found, 69 cannot reach the director,
- * 75 temporary failure (TRYAGAIN, ring sync timed out, refused), 76 protocol error. */
+ * scripts. Exit status: 0 success, 64 usage error, 65 the director refused the change (retrying
+ * will not help), 68 not found, 69 cannot reach the director, 75 temporary failure (TRYAGAIN,
+ * ring sync timed out, busy: try again), 76 protocol error. */
 #include "common/cli.h"
 #include "libcore/admin-proto.h"
+#include "libcore/host.h"
 #include "libcore/ip.h"
 
 #include <gio/gio.h>
@@ -18,6 +20,7 @@
 #include <time.h>
 
 #define EXIT_USAGE 64
+#define EXIT_REFUSED 65
 #define EXIT_NOTFOUND 68
 #define EXIT_UNAVAILABLE 69
 #define EXIT_TEMPFAIL 75
@@ -135,8 +138,15 @@ read_rows(Admin *a)
     if (line[0] == '\0')
       return rows;
     char **fields = g_strsplit(line, "\t", -1);
-    for (guint i = 0; fields[i] != NULL; i++)
+    for (guint i = 0; fields[i] != NULL; i++) {
       fields[i][usher_ring_unescape_inplace(fields[i], strlen(fields[i]))] = '\0';
+      /* A tag or name from a peer may be any bytes: tables and JSON need UTF-8. */
+      if (!g_utf8_validate(fields[i], -1, NULL)) {
+        char *valid = g_utf8_make_valid(fields[i], -1);
+        g_free(fields[i]);
+        fields[i] = valid;
+      }
+    }
     g_ptr_array_add(rows, fields);
   }
 }
@@ -152,7 +162,8 @@ print_result_json(gboolean ok, const char *what, const char *error)
   json_builder_set_member_name(b, "ok");
   json_builder_add_boolean_value(b, ok);
   json_builder_set_member_name(b, "what");
-  json_builder_add_string_value(b, what);
+  g_autofree char *valid_what = g_utf8_make_valid(what, -1);
+  json_builder_add_string_value(b, valid_what);
   if (error != NULL) {
     json_builder_set_member_name(b, "error");
     json_builder_add_string_value(b, error);
@@ -169,7 +180,13 @@ expect_ok(Admin *a, const char *what)
   g_autofree char *line = read_line(a);
   if (strcmp(line, "OK") == 0)
     return 0;
-  int status = strcmp(line, "NOTFOUND") == 0 ? EXIT_NOTFOUND : EXIT_TEMPFAIL;
+  /* Busy or not synced: worth another try. Anything else the director refuses (a tag that cannot
+   * change, too many backends) stays refused. */
+  gboolean temporary = strcmp(line, "TRYAGAIN") == 0 || strcmp(line, "Ring sync timed out") == 0 ||
+                       strstr(line, "try again") != NULL;
+  int status = strcmp(line, "NOTFOUND") == 0 ? EXIT_NOTFOUND
+               : temporary                  ? EXIT_TEMPFAIL
+                                            : EXIT_REFUSED;
   const char *text = strcmp(line, "NOTFOUND") == 0   ? "not found"
                      : strcmp(line, "TRYAGAIN") == 0 ? "busy, try again later"
                                                      : line;
@@ -267,13 +284,19 @@ ip_arg(const char *text)
 }
 
 static const char *
-uint_arg(const char *text, const char *what, guint max)
+uint_range_arg(const char *text, const char *what, guint min, guint max)
 {
   char *end;
   guint64 v = g_ascii_strtoull(text, &end, 10);
-  if (text[0] < '0' || text[0] > '9' || *end != '\0' || v > max)
-    usage_error("%s must be a whole number from 0 to %u, not \"%s\"", what, max, text);
+  if (text[0] < '0' || text[0] > '9' || *end != '\0' || v < min || v > max)
+    usage_error("%s must be a whole number from %u to %u, not \"%s\"", what, min, max, text);
   return text;
+}
+
+static const char *
+uint_arg(const char *text, const char *what, guint max)
+{
+  return uint_range_arg(text, what, 0, max);
 }
 
 /* ---- Verbs ------------------------------------------------------------------------------------------- */
@@ -387,8 +410,11 @@ cmd_add(int argc, char **argv)
 {
   g_autofree char *ip = g_strdup(argv[0]);
   char *at = strchr(ip, '@');
-  if (at != NULL)
+  if (at != NULL) {
     *at = '\0';
+    if (strlen(at + 1) > USHER_TAG_MAX_LEN)
+      usage_error("a tag is at most %d bytes", USHER_TAG_MAX_LEN);
+  }
   ip_arg(ip);
   const char *fields[] = {"HOST-SET", argv[0], argc >= 2 ? uint_arg(argv[1], "VHOSTS", 1000) : NULL,
                           NULL};
@@ -455,7 +481,7 @@ cmd_move(int argc, char **argv)
 
 static gboolean opt_nowait, opt_force;
 static char *opt_field;
-static int opt_max_parallel;
+static int opt_max_parallel = G_MININT; /* not given */
 
 static int
 cmd_kick(int argc, char **argv)
@@ -476,9 +502,9 @@ cmd_flush(int argc, char **argv)
   (void)argc;
   gboolean all = strcmp(argv[0], "all") == 0;
   const char *ip = all ? "" : ip_arg(argv[0]);
-  g_autofree char *max = opt_max_parallel > 0 ? g_strdup_printf("%d", opt_max_parallel) : NULL;
-  if (opt_max_parallel < 0)
+  if (opt_max_parallel != G_MININT && opt_max_parallel <= 0)
     usage_error("--max-parallel must be above 0");
+  g_autofree char *max = opt_max_parallel > 0 ? g_strdup_printf("%d", opt_max_parallel) : NULL;
   if (opt_force) {
     const char *fields[] = {"HOST-FLUSH", ip, NULL};
     return simple_change(fields, argv[0]);
@@ -544,14 +570,24 @@ cmd_dump(int argc, char **argv)
   const char *removed_cmd[] = {"HOST-LIST-REMOVED", NULL};
   admin_send(a, removed_cmd);
   g_autoptr(GPtrArray) removed = read_rows(a);
+  /* Shell commands: every word an operator's data can make is quoted. */
+  g_autofree char *sock = g_shell_quote(opt_socket);
   for (guint i = 0; i < hosts->len; i++) {
     char **f = g_ptr_array_index(hosts, i);
-    printf("usherctl -a %s add %s%s%s %s\n", opt_socket, f[0], f[3][0] ? "@" : "", f[3], f[1]);
+    if (g_strv_length(f) < 6)
+      die(EXIT_PROTOCOL, "unexpected HOST-LIST line");
+    g_autofree char *host = g_strdup_printf("%s%s%s", f[0], f[3][0] ? "@" : "", f[3]);
+    g_autofree char *qhost = g_shell_quote(host);
+    g_autofree char *qip = g_shell_quote(f[0]);
+    g_autofree char *qvhosts = g_shell_quote(f[1]);
+    printf("usherctl -a %s add %s %s\n", sock, qhost, qvhosts);
     if (strcmp(f[4], "D") == 0)
-      printf("usherctl -a %s down %s\n", opt_socket, f[0]);
+      printf("usherctl -a %s down %s\n", sock, qip);
   }
-  for (guint i = 0; i < removed->len; i++)
-    printf("usherctl -a %s remove %s\n", opt_socket, ((char **)g_ptr_array_index(removed, i))[0]);
+  for (guint i = 0; i < removed->len; i++) {
+    g_autofree char *qip = g_shell_quote(((char **)g_ptr_array_index(removed, i))[0]);
+    printf("usherctl -a %s remove %s\n", sock, qip);
+  }
   return 0;
 }
 
@@ -583,7 +619,8 @@ cmd_ring(int argc, char **argv)
     if (argc < 2 || argc > 3)
       usage_error("ring %s needs IP [PORT]", argv[0]);
     const char *fields[] = {strcmp(argv[0], "add") == 0 ? "DIRECTOR-ADD" : "DIRECTOR-REMOVE",
-                            ip_arg(argv[1]), argc == 3 ? uint_arg(argv[2], "PORT", 65535) : NULL,
+                            ip_arg(argv[1]),
+                            argc == 3 ? uint_range_arg(argv[2], "PORT", 1, 65535) : NULL,
                             NULL};
     return simple_change(fields, argv[1]);
   }
@@ -891,8 +928,9 @@ print_help(void)
   for (gsize i = 0; i < G_N_ELEMENTS(verbs); i++)
     printf("  %-8s %s\n", verbs[i].name, verbs[i].usage);
   printf("\n`usherctl VERB --help` explains one verb. --json prints JSON for scripts.\n"
-         "Exit status: 0 done, 64 usage error, 68 not found, 69 cannot reach the director,\n"
-         "75 temporary failure (try again), 76 the director answered something unexpected.\n");
+         "Exit status: 0 done, 64 usage error, 65 refused (retrying will not help), 68 not found,\n"
+         "69 cannot reach the director, 75 temporary failure (busy, ring not synced: try again),\n"
+         "76 the director answered something unexpected.\n");
 }
 
 int
