@@ -133,6 +133,23 @@ choose_self(Usherd *u, const char *option, GError **error)
   return FALSE;
 }
 
+/* What start-up read, released when it ends before the daemon runs (--check, or a refusal). */
+static void
+startup_release(Usherd *u)
+{
+  usher_config_free(u->config);
+  g_free(u->config_path);
+  g_free(u->admin_socket_option);
+  g_free(u->state_dir_option);
+}
+
+static int
+startup_failed(Usherd *u)
+{
+  startup_release(u);
+  return 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -197,7 +214,7 @@ main(int argc, char **argv)
   if (admin_socket != NULL) {
     if (admin_socket[0] != '/') {
       fprintf(stderr, "usherd: --admin-socket: \"%s\" must be an absolute path\n", admin_socket);
-      return 1;
+      return startup_failed(&u);
     }
     g_free(u.config->admin_socket);
     u.config->admin_socket = g_strdup(admin_socket);
@@ -207,7 +224,7 @@ main(int argc, char **argv)
     if (state_dir[0] != '\0' && state_dir[0] != '/') {
       fprintf(stderr, "usherd: --state-dir: \"%s\" must be empty or an absolute path\n",
               state_dir);
-      return 1;
+      return startup_failed(&u);
     }
     g_free(u.config->state_dir);
     u.config->state_dir = g_strdup(state_dir);
@@ -215,19 +232,18 @@ main(int argc, char **argv)
   }
   if (!choose_self(&u, ring_address, &error)) {
     fprintf(stderr, "usherd: %s\n", error->message);
-    return 1;
+    return startup_failed(&u);
   }
   if (check) {
     /* The director refuses a ring address that is not a member: check that too. */
     UsherDirector *d = usher_director_new(u.config, &u.self, 1, usherd_now(), &error);
     if (d == NULL) {
       fprintf(stderr, "usherd: %s: %s\n", u.config_path, error->message);
-      return 1;
+      return startup_failed(&u);
     }
     usher_director_free(d);
     printf("usherd: %s is valid\n", u.config_path);
-    usher_config_free(u.config);
-    g_free(u.config_path);
+    startup_release(&u);
     return 0;
   }
 

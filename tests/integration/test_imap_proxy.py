@@ -38,7 +38,7 @@ def raw(host, lines, read_until=b"\r\n", timeout=10, source_ip=None):
     return ul.raw_talk(host, ul.IMAP_PORT, lines, read_until, timeout, source_ip)
 
 
-class FakeOAuthBackend:
+class FakeOAuthBackend(ul.FakeServer):
     """An IMAP and POP3 backend (not Dovecot: the lab has no OAuth server) that refuses every
     token as RFC 7628 3.2.2 says and Dovecot does: a challenge holding the error, then, after
     the client's dummy answer, NO (IMAP) or -ERR (POP3). Records the dummy answers."""
@@ -47,60 +47,30 @@ class FakeOAuthBackend:
 
     def __init__(self, ip):
         self.dummies = []
-        self.stop = False
-        self.socks = []
-        for port in (ul.IMAP_PORT, ul.POP3_PORT):
-            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            ls.bind((ip, port))
-            ls.listen(16)
-            ls.settimeout(0.2)
-            self.socks.append(ls)
-            threading.Thread(target=self._accept, args=(ls, port == ul.POP3_PORT),
-                             daemon=True).start()
+        super().__init__(ip, [ul.IMAP_PORT, ul.POP3_PORT])
 
-    def _accept(self, ls, pop3):
-        while not self.stop:
-            try:
-                c, _ = ls.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c, pop3), daemon=True).start()
-
-    def _serve(self, c, pop3):
-        c.settimeout(20)
+    def serve(self, c, port):
+        pop3 = port == ul.POP3_PORT
         f = c.makefile("rb")
-        try:
-            c.sendall(b"+OK fake ready\r\n" if pop3 else
-                      b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=OAUTHBEARER "
-                      b"AUTH=XOAUTH2] fake ready\r\n")
-            for line in iter(f.readline, b""):
-                words = line.split()
-                if pop3 and words[:1] == [b"AUTH"]:
-                    c.sendall(self.CHALLENGE)
-                    self.dummies.append(f.readline())
-                    c.sendall(b"-ERR [AUTH] Authentication failed.\r\n")
-                elif pop3:
-                    c.sendall(b"-ERR no\r\n")
-                elif words[1:2] == [b"ID"]:
-                    c.sendall(b"* ID NIL\r\n" + words[0] + b" OK ID completed.\r\n")
-                elif words[1:2] == [b"AUTHENTICATE"]:
-                    c.sendall(self.CHALLENGE)
-                    self.dummies.append(f.readline())
-                    c.sendall(words[0] + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-                else:
-                    c.sendall(words[0] + b" BAD no\r\n")
-        except (OSError, IndexError):
-            pass
-        finally:
-            c.close()
-
-    def close(self):
-        self.stop = True
-        for ls in self.socks:
-            ls.close()
+        c.sendall(b"+OK fake ready\r\n" if pop3 else
+                  b"* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=OAUTHBEARER "
+                  b"AUTH=XOAUTH2] fake ready\r\n")
+        for line in iter(f.readline, b""):
+            words = line.split()
+            if pop3 and words[:1] == [b"AUTH"]:
+                c.sendall(self.CHALLENGE)
+                self.dummies.append(f.readline())
+                c.sendall(b"-ERR [AUTH] Authentication failed.\r\n")
+            elif pop3:
+                c.sendall(b"-ERR no\r\n")
+            elif words[1:2] == [b"ID"]:
+                c.sendall(b"* ID NIL\r\n" + words[0] + b" OK ID completed.\r\n")
+            elif words[1:2] == [b"AUTHENTICATE"]:
+                c.sendall(self.CHALLENGE)
+                self.dummies.append(f.readline())
+                c.sendall(words[0] + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+            else:
+                c.sendall(words[0] + b" BAD no\r\n")
 
 
 def fake_backend_checks(lab, t):

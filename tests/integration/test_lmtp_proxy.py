@@ -97,7 +97,7 @@ class Raw:
         self.s.close()
 
 
-class FakeLmtp:
+class FakeLmtp(ul.FakeServer):
     """An LMTP backend (not Dovecot) that answers every command at once and 250 for each
     recipient the moment it has a message's terminator. With pause, it reads the body slowly:
     64 KiB every pause seconds through a small receive buffer, so that usherd holds what it has
@@ -105,73 +105,46 @@ class FakeLmtp:
 
     def __init__(self, ip, port, pause=0.0):
         self.pause = pause
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        self.ls.bind((ip, port))
-        self.ls.listen(16)
-        self.ls.settimeout(0.2)
-        self.stop = False
         self.saved = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(ip, port, rcvbuf=16384 if pause else None)
 
-    def _accept(self):
-        while not self.stop:
-            try:
-                c, _ = self.ls.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        c.settimeout(60)
+    def serve(self, c, port):
         buf, rcpts = b"", 0
-        try:
-            c.sendall(b"220 slow LMTP\r\n")
-            while not self.stop:
-                while b"\r\n" not in buf:
-                    data = c.recv(4096)
+        c.sendall(b"220 fake LMTP\r\n")
+        while not self.stop:
+            while b"\r\n" not in buf:
+                data = c.recv(4096)
+                if not data:
+                    return
+                buf += data
+            line, buf = buf.split(b"\r\n", 1)
+            verb = line[:4].upper()
+            if verb == b"LHLO":
+                c.sendall(b"250-fake\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+            elif verb == b"MAIL":
+                rcpts = 0
+                c.sendall(b"250 2.1.0 OK\r\n")
+            elif verb == b"RCPT":
+                rcpts += 1
+                c.sendall(b"250 2.1.5 OK\r\n")
+            elif verb == b"DATA":
+                c.sendall(b"354 go on\r\n")
+                tail, buf = buf[-5:], b""
+                while tail != b"\r\n.\r\n":
+                    time.sleep(self.pause)
+                    data = c.recv(65536)
                     if not data:
                         return
-                    buf += data
-                line, buf = buf.split(b"\r\n", 1)
-                verb = line[:4].upper()
-                if verb == b"LHLO":
-                    c.sendall(b"250-slow\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
-                elif verb == b"MAIL":
-                    rcpts = 0
-                    c.sendall(b"250 2.1.0 OK\r\n")
-                elif verb == b"RCPT":
-                    rcpts += 1
-                    c.sendall(b"250 2.1.5 OK\r\n")
-                elif verb == b"DATA":
-                    c.sendall(b"354 go on\r\n")
-                    tail, buf = buf[-5:], b""
-                    while tail != b"\r\n.\r\n":
-                        time.sleep(self.pause)
-                        data = c.recv(65536)
-                        if not data:
-                            return
-                        tail = (tail + data)[-5:]
-                    self.saved += 1
-                    c.sendall(b"250 2.0.0 saved\r\n" * rcpts)
-                elif verb in (b"RSET", b"NOOP"):
-                    c.sendall(b"250 2.0.0 OK\r\n")
-                elif verb == b"QUIT":
-                    c.sendall(b"221 2.0.0 Bye\r\n")
-                    return
-                else:
-                    c.sendall(b"502 5.5.1 not here\r\n")
-        except OSError:
-            return
-        finally:
-            c.close()
-
-    def close(self):
-        self.stop = True
-        self.ls.close()
+                    tail = (tail + data)[-5:]
+                self.saved += 1
+                c.sendall(b"250 2.0.0 saved\r\n" * rcpts)
+            elif verb in (b"RSET", b"NOOP"):
+                c.sendall(b"250 2.0.0 OK\r\n")
+            elif verb == b"QUIT":
+                c.sendall(b"221 2.0.0 Bye\r\n")
+                return
+            else:
+                c.sendall(b"502 5.5.1 not here\r\n")
 
 
 def swaks(target, rcpts, marker, sender=f"sender@{DOMAIN}"):

@@ -639,6 +639,54 @@ class SilentListener:
             c.close()
 
 
+class FakeServer:
+    """A fake backend, for what the lab's Dovecot cannot be made to do: listens on ip at each of
+    ports and runs self.serve(conn, port), the subclass's side of the conversation, in a thread
+    per connection. rcvbuf: a small receive buffer for the accepted connections (a slow reader).
+    close() stops accepting."""
+
+    def __init__(self, ip, ports, rcvbuf=None):
+        self.stop = False
+        self.socks = []
+        for port in ([ports] if isinstance(ports, int) else ports):
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if rcvbuf is not None:
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            ls.bind((ip, port))
+            ls.listen(16)
+            ls.settimeout(0.2)
+            self.socks.append(ls)
+            threading.Thread(target=self._accept, args=(ls, port), daemon=True).start()
+
+    def _accept(self, ls, port):
+        while not self.stop:
+            try:
+                c, _ = ls.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._run, args=(c, port), daemon=True).start()
+
+    def _run(self, c, port):
+        c.settimeout(60)
+        try:
+            self.serve(c, port)
+        except (OSError, IndexError, ValueError):
+            pass
+        finally:
+            c.close()
+
+    def serve(self, conn, port):
+        raise NotImplementedError
+
+    def close(self):
+        self.stop = True
+        for ls in self.socks:
+            ls.close()
+
+
 class RawLogin:
     """What a server answered to one login attempt made by raw_login()."""
 
