@@ -42,7 +42,7 @@ usher_imap_cmd_clear(UsherImapCmd *cmd)
     for (guint i = 0; i < cmd->args->len; i++) {
       UsherImapArg *a = &g_array_index(cmd->args, UsherImapArg, i);
       if (a->value != NULL)
-        explicit_bzero(a->value, a->len); /* a literal may hold NULs: its length, not strlen */
+        usher_wipe(a->value, a->len); /* a literal may hold NULs: its length, not strlen */
       g_free(a->value);
     }
     g_array_unref(cmd->args);
@@ -326,7 +326,7 @@ fail(UsherImapReader *r, char **tag_out, const char **why_out, const char *why)
   usher_imap_cmd_clear(&r->cmd);
   r->in_command = FALSE;
   r->literal_total = 0;
-  explicit_bzero(r->buf->data, r->buf->len);
+  usher_wipe(r->buf->data, r->buf->len);
   g_byte_array_set_size(r->buf, 0);
   r->pos = 0;
   r->scanned = 0;

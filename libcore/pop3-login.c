@@ -143,7 +143,7 @@ take(UsherPop3Reader *reader, gsize n)
   reader->start += n;
   reader->scanned = 0;
   if (reader->start == reader->buf->len) {
-    explicit_bzero(reader->buf->data, reader->buf->len);
+    usher_wipe(reader->buf->data, reader->buf->len);
     g_byte_array_set_size(reader->buf, 0);
     reader->start = 0;
   } else if (reader->start >= COMPACT_AT && reader->start * 2 >= reader->buf->len) {

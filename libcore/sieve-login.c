@@ -24,7 +24,7 @@ usher_sieve_cmd_clear(UsherSieveCmd *cmd)
   g_clear_pointer(&cmd->name, g_free);
   if (cmd->args != NULL) /* AUTHENTICATE's hold the password */
     for (guint i = 0; i < cmd->args->len; i++)
-      explicit_bzero(g_ptr_array_index(cmd->args, i), strlen(g_ptr_array_index(cmd->args, i)));
+      usher_wipe(g_ptr_array_index(cmd->args, i), strlen(g_ptr_array_index(cmd->args, i)));
   g_clear_pointer(&cmd->args, g_ptr_array_unref);
 }
 

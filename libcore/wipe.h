@@ -6,12 +6,20 @@
 #include <glib.h>
 #include <string.h>
 
+/* explicit_bzero, which the compiler cannot drop; an empty GByteArray has no data at all. */
+static inline void
+usher_wipe(void *data, gsize len)
+{
+  if (len > 0)
+    explicit_bzero(data, len);
+}
+
 static inline void
 usher_wipe_free(char *text)
 {
   if (text == NULL)
     return;
-  explicit_bzero(text, strlen(text));
+  usher_wipe(text, strlen(text));
   g_free(text);
 }
 
@@ -23,7 +31,7 @@ usher_bytes_drop_front(GByteArray *buf, gsize n)
     return;
   guint len = buf->len;
   g_byte_array_remove_range(buf, 0, (guint)n);
-  explicit_bzero(buf->data + buf->len, len - buf->len);
+  usher_wipe(buf->data + buf->len, len - buf->len);
 }
 
 static inline void
@@ -31,6 +39,6 @@ usher_bytes_wipe_unref(GByteArray *buf)
 {
   if (buf == NULL)
     return;
-  explicit_bzero(buf->data, buf->len);
+  usher_wipe(buf->data, buf->len);
   g_byte_array_unref(buf);
 }

@@ -84,6 +84,10 @@ check(const char *input, gssize input_len, const char *expected)
   }
   g_assert_cmpstr(bytewise->str, ==, expected);
   g_string_free(bytewise, TRUE);
+  /* Splits in three at (nearly) every pair of offsets; a long input (limits) only whole and
+   * byte by byte. */
+  if (len > 4096)
+    return;
   for (gsize a = 0; a <= len; a++)
     for (gsize b = a; b <= len; b += (len > 200 ? 17 : 1)) {
       g_autofree char *split = run_split(input, len, a, b);
