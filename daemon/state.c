@@ -103,7 +103,7 @@ usherd_write_file_atomic(const char *path, const char *data, gsize len, GError *
 
 /* A copy of the user directory taken on the core thread, written out by whoever holds it. */
 typedef struct {
-  GArray *users; /* UsherUserEntry, oldest first */
+  GArray *users; /* UsherUserEntry, in memory order until the writer sorts them */
   char *path;
   gint64 written_secs;
   gint64 listed_us; /* what taking the copy cost the core thread */
