@@ -395,9 +395,10 @@ new_reader(Session *s)
     s->preader = usher_pop3_reader_new();
   else if (s->proto == PROTO_SIEVE)
     s->sreader = usher_sieve_reader_new();
-  else if (s->proto == PROTO_SUBMISSION)
+  else if (s->proto == PROTO_SUBMISSION) {
     s->mreader = usher_smtp_reader_new(USHER_SMTP_LINE_MAX_DEFAULT);
-  else
+    usher_smtp_reader_set_wipe(s->mreader, TRUE);
+  } else
     s->reader = usher_imap_reader_new();
 }
 

@@ -132,6 +132,7 @@ fail(UsherPop3Reader *reader, const char *why, const char **why_out)
   reader->failed = why;
   reader->start = 0;
   reader->scanned = 0;
+  usher_wipe(reader->buf->data, reader->buf->len);
   g_byte_array_set_size(reader->buf, 0);
   *why_out = why;
   return USHER_POP3_FAIL;

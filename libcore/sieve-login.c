@@ -276,6 +276,7 @@ usher_sieve_reader_next(UsherSieveReader *r, UsherSieveCmd *cmd_out, const char 
   case PARSE_FAIL:
     usher_sieve_cmd_clear(cmd_out);
     r->failed = TRUE;
+    usher_wipe(r->buf->data, r->buf->len);
     g_byte_array_set_size(r->buf, 0);
     r->off = r->scanned = 0;
     *why_out = "Line too long";

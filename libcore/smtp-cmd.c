@@ -27,6 +27,7 @@ struct UsherSmtpReader {
   DataState data_state;
   guint64 bdat_left;
   gboolean end_pending; /* BODY_END is the next event */
+  gboolean wipe;        /* its lines may hold a password (submission): wipe what it drops */
 };
 
 static const struct {
@@ -181,7 +182,7 @@ usher_smtp_reader_free(UsherSmtpReader *r)
 {
   if (r == NULL)
     return;
-  g_byte_array_unref(r->buf);
+  usher_bytes_wipe_unref(r->buf);
   g_free(r);
 }
 
@@ -189,10 +190,19 @@ void
 usher_smtp_reader_feed(UsherSmtpReader *r, const guint8 *data, gsize len)
 {
   if (r->off > 0) {
-    g_byte_array_remove_range(r->buf, 0, (guint)r->off);
+    if (r->wipe)
+      usher_bytes_drop_front(r->buf, r->off);
+    else
+      g_byte_array_remove_range(r->buf, 0, (guint)r->off); /* LMTP: message bytes */
     r->off = 0;
   }
   g_byte_array_append(r->buf, data, (guint)len);
+}
+
+void
+usher_smtp_reader_set_wipe(UsherSmtpReader *r, gboolean wipe)
+{
+  r->wipe = wipe;
 }
 
 void

@@ -75,6 +75,9 @@ typedef enum {
 typedef struct UsherSmtpReader UsherSmtpReader;
 
 UsherSmtpReader *usher_smtp_reader_new(gsize max_line);
+/* The reader's lines may hold a password (submission's AUTH): what it consumes is wiped, not
+ * only dropped. Off by default (LMTP's message bytes need no wiping). */
+void usher_smtp_reader_set_wipe(UsherSmtpReader *reader, gboolean wipe);
 void usher_smtp_reader_free(UsherSmtpReader *reader);
 /* Appends bytes to what the reader holds. */
 void usher_smtp_reader_feed(UsherSmtpReader *reader, const guint8 *data, gsize len);

@@ -277,8 +277,12 @@ run_usherctl(const char *socket, char **out, const char *first, ...)
                                                  G_SUBPROCESS_FLAGS_STDERR_MERGE,
                                                &error);
   g_assert_no_error(error);
-  g_autofree char *text = NULL;
-  g_assert_true(g_subprocess_communicate_utf8(p, NULL, NULL, &text, NULL, NULL));
+  /* Bytes, not UTF-8: dump prints a tag's bytes as they are. */
+  g_autoptr(GBytes) bytes = NULL;
+  g_assert_true(g_subprocess_communicate(p, NULL, NULL, &bytes, NULL, NULL));
+  gsize size = 0;
+  const char *data = g_bytes_get_data(bytes, &size);
+  g_autofree char *text = g_strndup(data != NULL ? data : "", size);
   if (out != NULL) {
     g_free(*out); /* callers reuse one variable for several runs */
     *out = g_steal_pointer(&text);
@@ -578,6 +582,13 @@ test_usherctl_and_check(void)
   g_assert_cmpint(run_usherctl(admin, &out, "add", "127.0.2.8@a b;c", "5", NULL), ==, 0);
   g_assert_cmpint(run_usherctl(admin, &out, "dump", NULL), ==, 0);
   g_assert_nonnull(strstr(out, " add '127.0.2.8@a b;c' '5'\n"));
+  /* A tag that is not UTF-8: dump keeps its bytes (it recreates the data), JSON repairs them. */
+  g_assert_cmpint(run_usherctl(admin, &out, "add", "127.0.2.9@t\xff", "5", NULL), ==, 0);
+  g_assert_cmpint(run_usherctl(admin, &out, "dump", NULL), ==, 0);
+  g_assert_nonnull(strstr(out, " add '127.0.2.9@t\xff' '5'\n"));
+  g_assert_cmpint(run_usherctl(admin, &out, "--json", "status", NULL), ==, 0);
+  g_assert_true(g_utf8_validate(out, -1, NULL));
+  g_assert_nonnull(strstr(out, "\"t\xef\xbf\xbd\""));
   ring_free(r);
 
   /* usherd --check. */

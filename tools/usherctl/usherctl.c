@@ -130,7 +130,7 @@ admin_send(Admin *a, const char *const *fields)
 
 /* Reads a multi-line reply: lines until the empty one. Each line split at TABs, unescaped. */
 static GPtrArray *
-read_rows(Admin *a)
+read_rows_as(Admin *a, gboolean repair)
 {
   GPtrArray *rows = g_ptr_array_new_with_free_func((GDestroyNotify)g_strfreev);
   for (;;) {
@@ -140,8 +140,9 @@ read_rows(Admin *a)
     char **fields = g_strsplit(line, "\t", -1);
     for (guint i = 0; fields[i] != NULL; i++) {
       fields[i][usher_ring_unescape_inplace(fields[i], strlen(fields[i]))] = '\0';
-      /* A tag or name from a peer may be any bytes: tables and JSON need UTF-8. */
-      if (!g_utf8_validate(fields[i], -1, NULL)) {
+      /* A tag or name from a peer may be any bytes: tables and JSON need UTF-8 (dump, which
+       * recreates the data, keeps the bytes). */
+      if (repair && !g_utf8_validate(fields[i], -1, NULL)) {
         char *valid = g_utf8_make_valid(fields[i], -1);
         g_free(fields[i]);
         fields[i] = valid;
@@ -149,6 +150,13 @@ read_rows(Admin *a)
     }
     g_ptr_array_add(rows, fields);
   }
+}
+
+/* Rows for tables and JSON: fields made valid UTF-8. */
+static GPtrArray *
+read_rows(Admin *a)
+{
+  return read_rows_as(a, TRUE);
 }
 
 static void print_json_node(JsonNode *node);
@@ -566,10 +574,10 @@ cmd_dump(int argc, char **argv)
   Admin *a = admin_connect();
   const char *list[] = {"HOST-LIST", NULL};
   admin_send(a, list);
-  g_autoptr(GPtrArray) hosts = read_rows(a);
+  g_autoptr(GPtrArray) hosts = read_rows_as(a, FALSE);
   const char *removed_cmd[] = {"HOST-LIST-REMOVED", NULL};
   admin_send(a, removed_cmd);
-  g_autoptr(GPtrArray) removed = read_rows(a);
+  g_autoptr(GPtrArray) removed = read_rows_as(a, FALSE);
   /* Shell commands: every word an operator's data can make is quoted. */
   g_autofree char *sock = g_shell_quote(opt_socket);
   for (guint i = 0; i < hosts->len; i++) {
