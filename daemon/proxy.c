@@ -3110,7 +3110,6 @@ login_reroute(Session *s, const char *why)
             s->user, s->cip, s->cport, usher_ip_to_string(&s->backend, ip), why);
   proxy_stat_add(s->w->proxy, &s->w->proxy->stats.logins_rerouted, 1);
   backend_close(s);
-  s->retried = FALSE;
   session_route(s);
 }
 

@@ -26,7 +26,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -39,58 +38,37 @@ SUBMISSION = 10587
 SUBMISSIONS = 10465
 
 
-class SmtpSink:
+class SmtpSink(ul.FakeServer):
     """Just enough SMTP to take what the backends relay; keeps each message's data."""
 
     def __init__(self, ip):
         self.messages = []
-        self.srv = socket.create_server((ip, ul.RELAY_PORT))
-        self.srv.settimeout(0.2)
-        self.stop = False
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
+        super().__init__(ip, ul.RELAY_PORT)
 
-    def loop(self):
-        while not self.stop:
-            try:
-                c, _ = self.srv.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
-
-    def serve(self, c):
+    def serve(self, c, port):
         f = c.makefile("rb")
         c.sendall(b"220 sink ready\r\n")
         data = None
-        try:
-            for line in f:
-                if data is not None:
-                    if line in (b".\r\n", b".\n"):
-                        self.messages.append(b"".join(data))
-                        data = None
-                        c.sendall(b"250 2.0.0 queued\r\n")
-                    else:
-                        data.append(line)
-                    continue
-                cmd = line[:4].upper()
-                if cmd == b"EHLO":
-                    c.sendall(b"250-sink\r\n250 8BITMIME\r\n")
-                elif cmd == b"DATA":
-                    data = []
-                    c.sendall(b"354 go on\r\n")
-                elif cmd == b"QUIT":
-                    c.sendall(b"221 bye\r\n")
-                    break
+        for line in f:
+            if data is not None:
+                if line in (b".\r\n", b".\n"):
+                    self.messages.append(b"".join(data))
+                    data = None
+                    c.sendall(b"250 2.0.0 queued\r\n")
                 else:
-                    c.sendall(b"250 ok\r\n")
-        except OSError:
-            pass
-        c.close()
-
-    def close(self):
-        self.stop = True
-        self.thread.join(timeout=2)
-        self.srv.close()
+                    data.append(line)
+                continue
+            cmd = line[:4].upper()
+            if cmd == b"EHLO":
+                c.sendall(b"250-sink\r\n250 8BITMIME\r\n")
+            elif cmd == b"DATA":
+                data = []
+                c.sendall(b"354 go on\r\n")
+            elif cmd == b"QUIT":
+                c.sendall(b"221 bye\r\n")
+                break
+            else:
+                c.sendall(b"250 ok\r\n")
 
 
 def make_cert(directory):
