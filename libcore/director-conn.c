@@ -27,11 +27,8 @@ conn_set_name(Conn *c)
 Conn *
 conn_outgoing_to(UsherDirector *d, Member *host)
 {
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v)) {
-    Conn *c = v;
+  for (guint i = 0; i < d->conns->len; i++) {
+    Conn *c = g_ptr_array_index(d->conns, i);
     if (!c->incoming && c->host == host && !c->closing)
       return c;
   }
@@ -41,12 +38,11 @@ conn_outgoing_to(UsherDirector *d, Member *host)
 static gboolean
 any_conn(UsherDirector *d, gboolean (*match)(const Conn *c))
 {
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    if (!((Conn *)v)->closing && match(v))
+  for (guint i = 0; i < d->conns->len; i++) {
+    const Conn *c = g_ptr_array_index(d->conns, i);
+    if (!c->closing && match(c))
       return TRUE;
+  }
   return FALSE;
 }
 
@@ -88,7 +84,7 @@ conn_new_outgoing(UsherDirector *d, UsherNow now, Member *host)
   c->reader = usher_line_reader_new(USHER_RING_LINE_MAX);
   c->ping_rtt_ms = -1;
   conn_set_name(c);
-  g_hash_table_insert(d->conns, GUINT_TO_POINTER(c->id), c);
+  dir_conn_add(d, c);
   /* We are about to see this member's commands afresh. */
   dir_member_restarted(host);
 
@@ -152,7 +148,9 @@ conn_close(UsherDirector *d, UsherNow now, Conn *c, const char *reason, CloseFla
     d->left = NULL;
   if (was_right)
     d->right = NULL;
-  g_hash_table_remove(d->conns, GUINT_TO_POINTER(id)); /* frees c */
+  gint idx = dir_conn_index(d, id);
+  g_assert(idx >= 0);
+  g_ptr_array_remove_index(d->conns, (guint)idx); /* frees c, keeps the order */
   c = NULL;
 
   if (was_left || was_right) {
@@ -242,32 +240,15 @@ send_held_floods(UsherDirector *d, Conn *c)
 
 /* Sends msg to every connection except those whose peer is src (Dovecot's director_update_send),
  * skipping peers below min_minor and outgoing connections not yet established (format:
- * flood_minor()). A connection whose peer's VERSION has not arrived gets it when it does. */
-static int
-cmp_conn_ptr(const void *a, const void *b)
-{
-  UsherConnId x = (*(Conn *const *)a)->id, y = (*(Conn *const *)b)->id;
-  return x < y ? -1 : x > y ? 1 : 0;
-}
-
+ * flood_minor()), in id order. A connection whose peer's VERSION has not arrived gets it when it
+ * does. */
 void
 flood(UsherDirector *d, Member *src, guint min_minor, const UsherRingMsg *msg)
 {
-  /* Runs for every user of a handshake: no allocation, and sending cannot close a connection
-   * (a DISCONNECT is only queued), so the pointers stay valid. */
-  /* At most STATE_MAX_CONNECTIONS incoming and one outgoing per member. */
-  Conn *conns[STATE_MAX_CONNECTIONS + STATE_MAX_MEMBERS];
-  guint n = 0;
-  GHashTableIter it;
-  gpointer v;
-  g_assert(g_hash_table_size(d->conns) <= G_N_ELEMENTS(conns));
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    conns[n++] = v;
-  if (n > 1)
-    qsort(conns, n, sizeof(conns[0]), cmp_conn_ptr);
-  for (guint i = 0; i < n; i++) {
-    Conn *c = conns[i];
+  /* Runs for every user of a handshake: no allocation. Sending cannot close a connection (a
+   * DISCONNECT is only queued) nor open one, so d->conns stays as it is. */
+  for (guint i = 0; i < d->conns->len; i++) {
+    Conn *c = g_ptr_array_index(d->conns, i);
     if (src != NULL && c->host == src)
       continue;
     if (!c->incoming && !c->connected)

@@ -292,8 +292,9 @@ struct UsherDirector {
   GPtrArray *members;
   Member *self;
 
-  /* Connections: by id; owns the Conns */
-  GHashTable *conns;
+  /* Connections: Conn*, ascending id (ids only grow, so adding appends); owns the Conns. A
+   * handful at a time: iterating in this order keeps output deterministic without sorting. */
+  GPtrArray *conns;
   UsherConnId next_conn_id;
   Conn *left, *right;
 
@@ -390,6 +391,9 @@ typedef enum {
 void conn_close(UsherDirector *d, UsherNow now, Conn *conn, const char *reason, CloseFlags flags);
 GArray *dir_conn_ids_sorted(UsherDirector *d);
 Conn *dir_conn_by_id(UsherDirector *d, UsherConnId id);
+gint dir_conn_index(UsherDirector *d, UsherConnId id);
+/* Adds a new connection (its id above every other's) to d->conns. */
+void dir_conn_add(UsherDirector *d, Conn *c);
 gboolean dir_handshake_in_progress(UsherDirector *d);
 void conn_protocol_error(UsherDirector *d, UsherNow now, Conn *conn, const char *reason);
 void conn_ping(UsherDirector *d, UsherNow now, Conn *conn);

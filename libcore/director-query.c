@@ -87,24 +87,11 @@ member_info(const Member *m, UsherMemberInfo *info)
   info->last_failure = MAX(m->last_network_failure, m->last_protocol_failure);
 }
 
-static int
-cmp_conn_ptr_id(gconstpointer a, gconstpointer b)
-{
-  const Conn *x = *(Conn *const *)a, *y = *(Conn *const *)b;
-  return x->id < y->id ? -1 : x->id > y->id ? 1 : 0;
-}
-
 GArray *
 usher_director_list_members(const UsherDirector *d)
 {
-  /* Connections by id, so that every listing comes out in the same order. */
-  g_autoptr(GPtrArray) conns = g_ptr_array_sized_new(g_hash_table_size(d->conns));
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    g_ptr_array_add(conns, v);
-  g_ptr_array_sort(conns, cmp_conn_ptr_id);
+  /* Connections in id order, so that every listing comes out in the same order. */
+  const GPtrArray *conns = d->conns;
 
   GArray *out = g_array_new(FALSE, TRUE, sizeof(UsherMemberInfo));
   /* First the incoming connections whose ME has not arrived (Dovecot's order). */
@@ -151,7 +138,7 @@ usher_director_get_ring_info(const UsherDirector *d, UsherRingInfo *info)
   info->alone = d->alone;
   for (guint i = 0; i < d->members->len; i++)
     info->n_members += ((const Member *)g_ptr_array_index(d->members, i))->removed ? 0 : 1;
-  info->n_connections = g_hash_table_size(d->conns);
+  info->n_connections = d->conns->len;
   info->pending_requests = d->requests.length - d->requests_cancelled_waiting;
   info->moving_users = d->users_moving_count;
   info->kicks_running = g_hash_table_size(d->kicks);

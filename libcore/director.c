@@ -275,11 +275,8 @@ purge_removed_members(UsherDirector *d)
     Member *m = g_ptr_array_index(d->members, i);
     gboolean referenced = FALSE;
     if (m->removed) {
-      GHashTableIter it;
-      gpointer v;
-      g_hash_table_iter_init(&it, d->conns);
-      while (g_hash_table_iter_next(&it, NULL, &v))
-        if (((Conn *)v)->host == m)
+      for (guint k = 0; k < d->conns->len; k++)
+        if (((Conn *)g_ptr_array_index(d->conns, k))->host == m)
           referenced = TRUE;
     }
     if (m->removed && !referenced) {
@@ -629,7 +626,7 @@ usher_director_new(const UsherConfig *config, const UsherRingAddr *self, guint64
   usher_rng_seed(&d->rng, seed);
 
   d->members = g_ptr_array_new_with_free_func(g_free);
-  d->conns = g_hash_table_new_full(NULL, NULL, NULL, conn_free_func);
+  d->conns = g_ptr_array_new_with_free_func(conn_free_func);
   d->next_conn_id = 1;
   d->hosts = usher_host_table_new(config->user_expire_secs);
   d->moves = g_hash_table_new_full(move_hash, move_equal, g_free, NULL);
@@ -710,7 +707,7 @@ usher_director_free(UsherDirector *d)
   users_free_all(d);
   health_free(d);
   g_queue_clear_full(&d->admin_ops, (GDestroyNotify)admin_op_free);
-  g_hash_table_unref(d->conns);
+  g_ptr_array_unref(d->conns);
   g_ptr_array_unref(d->members);
   g_hash_table_unref(d->moves);
   g_queue_clear(&d->kick_order); /* the Kicks belong to d->kicks */
@@ -737,10 +734,36 @@ usher_director_start(UsherDirector *d, UsherNow now)
 
 /* ---- Inputs ---------------------------------------------------------------------------------- */
 
+/* Index of connection id in d->conns, or -1. */
+gint
+dir_conn_index(UsherDirector *d, UsherConnId id)
+{
+  guint lo = 0, hi = d->conns->len;
+  while (lo < hi) {
+    guint mid = lo + (hi - lo) / 2;
+    UsherConnId m = ((Conn *)g_ptr_array_index(d->conns, mid))->id;
+    if (m == id)
+      return (gint)mid;
+    if (m < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return -1;
+}
+
 Conn *
 dir_conn_by_id(UsherDirector *d, UsherConnId id)
 {
-  return g_hash_table_lookup(d->conns, GUINT_TO_POINTER(id));
+  gint i = dir_conn_index(d, id);
+  return i < 0 ? NULL : g_ptr_array_index(d->conns, i);
+}
+
+void
+dir_conn_add(UsherDirector *d, Conn *c)
+{
+  g_assert(d->conns->len == 0 || ((Conn *)g_ptr_array_index(d->conns, d->conns->len - 1))->id < c->id);
+  g_ptr_array_add(d->conns, c);
 }
 
 UsherConnId
@@ -755,7 +778,7 @@ usher_director_peer_accepted(UsherDirector *d, UsherNow now, const UsherIp *remo
       known = TRUE;
   }
   char ip[USHER_IP_STRLEN];
-  if (!known || g_hash_table_size(d->conns) >= STATE_MAX_CONNECTIONS) {
+  if (!known || d->conns->len >= STATE_MAX_CONNECTIONS) {
     d->stats.refused_connections++;
     dir_log(d, G_LOG_LEVEL_WARNING, "refused ring connection from %s: %s",
             usher_ip_to_string(remote_ip, ip),
@@ -770,7 +793,7 @@ usher_director_peer_accepted(UsherDirector *d, UsherNow now, const UsherIp *remo
   c->reader = usher_line_reader_new(USHER_RING_LINE_MAX);
   c->ping_rtt_ms = -1;
   g_snprintf(c->name, sizeof(c->name), "in#%u/%s", c->id, usher_ip_to_string(remote_ip, ip));
-  g_hash_table_insert(d->conns, GUINT_TO_POINTER(c->id), c);
+  dir_conn_add(d, c);
 
   UsherRingMsg msg;
   usher_ring_msg_init(&msg, USHER_RING_MSG_VERSION);
@@ -865,27 +888,14 @@ min_deadline(gint64 a, gint64 b)
   return MIN(a, b);
 }
 
-static int
-cmp_conn_id(gconstpointer a, gconstpointer b)
-{
-  UsherConnId x = *(const UsherConnId *)a, y = *(const UsherConnId *)b;
-  return x < y ? -1 : x > y ? 1 : 0;
-}
-
-/* Every connection id, ascending (never hash-table order: output must be deterministic). Closing
- * a connection frees it, so callers look each id up again with dir_conn_by_id(). */
+/* Every connection id, ascending. Closing a connection frees it, so callers look each id up
+ * again with dir_conn_by_id(). */
 GArray *
 dir_conn_ids_sorted(UsherDirector *d)
 {
-  GArray *a = g_array_sized_new(FALSE, FALSE, sizeof(UsherConnId), g_hash_table_size(d->conns));
-  GHashTableIter it;
-  gpointer k;
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, &k, NULL)) {
-    UsherConnId id = GPOINTER_TO_UINT(k);
-    g_array_append_val(a, id);
-  }
-  g_array_sort(a, cmp_conn_id);
+  GArray *a = g_array_sized_new(FALSE, FALSE, sizeof(UsherConnId), d->conns->len);
+  for (guint i = 0; i < d->conns->len; i++)
+    g_array_append_val(a, ((Conn *)g_ptr_array_index(d->conns, i))->id);
   return a;
 }
 
@@ -897,11 +907,8 @@ usher_director_next_deadline(UsherDirector *d)
   t = min_deadline(t, d->connect_timer_us);
   t = min_deadline(t, d->preferred_right_timer_us);
   t = min_deadline(t, d->purge_timer_us);
-  GHashTableIter it;
-  gpointer v;
-  g_hash_table_iter_init(&it, d->conns);
-  while (g_hash_table_iter_next(&it, NULL, &v))
-    t = min_deadline(t, conn_next_deadline(d, v));
+  for (guint i = 0; i < d->conns->len; i++)
+    t = min_deadline(t, conn_next_deadline(d, g_ptr_array_index(d->conns, i)));
   t = min_deadline(t, users_next_deadline(d));
   t = min_deadline(t, requests_next_deadline(d));
   t = min_deadline(t, admin_next_deadline(d));

@@ -12,7 +12,59 @@ struct UsherHostTable {
   GArray *free_ids;    /* UsherHostId, reused lowest-last */
   GPtrArray *tags;     /* UsherTag*, sorted by name; owns the tags */
   guint64 generation;
+  /* Address -> host, open addressing with linear probing, at most half full: every ring line
+   * naming a backend looks its address up, and a binary search over the sorted array costs a
+   * comparison per halving (six for 40 backends) where this costs one. Rebuilt when a host
+   * goes; a host added is inserted. */
+  UsherHost **ip_index;
+  guint ip_index_mask;
 };
+
+/* ---- Address index ---------------------------------------------------------------------- */
+
+static guint
+ip_index_home(const UsherHostTable *table, const UsherIp *ip)
+{
+  /* FNV-1a over the address bytes that count, then a multiplicative spread. */
+  guint32 h = 2166136261u ^ ip->family;
+  guint n = ip->family == USHER_IP_V4 ? 4 : 16;
+  for (guint i = 0; i < n; i++)
+    h = (h ^ ip->addr[i]) * 16777619u;
+  return (h * 0x9e3779b1u >> 7) & table->ip_index_mask;
+}
+
+static void
+ip_index_insert(UsherHostTable *table, UsherHost *host)
+{
+  guint i = ip_index_home(table, &host->ip);
+  while (table->ip_index[i] != NULL)
+    i = (i + 1) & table->ip_index_mask;
+  table->ip_index[i] = host;
+}
+
+/* Sizes the index for the hosts in table->hosts plus `extra`, and fills it. */
+static void
+ip_index_rebuild(UsherHostTable *table, guint extra)
+{
+  guint want = 16;
+  while (want < (table->hosts->len + extra) * 2)
+    want *= 2;
+  g_free(table->ip_index);
+  table->ip_index = g_new0(UsherHost *, want);
+  table->ip_index_mask = want - 1;
+  for (guint i = 0; i < table->hosts->len; i++)
+    ip_index_insert(table, g_ptr_array_index(table->hosts, i));
+}
+
+static UsherHost *
+ip_index_find(const UsherHostTable *table, const UsherIp *ip)
+{
+  for (guint i = ip_index_home(table, ip);; i = (i + 1) & table->ip_index_mask) {
+    UsherHost *h = table->ip_index[i];
+    if (h == NULL || usher_ip_equal(&h->ip, ip))
+      return h;
+  }
+}
 
 static void
 tag_free(gpointer p)
@@ -41,6 +93,7 @@ usher_host_table_new(guint user_expire_secs)
   t->by_id = g_ptr_array_new();
   t->free_ids = g_array_new(FALSE, FALSE, sizeof(UsherHostId));
   t->tags = g_ptr_array_new_with_free_func(tag_free);
+  ip_index_rebuild(t, 0);
   usher_host_table_ensure_tag(t, "");
   return t;
 }
@@ -55,6 +108,7 @@ usher_host_table_free(UsherHostTable *table)
   g_ptr_array_unref(table->hosts);
   g_ptr_array_unref(table->by_id);
   g_array_unref(table->free_ids);
+  g_free(table->ip_index);
   g_free(table);
 }
 
@@ -184,6 +238,10 @@ usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag, 
   host->tag = host_tag;
   host->vhost_count = vhost_count;
   g_ptr_array_insert(table->hosts, (gint)idx, host);
+  if (table->hosts->len * 2 > table->ip_index_mask + 1)
+    ip_index_rebuild(table, table->hosts->len); /* doubles it, this host included */
+  else
+    ip_index_insert(table, host);
   changed(table, host->tag);
   return host;
 }
@@ -191,9 +249,7 @@ usher_host_table_add(UsherHostTable *table, const UsherIp *ip, const char *tag, 
 UsherHost *
 usher_host_table_lookup(UsherHostTable *table, const UsherIp *ip)
 {
-  gboolean found;
-  guint idx = host_search(table, ip, &found);
-  return found ? g_ptr_array_index(table->hosts, idx) : NULL;
+  return ip_index_find(table, ip);
 }
 
 UsherHost *
@@ -266,6 +322,7 @@ usher_host_table_remove(UsherHostTable *table, UsherHost *host)
   guint idx = host_search(table, &host->ip, &found);
   g_assert(found);
   g_ptr_array_remove_index(table->hosts, idx); /* frees host */
+  ip_index_rebuild(table, 0);
 }
 
 guint
@@ -327,9 +384,7 @@ usher_host_table_get_const(const UsherHostTable *table, UsherHostId id)
 const UsherHost *
 usher_host_table_lookup_const(const UsherHostTable *table, const UsherIp *ip)
 {
-  gboolean found;
-  guint idx = host_search(table, ip, &found);
-  return found ? g_ptr_array_index(table->hosts, idx) : NULL;
+  return ip_index_find(table, ip);
 }
 
 const UsherTag *

@@ -148,6 +148,44 @@ test_limits(void)
   g_assert_cmpuint(usher_host_table_n_hosts(t), ==, USHER_HOSTS_MAX);
 }
 
+/* The address index: every host present is found after adds (growing the index) and removes
+ * (rebuilding it), IPv4 and IPv6 mixed; absent addresses are not. */
+static void
+test_address_index(void)
+{
+  g_autoptr(UsherHostTable) t = usher_host_table_new(900);
+  GRand *rand = g_rand_new_with_seed(7);
+  gboolean present[600] = {FALSE};
+  for (guint round = 0; round < 4000; round++) {
+    guint i = (guint)g_rand_int_range(rand, 0, G_N_ELEMENTS(present));
+    g_autofree char *text = i % 2 == 0 ? g_strdup_printf("10.%u.%u.1", i / 256, i % 256)
+                                        : g_strdup_printf("fd00::%x:1", i);
+    UsherIp ip = test_ip(text);
+    UsherHost *h = usher_host_table_lookup(t, &ip);
+    g_assert_true((h != NULL) == present[i]);
+    if (h != NULL) {
+      g_assert_true(usher_ip_equal(&h->ip, &ip));
+      g_assert_true(usher_host_table_lookup_const(t, &ip) == h);
+      if (g_rand_boolean(rand)) {
+        usher_host_table_remove(t, h);
+        present[i] = FALSE;
+      }
+    } else {
+      g_assert_nonnull(usher_host_table_add(t, &ip, NULL, 10, NULL));
+      present[i] = TRUE;
+    }
+  }
+  guint n = 0;
+  for (guint i = 0; i < G_N_ELEMENTS(present); i++)
+    n += present[i];
+  g_assert_cmpuint(usher_host_table_n_hosts(t), ==, n);
+  for (guint i = 0; i < usher_host_table_n_hosts(t); i++) {
+    UsherHost *h = usher_host_table_nth(t, i);
+    g_assert_true(usher_host_table_lookup(t, &h->ip) == h);
+  }
+  g_rand_free(rand);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -157,5 +195,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/host/tag-change-drops-users", test_tag_change_drops_users);
   g_test_add_func("/core/host/hosts-hash", test_hosts_hash);
   g_test_add_func("/core/host/limits", test_limits);
+  g_test_add_func("/core/host/address-index", test_address_index);
   return g_test_run();
 }
