@@ -75,6 +75,15 @@ have_outgoing_in_progress(UsherDirector *d)
 Conn *
 conn_new_outgoing(UsherDirector *d, UsherNow now, Member *host)
 {
+  guint outgoing = 0;
+  for (guint i = 0; i < d->conns->len; i++)
+    outgoing += !((Conn *)g_ptr_array_index(d->conns, i))->incoming;
+  if (outgoing >= STATE_MAX_OUTGOING || d->conns->len >= STATE_MAX_CONNECTIONS + STATE_MAX_OUTGOING) {
+    d->stats.outgoing_refused++;
+    dir_log(d, G_LOG_LEVEL_WARNING, "not connecting to %s: %u ring connections open, %u outgoing",
+            host->name, d->conns->len, outgoing);
+    return NULL;
+  }
   Conn *c = g_new0(Conn, 1);
   c->id = d->next_conn_id++;
   c->incoming = FALSE;
@@ -272,6 +281,16 @@ cmd_is_seen(UsherDirector *d, const UsherRingOrigin *origin, Member **origin_out
     return FALSE;
   }
   *origin_out = m;
+  if (m->self && origin->seq > m->last_seq) {
+    /* In our name, numbered past anything we sent: a peer that lies (or our own from before a
+     * restart). Taking its number would let it push our counter to wrap, after which every
+     * command we send is dropped as seen. Drop it. */
+    d->stats.forged_own_commands++;
+    dir_log(d, G_LOG_LEVEL_WARNING,
+            "dropping a command in our name with seq %u: the last we sent is %u", origin->seq,
+            m->last_seq);
+    return TRUE;
+  }
   if (origin->seq <= m->last_seq) {
     d->stats.duplicate_commands++;
     return TRUE;
@@ -904,6 +923,22 @@ cmd_host_hand_start(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg 
   return TRUE;
 }
 
+/* TRUE if host, set to vhost_count in tag, keeps that tag's ring within STATE_MAX_TAG_VHOSTS. */
+static gboolean
+host_vhosts_fit(UsherDirector *d, const UsherHost *host, const char *tag, guint vhost_count)
+{
+  const UsherTag *t = usher_host_table_find_tag(d->hosts, tag);
+  if (t == NULL)
+    return vhost_count <= STATE_MAX_TAG_VHOSTS;
+  guint64 total = vhost_count;
+  for (guint i = 0; i < usher_host_table_n_hosts(d->hosts); i++) {
+    const UsherHost *h = usher_host_table_nth(d->hosts, i);
+    if (h != host && h->tag == t)
+      total += h->vhost_count;
+  }
+  return total <= STATE_MAX_TAG_VHOSTS;
+}
+
 /* Dovecot's director_cmd_host_int(): apply one HOST (handshake or flood form). orig is the
  * origin member of a flooded HOST (NULL: treat as our own). */
 static gboolean
@@ -913,7 +948,7 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   const char *tag = msg->host.tag;
   guint vhost_count = msg->host.vhost_count;
   gboolean down = msg->host.down;
-  gint64 updown = dir_clamp_peer_time(d, msg->host.last_updown_change);
+  gint64 updown = dir_clamp_peer_time_ahead(d, now, msg->host.last_updown_change);
 
   if (c->ignore_host_events)
     return TRUE;
@@ -933,6 +968,12 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
   }
 
   UsherHost *host = usher_host_table_lookup(d->hosts, &msg->host.ip);
+  /* A conflict below can only lower the count or keep the host where it is. */
+  if (!host_vhosts_fit(d, host, tag, vhost_count)) {
+    d->stats.vhosts_refused++;
+    conn_protocol_error(d, now, c, "HOST would take its tag's ring past its vhost limit");
+    return FALSE;
+  }
   gboolean update;
   if (host == NULL) {
     if (usher_host_table_find_tag(d->hosts, tag) == NULL &&
@@ -973,6 +1014,10 @@ apply_host(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg, Mem
       down = host->down;
     vhost_count = MIN(vhost_count, host->vhost_count);
     updown = MAX(updown, host->last_updown_change);
+    /* The tag too, or two directors that tagged it differently swap tags and flood the swap
+     * back for ever, each swap dropping the host's users: the lower name wins. */
+    if (strcmp(host->tag->name, tag) < 0)
+      tag = host->tag->name;
     dir_log(d, G_LOG_LEVEL_WARNING,
             "host %s changed by %s before our own change had gone round the ring: setting it to "
             "%s, %u vhosts",
@@ -1083,6 +1128,8 @@ cmd_user_weak(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
 {
   Member *orig;
   gboolean seen = cmd_is_seen(d, &msg->user_ref.origin, &orig);
+  if (seen && orig->self && msg->user_ref.origin.seq > orig->last_seq)
+    return TRUE; /* in our name, but not ours (cmd_is_seen() counted it) */
   UsherHost *host = host_by_ip(d, &msg->user_ref.ip);
   if (host == NULL)
     return TRUE;
@@ -1091,9 +1138,15 @@ cmd_user_weak(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     if (orig->self) {
       /* Our own USER-WEAK has been round the whole ring without objection. */
       weak = FALSE;
-    } else {
+    } else if (msg->user_ref.origin.seq > orig->last_weak_forward_seq) {
       /* The origin will announce the outcome; pass this on so it gets back to its origin. */
+      orig->last_weak_forward_seq = msg->user_ref.origin.seq;
       weak_forward = TRUE;
+    } else {
+      /* Passed on once already and here again: its origin is not in the ring to stop it (it
+       * went down with this in flight, or a peer made it up). Passing it on again would send it
+       * round for ever, refreshing the user at every hop. */
+      return TRUE;
     }
   }
   gboolean forced;
@@ -1120,7 +1173,9 @@ cmd_sync(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
   guint minor = MIN(msg->sync.minor, USHER_RING_VERSION_MINOR);
   guint32 hosts_hash = usher_host_table_hosts_hash(d->hosts);
   guint32 seq = msg->sync.seq;
-  guint32 ts = msg->sync.has_timestamp ? msg->sync.timestamp : (guint32)dir_wall_secs(now);
+  guint32 ts = msg->sync.has_timestamp
+                 ? (guint32)dir_clamp_peer_time_ahead(d, now, msg->sync.timestamp)
+                 : (guint32)dir_wall_secs(now);
 
   if (m == NULL) {
     /* The origin was just removed from the ring: nothing to do. */

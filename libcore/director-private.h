@@ -47,6 +47,15 @@
 #define HANDSHAKE_USERS_PER_PASS 10000
 #define STATE_MAX_MEMBERS USHER_CONFIG_MAX_DIRECTORS
 #define STATE_MAX_CONNECTIONS 64    /* connections of any kind at once; more are refused */
+/* Outgoing connections at once, closing ones included: one to the right neighbour and a few
+ * being replaced; more means peers keep sending CONNECTs (refused, counted). */
+#define STATE_MAX_OUTGOING 16
+/* Vhost points in one tag's ring: 4096 backends at the admin maximum of 1000. A peer's HOST that
+ * would take the tag past it is refused (each point costs an MD5 and 8 bytes at every rebuild). */
+#define STATE_MAX_TAG_VHOSTS (4096 * 1000)
+/* Peer times (HOST up/down changes, SYNC) later than our clock by more than this are clamped to
+ * it: one far in the future would win every comparison until then. */
+#define PEER_CLOCK_AHEAD_MAX_SECS 300
 #define STATE_MAX_PENDING_REQUESTS 100000
 /* ---- Bounds (doc/architecture.md, "Bounds"); a refusal at each is counted in the stats -------- */
 #define CONN_HELD_FLOODS_MAX_BYTES (1024 * 1024) /* floods held per connection until VERSION */
@@ -67,6 +76,8 @@ typedef struct {
   gboolean removed;
   gint64 removed_mono_us;
   guint32 last_seq;      /* newest sequenced command seen from this origin */
+  /* Newest USER-WEAK of this origin passed on after it came round (see cmd_user_weak()). */
+  guint32 last_weak_forward_seq;
   guint32 last_sync_seq; /* SYNC bookkeeping for this origin */
   guint32 last_sync_timestamp;
   guint last_sync_seq_counter;
@@ -442,6 +453,8 @@ gint64 users_next_deadline(UsherDirector *d);
 /* Every public input starts with this: checks the time contract and starts a new call. */
 void dir_enter(UsherDirector *d, UsherNow now);
 gint64 dir_clamp_peer_time(UsherDirector *d, gint64 secs);
+/* The same, and no later than our clock plus PEER_CLOCK_AHEAD_MAX_SECS (counted when clamped). */
+gint64 dir_clamp_peer_time_ahead(UsherDirector *d, UsherNow now, gint64 secs);
 guint dir_count_users(const UsherDirector *d);
 void requests_continue(UsherDirector *d, UsherNow now);
 void requests_timers(UsherDirector *d, UsherNow now);

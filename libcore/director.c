@@ -210,8 +210,10 @@ dir_member_get(UsherDirector *d, const UsherIp *ip, guint16 port)
   guint idx = member_search(d, &addr, &found);
   if (found)
     return g_ptr_array_index(d->members, idx);
-  if (d->members->len >= STATE_MAX_MEMBERS)
+  if (d->members->len >= STATE_MAX_MEMBERS) {
+    d->stats.members_refused++;
     return NULL;
+  }
   Member *m = g_new0(Member, 1);
   m->addr = addr;
   char ip_str[USHER_IP_STRLEN];
@@ -250,6 +252,7 @@ void
 dir_member_restarted(Member *m)
 {
   m->last_seq = 0;
+  m->last_weak_forward_seq = 0;
   m->last_sync_seq = 0;
   m->last_sync_timestamp = 0;
   m->last_sync_seq_counter = 0;
@@ -601,6 +604,17 @@ dir_clamp_peer_time(UsherDirector *d, gint64 secs)
     return secs;
   d->stats.times_clamped++;
   return secs < 0 ? 0 : TIME_PEER_MAX;
+}
+
+gint64
+dir_clamp_peer_time_ahead(UsherDirector *d, UsherNow now, gint64 secs)
+{
+  secs = dir_clamp_peer_time(d, secs);
+  gint64 limit = dir_wall_secs(now) + PEER_CLOCK_AHEAD_MAX_SECS;
+  if (secs <= limit)
+    return secs;
+  d->stats.times_clamped++;
+  return limit;
 }
 
 UsherDirector *
@@ -1055,6 +1069,10 @@ usher_director_state_fingerprint(UsherDirector *d)
   }
   for (guint t = 0; t < usher_host_table_n_tags(d->hosts); t++) {
     UsherTag *tag = usher_host_table_nth_tag(d->hosts, t);
+    /* A tag without users is no state: one that a settled conflict left empty on some directors
+     * only (tags are kept once made) must not make them differ. Its hosts count above. */
+    if (usher_user_dir_count(tag->users) == 0)
+      continue;
     /* Order-independent over users: the list order may differ by propagation timing. */
     guint64 sum = 0;
     for (UsherUser *u = usher_user_dir_oldest(tag->users); u != NULL;

@@ -389,6 +389,10 @@ typedef struct {
   guint64 kicks_untracked;     /* kicks run without a slot record: too many in flight */
   guint64 users_refused;       /* new user entries: the directory is full */
   guint64 tags_refused;        /* hosts with a new tag: too many tags */
+  guint64 members_refused;     /* directors not added: the member table is full */
+  guint64 outgoing_refused;    /* outgoing ring connections not opened: too many at once */
+  guint64 vhosts_refused;      /* peer HOSTs refused: the tag's ring would exceed its points */
+  guint64 forged_own_commands; /* commands in our name with a sequence number we never used */
   guint64 logs_suppressed;     /* log lines dropped: too many in one call */
   guint64 handshake_pauses;    /* the user stream waited for the driver's output queue */
   guint64 times_clamped;       /* peer timestamps outside 0 .. 2^32-1 s */

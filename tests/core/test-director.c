@@ -269,7 +269,36 @@ test_peer_times(void)
   UsherHostInfo *h2 = &g_array_index(hosts, UsherHostInfo, 1);
   g_assert_cmpstr(h2->ip_str, ==, "127.0.2.2");
   g_assert_true(h2->down);
-  g_assert_cmpint(h2->last_updown_change, ==, G_GINT64_CONSTANT(4294967295));
+  /* ... no later than our clock allows (a far future would win every later comparison). */
+  g_assert_cmpint(h2->last_updown_change, ==, s->wall_us / SEC + 300);
+  solo_free(s);
+}
+
+/* A peer that lies with sequence numbers, vhost counts and commands in our name. */
+static void
+test_peer_lies(void)
+{
+  Solo *s = solo_new("127.0.5.1:19190 127.0.5.2:19190", NULL);
+  UsherConnId in = peer_joins_with_users(s, 10);
+  collect(s);
+  /* A USER-WEAK in our name, numbered at the top: dropped and counted, not taken as our counter
+   * (which would wrap on our next command, and every later one would be dropped as seen). */
+  feed(s, in, "USER-WEAK\t127.0.5.1\t19190\t4294967295\t77\t127.0.2.1\n");
+  g_assert_cmpuint(stats(s)->forged_own_commands, ==, 1);
+  UsherUserInfo info;
+  usher_director_lookup_user(s->d, s->wall_us, 77, NULL, &info);
+  g_assert_false(info.found);
+  /* Backends at the largest vhost count a peer may give, until the tag's ring is full: the one
+   * past it is refused (a ring rebuild would cost gigabytes) and counted. */
+  GString *hosts = g_string_new(NULL);
+  for (guint i = 1; i <= 41; i++)
+    g_string_append_printf(hosts, "HOST\t127.0.5.2\t19190\t%u\t127.0.3.%u\t100000\t\tU0\t\n", 100 + i, i);
+  feed(s, in, hosts->str);
+  g_string_free(hosts, TRUE);
+  g_assert_cmpuint(stats(s)->vhosts_refused, ==, 1);
+  g_assert_cmpuint(stats(s)->protocol_errors, ==, 1);
+  g_autoptr(GArray) list = usher_director_list_hosts(s->d);
+  g_assert_cmpuint(list->len, ==, 3 + 40);
   solo_free(s);
 }
 
@@ -818,6 +847,7 @@ main(int argc, char **argv)
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/core/director/time-contract", test_time_contract);
   g_test_add_func("/core/director/peer-times", test_peer_times);
+  g_test_add_func("/core/director/peer-lies", test_peer_lies);
   g_test_add_func("/core/director/backpressure", test_backpressure);
   g_test_add_func("/core/director/backpressure-small-buffer", test_backpressure_small_buffer);
   g_test_add_func("/core/director/backpressure-timeout", test_backpressure_timeout);

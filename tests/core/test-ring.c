@@ -324,6 +324,35 @@ test_vhost_change(void)
   harness_free(h);
 }
 
+/* Two directors add the same new backend with different tags at the same time. Each sees the
+ * other's HOST while its own is still going round: both must settle on one tag (the lower name)
+ * and stop, not swap tags and flood the swap back for ever. */
+static void
+test_tag_conflict_settles(void)
+{
+  Harness *h = synced_ring(3);
+  UsherIp n = harness_ip("127.0.2.9");
+  guint64 op1 = harness_new_op(h), op2 = harness_new_op(h);
+  usher_director_admin_host_set(harness_node(h, 0), harness_now(h), op1, &n, "blue", 100);
+  usher_director_admin_host_set(harness_node(h, 2), harness_now(h), op2, &n, "amber", 100);
+  harness_drain(h, 0);
+  harness_drain(h, 2);
+  g_assert_true(harness_run_until_synced(h, 60 * SEC));
+  harness_run(h, 5 * SEC);
+  for (guint i = 0; i < 3; i++)
+    g_assert_cmpstr(host_of(h, i, "127.0.2.9")->tag->name, ==, "amber");
+  g_assert_true(harness_converged(h));
+  /* Quiet now: 10 s more carry pings and nothing else. */
+  guint64 before = 0, after = 0;
+  for (guint i = 0; i < 3; i++)
+    before += usher_director_get_stats(harness_node(h, i))->lines_out;
+  harness_run(h, 10 * SEC);
+  for (guint i = 0; i < 3; i++)
+    after += usher_director_get_stats(harness_node(h, i))->lines_out;
+  g_assert_cmpuint(after - before, <, 200);
+  harness_free(h);
+}
+
 static void
 test_down_up_remove_flush(void)
 {
@@ -661,6 +690,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/ring/large-handshake-slow-link", test_large_handshake_slow_link);
   g_test_add_func("/core/ring/split-merge", test_split_merge);
   g_test_add_func("/core/ring/vhost-change", test_vhost_change);
+  g_test_add_func("/core/ring/tag-conflict-settles", test_tag_conflict_settles);
   g_test_add_func("/core/ring/down-up-remove-flush", test_down_up_remove_flush);
   g_test_add_func("/core/ring/move-and-kick", test_move_and_kick);
   g_test_add_func("/core/ring/reset-users", test_reset_users);
