@@ -121,8 +121,8 @@ parse_decimal(const char *s, gsize len, guint64 max, guint64 *value_out)
   return TRUE;
 }
 
-static gboolean
-valid_tag(const char *s, gsize len)
+gboolean
+usher_tag_valid(const char *s, gsize len)
 {
   if (len == 0 || len > USHER_TAG_MAX_LEN)
     return FALSE;
@@ -439,7 +439,7 @@ parse_backend_element(const Element *elem, GPtrArray *parsed, GHashTable *seen, 
       element_error(error, USHER_CONFIG_ERROR_INVALID, elem, "the tag after \"@\" is empty");
       return FALSE;
     }
-    if (!valid_tag(at + 1, tag_len)) {
+    if (!usher_tag_valid(at + 1, tag_len)) {
       g_autofree char *q = quote(at + 1, (gssize)tag_len);
       element_error(error, USHER_CONFIG_ERROR_INVALID, elem,
                     "%s is not a valid tag (1 to %d letters, digits, '.', '_' or '-')", q,
@@ -1912,7 +1912,7 @@ parse_backend_group_key(BackendGroup *bg, const KeyRef *ref, GError **error)
     return FALSE;
   g_autofree char *q = quote(value, -1);
   if (strcmp(ref->key, "tag") == 0) {
-    if (*value != '\0' && !valid_tag(value, strlen(value))) {
+    if (*value != '\0' && !usher_tag_valid(value, strlen(value))) {
       key_error(error, USHER_CONFIG_ERROR_INVALID, ref,
                 "%s is not a valid tag (empty for the default tag, or 1 to %d letters, digits, "
                 "'.', '_' or '-')",

@@ -162,6 +162,8 @@ gboolean usher_backends_parse(const char *text, GPtrArray *out, GError **error);
 UsherBackendConfig *usher_backend_config_new(const UsherIp *ip, const char *tag, guint vhosts);
 /* A [backend IP] hostname: 1 to USHER_HOSTNAME_MAX_LEN letters, digits, '.', '-' and '_'. */
 gboolean usher_hostname_valid(const char *name);
+/* A tag name: 1 to USHER_TAG_MAX_LEN letters, digits, '.', '_' or '-'. */
+gboolean usher_tag_valid(const char *s, gsize len);
 void usher_backend_config_free(UsherBackendConfig *backend);
 
 /* A director address as [ring] directors writes one: IP, IP:PORT, [IPv6]:PORT; a bare IP takes

@@ -232,28 +232,45 @@ plan_chart(const char *path, GArray *rows, const guint64 *moved, guint64 total, 
   return TRUE;
 }
 
-/* Percent with two decimals as an integer number of hundredths, rounded. */
-static gboolean
-round_number(const GMatchInfo *match, GString *out, gpointer data)
-{
-  (void)data;
-  g_autofree char *number = g_match_info_fetch(match, 0);
-  char buf[G_ASCII_DTOSTR_BUF_SIZE];
-  g_ascii_formatd(buf, sizeof(buf), "%.2f", g_ascii_strtod(number, NULL));
-  gsize len = strlen(buf);
-  while (len > 0 && buf[len - 1] == '0' && len >= 2 && buf[len - 2] != '.')
-    buf[--len] = '\0'; /* 38.40 -> 38.4, 12.00 -> 12.0 */
-  g_string_append(out, buf);
-  return FALSE;
-}
-
 /* json-glib prints doubles with 17 digits (38.399999999999999); the plan's figures are in
- * hundredths: written as such (38.4). */
+ * hundredths: written as such (38.4). Only number tokens are touched: string literals (a host
+ * name such as "mx1.1234567.example") are copied as they are. */
 static char *
 round_json_numbers(const char *json)
 {
-  g_autoptr(GRegex) re = g_regex_new("-?[0-9]+\\.[0-9]{6,}", 0, 0, NULL);
-  return g_regex_replace_eval(re, json, -1, 0, 0, round_number, NULL, NULL);
+  GString *out = g_string_sized_new(strlen(json));
+  for (const char *p = json; *p != '\0';) {
+    if (*p == '"') {
+      const char *q = p + 1;
+      while (*q != '\0' && *q != '"')
+        q += (*q == '\\' && q[1] != '\0') ? 2 : 1;
+      if (*q == '"')
+        q++;
+      g_string_append_len(out, p, q - p);
+      p = q;
+      continue;
+    }
+    if (*p != '-' && !g_ascii_isdigit(*p)) {
+      g_string_append_c(out, *p++);
+      continue;
+    }
+    gsize n = strspn(p, "-+0123456789.eE");
+    const char *dot = memchr(p, '.', n);
+    gsize decimals = dot != NULL ? strspn(dot + 1, "0123456789") : 0;
+    if (decimals < 6 || memchr(p, 'e', n) != NULL || memchr(p, 'E', n) != NULL) {
+      g_string_append_len(out, p, (gssize)n);
+    } else {
+      g_autofree char *number = g_strndup(p, n);
+      char buf[G_ASCII_DTOSTR_BUF_SIZE];
+      g_ascii_formatd(buf, sizeof(buf), "%.2f", g_ascii_strtod(number, NULL));
+      gsize len = strlen(buf);
+      while (len >= 2 && buf[len - 1] == '0' && buf[len - 2] != '.')
+        buf[--len] = '\0'; /* 38.40 -> 38.4, 12.00 -> 12.0 */
+      g_string_append(out, buf);
+    }
+    p += n;
+  }
+  return g_string_free(out, FALSE);
 }
 
 static guint64
@@ -334,12 +351,13 @@ ushersim_cmd_plan(int argc, char **argv)
                     "1..100000000\n", user_count);
     return USHERSIM_EXIT_USAGE;
   }
-  if (max_moved != UNSET && (max_moved < 0 || max_moved > 100)) {
+  /* Written so that NaN (which compares false with everything) is out of range too. */
+  if (max_moved != UNSET && !(max_moved >= 0 && max_moved <= 100)) {
     fprintf(stderr, "ushersim plan: --max-moved %g is out of range: a percentage, 0..100\n",
             max_moved);
     return USHERSIM_EXIT_USAGE;
   }
-  if (max_share != UNSET && (max_share < 0 || max_share > 100)) {
+  if (max_share != UNSET && !(max_share >= 0 && max_share <= 100)) {
     fprintf(stderr, "ushersim plan: --max-share %g is out of range: a percentage, 0..100\n",
             max_share);
     return USHERSIM_EXIT_USAGE;
@@ -453,9 +471,14 @@ ushersim_cmd_plan(int argc, char **argv)
   gboolean read_failed = in != NULL && ferror(in);
   if (in != NULL && in != stdin)
     fclose(in);
-  if (read_failed) {
-    fprintf(stderr, "ushersim plan: %s: read error after line %" G_GUINT64_FORMAT "\n",
-            users_path, lineno);
+  if (read_failed || total == 0) {
+    if (read_failed)
+      fprintf(stderr, "ushersim plan: %s: read error after line %" G_GUINT64_FORMAT "\n",
+              users_path, lineno);
+    else
+      fprintf(stderr, "ushersim plan: --users %s: no user names in it (%" G_GUINT64_FORMAT
+                      " lines, all empty): a verdict on no users would say nothing\n",
+              users_path, lineno);
     g_free(moved);
     side_clear(&before);
     side_clear(&after);

@@ -2,9 +2,144 @@
 #include "sim/sim.h"
 #include "sim/world.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
-#include <unistd.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *
+ushersim_output_problem(const char *path)
+{
+  if (path[0] == '\0')
+    return "name is empty";
+  if (g_file_test(path, G_FILE_TEST_IS_DIR))
+    return "is a directory";
+  g_autofree char *dir = g_path_get_dirname(path);
+  if (!g_file_test(dir, G_FILE_TEST_IS_DIR))
+    return "is in a directory that does not exist";
+  if (access(path, F_OK) == 0 ? access(path, W_OK) != 0 : access(dir, W_OK) != 0)
+    return "cannot be written by this user";
+  return NULL;
+}
+
+const char *
+ushersim_output_dir_problem(const char *dir)
+{
+  if (dir[0] == '\0')
+    return "name is empty";
+  if (g_file_test(dir, G_FILE_TEST_EXISTS) && !g_file_test(dir, G_FILE_TEST_IS_DIR))
+    return "exists and is not a directory";
+  if (g_mkdir_with_parents(dir, 0755) != 0)
+    return "cannot be made";
+  if (access(dir, W_OK) != 0)
+    return "cannot be written by this user";
+  return NULL;
+}
+
+gboolean
+ushersim_write_file(const char *path, const char *data, gsize len, GError **error)
+{
+  struct stat st;
+  if (lstat(path, &st) != 0 || S_ISREG(st.st_mode))
+    return g_file_set_contents(path, data, (gssize)len, error);
+  int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot open it: %s",
+                g_strerror(e));
+    return FALSE;
+  }
+  for (gsize done = 0; done < len;) {
+    ssize_t n = write(fd, data + done, len - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      int e = n < 0 ? errno : EIO;
+      close(fd);
+      g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot write it: %s",
+                  g_strerror(e));
+      return FALSE;
+    }
+    done += (gsize)n;
+  }
+  if (close(fd) != 0) {
+    int e = errno;
+    g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(e), "cannot write it: %s",
+                g_strerror(e));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+ushersim_trace_read(const char *cmd, const char *path, char **scenario_out, guint64 *seed_out,
+                    char **fingerprint_out, char **first_failure_out)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(JsonParser) parser = json_parser_new();
+  if (!json_parser_load_from_file(parser, path, &error)) {
+    fprintf(stderr, "%s: %s\n", cmd, error->message);
+    return FALSE;
+  }
+  JsonNode *root = json_parser_get_root(parser);
+  JsonObject *o = root != NULL && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
+  if (o == NULL || !json_object_has_member(o, "usher_trace")) {
+    fprintf(stderr, "%s: %s: not an Usher trace (no \"usher_trace\" member)\n", cmd, path);
+    return FALSE;
+  }
+  const char *why = NULL, *field = NULL;
+  JsonNode *version = json_object_get_member(o, "usher_trace");
+  JsonNode *seed = json_object_get_member(o, "seed");
+  JsonNode *fp = json_object_get_member(o, "fingerprint");
+  JsonNode *failures = json_object_get_member(o, "failures");
+  JsonNode *scenario = json_object_get_member(o, "scenario");
+  if (!JSON_NODE_HOLDS_VALUE(version) || json_node_get_value_type(version) != G_TYPE_INT64 ||
+      json_node_get_int(version) != 1)
+    field = "usher_trace", why = "must be 1 (the only trace version)";
+  else if (seed == NULL || !JSON_NODE_HOLDS_VALUE(seed) ||
+           json_node_get_value_type(seed) != G_TYPE_INT64 || json_node_get_int(seed) < 0)
+    field = "seed", why = "must be a whole number from 0 to 9223372036854775807";
+  else if (fp == NULL || !JSON_NODE_HOLDS_VALUE(fp) ||
+           json_node_get_value_type(fp) != G_TYPE_STRING ||
+           strlen(json_node_get_string(fp)) != 16 ||
+           strspn(json_node_get_string(fp), "0123456789abcdef") != 16)
+    field = "fingerprint", why = "must be 16 lower-case hexadecimal digits, as run --trace writes";
+  else if (scenario == NULL || !JSON_NODE_HOLDS_OBJECT(scenario))
+    field = "scenario", why = "must be an object (the scenario the run was made of)";
+  else if (failures != NULL && !JSON_NODE_HOLDS_ARRAY(failures))
+    field = "failures", why = "must be an array of strings";
+  if (why == NULL && failures != NULL) {
+    JsonArray *a = json_node_get_array(failures);
+    for (guint i = 0; i < json_array_get_length(a) && why == NULL; i++) {
+      JsonNode *e = json_array_get_element(a, i);
+      if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_STRING)
+        field = "failures", why = "must be an array of strings";
+    }
+  }
+  if (why != NULL) {
+    fprintf(stderr, "%s: %s: %s: %s\n", cmd, path, field, why);
+    return FALSE;
+  }
+  g_autoptr(JsonGenerator) gen = json_generator_new();
+  json_generator_set_root(gen, scenario);
+  g_autofree char *text = json_generator_to_data(gen, NULL);
+  g_autofree char *source = g_strdup_printf("%s: scenario", path);
+  g_autoptr(SimScenario) sc = sim_scenario_load_data(text, -1, source, &error);
+  if (sc == NULL) {
+    fprintf(stderr, "%s: %s\n", cmd, error->message);
+    return FALSE;
+  }
+  *scenario_out = g_steal_pointer(&text);
+  *seed_out = (guint64)json_node_get_int(seed);
+  *fingerprint_out = g_strdup(json_node_get_string(fp));
+  *first_failure_out = NULL;
+  if (failures != NULL && json_array_get_length(json_node_get_array(failures)) > 0)
+    *first_failure_out =
+      g_strdup(json_node_get_string(json_array_get_element(json_node_get_array(failures), 0)));
+  return TRUE;
+}
 
 static gboolean
 write_json(JsonNode *root, const char *path, GError **error)
@@ -12,7 +147,9 @@ write_json(JsonNode *root, const char *path, GError **error)
   g_autoptr(JsonGenerator) gen = json_generator_new();
   json_generator_set_root(gen, root);
   json_generator_set_pretty(gen, TRUE);
-  return json_generator_to_file(gen, path, error);
+  gsize len;
+  g_autofree char *text = json_generator_to_data(gen, &len);
+  return ushersim_write_file(path, text, len, error);
 }
 
 /* A trace holds the scenario text, the seed and the outcome: enough to run it again. */
@@ -69,11 +206,7 @@ ushersim_run_scenario_text(const char *text, const char *source, gint64 seed_opt
   for (gsize i = 0; i < G_N_ELEMENTS(outputs); i++) {
     if (outputs[i].path == NULL)
       continue;
-    g_autofree char *dir = g_path_get_dirname(outputs[i].path);
-    const char *why = g_file_test(outputs[i].path, G_FILE_TEST_IS_DIR) ? "is a directory"
-                      : !g_file_test(dir, G_FILE_TEST_IS_DIR)          ? "is in a directory that does not exist"
-                      : access(dir, W_OK) != 0                          ? "is in a directory this user cannot write"
-                                                                        : NULL;
+    const char *why = ushersim_output_problem(outputs[i].path);
     if (why != NULL) {
       fprintf(stderr, "ushersim: %s %s: the file %s\n", outputs[i].option, outputs[i].path, why);
       return USHERSIM_EXIT_USAGE;
@@ -172,33 +305,20 @@ ushersim_cmd_replay(int argc, char **argv)
     fprintf(stderr, "ushersim replay: %s\n", error != NULL ? error->message : "give one trace file");
     return USHERSIM_EXIT_USAGE;
   }
-  g_autoptr(JsonParser) parser = json_parser_new();
-  if (!json_parser_load_from_file(parser, argv[1], &error)) {
-    fprintf(stderr, "ushersim replay: %s: %s\n", argv[1], error->message);
+  g_autofree char *text = NULL, *want = NULL, *first_failure = NULL;
+  guint64 seed;
+  if (!ushersim_trace_read("ushersim replay", argv[1], &text, &seed, &want, &first_failure))
     return USHERSIM_EXIT_USAGE;
-  }
-  JsonNode *root = json_parser_get_root(parser);
-  JsonObject *o = root != NULL && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
-  if (o == NULL || !json_object_has_member(o, "usher_trace") ||
-      !json_object_has_member(o, "scenario") || !json_object_has_member(o, "seed") ||
-      !json_object_has_member(o, "fingerprint")) {
-    fprintf(stderr, "ushersim replay: %s: not an Usher trace\n", argv[1]);
-    return USHERSIM_EXIT_USAGE;
-  }
-  g_autoptr(JsonGenerator) gen = json_generator_new();
-  json_generator_set_root(gen, json_object_get_member(o, "scenario"));
-  g_autofree char *text = json_generator_to_data(gen, NULL);
-  gint64 seed = json_object_get_int_member(o, "seed");
-  const char *want = json_object_get_string_member(o, "fingerprint");
   guint64 got = 0;
   g_autofree char *source = g_strdup_printf("%s: scenario", argv[1]);
-  int status = ushersim_run_scenario_text(text, source, seed, NULL, NULL, NULL, quiet, &got);
+  int status =
+    ushersim_run_scenario_text(text, source, (gint64)seed, NULL, NULL, NULL, quiet, &got);
   if (status == USHERSIM_EXIT_USAGE)
     return status;
   g_autofree char *got_text = g_strdup_printf("%016" G_GINT64_MODIFIER "x", got);
-  if (want == NULL || strcmp(want, got_text) != 0) {
+  if (strcmp(want, got_text) != 0) {
     printf("replay: fingerprint %s differs from the recorded %s: the run did not reproduce\n",
-           got_text, want != NULL ? want : "?");
+           got_text, want);
     return USHERSIM_EXIT_CHECK_FAILED;
   }
   printf("replay: reproduced fingerprint %s (%s)\n", got_text,

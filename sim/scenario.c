@@ -1,6 +1,8 @@
 /* scenario.c - loading and validating simulator scenarios (see scenario.h, doc/scenarios.md). */
 #include "sim/scenario.h"
 
+#include "libcore/host.h"
+
 #include <string.h>
 
 G_DEFINE_QUARK(sim-scenario-error-quark, sim_scenario_error)
@@ -179,6 +181,18 @@ get_bool(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboole
   *out = json_node_get_boolean(n);
   return TRUE;
 }
+/* TRUE if s has no control character; fails naming path otherwise. Strings that become
+ * configuration lines (backends, settings) would gain lines from a newline. */
+static gboolean
+no_controls(Ctx *ctx, const char *path, const char *s)
+{
+  for (const char *c = s; *c != '\0'; c++)
+    if ((guchar)*c < 0x20 || *c == 0x7f)
+      return fail(ctx, path, "contains a control character (byte 0x%02x at offset %u)",
+                  (guchar)*c, (guint)(c - s));
+  return TRUE;
+}
+
 
 static const char *
 get_string(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboolean required)
@@ -194,7 +208,21 @@ get_string(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gboo
     fail(ctx, p, "must be a string");
     return NULL;
   }
-  return json_node_get_string(n);
+  const char *s = json_node_get_string(n);
+  if (strcmp(member, "description") != 0 && !no_controls(ctx, p, s))
+    return NULL;
+  return s;
+}
+
+/* A tag, empty for none: the configuration's grammar. */
+static gboolean
+tag_ok(Ctx *ctx, const char *path, const char *member, const char *tag)
+{
+  if (tag == NULL || tag[0] == '\0' || usher_tag_valid(tag, strlen(tag)))
+    return TRUE;
+  g_autofree char *p = sub(path, member);
+  return fail(ctx, p, "\"%s\" is not a tag: 1 to %d letters, digits, '.', '_' or '-'", tag,
+              USHER_TAG_MAX_LEN);
 }
 
 /* A number that may have a fraction, as thousandths (logins per second, percentages). */
@@ -405,7 +433,14 @@ append_group(Ctx *ctx, JsonObject *cl, const char *name, GString *conf)
   members = g_list_sort(members, (GCompareFunc)strcmp);
   for (GList *l = members; l != NULL; l = l->next) {
     JsonNode *v = json_object_get_member(group, l->data);
-    g_autofree char *p = g_strdup_printf("cluster.%s.%s", name, (char *)l->data);
+    const char *key = l->data;
+    g_autofree char *key_shown = g_strescape(key, NULL);
+    g_autofree char *p = g_strdup_printf("cluster.%s.%s", name, key_shown);
+    if (key[0] == '\0' || strspn(key, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(key))
+      return fail(ctx, p, "is not a setting name: lower-case letters, digits and '_'");
+    if (JSON_NODE_HOLDS_VALUE(v) && json_node_get_value_type(v) == G_TYPE_STRING &&
+        !no_controls(ctx, p, json_node_get_string(v)))
+      return FALSE;
     if (!JSON_NODE_HOLDS_VALUE(v) || (json_node_get_value_type(v) != G_TYPE_STRING &&
                                       json_node_get_value_type(v) != G_TYPE_INT64 &&
                                       json_node_get_value_type(v) != G_TYPE_BOOLEAN))
@@ -469,6 +504,12 @@ load_cluster(Ctx *ctx, SimScenario *sc, JsonObject *root)
     JsonNode *e = json_array_get_element(ba, i);
     g_autofree char *p = g_strdup_printf("cluster.backends[%u]", i);
     if (JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING) {
+      if (!no_controls(ctx, p, json_node_get_string(e))) {
+        g_string_free(conf, TRUE);
+        g_string_free(hosts, TRUE);
+        g_string_free(groups, TRUE);
+        return FALSE;
+      }
       g_string_append_printf(hosts, " %s", json_node_get_string(e));
       continue;
     }
@@ -487,7 +528,8 @@ load_cluster(Ctx *ctx, SimScenario *sc, JsonObject *root)
     if (!only_members(ctx, p, o, ballowed) || !get_ip(ctx, p, o, "ip", TRUE, &ip, NULL) ||
         !get_uint(ctx, p, o, "vhosts", 0, 1000, &vhosts) || !get_bool(ctx, p, o, "down", &down) ||
         !get_uint(ctx, p, o, "capacity", 0, G_MAXUINT32, &cap) ||
-        ((tag = get_string(ctx, p, o, "tag", FALSE)) == NULL && ctx->failed)) {
+        ((tag = get_string(ctx, p, o, "tag", FALSE)) == NULL && ctx->failed) ||
+        !tag_ok(ctx, p, "tag", tag)) {
       g_string_free(conf, TRUE);
       g_string_free(hosts, TRUE);
       g_string_free(groups, TRUE);
@@ -650,6 +692,21 @@ load_workload(Ctx *ctx, SimScenario *sc, JsonObject *root)
   sc->user_suffix = g_strdup(pct + 2);
   if (!parse_tags(ctx, w, sc))
     return FALSE;
+  /* A run whose users have nowhere to go at the start checks nothing (no login can succeed, and
+   * every check of placement passes on no data): say so, as map and plan do. A scenario that
+   * takes every backend away later does so with events. */
+  for (guint t = 0; t < sc->n_tags; t++) {
+    gboolean usable = FALSE;
+    for (guint i = 0; i < sc->config->backends->len && !usable; i++) {
+      const UsherBackendConfig *b = g_ptr_array_index(sc->config->backends, i);
+      usable = strcmp(b->tag, sc->tags[t]) == 0 && b->vhost_count > 0 && !b->down;
+    }
+    if (!usable)
+      return fail(ctx, "cluster.backends",
+                  "no backend%s%s%s can take users at the start: every one has vhosts 0 or is down",
+                  sc->tags[t][0] != '\0' ? " with tag \"" : "", sc->tags[t],
+                  sc->tags[t][0] != '\0' ? "\"" : "");
+  }
   sc->rate_milli = 10000;
   if (!get_milli(ctx, "workload", w, "logins_per_second", 0, G_GINT64_CONSTANT(100000000),
                  &sc->rate_milli))
@@ -850,7 +907,8 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
     if (!only_members(ctx, p, o, a) || !get_director(ctx, sc, p, o, "director", &ev->director) ||
         !get_ip(ctx, p, o, "host", TRUE, &ev->host, &ev->has_host) ||
         !get_uint(ctx, p, o, "vhosts", 0, 1000, &v) ||
-        ((tag = get_string(ctx, p, o, "tag", FALSE)) == NULL && ctx->failed))
+        ((tag = get_string(ctx, p, o, "tag", FALSE)) == NULL && ctx->failed) ||
+        !tag_ok(ctx, p, "tag", tag))
       return FALSE;
     ev->vhosts = (guint)v;
     ev->tag = g_strdup(tag != NULL ? tag : "");

@@ -135,6 +135,22 @@ backend_index(SimWorld *w, const UsherIp *ip)
   return G_MAXUINT;
 }
 
+/* The backend machine at ip, added to the world if no event named it yet: a backend-fail or
+ * backend-recover may come before the host-add that tells the directors about it (or a host-add
+ * may have gone to a director that was down). */
+static guint
+backend_ensure(SimWorld *w, const UsherIp *ip)
+{
+  guint b = backend_index(w, ip);
+  if (b != G_MAXUINT)
+    return b;
+  SimBackend be = {0};
+  be.ip = *ip;
+  usher_ip_to_string(ip, be.ip_str);
+  g_array_append_val(w->backends, be);
+  return w->backends->len - 1;
+}
+
 /* Can director node reach backend b (it works and the path from node is not cut)? */
 static gboolean
 backend_reachable(SimWorld *w, guint b, guint node)
@@ -969,12 +985,7 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
   switch (ev->kind) {
   case SIM_EV_HOST_ADD:
     if (n->up) {
-      if (backend_index(w, &ev->host) == G_MAXUINT) {
-        SimBackend b = {0};
-        b.ip = ev->host;
-        usher_ip_to_string(&ev->host, b.ip_str);
-        g_array_append_val(w->backends, b);
-      }
+      (void)backend_ensure(w, &ev->host);
       usher_director_admin_host_set(n->d, node_now(w, n), op, &ev->host, ev->tag,
                                     (gint)ev->vhosts);
       admin = TRUE;
@@ -1103,7 +1114,7 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
     n->drift_ppm = ev->ppm;
     break;
   case SIM_EV_BACKEND_FAIL: {
-    guint b = backend_index(w, &ev->host);
+    guint b = backend_ensure(w, &ev->host);
     SimBackend *be = &g_array_index(w->backends, SimBackend, b);
     if (ev->from_mask == 0)
       be->failed = TRUE;
@@ -1123,7 +1134,7 @@ apply_event(SimWorld *w, const SimScenarioEvent *ev)
     break;
   }
   case SIM_EV_BACKEND_RECOVER: {
-    guint b = backend_index(w, &ev->host);
+    guint b = backend_ensure(w, &ev->host);
     SimBackend *be = &g_array_index(w->backends, SimBackend, b);
     if (ev->from_mask == 0) {
       be->failed = FALSE;

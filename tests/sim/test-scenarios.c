@@ -181,6 +181,20 @@ test_errors(void)
                "\"director-crash\", \"director\": 1}]}",
                "events[0].at: \"20m\" is out of range: 0s to 10m");
   expect_error("{\"name\": \"x\",\n \"duration\": \"10m\" \"cluster\": {}}", "bad.json:2:18: Parse error");
+  /* Strings that become configuration lines: no line breaks smuggled in. */
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\\n[health]\\nenabled = true\"]}}",
+               "cluster.backends[0]: contains a control character (byte 0x0a at offset 8)");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"], \"settings\": "
+               "{\"user_expire\": \"15m\\n[health]\"}}}",
+               "cluster.settings.user_expire: contains a control character");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"], \"settings\": "
+               "{\"user_expire = 1m\\n#\": \"5m\"}}}",
+               "is not a setting name: lower-case letters, digits and '_'");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [{\"ip\": \"10.0.2.1\", \"tag\": \"eu us\"}]}}",
+               "cluster.backends[0].tag: \"eu us\" is not a tag");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1=0\", \"10.0.2.2=0\"]}, "
+               "\"workload\": {\"users\": 10}}",
+               "cluster.backends: no backend can take users at the start");
   expect_error("{" BASE ", \"driver\": {\"kick_lost\": 120}}", "driver.kick_lost: out of range");
   expect_error("{" BASE ", \"driver\": {\"flush_failed\": 60, \"flush_lost\": 50}}",
                "driver: flush_failed and flush_lost add up to more than 100");

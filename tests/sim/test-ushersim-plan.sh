@@ -121,5 +121,16 @@ assert os.path.getsize(sys.argv[1]) > 10000
 fi
 "$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/removed.conf" --user-count 500 --chart "$tmp/no/such/dir/p.svg" > /dev/null 2> "$tmp/chart.err"
 check "plan --chart into a missing directory fails at once (exit 2)" '[ $? -eq 2 ] && grep -q "does not exist" "$tmp/chart.err"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" --max-moved nan > /dev/null 2> "$tmp/nan.err"
+check "--max-moved nan is bad input naming the range" '[ $? -eq 2 ] && grep -q "0..100" "$tmp/nan.err"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" --max-share NaN > /dev/null 2> "$tmp/nan2.err"
+check "--max-share NaN is bad input naming the range" '[ $? -eq 2 ] && grep -q "0..100" "$tmp/nan2.err"'
+printf '\n\n' > "$tmp/nousers.txt"
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/removed.conf" --users "$tmp/nousers.txt" > /dev/null 2> "$tmp/nousers.err"
+check "--users with no user name is bad input, not a verdict" '[ $? -eq 2 ] && grep -q "no user names in it" "$tmp/nousers.err"'
+printf '[backends]\nhosts = 10.0.0.1 10.0.0.2\n[backend 10.0.0.1]\nhostname = mx1.1234567.example\n' > "$tmp/hn.conf"
+"$sim" plan --config "$tmp/hn.conf" --proposed "$tmp/hn.conf" --user-count 300 --json > "$tmp/hn.json"
+check "plan --json rounds numbers only, never a host name's digits" \
+  'grep -q "\"mx1.1234567.example\"" "$tmp/hn.json"'
 echo "1..$n"
 [ $failed -eq 0 ]

@@ -173,5 +173,37 @@ check "a bad scenario exits 2 naming the field" '[ $? -eq 2 ] && grep -q "extra:
 check "a missing scenario exits 2" '[ $? -eq 2 ]'
 "$sim" swarm --seeds 4 --start 10 > "$tmp/swarm.txt"
 check "swarm runs seeds and reports" '[ $? -eq 0 ] && grep -q "swarm: 4 seeds from 10" "$tmp/swarm.txt"'
+# Output paths: a symbolic link is written through, never replaced; an empty name fails first.
+echo old > "$tmp/target.json"
+ln -s "$tmp/target.json" "$tmp/link.json"
+"$sim" run -q "$scen/kick-storm.json" --report "$tmp/link.json"
+check "--report through a symbolic link writes its target and keeps the link" \
+  '[ $? -eq 0 ] && [ -L "$tmp/link.json" ] && grep -q "\"scenario\"" "$tmp/target.json"'
+"$sim" run "$scen/kick-storm.json" --report "" > "$tmp/empty.out" 2> "$tmp/empty.err"
+check "--report \"\" fails before the run" '[ $? -eq 2 ] && grep -q "name is empty" "$tmp/empty.err" && [ ! -s "$tmp/empty.out" ]'
+"$sim" shrink "$tmp/ft.json" --out "$tmp/no/such/dir/s.json" > "$tmp/so.out" 2> "$tmp/so.err"
+check "shrink --out into a missing directory fails before shrinking" \
+  '[ $? -eq 2 ] && grep -q "does not exist" "$tmp/so.err" && [ ! -s "$tmp/so.out" ]'
+# Traces: every field checked, one line naming it.
+for bad in 'd["seed"]={}' 'd["seed"]=-5' 'd["seed"]="abc"' 'd["fingerprint"]=12' 'd["usher_trace"]=99' 'd["failures"]=[5]' 'd["scenario"]["duration"]="xyz"'; do
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); $bad; json.dump(d, open(sys.argv[2],'w'))" "$tmp/ft.json" "$tmp/bad.json"
+  "$sim" replay "$tmp/bad.json" > /dev/null 2> "$tmp/bad.err"
+  st=$?
+  check "replay of a trace with $bad: exit 2, one line naming the field" \
+    '[ $st -eq 2 ] && [ "$(wc -l < "$tmp/bad.err")" = 1 ] && ! grep -q CRITICAL "$tmp/bad.err"'
+done
+# A backend failing before the host-add that names it (or one sent to a crashed director).
+cat > "$tmp/failfirst.json" <<'JSON'
+{"name": "fail-first", "duration": "3m",
+ "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.3"]},
+ "workload": {"users": 100, "logins_per_second": 2},
+ "events": [{"at": "10s", "type": "director-crash", "director": 2},
+            {"at": "20s", "type": "host-add", "director": 2, "host": "10.0.2.8"},
+            {"at": "1m30s", "type": "host-add", "director": 0, "host": "10.0.2.9"},
+            {"at": "1m", "type": "backend-fail", "host": "10.0.2.9"},
+            {"at": "2m", "type": "backend-recover", "host": "10.0.2.8"}]}
+JSON
+"$sim" run -q "$tmp/failfirst.json" > /dev/null 2>&1
+check "backend events before their host-add run (no crash)" '[ $? -eq 0 ]'
 echo "1..$n"
 [ $failed -eq 0 ]
