@@ -1,5 +1,6 @@
 /* cmd-run.c - "ushersim run" and "ushersim replay". */
 #include "sim/sim.h"
+#include "sim/json-strict.h"
 #include "sim/world.h"
 
 #include <errno.h>
@@ -78,8 +79,12 @@ ushersim_trace_read(const char *cmd, const char *path, char **scenario_out, guin
                     char **fingerprint_out, char **first_failure_out)
 {
   g_autoptr(GError) error = NULL;
+  g_autofree char *data = NULL;
+  gsize data_len;
   g_autoptr(JsonParser) parser = json_parser_new();
-  if (!json_parser_load_from_file(parser, path, &error)) {
+  if (!g_file_get_contents(path, &data, &data_len, &error) ||
+      !sim_json_check(data, data_len, path, &error) ||
+      !json_parser_load_from_data(parser, data, (gssize)data_len, &error)) {
     fprintf(stderr, "%s: %s\n", cmd, error->message);
     return FALSE;
   }

@@ -1,5 +1,6 @@
 /* scenario.c - loading and validating simulator scenarios (see scenario.h, doc/scenarios.md). */
 #include "sim/scenario.h"
+#include "sim/json-strict.h"
 
 #include "libcore/host.h"
 
@@ -54,60 +55,6 @@ format_duration(gint64 us)
     if (us % units[i].us == 0)
       return g_strdup_printf("%" G_GINT64_FORMAT "%s", us / units[i].us, units[i].unit);
   return g_strdup_printf("%" G_GINT64_FORMAT "us", us);
-}
-
-/* JSON objects with a key given twice: json-glib keeps the last one silently, an operator's
- * typo would pass unseen. A scan of the text (strings and nesting only). FALSE with *error
- * naming the line and column of the second one. */
-static gboolean
-no_duplicate_keys(const char *data, gsize len, const char *source, GError **error)
-{
-  GPtrArray *stack = g_ptr_array_new_with_free_func((GDestroyNotify)g_hash_table_unref);
-  GArray *is_object = g_array_new(FALSE, FALSE, sizeof(gboolean));
-  guint line = 1, col = 1;
-  gboolean ok = TRUE;
-  for (gsize i = 0; i < len && ok; i++, col++) {
-    char c = data[i];
-    if (c == '\n') {
-      line++;
-      col = 0;
-    } else if (c == '{' || c == '[') {
-      gboolean obj = c == '{';
-      g_array_append_val(is_object, obj);
-      g_ptr_array_add(stack, g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL));
-    } else if ((c == '}' || c == ']') && stack->len > 0) {
-      g_ptr_array_set_size(stack, stack->len - 1);
-      g_array_set_size(is_object, is_object->len - 1);
-    } else if (c == '"') {
-      guint kline = line, kcol = col;
-      gsize start = i + 1;
-      for (i++; i < len && data[i] != '"'; i++, col++)
-        if (data[i] == '\\' && i + 1 < len) {
-          i++;
-          col++;
-        }
-      col++;
-      gsize end = MIN(i, len);
-      /* A key is a string followed by ':' inside an object. */
-      gsize k = end + 1;
-      while (k < len && (data[k] == ' ' || data[k] == '\t' || data[k] == '\r' || data[k] == '\n'))
-        k++;
-      if (k < len && data[k] == ':' && stack->len > 0 &&
-          g_array_index(is_object, gboolean, is_object->len - 1)) {
-        GHashTable *keys = g_ptr_array_index(stack, stack->len - 1);
-        char *key = g_strndup(data + start, end - start);
-        if (!g_hash_table_add(keys, key)) {
-          g_set_error(error, SIM_SCENARIO_ERROR, 0,
-                      "%s:%u:%u: the key \"%.*s\" is given twice in one object", source, kline,
-                      kcol, (int)(end - start), data + start);
-          ok = FALSE;
-        }
-      }
-    }
-  }
-  g_ptr_array_unref(stack);
-  g_array_unref(is_object);
-  return ok;
 }
 
 static gboolean
@@ -1402,8 +1349,14 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
   g_array_set_clear_func(sc->checks, check_clear);
   Ctx ctx = {source, error, FALSE};
 
-  g_autoptr(JsonParser) parser = json_parser_new();
+  /* Strict JSON first (json-strict.h): json-glib reads 0100 as 64 and keeps the last of two
+   * equal keys. */
   g_autoptr(GError) local = NULL;
+  if (!sim_json_check(data, len < 0 ? strlen(data) : (gsize)len, source, &local)) {
+    g_set_error_literal(error, SIM_SCENARIO_ERROR, 0, local->message);
+    return NULL;
+  }
+  g_autoptr(JsonParser) parser = json_parser_new();
   if (!json_parser_load_from_data(parser, data, len, &local)) {
     /* json-glib names the input "<data>": say which file, with its line and column. */
     const char *msg = local->message;
@@ -1412,8 +1365,6 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
     g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s:%s (not valid JSON)", source, msg);
     return NULL;
   }
-  if (!no_duplicate_keys(data, len < 0 ? strlen(data) : (gsize)len, source, error))
-    return NULL;
   JsonNode *rootn = json_parser_get_root(parser);
   if (rootn == NULL || !JSON_NODE_HOLDS_OBJECT(rootn)) {
     g_set_error(error, SIM_SCENARIO_ERROR, 0, "%s: the scenario must be a JSON object", source);

@@ -180,7 +180,31 @@ test_errors(void)
   expect_error("{" BASE ", \"duration\": \"10m\", \"events\": [{\"at\": \"20m\", \"type\": "
                "\"director-crash\", \"director\": 1}]}",
                "events[0].at: \"20m\" is out of range: 0s to 10m");
-  expect_error("{\"name\": \"x\",\n \"duration\": \"10m\" \"cluster\": {}}", "bad.json:2:18: Parse error");
+  expect_error("{\"name\": \"x\",\n \"duration\": \"10m\" \"cluster\": {}}",
+               "bad.json:2:20: expected ',' or '}' after a member, found a string");
+  /* Only JSON (RFC 8259): json-glib alone would read these with values nobody wrote. */
+  expect_error("{" BASE ", \"seed\": 0100}", "bad.json:1:");
+  expect_error("{" BASE ", \"seed\": 0100}", "a number may not start with 0");
+  expect_error("{" BASE ", \"seed\": 0x64}", "no 0x");
+  expect_error("{" BASE ", \"seed\": .5}", "expected a value, found a number");
+  expect_error("{" BASE ", \"description\": 'x'}", "found a single quote");
+  expect_error("{" BASE ", \"description\": \"\\q\"}", "\\q is not a JSON escape");
+  expect_error("{" BASE " /* note */}", "'/' (JSON has no comments)");
+  expect_error("{" BASE "} {}", "more text after the end of the JSON value");
+  expect_error("{" BASE ", \"seed\": 1,}", "a ',' before '}' (JSON has no trailing commas)");
+  expect_error("{" BASE ", \"description\": \"\\ud800\"}", "\\ud800 is half of a surrogate pair");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"]}, "
+               "\"workload\": {\"users\": 100, \"us\\u0065rs\": 5}}",
+               "the key \"users\" is given twice in one object");
+  expect_error("{" BASE ", \"description\": \"caf\xe9\"}", "bytes that are not UTF-8");
+  {
+    g_autoptr(GError) error = NULL;
+    static const char with_nul[] = "{\"name\": \"x\"}\0garbage";
+    g_autoptr(SimScenario) sc =
+      sim_scenario_load_data(with_nul, sizeof(with_nul) - 1, "bad.json", &error);
+    g_assert_null(sc);
+    g_assert_nonnull(strstr(error->message, "bad.json:1:14: a NUL byte"));
+  }
   /* Strings that become configuration lines: no line breaks smuggled in. */
   expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\\n[health]\\nenabled = true\"]}}",
                "cluster.backends[0]: contains a control character (byte 0x0a at offset 8)");
