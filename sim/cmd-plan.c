@@ -384,6 +384,7 @@ ushersim_cmd_plan(int argc, char **argv)
   /* moved[from * (n + 1) + to]; index n stands for "no usable backend". */
   guint64 *moved = g_new0(guint64, (gsize)(n + 1) * (n + 1));
   guint64 total = 0, total_moved = 0, none_before = 0, none_after = 0, empty = 0;
+  guint64 rehashed = 0; /* users whose hash the new username_hash changes */
 
   FILE *in = NULL;
   if (users_path != NULL && g_file_test(users_path, G_FILE_TEST_IS_DIR)) {
@@ -443,10 +444,11 @@ ushersim_cmd_plan(int argc, char **argv)
           *c = g_ascii_toupper(*c); /* User4@EXAMPLE.edu */
       user = name;
     }
-    UsherHost *hb = usher_tag_place(before.table, before.tag,
-                                    usher_hash_format_user(before.format, user, (gssize)len));
-    UsherHost *ha = usher_tag_place(after.table, after.tag,
-                                    usher_hash_format_user(after.format, user, (gssize)len));
+    guint32 hash_before = usher_hash_format_user(before.format, user, (gssize)len);
+    guint32 hash_after = usher_hash_format_user(after.format, user, (gssize)len);
+    rehashed += hash_before != hash_after;
+    UsherHost *hb = usher_tag_place(before.table, before.tag, hash_before);
+    UsherHost *ha = usher_tag_place(after.table, after.tag, hash_after);
     guint from = hb != NULL ? row_of(rows, &hb->ip) : n;
     guint to = ha != NULL ? row_of(rows, &ha->ip) : n;
     total++;
@@ -496,8 +498,10 @@ ushersim_cmd_plan(int argc, char **argv)
     }
   }
   guint64 moved_pct = hundredths(total_moved, total);
-  gboolean hash_changes = strcmp(usher_hash_format_get_text(before.format),
-                                 usher_hash_format_get_text(after.format)) != 0;
+  /* By what it does, not how it is written: %u and %{user} hash every user the same. */
+  gboolean hash_text_differs = strcmp(usher_hash_format_get_text(before.format),
+                                      usher_hash_format_get_text(after.format)) != 0;
+  gboolean hash_changes = rehashed > 0;
   gboolean over_moved = max_moved >= 0 && (double)moved_pct > max_moved * 100.0 + 1e-9;
   gboolean over_share = max_share >= 0 && (double)max_share_after > max_share * 100.0 + 1e-9;
   gboolean safe = !over_moved && !over_share && !hash_changes && none_after == 0;
@@ -515,6 +519,8 @@ ushersim_cmd_plan(int argc, char **argv)
     json_builder_add_double_value(b, max_share_after / 100.0);
     json_builder_set_member_name(b, "username_hash_changes");
     json_builder_add_boolean_value(b, hash_changes);
+    json_builder_set_member_name(b, "users_hashed_differently");
+    json_builder_add_int_value(b, (gint64)rehashed);
     json_builder_set_member_name(b, "unplaced_before");
     json_builder_add_int_value(b, (gint64)none_before);
     json_builder_set_member_name(b, "unplaced_after");
@@ -610,8 +616,15 @@ ushersim_cmd_plan(int argc, char **argv)
     printf("\nlargest share after the change: %s %" G_GUINT64_FORMAT ".%02u%%\n", max_share_host,
            max_share_after / 100, (guint)(max_share_after % 100));
     if (hash_changes)
-      printf("username_hash changes (%s -> %s): every user is hashed differently\n",
-             usher_hash_format_get_text(before.format), usher_hash_format_get_text(after.format));
+      printf("username_hash changes (%s -> %s): %" G_GUINT64_FORMAT " of the %" G_GUINT64_FORMAT
+             " users are hashed differently\n",
+             usher_hash_format_get_text(before.format), usher_hash_format_get_text(after.format),
+             rehashed, total);
+    else if (hash_text_differs)
+      printf("username_hash is written differently (%s -> %s) but hashes all %" G_GUINT64_FORMAT
+             " users the same\n",
+             usher_hash_format_get_text(before.format), usher_hash_format_get_text(after.format),
+             total);
     if (none_after > 0)
       printf("%" G_GUINT64_FORMAT " users would have no usable backend\n", none_after);
     if (over_moved)

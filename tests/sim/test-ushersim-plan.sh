@@ -132,5 +132,10 @@ printf '[backends]\nhosts = 10.0.0.1 10.0.0.2\n[backend 10.0.0.1]\nhostname = mx
 "$sim" plan --config "$tmp/hn.conf" --proposed "$tmp/hn.conf" --user-count 300 --json > "$tmp/hn.json"
 check "plan --json rounds numbers only, never a host name's digits" \
   'grep -q "\"mx1.1234567.example\"" "$tmp/hn.json"'
+printf '[director]\nusername_hash = %%{user}\n[backends]\nhosts = 10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4\n' > "$tmp/same-hash.conf"
+printf '[director]\nusername_hash = %%u\n[backends]\nhosts = 10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4\n' > "$tmp/same-hash0.conf"
+"$sim" plan --config "$tmp/same-hash0.conf" --proposed "$tmp/same-hash.conf" --user-count 1000 > "$tmp/sh.txt"
+check "%u -> %{user} hashes alike: not a change, said so, exit 0" \
+  '[ $? -eq 0 ] && grep -q "written differently" "$tmp/sh.txt" && grep -q "safe to apply in one step: yes" "$tmp/sh.txt"'
 echo "1..$n"
 [ $failed -eq 0 ]
