@@ -1119,6 +1119,42 @@ require(Ctx *ctx, const char *p, JsonObject *o, const char *member)
   return fail(ctx, p, "\"%s\" is missing", member);
 }
 
+/* TRUE if ip is a backend of the scenario (cluster.backends or a host-add); fails naming
+ * p.member otherwise: a check about a machine that is not there cannot say anything. */
+static gboolean
+backend_known(Ctx *ctx, const SimScenario *sc, const char *p, const char *member, const UsherIp *ip)
+{
+  for (guint i = 0; i < sc->backends->len; i++)
+    if (usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip, ip))
+      return TRUE;
+  for (guint i = 0; i < sc->events->len; i++) {
+    const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
+    if (ev->kind == SIM_EV_HOST_ADD && usher_ip_equal(&ev->host, ip))
+      return TRUE;
+  }
+  char text[USHER_IP_STRLEN];
+  g_autofree char *mp = sub(p, member);
+  return fail(ctx, mp, "%s is not a backend of the scenario (cluster.backends or a host-add)",
+              usher_ip_to_string(ip, text));
+}
+
+/* TRUE if name is one of the workload's users (user_format with 1..users). */
+static gboolean
+user_known(const SimScenario *sc, const char *name)
+{
+  gsize pl = strlen(sc->user_prefix), sl = strlen(sc->user_suffix), nl = strlen(name);
+  if (nl <= pl + sl || strncmp(name, sc->user_prefix, pl) != 0 ||
+      strcmp(name + nl - sl, sc->user_suffix) != 0 || name[pl] == '0')
+    return FALSE;
+  guint64 v = 0;
+  for (gsize i = pl; i < nl - sl; i++) {
+    if (!g_ascii_isdigit(name[i]) || v > sc->users)
+      return FALSE;
+    v = v * 10 + (guint64)(name[i] - '0');
+  }
+  return v >= 1 && v <= sc->users;
+}
+
 static gboolean
 load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
 {
@@ -1201,19 +1237,10 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
         !get_milli(ctx, p, o, "min", 0, 100000, &lo) ||
         !get_milli(ctx, p, o, "max", 0, 100000, &hi))
       return FALSE;
-    gboolean known = FALSE;
-    for (guint i = 0; i < sc->backends->len && !known; i++)
-      known = usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip, &c->host);
-    for (guint i = 0; i < sc->events->len && !known; i++) {
-      const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
-      known = ev->kind == SIM_EV_HOST_ADD && usher_ip_equal(&ev->host, &c->host);
-    }
-    if (!known) {
-      char ip[USHER_IP_STRLEN];
-      g_autofree char *hp = sub(p, "host");
-      return fail(ctx, hp, "%s is not a backend of the scenario (cluster.backends or a host-add)",
-                  usher_ip_to_string(&c->host, ip));
-    }
+    if (!backend_known(ctx, sc, p, "host", &c->host))
+      return FALSE;
+    if (json_object_get_member(o, "min") == NULL && json_object_get_member(o, "max") == NULL)
+      return fail(ctx, p, "give \"min\", \"max\" or both (percent of the users)");
     if (lo > hi)
       return fail(ctx, p, "min is above max");
     c->min_x100 = (guint)(lo / 10);
@@ -1247,8 +1274,14 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
     if (!only_members(ctx, p, o, a) || !get_ip(ctx, p, o, "host", TRUE, &c->host, NULL))
       return FALSE;
     const char *user = get_string(ctx, p, o, "user", TRUE);
-    if (user == NULL)
+    if (user == NULL || !backend_known(ctx, sc, p, "host", &c->host))
       return FALSE;
+    if (!user_known(sc, user)) {
+      g_autofree char *up = sub(p, "user");
+      return fail(ctx, up, "\"%s\" is not a user of the workload (%s1%s to %s%" G_GUINT64_FORMAT
+                  "%s)", user, sc->user_prefix, sc->user_suffix, sc->user_prefix, sc->users,
+                  sc->user_suffix);
+    }
     if (c->at_us < 0)
       return fail(ctx, p, "\"at\" is missing: say when the user must be on the backend");
     c->user = g_strdup(user);
@@ -1261,6 +1294,11 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
       return FALSE;
     if (!require(ctx, p, o, "max") || !get_uint(ctx, p, o, "max", 0, G_MAXINT64, &c->max))
       return FALSE;
+    if ((c->has_from && !backend_known(ctx, sc, p, "from", &c->from)) ||
+        (c->has_to && !backend_known(ctx, sc, p, "to", &c->to)))
+      return FALSE;
+    if (c->has_from && c->has_to && usher_ip_equal(&c->from, &c->to))
+      return fail(ctx, p, "\"from\" and \"to\" are the same backend: no user moves to where it is");
     break;
   }
   case SIM_CHECK_MOVES_FINISHED: {
@@ -1279,6 +1317,8 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
       return FALSE;
     if (json_object_get_member(o, "min") == NULL && json_object_get_member(o, "max") == NULL)
       return fail(ctx, p, "give \"min\", \"max\" or both");
+    if (c->min > c->max)
+      return fail(ctx, p, "min is above max");
     break;
   }
   case SIM_CHECK_LOGIN_LATENCY: {

@@ -205,6 +205,24 @@ test_errors(void)
     g_assert_null(sc);
     g_assert_nonnull(strstr(error->message, "bad.json:1:14: a NUL byte"));
   }
+  /* Checks that could say nothing. */
+  expect_error("{" BASE ", \"duration\": \"2m\", \"checks\": [{\"type\": \"user-on\", \"at\": \"1m\", "
+               "\"user\": \"user1\", \"host\": \"10.0.9.9\"}]}",
+               "checks[0].host: 10.0.9.9 is not a backend of the scenario");
+  expect_error("{" BASE ", \"duration\": \"2m\", \"checks\": [{\"type\": \"user-on\", \"at\": \"1m\", "
+               "\"user\": \"user11\", \"host\": \"10.0.2.1\"}]}",
+               "checks[0].user: \"user11\" is not a user of the workload (user1@example.com to user10@example.com)");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"max-moved-between\", \"from\": \"10.0.2.1\", "
+               "\"to\": \"10.0.2.1\", \"max\": 0}]}",
+               "\"from\" and \"to\" are the same backend");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"max-moved-between\", \"from\": \"10.0.9.1\", "
+               "\"max\": 0}]}",
+               "checks[0].from: 10.0.9.1 is not a backend");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"director-users\", \"director\": 0, \"min\": 10, "
+               "\"max\": 5}]}",
+               "min is above max");
+  expect_error("{" BASE ", \"checks\": [{\"type\": \"share\", \"host\": \"10.0.2.1\"}]}",
+               "give \"min\", \"max\" or both");
   /* Strings that become configuration lines: no line breaks smuggled in. */
   expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\\n[health]\\nenabled = true\"]}}",
                "cluster.backends[0]: contains a control character (byte 0x0a at offset 8)");
