@@ -57,6 +57,15 @@ format_duration(gint64 us)
   return g_strdup_printf("%" G_GINT64_FORMAT "us", us);
 }
 
+/* A member the event or check cannot do without. */
+static gboolean
+require(Ctx *ctx, const char *p, JsonObject *o, const char *member)
+{
+  if (json_object_get_member(o, member) != NULL)
+    return TRUE;
+  return fail(ctx, p, "\"%s\" is missing", member);
+}
+
 static gboolean
 only_members(Ctx *ctx, const char *path, JsonObject *obj, const char *const *allowed)
 {
@@ -972,11 +981,13 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
       g_autofree char *bp = sub(p, "b");
       return fail(ctx, bp, "a link joins two different directors");
     }
+    /* Without its figure the event would do nothing (or end an earlier one unseen): 0 says so. */
     if (ev->kind == SIM_EV_LINK_DELAY &&
-        !get_duration(ctx, p, o, "delay", 0, 600 * G_GINT64_CONSTANT(1000000), &ev->value_us))
+        (!require(ctx, p, o, "delay") ||
+         !get_duration(ctx, p, o, "delay", 0, 600 * G_GINT64_CONSTANT(1000000), &ev->value_us)))
       return FALSE;
     if (ev->kind == SIM_EV_LINK_LOSS) {
-      if (!get_uint(ctx, p, o, "percent", 0, 100, &v))
+      if (!require(ctx, p, o, "percent") || !get_uint(ctx, p, o, "percent", 0, 100, &v))
         return FALSE;
       ev->percent = (guint)v;
     }
@@ -1000,8 +1011,12 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
         return fail(ctx, sp, "\"%s\" is not a step like \"+5s\" or \"-2m\" (at most a day)", step);
     } else {
       gint64 ppm = 0;
-      if (!get_milli(ctx, p, o, "ppm", -1000000000, 1000000000, &ppm))
+      if (!require(ctx, p, o, "ppm") || !get_milli(ctx, p, o, "ppm", -1000000000, 1000000000, &ppm))
         return FALSE;
+      if (ppm % 1000 != 0) {
+        g_autofree char *pp = sub(p, "ppm");
+        return fail(ctx, pp, "must be a whole number of parts per million (-1000000 to 1000000)");
+      }
       ev->ppm = (gint)(ppm / 1000);
     }
     break;
@@ -1108,15 +1123,6 @@ sim_counter_name(SimCounter counter)
     [SIM_COUNTER_DIR_HEALTH_NO_QUORUM] = "directors.health_no_quorum",
   };
   return counter < SIM_N_COUNTERS ? names[counter] : "?";
-}
-
-/* A member the check cannot do without. */
-static gboolean
-require(Ctx *ctx, const char *p, JsonObject *o, const char *member)
-{
-  if (json_object_get_member(o, member) != NULL)
-    return TRUE;
-  return fail(ctx, p, "\"%s\" is missing", member);
 }
 
 /* TRUE if ip is a backend of the scenario (cluster.backends or a host-add); fails naming
@@ -1548,8 +1554,15 @@ find_idle_events(SimScenario *sc)
   gboolean partitioned = FALSE;
   g_autoptr(GArray) hosts = g_array_new(FALSE, FALSE, sizeof(UsherIp));
   g_autoptr(GArray) failed = g_array_new(FALSE, FALSE, sizeof(UsherIp));
+  g_autoptr(GArray) failed_partly = g_array_new(FALSE, FALSE, sizeof(UsherIp));
+  g_autoptr(GArray) down = g_array_new(FALSE, FALSE, sizeof(UsherIp)); /* by the ring's word */
   for (guint i = 0; i < sc->backends->len; i++)
     g_array_append_val(hosts, ((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip);
+  for (guint i = 0; i < sc->config->backends->len; i++) {
+    const UsherBackendConfig *b = g_ptr_array_index(sc->config->backends, i);
+    if (b->down)
+      g_array_append_val(down, b->ip);
+  }
   for (guint i = 0; i < sc->events->len; i++) {
     const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
     guint d = ev->director;
@@ -1557,12 +1570,19 @@ find_idle_events(SimScenario *sc)
     if (ev->has_host)
       usher_ip_to_string(&ev->host, ip);
     switch (ev->kind) {
-    case SIM_EV_DIRECTOR_CRASH:
+    case SIM_EV_DIRECTOR_CRASH: {
       if (!up[d])
         idle_warn(sc, ev, "director %u is down already", d);
       up[d] = FALSE;
       paused[d] = FALSE;
+      guint n_up = 0;
+      for (guint k = 0; k < sc->directors; k++)
+        n_up += up[k];
+      if (n_up == 0)
+        idle_warn(sc, ev, "every director is down after it: no login is answered until one "
+                          "restarts");
       break;
+    }
     case SIM_EV_DIRECTOR_RESTART:
       if (up[d])
         idle_warn(sc, ev, "director %u is not down", d);
@@ -1587,7 +1607,17 @@ find_idle_events(SimScenario *sc)
       partitioned = FALSE;
       break;
     case SIM_EV_PARTITION:
+      if (partitioned)
+        idle_warn(sc, ev, "a partition is in force already: this one replaces it");
+      for (guint k = 0; k < sc->directors && !partitioned; k++)
+        if (paused[k])
+          idle_warn(sc, ev, "director %u is paused (a pause is a partition too; do not combine "
+                            "them)", k);
       partitioned = TRUE;
+      break;
+    case SIM_EV_CLOCK_STEP:
+      if (ev->value_us == 0)
+        idle_warn(sc, ev, "a step of 0 changes nothing");
       break;
     case SIM_EV_HOST_ADD:
       if (!ip_in(hosts, &ev->host))
@@ -1604,6 +1634,17 @@ find_idle_events(SimScenario *sc)
     case SIM_EV_MOVE:
       if (ev->has_host && !ip_in(hosts, &ev->host))
         idle_warn(sc, ev, "%s is not a backend then", ip);
+      /* Health checks may change it meanwhile: then nobody can tell from here. */
+      else if (ev->kind == SIM_EV_HOST_DOWN && ip_in(down, &ev->host) &&
+               !sc->config->health_enabled)
+        idle_warn(sc, ev, "%s is down already (the director answers OK and changes nothing)", ip);
+      else if (ev->kind == SIM_EV_HOST_UP && !ip_in(down, &ev->host) &&
+               !sc->config->health_enabled)
+        idle_warn(sc, ev, "%s is up already (the director answers OK and changes nothing)", ip);
+      if (ev->kind == SIM_EV_HOST_DOWN && !ip_in(down, &ev->host))
+        g_array_append_val(down, ev->host);
+      else if (ev->kind == SIM_EV_HOST_UP)
+        ip_drop(down, &ev->host);
       break;
     case SIM_EV_FLUSH:
       if (ev->has_host && !ip_in(hosts, &ev->host))
@@ -1615,17 +1656,24 @@ find_idle_events(SimScenario *sc)
           idle_warn(sc, ev, "%s has failed already", ip);
         else
           g_array_append_val(failed, ev->host);
+      } else if (!ip_in(failed_partly, &ev->host)) {
+        g_array_append_val(failed_partly, ev->host);
       }
       break;
     case SIM_EV_BACKEND_RECOVER:
-      if (ev->from_mask == 0 && !ip_in(failed, &ev->host))
-        idle_warn(sc, ev, "%s has not failed for every director", ip);
-      if (ev->from_mask == 0)
+      /* Without "from" it ends every failure of the backend, partial ones included. */
+      if (!ip_in(failed, &ev->host) && !ip_in(failed_partly, &ev->host))
+        idle_warn(sc, ev, "%s has not failed", ip);
+      if (ev->from_mask == 0) {
         ip_drop(failed, &ev->host);
+        ip_drop(failed_partly, &ev->host);
+      }
       break;
     default:
       break;
     }
+    if (ev->at_us == sc->duration_us)
+      idle_warn(sc, ev, "it is at the run's end: nothing after it is seen");
     if ((ev->kind == SIM_EV_HOST_DOWN || ev->kind == SIM_EV_HOST_UP ||
          ev->kind == SIM_EV_HOST_VHOSTS || ev->kind == SIM_EV_HOST_ADD ||
          ev->kind == SIM_EV_HOST_REMOVE || ev->kind == SIM_EV_FLUSH || ev->kind == SIM_EV_MOVE ||
