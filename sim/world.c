@@ -1698,6 +1698,14 @@ evaluate_check_now(SimWorld *w, const SimCheck *c)
   }
   case SIM_CHECK_CONVERGED: {
     gboolean ok = TRUE;
+    if (c->at_us < 0 && w->faults_active > 0) {
+      /* The final agreement is not taken while a fault lasts: a check that passed here would
+       * say nothing. */
+      world_fail(w, "check %s: a fault is still in force at the end of the run (a partition not "
+                    "healed, a director not restarted or resumed): agreement cannot be judged; "
+                    "end the fault before the run ends", c->text);
+      ok = FALSE;
+    }
     for (guint i = 0; i < w->convergences->len; i++) {
       SimConvergence *cv = &g_array_index(w->convergences, SimConvergence, i);
       if (cv->took_us < 0 || cv->took_us > c->within_us) {

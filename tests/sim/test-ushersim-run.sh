@@ -205,5 +205,15 @@ cat > "$tmp/failfirst.json" <<'JSON'
 JSON
 "$sim" run -q "$tmp/failfirst.json" > /dev/null 2>&1
 check "backend events before their host-add run (no crash)" '[ $? -eq 0 ]'
+cat > "$tmp/noheal.json" <<'JSON'
+{"name": "no-heal", "duration": "3m",
+ "cluster": {"directors": 3, "backends": ["10.0.2.1-10.0.2.3"]},
+ "workload": {"users": 100, "logins_per_second": 2},
+ "events": [{"at": "1m", "type": "partition", "groups": [[0], [1, 2]]}],
+ "checks": [{"type": "converged"}]}
+JSON
+"$sim" run "$tmp/noheal.json" > "$tmp/noheal.out" 2>&1
+check "converged with a partition never healed fails, saying why" \
+  '[ $? -eq 1 ] && grep -q "a fault is still in force at the end of the run" "$tmp/noheal.out"'
 echo "1..$n"
 [ $failed -eq 0 ]
