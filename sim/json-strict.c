@@ -180,6 +180,16 @@ scan_number(Scan *s)
   }
   if (s->p < s->end && (g_ascii_isalnum(*s->p) || *s->p == '.'))
     return bad(s, start, "not a number (JSON numbers are decimal: no 0x, no trailing letters)");
+  /* A whole number past 64 bits would be read wrapped round (18446744073709551616 as -1). */
+  gsize n = (gsize)(s->p - start);
+  if (memchr(start, '.', n) == NULL && memchr(start, 'e', n) == NULL &&
+      memchr(start, 'E', n) == NULL) {
+    g_autofree char *text = g_strndup(start, n);
+    gint64 v;
+    if (!g_ascii_string_to_signed(text, 10, G_MININT64, G_MAXINT64, &v, NULL))
+      return bad(s, start, "%s is too large a whole number (-9223372036854775808 to "
+                           "9223372036854775807)", text);
+  }
   return TRUE;
 }
 

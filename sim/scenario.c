@@ -109,11 +109,16 @@ get_uint(Ctx *ctx, const char *path, JsonObject *obj, const char *member, guint6
   if (n == NULL)
     return TRUE;
   g_autofree char *p = sub(path, member);
-  if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_DOUBLE)
+  if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_DOUBLE) {
+    char shown[G_ASCII_DTOSTR_BUF_SIZE];
+    g_ascii_formatd(shown, sizeof(shown), "%g", json_node_get_double(n));
+    if (strpbrk(shown, ".einf") == NULL)
+      g_strlcat(shown, ".0", sizeof(shown)); /* 100.0, not "100 is not allowed" */
     return fail(ctx, p,
-                "%g is not allowed: a whole number from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT
+                "%s is not allowed: a whole number from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT
                 " (written without a decimal point or exponent)",
-                json_node_get_double(n), lo, hi);
+                shown, lo, hi);
+  }
   if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64)
     return fail(ctx, p, "must be a whole number from %" G_GUINT64_FORMAT " to %" G_GUINT64_FORMAT,
                 lo, hi);
@@ -197,13 +202,13 @@ get_milli(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gint6
   if (t == G_TYPE_INT64) {
     gint64 i = json_node_get_int(n);
     if (i > G_MAXINT64 / 1000 || i < G_MININT64 / 1000)
-      return fail(ctx, p, "out of range");
+      return fail(ctx, p, "out of range (%.3f to %.3f)", lo_milli / 1000.0, hi_milli / 1000.0);
     v = i * 1000;
   } else if (t == G_TYPE_DOUBLE) {
     /* Thousandths, rounded: the only place a float is read, and it becomes an integer at once. */
     gdouble d = json_node_get_double(n) * 1000.0;
     if (!(d >= -9.2e18 && d <= 9.2e18))
-      return fail(ctx, p, "out of range");
+      return fail(ctx, p, "out of range (%.3f to %.3f)", lo_milli / 1000.0, hi_milli / 1000.0);
     v = (gint64)(d + (d >= 0 ? 0.5 : -0.5));
   } else {
     return fail(ctx, p, "must be a number");
@@ -288,6 +293,12 @@ static gboolean
 get_duration(Ctx *ctx, const char *path, JsonObject *obj, const char *member, gint64 lo, gint64 hi,
              gint64 *out)
 {
+  JsonNode *n = json_object_get_member(obj, member);
+  if (n != NULL && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) != G_TYPE_STRING) {
+    g_autofree char *np = sub(path, member);
+    return fail(ctx, np, "must be a duration written as a string, with its unit (\"30s\", "
+                         "\"15m\", \"500ms\")");
+  }
   const char *s = get_string(ctx, path, obj, member, FALSE);
   if (s == NULL)
     return !ctx->failed;
@@ -821,13 +832,15 @@ get_director(Ctx *ctx, SimScenario *sc, const char *path, JsonObject *o, const c
     g_autofree char *p = sub(path, member);
     return fail(ctx, p, "missing");
   }
-  if (!get_uint(ctx, path, o, member, 0, G_MAXUINT32, &v))
-    return FALSE;
-  if (v >= sc->directors) {
+  JsonNode *n = json_object_get_member(o, member);
+  if (JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_INT64 &&
+      (json_node_get_int(n) < 0 || json_node_get_int(n) >= (gint64)sc->directors)) {
     g_autofree char *p = sub(path, member);
-    return fail(ctx, p, "%" G_GUINT64_FORMAT " is not a director (the cluster has %u: 0 to %u)", v,
-                sc->directors, sc->directors - 1);
+    return fail(ctx, p, "%" G_GINT64_FORMAT " is not a director (the cluster has %u: 0 to %u)",
+                json_node_get_int(n), sc->directors, sc->directors - 1);
   }
+  if (!get_uint(ctx, path, o, member, 0, sc->directors - 1, &v))
+    return FALSE;
   *out = (guint)v;
   return TRUE;
 }

@@ -205,6 +205,16 @@ test_errors(void)
     g_assert_null(sc);
     g_assert_nonnull(strstr(error->message, "bad.json:1:14: a NUL byte"));
   }
+  /* Numbers said as written, with their range. */
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"]}, "
+               "\"workload\": {\"users\": 18446744073709551616}}",
+               "18446744073709551616 is too large a whole number");
+  expect_error("{\"name\": \"x\", \"cluster\": {\"backends\": [\"10.0.2.1\"]}, "
+               "\"workload\": {\"users\": 100.0}}",
+               "workload.users: 100.0 is not allowed: a whole number from 1 to");
+  expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"director-crash\", \"director\": -1}]}",
+               "events[0].director: -1 is not a director (the cluster has 3: 0 to 2)");
+  expect_error("{" BASE ", \"duration\": 600}", "duration: must be a duration written as a string");
   /* Checks that could say nothing. */
   expect_error("{" BASE ", \"duration\": \"2m\", \"checks\": [{\"type\": \"user-on\", \"at\": \"1m\", "
                "\"user\": \"user1\", \"host\": \"10.0.9.9\"}]}",
