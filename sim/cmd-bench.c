@@ -199,8 +199,14 @@ ushersim_cmd_bench_core(int argc, char **argv)
          "running now is shown on standard error.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim bench-core", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
     fprintf(stderr, "ushersim bench-core: %s\n", error->message);
+    return USHERSIM_EXIT_USAGE;
+  }
+  if (argc > 1) {
+    fprintf(stderr, "ushersim bench-core: unexpected argument \"%s\"\n", argv[1]);
     return USHERSIM_EXIT_USAGE;
   }
   if (users < 1000 || users > 100000000 || large < 0 || large > 100000000 ||

@@ -165,6 +165,8 @@ ushersim_cmd_map(int argc, char **argv)
          "usable backend (all down or at vhost 0) is an input error (exit 2).");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim map", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
     fprintf(stderr, "ushersim map: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;

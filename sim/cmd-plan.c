@@ -321,6 +321,8 @@ ushersim_cmd_plan(int argc, char **argv)
     "are flushed.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim plan", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
     fprintf(stderr, "ushersim plan: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;

@@ -10,6 +10,36 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+gboolean
+ushersim_options_once(const char *cmd, int argc, char **argv, const GOptionEntry *entries)
+{
+  for (const GOptionEntry *e = entries; e->long_name != NULL; e++) {
+    if (e->arg == G_OPTION_ARG_STRING_ARRAY || e->arg == G_OPTION_ARG_FILENAME_ARRAY ||
+        e->arg == G_OPTION_ARG_CALLBACK)
+      continue;
+    guint seen = 0;
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+      const char *a = argv[i];
+      gsize n = strlen(e->long_name);
+      gboolean is_long = g_str_has_prefix(a, "--") && strncmp(a + 2, e->long_name, n) == 0 &&
+                         (a[2 + n] == '\0' || a[2 + n] == '=');
+      gboolean is_short = e->short_name != '\0' && a[0] == '-' && a[1] == e->short_name &&
+                          a[1] != '-';
+      if (is_long || is_short)
+        seen++;
+      /* The value of an option that takes one is not an option itself. */
+      if ((is_long && a[2 + n] == '\0') || (is_short && a[2] == '\0'))
+        if (e->arg != G_OPTION_ARG_NONE)
+          i++;
+    }
+    if (seen > 1) {
+      fprintf(stderr, "%s: --%s is given %u times: give it once\n", cmd, e->long_name, seen);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
 const char *
 ushersim_output_problem(const char *path)
 {
@@ -271,6 +301,8 @@ ushersim_cmd_run(int argc, char **argv)
          "input. The same scenario and seed give the same output and fingerprint every time.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim run", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
     fprintf(stderr, "ushersim run: %s\n", error->message);
     return USHERSIM_EXIT_USAGE;
@@ -306,6 +338,8 @@ ushersim_cmd_replay(int argc, char **argv)
          "the recorded fingerprint, 1 when it does not, 2 on bad input.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim replay", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2) {
     fprintf(stderr, "ushersim replay: %s\n", error != NULL ? error->message : "give one trace file");
     return USHERSIM_EXIT_USAGE;

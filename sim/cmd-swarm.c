@@ -85,6 +85,8 @@ ushersim_cmd_swarm(int argc, char **argv)
          "exit status 1 if any fails.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim swarm", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 1) {
     fprintf(stderr, "ushersim swarm: %s\n", error != NULL ? error->message : "unexpected argument");
     return USHERSIM_EXIT_USAGE;
@@ -303,6 +305,8 @@ ushersim_cmd_shrink(int argc, char **argv)
          "0 when done, 1 if the trace does not fail, 2 on bad input.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   g_autoptr(GError) error = NULL;
+  if (!ushersim_options_once("ushersim shrink", argc, argv, entries))
+    return USHERSIM_EXIT_USAGE;
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || argc != 2 || out == NULL) {
     fprintf(stderr, "ushersim shrink: %s\n",
             error != NULL ? error->message : "give one trace file and --out FILE");

@@ -41,6 +41,12 @@ const char *ushersim_output_dir_problem(const char *dir);
 gboolean ushersim_trace_read(const char *cmd, const char *path, char **scenario_out,
                              guint64 *seed_out, char **fingerprint_out, char **first_failure_out);
 
+/* FALSE (after saying which, on standard error, as "<cmd>: ...") if an option of entries that
+ * takes one value or none is given twice: GOption would keep the last one silently, and
+ * "--max-moved 50 --max-moved 10" is a typo an operator should hear about. */
+gboolean ushersim_options_once(const char *cmd, int argc, char **argv,
+                               const GOptionEntry *entries);
+
 /* Runs scenario text (seed < 0: the scenario's own); returns the exit status. */
 int ushersim_run_scenario_text(const char *text, const char *source, gint64 seed,
                                const char *report, const char *chart, const char *trace,

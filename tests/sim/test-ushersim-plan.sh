@@ -137,5 +137,9 @@ printf '[director]\nusername_hash = %%u\n[backends]\nhosts = 10.0.0.1 10.0.0.2 1
 "$sim" plan --config "$tmp/same-hash0.conf" --proposed "$tmp/same-hash.conf" --user-count 1000 > "$tmp/sh.txt"
 check "%u -> %{user} hashes alike: not a change, said so, exit 0" \
   '[ $? -eq 0 ] && grep -q "written differently" "$tmp/sh.txt" && grep -q "safe to apply in one step: yes" "$tmp/sh.txt"'
+"$sim" plan --config "$tmp/cur.conf" --proposed "$tmp/cur.conf" --max-moved 50 --max-moved 10 > /dev/null 2> "$tmp/twice.err"
+check "an option given twice is bad input naming it" '[ $? -eq 2 ] && grep -q -- "--max-moved is given 2 times" "$tmp/twice.err"'
+echo user1 | "$sim" map --backends 10.0.0.1 -b 10.0.0.2 > /dev/null 2> "$tmp/twice2.err"
+check "long and short forms of one option count together" '[ $? -eq 2 ] && grep -q -- "--backends is given 2 times" "$tmp/twice2.err"'
 echo "1..$n"
 [ $failed -eq 0 ]
