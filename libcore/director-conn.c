@@ -1510,7 +1510,6 @@ conn_input(UsherDirector *d, UsherNow now, Conn *c, const void *data, gsize len)
   c->bytes_in += len;
   c->last_input_us = now.mono_us;
   c->last_input_wall = dir_wall_secs(now);
-  c->timeout_base_us = now.mono_us;
   /* Dovecot discards input from a connection it told to go elsewhere (CONNECT sent). Usher keeps
    * applying it: it is ordinary ring traffic, and dropping it lost user updates that a peer sent
    * just before it saw our CONNECT, during a merge (found by ushersim swarm, seed 7491). The
@@ -1540,6 +1539,11 @@ conn_input(UsherDirector *d, UsherNow now, Conn *c, const void *data, gsize len)
       conn_protocol_error(d, now, c, why);
       return;
     }
+    /* The ME and handshake timeouts restart on complete lines that carry the handshake on, not
+     * on bytes: a peer that trickles a line a byte at a time, or sends PINGs and never DONE,
+     * would otherwise hold the connection (and keep our ring unsynced) for ever. */
+    if (msg.type != USHER_RING_MSG_PING && msg.type != USHER_RING_MSG_PONG)
+      c->timeout_base_us = now.mono_us;
     if (!dispatch(d, now, c, &msg))
       return;
     if ((c = dir_conn_by_id(d, id)) == NULL)

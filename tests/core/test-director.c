@@ -22,6 +22,7 @@ typedef struct {
   GHashTable *logins;  /* request -> "OK <ip>" or "FAIL <reason>" */
   guint login_results;
   guint logs;
+  UsherConnId last_closed; /* the connection of the latest DISCONNECT */
 } Solo;
 
 static UsherNow
@@ -77,6 +78,9 @@ collect(Solo *s)
                             : g_strdup_printf("FAIL %s", e->login.reason));
       break;
     }
+    case USHER_EFFECT_DISCONNECT:
+      s->last_closed = e->disconnect.conn;
+      break;
     case USHER_EFFECT_LOG:
       s->logs++;
       break;
@@ -271,6 +275,29 @@ test_peer_times(void)
   g_assert_true(h2->down);
   /* ... no later than our clock allows (a far future would win every later comparison). */
   g_assert_cmpint(h2->last_updown_change, ==, s->wall_us / SEC + 300);
+  solo_free(s);
+}
+
+/* A peer that says who it is and then trickles a line a byte at a time, never finishing its
+ * handshake: the handshake timeout still runs (only complete lines restart it), and the link is
+ * closed. */
+static void
+test_stalled_handshake(void)
+{
+  Solo *s = solo_new("127.0.5.1:19190 127.0.5.2:19190", NULL);
+  UsherIp peer = ip("127.0.5.2");
+  UsherConnId in = usher_director_peer_accepted(s->d, now(s), &peer);
+  collect(s);
+  feed(s, in, "VERSION\tdirector\t1\t9\nME\t127.0.5.2\t19190\t1795393974\n");
+  guint secs = 0;
+  while (s->last_closed != in && secs < 300) {
+    tick(s, 10 * SEC);
+    secs += 10;
+    if (s->last_closed != in)
+      feed(s, in, "H"); /* a line never finished */
+  }
+  g_assert_cmpuint(s->last_closed, ==, in);
+  g_assert_cmpuint(secs, <=, 60); /* the handshake timeout, 40 s, and a tick */
   solo_free(s);
 }
 
@@ -848,6 +875,7 @@ main(int argc, char **argv)
   g_test_add_func("/core/director/time-contract", test_time_contract);
   g_test_add_func("/core/director/peer-times", test_peer_times);
   g_test_add_func("/core/director/peer-lies", test_peer_lies);
+  g_test_add_func("/core/director/stalled-handshake", test_stalled_handshake);
   g_test_add_func("/core/director/backpressure", test_backpressure);
   g_test_add_func("/core/director/backpressure-small-buffer", test_backpressure_small_buffer);
   g_test_add_func("/core/director/backpressure-timeout", test_backpressure_timeout);
