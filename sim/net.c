@@ -28,12 +28,8 @@ typedef struct {
 
 typedef struct {
   SimEvent ev;
+  guint32 next; /* the next body (slot + 1) in the same calendar bucket; 0: none */
 } Body;
-
-typedef struct {
-  HeapKey *keys; /* unordered; the array is kept when poured, for reuse */
-  guint32 len, cap;
-} Bucket;
 
 typedef struct {
   gboolean up;
@@ -53,7 +49,7 @@ struct SimNet {
   guint64 seq;
   /* See "Event queue". */
   Heap near;        /* the events before horizon */
-  Bucket *buckets;  /* CAL_BUCKETS calendar buckets */
+  guint32 *buckets; /* CAL_BUCKETS calendar lists (body slot + 1, linked by Body.next) */
   gint64 horizon;   /* where the calendar starts: a multiple of CAL_WIDTH_US */
   guint n_far;      /* events in the calendar */
   Heap overflow;    /* the events from horizon + CAL_SPAN_US on */
@@ -93,9 +89,8 @@ chunk_new(const char *data, gsize len)
  *
  *   near      a 4-ary heap of the events before `horizon`: the next few milliseconds, a few
  *             hundred events, which stay in the cache;
- *   buckets   a calendar of CAL_BUCKETS arrays of keys, CAL_WIDTH_US wide each, for the
- *             events from horizon to horizon + CAL_SPAN_US, unordered: scheduling one is an
- *             append;
+ *   buckets   a calendar of CAL_BUCKETS lists, CAL_WIDTH_US wide each, for the events from
+ *             horizon to horizon + CAL_SPAN_US, unordered: scheduling one is a list push;
  *   overflow  a second heap for the events further ahead (rare).
  *
  * When near runs empty, the bucket at the horizon is poured into it and the horizon moves one
@@ -104,11 +99,8 @@ chunk_new(const char *data, gsize len)
  * up). Every event in near is earlier than every event elsewhere, so the near heap's top is the
  * earliest of all.
  *
- * The heaps and buckets hold 16-byte keys, the heaps aligned so that a node's four children share
- * one cache line; the event bodies sit in a separate array, touched once when scheduled and once
- * when taken. Pouring a bucket reads only its keys, one array in order (a list linked through the
- * bodies, written minutes earlier, cost a cache miss per event, one after the other), and starts
- * loading the bodies of the few hundred events it pours, which are taken within milliseconds. A sift
+ * The heaps hold 16-byte keys, aligned so that a node's four children share one cache line; the
+ * event bodies sit in a separate array, touched once when scheduled and once when taken. A sift
  * moves a hole instead of swapping. (t, seq) orders events totally, so the order they come out
  * in is the same with any correct queue. */
 #define HEAP_ARITY 4
@@ -203,12 +195,9 @@ enqueue(SimNet *net, guint32 slot)
   if (key.t < net->horizon) {
     heap_push(&net->near, key);
   } else if (key.t - net->horizon < CAL_SPAN_US) {
-    Bucket *bk = &net->buckets[(guint64)key.t >> CAL_SHIFT & (CAL_BUCKETS - 1)];
-    if (bk->len == bk->cap) {
-      bk->cap = MAX(bk->cap * 2, 8u);
-      bk->keys = g_renew(HeapKey, bk->keys, bk->cap);
-    }
-    bk->keys[bk->len++] = key;
+    guint32 *head = &net->buckets[(guint64)key.t >> CAL_SHIFT & (CAL_BUCKETS - 1)];
+    b->next = *head;
+    *head = slot + 1;
     net->n_far++;
   } else {
     heap_push(&net->overflow, key);
@@ -256,13 +245,14 @@ refill(SimNet *net)
       net->horizon = MAX(net->horizon, net->overflow.keys[0].t & ~(CAL_WIDTH_US - 1));
       pull_overflow(net);
     }
-    Bucket *bk = &net->buckets[(guint64)net->horizon >> CAL_SHIFT & (CAL_BUCKETS - 1)];
-    for (guint32 i = 0; i < bk->len; i++) {
-      __builtin_prefetch(body(net, (guint32)(bk->keys[i].order & SLOT_MASK)));
-      heap_push(&net->near, bk->keys[i]);
+    guint32 *head = &net->buckets[(guint64)net->horizon >> CAL_SHIFT & (CAL_BUCKETS - 1)];
+    for (guint32 ref = *head; ref != 0;) {
+      Body *b = body(net, ref - 1);
+      heap_push(&net->near, (HeapKey){b->ev.t, b->ev.seq << SLOT_BITS | (ref - 1)});
+      net->n_far--;
+      ref = b->next;
     }
-    net->n_far -= bk->len;
-    bk->len = 0;
+    *head = 0;
     net->horizon += CAL_WIDTH_US;
     pull_overflow(net);
   }
@@ -702,7 +692,7 @@ sim_net_new(const gint64 *clock_us, guint64 rng_seed, const SimNetCallbacks *cal
   usher_rng_seed(&net->rng, rng_seed);
   net->latency = (SimDist){SIM_DIST_FIXED, 500, 500};
   net->bodies = g_array_new(FALSE, FALSE, sizeof(Body));
-  net->buckets = g_new0(Bucket, CAL_BUCKETS);
+  net->buckets = g_new0(guint32, CAL_BUCKETS);
   net->free_slots = g_array_new(FALSE, FALSE, sizeof(guint32));
   net->links = g_ptr_array_new();
   for (guint i = 0; i < SIM_NET_MAX_NODES; i++)
@@ -731,8 +721,6 @@ sim_net_free(SimNet *net)
   g_free(is_free);
   heap_clear(&net->near);
   heap_clear(&net->overflow);
-  for (guint i = 0; i < CAL_BUCKETS; i++)
-    g_free(net->buckets[i].keys);
   g_free(net->buckets);
   g_array_unref(net->bodies);
   g_array_unref(net->free_slots);

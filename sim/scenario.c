@@ -1278,7 +1278,7 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
     static const char *const a[] = {"type", "at", "within", NULL};
     c->within_us = 5 * 60 * G_GINT64_CONSTANT(1000000);
     if (!only_members(ctx, p, o, a) ||
-        !get_duration(ctx, p, o, "within", 0, sc->duration_us, &c->within_us))
+        !get_duration(ctx, p, o, "within", 0, MAX(sc->duration_us, c->within_us), &c->within_us))
       return FALSE;
     break;
   }
@@ -1459,7 +1459,7 @@ sim_scenario_load_data(const char *data, gssize len, const char *source, GError 
   if (!get_duration(&ctx, "", root, "sample_interval", G_GINT64_CONSTANT(1000000), sc->duration_us,
                     &sc->sample_us) ||
       !get_duration(&ctx, "", root, "convergence_budget", G_GINT64_CONSTANT(1000000),
-                    sc->duration_us, &sc->convergence_budget_us))
+                    MAX(sc->duration_us, sc->convergence_budget_us), &sc->convergence_budget_us))
     return NULL;
   if (!load_cluster(&ctx, sc, root) || !load_network(&ctx, sc, root) ||
       !load_workload(&ctx, sc, root) ||

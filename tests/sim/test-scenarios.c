@@ -215,6 +215,15 @@ test_errors(void)
   expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"director-crash\", \"director\": -1}]}",
                "events[0].director: -1 is not a director (the cluster has 3: 0 to 2)");
   expect_error("{" BASE ", \"duration\": 600}", "duration: must be a duration written as a string");
+  /* The documented defaults may be written out, whatever the run's length. */
+  {
+    g_autoptr(GError) error = NULL;
+    g_autoptr(SimScenario) sc = sim_scenario_load_data(
+      "{" BASE ", \"duration\": \"2m\", \"convergence_budget\": \"5m\", "
+      "\"checks\": [{\"type\": \"converged\", \"within\": \"5m\"}]}", -1, "ok.json", &error);
+    g_assert_no_error(error);
+    g_assert_nonnull(sc);
+  }
   /* Checks that could say nothing. */
   expect_error("{" BASE ", \"duration\": \"2m\", \"checks\": [{\"type\": \"user-on\", \"at\": \"1m\", "
                "\"user\": \"user1\", \"host\": \"10.0.9.9\"}]}",
