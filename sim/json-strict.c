@@ -195,6 +195,30 @@ scan_number(Scan *s)
 
 static gboolean scan_value(Scan *s);
 
+typedef enum { ITEM_NEXT, ITEM_CLOSED, ITEM_BAD } ItemEnd;
+
+/* After a member or an element: a ',' and more, or the closing character. */
+static ItemEnd
+after_item(Scan *s, char close, const char *what)
+{
+  skip_ws(s);
+  if (s->p < s->end && *s->p == ',') {
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == close) {
+      (void)bad(s, s->p, "a ',' before '%c' (JSON has no trailing commas)", close);
+      return ITEM_BAD;
+    }
+    return ITEM_NEXT;
+  }
+  if (s->p < s->end && *s->p == close) {
+    s->p++;
+    return ITEM_CLOSED;
+  }
+  (void)bad(s, s->p, "expected ',' or '%c' after %s, found %s", close, what, found(s));
+  return ITEM_BAD;
+}
+
 static gboolean
 scan_object(Scan *s)
 {
@@ -226,19 +250,9 @@ scan_object(Scan *s)
     skip_ws(s);
     if (!scan_value(s))
       return FALSE;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == ',') {
-      s->p++;
-      skip_ws(s);
-      if (s->p < s->end && *s->p == '}')
-        return bad(s, s->p, "a ',' before '}' (JSON has no trailing commas)");
-      continue;
-    }
-    if (s->p < s->end && *s->p == '}') {
-      s->p++;
-      return TRUE;
-    }
-    return bad(s, s->p, "expected ',' or '}' after a member, found %s", found(s));
+    ItemEnd e = after_item(s, '}', "a member");
+    if (e != ITEM_NEXT)
+      return e == ITEM_CLOSED;
   }
 }
 
@@ -257,19 +271,9 @@ scan_array(Scan *s)
       return bad(s, open, "an array that is never closed");
     if (!scan_value(s))
       return FALSE;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == ',') {
-      s->p++;
-      skip_ws(s);
-      if (s->p < s->end && *s->p == ']')
-        return bad(s, s->p, "a ',' before ']' (JSON has no trailing commas)");
-      continue;
-    }
-    if (s->p < s->end && *s->p == ']') {
-      s->p++;
-      return TRUE;
-    }
-    return bad(s, s->p, "expected ',' or ']' after an element, found %s", found(s));
+    ItemEnd e = after_item(s, ']', "an element");
+    if (e != ITEM_NEXT)
+      return e == ITEM_CLOSED;
   }
 }
 
