@@ -1225,11 +1225,17 @@ cmd_sync(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
         m->desynced_hosts_hash = msg->sync.hosts_hash;
       } else {
         d->stats.hosts_hash_mismatches++;
+        /* Every host, flooded: a peer repeating such SYNCs must not make us do it each time. */
+        gboolean resend = d->hosts_resent_us == 0 ||
+                          now.mono_us - d->hosts_resent_us >= HOSTS_RESEND_MIN_SECS * SEC_US;
         dir_log(d, G_LOG_LEVEL_WARNING,
-                "%s's SYNC says its hosts differ from ours (hosts_hash %u, ours %u): resending "
-                "our hosts",
-                m->name, msg->sync.hosts_hash, hosts_hash);
-        users_resend_hosts(d, now);
+                "%s's SYNC says its hosts differ from ours (hosts_hash %u, ours %u): %s",
+                m->name, msg->sync.hosts_hash, hosts_hash,
+                resend ? "resending our hosts" : "our hosts were resent just now");
+        if (resend) {
+          d->hosts_resent_us = now.mono_us;
+          users_resend_hosts(d, now);
+        }
       }
     }
     if (!drop) {

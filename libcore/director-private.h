@@ -56,6 +56,7 @@
 /* Peer times (HOST up/down changes, SYNC) later than our clock by more than this are clamped to
  * it: one far in the future would win every comparison until then. */
 #define PEER_CLOCK_AHEAD_MAX_SECS 300
+#define HOSTS_RESEND_MIN_SECS 5
 #define STATE_MAX_PENDING_REQUESTS 100000
 /* ---- Bounds (doc/architecture.md, "Bounds"); a refusal at each is counted in the stats -------- */
 #define CONN_HELD_FLOODS_MAX_BYTES (1024 * 1024) /* floods held per connection until VERSION */
@@ -321,6 +322,9 @@ struct UsherDirector {
   gint64 last_sync_start_us;
   gint64 last_sync_msecs;
   gint64 last_resend_sync_wall; /* seconds */
+  /* When users_resend_hosts() last flooded every host (mono us; 0 = never): at most once per
+   * HOSTS_RESEND_MIN_SECS, however many mismatching SYNCs a peer sends. */
+  gint64 hosts_resent_us;
   gint sync_frozen;
   gboolean sync_pending;
   gint64 sync_timer_us;          /* SYNC resend, 0 = off */

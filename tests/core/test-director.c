@@ -327,6 +327,26 @@ test_peer_lies(void)
   g_autoptr(GArray) list = usher_director_list_hosts(s->d);
   g_assert_cmpuint(list->len, ==, 3 + 40);
   solo_free(s);
+
+  /* SYNCs that keep saying the peer's hosts differ: every host is flooded again, but not for
+   * each of them. */
+  s = solo_new("127.0.5.1:19190 127.0.5.2:19190", NULL);
+  in = peer_joins_with_users(s, 10);
+  collect(s);
+  g_free(take_sent(s, in));
+  guint64 mismatches = stats(s)->hosts_hash_mismatches;
+  for (guint i = 0; i < 10; i++) {
+    g_autofree char *line = g_strdup_printf("SYNC\t127.0.5.2\t19190\t%u\t9\t%" G_GINT64_FORMAT
+                                            "\t12345\n", 1000 + i, s->wall_us / SEC);
+    feed(s, in, line);
+  }
+  g_assert_cmpuint(stats(s)->hosts_hash_mismatches, ==, mismatches + 9);
+  g_autofree char *sent = take_sent(s, in);
+  guint host_lines = 0;
+  for (const char *p = sent; (p = strstr(p, "HOST\t")) != NULL; p++)
+    host_lines += p == sent || p[-1] == '\n';
+  g_assert_cmpuint(host_lines, ==, 3); /* the three backends, once */
+  solo_free(s);
 }
 
 /* ---- Output backpressure -------------------------------------------------------------------------- */
