@@ -61,7 +61,8 @@ typedef struct {
   X(admin_kicks) X(kicks_timed_out) X(flushes_failed) X(flushes_timed_out) X(users_expired)      \
   X(alone_declared) X(requests_refused) X(requests_cancelled) X(admin_refused) X(moves_refused)   \
   X(kicks_untracked) X(users_refused) X(tags_refused) X(members_refused) X(outgoing_refused)     \
-  X(vhosts_refused) X(forged_own_commands) X(logs_suppressed) X(handshake_pauses)                \
+  X(vhosts_refused) X(forged_own_commands) X(peers_refused) X(logs_suppressed)                   \
+  X(handshake_pauses)                                                                            \
   X(times_clamped) X(weak_users_given_up) X(probes_sent) X(probes_failed) X(probes_timed_out)    \
   X(health_reports_sent) X(health_reports_received) X(health_reports_refused) X(health_downs)    \
   X(health_ups) X(health_no_quorum) X(health_reflushes) X(links_with_extension) X(user_updates_held)                 \

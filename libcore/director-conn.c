@@ -698,6 +698,7 @@ static gboolean
 cmd_options(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
 {
   if (!msg->options.consistent_hashing) {
+    d->stats.peers_refused++;
     conn_close(d, now, c, "peer does not use consistent hashing", CLOSE_SEND_DISCONNECT);
     return FALSE;
   }
@@ -749,6 +750,7 @@ cmd_version(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
     if (c->peer_minor < USHER_RING_MINOR_OPTIONS) {
       /* Dovecot 2.3 needs OPTIONS consistent-hashing: a peer this old hashes users
        * differently. Dovecot finds out after sending its state; we stop before. */
+      d->stats.peers_refused++;
       conn_close(d, now, c, "peer director version is too old (minor < 5)",
                  CLOSE_SEND_DISCONNECT);
       return FALSE;
@@ -778,6 +780,7 @@ cmd_me(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
   }
   if (!c->incoming) {
     if (usher_ip_cmp(&addr->ip, &c->host->addr.ip) != 0 || addr->port != c->host->addr.port) {
+      d->stats.peers_refused++;
       conn_close(d, now, c, "peer identifies as a different director than we dialled",
                  CLOSE_SEND_DISCONNECT | CLOSE_FAILURE);
       return FALSE;
@@ -799,22 +802,26 @@ cmd_me(UsherDirector *d, UsherNow now, Conn *c, const UsherRingMsg *msg)
       m = dir_member_get(d, &addr->ip, addr->port);
     if (m == NULL) {
       d->stats.refused_connections++;
+      d->stats.peers_refused++;
       conn_close(d, now, c, "ME names a director that is not a ring member",
                  CLOSE_SEND_DISCONNECT);
       return FALSE;
     }
   }
   if (m->self) {
+    d->stats.peers_refused++;
     conn_close(d, now, c, "connection from ourselves", CLOSE_SEND_DISCONNECT);
     return FALSE;
   }
   if (m->removed) {
+    d->stats.peers_refused++;
     conn_close(d, now, c, "director was removed from the ring", CLOSE_SEND_DISCONNECT);
     return FALSE;
   }
   if (m->last_protocol_failure != 0 &&
       m->last_protocol_failure + PROTOCOL_FAILURE_RETRY_SECS > dir_wall_secs(now)) {
     d->stats.refused_connections++;
+    d->stats.peers_refused++;
     conn_close(d, now, c, "director had a protocol failure recently", CLOSE_SEND_DISCONNECT);
     return FALSE;
   }

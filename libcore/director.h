@@ -393,6 +393,8 @@ typedef struct {
   guint64 outgoing_refused;    /* outgoing ring connections not opened: too many at once */
   guint64 vhosts_refused;      /* peer HOSTs refused: the tag's ring would exceed its points */
   guint64 forged_own_commands; /* commands in our name with a sequence number we never used */
+  guint64 peers_refused;       /* ring links closed for who the peer is: an old or incompatible
+                                  version, not a member, removed, ourselves, failed recently */
   guint64 logs_suppressed;     /* log lines dropped: too many in one call */
   guint64 handshake_pauses;    /* the user stream waited for the driver's output queue */
   guint64 times_clamped;       /* peer timestamps outside 0 .. 2^32-1 s */

@@ -346,6 +346,13 @@ test_peer_lies(void)
   for (const char *p = sent; (p = strstr(p, "HOST\t")) != NULL; p++)
     host_lines += p == sent || p[-1] == '\n';
   g_assert_cmpuint(host_lines, ==, 3); /* the three backends, once */
+  /* A peer that says it is a director outside the ring, or us: refused and counted. */
+  UsherIp peer = ip("127.0.5.2");
+  UsherConnId x = usher_director_peer_accepted(s->d, now(s), &peer);
+  feed(s, x, "VERSION\tdirector\t1\t9\nME\t127.0.9.9\t19190\t1795393974\n");
+  UsherConnId y = usher_director_peer_accepted(s->d, now(s), &peer);
+  feed(s, y, "VERSION\tdirector\t1\t9\nME\t127.0.5.1\t19190\t1795393974\n");
+  g_assert_cmpuint(stats(s)->peers_refused, ==, 2);
   solo_free(s);
 }
 
