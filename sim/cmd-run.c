@@ -288,7 +288,7 @@ ushersim_cmd_run(int argc, char **argv)
      "Draw live sessions per backend over time, events marked, as SVG", "FILE"},
     {"trace", 't', 0, G_OPTION_ARG_FILENAME, &trace,
      "Record the run (scenario, seed, outcome) for 'ushersim replay'", "FILE"},
-    {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet, "Print nothing; only the exit status", NULL},
+    {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet, "Print no summary, only the exit status (warnings and errors still go to standard error)", NULL},
     {"log", 'l', 0, G_OPTION_ARG_NONE, &opt_log,
      "Print the directors' log lines (with simulated time) on standard error", NULL},
     {NULL},
