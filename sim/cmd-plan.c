@@ -335,14 +335,10 @@ ushersim_cmd_plan(int argc, char **argv)
     fprintf(stderr, "ushersim plan: --config FILE and --proposed FILE are both required\n");
     return USHERSIM_EXIT_USAGE;
   }
-  if (chart != NULL) {
-    g_autofree char *dir = g_path_get_dirname(chart);
-    if (g_file_test(chart, G_FILE_TEST_IS_DIR) || !g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-      fprintf(stderr, "ushersim plan: --chart %s: %s\n", chart,
-              g_file_test(chart, G_FILE_TEST_IS_DIR) ? "is a directory"
-                                                     : "is in a directory that does not exist");
-      return USHERSIM_EXIT_USAGE;
-    }
+  const char *chart_problem = chart != NULL ? ushersim_output_problem(chart) : NULL;
+  if (chart_problem != NULL) {
+    fprintf(stderr, "ushersim plan: --chart %s: the file %s\n", chart, chart_problem);
+    return USHERSIM_EXIT_USAGE;
   }
   if (users_path != NULL && user_count != G_MININT64) {
     fprintf(stderr, "ushersim plan: give --users or --user-count, not both\n");

@@ -619,6 +619,22 @@ parse_tags(Ctx *ctx, JsonObject *w, SimScenario *sc)
   return TRUE;
 }
 
+gint64
+sim_scenario_user_index(const SimScenario *sc, const char *name)
+{
+  gsize pl = strlen(sc->user_prefix), sl = strlen(sc->user_suffix), nl = strlen(name);
+  if (nl <= pl + sl || strncmp(name, sc->user_prefix, pl) != 0 ||
+      strcmp(name + nl - sl, sc->user_suffix) != 0 || name[pl] == '0')
+    return -1;
+  guint64 v = 0;
+  for (gsize i = pl; i < nl - sl; i++) {
+    if (!g_ascii_isdigit(name[i]) || v > sc->users)
+      return -1;
+    v = v * 10 + (guint64)(name[i] - '0');
+  }
+  return v >= 1 && v <= sc->users ? (gint64)(v - 1) : -1;
+}
+
 const char *
 sim_scenario_user_tag(const SimScenario *sc, guint64 user)
 {
@@ -843,6 +859,26 @@ get_director(Ctx *ctx, SimScenario *sc, const char *path, JsonObject *o, const c
     return FALSE;
   *out = (guint)v;
   return TRUE;
+}
+
+/* TRUE if ip is a backend of the scenario (cluster.backends or a host-add loaded before);
+ * fails naming p.member otherwise: an event or check about a machine that is not there cannot
+ * do or say anything. */
+static gboolean
+backend_known(Ctx *ctx, const SimScenario *sc, const char *p, const char *member, const UsherIp *ip)
+{
+  for (guint i = 0; i < sc->backends->len; i++)
+    if (usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip, ip))
+      return TRUE;
+  for (guint i = 0; i < sc->events->len; i++) {
+    const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
+    if (ev->kind == SIM_EV_HOST_ADD && usher_ip_equal(&ev->host, ip))
+      return TRUE;
+  }
+  char text[USHER_IP_STRLEN];
+  g_autofree char *mp = sub(p, member);
+  return fail(ctx, mp, "%s is not a backend of the scenario (cluster.backends or an earlier host-add)",
+              usher_ip_to_string(ip, text));
 }
 
 static gboolean
@@ -1072,23 +1108,8 @@ load_event(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimScenarioE
   }
   }
   /* Events that name a backend must name a known one (host-add: a new one). */
-  gboolean names_host = ev->has_host && ev->kind != SIM_EV_HOST_ADD;
-  if (names_host) {
-    gboolean known = FALSE;
-    for (guint i = 0; i < sc->backends->len; i++)
-      known |= usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip,
-                              &ev->host);
-    for (guint i = 0; i < sc->events->len && !known; i++) {
-      SimScenarioEvent *e = &g_array_index(sc->events, SimScenarioEvent, i);
-      known = e->kind == SIM_EV_HOST_ADD && usher_ip_equal(&e->host, &ev->host);
-    }
-    if (!known) {
-      g_autofree char *hp = sub(p, "host");
-      char ip[USHER_IP_STRLEN];
-      return fail(ctx, hp, "%s is not a backend of this scenario",
-                  usher_ip_to_string(&ev->host, ip));
-    }
-  }
+  if (ev->has_host && ev->kind != SIM_EV_HOST_ADD && !backend_known(ctx, sc, p, "host", &ev->host))
+    return FALSE;
   return TRUE;
 }
 
@@ -1136,42 +1157,6 @@ sim_counter_name(SimCounter counter)
     [SIM_COUNTER_DIR_HEALTH_NO_QUORUM] = "directors.health_no_quorum",
   };
   return counter < SIM_N_COUNTERS ? names[counter] : "?";
-}
-
-/* TRUE if ip is a backend of the scenario (cluster.backends or a host-add); fails naming
- * p.member otherwise: a check about a machine that is not there cannot say anything. */
-static gboolean
-backend_known(Ctx *ctx, const SimScenario *sc, const char *p, const char *member, const UsherIp *ip)
-{
-  for (guint i = 0; i < sc->backends->len; i++)
-    if (usher_ip_equal(&((SimBackendSpec *)g_ptr_array_index(sc->backends, i))->ip, ip))
-      return TRUE;
-  for (guint i = 0; i < sc->events->len; i++) {
-    const SimScenarioEvent *ev = &g_array_index(sc->events, SimScenarioEvent, i);
-    if (ev->kind == SIM_EV_HOST_ADD && usher_ip_equal(&ev->host, ip))
-      return TRUE;
-  }
-  char text[USHER_IP_STRLEN];
-  g_autofree char *mp = sub(p, member);
-  return fail(ctx, mp, "%s is not a backend of the scenario (cluster.backends or a host-add)",
-              usher_ip_to_string(ip, text));
-}
-
-/* TRUE if name is one of the workload's users (user_format with 1..users). */
-static gboolean
-user_known(const SimScenario *sc, const char *name)
-{
-  gsize pl = strlen(sc->user_prefix), sl = strlen(sc->user_suffix), nl = strlen(name);
-  if (nl <= pl + sl || strncmp(name, sc->user_prefix, pl) != 0 ||
-      strcmp(name + nl - sl, sc->user_suffix) != 0 || name[pl] == '0')
-    return FALSE;
-  guint64 v = 0;
-  for (gsize i = pl; i < nl - sl; i++) {
-    if (!g_ascii_isdigit(name[i]) || v > sc->users)
-      return FALSE;
-    v = v * 10 + (guint64)(name[i] - '0');
-  }
-  return v >= 1 && v <= sc->users;
 }
 
 static gboolean
@@ -1295,7 +1280,7 @@ load_check(Ctx *ctx, SimScenario *sc, const char *p, JsonObject *o, SimCheck *c)
     const char *user = get_string(ctx, p, o, "user", TRUE);
     if (user == NULL || !backend_known(ctx, sc, p, "host", &c->host))
       return FALSE;
-    if (!user_known(sc, user)) {
+    if (sim_scenario_user_index(sc, user) < 0) {
       g_autofree char *up = sub(p, "user");
       return fail(ctx, up, "\"%s\" is not a user of the workload (%s1%s to %s%" G_GUINT64_FORMAT
                   "%s)", user, sc->user_prefix, sc->user_suffix, sc->user_prefix, sc->users,

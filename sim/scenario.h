@@ -192,6 +192,9 @@ typedef struct {
 } SimScenario;
 
 SimScenario *sim_scenario_load_file(const char *path, GError **error);
+/* The index (0 to users - 1) of a login name of the workload (user_format with 1..users, no
+ * leading zero), or -1. */
+gint64 sim_scenario_user_index(const SimScenario *sc, const char *name);
 /* The tag user (0 to users - 1) asks for: the scenario's tag, or its share of a mix. */
 const char *sim_scenario_user_tag(const SimScenario *sc, guint64 user);
 SimScenario *sim_scenario_load_data(const char *data, gssize len, const char *source,

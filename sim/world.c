@@ -109,22 +109,6 @@ user_name(SimWorld *w, guint32 user, char *buf, gsize size)
   return buf;
 }
 
-/* The user index for a login name, or -1. */
-static gint64
-user_by_name(SimWorld *w, const char *name)
-{
-  gsize pl = strlen(w->sc->user_prefix), sl = strlen(w->sc->user_suffix), nl = strlen(name);
-  if (nl <= pl + sl || strncmp(name, w->sc->user_prefix, pl) != 0 ||
-      strcmp(name + nl - sl, w->sc->user_suffix) != 0)
-    return -1;
-  guint64 v = 0;
-  for (gsize i = pl; i < nl - sl; i++) {
-    if (!g_ascii_isdigit(name[i]) || v > w->n_users)
-      return -1;
-    v = v * 10 + (guint64)(name[i] - '0');
-  }
-  return v >= 1 && v <= w->n_users ? (gint64)(v - 1) : -1;
-}
 
 static guint
 backend_index(SimWorld *w, const UsherIp *ip)
@@ -660,7 +644,7 @@ kick(SimWorld *w, guint node, const UsherEffect *e)
       g_array_append_val(victims, user);
     }
   } else if (e->kick.kind == USHER_KICK_NAME) {
-    gint64 user = user_by_name(w, e->kick.name);
+    gint64 user = sim_scenario_user_index(w->sc, e->kick.name);
     if (user >= 0) {
       guint32 u32 = (guint32)user;
       g_array_append_val(victims, u32);
@@ -1556,7 +1540,7 @@ evaluate_check_now(SimWorld *w, const SimCheck *c)
 {
   switch (c->kind) {
   case SIM_CHECK_USER_ON: {
-    gint64 user = user_by_name(w, c->user);
+    gint64 user = sim_scenario_user_index(w->sc, c->user);
     if (user < 0) {
       world_fail(w, "check %s: %s is not a user of the workload", c->text, c->user);
       return FALSE;

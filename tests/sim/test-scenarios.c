@@ -151,7 +151,7 @@ test_errors(void)
                "events[0].type: \"explode\" is not an event type");
   expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"host-down\", \"director\": 0, "
                "\"host\": \"10.9.9.9\"}]}",
-               "events[0].host: 10.9.9.9 is not a backend of this scenario");
+               "events[0].host: 10.9.9.9 is not a backend of the scenario (cluster.backends or an earlier host-add)");
   expect_error("{" BASE ", \"events\": [{\"at\": \"1m\", \"type\": \"heal\", \"director\": 0}]}",
                "events[0].director: unknown field");
   expect_error("{" BASE ", \"events\": [{\"at\": \"2h\", \"type\": \"heal\"}]}",
