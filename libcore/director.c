@@ -609,12 +609,11 @@ dir_clamp_peer_time(UsherDirector *d, gint64 secs)
 gint64
 dir_clamp_peer_time_ahead(UsherDirector *d, UsherNow now, gint64 secs)
 {
-  secs = dir_clamp_peer_time(d, secs);
-  gint64 limit = dir_wall_secs(now) + PEER_CLOCK_AHEAD_MAX_SECS;
-  if (secs <= limit)
-    return secs;
-  d->stats.times_clamped++;
-  return limit;
+  gint64 limit = MIN(TIME_PEER_MAX, dir_wall_secs(now) + PEER_CLOCK_AHEAD_MAX_SECS);
+  gint64 clamped = CLAMP(secs, 0, limit);
+  if (clamped != secs)
+    d->stats.times_clamped++; /* once, however far out of range */
+  return clamped;
 }
 
 UsherDirector *
