@@ -6,6 +6,27 @@
 
 #include <string.h>
 
+/* Appends n bytes. Ring lines are built from many short pieces, and GLib 2.74's
+ * g_string_append_len() takes each through the general g_string_insert_len(): this copies in
+ * place when the string has room (about 3 % of a large simulated ring's time). */
+static inline void
+put(GString *out, const char *p, gsize n)
+{
+  if (G_LIKELY(out->len + n < out->allocated_len)) {
+    memcpy(out->str + out->len, p, n);
+    out->len += n;
+    out->str[out->len] = '\0';
+  } else {
+    g_string_append_len(out, p, (gssize)n);
+  }
+}
+
+static inline void
+put_str(GString *out, const char *s)
+{
+  put(out, s, strlen(s));
+}
+
 /* ---- Escaping ---------------------------------------------------------------------------- */
 
 void
@@ -35,12 +56,12 @@ usher_ring_escape_append(GString *out, const char *data, gssize len)
     default:
       continue;
     }
-    g_string_append_len(out, data + start, (gssize)(i - start));
+    put(out, data + start, i - start);
     g_string_append_c(out, '\001');
     g_string_append_c(out, esc);
     start = i + 1;
   }
-  g_string_append_len(out, data + start, (gssize)(n - start));
+  put(out, data + start, n - start);
 }
 
 /* The byte an escape sequence "\001" c stands for. */
@@ -1044,8 +1065,9 @@ usher_ring_parse_result_to_string(UsherRingParseResult result)
 
 /* ---- Formatting -------------------------------------------------------------------------- */
 
+/* Digits of v, optionally after one byte (a tab), in one copy. */
 static void
-append_u64(GString *out, guint64 v)
+put_u64(GString *out, char before, guint64 v)
 {
   char buf[24];
   char *p = buf + sizeof(buf);
@@ -1053,7 +1075,15 @@ append_u64(GString *out, guint64 v)
     *--p = (char)('0' + v % 10);
     v /= 10;
   } while (v != 0);
-  g_string_append_len(out, p, (gssize)(buf + sizeof(buf) - p));
+  if (before != '\0')
+    *--p = before;
+  put(out, p, (gsize)(buf + sizeof(buf) - p));
+}
+
+static void
+append_u64(GString *out, guint64 v)
+{
+  put_u64(out, '\0', v);
 }
 
 static void
@@ -1070,8 +1100,7 @@ append_i64(GString *out, gint64 v)
 static void
 tab_u64(GString *out, guint64 v)
 {
-  g_string_append_c(out, '\t');
-  append_u64(out, v);
+  put_u64(out, '\t', v);
 }
 
 static void
@@ -1087,7 +1116,7 @@ tab_ip(GString *out, const UsherIp *ip)
   char buf[USHER_IP_STRLEN];
   g_assert(ip->family == USHER_IP_V4 || ip->family == USHER_IP_V6);
   g_string_append_c(out, '\t');
-  g_string_append(out, usher_ip_to_string(ip, buf));
+  put_str(out, usher_ip_to_string(ip, buf));
 }
 
 static void
@@ -1128,13 +1157,13 @@ format_body(const UsherRingMsg *msg, guint minor, GString *out)
 {
   /* Peers below minor 9 get handshake users as "USER" with the same fields. */
   if (msg->type == USHER_RING_MSG_U && minor < USHER_RING_MINOR_HANDSHAKE_U)
-    g_string_append(out, "USER");
+    put_str(out, "USER");
   else
-    g_string_append(out, usher_ring_msg_type_to_string(msg->type));
+    put_str(out, usher_ring_msg_type_to_string(msg->type));
 
   switch (msg->type) {
   case USHER_RING_MSG_VERSION:
-    g_string_append(out, "\t" USHER_RING_PROTOCOL_NAME);
+    put_str(out, "\t" USHER_RING_PROTOCOL_NAME);
     tab_u64(out, msg->version.major);
     tab_u64(out, msg->version.minor);
     break;
@@ -1156,7 +1185,7 @@ format_body(const UsherRingMsg *msg, guint minor, GString *out)
 
   case USHER_RING_MSG_HOST_HAND_START:
   case USHER_RING_MSG_HOST_HAND_END:
-    g_string_append(out, msg->host_hand.ring_handshaked ? "\t1" : "\t0");
+    put_str(out, msg->host_hand.ring_handshaked ? "\t1" : "\t0");
     break;
 
   case USHER_RING_MSG_HOST_HANDSHAKE:
@@ -1206,7 +1235,7 @@ format_body(const UsherRingMsg *msg, guint minor, GString *out)
     tab_ip(out, &msg->handshake_user.ip);
     tab_u64(out, msg->handshake_user.timestamp);
     if (msg->handshake_user.weak)
-      g_string_append(out, "\tw");
+      put_str(out, "\tw");
     break;
 
   case USHER_RING_MSG_USER_KICK_HASH:
@@ -1294,10 +1323,10 @@ format_body(const UsherRingMsg *msg, guint minor, GString *out)
     tab_u64(out, msg->health.seq);
     tab_u64(out, msg->health.interval_ms);
     g_string_append_c(out, '\t');
-    g_string_append(out, msg->health.failing[0] != '\0' ? msg->health.failing : "-");
+    put_str(out, msg->health.failing[0] != '\0' ? msg->health.failing : "-");
     g_string_append_c(out, '\t');
-    g_string_append(out, msg->health.downs[0] != '\0' ? msg->health.downs : "-");
-    g_string_append(out, msg->health.complete ? "\t1" : "\t0");
+    put_str(out, msg->health.downs[0] != '\0' ? msg->health.downs : "-");
+    put_str(out, msg->health.complete ? "\t1" : "\t0");
     break;
 
   case USHER_RING_MSG_NONE:
