@@ -269,7 +269,7 @@ sim_world_print_summary(SimWorld *w, FILE *out)
   /* The one line that differs between two runs of the same seed: it is marked as such. */
   fprintf(out, "\n%" G_GUINT64_FORMAT " events\n", w->events);
   fprintf(out, "host timing (varies between runs): %.2f s, %.2f M events/s\n", secs,
-          secs > 0 ? w->events / secs / 1e6 : 0);
+          secs > 0 ? w->events_timed / secs / 1e6 : 0);
   fprintf(out, "fingerprint %016" G_GINT64_MODIFIER "x\n", w->fingerprint);
   for (guint i = 0; i < w->sc->checks->len; i++) {
     const SimCheck *c = &g_array_index(w->sc->checks, SimCheck, i);

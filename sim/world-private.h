@@ -215,6 +215,7 @@ struct SimWorld {
   FILE *log;
   gint64 wall_started_us; /* host clock, only for the events-per-second figure */
   gint64 wall_elapsed_us;
+  guint64 events_timed; /* the events of that time (the settling after the end is not timed) */
 };
 
 void world_fail(SimWorld *w, const char *fmt, ...) G_GNUC_PRINTF(2, 3);

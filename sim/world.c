@@ -1927,6 +1927,7 @@ sim_world_run(SimWorld *w)
   gint64 t0 = g_get_monotonic_time();
   run_until(w, end);
   w->wall_elapsed_us = g_get_monotonic_time() - t0;
+  w->events_timed = w->events;
 
   /* The end: every invariant once more, then the checks. The checks and figures are taken at
    * the end of the run. For the final agreement, new logins stop and the directors get up to the
