@@ -29,6 +29,8 @@ NOT_RUN = {
     "tools/bench-sim": "a benchmark of several minutes (doc/performance.md)",
     "tools/bench-proxy": "a benchmark with real Dovecot (doc/performance.md)",
     "tools/bench-lmtp": "a benchmark with real Dovecot (doc/performance.md)",
+    "meson": "a second build of the whole tree, minutes (tools/bench-sim makes it)",
+    "ninja": "a second build of the whole tree, minutes (tools/bench-sim makes it)",
     "sudo": "needs root and real processes (tools/fidelity)",
     "usherd": "starts a ring member (tests/integration does)",
     "usherctl": "talks to a running usherd (tests/integration does)",
