@@ -213,8 +213,7 @@ struct SimWorld {
   guint64 failures_total;
   guint64 fingerprint;
   FILE *log;
-  gint64 wall_started_us; /* host clock, only for the events-per-second figure */
-  gint64 wall_elapsed_us;
+  gint64 wall_elapsed_us; /* host clock, only for the events-per-second figure */
   guint64 events_timed; /* the events of that time (the settling after the end is not timed) */
 };
 
