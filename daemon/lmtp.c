@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #define LMTP_READ_CHUNK 65536 /* messages are bulk: fewer, larger reads */
+#define LMTP_COMMAND_READ 8192 /* a read outside a message (commands; BDAT's first chunk) */
 #define LMTP_CLIENT_TIMEOUT_SECS 300       /* RFC 5321 4.5.3.2.7: at least 5 minutes */
 #define LMTP_BACKEND_TIMEOUT_SECS 60       /* connect, greeting, LHLO, MAIL, RCPT, DATA, body */
 #define LMTP_BACKEND_FINAL_TIMEOUT_SECS 600 /* after the body: delivery (RFC 5321: 10 minutes) */
@@ -223,7 +224,8 @@ add_text(LmtpSession *s, const char *fmt, ...)
   va_start(args, fmt);
   Slot *slot = g_new0(Slot, 1);
   slot->kind = SLOT_TEXT;
-  slot->text = g_strdup_vprintf(fmt, args);
+  /* Most answers are fixed texts ("250 2.1.0 OK"): no formatting for them. */
+  slot->text = strchr(fmt, '%') == NULL ? g_strdup(fmt) : g_strdup_vprintf(fmt, args);
   va_end(args);
   g_queue_push_tail(&s->slots, slot);
 }
@@ -884,14 +886,16 @@ backend_read(LmtpBackend *b)
       return FALSE;
     }
     for (ssize_t i = 0; i < n; i++) {
-      if (buf[i] != '\n') {
-        if (b->line->len >= LMTP_BACKEND_LINE_MAX) {
-          backend_fail(b, "a reply line is too long");
-          return FALSE;
-        }
-        g_string_append_c(b->line, buf[i]);
-        continue;
+      const char *nl = memchr(buf + i, '\n', (gsize)(n - i));
+      gsize piece = nl != NULL ? (gsize)(nl - (buf + i)) : (gsize)(n - i);
+      if (b->line->len + piece > LMTP_BACKEND_LINE_MAX) {
+        backend_fail(b, "a reply line is too long");
+        return FALSE;
       }
+      g_string_append_len(b->line, buf + i, (gssize)piece);
+      i += (ssize_t)piece;
+      if (nl == NULL)
+        break;
       if (b->line->len > 0 && b->line->str[b->line->len - 1] == '\r')
         g_string_truncate(b->line, b->line->len - 1);
       guint code;
@@ -1028,12 +1032,12 @@ route_answer(Worker *w, guint64 session, guint64 request, UsherLoginStatus statu
   } else {
     if (!b->in_tx) {
       b->in_tx = TRUE;
-      g_autofree char *mail = g_strdup_printf("MAIL FROM:<%s>%s%s", s->mail_path,
-                                              s->mail_params[0] ? " " : "", s->mail_params);
+      g_autofree char *mail = g_strconcat("MAIL FROM:<", s->mail_path, ">",
+                                          s->mail_params[0] ? " " : "", s->mail_params, NULL);
       backend_command(b, EXP_MAIL, NULL, mail);
     }
-    g_autofree char *line = g_strdup_printf("RCPT TO:<%s>%s%s", r->path, r->params[0] ? " " : "",
-                                            r->params);
+    g_autofree char *line =
+      g_strconcat("RCPT TO:<", r->path, ">", r->params[0] ? " " : "", r->params, NULL);
     backend_command(b, EXP_RCPT, r, line); /* written by session_process, with what follows */
   }
   session_process(s);
@@ -1747,8 +1751,10 @@ on_client(gpointer data, guint32 events)
     update_interest(s);
     return;
   }
-  guint8 buf[LMTP_READ_CHUNK];
-  ssize_t n = recv(s->fd, buf, sizeof(buf), 0);
+  /* Read straight into the reader (no copy of the message on its way through). */
+  gsize want = s->tx == TX_BODY ? LMTP_READ_CHUNK : LMTP_COMMAND_READ;
+  ssize_t n = recv(s->fd, usher_smtp_reader_reserve(s->reader, want), want, 0);
+  usher_smtp_reader_commit(s->reader, n > 0 ? (gsize)n : 0);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
     update_interest(s);
     return;
@@ -1765,7 +1771,6 @@ on_client(gpointer data, guint32 events)
     return;
   }
   s->deadline_us = g_get_monotonic_time() + LMTP_CLIENT_TIMEOUT_SECS * G_USEC_PER_SEC;
-  usher_smtp_reader_feed(s->reader, buf, (gsize)n);
   session_process(s);
 }
 

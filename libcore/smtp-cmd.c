@@ -28,6 +28,7 @@ struct UsherSmtpReader {
   guint64 bdat_left;
   gboolean end_pending; /* BODY_END is the next event */
   gboolean wipe;        /* its lines may hold a password (submission): wipe what it drops */
+  gsize reserved_at;    /* usher_smtp_reader_reserve: where the room starts (G_MAXSIZE: none) */
 };
 
 static const struct {
@@ -109,9 +110,13 @@ usher_smtp_parse_command(const char *line, gsize len, UsherSmtpCmd *cmd)
   while (*arg == ' ')
     arg++;
   cmd->arg = g_strdup(arg);
-  for (gsize i = 0; i < G_N_ELEMENTS(verbs); i++)
-    if (strlen(verbs[i].name) == verb_len && g_ascii_strncasecmp(text, verbs[i].name, verb_len) == 0)
+  for (gsize i = 0; i < G_N_ELEMENTS(verbs); i++) {
+    if (g_ascii_toupper(text[0]) == verbs[i].name[0] && strlen(verbs[i].name) == verb_len &&
+        g_ascii_strncasecmp(text, verbs[i].name, verb_len) == 0) {
       cmd->verb = verbs[i].verb;
+      break;
+    }
+  }
 
   switch (cmd->verb) {
   case USHER_SMTP_VERB_LHLO:
@@ -174,6 +179,7 @@ usher_smtp_reader_new(gsize max_line)
   UsherSmtpReader *r = g_new0(UsherSmtpReader, 1);
   r->buf = g_byte_array_new();
   r->max_line = max_line > 0 ? max_line : USHER_SMTP_LINE_MAX_DEFAULT;
+  r->reserved_at = G_MAXSIZE;
   return r;
 }
 
@@ -186,17 +192,45 @@ usher_smtp_reader_free(UsherSmtpReader *r)
   g_free(r);
 }
 
+/* Drops what was handed out, before more comes in. */
+static void
+compact(UsherSmtpReader *r)
+{
+  if (r->off == 0)
+    return;
+  if (r->wipe)
+    usher_bytes_drop_front(r->buf, r->off);
+  else if (r->off == r->buf->len)
+    g_byte_array_set_size(r->buf, 0); /* everything was used: the common case */
+  else
+    g_byte_array_remove_range(r->buf, 0, (guint)r->off); /* LMTP: message bytes */
+  r->off = 0;
+}
+
 void
 usher_smtp_reader_feed(UsherSmtpReader *r, const guint8 *data, gsize len)
 {
-  if (r->off > 0) {
-    if (r->wipe)
-      usher_bytes_drop_front(r->buf, r->off);
-    else
-      g_byte_array_remove_range(r->buf, 0, (guint)r->off); /* LMTP: message bytes */
-    r->off = 0;
-  }
+  g_return_if_fail(r->reserved_at == G_MAXSIZE);
+  compact(r);
   g_byte_array_append(r->buf, data, (guint)len);
+}
+
+guint8 *
+usher_smtp_reader_reserve(UsherSmtpReader *r, gsize want)
+{
+  g_return_val_if_fail(r->reserved_at == G_MAXSIZE, NULL);
+  compact(r);
+  r->reserved_at = r->buf->len;
+  g_byte_array_set_size(r->buf, (guint)(r->reserved_at + want));
+  return r->buf->data + r->reserved_at;
+}
+
+void
+usher_smtp_reader_commit(UsherSmtpReader *r, gsize len)
+{
+  g_return_if_fail(r->reserved_at != G_MAXSIZE && r->reserved_at + len <= r->buf->len);
+  g_byte_array_set_size(r->buf, (guint)(r->reserved_at + len));
+  r->reserved_at = G_MAXSIZE;
 }
 
 void

@@ -81,6 +81,11 @@ void usher_smtp_reader_set_wipe(UsherSmtpReader *reader, gboolean wipe);
 void usher_smtp_reader_free(UsherSmtpReader *reader);
 /* Appends bytes to what the reader holds. */
 void usher_smtp_reader_feed(UsherSmtpReader *reader, const guint8 *data, gsize len);
+/* The same without a copy: room for up to `want` bytes after what the reader holds, for a read
+ * straight into it; then usher_smtp_reader_commit says how many came (0 to want). Nothing else
+ * may be called on the reader in between. */
+guint8 *usher_smtp_reader_reserve(UsherSmtpReader *reader, gsize want);
+void usher_smtp_reader_commit(UsherSmtpReader *reader, gsize len);
 /* The next event. cmd_out is filled on USHER_SMTP_COMMAND (clear it after use). */
 UsherSmtpEvent usher_smtp_reader_next(UsherSmtpReader *reader, UsherSmtpCmd *cmd_out,
                                       const guint8 **data_out, gsize *len_out);

@@ -15,6 +15,7 @@ transcript(const char *input, gsize len, gsize step, gsize max_line)
   GString *out = g_string_new(NULL);
   GString *body = g_string_new(NULL);
   gsize fed = 0;
+  guint feeds = 0; /* every other piece goes in through reserve/commit instead of feed */
   for (;;) {
     UsherSmtpCmd cmd;
     const guint8 *data;
@@ -27,7 +28,14 @@ transcript(const char *input, gsize len, gsize step, gsize max_line)
       if (fed == len)
         break;
       gsize chunk = step == 0 ? len - fed : MIN(step, len - fed);
-      usher_smtp_reader_feed(r, (const guint8 *)input + fed, chunk);
+      if (feeds++ % 2 == 0) {
+        usher_smtp_reader_feed(r, (const guint8 *)input + fed, chunk);
+      } else {
+        /* A read straight into the reader, into more room than it fills. */
+        guint8 *room = usher_smtp_reader_reserve(r, chunk + 7);
+        memcpy(room, input + fed, chunk);
+        usher_smtp_reader_commit(r, chunk);
+      }
       fed += chunk;
       continue;
     }
@@ -233,6 +241,46 @@ test_recipient_user(void)
   g_assert_cmpstr(m, ==, "User-x@EXAMPLE.ORG");
 }
 
+/* Reads straight into the reader: a read that brings nothing changes nothing, a command line
+ * split over reads is whole, a body's bytes are handed out as they came. */
+static void
+test_reserve(void)
+{
+  g_autoptr(UsherSmtpReader) r = usher_smtp_reader_new(0);
+  UsherSmtpCmd cmd;
+  const guint8 *data;
+  gsize n;
+  guint8 *room = usher_smtp_reader_reserve(r, 64);
+  memcpy(room, "MAIL FROM:<a@b", 14);
+  usher_smtp_reader_commit(r, 14);
+  g_assert_cmpint(usher_smtp_reader_next(r, &cmd, &data, &n), ==, USHER_SMTP_NEED_MORE);
+  g_assert_cmpuint(usher_smtp_reader_pending(r), ==, 14);
+  (void)usher_smtp_reader_reserve(r, 4096);
+  usher_smtp_reader_commit(r, 0); /* EAGAIN */
+  g_assert_cmpuint(usher_smtp_reader_pending(r), ==, 14);
+  room = usher_smtp_reader_reserve(r, 16);
+  memcpy(room, ">\r\nDATA\r\n", 9);
+  usher_smtp_reader_commit(r, 9);
+  g_assert_cmpint(usher_smtp_reader_next(r, &cmd, &data, &n), ==, USHER_SMTP_COMMAND);
+  g_assert_cmpint(cmd.verb, ==, USHER_SMTP_VERB_MAIL);
+  g_assert_cmpstr(cmd.path, ==, "a@b");
+  usher_smtp_cmd_clear(&cmd);
+  g_assert_cmpint(usher_smtp_reader_next(r, &cmd, &data, &n), ==, USHER_SMTP_COMMAND);
+  g_assert_cmpint(cmd.verb, ==, USHER_SMTP_VERB_DATA);
+  usher_smtp_cmd_clear(&cmd);
+  usher_smtp_reader_expect_data(r);
+  room = usher_smtp_reader_reserve(r, 100);
+  memcpy(room, "hello\r\n.\r\nQUIT\r\n", 16);
+  usher_smtp_reader_commit(r, 16);
+  g_assert_cmpint(usher_smtp_reader_next(r, &cmd, &data, &n), ==, USHER_SMTP_BODY);
+  g_assert_cmpmem(data, n, "hello\r\n.\r\n", 10);
+  g_assert_cmpint(usher_smtp_reader_next(r, &cmd, &data, &n), ==, USHER_SMTP_BODY_END);
+  g_assert_cmpint(usher_smtp_reader_next(r, &cmd, &data, &n), ==, USHER_SMTP_COMMAND);
+  g_assert_cmpint(cmd.verb, ==, USHER_SMTP_VERB_QUIT);
+  usher_smtp_cmd_clear(&cmd);
+  g_assert_cmpuint(usher_smtp_reader_pending(r), ==, 0);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -244,5 +292,6 @@ main(int argc, char **argv)
   g_test_add_func("/core/smtp-cmd/long-line", test_long_line);
   g_test_add_func("/core/smtp-cmd/replies", test_replies);
   g_test_add_func("/core/smtp-cmd/recipient-user", test_recipient_user);
+  g_test_add_func("/core/smtp-cmd/reserve", test_reserve);
   return g_test_run();
 }

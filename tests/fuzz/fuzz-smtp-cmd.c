@@ -1,7 +1,8 @@
 /* fuzz-smtp-cmd.c - libFuzzer target for the LMTP/SMTP command reader.
  *
  * The input is what an MTA sends. It goes through three readers: one fed all at once, one in
- * chunks whose sizes come from the data itself, one byte by byte. The driver answers like the
+ * chunks whose sizes come from the data itself (about half of them read in place, through
+ * reserve and commit), one byte by byte. The driver answers like the
  * proxy does: after a valid DATA a body follows, after a valid BDAT its chunk. The three must give
  * the same events, the same commands and body bytes and the same bytes left pending. Every event
  * must respect the header's promises: a path and parameters for a valid MAIL/RCPT, a BDAT
@@ -67,7 +68,15 @@ run(const uint8_t *data, size_t size, FeedMode mode)
       state = state * 1664525u + 1013904223u + data[pos];
       n = MIN(n, (size_t)(1 + (state >> 26)));
     }
-    usher_smtp_reader_feed(reader, data + pos, n);
+    if (mode == FEED_CHUNKS && (state & 1)) {
+      /* A read straight into the reader (usherd's LMTP side), into more room than it fills. */
+      guint8 *room = usher_smtp_reader_reserve(reader, n + (state >> 28));
+      if (n > 0)
+        memcpy(room, data + pos, n);
+      usher_smtp_reader_commit(reader, n);
+    } else {
+      usher_smtp_reader_feed(reader, data + pos, n);
+    }
     pos += n;
     for (;;) {
       UsherSmtpCmd cmd = {0};
