@@ -100,7 +100,7 @@ void usher_smtp_reader_expect_bdat(UsherSmtpReader *reader, guint64 size);
 gboolean usher_smtp_reader_end_pending(const UsherSmtpReader *reader);
 /* Bytes held and not yet handed out (pipelined commands, or a body's start). */
 gsize usher_smtp_reader_pending(const UsherSmtpReader *reader);
-/* Those bytes (valid until the next feed or next call). */
+/* Those bytes (valid until the next feed, reserve or next call). */
 const guint8 *usher_smtp_reader_peek_pending(const UsherSmtpReader *reader, gsize *len_out);
 
 /* One line of a server's reply: "250-text" (more lines follow) or "250 text" (the last).
