@@ -1065,36 +1065,51 @@ usher_ring_parse_result_to_string(UsherRingParseResult result)
 
 /* ---- Formatting -------------------------------------------------------------------------- */
 
-/* Digits of v, optionally after one byte (a tab), in one copy. */
+/* Writes v's digits at p; returns the end. */
+static char *
+write_u64(char *p, guint64 v)
+{
+  gsize n = 1;
+  for (guint64 x = v; x >= 10; x /= 10)
+    n++;
+  char *end = p + n;
+  do {
+    *--end = (char)('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  return p + n;
+}
+
+static char *
+write_i64(char *p, gint64 v)
+{
+  if (v >= 0)
+    return write_u64(p, (guint64)v);
+  *p++ = '-';
+  return write_u64(p, (guint64)0 - (guint64)v);
+}
+
+/* A number, optionally after one byte (a tab), in one copy. */
 static void
 put_u64(GString *out, char before, guint64 v)
 {
   char buf[24];
-  char *p = buf + sizeof(buf);
-  do {
-    *--p = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
+  char *p = buf;
   if (before != '\0')
-    *--p = before;
-  put(out, p, (gsize)(buf + sizeof(buf) - p));
+    *p++ = before;
+  p = write_u64(p, v);
+  put(out, buf, (gsize)(p - buf));
 }
 
 static void
-append_u64(GString *out, guint64 v)
+put_i64(GString *out, char before, gint64 v)
 {
-  put_u64(out, '\0', v);
-}
-
-static void
-append_i64(GString *out, gint64 v)
-{
-  if (v < 0) {
-    g_string_append_c(out, '-');
-    append_u64(out, (guint64)0 - (guint64)v);
-  } else {
-    append_u64(out, (guint64)v);
-  }
+  char buf[24];
+  char *p = buf;
+  if (before != '\0')
+    *p++ = before;
+  p = write_i64(p, v);
+  put(out, buf, (gsize)(p - buf));
 }
 
 static void
@@ -1106,8 +1121,7 @@ tab_u64(GString *out, guint64 v)
 static void
 tab_i64(GString *out, gint64 v)
 {
-  g_string_append_c(out, '\t');
-  append_i64(out, v);
+  put_i64(out, '\t', v);
 }
 
 static void
@@ -1147,23 +1161,8 @@ append_updown(GString *out, const UsherRingMsg *msg)
 {
   g_string_append_c(out, '\t');
   g_string_append_c(out, msg->host.down ? 'D' : 'U');
-  append_i64(out, msg->host.last_updown_change);
+  put_i64(out, '\0', msg->host.last_updown_change);
   tab_escaped(out, msg->host.hostname);
-}
-
-/* Writes v's digits at p; returns the end. */
-static char *
-write_u64(char *p, guint64 v)
-{
-  char buf[20];
-  char *q = buf + sizeof(buf);
-  do {
-    *--q = (char)('0' + v % 10);
-    v /= 10;
-  } while (v != 0);
-  gsize n = (gsize)(buf + sizeof(buf) - q);
-  memcpy(p, q, n);
-  return p + n;
 }
 
 /* USER and U, most of a large ring's lines (every login is a USER line through every director):
@@ -1193,10 +1192,7 @@ format_user_fast(const UsherRingMsg *msg, guint minor, GString *out)
   if (msg->type == USHER_RING_MSG_USER) {
     if (minor >= USHER_RING_MINOR_USER_TIMESTAMP && msg->user.has_timestamp) {
       *p++ = '\t';
-      gint64 ts = msg->user.timestamp;
-      if (ts < 0)
-        *p++ = '-';
-      p = write_u64(p, ts < 0 ? (guint64)0 - (guint64)ts : (guint64)ts);
+      p = write_i64(p, msg->user.timestamp);
     }
   } else {
     *p++ = '\t';
