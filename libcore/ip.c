@@ -171,19 +171,17 @@ put_ipv4(char *p, const guint8 a[4])
   return p;
 }
 
-const char *
-usher_ip_to_string(const UsherIp *ip, char buf[USHER_IP_STRLEN])
+gsize
+usher_ip_format(const UsherIp *ip, char buf[USHER_IP_STRLEN])
 {
   static const char hex[] = "0123456789abcdef";
   char *p = buf;
 
-  if (ip->family == USHER_IP_V4) {
-    put_ipv4(buf, ip->addr);
-    return buf;
-  }
+  if (ip->family == USHER_IP_V4)
+    return (gsize)(put_ipv4(buf, ip->addr) - buf);
   if (ip->family != USHER_IP_V6) {
     buf[0] = '\0';
-    return buf;
+    return 0;
   }
   guint16 w[8];
   for (int i = 0; i < 8; i++)
@@ -218,10 +216,8 @@ usher_ip_to_string(const UsherIp *ip, char buf[USHER_IP_STRLEN])
     if (i > 0)
       *p++ = ':';
     /* IPv4-compatible (::a.b.c.d) or IPv4-mapped (::ffff:a.b.c.d): dotted tail. */
-    if (i == 6 && best == 0 && (best_len == 6 || (best_len == 5 && w[5] == 0xffff))) {
-      p = put_ipv4(p, ip->addr + 12);
-      return buf;
-    }
+    if (i == 6 && best == 0 && (best_len == 6 || (best_len == 5 && w[5] == 0xffff)))
+      return (gsize)(put_ipv4(p, ip->addr + 12) - buf);
     guint v = w[i];
     gboolean started = FALSE;
     for (int shift = 12; shift >= 0; shift -= 4) {
@@ -235,6 +231,13 @@ usher_ip_to_string(const UsherIp *ip, char buf[USHER_IP_STRLEN])
   if (best >= 0 && best + best_len == 8)
     *p++ = ':';
   *p = '\0';
+  return (gsize)(p - buf);
+}
+
+const char *
+usher_ip_to_string(const UsherIp *ip, char buf[USHER_IP_STRLEN])
+{
+  (void)usher_ip_format(ip, buf);
   return buf;
 }
 

@@ -30,6 +30,8 @@ gboolean usher_ip_parse(const char *text, gssize len, UsherIp *ip_out);
 /* Canonical text (inet_ntop form: lowercase, longest zero run compressed, IPv4-mapped and
  * IPv4-compatible addresses with a dotted tail). Returns buf. */
 const char *usher_ip_to_string(const UsherIp *ip, char buf[USHER_IP_STRLEN]);
+/* The same text; returns its length (0 for an address of no family). */
+gsize usher_ip_format(const UsherIp *ip, char buf[USHER_IP_STRLEN]);
 
 /* Dovecot's net_ip_cmp order: family first (IPv4 before IPv6), then the address bytes. */
 int usher_ip_cmp(const UsherIp *a, const UsherIp *b);

@@ -1188,7 +1188,7 @@ format_user_fast(const UsherRingMsg *msg, guint minor, GString *out)
   if (ip->family != USHER_IP_V4 && ip->family != USHER_IP_V6)
     return FALSE; /* the general path says what is wrong */
   *p++ = '\t';
-  p += strlen(usher_ip_to_string(ip, p));
+  p += usher_ip_format(ip, p);
   if (msg->type == USHER_RING_MSG_USER) {
     if (minor >= USHER_RING_MINOR_USER_TIMESTAMP && msg->user.has_timestamp) {
       *p++ = '\t';

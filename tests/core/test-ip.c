@@ -12,6 +12,8 @@ check_roundtrip(const char *text, const char *canonical)
   char buf[USHER_IP_STRLEN];
   g_assert_true(usher_ip_parse(text, -1, &ip));
   g_assert_cmpstr(usher_ip_to_string(&ip, buf), ==, canonical);
+  g_assert_cmpuint(usher_ip_format(&ip, buf), ==, strlen(canonical));
+  g_assert_cmpstr(buf, ==, canonical);
 }
 
 static void
@@ -75,7 +77,7 @@ test_ntop_matches_glibc(void)
       ip.addr[2 * w + 1] = (guint8)v;
     }
     char ours[USHER_IP_STRLEN], theirs[INET6_ADDRSTRLEN];
-    usher_ip_to_string(&ip, ours);
+    g_assert_cmpuint(usher_ip_format(&ip, ours), ==, strlen(ours));
     g_assert_nonnull(inet_ntop(AF_INET6, ip.addr, theirs, sizeof(theirs)));
     if (strcmp(ours, theirs) != 0)
       g_error("inet_ntop mismatch: ours %s glibc %s", ours, theirs);
@@ -92,7 +94,7 @@ test_ntop_matches_glibc(void)
     guint32 v = usher_rng_next_u32(&rng);
     memcpy(ip.addr, &v, 4);
     char ours[USHER_IP_STRLEN], theirs[INET_ADDRSTRLEN];
-    usher_ip_to_string(&ip, ours);
+    g_assert_cmpuint(usher_ip_format(&ip, ours), ==, strlen(ours));
     g_assert_nonnull(inet_ntop(AF_INET, ip.addr, theirs, sizeof(theirs)));
     g_assert_cmpstr(ours, ==, theirs);
   }
