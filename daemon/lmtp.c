@@ -260,13 +260,18 @@ slots_to_output(LmtpSession *s)
 
 /* An answer still owed (by the core or a backend) holds back the known ones after it, which
  * slots_to_output left in place, and those before it: the client of a pipelined group reads
- * them together, and gets them as soon as the last is known. The answers after a message are the
- * exception: each goes out once it and those before it are known (RFC 2033 allows it), so an MTA
- * that gives up waiting for a slow backend already has the other backends' answers, and does not
- * send their recipients the message again. */
+ * them together, and gets them as soon as the last is known. The answer to DATA is owed the same
+ * way while the backends have not answered theirs (it becomes a slot only then): a client that
+ * sent DATA waits for that answer before anything else, so the answers to its MAIL and RCPTs go
+ * with it, in one write and one wakeup of the client, instead of ahead of it. The answers after
+ * a message are the exception: each goes out once it and those before it are known (RFC 2033
+ * allows it), so an MTA that gives up waiting for a slow backend already has the other
+ * backends' answers, and does not send their recipients the message again. */
 static gboolean
 answers_writable(LmtpSession *s)
 {
+  if (s->tx == TX_DATA_WAIT)
+    return FALSE;
   return g_queue_is_empty(&s->slots) || s->tx == TX_FINAL;
 }
 

@@ -101,10 +101,11 @@ class FakeLmtp(ul.FakeServer):
     """An LMTP backend (not Dovecot) that answers every command at once and 250 for each
     recipient the moment it has a message's terminator. With pause, it reads the body slowly:
     64 KiB every pause seconds through a small receive buffer, so that usherd holds what it has
-    not taken yet."""
+    not taken yet. With data_delay, it answers DATA that many seconds late."""
 
-    def __init__(self, ip, port, pause=0.0):
+    def __init__(self, ip, port, pause=0.0, data_delay=0.0):
         self.pause = pause
+        self.data_delay = data_delay
         self.saved = 0
         super().__init__(ip, port, rcvbuf=16384 if pause else None)
 
@@ -128,6 +129,7 @@ class FakeLmtp(ul.FakeServer):
                 rcpts += 1
                 c.sendall(b"250 2.1.5 OK\r\n")
             elif verb == b"DATA":
+                time.sleep(self.data_delay)
                 c.sendall(b"354 go on\r\n")
                 tail, buf = buf[-5:], b""
                 while tail != b"\r\n.\r\n":
@@ -664,7 +666,8 @@ def run(lab, t):
     # owed for that recipient, not a protocol error. Two fake backends (Dovecot answers a
     # message of this size later than the slow one's next read).
     fast_ip, slow_ip = lab.backend_ip(8), lab.backend_ip(9)
-    fast, slow = FakeLmtp(fast_ip, ul.LMTP_PORT), FakeLmtp(slow_ip, ul.LMTP_PORT, pause=0.005)
+    fast = FakeLmtp(fast_ip, ul.LMTP_PORT, data_delay=0.3)
+    slow = FakeLmtp(slow_ip, ul.LMTP_PORT, pause=0.005)
     try:
         lone = lab.usherd(lab.director_ip(8), ring=[lab.director_ip(8)], backends=[fast_ip, slow_ip],
                           extra_conf=f"[proxy]\nlmtp_listen = {lab.director_ip(8)}:{ul.LMTP_PORT}\n"
@@ -675,6 +678,23 @@ def run(lab, t):
         for n in range(1, 60):
             where.setdefault(lone.status_user(f"user{n}")[1], f"user{n}")
         fast_u, slow_u = where[fast_ip], where[slow_ip]
+        # A backend that answers DATA late (the fast one, 0.3 s): the answers to MAIL and RCPT,
+        # known long before, wait for the answer to DATA and reach the client in one segment
+        # with it (the MTA of a pipelined group reads them all before it sends on).
+        r = Raw(lone.ip, ul.LMTP_PORT)
+        r.send(b"LHLO test\r\n")
+        r.reply()
+        r.send(f"MAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\nDATA\r\n".encode())
+        first = r.s.recv(65536)
+        r.send(b"Subject: late\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        r.buf = first
+        got = [r.reply() for _ in range(5)]
+        r.close()
+        t.ok(first.startswith(b"250 ") and b"\r\n354 " in first and
+             [g[:3] for g in got] == ["250", "250", "354", "250", "221"],
+             "a backend late to answer DATA: the answers to MAIL, RCPT and DATA reach the MTA "
+             "together", repr(first) + "\n" + "\n".join(got))
+        fast.saved = 0
         marker = uuid.uuid4().hex
         r = Raw(lone.ip, ul.LMTP_PORT)
         r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
