@@ -694,7 +694,7 @@ def run(lab, t):
              [g[:3] for g in got] == ["250", "250", "354", "250", "221"],
              "a backend late to answer DATA: the answers to MAIL, RCPT and DATA reach the MTA "
              "together", repr(first) + "\n" + "\n".join(got))
-        fast.saved = 0
+        fast.saved, fast.data_delay = 0, 0.0
         marker = uuid.uuid4().hex
         r = Raw(lone.ip, ul.LMTP_PORT)
         r.send(f"LHLO test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{fast_u}@{DOMAIN}>\r\n"
